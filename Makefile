@@ -1,0 +1,27 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create .venv from the pins when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.visattn-installed
+PIP_VERSION := 26.3
+OUT ?= runs/demo
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/train.py --output $(OUT)
+	$(PY) tools/eval.py --checkpoint $(OUT)/best.pth
+	@echo "checkpoint: $(OUT)/best.pth  curves: $(OUT)/curves.png  metrics: $(OUT)/metrics.json"
+
+test: $(STAMP)
+	$(PY) -m ruff check visattn tools tests benchmarks
+	$(PY) -m pytest -n 2 -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,315 @@
+"""BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., CVPR 2023).
+
+A four-stage pyramid (stride 4, 8, 16, 32). Each block is
+    X = X + DWConv3x3(X);  X = X + BRA(LN(X));  X = X + MLP(LN(X)),
+with bi-level routing attention (BRA) in stages 1-3 (n_win x n_win regions, top-k routed regions per
+query region, head_dim 32) and global attention with LePE (8 heads) in stage 4. BatchNorm convolution
+stem and downsampling, and a BatchNorm2d before the pooled classifier.
+
+| model          | params (M) | MACs @224 (G) | ImageNet-1k top-1 (official) |
+|----------------|-----------:|--------------:|-----------------------------:|
+| biformer_tiny  | 13.14      | 2.22          | 81.4                         |
+| biformer_small | 25.54      | 4.46          | 83.8                         |
+| biformer_base  | 56.80      | 9.76          | 84.3                         |
+
+MACs are counted with ``torch.utils.flop_counter`` (FLOPs / 2): convolutions, linear layers and both
+attention levels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+from ..blocks import BiLevelRoutingAttention, LePEAttention
+from ._helpers import check_input_size, resolve_pretrained_file
+
+__all__ = ["BiFormer"]
+
+
+class BiFormerBlock(nn.Module):
+    """X = X + DWConv3x3(X); X = X + DropPath(Attn(LN(X))); X = X + DropPath(MLP(LN(X))).
+
+    ``topk=None`` selects global LePE attention with ``full_attn_heads`` heads; otherwise routed attention.
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, dim: int, num_heads: int, n_win: int, topk: int | None, mlp_ratio: float = 3.0,
+                 drop_path: float = 0.0, full_attn_heads: int = 8):
+        super().__init__()
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        if topk is None:
+            self.attn = LePEAttention(dim, num_heads=full_attn_heads)
+        else:
+            self.attn = BiLevelRoutingAttention(dim, num_heads=num_heads, n_win=n_win, topk=topk)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x + self.pos_embed(x)).permute(0, 2, 3, 1)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvBnDownsample(nn.Module):
+    """Conv3x3 stride 2 + BatchNorm: (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))."""
+
+    def __init__(self, in_chs: int, out_chs: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class Stem(nn.Module):
+    """Two Conv3x3 stride 2 with BatchNorm and a GELU between: (B, 3, H, W) -> (B, C, H/4, W/4)."""
+
+    def __init__(self, in_chs: int, out_chs: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs // 2, 3, stride=2, padding=1)
+        self.norm1 = nn.BatchNorm2d(out_chs // 2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, 3, stride=2, padding=1)
+        self.norm2 = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+
+class BiFormerStage(nn.Module):
+    """Optional downsampling followed by ``depth`` BiFormer blocks."""
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, num_heads: int, n_win: int, topk: int | None,
+                 mlp_ratio: float, drop_path: Sequence[float], full_attn_heads: int, downsample: bool):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = ConvBnDownsample(in_chs, out_chs) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            BiFormerBlock(out_chs, num_heads, n_win, topk, mlp_ratio, drop_path[i], full_attn_heads)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class BiFormer(nn.Module):
+    """BiFormer classifier and backbone.
+
+    Args:
+        depths, dims: blocks and channels per stage.
+        topks: routed regions per stage; ``None`` for global attention (the official stage 4).
+        head_dim: channels per head in routed stages (heads = dim // head_dim).
+        n_win: regions per side in routed stages; inputs of any size are padded per block.
+        full_attn_heads: heads of the global-attention stages (8 in the official code).
+    """
+
+    def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (64, 128, 256, 512),
+                 topks: Sequence[int | None] = (1, 4, 16, None), head_dim: int = 32, n_win: int = 7,
+                 mlp_ratio: float = 3.0, full_attn_heads: int = 8, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        super().__init__()
+        if not len(depths) == len(dims) == len(topks):
+            raise ValueError(f"depths, dims and topks need one entry per stage, got {depths}, {dims}, {topks}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.stem = Stem(in_chans, dims[0])
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        stages, self.feature_info = [], []
+        for i, (depth, dim, topk) in enumerate(zip(depths, dims, topks, strict=True)):
+            stages.append(BiFormerStage(
+                dims[i - 1] if i else dim, dim, depth, dim // head_dim, n_win, topk, mlp_ratio, dpr[i],
+                full_attn_heads, downsample=i > 0,
+            ))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.min_input_size = 4 * 2 ** (len(dims) - 1)
+        self.norm = nn.BatchNorm2d(dims[-1])
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """BiFormer has no position tables or tokens; timm already exempts norms and biases."""
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Features of the stages in ``indices`` (NCHW), and the final map unless ``intermediates_only``.
+
+        ``norm=True`` applies the final BatchNorm to the last stage's intermediate.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; BiFormer features are 'NCHW'")
+        check_input_size(x, self.min_input_size, type(self).__name__)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for idx, stage in enumerate(stages):
+            x = stage(x)
+            if idx in take_indices:
+                intermediates.append(self.norm(x) if norm and idx == last_idx else x)
+        if intermediates_only:
+            return intermediates
+        if idx == last_idx:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x, self.min_input_size, type(self).__name__)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+_OFFICIAL_RENAMES = [
+    (r"^downsample_layers\.0\.0\.", "stem.conv1."),
+    (r"^downsample_layers\.0\.1\.", "stem.norm1."),
+    (r"^downsample_layers\.0\.3\.", "stem.conv2."),
+    (r"^downsample_layers\.0\.4\.", "stem.norm2."),
+    (r"^downsample_layers\.(\d+)\.0\.", r"stages.\1.downsample.conv."),
+    (r"^downsample_layers\.(\d+)\.1\.", r"stages.\1.downsample.norm."),
+    (r"^stages\.(\d+)\.(\d+)\.attn\.qkv\.qkv\.", r"stages.\1.\2.attn.qkv."),
+    (r"^stages\.(\d+)\.(\d+)\.attn\.wo\.", r"stages.\1.\2.attn.proj."),
+    (r"^stages\.(\d+)\.(\d+)\.mlp\.0\.", r"stages.\1.\2.mlp.fc1."),
+    (r"^stages\.(\d+)\.(\d+)\.mlp\.3\.", r"stages.\1.\2.mlp.fc2."),
+    (r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"^head\.", "head.fc."),
+]
+
+
+def checkpoint_filter_fn(state_dict: dict, model: BiFormer) -> dict:
+    """Map an official BiFormer checkpoint (weights under ``model`` or a raw state dict) onto visattn keys.
+
+    A state dict already in visattn's layout is returned unchanged.
+    """
+    state_dict = state_dict.get("model", state_dict)
+    if "downsample_layers.0.0.weight" not in state_dict:
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _OFFICIAL_RENAMES:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def _cfg(url: str = "", **kwargs) -> dict:
+    return {
+        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv1", "classifier": "head.fc", "license": "mit",
+        "paper_ids": "arXiv:2303.08810", "paper_name": "BiFormer: Vision Transformer with Bi-Level Routing Attention",
+        "origin_url": "https://github.com/rayleizhu/BiFormer", **kwargs,
+    }
+
+
+_ONEDRIVE = "https://api.onedrive.com/v1.0/shares/{}/root/content"
+
+default_cfgs = generate_default_cfgs({
+    "biformer_tiny.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChHEOoGkgwgQzEDlM")),
+    "biformer_small.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChHDyM-x9KWRBZ832")),
+    "biformer_base.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChHI_XPhoadjaNxtO")),
+})
+
+
+def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
+    if pretrained:
+        resolve_pretrained_file(variant, "in1k", kwargs)
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        BiFormer, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+@register_model
+def biformer_tiny(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-T: depths 2-2-8-2, dims 64-512. 13.14 M params, 2.22 GMACs @224, 81.4% top-1."""
+    args = dict(depths=(2, 2, 8, 2), dims=(64, 128, 256, 512), topks=(1, 4, 16, None))
+    return _create_biformer("biformer_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def biformer_small(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-S: depths 4-4-18-4, dims 64-512. 25.54 M params, 4.46 GMACs @224, 83.8% top-1."""
+    args = dict(depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), topks=(1, 4, 16, None))
+    return _create_biformer("biformer_small", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-B: depths 4-4-18-4, dims 96-768. 56.80 M params, 9.76 GMACs @224, 84.3% top-1."""
+    args = dict(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768), topks=(1, 4, 16, None))
+    return _create_biformer("biformer_base", pretrained, **dict(args, **kwargs))

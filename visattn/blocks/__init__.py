@@ -1,0 +1,6 @@
+"""Shared attention blocks: one mechanism per file, each calling ops for its hot path."""
+
+from .attention import LePEAttention
+from .routing_attention import BiLevelRoutingAttention
+
+__all__ = ["BiLevelRoutingAttention", "LePEAttention"]

@@ -1,0 +1,51 @@
+"""Bi-level routing attention module (BiFormer, CVPR 2023)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.routed_attention import check_routing_args, routed_attention
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """BRA with a local context enhancement (LCE) term, on channels-last maps.
+
+    [Q | K | V] = X W_qkv;  O = W_o (BRA(Q, K, V) + DWConv_{k x k}(V)),
+    with BRA the routed attention of :func:`visattn.ops.routed_attention.routed_attention` and the
+    logit scale qk_dim ** -0.5 of the official code. An input whose sides are not multiples of
+    ``n_win`` is zero-padded before the projection and cropped after it, as the official ``auto_pad``.
+
+    Shapes: (B, H, W, C) -> (B, H, W, C).
+    """
+
+    def __init__(self, dim: int, num_heads: int, n_win: int, topk: int, qk_dim: int | None = None,
+                 lce_kernel: int = 5, backend: str | None = None):
+        super().__init__()
+        check_routing_args(n_win, topk)
+        self.qk_dim = qk_dim or dim
+        if self.qk_dim % num_heads or dim % num_heads:
+            raise ValueError(f"dim={dim} and qk_dim={self.qk_dim} must be divisible by num_heads={num_heads}")
+        self.dim, self.num_heads, self.n_win, self.topk = dim, num_heads, n_win, topk
+        self.scale = self.qk_dim ** -0.5
+        self.backend = backend
+        self.qkv = nn.Linear(dim, 2 * self.qk_dim + dim)
+        self.lepe = nn.Conv2d(dim, dim, lce_kernel, padding=lce_kernel // 2, groups=dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[1:3]
+        pad_h, pad_w = -h % self.n_win, -w % self.n_win
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        out = routed_attention(q, k, v, self.num_heads, self.n_win, self.topk, self.scale, self.backend)
+        out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = self.proj(out)
+        if pad_h or pad_w:
+            out = out[:, :h, :w].contiguous()
+        return out
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}"

@@ -1,0 +1,6 @@
+"""Functional operators, each a PyTorch reference plus a fused Triton kernel, picked per call."""
+
+from . import _flops
+from ._backend import BACKENDS, resolve_backend
+
+__all__ = ["BACKENDS", "resolve_backend", "_flops"]

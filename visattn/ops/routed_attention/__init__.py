@@ -1,0 +1,74 @@
+"""Bi-level routing attention (BiFormer, Zhu et al., CVPR 2023).
+
+For a map split into S x S regions (S = ``n_win``), with region means Q^r, K^r of the queries and keys:
+
+    I^r = topk_k((s Q^r)(K^r)^T)                      (region routing, no gradient)
+    O_i = softmax(s q_i K_g^T) V_g,  K_g, V_g = tokens of the regions I^r[region(i)]
+
+``s`` is the caller's scale (BiFormer uses qk_dim ** -0.5 over the whole qk_dim for both levels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import OpDispatcher
+from .reference import region_attention_reference, route_regions
+
+__all__ = ["routed_attention", "route_regions"]
+
+_dispatch = OpDispatcher(
+    "routed_attention", region_attention_reference, "visattn.ops.routed_attention.triton", "region_attention_triton"
+)
+
+
+def check_routing_args(n_win: int, topk: int) -> None:
+    """Raise a clear error for a region grid or topk that cannot work."""
+    if n_win < 1:
+        raise ValueError(f"n_win must be >= 1, got {n_win}")
+    if not 1 <= topk <= n_win * n_win:
+        raise ValueError(f"topk={topk} must be between 1 and n_win**2={n_win * n_win} (n_win={n_win})")
+
+
+def routed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_heads: int,
+    n_win: int,
+    topk: int,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Bi-level routing attention over channels-last maps.
+
+    Args:
+        q, k: (B, H, W, C_qk) queries and keys; v: (B, H, W, C_v) values. Any H, W: the maps are
+            zero-padded at the bottom/right to a multiple of ``n_win`` and the output is cropped back.
+        num_heads: heads; C_qk and C_v must be divisible by it.
+        n_win: regions per side (S); topk: key regions per query region, 1 <= topk <= S**2.
+        scale: logit scale s, default C_qk ** -0.5 (BiFormer's convention, not head_dim ** -0.5).
+        backend: ``"torch"``, ``"triton"`` or None (Triton for CUDA tensors; ``$VISATTN_BACKEND`` overrides).
+
+    Returns:
+        (B, H, W, C_v), dtype of q.
+    """
+    check_routing_args(n_win, topk)
+    if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"expected q, k of shape (B, H, W, C_qk) and v of shape (B, H, W, C_v), "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[-1] % num_heads or v.shape[-1] % num_heads:
+        raise ValueError(f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    h, w = q.shape[1:3]
+    pad_h, pad_w = -h % n_win, -w % n_win
+    if pad_h or pad_w:
+        q, k, v = (F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))
+    region_idx = route_regions(q, k, n_win, topk, scale)
+    out = _dispatch(backend, q)(q, k, v, region_idx, num_heads, n_win, scale)
+    if pad_h or pad_w:
+        out = out[:, :h, :w].contiguous()
+    return out

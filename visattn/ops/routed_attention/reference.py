@@ -1,0 +1,73 @@
+"""Plain-PyTorch bi-level routing attention: the definition of correct for every backend."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def region_means(x: torch.Tensor, n_win: int) -> torch.Tensor:
+    """Mean of each of the n_win x n_win regions of a map.
+
+    x: (B, H, W, C) with H and W divisible by n_win. Returns (B, n_win**2, C), regions in row-major order.
+    """
+    b, h, w, c = x.shape
+    return x.view(b, n_win, h // n_win, n_win, w // n_win, c).mean(dim=(2, 4)).reshape(b, n_win * n_win, c)
+
+
+@torch.no_grad()
+def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale: float) -> torch.Tensor:
+    """Region-level routing: I^r = topk((s * Q^r) (K^r)^T), with Q^r, K^r the region means of q, k.
+
+    q, k: (B, H, W, C_qk). Returns int64 indices (B, n_win**2, topk): for each query region, the key
+    regions it attends to. No gradient flows through the routing, as in the official code.
+    """
+    q_r = region_means(q, n_win)
+    k_r = region_means(k, n_win)
+    logits = (q_r * scale) @ k_r.transpose(-2, -1)
+    return torch.topk(logits, k=topk, dim=-1).indices
+
+
+def to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, n_win**2, H*W/n_win**2, C): tokens grouped by region, row-major in both."""
+    b, h, w, c = x.shape
+    rh, rw = h // n_win, w // n_win
+    x = x.view(b, n_win, rh, n_win, rw, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, n_win * n_win, rh * rw, c)
+
+
+def from_regions(x: torch.Tensor, n_win: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`to_regions`: (B, n_win**2, h*w/n_win**2, C) -> (B, h, w, C)."""
+    b, _, _, c = x.shape
+    rh, rw = h // n_win, w // n_win
+    x = x.view(b, n_win, n_win, rh, rw, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def region_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_idx: torch.Tensor, num_heads: int, n_win: int,
+    scale: float,
+) -> torch.Tensor:
+    """Token attention of each region's queries over the tokens of its routed regions.
+
+    q, k: (B, H, W, C_qk); v: (B, H, W, C_v), H and W divisible by n_win; region_idx: (B, n_win**2, topk).
+    Returns (B, H, W, C_v): O_i = softmax(s q_i K_g^T) V_g per head, K_g, V_g the gathered tokens.
+    """
+    b, h, w, c_qk = q.shape
+    c_v = v.shape[-1]
+    regions, topk = region_idx.shape[1:]
+    q_r, k_r, v_r = (to_regions(t, n_win) for t in (q, k, v))
+    tokens = q_r.shape[2]
+    gather_idx = region_idx[..., None, None]
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        c = t.shape[-1]
+        picked = torch.gather(
+            t[:, None].expand(-1, regions, -1, -1, -1), 2, gather_idx.expand(-1, -1, -1, tokens, c)
+        )
+        return picked.view(b * regions, topk * tokens, num_heads, c // num_heads).transpose(1, 2)
+
+    q_h = q_r.reshape(b * regions, tokens, num_heads, c_qk // num_heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q_h, gather(k_r), gather(v_r), scale=scale)
+    out = out.transpose(1, 2).reshape(b, regions, tokens, c_v)
+    return from_regions(out, n_win, h, w)
