@@ -25,7 +25,8 @@ def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
     ``$TORCH_HOME/hub/checkpoints/<variant>_<tag>.pth`` (once) and points timm at that file through
     ``pretrained_cfg_overlay``. A ``file`` the caller already set in the overlay is left alone.
     """
-    overlay = kwargs.setdefault("pretrained_cfg_overlay", {})
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    kwargs["pretrained_cfg_overlay"] = overlay
     if overlay.get("file"):
         return
     cfg = get_pretrained_cfg(f"{variant}.{tag}")

@@ -61,7 +61,9 @@ def routed_attention(
             f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     if q.shape[-1] % num_heads or v.shape[-1] % num_heads:
-        raise ValueError(f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}")
+        raise ValueError(
+            f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}"
+        )
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     h, w = q.shape[1:3]
     pad_h, pad_w = -h % n_win, -w % n_win

@@ -1,0 +1,115 @@
+import re
+
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import visattn  # noqa: F401
+
+# Published parameters (M) and MACs (G) at 224x224.
+PUBLISHED = {"biformer_tiny": (13.14, 2.22), "biformer_small": (25.54, 4.46), "biformer_base": (56.80, 9.76)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_params_and_macs_match_the_paper(name):
+    params, macs = PUBLISHED[name]
+    model = timm.create_model(name).eval()
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params, rel=0.01)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    assert any("scaled_dot_product" in op for op in counts), f"attention was not counted: {counts}"
+    assert counter.get_total_flops() / 2e9 == pytest.approx(macs, rel=0.02)
+
+
+# The official repository's key layout, written independently of the package's converter.
+_TO_OFFICIAL = [
+    (r"^stem\.conv1\.", "downsample_layers.0.0."),
+    (r"^stem\.norm1\.", "downsample_layers.0.1."),
+    (r"^stem\.conv2\.", "downsample_layers.0.3."),
+    (r"^stem\.norm2\.", "downsample_layers.0.4."),
+    (r"^stages\.(\d)\.downsample\.conv\.", r"downsample_layers.\1.0."),
+    (r"^stages\.(\d)\.downsample\.norm\.", r"downsample_layers.\1.1."),
+    (r"^stages\.([012])\.blocks\.(\d+)\.attn\.qkv\.", r"stages.\1.\2.attn.qkv.qkv."),
+    (r"^stages\.([012])\.blocks\.(\d+)\.attn\.proj\.", r"stages.\1.\2.attn.wo."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.\2.mlp.0."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.\2.mlp.3."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.", r"stages.\1.\2."),
+    (r"^head\.fc\.", "head."),
+]
+
+
+def official_state_dict(model) -> dict:
+    out = {}
+    for key, value in model.state_dict().items():
+        for pattern, repl in _TO_OFFICIAL:
+            key = re.sub(pattern, repl, key)
+        out[key] = value.clone()
+    return out
+
+
+def _randomized(name: str):
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def test_official_checkpoint_loads_through_pretrained(tmp_path):
+    source = _randomized("biformer_tiny")
+    official = official_state_dict(source)
+    assert len(official) == 264
+    assert "stages.0.0.attn.qkv.qkv.bias" in official and "stages.3.0.attn.qkv.bias" not in official
+    assert official["stages.0.0.attn.qkv.qkv.weight"].shape == (64 * 3, 64)
+    expected = {"downsample_layers.0.4.running_var", "stages.2.7.attn.lepe.weight", "norm.weight", "head.bias"}
+    assert expected <= set(official)
+    path = tmp_path / "biformer_tiny_in1k.pth"
+    torch.save({"model": official, "epoch": 299}, path)
+    loaded = timm.create_model("biformer_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x))
+
+
+def test_raw_official_state_dict_loads_from_the_variant_named_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    source = _randomized("biformer_tiny")
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(official_state_dict(source), tmp_path / "hub" / "checkpoints" / "biformer_tiny_in1k.pth")
+    loaded = timm.create_model("biformer_tiny", pretrained=True, num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_features(x), source.forward_features(x))
+    assert loaded.get_classifier().out_features == 10
+
+
+def test_pretrained_cfg_names_the_official_source():
+    cfg = timm.create_model("biformer_small").pretrained_cfg
+    assert cfg["url"].startswith("https://api.onedrive.com/") and cfg["license"] == "mit"
+    assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["input_size"] == (3, 224, 224)
+
+
+@pytest.mark.parametrize("size", [(256, 256), (320, 480), (100, 150)])
+def test_any_input_size(size):
+    model = timm.create_model("biformer_tiny", features_only=True).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, *size))
+    for feat, stride in zip(maps, (4, 8, 16, 32), strict=True):
+        assert feat.shape[-2:] == (-(-size[0] // stride), -(-size[1] // stride))
+
+
+def test_topk_larger_than_region_count_is_a_construction_error():
+    with pytest.raises(ValueError, match=r"topk=16 must be between 1 and n_win\*\*2=9"):
+        timm.create_model("biformer_tiny", n_win=3)
+
+
+def test_input_smaller_than_total_stride_is_a_clear_error():
+    model = timm.create_model("biformer_tiny").eval()
+    with pytest.raises(ValueError, match="input 16x16 is too small for BiFormer: both sides must be at least 32"):
+        model(torch.randn(1, 3, 16, 16))
