@@ -1,0 +1,55 @@
+"""Per-epoch metrics to TensorBoard, metrics.json and a PNG of the curves."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .checkpoint import atomic_write_json
+
+
+class RunLog:
+    """Collects one dict of scalars per epoch and writes them out after each epoch (main process only)."""
+
+    def __init__(self, output: str, history: list[dict] | None = None, meta: dict | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.output = output
+        self.history = list(history or [])
+        self.meta = dict(meta or {})
+        self.writer = SummaryWriter(os.path.join(output, "tensorboard"))
+
+    def log(self, epoch: int, scalars: dict[str, float], best: dict[str, Any]) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+        self.history.append({"epoch": epoch, **scalars})
+        atomic_write_json({**self.meta, "best": best, "history": self.history},
+                          os.path.join(self.output, "metrics.json"))
+        self.plot(os.path.join(self.output, "curves.png"))
+
+    def plot(self, path: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [h["epoch"] for h in self.history]
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+        for key in ("train_loss", "val_loss"):
+            ax_loss.plot(epochs, [h[key] for h in self.history], marker="o", label=key)
+        for key in ("val_top1", "val_top5"):
+            ax_acc.plot(epochs, [h[key] for h in self.history], marker="o", label=key)
+        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        tmp = f"{path}.tmp.png"
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        self.writer.close()
