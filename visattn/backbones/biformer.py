@@ -127,6 +127,8 @@ class BiFormer(nn.Module):
         super().__init__()
         if not len(depths) == len(dims) == len(topks):
             raise ValueError(f"depths, dims and topks need one entry per stage, got {depths}, {dims}, {topks}")
+        if any(dim % head_dim for dim, topk in zip(dims, topks, strict=True) if topk is not None):
+            raise ValueError(f"dims {tuple(dims)} of routed stages must be multiples of head_dim={head_dim}")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.drop_rate = drop_rate

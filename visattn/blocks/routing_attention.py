@@ -25,7 +25,7 @@ class BiLevelRoutingAttention(nn.Module):
         super().__init__()
         check_routing_args(n_win, topk)
         self.qk_dim = qk_dim or dim
-        if self.qk_dim % num_heads or dim % num_heads:
+        if num_heads < 1 or self.qk_dim % num_heads or dim % num_heads:
             raise ValueError(f"dim={dim} and qk_dim={self.qk_dim} must be divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.n_win, self.topk = dim, num_heads, n_win, topk
         self.scale = self.qk_dim ** -0.5

@@ -288,7 +288,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, model_name: st
     if not name:
         raise UserError(f"{checkpoint} does not name its model; pass --model")
     dev = pick_device(device)
-    model = create_model(name, num_classes=ckpt["num_classes"], **ckpt.get("model_kwargs", {}))
+    kwargs = ckpt.get("model_kwargs", {}) if name == ckpt.get("model") else {}
+    model = create_model(name, num_classes=ckpt["num_classes"], **kwargs)
     state = ckpt["state_dict_ema"] if use_ema and "state_dict_ema" in ckpt else ckpt["state_dict"]
     load_state_strict(model, state, f"checkpoint {checkpoint} (trained as {ckpt.get('model')})")
     model.to(dev)

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from visattn.data.classification import DigitsDataset, ImageFolderDataset
+from visattn.errors import UserError
+
+
+def _write(path, mode):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = (12, 10)
+    if mode == "L":
+        Image.fromarray(np.full(size, 200, np.uint8), "L").save(path)
+    elif mode == "RGBA":
+        Image.fromarray(np.full((*size, 4), 90, np.uint8), "RGBA").save(path)
+    else:
+        Image.fromarray(np.full((*size, 3), 30, np.uint8), "RGB").save(path)
+
+
+def test_image_folder_converts_every_mode_to_rgb_and_skips_corrupt_files(tmp_path):
+    _write(tmp_path / "cat" / "a.png", "L")
+    _write(tmp_path / "cat" / "b.png", "RGBA")
+    _write(tmp_path / "dog" / "c.png", "RGB")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not an image at all")
+    (tmp_path / "dog" / "notes.txt").write_text("ignored")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\) .*broken\.png"):
+        ds = ImageFolderDataset(str(tmp_path))
+    assert ds.classes == ["cat", "dog"] and len(ds) == 3 and ds.num_skipped == 1
+    for i in range(3):
+        img, label = ds[i]
+        assert img.mode == "RGB" and img.size == (10, 12)
+    assert [ds[i][1] for i in range(3)] == [0, 0, 1]
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        ImageFolderDataset(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no class folders"):
+        ImageFolderDataset(str(tmp_path))
+    _write(tmp_path / "cat" / "a.png", "RGB")
+    with pytest.raises(UserError, match="class folder .*dog is missing"):
+        ImageFolderDataset(str(tmp_path), classes=["cat", "dog"])
+
+
+def test_digits_split_is_stratified_and_disjoint():
+    train, val = DigitsDataset("train"), DigitsDataset("val")
+    assert len(train) + len(val) == 1797 and len(val) == 360
+    assert set(np.bincount(val.targets).tolist()) <= {35, 36, 37}
+    img, label = train[0]
+    assert img.mode == "RGB" and img.size == (8, 8) and 0 <= label < 10
+    train_rows = {t.tobytes() for t in train.images}
+    assert sum(v.tobytes() in train_rows for v in val.images) < 5  # only exact duplicate digits overlap

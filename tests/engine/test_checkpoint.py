@@ -1,0 +1,47 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from visattn.engine import checkpoint as ckpt_mod
+from visattn.engine.checkpoint import atomic_save, load_checkpoint_file, load_state_strict
+from visattn.errors import UserError
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    atomic_save({"epoch": 1}, str(path))
+
+    def crash(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"epoch": 2}, str(path))
+    monkeypatch.undo()
+    assert torch.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_strict_load_names_missing_unexpected_and_reshaped_keys():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    state = {"0.weight": torch.zeros(3, 4), "0.bias": torch.zeros(5), "2.weight": torch.zeros(1)}
+    with pytest.raises(UserError) as err:
+        load_state_strict(model, state, "checkpoint x.pth")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "2 missing (1.weight, 1.bias)" in message
+    assert "1 unexpected (2.weight)" in message
+    assert "0.bias (5,) vs (3,)" in message
+
+
+def test_load_checkpoint_file_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint_file(str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint_file(str(tmp_path / "junk.pth"))
+    torch.save({"model": {}}, tmp_path / "official.pth")
+    with pytest.raises(UserError, match="not a visattn training checkpoint"):
+        load_checkpoint_file(str(tmp_path / "official.pth"))

@@ -1,0 +1,137 @@
+"""The command-line tools end to end, as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL = json.dumps({"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "n_win": 2, "topks": [1, 2, 4, None],
+                    "head_dim": 16})
+
+
+def tool(name, *args, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two easy classes (bright vs dark), stored as grayscale, RGBA and RGB files, plus one corrupt file."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    modes = ["L", "RGBA", "RGB"]
+    for split, count in (("train", 12), ("val", 6)):
+        for label, level in (("bright", 220), ("dark", 30)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(level + rng.normal(0, 10, (40, 40, 4)), 0, 255).astype(np.uint8)
+                mode = modes[i % 3]
+                img = Image.fromarray(pixels[..., 0] if mode == "L" else pixels[..., : len(mode)], mode)
+                img.save(folder / f"{i}.png")
+    (root / "train" / "dark" / "corrupt.png").write_bytes(b"\x89PNG but not really")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    args = ["--data", str(image_folder), "--output", str(out), "--model", "biformer_tiny", "--model-kwargs", SMALL,
+            "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "0", "--lr", "1e-3",
+            "--warmup-epochs", "0", "--ema-decay", "0.9"]
+    result = tool("train.py", *args)
+    assert result.returncode == 0, result.stderr
+    return out, args, result
+
+
+def test_training_writes_checkpoints_metrics_curves_and_tensorboard(trained_run):
+    out, _, result = trained_run
+    assert "skipped 1 unreadable image file(s)" in result.stderr and "corrupt.png" in result.stderr
+    assert {"last.pth", "best.pth", "metrics.json", "curves.png", "tensorboard"} <= set(os.listdir(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["model"] == "biformer_tiny" and metrics["best"]["epoch"] in (1, 2)
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tensorboard"))
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert last["epoch"] == 1 and "optimizer" in last and "state_dict_ema" in last
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_resume_continues_where_training_stopped(trained_run, tmp_path):
+    out, args, _ = trained_run
+    resumed = tmp_path / "resumed"
+    args = [a if a != str(out) else str(resumed) for a in args]
+    args[args.index("--epochs") + 1] = "3"
+    result = tool("train.py", *args, "--resume", str(out / "last.pth"))
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/3" not in result.stdout and "epoch 3/3" in result.stdout
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+
+
+def test_eval_prints_top1_and_top5(trained_run):
+    out, _, _ = trained_run
+    result = tool("eval.py", "--checkpoint", str(out / "best.pth"), "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "top-1" in result.stdout and "top-5" in result.stdout
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["count"] == 12 and 0 <= metrics["top1"] <= metrics["top5"] == 100.0
+
+
+def test_eval_with_another_models_checkpoint_names_the_keys(trained_run):
+    out, _, _ = trained_run
+    result = tool("eval.py", "--checkpoint", str(out / "best.pth"), "--model", "biformer_small", "--workers", "0")
+    assert_one_line_error(result, "does not match the model", "missing (stages.0.blocks.1.", "with other shapes")
+
+
+def test_unknown_model_suggests_close_matches(image_folder, tmp_path):
+    result = tool("train.py", "--data", str(image_folder), "--model", "biformer_tny", "--output", str(tmp_path))
+    assert_one_line_error(result, "unknown model 'biformer_tny'", "did you mean biformer_tiny")
+
+
+def test_missing_data_folder(tmp_path):
+    result = tool("train.py", "--data", str(tmp_path / "nowhere"), "--model", "biformer_tiny",
+                  "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, "data folder", "does not exist")
+
+
+def test_input_too_small_for_the_model(image_folder, tmp_path):
+    result = tool("train.py", "--data", str(image_folder), "--model", "biformer_tiny", "--model-kwargs", SMALL,
+                  "--img-size", "16", "--output", str(tmp_path), "--workers", "0")
+    assert_one_line_error(result, "image size 16 does not work with biformer_tiny", "at least 32")
+
+
+def test_bad_model_kwargs_are_reported(image_folder, tmp_path):
+    result = tool("train.py", "--data", str(image_folder), "--model", "biformer_tiny", "--model-kwargs",
+                  '{"n_win": 2}', "--output", str(tmp_path))
+    assert_one_line_error(result, "cannot build biformer_tiny", "topk=16 must be between 1 and n_win**2=4")
+
+
+def test_torchrun_two_processes(image_folder, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         os.path.join(ROOT, "tools", "train.py"), "--data", str(image_folder), "--output", str(tmp_path),
+         "--model", "biformer_tiny", "--model-kwargs", SMALL, "--img-size", "32", "--epochs", "1",
+         "--batch-size", "4", "--workers", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["history"]) == 1
+    assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 reports
