@@ -20,7 +20,7 @@ demo: $(STAMP)
 	@echo "checkpoint: $(OUT)/best.pth  curves: $(OUT)/curves.png  metrics: $(OUT)/metrics.json"
 
 test: $(STAMP)
-	$(PY) -m ruff check visattn tools tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 -q
 
 clean:

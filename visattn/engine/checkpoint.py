@@ -14,7 +14,8 @@ import torch.nn as nn
 from ..errors import UserError
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -30,7 +31,7 @@ def _atomic_write(path: str, write: Callable[[str], None]) -> None:
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_json(obj: Any, path: str) -> None:
@@ -38,17 +39,22 @@ def atomic_write_json(obj: Any, path: str) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
+
+
+def read_weights(path: str) -> Any:
+    """torch.load a weights file on the CPU (tensors and plain containers only), with one-line errors."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
 
 
 def load_checkpoint_file(path: str) -> dict:
     """Load a visattn training checkpoint, with a clear error for a missing or unreadable file."""
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    ckpt = read_weights(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a visattn training checkpoint (no 'state_dict'); convert it first")
     return ckpt

@@ -123,8 +123,8 @@ def build_dataset(data: str | None, split: str, img_size: int, data_cfg: dict, c
 def _loader(dataset, batch_size: int, workers: int, train: bool, world_size: int, device: torch.device):
     sampler = DistributedSampler(dataset, shuffle=train) if world_size > 1 else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda", drop_last=train and len(dataset) > batch_size,
-                      persistent_workers=workers > 0)
+                      num_workers=workers, pin_memory=device.type == "cuda",
+                      drop_last=train and len(dataset) > batch_size, persistent_workers=workers > 0)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -151,6 +151,36 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
         totals[3] += targets.numel()
     loss, top1, top5, count = all_reduce_sum(totals, device)
     return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "count": count}
+
+
+def train_one_epoch(train_model: nn.Module, model: nn.Module, loader: DataLoader, optimizer, scheduler, criterion,
+                    mixup, ema, device: torch.device, cfg: ClassificationConfig, epoch: int,
+                    show_progress: bool) -> tuple[float, int]:
+    """One pass over ``loader``; ``train_model`` may be the DDP wrapper of ``model``. Returns (loss sum, images)."""
+    train_model.train()
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (show_progress and sys.stderr.isatty()))
+    for step, (images, targets) in enumerate(bar):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if mixup is not None:
+            images, targets = mixup(images, targets)
+        with _autocast(device, cfg.amp):
+            loss = criterion(train_model(images), targets)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        scheduler.step_update(epoch * len(loader) + step + 1)
+        if ema is not None:
+            ema.update(model)
+        loss_sum += loss.item() * images.shape[0]
+        seen += images.shape[0]
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return loss_sum, seen
 
 
 def train(cfg: ClassificationConfig) -> dict[str, Any]:
@@ -221,32 +251,12 @@ def train(cfg: ClassificationConfig) -> dict[str, Any]:
                     "dataset": cfg.data or DIGITS, "config": dataclasses.asdict(cfg)}
             log = RunLog(cfg.output, history, meta)
 
-        updates_per_epoch = len(train_loader)
         for epoch in range(start_epoch, cfg.epochs):
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
-            train_model.train()
-            started, loss_sum, seen = time.time(), 0.0, 0
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (is_main and sys.stderr.isatty()))
-            for step, (images, targets) in enumerate(bar):
-                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                if mixup is not None:
-                    images, targets = mixup(images, targets)
-                with _autocast(device, cfg.amp):
-                    loss = criterion(train_model(images), targets)
-                if not math.isfinite(loss.item()):
-                    raise RuntimeError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                scheduler.step_update(epoch * updates_per_epoch + step + 1)
-                if ema is not None:
-                    ema.update(model)
-                loss_sum += loss.item() * images.shape[0]
-                seen += images.shape[0]
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            started = time.time()
+            loss_sum, seen = train_one_epoch(train_model, model, train_loader, optimizer, scheduler, criterion, mixup,
+                                             ema, device, cfg, epoch, show_progress=is_main)
             train_loss_sum, train_seen = all_reduce_sum([loss_sum, seen], device)
             metrics = evaluate(ema.module if ema is not None else model, val_loader, device, cfg.amp)
             if is_main:

@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+
+import timm
+import torch
+from safetensors.torch import load_file
+
+from tests.backbones.test_biformer import _randomized, official_state_dict
+from tests.tools.test_train_eval import ROOT, assert_one_line_error
+
+
+def convert(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_official_checkpoint_converts_to_safetensors(tmp_path):
+    source = _randomized("biformer_tiny")
+    torch.save({"model": official_state_dict(source)}, tmp_path / "official.pth")
+    out = tmp_path / "biformer_tiny.safetensors"
+    result = convert("--model", "biformer_tiny", "--checkpoint", str(tmp_path / "official.pth"), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    model = timm.create_model("biformer_tiny").eval()
+    model.load_state_dict(load_file(out))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x))
+
+
+def test_checkpoint_of_another_model_names_the_keys(tmp_path):
+    torch.save({"model": official_state_dict(timm.create_model("biformer_tiny"))}, tmp_path / "tiny.pth")
+    result = convert("--model", "biformer_small", "--checkpoint", str(tmp_path / "tiny.pth"),
+                     "--output", str(tmp_path / "x.safetensors"))
+    assert_one_line_error(result, "does not match the model", "missing (stages.0.blocks.2.")
+    assert not (tmp_path / "x.safetensors").exists()
