@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 
@@ -24,39 +23,6 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
     return choice
 
 
-class OpDispatcher:
-    """Routes one op to its reference or its Triton implementation.
-
-    The Triton module is imported on first use only, so ``import visattn`` never loads a kernel. An op
-    whose Triton module does not exist yet runs its reference when the backend is picked
-    automatically and raises when Triton is asked for explicitly.
-    """
-
-    def __init__(self, name: str, reference: Callable, triton_module: str, triton_attr: str):
-        self.name = name
-        self.reference = reference
-        self._triton_module = triton_module
-        self._triton_attr = triton_attr
-        self._triton_impl: Callable | None = None
-
-    def _load_triton(self) -> Callable | None:
-        if self._triton_impl is None:
-            try:
-                module = importlib.import_module(self._triton_module)
-            except ModuleNotFoundError as err:
-                if err.name != self._triton_module:
-                    raise
-                return None
-            self._triton_impl = getattr(module, self._triton_attr)
-        return self._triton_impl
-
-    def __call__(self, backend: str | None, tensor: torch.Tensor) -> Callable:
-        explicit = backend or os.environ.get(ENV_VAR)
-        if resolve_backend(backend, tensor) == "torch":
-            return self.reference
-        impl = self._load_triton()
-        if impl is None:
-            if explicit:
-                raise RuntimeError(f"{self.name} has no Triton kernel yet; use backend='torch'")
-            return self.reference
-        return impl
+def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: Callable) -> Callable:
+    """The implementation of an op for this call: ``fused`` (Triton) or ``reference`` (PyTorch)."""
+    return fused if resolve_backend(backend, tensor) == "triton" else reference

@@ -21,8 +21,8 @@ aten = torch.ops.aten
 
 
 def register_flops(op, formula: Callable) -> None:
-    """Register ``formula(*arg_shapes, out_shape=..., **kwargs) -> int`` for ``op``, once."""
-    if op not in flop_registry:
+    """Register ``formula(*arg_shapes, out_shape=..., **kwargs) -> int`` for ``op`` (overload or packet), once."""
+    if getattr(op, "default", op) not in flop_registry:
         register_flop_formula(op)(formula)
 
 

@@ -11,17 +11,12 @@ For a map split into S x S regions (S = ``n_win``), with region means Q^r, K^r o
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .._backend import OpDispatcher
+from .._backend import pick
+from .fused import region_attention_fused
 from .reference import region_attention_reference, route_regions
 
 __all__ = ["routed_attention", "route_regions"]
-
-_dispatch = OpDispatcher(
-    "routed_attention", region_attention_reference, "visattn.ops.routed_attention.triton", "region_attention_triton"
-)
-
 
 def check_routing_args(n_win: int, topk: int) -> None:
     """Raise a clear error for a region grid or topk that cannot work."""
@@ -65,12 +60,6 @@ def routed_attention(
             f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}"
         )
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    h, w = q.shape[1:3]
-    pad_h, pad_w = -h % n_win, -w % n_win
-    if pad_h or pad_w:
-        q, k, v = (F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))
     region_idx = route_regions(q, k, n_win, topk, scale)
-    out = _dispatch(backend, q)(q, k, v, region_idx, num_heads, n_win, scale)
-    if pad_h or pad_w:
-        out = out[:, :h, :w].contiguous()
-    return out
+    impl = pick(backend, q, region_attention_reference, region_attention_fused)
+    return impl(q, k, v, region_idx, num_heads, n_win, scale)

@@ -7,20 +7,23 @@ import torch.nn.functional as F
 
 
 def region_means(x: torch.Tensor, n_win: int) -> torch.Tensor:
-    """Mean of each of the n_win x n_win regions of a map.
+    """Mean of each of the n_win x n_win regions of a map zero-padded at the bottom/right to a multiple of n_win.
 
-    x: (B, H, W, C) with H and W divisible by n_win. Returns (B, n_win**2, C), regions in row-major order.
+    x: (B, H, W, C), any H, W. Returns (B, n_win**2, C), regions in row-major order.
     """
     b, h, w, c = x.shape
-    return x.view(b, n_win, h // n_win, n_win, w // n_win, c).mean(dim=(2, 4)).reshape(b, n_win * n_win, c)
+    rh, rw = -(-h // n_win), -(-w // n_win)
+    means = F.avg_pool2d(x.permute(0, 3, 1, 2), (rh, rw), ceil_mode=True, divisor_override=rh * rw)
+    means = F.pad(means, (0, n_win - means.shape[-1], 0, n_win - means.shape[-2]))
+    return means.flatten(2).transpose(1, 2)
 
 
 @torch.no_grad()
 def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale: float) -> torch.Tensor:
     """Region-level routing: I^r = topk((s * Q^r) (K^r)^T), with Q^r, K^r the region means of q, k.
 
-    q, k: (B, H, W, C_qk). Returns int64 indices (B, n_win**2, topk): for each query region, the key
-    regions it attends to. No gradient flows through the routing, as in the official code.
+    q, k: (B, H, W, C_qk), any H, W (zero-padded regions). Returns int64 indices (B, n_win**2, topk): for each
+    query region, the key regions it attends to. No gradient flows through the routing, as in the official code.
     """
     q_r = region_means(q, n_win)
     k_r = region_means(k, n_win)
@@ -50,9 +53,15 @@ def region_attention_reference(
 ) -> torch.Tensor:
     """Token attention of each region's queries over the tokens of its routed regions.
 
-    q, k: (B, H, W, C_qk); v: (B, H, W, C_v), H and W divisible by n_win; region_idx: (B, n_win**2, topk).
+    q, k: (B, H, W, C_qk); v: (B, H, W, C_v); region_idx: (B, n_win**2, topk). Maps whose sides are not
+    multiples of n_win are zero-padded at the bottom/right (padded keys take part, with zero k and v)
+    and the output is cropped back.
     Returns (B, H, W, C_v): O_i = softmax(s q_i K_g^T) V_g per head, K_g, V_g the gathered tokens.
     """
+    h_in, w_in = q.shape[1:3]
+    pad_h, pad_w = -h_in % n_win, -w_in % n_win
+    if pad_h or pad_w:
+        q, k, v = (F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))
     b, h, w, c_qk = q.shape
     c_v = v.shape[-1]
     regions, topk = region_idx.shape[1:]
@@ -70,4 +79,5 @@ def region_attention_reference(
     q_h = q_r.reshape(b * regions, tokens, num_heads, c_qk // num_heads).transpose(1, 2)
     out = F.scaled_dot_product_attention(q_h, gather(k_r), gather(v_r), scale=scale)
     out = out.transpose(1, 2).reshape(b, regions, tokens, c_v)
-    return from_regions(out, n_win, h, w)
+    out = from_regions(out, n_win, h, w)
+    return out[:, :h_in, :w_in].contiguous() if pad_h or pad_w else out

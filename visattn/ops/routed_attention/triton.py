@@ -1,0 +1,323 @@
+"""Fused bi-level routing attention in Triton: forward, and flash-attention style backward.
+
+Each program owns a tile of query tokens: ``G = BLOCK // R`` whole regions of ``R`` tokens (small
+regions are packed so the tensor cores see full tiles) or one ``BLOCK``-row slice of a large region.
+It walks a list of key regions — the query region's top-k, or for packed tiles the union of the
+packed regions' top-k with a per-row region-adjacency mask — loading key and value tokens straight
+from the channels-last maps by index. Several small key regions share one key tile. Nothing of size
+topk x K/V is ever materialised; backward recomputes the probabilities from the saved log-sum-exp.
+The region partition and the bottom/right zero padding are folded into the address arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+# Query rows and key columns per tile. 64 x 64 keeps a tile's q, k, v and accumulators in registers for
+# head_dim up to 128 with 4 warps; regions smaller than BLOCK_M are packed BLOCK_M // R to a tile.
+BLOCK_M = 64
+BLOCK_N = 64
+
+
+@triton.jit
+def _token_addr(reg, tok, n_win, rh, rw, H, W, stride_h, stride_w):
+    """Region ``reg``, token ``tok`` (row-major inside the region) -> (offset, inside the map, y*W + x)."""
+    y = (reg // n_win) * rh + tok // rw
+    x = (reg % n_win) * rw + tok % rw
+    inside = (y < H) & (x < W)
+    return y * stride_h + x * stride_w, inside, y * W + x
+
+
+@triton.jit
+def _tile_rows(pid_t, n_sub, G: tl.constexpr, R, S2, BLOCK: tl.constexpr):
+    """Region and in-region token of each row of tile ``pid_t`` (G regions, or one slice of one region)."""
+    t = pid_t // n_sub
+    s = pid_t % n_sub
+    i = tl.arange(0, BLOCK)
+    reg = t * G + i // R
+    tok = s * BLOCK + i % R
+    valid = (i < G * R) & (tok < R) & (reg < S2)
+    return t, reg, tok, valid
+
+
+@triton.jit
+def _list_cols(lst, n0, n_items, R, BLOCK: tl.constexpr):
+    """Region and token of columns n0..n0+BLOCK of a region list walked token by token."""
+    j = n0 + tl.arange(0, BLOCK)
+    valid = j < n_items * R
+    reg = tl.load(lst + j // R, mask=valid, other=0)
+    return reg, j % R, valid
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE, LISTS, COUNTS, ADJ,
+    sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, so_b, so_h, so_w,
+    H, W, n_win, rh, rw, R, S2, num_heads, n_tiles, n_sub, list_len, qk_scale_log2,
+    D_QK: tl.constexpr, D_V: tl.constexpr, BD_QK: tl.constexpr, BD_V: tl.constexpr,
+    G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = pid_bh % num_heads
+    t, q_reg, q_tok, q_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
+    q_off, q_inside, q_lin = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sq_h, sq_w)
+    o_off, _, _ = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, so_h, so_w)
+    q_rows = q_valid & q_inside
+    dqk = tl.arange(0, BD_QK)
+    dv = tl.arange(0, BD_V)
+    q = tl.load(Q + b * sq_b + q_off[:, None] + h * D_QK + dqk[None, :],
+                mask=q_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
+
+    lst = LISTS + (b * n_tiles + t) * list_len
+    n_items = tl.load(COUNTS + b * n_tiles + t)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BD_V], tl.float32)
+    for n0 in range(0, n_items * R, BLOCK_N):
+        k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
+        k_off, k_inside, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sk_h, sk_w)
+        v_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sv_h, sv_w)
+        k_rows = k_valid & k_inside
+        k = tl.load(K + b * sk_b + k_off[:, None] + h * D_QK + dqk[None, :],
+                    mask=k_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
+        allowed = k_valid[None, :]
+        if PACKED:
+            adj = tl.load(ADJ + b * S2 * S2 + q_reg[:, None] * S2 + k_reg[None, :],
+                          mask=q_valid[:, None] & k_valid[None, :], other=0)
+            allowed = allowed & (adj != 0)
+        s = tl.where(allowed, s, -1.0e30)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + b * sv_b + v_off[:, None] + h * D_V + dv[None, :],
+                    mask=k_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(O + b * so_b + o_off[:, None] + h * D_V + dv[None, :], acc.to(O.dtype.element_ty),
+             mask=q_rows[:, None] & (dv[None, :] < D_V))
+    tl.store(LSE + pid_bh.to(tl.int64) * H * W + q_lin, m_i + tl.log2(l_i), mask=q_rows)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA, LISTS, COUNTS, ADJ,
+    sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, sdo_b, sdo_h, sdo_w, sdq_b, sdq_h, sdq_w,
+    H, W, n_win, rh, rw, R, S2, num_heads, n_tiles, n_sub, list_len, qk_scale_log2, scale,
+    D_QK: tl.constexpr, D_V: tl.constexpr, BD_QK: tl.constexpr, BD_V: tl.constexpr,
+    G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = pid_bh % num_heads
+    t, q_reg, q_tok, q_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
+    q_off, q_inside, q_lin = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sq_h, sq_w)
+    do_off, _, _ = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sdo_h, sdo_w)
+    dq_off, _, _ = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sdq_h, sdq_w)
+    q_rows = q_valid & q_inside
+    dqk = tl.arange(0, BD_QK)
+    dv = tl.arange(0, BD_V)
+    q = tl.load(Q + b * sq_b + q_off[:, None] + h * D_QK + dqk[None, :],
+                mask=q_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
+    do = tl.load(DO + b * sdo_b + do_off[:, None] + h * D_V + dv[None, :],
+                 mask=q_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+    stats = pid_bh.to(tl.int64) * H * W + q_lin
+    lse = tl.load(LSE + stats, mask=q_rows, other=0.0)
+    delta = tl.load(DELTA + stats, mask=q_rows, other=0.0)
+
+    lst = LISTS + (b * n_tiles + t) * list_len
+    n_items = tl.load(COUNTS + b * n_tiles + t)
+    dq = tl.zeros([BLOCK_M, BD_QK], tl.float32)
+    for n0 in range(0, n_items * R, BLOCK_N):
+        k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
+        k_off, k_inside, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sk_h, sk_w)
+        v_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sv_h, sv_w)
+        k_rows = k_valid & k_inside
+        k = tl.load(K + b * sk_b + k_off[:, None] + h * D_QK + dqk[None, :],
+                    mask=k_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
+        v = tl.load(V + b * sv_b + v_off[:, None] + h * D_V + dv[None, :],
+                    mask=k_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
+        allowed = q_rows[:, None] & k_valid[None, :]
+        if PACKED:
+            adj = tl.load(ADJ + b * S2 * S2 + q_reg[:, None] * S2 + k_reg[None, :],
+                          mask=q_valid[:, None] & k_valid[None, :], other=0)
+            allowed = allowed & (adj != 0)
+        p = tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    tl.store(DQ + b * sdq_b + dq_off[:, None] + h * D_QK + dqk[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=q_rows[:, None] & (dqk[None, :] < D_QK))
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, LISTS, COUNTS, ADJ,
+    sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, sdo_b, sdo_h, sdo_w,
+    sdk_b, sdk_h, sdk_w, sdv_b, sdv_h, sdv_w,
+    H, W, n_win, rh, rw, R, S2, num_heads, n_tiles, n_sub, list_len, qk_scale_log2, scale,
+    D_QK: tl.constexpr, D_V: tl.constexpr, BD_QK: tl.constexpr, BD_V: tl.constexpr,
+    G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = pid_bh % num_heads
+    t, k_reg, k_tok, k_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
+    k_off, k_inside, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sk_h, sk_w)
+    v_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sv_h, sv_w)
+    dk_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sdk_h, sdk_w)
+    dv_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sdv_h, sdv_w)
+    k_rows = k_valid & k_inside
+    dqk = tl.arange(0, BD_QK)
+    dv = tl.arange(0, BD_V)
+    k = tl.load(K + b * sk_b + k_off[:, None] + h * D_QK + dqk[None, :],
+                mask=k_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
+    v = tl.load(V + b * sv_b + v_off[:, None] + h * D_V + dv[None, :],
+                mask=k_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+
+    lst = LISTS + (b * n_tiles + t) * list_len
+    n_items = tl.load(COUNTS + b * n_tiles + t)
+    dk = tl.zeros([BLOCK_M, BD_QK], tl.float32)
+    dvacc = tl.zeros([BLOCK_M, BD_V], tl.float32)
+    for n0 in range(0, n_items * R, BLOCK_N):
+        q_reg, q_tok, q_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
+        q_off, q_inside, q_lin = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sq_h, sq_w)
+        do_off, _, _ = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sdo_h, sdo_w)
+        q_rows = q_valid & q_inside
+        q = tl.load(Q + b * sq_b + q_off[:, None] + h * D_QK + dqk[None, :],
+                    mask=q_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
+        do = tl.load(DO + b * sdo_b + do_off[:, None] + h * D_V + dv[None, :],
+                     mask=q_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+        stats = pid_bh.to(tl.int64) * H * W + q_lin
+        lse = tl.load(LSE + stats, mask=q_rows, other=0.0)
+        delta = tl.load(DELTA + stats, mask=q_rows, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale_log2
+        allowed = k_valid[:, None] & q_rows[None, :]
+        if PACKED:
+            adj = tl.load(ADJ + b * S2 * S2 + q_reg[None, :] * S2 + k_reg[:, None],
+                          mask=k_valid[:, None] & q_valid[None, :], other=0)
+            allowed = allowed & (adj != 0)
+        p_t = tl.where(allowed, tl.exp2(s_t - lse[None, :]), 0.0)
+        dvacc += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    tl.store(DK + b * sdk_b + dk_off[:, None] + h * D_QK + dqk[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=k_rows[:, None] & (dqk[None, :] < D_QK))
+    tl.store(DV + b * sdv_b + dv_off[:, None] + h * D_V + dv[None, :], dvacc.to(DV.dtype.element_ty),
+             mask=k_rows[:, None] & (dv[None, :] < D_V))
+
+
+class _Plan:
+    """Tiling of one call: region geometry, tile sizes and the per-tile region lists for both passes."""
+
+    def __init__(self, q: torch.Tensor, v: torch.Tensor, region_idx: torch.Tensor, num_heads: int, n_win: int):
+        b, h, w, c_qk = q.shape
+        self.H, self.W, self.n_win = h, w, n_win
+        self.rh, self.rw = -(-h // n_win), -(-w // n_win)
+        self.R = self.rh * self.rw
+        self.S2 = n_win * n_win
+        self.num_heads = num_heads
+        self.d_qk, self.d_v = c_qk // num_heads, v.shape[-1] // num_heads
+        self.bd_qk = max(16, triton.next_power_of_2(self.d_qk))
+        self.bd_v = max(16, triton.next_power_of_2(self.d_v))
+        self.block_m, self.block_n = BLOCK_M, BLOCK_N
+        self.G = max(1, self.block_m // self.R)
+        self.n_sub = 1 if self.G > 1 else -(-self.R // self.block_m)
+        self.n_tiles = -(-self.S2 // self.G)
+        self.precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        adj = torch.zeros(b, self.S2, self.S2, dtype=torch.bool, device=q.device)
+        adj.scatter_(2, region_idx, True)
+        self.adj = adj.to(torch.uint8)
+        if self.G == 1:  # each tile is one query region: its top-k list is the list
+            topk = region_idx.shape[-1]
+            self.fwd_lists = region_idx.to(torch.int32).contiguous()
+            self.fwd_counts = torch.full((b, self.S2), topk, dtype=torch.int32, device=q.device)
+        else:
+            self.fwd_lists, self.fwd_counts = self._union_lists(adj)
+
+    def key_tile_lists(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the dK/dV pass: per tile of key regions, the query regions that route to any of them."""
+        return self._union_lists(self.adj.bool().transpose(1, 2))
+
+    def _union_lists(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each tile of G consecutive row regions: the regions any of them is linked to, first, and how many."""
+        b = adj.shape[0]
+        pad = self.n_tiles * self.G - self.S2
+        if pad:
+            adj = torch.cat([adj, adj.new_zeros(b, pad, self.S2)], dim=1)
+        present = adj.reshape(b, self.n_tiles, self.G, self.S2).any(dim=2)
+        counts = present.sum(dim=-1, dtype=torch.int32)
+        lists = present.to(torch.uint8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+        return lists.contiguous(), counts.contiguous()
+
+    def grid(self, batch: int) -> tuple[int, int]:
+        return (self.n_tiles * self.n_sub, batch * self.num_heads)
+
+    def geometry(self) -> tuple:
+        return (self.H, self.W, self.n_win, self.rh, self.rw, self.R, self.S2, self.num_heads)
+
+    def meta(self, packed: bool) -> dict:
+        return dict(D_QK=self.d_qk, D_V=self.d_v, BD_QK=self.bd_qk, BD_V=self.bd_v, G=self.G,
+                    BLOCK_M=self.block_m, BLOCK_N=self.block_n, PACKED=packed, PRECISION=self.precision,
+                    num_warps=4)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    if t.stride(-1) != 1:
+        raise ValueError("routed_attention (triton) needs channels-last maps with unit channel stride")
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def forward(q, k, v, region_idx, num_heads, n_win, scale):
+    """Launch the forward kernel. Returns (out (B, H, W, C_v), log2-sum-exp (B, heads, H, W) fp32)."""
+    plan = _Plan(q, v, region_idx, num_heads, n_win)
+    b, h, w, _ = q.shape
+    out = torch.empty(b, h, w, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, num_heads, h, w, dtype=torch.float32, device=q.device)
+    list_len = plan.fwd_lists.shape[-1]
+    _fwd_kernel[plan.grid(b)](
+        q, k, v, out, lse, plan.fwd_lists, plan.fwd_counts, plan.adj,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        *plan.geometry(), plan.n_tiles, plan.n_sub, list_len, scale * _LOG2E,
+        **plan.meta(packed=plan.G > 1),
+    )
+    return out, lse
+
+
+def backward(q, k, v, out, lse, grad_out, region_idx, num_heads, n_win, scale):
+    """Launch the dQ and the dK/dV kernels. Returns (dq, dk, dv) shaped like q, k, v."""
+    plan = _Plan(q, v, region_idx, num_heads, n_win)
+    b = q.shape[0]
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    delta = (grad_out.float() * out.float()).unflatten(-1, (plan.num_heads, plan.d_v)).sum(-1)
+    delta = delta.permute(0, 3, 1, 2).contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    key_lists, key_counts = plan.key_tile_lists()
+    common = (*plan.geometry(), plan.n_tiles, plan.n_sub)
+    _bwd_dq_kernel[plan.grid(b)](
+        q, k, v, grad_out, dq, lse, delta, plan.fwd_lists, plan.fwd_counts, plan.adj,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dq),
+        *common, plan.fwd_lists.shape[-1], scale * _LOG2E, scale,
+        **plan.meta(packed=plan.G > 1),
+    )
+    _bwd_dkdv_kernel[plan.grid(b)](
+        q, k, v, grad_out, dk, dv, lse, delta, key_lists, key_counts, plan.adj,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk), *_strides(dv),
+        *common, key_lists.shape[-1], scale * _LOG2E, scale,
+        **plan.meta(packed=True),
+    )
+    return dq, dk, dv
