@@ -1,8 +1,11 @@
-"""Test set-up: Triton kernels run under the interpreter on CPU tensors."""
+"""Test set-up. On CPU (the default) Triton kernels run under the interpreter; benchmarks/gpu_suite.py runs the
+op tests on a GPU with ``VISATTN_TEST_DEVICE=cuda``."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = os.environ.get("VISATTN_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.pop("VISATTN_BACKEND", None)
 
 import pytest  # noqa: E402

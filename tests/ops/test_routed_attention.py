@@ -69,6 +69,8 @@ def test_bad_shapes_are_clear_errors():
         routed_attention(q, torch.randn(1, 4, 5, 8), q, 2, 2, 1)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         routed_attention(q, q, q, 3, 2, 1)
+    with pytest.raises(ValueError, match="share dtype and device"):
+        routed_attention(q, q, q.double(), 2, 2, 1)
 
 
 def test_backend_selection(monkeypatch):

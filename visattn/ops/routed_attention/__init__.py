@@ -55,6 +55,9 @@ def routed_attention(
             f"expected q, k of shape (B, H, W, C_qk) and v of shape (B, H, W, C_v), "
             f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} "
+                         f"on {q.device}/{k.device}/{v.device}")
     if q.shape[-1] % num_heads or v.shape[-1] % num_heads:
         raise ValueError(
             f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}"
