@@ -11,6 +11,9 @@ os.environ.pop("VISATTN_BACKEND", None)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one thread per xdist worker: the workers already fill the cores
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -14,6 +14,27 @@ from visattn.errors import UserError  # noqa: E402
 TASKS = ("classification",)
 
 
+def is_config(argv: list[str]) -> bool:
+    """True when the command line starts with an mmdet/mmseg config file (detection or segmentation)."""
+    return bool(argv) and not argv[0].startswith("-") and argv[0].endswith(".py")
+
+
+def mm_parser(doc: str):
+    """The arguments every config-driven (mmengine) command shares."""
+    import argparse
+
+    from mmengine.config import DictAction
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="mmdet or mmseg config, e.g. configs/det/retinanet_biformer-s_fpn_1x_coco.py")
+    p.add_argument("--work-dir", help="logs and checkpoints (default: work_dirs/<config name>)")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                   help="'pytorch' under torchrun")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
+                   help="override config entries, e.g. train_dataloader.batch_size=4")
+    return p
+
+
 def json_dict(text: str) -> dict:
     """argparse type for ``--model-kwargs '{"n_win": 8}'``."""
     try:

@@ -1,15 +1,34 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint written by tools/train.py: prints top-1 and top-5 on the validation split."""
+"""Evaluate a checkpoint.
+
+Classification:             tools/eval.py --checkpoint runs/x/best.pth   (top-1 and top-5 on the val split)
+Detection / segmentation:   tools/eval.py CONFIG CHECKPOINT [--work-dir DIR]   (the config's test metrics)
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from _cli import TASKS, run
+from _cli import TASKS, is_config, mm_parser, run
+
+
+def main_config(argv) -> int:
+    p = mm_parser(__doc__)
+    p.add_argument("checkpoint")
+    args = p.parse_args(argv)
+    from visattn.mm.runner import test
+
+    metrics = test(args.config, args.checkpoint, args.work_dir, args.launcher, args.cfg_options)
+    print(json.dumps({k: round(float(v), 4) for k, v in metrics.items()}))
+    return 0
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if is_config(argv):
+        return main_config(argv)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--task", choices=TASKS, default="classification")
     p.add_argument("--checkpoint", required=True)

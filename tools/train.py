@@ -1,15 +1,19 @@
 #!/usr/bin/env python
-"""Train a visattn (or any timm) model.
+"""Train a model.
 
-With no --data, trains the built-in default: a small BiFormer on scikit-learn's handwritten digits.
-Multi-GPU: ``torchrun --nproc_per_node N tools/train.py ...``.
+Classification (timm models):  tools/train.py [--data DIR] [--model NAME] ...
+    With no --data, trains the built-in default: a small BiFormer on scikit-learn's handwritten digits.
+Detection / segmentation:      tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+    CONFIG is an mmdet or mmseg config (configs/det, configs/seg), run by mmengine's Runner.
+Multi-GPU: ``torchrun --nproc_per_node N tools/train.py ...`` (add ``--launcher pytorch`` with a CONFIG).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from _cli import TASKS, json_dict, run
+from _cli import TASKS, is_config, json_dict, mm_parser, run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +46,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def main_config(argv) -> int:
+    p = mm_parser(__doc__)
+    p.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="resume from the latest checkpoint in the work dir, or from CKPT")
+    p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
+    args = p.parse_args(argv)
+    from visattn.mm.runner import train
+
+    runner = train(args.config, args.work_dir, args.resume, args.amp, args.launcher, args.cfg_options)
+    print(f"work dir: {runner.work_dir}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if is_config(argv):
+        return main_config(argv)
     args = parse_args(argv)
     from visattn.engine.classification import ClassificationConfig, train
 

@@ -17,24 +17,28 @@ def check_input_size(x: torch.Tensor, min_size: int, model_name: str) -> None:
         )
 
 
-def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
-    """Download an official checkpoint to a name of its own before timm loads it.
+def pretrained_file(variant: str, tag: str, url: str | None = None) -> str:
+    """Local path of a model's official checkpoint, downloaded once to a name of its own.
 
-    Official checkpoints served from share links all end in the same path segment (``.../content``), so
-    timm's URL loader would cache every variant under one file name. This fetches ``url`` to
-    ``$TORCH_HOME/hub/checkpoints/<variant>_<tag>.pth`` (once) and points timm at that file through
-    ``pretrained_cfg_overlay``. A ``file`` the caller already set in the overlay is left alone.
+    Official checkpoints served from share links all end in the same path segment (``.../content``), so a
+    URL-named cache would store every variant under one file name. The file is
+    ``$TORCH_HOME/hub/checkpoints/<variant>_<tag>.pth``; ``url`` defaults to the pretrained cfg's.
     """
-    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-    kwargs["pretrained_cfg_overlay"] = overlay
-    if overlay.get("file"):
-        return
-    cfg = get_pretrained_cfg(f"{variant}.{tag}")
-    url = overlay.get("url") or (cfg.url if cfg is not None else None)
-    if not url:
-        return
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", f"{variant}_{tag}.pth")
     if not os.path.exists(cached):
+        cfg = get_pretrained_cfg(f"{variant}.{tag}")
+        url = url or (cfg.url if cfg is not None else None)
+        if not url:
+            raise ValueError(f"{variant}.{tag} has no official checkpoint URL")
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         torch.hub.download_url_to_file(url, cached, progress=True)
-    overlay["file"] = cached
+    return cached
+
+
+def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
+    """Point timm's loader at :func:`pretrained_file` through ``pretrained_cfg_overlay`` (a ``file`` the caller
+    already set is left alone)."""
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    kwargs["pretrained_cfg_overlay"] = overlay
+    if not overlay.get("file"):
+        overlay["file"] = pretrained_file(variant, tag, overlay.get("url"))

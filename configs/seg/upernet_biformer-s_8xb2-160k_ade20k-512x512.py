@@ -1,0 +1,39 @@
+# UperNet 160k with BiFormer-S on ADE20K (official: 49.8 mIoU single-scale, 50.8 multi-scale).
+# Official settings: n_win 8 at 512x512 crops, drop path 0.3, AdamW lr 6e-5 wd 0.01 (no decay on norms),
+# poly schedule with 1500 linear warm-up iterations, 16 images per iteration (8 GPUs x 2), FP16.
+_base_ = [
+    'mmseg::_base_/models/upernet_r50.py',
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_160k.py',
+]
+custom_imports = dict(imports=['visattn.mm'], allow_failed_imports=False)
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+
+model = dict(
+    data_preprocessor=data_preprocessor,
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='BiFormerBackbone',
+        arch='small',
+        n_win=8,
+        drop_path_rate=0.3,
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint='visattn://biformer_small')),
+    decode_head=dict(in_channels=[64, 128, 256, 512], num_classes=150),
+    auxiliary_head=dict(in_channels=256, num_classes=150))
+
+optim_wrapper = dict(
+    _delete_=True,
+    type='AmpOptimWrapper',
+    loss_scale='dynamic',
+    optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),
+]
+train_dataloader = dict(batch_size=2)
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=16000, max_keep_ckpts=1, save_best='mIoU'))

@@ -1,0 +1,80 @@
+import importlib
+import sys
+
+import pytest
+import torch
+
+import visattn.mm
+from tests.backbones.test_biformer import _randomized, official_state_dict
+from visattn.mm import BiFormerBackbone, VisattnBackbone
+
+
+def test_registered_in_mmdet_and_mmseg():
+    from mmdet.registry import MODELS as DET
+    from mmseg.registry import MODELS as SEG
+
+    assert visattn.mm.REGISTERED_IN == ["mmdet", "mmseg"]
+    for registry in (DET, SEG):
+        backbone = registry.build(dict(type="BiFormerBackbone", arch="tiny", n_win=4, out_indices=(1, 3)))
+        assert isinstance(backbone, BiFormerBackbone)
+        assert registry.get("VisattnBackbone") is VisattnBackbone
+
+
+def test_registers_with_only_one_library_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mmseg.registry", None)  # import mmseg.registry now raises ImportError
+    try:
+        assert importlib.reload(visattn.mm).REGISTERED_IN == ["mmdet"]
+    finally:
+        monkeypatch.undo()
+        importlib.reload(visattn.mm)
+
+
+def test_multiscale_outputs_with_output_norms():
+    backbone = BiFormerBackbone(arch="tiny", n_win=4, out_indices=(0, 1, 2, 3)).eval()
+    feats = backbone(torch.randn(1, 3, 100, 72))
+    assert [f.shape[1] for f in feats] == backbone.out_channels == [64, 128, 256, 512]
+    assert [f.shape[-2:] for f in feats] == [(25, 18), (13, 9), (7, 5), (4, 3)]
+    assert len(backbone.out_norms) == 4
+    plain = VisattnBackbone("biformer_tiny", out_indices=(1, -1), model_kwargs=dict(n_win=4)).eval()
+    plain.model.load_state_dict(backbone.model.state_dict(), strict=False)
+    outs = plain(torch.randn(1, 3, 64, 64))
+    assert plain.out_norms is None and [o.shape[1] for o in outs] == [128, 512]
+
+
+def test_frozen_stages_and_norm_eval():
+    backbone = BiFormerBackbone(arch="tiny", n_win=4, frozen_stages=1, norm_eval=True)
+    backbone.train()
+    model = backbone.model
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    assert not any(p.requires_grad for p in model.stages[0].parameters())
+    assert all(p.requires_grad for p in model.stages[1].parameters())
+    assert not model.stem.training and not model.stages[0].training and model.stages[1].training
+    assert not model.stages[1].downsample.norm.training  # norm_eval: BatchNorm statistics frozen
+    with pytest.raises(ValueError, match="frozen_stages=5"):
+        BiFormerBackbone(arch="tiny", frozen_stages=5)
+
+
+def test_pretrained_init_cfg_loads_official_checkpoints(tmp_path, monkeypatch):
+    source = _randomized("biformer_tiny")
+    path = tmp_path / "biformer_tiny_in1k.pth"
+    torch.save({"model": official_state_dict(source)}, path)
+    x = torch.randn(1, 3, 64, 64)
+    expected = source.forward_intermediates(x, intermediates_only=True)
+    for checkpoint in (str(path), "visattn://biformer_tiny"):
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+        (tmp_path / "home" / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save({"model": official_state_dict(source)},
+                   tmp_path / "home" / "hub" / "checkpoints" / "biformer_tiny_in1k.pth")
+        backbone = BiFormerBackbone(arch="tiny", n_win=7, out_norms=False,
+                                    init_cfg=dict(type="Pretrained", checkpoint=checkpoint))
+        backbone.init_weights()
+        backbone.eval()
+        with torch.no_grad():
+            for got, want in zip(backbone(x), expected, strict=True):
+                torch.testing.assert_close(got, want)
+
+
+def test_unsupported_init_cfg_is_an_error():
+    with pytest.raises(ValueError, match="type='Pretrained'"):
+        BiFormerBackbone(arch="tiny", init_cfg=dict(type="Kaiming"))
+

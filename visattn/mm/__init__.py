@@ -1,0 +1,36 @@
+"""OpenMMLab integration. ``custom_imports = dict(imports=['visattn.mm'])`` in an mmdet or mmseg config:
+
+- registers the visattn backbones (``VisattnBackbone`` for any model, ``BiFormerBackbone``, ...) in the MODELS
+  registry of whichever of mmdet and mmseg is installed;
+- when mmcv-lite lacks the compiled extension, installs a torchvision-based stand-in for the ops common
+  detectors and segmentors use (:mod:`visattn.mm.mmcv_ext`);
+- lets mmengine checkpoints load under torch's ``weights_only`` default, and ``init_cfg`` checkpoints be given
+  as ``visattn://<model>`` (:mod:`visattn.mm.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from . import mmcv_ext
+from .checkpoint import allow_mmengine_checkpoints, register_scheme
+
+mmcv_ext.install()
+allow_mmengine_checkpoints()
+register_scheme()
+
+from .backbones import BiFormerBackbone, VisattnBackbone  # noqa: E402
+
+BACKBONES = (VisattnBackbone, BiFormerBackbone)
+REGISTERED_IN: list[str] = []
+
+for _library in ("mmdet", "mmseg"):
+    try:
+        _registry = importlib.import_module(f"{_library}.registry")
+    except ImportError:
+        continue
+    for _cls in BACKBONES:
+        _registry.MODELS.register_module(module=_cls, force=True)
+    REGISTERED_IN.append(_library)
+
+__all__ = ["BACKBONES", "BiFormerBackbone", "REGISTERED_IN", "VisattnBackbone"]

@@ -1,0 +1,115 @@
+"""visattn backbones as OpenMMLab (mmdet / mmseg) backbones: multi-scale NCHW features."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from timm.layers import LayerNorm2d
+
+
+class VisattnBackbone(BaseModule):
+    """Any visattn (or timm) model with ``forward_intermediates`` as a detection / segmentation backbone.
+
+    Args:
+        model_name: a registered model, e.g. ``'biformer_small'``.
+        out_indices: stages whose outputs are returned, as a tuple of (B, C_i, H/s_i, W/s_i) maps.
+        frozen_stages: -1 trains everything; 0 freezes the stem; i freezes the stem and stages 1..i.
+        norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
+        out_norms: add a LayerNorm2d on each returned stage output (as BiFormer's official det/seg code).
+        model_kwargs: passed to ``timm.create_model`` (for BiFormer: n_win, topks, drop_path_rate, ...).
+        init_cfg: ``dict(type='Pretrained', checkpoint=path_or_url)`` loads an official or visattn
+            classification checkpoint through the family's ``checkpoint_filter_fn``.
+    """
+
+    def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+                 norm_eval: bool = False, out_norms: bool = False, model_kwargs: dict | None = None,
+                 init_cfg: dict | None = None):
+        super().__init__(init_cfg=None)
+        import timm
+
+        import visattn  # noqa: F401  (registers the models)
+
+        if init_cfg is not None and init_cfg.get("type") != "Pretrained":
+            raise ValueError(f"init_cfg type {init_cfg.get('type')!r} is not supported; use type='Pretrained'")
+        self.pretrained = init_cfg
+        self.model = timm.create_model(model_name, pretrained=False, **(model_kwargs or {}))
+        num_stages = len(self.model.feature_info)
+        self.out_indices = tuple(i % num_stages for i in out_indices)
+        self.model.prune_intermediate_layers(list(self.out_indices), prune_norm=True, prune_head=True)
+        self.out_channels = [self.model.feature_info[i]["num_chs"] for i in self.out_indices]
+        self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.out_channels) if out_norms else None
+        if frozen_stages > len(self.model.stages):
+            raise ValueError(f"frozen_stages={frozen_stages} but {model_name} has {len(self.model.stages)} stages")
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self._freeze_stages()
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.model.stem, *self.model.stages[: self.frozen_stages]]
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def init_weights(self) -> None:
+        if self.pretrained is None:
+            return
+        from mmengine.runner.checkpoint import CheckpointLoader
+
+        path = self.pretrained["checkpoint"]
+        state = CheckpointLoader.load_checkpoint(path, map_location="cpu", logger="current")
+        filter_fn = getattr(importlib.import_module(type(self.model).__module__), "checkpoint_filter_fn", None)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        state = filter_fn(state, self.model) if filter_fn else state
+        own = self.model.state_dict()
+        dropped = sorted(k for k in state if k not in own)
+        state = {k: v for k, v in state.items() if k in own}
+        missing = sorted(k for k in own if k not in state)
+        self.model.load_state_dict(state, strict=False)
+        print_log(f"loaded {len(state)} tensors from {path}; unused: {len(dropped)} (classifier and final norm), "
+                  f"missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}", logger="current")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
+        if self.out_norms is not None:
+            feats = [norm(f) for norm, f in zip(self.out_norms, feats, strict=True)]
+        return tuple(feats)
+
+
+class BiFormerBackbone(VisattnBackbone):
+    """BiFormer for detection and segmentation (official settings: n_win 16 for COCO, 8 for ADE20K at 512).
+
+    Args:
+        arch: 'tiny', 'small' or 'base'.
+        n_win: regions per side; inputs of any size are padded per block and cropped back.
+        topks: routed regions per stage (None = global attention), default (1, 4, 16, None).
+        drop_path_rate: stochastic depth, linear over blocks.
+        out_norms: LayerNorm2d on each output (the official det/seg ``extra_norms``), on by default.
+    """
+
+    def __init__(self, arch: str = "small", n_win: int = 16, topks: Sequence[int | None] | None = None,
+                 drop_path_rate: float = 0.2, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
+                 norm_eval: bool = False, out_norms: bool = True, init_cfg: dict | None = None):
+        kwargs = dict(n_win=n_win, drop_path_rate=drop_path_rate)
+        if topks is not None:
+            kwargs["topks"] = tuple(topks)
+        super().__init__(f"biformer_{arch}", out_indices, frozen_stages, norm_eval, out_norms, kwargs, init_cfg)
