@@ -60,7 +60,10 @@ def test_pretrained_init_cfg_loads_official_checkpoints(tmp_path, monkeypatch):
     torch.save({"model": official_state_dict(source)}, path)
     x = torch.randn(1, 3, 64, 64)
     expected = source.forward_intermediates(x, intermediates_only=True)
-    for checkpoint in (str(path), "visattn://biformer_tiny"):
+    from safetensors.torch import save_file
+
+    save_file(source.state_dict(), str(tmp_path / "converted.safetensors"))
+    for checkpoint in (str(path), "visattn://biformer_tiny", str(tmp_path / "converted.safetensors")):
         monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
         (tmp_path / "home" / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
         torch.save({"model": official_state_dict(source)},

@@ -22,8 +22,9 @@ class VisattnBackbone(BaseModule):
         norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
         out_norms: add a LayerNorm2d on each returned stage output (as BiFormer's official det/seg code).
         model_kwargs: passed to ``timm.create_model`` (for BiFormer: n_win, topks, drop_path_rate, ...).
-        init_cfg: ``dict(type='Pretrained', checkpoint=path_or_url)`` loads an official or visattn
-            classification checkpoint through the family's ``checkpoint_filter_fn``.
+        init_cfg: ``dict(type='Pretrained', checkpoint=...)`` loads a classification checkpoint through the
+            family's ``checkpoint_filter_fn``: an official file or URL, ``visattn://<model>`` (the official
+            weights, downloaded once), a tools/train.py checkpoint or a tools/convert.py safetensors file.
     """
 
     def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
@@ -75,7 +76,12 @@ class VisattnBackbone(BaseModule):
         from mmengine.runner.checkpoint import CheckpointLoader
 
         path = self.pretrained["checkpoint"]
-        state = CheckpointLoader.load_checkpoint(path, map_location="cpu", logger="current")
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = CheckpointLoader.load_checkpoint(path, map_location="cpu", logger="current")
         filter_fn = getattr(importlib.import_module(type(self.model).__module__), "checkpoint_filter_fn", None)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
