@@ -21,7 +21,8 @@ def _smallest_per_family() -> list[str]:
 
 
 def test_every_family_is_registered():
-    assert {"biformer_tiny", "biformer_small", "biformer_base"} <= set(MODELS)
+    assert {"biformer_tiny", "biformer_small", "biformer_base", "visattn_mambaout_femto", "visattn_mambaout_kobe",
+            "visattn_mambaout_tiny", "visattn_mambaout_small", "visattn_mambaout_base"} <= set(MODELS)
 
 
 @pytest.fixture(scope="module", params=MODELS)

@@ -26,11 +26,10 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 
 from ..blocks import BiLevelRoutingAttention, LePEAttention
-from ._helpers import check_input_size, resolve_pretrained_file
+from ._helpers import resolve_pretrained_file
+from ._pyramid import PyramidModel, PyramidStage
 
 __all__ = ["BiFormer"]
 
@@ -89,27 +88,7 @@ class Stem(nn.Module):
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
-class BiFormerStage(nn.Module):
-    """Optional downsampling followed by ``depth`` BiFormer blocks."""
-
-    def __init__(self, in_chs: int, out_chs: int, depth: int, num_heads: int, n_win: int, topk: int | None,
-                 mlp_ratio: float, drop_path: Sequence[float], full_attn_heads: int, downsample: bool):
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = ConvBnDownsample(in_chs, out_chs) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[
-            BiFormerBlock(out_chs, num_heads, n_win, topk, mlp_ratio, drop_path[i], full_attn_heads)
-            for i in range(depth)
-        ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
-class BiFormer(nn.Module):
+class BiFormer(PyramidModel):
     """BiFormer classifier and backbone.
 
     Args:
@@ -137,10 +116,9 @@ class BiFormer(nn.Module):
         dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
         stages, self.feature_info = [], []
         for i, (depth, dim, topk) in enumerate(zip(depths, dims, topks, strict=True)):
-            stages.append(BiFormerStage(
-                dims[i - 1] if i else dim, dim, depth, dim // head_dim, n_win, topk, mlp_ratio, dpr[i],
-                full_attn_heads, downsample=i > 0,
-            ))
+            blocks = [BiFormerBlock(dim, dim // head_dim, n_win, topk, mlp_ratio, dpr[i][j], full_attn_heads)
+                      for j in range(depth)]
+            stages.append(PyramidStage(ConvBnDownsample(dims[i - 1], dim) if i else nn.Identity(), blocks))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.min_input_size = 4 * 2 ** (len(dims) - 1)
@@ -154,82 +132,6 @@ class BiFormer(nn.Module):
             trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """BiFormer has no position tables or tokens; timm already exempts norms and biases."""
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):
-        """Features of the stages in ``indices`` (NCHW), and the final map unless ``intermediates_only``.
-
-        ``norm=True`` applies the final BatchNorm to the last stage's intermediate.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; BiFormer features are 'NCHW'")
-        check_input_size(x, self.min_input_size, type(self).__name__)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        intermediates = []
-        x = self.stem(x)
-        for idx, stage in enumerate(stages):
-            x = stage(x)
-            if idx in take_indices:
-                intermediates.append(self.norm(x) if norm and idx == last_idx else x)
-        if intermediates_only:
-            return intermediates
-        if idx == last_idx:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.min_input_size, type(self).__name__)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 _OFFICIAL_RENAMES = [

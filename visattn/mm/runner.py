@@ -19,8 +19,9 @@ def load_config(path: str, work_dir: str | None = None, cfg_options: dict | None
     ``amp`` switches the optimizer wrapper to mixed precision; a config asking for it (``AmpOptimWrapper``,
     as the official recipes do) falls back to full precision when no GPU is present.
     """
-    import visattn.mm  # noqa: F401  (stand-in ops, checkpoint loading, registrations)
     from mmengine.config import Config
+
+    import visattn.mm  # noqa: F401  (stand-in ops, checkpoint loading, registrations)
 
     if not os.path.isfile(path):
         raise UserError(f"config {path} does not exist")
