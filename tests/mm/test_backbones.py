@@ -6,7 +6,7 @@ import torch
 
 import visattn.mm
 from tests.backbones.test_biformer import _randomized, official_state_dict
-from visattn.mm import BiFormerBackbone, VisattnBackbone
+from visattn.mm import BiFormerBackbone, MambaOutBackbone, VisattnBackbone
 
 
 def test_registered_in_mmdet_and_mmseg():
@@ -81,3 +81,10 @@ def test_unsupported_init_cfg_is_an_error():
     with pytest.raises(ValueError, match="type='Pretrained'"):
         BiFormerBackbone(arch="tiny", init_cfg=dict(type="Kaiming"))
 
+
+
+def test_mambaout_backbone_outputs_nchw_features():
+    backbone = MambaOutBackbone(arch="femto", out_indices=(1, 2, 3), frozen_stages=0).train()
+    feats = backbone(torch.randn(1, 3, 96, 64))
+    assert [f.shape for f in feats] == [(1, 96, 12, 8), (1, 192, 6, 4), (1, 288, 3, 2)]
+    assert not any(p.requires_grad for p in backbone.model.stem.parameters())

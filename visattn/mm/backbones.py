@@ -119,3 +119,19 @@ class BiFormerBackbone(VisattnBackbone):
         if topks is not None:
             kwargs["topks"] = tuple(topks)
         super().__init__(f"biformer_{arch}", out_indices, frozen_stages, norm_eval, out_norms, kwargs, init_cfg)
+
+
+class MambaOutBackbone(VisattnBackbone):
+    """MambaOut (``visattn_mambaout_<arch>``) for detection and segmentation.
+
+    Args:
+        arch: 'femto', 'kobe', 'tiny', 'small' or 'base'.
+        drop_path_rate: stochastic depth, linear over blocks.
+        out_norms: LayerNorm2d on each output (MambaOut's stages end without a norm), on by default.
+    """
+
+    def __init__(self, arch: str = "tiny", drop_path_rate: float = 0.2, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, norm_eval: bool = False, out_norms: bool = True,
+                 init_cfg: dict | None = None):
+        super().__init__(f"visattn_mambaout_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
+                         dict(drop_path_rate=drop_path_rate), init_cfg)
