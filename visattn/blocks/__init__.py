@@ -3,5 +3,7 @@
 from .attention import LePEAttention
 from .gated_cnn import GatedCNNBlock
 from .routing_attention import BiLevelRoutingAttention
+from .ss2d import SS2D
+from .window_attention import WindowAttention
 
-__all__ = ["BiLevelRoutingAttention", "GatedCNNBlock", "LePEAttention"]
+__all__ = ["SS2D", "BiLevelRoutingAttention", "GatedCNNBlock", "LePEAttention", "WindowAttention"]

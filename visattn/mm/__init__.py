@@ -1,7 +1,7 @@
 """OpenMMLab integration. ``custom_imports = dict(imports=['visattn.mm'])`` in an mmdet or mmseg config:
 
 - registers the visattn backbones (``VisattnBackbone`` for any model, ``BiFormerBackbone``,
-  ``MambaOutBackbone``) in the MODELS
+  ``MambaOutBackbone``, ``LaMambaBackbone``) in the MODELS
   registry of whichever of mmdet and mmseg is installed;
 - when mmcv-lite lacks the compiled extension, installs a torchvision-based stand-in for the ops common
   detectors and segmentors use (:mod:`visattn.mm.mmcv_ext`);
@@ -20,9 +20,9 @@ mmcv_ext.install()
 allow_mmengine_checkpoints()
 register_scheme()
 
-from .backbones import BiFormerBackbone, MambaOutBackbone, VisattnBackbone  # noqa: E402
+from .backbones import BiFormerBackbone, LaMambaBackbone, MambaOutBackbone, VisattnBackbone  # noqa: E402
 
-BACKBONES = (VisattnBackbone, BiFormerBackbone, MambaOutBackbone)
+BACKBONES = (VisattnBackbone, BiFormerBackbone, MambaOutBackbone, LaMambaBackbone)
 REGISTERED_IN: list[str] = []
 
 for _library in ("mmdet", "mmseg"):
@@ -34,4 +34,5 @@ for _library in ("mmdet", "mmseg"):
         _registry.MODELS.register_module(module=_cls, force=True)
     REGISTERED_IN.append(_library)
 
-__all__ = ["BACKBONES", "BiFormerBackbone", "MambaOutBackbone", "REGISTERED_IN", "VisattnBackbone"]
+__all__ = ["BACKBONES", "BiFormerBackbone", "LaMambaBackbone", "MambaOutBackbone", "REGISTERED_IN",
+           "VisattnBackbone"]

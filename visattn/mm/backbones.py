@@ -135,3 +135,19 @@ class MambaOutBackbone(VisattnBackbone):
                  init_cfg: dict | None = None):
         super().__init__(f"visattn_mambaout_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
                          dict(drop_path_rate=drop_path_rate), init_cfg)
+
+
+class LaMambaBackbone(VisattnBackbone):
+    """LaMamba (``lamamba_<arch>``, visattn's adaptation of LaMamba-Diff's block) for detection and segmentation.
+
+    Args:
+        arch: 'tiny', 'small' or 'base'.
+        drop_path_rate: stochastic depth, linear over blocks.
+        out_norms: LayerNorm2d on each output, on by default.
+    """
+
+    def __init__(self, arch: str = "tiny", drop_path_rate: float = 0.2, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, norm_eval: bool = False, out_norms: bool = True,
+                 init_cfg: dict | None = None):
+        super().__init__(f"lamamba_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
+                         dict(drop_path_rate=drop_path_rate), init_cfg)

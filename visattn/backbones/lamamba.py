@@ -1,0 +1,155 @@
+"""LaMamba: a hierarchical classifier built from LaMamba-Diff's block (Fu et al., arXiv 2408.02615).
+
+LaMamba-Diff publishes a diffusion U-Net, not a classifier. This family is **visattn's adaptation**: its block
+without the diffusion conditioning (adaLN), in a four-stage pyramid:
+
+    X = X + DropPath(SS2D(LN(X)))              selective scan in 4 directions (VMamba style), d_state 1
+    X = X + DropPath(WindowAttn(LN(X)))        7x7 windows, relative position bias, shifted every other block
+    X = X + DropPath(MLP(LN(X)))               ratio 4
+
+Stem conv4x4/4 + LN; conv3x3/2 + LN between stages; LN → GAP → Linear head. Heads = dim / 32. The scan
+directions are VMamba's row/column/reversed scans rather than LaMamba-Diff's boustrophedon paths.
+SS2D uses ssm_ratio 1 and d_state 1 (VMamba v2's small-state setting). Depths and widths are chosen to land
+near Swin-T/S/B's cost at 224 (4.5 / 8.7 / 15.4 GMACs); MACs counted with ``torch.utils.flop_counter`` on the
+meta device through the fused ops (scan and window attention included):
+
+| model          | depths   | dims      | params (M) | MACs @224 (G) |
+|----------------|----------|-----------|-----------:|--------------:|
+| lamamba_tiny   | 2-2-3-2  | 96..768   | 31.00      | 4.60          |
+| lamamba_small  | 2-2-12-2 | 96..768   | 51.75      | 8.72          |
+| lamamba_base   | 2-2-12-2 | 128..1024 | 91.50      | 15.38         |
+
+No pretrained weights exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..blocks import SS2D, WindowAttention
+from ._pyramid import PyramidModel, PyramidStage
+
+__all__ = ["LaMamba"]
+
+
+class LaMambaBlock(nn.Module):
+    """SS2D, window attention and MLP, each pre-norm residual. Shapes: (B, H, W, C) -> (B, H, W, C)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float = 4.0,
+                 d_state: int = 1, ssm_ratio: float = 1.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.ssm = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size, shift)
+        self.norm3 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.ssm(self.norm1(x)))
+        x = x + self.drop_path(self.attn(self.norm2(x)))
+        return x + self.drop_path(self.mlp(self.norm3(x)))
+
+
+class ConvLnDown(nn.Module):
+    """Conv (kernel k, stride s) + LN: (B, H, W, C_in), or NCHW when ``nchw_in``, -> (B, ceil(H/s), ceil(W/s), C_out).
+
+    A patchify conv (k = s) zero-pads the bottom/right to a multiple of s; a 3x3/2 conv pads by 1.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, nchw_in: bool = False):
+        super().__init__()
+        self.nchw_in, self.stride, self.patchify = nchw_in, stride, kernel == stride
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=0 if self.patchify else kernel // 2)
+        self.norm = nn.LayerNorm(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x if self.nchw_in else x.permute(0, 3, 1, 2)
+        if self.patchify:
+            x = F.pad(x, (0, -x.shape[-1] % self.stride, 0, -x.shape[-2] % self.stride))
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class LaMamba(PyramidModel):
+    """LaMamba classifier and backbone (visattn's adaptation of LaMamba-Diff's block)."""
+
+    channels_last = True
+
+    def __init__(self, depths: Sequence[int] = (2, 2, 3, 2), dims: Sequence[int] = (96, 192, 384, 768),
+                 head_dim: int = 32, window_size: int = 7, mlp_ratio: float = 4.0, d_state: int = 1,
+                 ssm_ratio: float = 1.0, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        super().__init__()
+        if len(depths) != len(dims) or any(dim % head_dim for dim in dims):
+            raise ValueError(f"need one depth per stage and dims divisible by head_dim={head_dim}: {depths}, {dims}")
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.stem = ConvLnDown(in_chans, dims[0], 4, 4, nchw_in=True)
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        stages, self.feature_info = [], []
+        for i, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
+            blocks = [LaMambaBlock(dim, dim // head_dim, window_size, shift=j % 2 == 1, mlp_ratio=mlp_ratio,
+                                   d_state=d_state, ssm_ratio=ssm_ratio, drop_path=dpr[i][j]) for j in range(depth)]
+            stages.append(PyramidStage(ConvLnDown(dims[i - 1], dim, 3, 2) if i else nn.Identity(), blocks))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.min_input_size = 4 * 2 ** (len(dims) - 1)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.9,
+        "interpolation": "bicubic", "fixed_input_size": False, "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD, "first_conv": "stem.conv", "classifier": "head.fc", "license": "mit",
+        "paper_ids": "arXiv:2408.02615",
+        "paper_name": "LaMamba-Diff: Linear-Time High-Fidelity Diffusion Models Based on Local Attention and Mamba",
+        "origin_url": "https://github.com/yunxiangfu2001/LaMamba-Diff", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f"lamamba_{v}": _cfg() for v in ("tiny", "small", "base")})
+
+
+def _create_lamamba(variant: str, pretrained: bool = False, **kwargs) -> LaMamba:
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(LaMamba, variant, pretrained,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+
+
+@register_model
+def lamamba_tiny(pretrained: bool = False, **kwargs) -> LaMamba:
+    """LaMamba-T (visattn's adaptation): depths 2-2-3-2, dims 96-768, near Swin-T's cost."""
+    return _create_lamamba("lamamba_tiny", pretrained, **dict(dict(depths=(2, 2, 3, 2), dims=(96, 192, 384, 768)),
+                                                              **kwargs))
+
+
+@register_model
+def lamamba_small(pretrained: bool = False, **kwargs) -> LaMamba:
+    """LaMamba-S (visattn's adaptation): depths 2-2-12-2, dims 96-768, near Swin-S's cost."""
+    return _create_lamamba("lamamba_small", pretrained,
+                           **dict(dict(depths=(2, 2, 12, 2), dims=(96, 192, 384, 768)), **kwargs))
+
+
+@register_model
+def lamamba_base(pretrained: bool = False, **kwargs) -> LaMamba:
+    """LaMamba-B (visattn's adaptation): depths 2-2-12-2, dims 128-1024, near Swin-B's cost."""
+    return _create_lamamba("lamamba_base", pretrained,
+                           **dict(dict(depths=(2, 2, 12, 2), dims=(128, 256, 512, 1024)), **kwargs))
