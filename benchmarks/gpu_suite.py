@@ -5,11 +5,13 @@
     python benchmarks/gpu_suite.py --skip-tests --models biformer_tiny
 
 1. ``pytest tests/ops`` with ``VISATTN_TEST_DEVICE=cuda`` (fused kernels against the reference, bf16 included).
-2. Routed attention at BiFormer's shapes: the fused kernels against the reference (the official gather
-   approach) and dense SDPA over the same tokens; forward and forward+backward time, achieved GB/s, ratio
-   to the memory floor (one read of Q, K, V and one write of O at the measured copy bandwidth), peak memory.
+2. Each op at its models' shapes, fused kernels against the reference: routed attention (BiFormer; also
+   dense SDPA over the same tokens), selective scan and window attention (LaMamba-T); forward and
+   forward+backward time, achieved GB/s, ratio to the memory floor (one read of the inputs and one write of
+   the output at the measured copy bandwidth), peak memory.
 3. Models end to end with the reference and the fused path in the same run: inference img/s (batch 128,
-   bf16 autocast), training img/s (batch 64, AdamW step, bf16 autocast), training peak memory.
+   bf16 autocast), training img/s (batch 64, AdamW step, bf16 autocast), training peak memory. LaMamba's
+   reference path runs its scan one token at a time, so LaMamba models are timed on the fused path only.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 # name, batch, H, W (attention map), channels, heads, n_win, topk
-OP_SHAPES = [
+ROUTED_SHAPES = [
     ("T/S stage 1 @224", 64, 56, 56, 64, 2, 7, 1),
     ("T/S stage 2 @224", 64, 28, 28, 128, 4, 7, 4),
     ("T/S stage 3 @224", 64, 14, 14, 256, 8, 7, 16),
@@ -41,10 +43,18 @@ OP_SHAPES = [
     ("S stage 2 @800x1344, n_win 16", 2, 100, 168, 128, 4, 16, 4),
     ("S stage 3 @800x1344, n_win 16", 2, 50, 84, 256, 8, 16, 16),
 ]
+# LaMamba-T at 224, batch 64: (name, side, channels, heads)
+LAMAMBA_T_STAGES = [("stage 1", 56, 96, 3), ("stage 2", 28, 192, 6), ("stage 3", 14, 384, 12), ("stage 4", 7, 768, 24)]
+FUSED_ONLY_MODELS = ("lamamba_",)
+DEVICE = "cuda"
 
 
 def cuda_time(fn, warmup: int = 3, repeat: int = 10) -> float:
-    """Median milliseconds of ``fn()`` over ``repeat`` runs, timed with CUDA events."""
+    """Median milliseconds of ``fn()`` over ``repeat`` runs, timed with CUDA events (wall clock on the CPU)."""
+    if DEVICE == "cpu":
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -61,13 +71,16 @@ def cuda_time(fn, warmup: int = 3, repeat: int = 10) -> float:
 
 def copy_bandwidth() -> float:
     """Device-to-device copy bandwidth in GB/s (bytes read plus bytes written)."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=DEVICE)
     dst = torch.empty_like(src)
     ms = cuda_time(lambda: dst.copy_(src))
     return 2 * src.numel() / ms / 1e6
 
 
 def peak_gb(fn) -> float:
+    if DEVICE == "cpu":
+        fn()
+        return 0.0
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -87,30 +100,72 @@ def run_op_tests() -> str:
     return f"{'passed' if result.returncode == 0 else 'FAILED'}: {tail}"
 
 
-def bench_op(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
+def _time_op(row: dict, run, tensors, grad, repeat_ref: int = 10) -> None:
+    """Forward and forward+backward times and fwd+bwd peak memory of ``run(backend)`` for both backends."""
+    for backend in ("torch", "triton"):
+        repeat = repeat_ref if backend == "torch" else 10
+
+        def fwd(backend=backend):
+            with torch.no_grad():
+                return run(backend)
+
+        def fwd_bwd(backend=backend):
+            return torch.autograd.grad(run(backend), tensors, grad)
+
+        row[f"{backend}_fwd_ms"] = cuda_time(fwd, warmup=1 if repeat < 10 else 3, repeat=repeat)
+        row[f"{backend}_fwdbwd_ms"] = cuda_time(fwd_bwd, warmup=1 if repeat < 10 else 3, repeat=repeat)
+        row[f"{backend}_peak_gb"] = peak_gb(fwd_bwd)
+    row["fused_gbs"] = row["bytes"] / row["triton_fwd_ms"] / 1e6
+
+
+def bench_routed(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     from visattn.ops.routed_attention import routed_attention
 
     name, b, h, w, c, heads, n_win, topk = shape
-    q, k, v = (torch.randn(b, h, w, c, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-    grad = torch.randn(b, h, w, c, device="cuda", dtype=dtype)
-    row = {"shape": name, "tokens": f"{b}x{h}x{w}x{c}, {heads}h, S={n_win}, k={topk}"}
-    floor_ms = 4 * q.numel() * q.element_size() / bandwidth / 1e6
-    row["floor_ms"] = floor_ms
-    for backend in ("torch", "triton"):
-        def fwd(backend=backend):
-            with torch.no_grad():
-                return routed_attention(q, k, v, heads, n_win, topk, backend=backend)
-
-        def fwd_bwd(backend=backend):
-            out = routed_attention(q, k, v, heads, n_win, topk, backend=backend)
-            return torch.autograd.grad(out, (q, k, v), grad)
-
-        row[f"{backend}_fwd_ms"] = cuda_time(fwd)
-        row[f"{backend}_fwdbwd_ms"] = cuda_time(fwd_bwd)
-        row[f"{backend}_peak_gb"] = peak_gb(fwd_bwd)
+    q, k, v = (torch.randn(b, h, w, c, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(b, h, w, c, device=DEVICE, dtype=dtype)
+    nbytes = 4 * q.numel() * q.element_size()
+    row = {"op": "routed attention", "shape": name, "tokens": f"{b}x{h}x{w}x{c}, {heads}h, S={n_win}, k={topk}",
+           "bytes": nbytes, "floor_ms": nbytes / bandwidth / 1e6}
+    _time_op(row, lambda be: routed_attention(q, k, v, heads, n_win, topk, backend=be), (q, k, v), grad)
     qh, kh, vh = (t.detach().reshape(b, h * w, heads, c // heads).transpose(1, 2) for t in (q, k, v))
     row["sdpa_fwd_ms"] = cuda_time(lambda: F.scaled_dot_product_attention(qh, kh, vh))
-    row["fused_gbs"] = 4 * q.numel() * q.element_size() / row["triton_fwd_ms"] / 1e6
+    return row
+
+
+def bench_scan(stage, bandwidth: float, batch: int = 64, dtype=torch.bfloat16) -> dict:
+    """SS2D's scan in LaMamba-T: 4 directions x C channels, d_state 1, softplus step with bias, D skip."""
+    from visattn.ops.selective_scan import selective_scan
+
+    name, side, c, _ = stage
+    d, length, n = 4 * c, side * side, 1
+    u, delta = (torch.randn(batch, d, length, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(2))
+    bs, cs = (torch.randn(batch, 4, n, length, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(2))
+    a = -torch.rand(d, n, device=DEVICE)
+    dskip, bias = torch.ones(d, device=DEVICE), torch.zeros(d, device=DEVICE)
+    grad = torch.randn_like(u)
+    nbytes = (3 * u.numel() + 2 * bs.numel()) * u.element_size()
+    row = {"op": "selective scan", "shape": f"LaMamba-T {name} @224", "tokens": f"{batch}x{d}x{length}, n={n}",
+           "bytes": nbytes, "floor_ms": nbytes / bandwidth / 1e6}
+    _time_op(row, lambda be: selective_scan(u, delta, a, bs, cs, dskip, delta_bias=bias, delta_softplus=True,
+                                            backend=be), (u, delta, bs, cs), grad, repeat_ref=2)
+    return row
+
+
+def bench_window(stage, bandwidth: float, batch: int = 64, dtype=torch.bfloat16) -> dict:
+    """LaMamba-T's (shifted) 7x7 window attention with relative position bias."""
+    from visattn.ops.window_attention import window_attention
+
+    name, side, c, heads = stage
+    q, k, v = (torch.randn(batch, side, side, c, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
+    table = torch.zeros(heads, 13 * 13, device=DEVICE, requires_grad=True)
+    grad = torch.randn_like(q)
+    shift = 3 if side > 7 else 0
+    nbytes = 4 * q.numel() * q.element_size()
+    row = {"op": "window attention", "shape": f"LaMamba-T {name} @224",
+           "tokens": f"{batch}x{side}x{side}x{c}, {heads}h, ws=7, shift={shift}", "bytes": nbytes,
+           "floor_ms": nbytes / bandwidth / 1e6}
+    _time_op(row, lambda be: window_attention(q, k, v, heads, 7, shift, table, backend=be), (q, k, v, table), grad)
     return row
 
 
@@ -122,7 +177,8 @@ def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: in
     os.environ["VISATTN_BACKEND"] = backend
     torch.manual_seed(0)
     model = timm.create_model(name).cuda()
-    x = torch.randn(infer_batch, 3, size, size, device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    x = torch.randn(infer_batch, 3, size, size, device=DEVICE)
     model.eval()
 
     def infer():
@@ -132,8 +188,8 @@ def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: in
     infer_ms = cuda_time(infer, warmup=3, repeat=10)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    xt = torch.randn(train_batch, 3, size, size, device="cuda")
-    yt = torch.randint(0, 1000, (train_batch,), device="cuda")
+    xt = torch.randn(train_batch, 3, size, size, device=DEVICE)
+    yt = torch.randint(0, 1000, (train_batch,), device=DEVICE)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -155,15 +211,17 @@ def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command
              f"torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}; measured copy bandwidth "
              f"{env['bandwidth']:.0f} GB/s. Command: `{command}`", "", f"Op tests on CUDA: {tests}", ""]
     if ops:
-        lines += ["Routed attention, bf16 (ms; floor = one read of Q, K, V and one write of O at the copy bandwidth):",
-                  "", "| shape | tokens | ref fwd | fused fwd | dense SDPA fwd | fused / floor | fused GB/s | "
-                  "ref fwd+bwd | fused fwd+bwd | ref peak GB | fused peak GB |", "|" + "---|" * 11]
+        lines += ["Ops, bf16 (ms; floor = one read of the inputs and one write of the output at the copy bandwidth; "
+                  "dense SDPA = full attention over the same tokens, routed attention only):",
+                  "", "| op | shape | tokens | ref fwd | fused fwd | fused speed-up | dense SDPA fwd | fused / floor | "
+                  "fused GB/s | ref fwd+bwd | fused fwd+bwd | ref peak GB | fused peak GB |", "|" + "---|" * 13]
         for r in ops:
+            sdpa = f"{r['sdpa_fwd_ms']:.3f}" if "sdpa_fwd_ms" in r else "–"
             lines.append(
-                f"| {r['shape']} | {r['tokens']} | {r['torch_fwd_ms']:.3f} | {r['triton_fwd_ms']:.3f} | "
-                f"{r['sdpa_fwd_ms']:.3f} | {r['triton_fwd_ms'] / r['floor_ms']:.1f}x | {r['fused_gbs']:.0f} | "
-                f"{r['torch_fwdbwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | {r['torch_peak_gb']:.2f} | "
-                f"{r['triton_peak_gb']:.2f} |")
+                f"| {r['op']} | {r['shape']} | {r['tokens']} | {r['torch_fwd_ms']:.3f} | {r['triton_fwd_ms']:.3f} | "
+                f"{r['torch_fwd_ms'] / r['triton_fwd_ms']:.1f}x | {sdpa} | {r['triton_fwd_ms'] / r['floor_ms']:.1f}x | "
+                f"{r['fused_gbs']:.0f} | {r['torch_fwdbwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | "
+                f"{r['torch_peak_gb']:.2f} | {r['triton_peak_gb']:.2f} |")
         lines.append("")
     if models:
         lines += ["Models at 224, bf16 autocast (inference batch 128, training batch 64 with an AdamW step):", "",
@@ -188,7 +246,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--skip-ops", action="store_true")
-    p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base"])
+    p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base",
+                                                   "visattn_mambaout_tiny", "lamamba_tiny", "lamamba_small"])
     p.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -206,14 +265,17 @@ def main() -> int:
     print(f"op tests: {tests} ({time.time() - started:.0f} s)", flush=True)
     ops = []
     if not args.skip_ops:
-        for shape in OP_SHAPES:
-            ops.append(bench_op(shape, env["bandwidth"]))
+        cases = [(bench_routed, s) for s in ROUTED_SHAPES]
+        cases += [(bench_scan, s) for s in LAMAMBA_T_STAGES] + [(bench_window, s) for s in LAMAMBA_T_STAGES]
+        for bench, shape in cases:
+            ops.append(bench(shape, env["bandwidth"]))
             r = ops[-1]
-            print(f"{r['shape']}: ref {r['torch_fwd_ms']:.3f} ms, fused {r['triton_fwd_ms']:.3f} ms, "
-                  f"sdpa {r['sdpa_fwd_ms']:.3f} ms, floor {r['floor_ms']:.3f} ms", flush=True)
+            print(f"{r['op']} {r['shape']}: ref {r['torch_fwd_ms']:.3f} ms, fused {r['triton_fwd_ms']:.3f} ms, "
+                  f"floor {r['floor_ms']:.3f} ms ({time.time() - started:.0f} s)", flush=True)
     models = []
     for name in args.models:
-        for backend in ("torch", "triton"):
+        backends = ("triton",) if name.startswith(FUSED_ONLY_MODELS) else ("torch", "triton")
+        for backend in backends:
             models.append(bench_model(name, backend))
             torch.cuda.empty_cache()
             r = models[-1]

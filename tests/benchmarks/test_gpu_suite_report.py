@@ -1,4 +1,4 @@
-"""The GPU suite's report, built from made-up rows: a GPU run must not fail at its last step."""
+"""The GPU suite checked on the CPU (tiny shapes, interpreted kernels): a GPU run must not fail on a typo."""
 
 import importlib.util
 import os
@@ -12,7 +12,8 @@ spec.loader.exec_module(gpu_suite)
 def test_report_has_every_table_and_the_ratios():
     env = {"card": "Card X", "date": "2026-01-01", "torch": "2.11", "triton": "3.6", "cuda": "13.0",
            "bandwidth": 3000.0}
-    op = {"shape": "T/S stage 1 @224", "tokens": "64x56x56x64", "floor_ms": 0.01, "sdpa_fwd_ms": 0.5,
+    op = {"op": "routed attention", "shape": "T/S stage 1 @224", "tokens": "64x56x56x64", "floor_ms": 0.01,
+          "sdpa_fwd_ms": 0.5,
           "fused_gbs": 1500.0, **{f"{b}_{k}": 1.0 for b in ("torch", "triton")
                                   for k in ("fwd_ms", "fwdbwd_ms", "peak_gb")}}
     op["triton_fwd_ms"] = 0.02
@@ -20,8 +21,24 @@ def test_report_has_every_table_and_the_ratios():
                "train_peak_gb": 6.0},
               {"model": "biformer_tiny", "backend": "triton", "infer_img_s": 3500.0, "train_img_s": 700.0,
                "train_peak_gb": 2.5}]
-    report = gpu_suite.markdown(env, "passed: 40 passed", [op], models, "python benchmarks/gpu_suite.py")
+    scan = {**op, "op": "selective scan", "shape": "LaMamba-T stage 1 @224"}
+    del scan["sdpa_fwd_ms"]
+    report = gpu_suite.markdown(env, "passed: 40 passed", [op, scan], models, "python benchmarks/gpu_suite.py")
     assert "## Card X — 2026-01-01" in report and "torch 2.11, Triton 3.6" in report
-    assert "| T/S stage 1 @224 | 64x56x56x64 | 1.000 | 0.020 | 0.500 | 2.0x | 1500 |" in report
+    row = "| routed attention | T/S stage 1 @224 | 64x56x56x64 | 1.000 | 0.020 | 50.0x | 0.500 | 2.0x | 1500 |"
+    assert row in report
+    assert "| selective scan | LaMamba-T stage 1 @224 | 64x56x56x64 | 1.000 | 0.020 | 50.0x | – | 2.0x |" in report
     assert "| biformer_tiny | fused | 3500 | 700 | 2.50 |" in report
     assert "inference 3.50x, training 2.33x, training peak memory 0.42x" in report
+
+
+def test_op_benchmarks_run_end_to_end(monkeypatch):
+    monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
+    rows = [gpu_suite.bench_routed(("tiny", 1, 8, 8, 32, 2, 2, 2), bandwidth=100.0),
+            gpu_suite.bench_scan(("tiny", 4, 16, 1), bandwidth=100.0, batch=1),
+            gpu_suite.bench_window(("tiny", 8, 32, 2), bandwidth=100.0, batch=1)]
+    for row in rows:
+        assert row["triton_fwd_ms"] > 0 and row["torch_fwdbwd_ms"] > 0 and row["fused_gbs"] > 0
+    assert "sdpa_fwd_ms" in rows[0]
+    env = {"card": "cpu", "date": "d", "torch": "t", "triton": "x", "cuda": None, "bandwidth": 100.0}
+    assert "| window attention | LaMamba-T tiny @224 |" in gpu_suite.markdown(env, "skipped", rows, [], "cmd")
