@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
@@ -33,6 +34,14 @@ class PyramidModel(nn.Module):
     Features leave the model as NCHW either way."""
 
     channels_last = False
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """Truncated-normal (std 0.02) Linear weights and zero biases; apply with ``self.apply``."""
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def _nchw(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 3, 1, 2) if self.channels_last else x

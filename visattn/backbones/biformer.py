@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..blocks import BiLevelRoutingAttention, LePEAttention
@@ -125,13 +125,6 @@ class BiFormer(PyramidModel):
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 _OFFICIAL_RENAMES = [

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..blocks import SS2D, WindowAttention
@@ -105,13 +105,6 @@ class LaMamba(PyramidModel):
         self.norm = nn.LayerNorm(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 def _cfg(**kwargs) -> dict:
