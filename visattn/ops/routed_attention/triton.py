@@ -23,12 +23,21 @@ BLOCK_N = 64
 
 
 @triton.jit
-def _token_addr(reg, tok, n_win, rh, rw, H, W, stride_h, stride_w):
-    """Region ``reg``, token ``tok`` (row-major inside the region) -> (offset, inside the map, y*W + x)."""
+def _token_pos(reg, tok, n_win, rh, rw, H, W):
+    """Region ``reg``, token ``tok`` (row-major inside the region) -> (inside the unpadded map, y * W + x)."""
     y = (reg // n_win) * rh + tok // rw
     x = (reg % n_win) * rw + tok % rw
-    inside = (y < H) & (x < W)
-    return y * stride_h + x * stride_w, inside, y * W + x
+    return (y < H) & (x < W), y * W + x
+
+
+@triton.jit
+def _tile(X, b, s_b, s_h, s_w, reg, tok, rows, h, n_win, rh, rw, D: tl.constexpr, BD: tl.constexpr):
+    """Pointers and mask of the (tokens x channels of head h) tile of a channels-last map; ``rows`` masks tokens."""
+    y = (reg // n_win) * rh + tok // rw
+    x = (reg % n_win) * rw + tok % rw
+    d = tl.arange(0, BD)
+    ptrs = X + b * s_b + (y * s_h + x * s_w)[:, None] + h * D + d[None, :]
+    return ptrs, rows[:, None] & (d[None, :] < D)
 
 
 @triton.jit
@@ -66,13 +75,10 @@ def _fwd_kernel(
     b = (pid_bh // num_heads).to(tl.int64)
     h = pid_bh % num_heads
     t, q_reg, q_tok, q_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
-    q_off, q_inside, q_lin = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sq_h, sq_w)
-    o_off, _, _ = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, so_h, so_w)
+    q_inside, q_lin = _token_pos(q_reg, q_tok, n_win, rh, rw, H, W)
     q_rows = q_valid & q_inside
-    dqk = tl.arange(0, BD_QK)
-    dv = tl.arange(0, BD_V)
-    q = tl.load(Q + b * sq_b + q_off[:, None] + h * D_QK + dqk[None, :],
-                mask=q_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
+    q_ptrs, q_mask = _tile(Q, b, sq_b, sq_h, sq_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_QK, BD_QK)
+    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
 
     lst = LISTS + (b * n_tiles + t) * list_len
     n_items = tl.load(COUNTS + b * n_tiles + t)
@@ -81,11 +87,10 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, BD_V], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
         k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
-        k_off, k_inside, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sk_h, sk_w)
-        v_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sv_h, sv_w)
+        k_inside, _ = _token_pos(k_reg, k_tok, n_win, rh, rw, H, W)
         k_rows = k_valid & k_inside
-        k = tl.load(K + b * sk_b + k_off[:, None] + h * D_QK + dqk[None, :],
-                    mask=k_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
+        k_ptrs, k_mask = _tile(K, b, sk_b, sk_h, sk_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_QK, BD_QK)
+        k = tl.load(k_ptrs, mask=k_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
         allowed = k_valid[None, :]
         if PACKED:
@@ -97,13 +102,13 @@ def _fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + b * sv_b + v_off[:, None] + h * D_V + dv[None, :],
-                    mask=k_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+        v_ptrs, v_mask = _tile(V, b, sv_b, sv_h, sv_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_V, BD_V)
+        v = tl.load(v_ptrs, mask=v_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
-    tl.store(O + b * so_b + o_off[:, None] + h * D_V + dv[None, :], acc.to(O.dtype.element_ty),
-             mask=q_rows[:, None] & (dv[None, :] < D_V))
+    o_ptrs, o_mask = _tile(O, b, so_b, so_h, so_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_V, BD_V)
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=o_mask)
     tl.store(LSE + pid_bh.to(tl.int64) * H * W + q_lin, m_i + tl.log2(l_i), mask=q_rows)
 
 
@@ -121,16 +126,12 @@ def _bwd_dq_kernel(
     b = (pid_bh // num_heads).to(tl.int64)
     h = pid_bh % num_heads
     t, q_reg, q_tok, q_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
-    q_off, q_inside, q_lin = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sq_h, sq_w)
-    do_off, _, _ = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sdo_h, sdo_w)
-    dq_off, _, _ = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sdq_h, sdq_w)
+    q_inside, q_lin = _token_pos(q_reg, q_tok, n_win, rh, rw, H, W)
     q_rows = q_valid & q_inside
-    dqk = tl.arange(0, BD_QK)
-    dv = tl.arange(0, BD_V)
-    q = tl.load(Q + b * sq_b + q_off[:, None] + h * D_QK + dqk[None, :],
-                mask=q_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
-    do = tl.load(DO + b * sdo_b + do_off[:, None] + h * D_V + dv[None, :],
-                 mask=q_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+    q_ptrs, q_mask = _tile(Q, b, sq_b, sq_h, sq_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_QK, BD_QK)
+    do_ptrs, do_mask = _tile(DO, b, sdo_b, sdo_h, sdo_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_V, BD_V)
+    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+    do = tl.load(do_ptrs, mask=do_mask, other=0.0)
     stats = pid_bh.to(tl.int64) * H * W + q_lin
     lse = tl.load(LSE + stats, mask=q_rows, other=0.0)
     delta = tl.load(DELTA + stats, mask=q_rows, other=0.0)
@@ -140,13 +141,12 @@ def _bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, BD_QK], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
         k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
-        k_off, k_inside, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sk_h, sk_w)
-        v_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sv_h, sv_w)
+        k_inside, _ = _token_pos(k_reg, k_tok, n_win, rh, rw, H, W)
         k_rows = k_valid & k_inside
-        k = tl.load(K + b * sk_b + k_off[:, None] + h * D_QK + dqk[None, :],
-                    mask=k_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
-        v = tl.load(V + b * sv_b + v_off[:, None] + h * D_V + dv[None, :],
-                    mask=k_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+        k_ptrs, k_mask = _tile(K, b, sk_b, sk_h, sk_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_QK, BD_QK)
+        v_ptrs, v_mask = _tile(V, b, sv_b, sv_h, sv_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_V, BD_V)
+        k = tl.load(k_ptrs, mask=k_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=v_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
         allowed = q_rows[:, None] & k_valid[None, :]
         if PACKED:
@@ -157,8 +157,8 @@ def _bwd_dq_kernel(
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    tl.store(DQ + b * sdq_b + dq_off[:, None] + h * D_QK + dqk[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=q_rows[:, None] & (dqk[None, :] < D_QK))
+    dq_ptrs, dq_mask = _tile(DQ, b, sdq_b, sdq_h, sdq_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_QK, BD_QK)
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=dq_mask)
 
 
 @triton.jit
@@ -176,31 +176,25 @@ def _bwd_dkdv_kernel(
     b = (pid_bh // num_heads).to(tl.int64)
     h = pid_bh % num_heads
     t, k_reg, k_tok, k_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
-    k_off, k_inside, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sk_h, sk_w)
-    v_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sv_h, sv_w)
-    dk_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sdk_h, sdk_w)
-    dv_off, _, _ = _token_addr(k_reg, k_tok, n_win, rh, rw, H, W, sdv_h, sdv_w)
+    k_inside, _ = _token_pos(k_reg, k_tok, n_win, rh, rw, H, W)
     k_rows = k_valid & k_inside
-    dqk = tl.arange(0, BD_QK)
-    dv = tl.arange(0, BD_V)
-    k = tl.load(K + b * sk_b + k_off[:, None] + h * D_QK + dqk[None, :],
-                mask=k_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
-    v = tl.load(V + b * sv_b + v_off[:, None] + h * D_V + dv[None, :],
-                mask=k_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+    k_ptrs, k_mask = _tile(K, b, sk_b, sk_h, sk_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_QK, BD_QK)
+    v_ptrs, v_mask = _tile(V, b, sv_b, sv_h, sv_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_V, BD_V)
+    k = tl.load(k_ptrs, mask=k_mask, other=0.0)
+    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
 
     lst = LISTS + (b * n_tiles + t) * list_len
     n_items = tl.load(COUNTS + b * n_tiles + t)
     dk = tl.zeros([BLOCK_M, BD_QK], tl.float32)
-    dvacc = tl.zeros([BLOCK_M, BD_V], tl.float32)
+    dv = tl.zeros([BLOCK_M, BD_V], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
         q_reg, q_tok, q_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
-        q_off, q_inside, q_lin = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sq_h, sq_w)
-        do_off, _, _ = _token_addr(q_reg, q_tok, n_win, rh, rw, H, W, sdo_h, sdo_w)
+        q_inside, q_lin = _token_pos(q_reg, q_tok, n_win, rh, rw, H, W)
         q_rows = q_valid & q_inside
-        q = tl.load(Q + b * sq_b + q_off[:, None] + h * D_QK + dqk[None, :],
-                    mask=q_rows[:, None] & (dqk[None, :] < D_QK), other=0.0)
-        do = tl.load(DO + b * sdo_b + do_off[:, None] + h * D_V + dv[None, :],
-                     mask=q_rows[:, None] & (dv[None, :] < D_V), other=0.0)
+        q_ptrs, q_mask = _tile(Q, b, sq_b, sq_h, sq_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_QK, BD_QK)
+        do_ptrs, do_mask = _tile(DO, b, sdo_b, sdo_h, sdo_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_V, BD_V)
+        q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+        do = tl.load(do_ptrs, mask=do_mask, other=0.0)
         stats = pid_bh.to(tl.int64) * H * W + q_lin
         lse = tl.load(LSE + stats, mask=q_rows, other=0.0)
         delta = tl.load(DELTA + stats, mask=q_rows, other=0.0)
@@ -211,14 +205,14 @@ def _bwd_dkdv_kernel(
                           mask=k_valid[:, None] & q_valid[None, :], other=0)
             allowed = allowed & (adj != 0)
         p_t = tl.where(allowed, tl.exp2(s_t - lse[None, :]), 0.0)
-        dvacc += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
-    tl.store(DK + b * sdk_b + dk_off[:, None] + h * D_QK + dqk[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=k_rows[:, None] & (dqk[None, :] < D_QK))
-    tl.store(DV + b * sdv_b + dv_off[:, None] + h * D_V + dv[None, :], dvacc.to(DV.dtype.element_ty),
-             mask=k_rows[:, None] & (dv[None, :] < D_V))
+    dk_ptrs, dk_mask = _tile(DK, b, sdk_b, sdk_h, sdk_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_QK, BD_QK)
+    dv_ptrs, dv_mask = _tile(DV, b, sdv_b, sdv_h, sdv_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_V, BD_V)
+    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=dk_mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=dv_mask)
 
 
 class _Plan:
