@@ -42,6 +42,28 @@ def _dt(DELTA, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _channel_block(A, D, BIAS, n, dg, n_dblocks, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's batch element, group and channel block, with their A rows, delta bias and D (masked)."""
+    b = tl.program_id(0).to(tl.int64)
+    grp = tl.program_id(1) // n_dblocks
+    offs_c = (tl.program_id(1) % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    c_mask = offs_c < dg
+    ch = grp * dg + offs_c
+    offs_n = tl.arange(0, BLOCK_N)
+    n_mask = offs_n < n
+    cn = c_mask[:, None] & n_mask[None, :]
+    A_ = tl.load(A + ch[:, None] * n + offs_n[None, :], mask=cn, other=0.0)
+    bias = tl.zeros([BLOCK_D], tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + ch, mask=c_mask, other=0.0)
+    Dv = tl.zeros([BLOCK_D], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D + ch, mask=c_mask, other=0.0)
+    return b, grp, ch, c_mask, offs_n, n_mask, cn, A_, bias, Dv
+
+
+@triton.jit
 def _chunk(U, DELTA, B, C, A_, bias, b, grp, ch, c_mask, offs_n, n_mask, l0, L,
            su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sb_b, sb_g, sb_n, sb_l, sc_b, sc_g, sc_n, sc_l,
            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -72,21 +94,8 @@ def _fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    grp = tl.program_id(1) // n_dblocks
-    offs_c = (tl.program_id(1) % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    c_mask = offs_c < dg
-    ch = grp * dg + offs_c
-    offs_n = tl.arange(0, BLOCK_N)
-    n_mask = offs_n < n
-    cn = c_mask[:, None] & n_mask[None, :]
-    A_ = tl.load(A + ch[:, None] * n + offs_n[None, :], mask=cn, other=0.0)
-    bias = tl.zeros([BLOCK_D], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(BIAS + ch, mask=c_mask, other=0.0)
-    Dv = tl.zeros([BLOCK_D], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D + ch, mask=c_mask, other=0.0)
+    b, grp, ch, c_mask, offs_n, n_mask, cn, A_, bias, Dv = _channel_block(
+        A, D, BIAS, n, dg, n_dblocks, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N)
     last = tl.arange(0, BLOCK_L) == BLOCK_L - 1
     state_ptr = STATES + ((b * dim + ch[:, None]) * n_chunks) * n + offs_n[None, :]
     h = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
@@ -118,21 +127,8 @@ def _bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    grp = tl.program_id(1) // n_dblocks
-    offs_c = (tl.program_id(1) % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    c_mask = offs_c < dg
-    ch = grp * dg + offs_c
-    offs_n = tl.arange(0, BLOCK_N)
-    n_mask = offs_n < n
-    cn = c_mask[:, None] & n_mask[None, :]
-    A_ = tl.load(A + ch[:, None] * n + offs_n[None, :], mask=cn, other=0.0)
-    bias = tl.zeros([BLOCK_D], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(BIAS + ch, mask=c_mask, other=0.0)
-    Dv = tl.zeros([BLOCK_D], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D + ch, mask=c_mask, other=0.0)
+    b, grp, ch, c_mask, offs_n, n_mask, cn, A_, bias, Dv = _channel_block(
+        A, D, BIAS, n, dg, n_dblocks, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N)
     first = tl.arange(0, BLOCK_L) == 0
     state_ptr = STATES + ((b * dim + ch[:, None]) * n_chunks) * n + offs_n[None, :]
     group_ptr = ((b * (dim // dg) + grp) * n + offs_n[:, None]) * L
