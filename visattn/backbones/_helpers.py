@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
-from timm.models import get_pretrained_cfg
+from timm.models import build_model_with_cfg, get_pretrained_cfg
 
 
 def check_input_size(x: torch.Tensor, min_size: int, model_name: str) -> None:
@@ -42,3 +43,14 @@ def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
     kwargs["pretrained_cfg_overlay"] = overlay
     if not overlay.get("file"):
         overlay["file"] = pretrained_file(variant, tag, overlay.get("url"))
+
+
+def create_model(model_cls: type, variant: str, pretrained: bool, kwargs: dict,
+                 filter_fn: Callable | None = None, tag: str = "in1k"):
+    """timm's ``build_model_with_cfg`` with our conventions: official weights downloaded to a variant-named file,
+    ``filter_fn`` mapping official checkpoints, and ``features_only`` through ``forward_intermediates``."""
+    if pretrained:
+        resolve_pretrained_file(variant, tag, kwargs)
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)

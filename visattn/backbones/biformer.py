@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import BiLevelRoutingAttention, LePEAttention
-from ._helpers import resolve_pretrained_file
+from ._helpers import create_model
 from ._pyramid import PyramidModel, PyramidStage
 
 __all__ = ["BiFormer"]
@@ -180,15 +180,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
-    if pretrained:
-        resolve_pretrained_file(variant, "in1k", kwargs)
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        BiFormer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    return create_model(BiFormer, variant, pretrained, kwargs, checkpoint_filter_fn)
 
 
 @register_model

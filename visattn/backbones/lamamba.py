@@ -31,9 +31,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import SS2D, WindowAttention
+from ._helpers import create_model
 from ._pyramid import PyramidModel, PyramidStage
 
 __all__ = ["LaMamba"]
@@ -122,9 +123,7 @@ default_cfgs = generate_default_cfgs({f"lamamba_{v}": _cfg() for v in ("tiny", "
 
 
 def _create_lamamba(variant: str, pretrained: bool = False, **kwargs) -> LaMamba:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(LaMamba, variant, pretrained,
-                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    return create_model(LaMamba, variant, pretrained, kwargs)
 
 
 @register_model

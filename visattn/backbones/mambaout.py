@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import GatedCNNBlock
-from ._helpers import resolve_pretrained_file
+from ._helpers import create_model
 from ._pyramid import PyramidModel, PyramidStage
 
 __all__ = ["MambaOut"]
@@ -185,15 +185,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_mambaout(variant: str, pretrained: bool = False, **kwargs) -> MambaOut:
-    if pretrained:
-        resolve_pretrained_file(variant, "in1k", kwargs)
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        MambaOut, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    return create_model(MambaOut, variant, pretrained, kwargs, checkpoint_filter_fn)
 
 
 def _variant(name: str, pretrained: bool, kwargs: dict) -> MambaOut:

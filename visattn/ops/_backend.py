@@ -26,3 +26,20 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
 def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: Callable) -> Callable:
     """The implementation of an op for this call: ``fused`` (Triton) or ``reference`` (PyTorch)."""
     return fused if resolve_backend(backend, tensor) == "triton" else reference
+
+
+def check_qkv_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> None:
+    """One-line errors for attention inputs that are not (B, H, W, C_qk), (B, H, W, C_qk), (B, H, W, C_v) maps
+    of one dtype and device with channels divisible by ``num_heads``."""
+    if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"expected q, k of shape (B, H, W, C_qk) and v of shape (B, H, W, C_v), "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} "
+                         f"on {q.device}/{k.device}/{v.device}")
+    if num_heads < 1 or q.shape[-1] % num_heads or v.shape[-1] % num_heads:
+        raise ValueError(
+            f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}"
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import pick
+from .._backend import check_qkv_maps, pick
 from .fused import region_attention_fused
 from .reference import region_attention_reference, route_regions
 
@@ -50,18 +50,7 @@ def routed_attention(
         (B, H, W, C_v), dtype of q.
     """
     check_routing_args(n_win, topk)
-    if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
-        raise ValueError(
-            f"expected q, k of shape (B, H, W, C_qk) and v of shape (B, H, W, C_v), "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
-        raise ValueError(f"q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} "
-                         f"on {q.device}/{k.device}/{v.device}")
-    if q.shape[-1] % num_heads or v.shape[-1] % num_heads:
-        raise ValueError(
-            f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}"
-        )
+    check_qkv_maps(q, k, v, num_heads)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     region_idx = route_regions(q, k, n_win, topk, scale)
     impl = pick(backend, q, region_attention_reference, region_attention_fused)

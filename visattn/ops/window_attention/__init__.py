@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import pick
+from .._backend import check_qkv_maps, pick
 from .fused import window_attention_fused
 from .reference import relative_position_index, window_attention_reference
 
@@ -55,18 +55,7 @@ def window_attention(
     Returns:
         (B, H, W, C_v), dtype of q.
     """
-    if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
-        raise ValueError(
-            f"expected q, k of shape (B, H, W, C_qk) and v of shape (B, H, W, C_v), "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
-        raise ValueError(f"q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} "
-                         f"on {q.device}/{k.device}/{v.device}")
-    if num_heads < 1 or q.shape[-1] % num_heads or v.shape[-1] % num_heads:
-        raise ValueError(
-            f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}"
-        )
+    check_qkv_maps(q, k, v, num_heads)
     if window_size < 1:
         raise ValueError(f"window_size must be >= 1, got {window_size}")
     if not 0 <= shift < window_size:
