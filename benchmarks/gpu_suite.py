@@ -92,7 +92,8 @@ def peak_gb(fn) -> float:
 def run_op_tests() -> str:
     env = {**os.environ, "VISATTN_TEST_DEVICE": "cuda"}
     env.pop("TRITON_INTERPRET", None)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ops"],
+    workers = ["-n", str(min(8, os.cpu_count() or 1))] if (os.cpu_count() or 1) > 2 else []
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, "tests/ops"],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     tail = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-500:]
     if result.returncode != 0:
@@ -242,6 +243,28 @@ def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command
     return "\n".join(lines) + "\n"
 
 
+RESULTS_HEADER = "# GPU results\n\nWritten by `benchmarks/gpu_suite.py`; newest first.\n\n"
+
+
+def earlier_results(path: str) -> str:
+    """The results file's runs before this one (without its header); empty when there is none."""
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read().removeprefix(RESULTS_HEADER)
+
+
+def write_report(path: str, report: str, earlier: str) -> None:
+    """Write this run's ``report`` above the ``earlier`` runs, atomically (re-written as the run goes, so a run
+    cut short keeps what it measured); also copy the file to ``$OUT`` when set."""
+    text = RESULTS_HEADER + report + ("\n" + earlier if earlier else "")
+    targets = [path] + ([os.path.join(os.environ["OUT"], "RESULTS.md")] if os.environ.get("OUT") else [])
+    for target in targets:
+        with open(target + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(target + ".tmp", target)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-tests", action="store_true")
@@ -249,6 +272,8 @@ def main() -> int:
     p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base",
                                                    "visattn_mambaout_tiny", "lamamba_tiny", "lamamba_small"])
     p.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
+    p.add_argument("--time-limit", type=float, default=float("inf"),
+                   help="seconds; op and model cases that would start later are skipped, the report is still written")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("error: benchmarks/gpu_suite.py needs a CUDA device", file=sys.stderr)
@@ -261,42 +286,59 @@ def main() -> int:
            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
            "bandwidth": copy_bandwidth()}
     print(f"{env['card']}: copy bandwidth {env['bandwidth']:.0f} GB/s", flush=True)
+    command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
     tests = "skipped" if args.skip_tests else run_op_tests()
     print(f"op tests: {tests} ({time.time() - started:.0f} s)", flush=True)
-    ops = []
+    ops, models, errors = [], [], []
+    earlier = earlier_results(args.output)
+
+    def report() -> None:
+        text = markdown(env, tests, ops, models, command)
+        if errors:
+            text += "\nFailed or skipped cases:\n\n" + "\n".join(f"- {e}" for e in errors) + "\n"
+        write_report(args.output, text, earlier)
+
+    def attempt(label: str, fn):
+        if time.time() - started > args.time_limit:
+            errors.append(f"{label}: skipped, past --time-limit {args.time_limit:.0f} s")
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # one broken case must not lose the rest of the run
+            last_line = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
+            errors.append(f"{label}: {type(exc).__name__}: {last_line}")
+            print(f"{label}: FAILED {exc!r}", flush=True)
+            return None
+        finally:
+            torch.cuda.empty_cache()
+
+    report()
     if not args.skip_ops:
         cases = [(bench_routed, s) for s in ROUTED_SHAPES]
         cases += [(bench_scan, s) for s in LAMAMBA_T_STAGES] + [(bench_window, s) for s in LAMAMBA_T_STAGES]
         for bench, shape in cases:
-            ops.append(bench(shape, env["bandwidth"]))
-            r = ops[-1]
-            print(f"{r['op']} {r['shape']}: ref {r['torch_fwd_ms']:.3f} ms, fused {r['triton_fwd_ms']:.3f} ms, "
-                  f"floor {r['floor_ms']:.3f} ms ({time.time() - started:.0f} s)", flush=True)
-    models = []
+            label = f"{bench.__name__} {shape[0]}"
+            row = attempt(label, lambda bench=bench, shape=shape: bench(shape, env["bandwidth"]))
+            if row is None:
+                continue
+            ops.append(row)
+            print(f"{row['op']} {row['shape']}: ref {row['torch_fwd_ms']:.3f} ms, fused {row['triton_fwd_ms']:.3f} ms, "
+                  f"floor {row['floor_ms']:.3f} ms ({time.time() - started:.0f} s)", flush=True)
+            report()
     for name in args.models:
         backends = ("triton",) if name.startswith(FUSED_ONLY_MODELS) else ("torch", "triton")
         for backend in backends:
-            models.append(bench_model(name, backend))
-            torch.cuda.empty_cache()
-            r = models[-1]
-            print(f"{name} [{backend}]: {r['infer_img_s']:.0f} / {r['train_img_s']:.0f} img/s, "
-                  f"{r['train_peak_gb']:.2f} GB ({time.time() - started:.0f} s)", flush=True)
-    command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
-    report = markdown(env, tests, ops, models, command)
-    print(report)
-    header = "# GPU results\n\nWritten by `benchmarks/gpu_suite.py`; newest first.\n\n"
-    previous = ""
-    if os.path.exists(args.output):
-        with open(args.output) as f:
-            previous = f.read().removeprefix(header)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(header + report + ("\n" + previous if previous else ""))
-    os.replace(tmp, args.output)
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
-            f.write(header + report + ("\n" + previous if previous else ""))
+            row = attempt(f"{name} [{backend}]", lambda name=name, backend=backend: bench_model(name, backend))
+            if row is None:
+                continue
+            models.append(row)
+            print(f"{name} [{backend}]: {row['infer_img_s']:.0f} / {row['train_img_s']:.0f} img/s, "
+                  f"{row['train_peak_gb']:.2f} GB ({time.time() - started:.0f} s)", flush=True)
+            report()
+    report()
+    print(markdown(env, tests, ops, models, command))
+    if errors:
+        return 1
     return 0 if tests.startswith(("passed", "skipped")) else 1
 
 

@@ -42,3 +42,19 @@ def test_op_benchmarks_run_end_to_end(monkeypatch):
     assert "sdpa_fwd_ms" in rows[0]
     env = {"card": "cpu", "date": "d", "torch": "t", "triton": "x", "cuda": None, "bandwidth": 100.0}
     assert "| window attention | LaMamba-T tiny @224 |" in gpu_suite.markdown(env, "skipped", rows, [], "cmd")
+
+
+def test_a_run_rewrites_its_own_report_above_the_earlier_runs(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("OUT", str(out))
+    path = tmp_path / "RESULTS.md"
+    gpu_suite.write_report(str(path), "## run 1\n", gpu_suite.earlier_results(str(path)))
+    earlier = gpu_suite.earlier_results(str(path))
+    gpu_suite.write_report(str(path), "## run 2, partial\n", earlier)
+    gpu_suite.write_report(str(path), "## run 2, complete\n", earlier)
+    text = path.read_text()
+    assert text.startswith("# GPU results") and text.count("# GPU results") == 1
+    assert "partial" not in text and text.index("## run 2, complete") < text.index("## run 1")
+    assert (out / "RESULTS.md").read_text() == text
+    assert not list(tmp_path.glob("*.tmp"))

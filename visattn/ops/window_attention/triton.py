@@ -20,7 +20,8 @@ import triton.language as tl
 
 from .reference import relative_position_index
 
-_LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)  # kernels may read only constexpr globals
 # Token rows per tile: a whole 7 x 7 (49 tokens) or 8 x 8 window, or several smaller windows.
 BLOCK = 64
 # When the bias table needs a gradient: tiles of one (batch, head) per backward program, dS summed over them.
@@ -190,7 +191,7 @@ def forward(q, k, v, rel_pos_bias, num_heads, window_size, shift, scale):
     _fwd_kernel[(geo.n_tiles, b * num_heads)](
         q, k, v, bias, out, lse,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        *geo.args(), scale * _LOG2E,
+        *geo.args(), scale * LOG2E,
         **geo.meta(has_bias=rel_pos_bias is not None),
     )
     return out, lse
@@ -214,7 +215,7 @@ def backward(q, k, v, out, lse, grad_out, rel_pos_bias, num_heads, window_size, 
         q, k, v, out, grad_out, lse, bias, dq, dk, dv, dbias,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
         *_strides(dq), *_strides(dk), *_strides(dv),
-        *geo.args(), geo.n_tiles, scale * _LOG2E, scale,
+        *geo.args(), geo.n_tiles, scale * LOG2E, scale,
         **geo.meta(has_bias=rel_pos_bias is not None), BIAS_GRAD=bias_grad,
     )
     if not bias_grad:
