@@ -1,0 +1,325 @@
+"""Fused non-causal linear attention in Triton: a state reduction, then a per-token read-out; backward alike.
+
+Forward: ``_state_kernel`` walks the tokens of one (batch, head) and accumulates in float32 registers the
+sums S = sum_j k_j^T v_j (D x E), sum_j kn_j and sum_j v_j, written packed per head: (D E + D + E) floats,
+all that backward keeps besides the inputs. When B * H programs cannot fill the GPU the token axis is split
+over several programs per head, each writing partial sums that one torch sum folds (deterministic, no
+atomics). ``_readout_kernel`` is parallel over (token block, batch * head): O_i = scale q_i S' (+ mean v, or
+/ (qn_i . mean kn + eps)), S' = S, or for the injective mode the centred S - N mean(k)^T mean(v).
+
+Backward: ``_query_grad_kernel`` (split like the state pass) writes dq (and d norm_q) token by token, since
+they need only the forward sums, and accumulates dS = scale sum_i q_i^T r_i, r_i = g_i (/ z_i), with
+dm = sum_i dz_i qn_i (normalize) and sum g (injective). ``_key_grad_kernel`` is parallel over token blocks:
+dk_j = v_j dS^T, dv_j = k_j dS (centred k, v and + sum g / N when injective), d kn_j = dm / N.
+
+Every (B, H, N, C) tensor is read and written through its four strides, so transposed views need no copy.
+Heads narrower than 16 channels, or not a power of two, are padded to one with masks (tl.dot needs 16).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused import new_output
+
+# Token rows per tile when the state tile holds at most 64 x 64 channels; half as many above that.
+BLOCK_N = 64
+# Fewest token blocks one program of a split reduction walks, so the partial states stay small beside the tokens.
+SPLIT_MIN_BLOCKS = 4
+# Programs per SM the split reductions aim for (2, 4 and 8 timed on an H200: 4 was fastest overall).
+PROGRAMS_PER_SM = 4
+# SMs assumed for CPU tensors (Triton's interpreter), so that CPU tests take the split path too.
+INTERPRETER_SMS = 4
+
+
+@triton.jit
+def _tile(X, bh, H, s_b, s_h, s_n, s_c, rows, N, C: tl.constexpr, BC: tl.constexpr):
+    """Pointers and mask of the (rows x BC channels) tile of head ``bh`` of a (B, H, N, C) tensor."""
+    cols = tl.arange(0, BC)
+    base = X + (bh // H).to(tl.int64) * s_b + (bh % H).to(tl.int64) * s_h
+    return base + rows[:, None] * s_n + cols[None, :] * s_c, (rows[:, None] < N) & (cols[None, :] < C)
+
+
+@triton.jit
+def _load(X, bh, H, s_b, s_h, s_n, s_c, rows, N, C: tl.constexpr, BC: tl.constexpr):
+    """The tile of :func:`_tile` in float32, zero outside the tensor."""
+    ptrs, mask = _tile(X, bh, H, s_b, s_h, s_n, s_c, rows, N, C, BC)
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store(X, value, bh, H, s_b, s_h, s_n, s_c, rows, N, C: tl.constexpr, BC: tl.constexpr):
+    ptrs, mask = _tile(X, bh, H, s_b, s_h, s_n, s_c, rows, N, C, BC)
+    tl.store(ptrs, value.to(X.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _packed_ptrs(X, slot, D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+    """Pointers and masks of the (D x E) matrix, the D-vector and the E-vector packed, in that order, in entry
+    ``slot`` of a contiguous float32 (..., D E + D + E) buffer, padded to BD and BE."""
+    d = tl.arange(0, BD)
+    e = tl.arange(0, BE)
+    base = X + slot.to(tl.int64) * (D * E + D + E)
+    return (base + d[:, None] * E + e[None, :], (d[:, None] < D) & (e[None, :] < E),
+            base + D * E + d, d < D, base + D * E + D + e, e < E)
+
+
+@triton.jit
+def _load_packed(X, slot, D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr):
+    m_ptrs, m_mask, d_ptrs, d_mask, e_ptrs, e_mask = _packed_ptrs(X, slot, D, E, BD, BE)
+    return (tl.load(m_ptrs, mask=m_mask, other=0.0), tl.load(d_ptrs, mask=d_mask, other=0.0),
+            tl.load(e_ptrs, mask=e_mask, other=0.0))
+
+
+@triton.jit
+def _store_packed(X, slot, matrix, d_vector, e_vector, D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr,
+                  BE: tl.constexpr):
+    m_ptrs, m_mask, d_ptrs, d_mask, e_ptrs, e_mask = _packed_ptrs(X, slot, D, E, BD, BE)
+    tl.store(m_ptrs, matrix, mask=m_mask)
+    tl.store(d_ptrs, d_vector, mask=d_mask)
+    tl.store(e_ptrs, e_vector, mask=e_mask)
+
+
+@triton.jit
+def _readout_state(STATE, bh, N, D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+                   INJECTIVE: tl.constexpr):
+    """(S', mean kn, mean v) of head ``bh`` from its packed sums; S' = S, or S - N mean(k)^T mean(v) if injective."""
+    state, key_sum, value_sum = _load_packed(STATE, bh, D, E, BD, BE)
+    if INJECTIVE:
+        state -= key_sum[:, None] * value_sum[None, :] / N
+    return state, key_sum / N, value_sum / N
+
+
+@triton.jit
+def _normalizer(qn, key_mean, eps, rows, N):
+    """z_i = qn_i . mean_j kn_j + eps for the tile's rows; 1 past the last token, so nothing divides by zero."""
+    return tl.where(rows < N, tl.sum(qn * key_mean[None, :], 1) + eps, 1.0)
+
+
+@triton.jit
+def _state_kernel(
+    K, V, KN, STATE,
+    sk_b, sk_h, sk_n, sk_c, sv_b, sv_h, sv_n, sv_c, skn_b, skn_h, skn_n, skn_c,
+    N, H, n_blocks, blocks_per_split,
+    D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
+    SEPARATE_KN: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Sums over split ``program_id(0)``'s token blocks, packed: S (D x E), sum of kn (D), sum of v (E)."""
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    state = tl.zeros([BD, BE], tl.float32)
+    key_sum = tl.zeros([BD], tl.float32)
+    value_sum = tl.zeros([BE], tl.float32)
+    first = split * blocks_per_split
+    for blk in range(first, tl.minimum(first + blocks_per_split, n_blocks)):
+        rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _load(K, bh, H, sk_b, sk_h, sk_n, sk_c, rows, N, D, BD)
+        v = _load(V, bh, H, sv_b, sv_h, sv_n, sv_c, rows, N, E, BE)
+        state = tl.dot(tl.trans(k), v, state, input_precision=PRECISION)
+        if SEPARATE_KN:
+            key_sum += tl.sum(_load(KN, bh, H, skn_b, skn_h, skn_n, skn_c, rows, N, D, BD), 0)
+        else:
+            key_sum += tl.sum(k, 0)
+        value_sum += tl.sum(v, 0)
+    _store_packed(STATE, split * tl.num_programs(1) + bh, state, key_sum, value_sum, D, E, BD, BE)
+
+
+@triton.jit
+def _readout_kernel(
+    Q, QN, STATE, O,
+    sq_b, sq_h, sq_n, sq_c, sqn_b, sqn_h, sqn_n, sqn_c, so_b, so_h, so_n, so_c,
+    N, H, scale, eps,
+    D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
+    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_QN: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """O_i = scale q_i S' (+ mean v when injective, / z_i when normalizing) for one block of tokens."""
+    bh = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    state, key_mean, value_mean = _readout_state(STATE, bh, N, D, E, BD, BE, INJECTIVE)
+    q = _load(Q, bh, H, sq_b, sq_h, sq_n, sq_c, rows, N, D, BD)
+    out = tl.dot(q, state, input_precision=PRECISION) * scale
+    if INJECTIVE:
+        out += value_mean[None, :]
+    if NORMALIZE:
+        qn = q
+        if SEPARATE_QN:
+            qn = _load(QN, bh, H, sqn_b, sqn_h, sqn_n, sqn_c, rows, N, D, BD)
+        out = out / _normalizer(qn, key_mean, eps, rows, N)[:, None]
+    _store(O, out, bh, H, so_b, so_h, so_n, so_c, rows, N, E, BE)
+
+
+@triton.jit
+def _query_grad_kernel(
+    Q, QN, DO, STATE, DQ, DQN, DSTATE,
+    sq_b, sq_h, sq_n, sq_c, sqn_b, sqn_h, sqn_n, sqn_c, sdo_b, sdo_h, sdo_n, sdo_c,
+    sdq_b, sdq_h, sdq_n, sdq_c, sdqn_b, sdqn_h, sdqn_n, sdqn_c,
+    N, H, n_blocks, blocks_per_split, scale, eps,
+    D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
+    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_QN: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dq (and d norm_q) of split ``program_id(0)``'s tokens, and its sums packed: dS (D x E), dm (D), sum g (E).
+
+    With r_i = g_i / z_i (g_i unless normalizing): dq_i = scale r_i S'^T (+ dz_i m when qn = q), dS = scale
+    sum_i q_i^T r_i; normalizing, dz_i = -(g_i . O_i) / z_i, d qn_i = dz_i m and dm = sum_i dz_i qn_i.
+    """
+    split = tl.program_id(0)
+    bh = tl.program_id(1)
+    state, key_mean, _ = _readout_state(STATE, bh, N, D, E, BD, BE, INJECTIVE)
+    dstate = tl.zeros([BD, BE], tl.float32)
+    dkey_mean = tl.zeros([BD], tl.float32)
+    grad_sum = tl.zeros([BE], tl.float32)
+    first = split * blocks_per_split
+    for blk in range(first, tl.minimum(first + blocks_per_split, n_blocks)):
+        rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        q = _load(Q, bh, H, sq_b, sq_h, sq_n, sq_c, rows, N, D, BD)
+        g = _load(DO, bh, H, sdo_b, sdo_h, sdo_n, sdo_c, rows, N, E, BE)
+        r = g
+        if NORMALIZE:
+            qn = q
+            if SEPARATE_QN:
+                qn = _load(QN, bh, H, sqn_b, sqn_h, sqn_n, sqn_c, rows, N, D, BD)
+            z = _normalizer(qn, key_mean, eps, rows, N)
+            r = g / z[:, None]
+            out = tl.dot(q, state, input_precision=PRECISION) * scale / z[:, None]
+            dz = -tl.sum(r * out, 1)
+            dqn = dz[:, None] * key_mean[None, :]
+            dkey_mean += tl.sum(dz[:, None] * qn, 0)
+        dq = tl.dot(r, tl.trans(state), input_precision=PRECISION) * scale
+        if NORMALIZE:
+            if SEPARATE_QN:
+                _store(DQN, dqn, bh, H, sdqn_b, sdqn_h, sdqn_n, sdqn_c, rows, N, D, BD)
+            else:
+                dq += dqn
+        _store(DQ, dq, bh, H, sdq_b, sdq_h, sdq_n, sdq_c, rows, N, D, BD)
+        dstate = tl.dot(tl.trans(q), r, dstate, input_precision=PRECISION)
+        grad_sum += tl.sum(g, 0)
+    _store_packed(DSTATE, split * tl.num_programs(1) + bh, dstate * scale, dkey_mean, grad_sum, D, E, BD, BE)
+
+
+@triton.jit
+def _key_grad_kernel(
+    K, V, STATE, DSTATE, DK, DV, DKN,
+    sk_b, sk_h, sk_n, sk_c, sv_b, sv_h, sv_n, sv_c, sdk_b, sdk_h, sdk_n, sdk_c, sdv_b, sdv_h, sdv_n, sdv_c,
+    sdkn_b, sdkn_h, sdkn_n, sdkn_c,
+    N, H,
+    D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
+    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_KN: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dk_j = v_j dS^T, dv_j = k_j dS (k, v centred and dv_j + sum g / N when injective), d kn_j = dm / N."""
+    bh = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dstate, dkey_mean, grad_sum = _load_packed(DSTATE, bh, D, E, BD, BE)
+    k = _load(K, bh, H, sk_b, sk_h, sk_n, sk_c, rows, N, D, BD)
+    v = _load(V, bh, H, sv_b, sv_h, sv_n, sv_c, rows, N, E, BE)
+    if INJECTIVE:
+        _, key_mean, value_mean = _readout_state(STATE, bh, N, D, E, BD, BE, False)
+        k -= key_mean[None, :]
+        v -= value_mean[None, :]
+    dk = tl.dot(v, tl.trans(dstate), input_precision=PRECISION)
+    dv = tl.dot(k, dstate, input_precision=PRECISION)
+    if INJECTIVE:
+        dv += grad_sum[None, :] / N
+    if NORMALIZE:
+        dkn = tl.zeros([BLOCK_N, BD], tl.float32) + dkey_mean[None, :] / N
+        if SEPARATE_KN:
+            _store(DKN, dkn, bh, H, sdkn_b, sdkn_h, sdkn_n, sdkn_c, rows, N, D, BD)
+        else:
+            dk += dkn
+    _store(DK, dk, bh, H, sdk_b, sdk_h, sdk_n, sdk_c, rows, N, D, BD)
+    _store(DV, dv, bh, H, sdv_b, sdv_h, sdv_n, sdv_c, rows, N, E, BE)
+
+
+@functools.lru_cache
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a GPU; ``INTERPRETER_SMS`` for CPU tensors."""
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+class Plan:
+    """Tiling of one call: padded channel widths, token blocks, and the split of the token reductions."""
+
+    def __init__(self, q: torch.Tensor, v: torch.Tensor):
+        self.B, self.H, self.N, self.D = q.shape
+        self.E = v.shape[-1]
+        self.bd = max(16, triton.next_power_of_2(self.D))
+        self.be = max(16, triton.next_power_of_2(self.E))
+        self.block_n = BLOCK_N // 2 if self.bd * self.be > 64 * 64 else BLOCK_N
+        # float32 registers of a program's token tiles and state: 4 warps up to the 64 x 64 case's 3 * 64 * 64
+        self.num_warps = 4 if self.block_n * (self.bd + self.be) + self.bd * self.be <= 3 * 64 * 64 else 8
+        self.n_blocks = triton.cdiv(self.N, self.block_n)
+        heads, target = self.B * self.H, PROGRAMS_PER_SM * _sm_count(q.device)
+        wanted = triton.cdiv(target, heads) if heads < target else 1
+        splits = max(1, min(wanted, self.n_blocks // SPLIT_MIN_BLOCKS))
+        self.blocks_per_split = triton.cdiv(self.n_blocks, splits)
+        self.splits = triton.cdiv(self.n_blocks, self.blocks_per_split)
+        # tiles are upcast to float32 (the float32 state would overflow half); half values are exact in tf32
+        self.precision = "tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee"
+
+    def packed_sums(self, q: torch.Tensor) -> torch.Tensor:
+        """An empty float32 buffer for packed per-head sums: (B, H, D E + D + E), with a leading split axis
+        when the token axis is split."""
+        split = (self.splits,) if self.splits > 1 else ()
+        return q.new_empty(*split, self.B, self.H, self.D * self.E + self.D + self.E, dtype=torch.float32)
+
+    def fold(self, sums: torch.Tensor) -> torch.Tensor:
+        """The packed sums of every split added up: (B, H, D E + D + E)."""
+        return sums.sum(0) if self.splits > 1 else sums
+
+    def meta(self, **flags) -> dict:
+        return dict(D=self.D, E=self.E, BD=self.bd, BE=self.be, BLOCK_N=self.block_n, PRECISION=self.precision,
+                    num_warps=self.num_warps, **flags)
+
+
+def forward(q, k, v, norm_q, norm_k, scale, injective, normalize, eps):
+    """Launch the state and read-out kernels. Returns the output (B, H, N, E) in q's dtype and the float32 sums
+    S = sum_j k_j^T v_j, sum_j kn_j (kn = norm_k or k), sum_j v_j, packed per head: (B, H, D E + D + E)."""
+    plan = Plan(q, v)
+    key_like = k if norm_k is None else norm_k
+    sums = plan.packed_sums(q)
+    _state_kernel[(plan.splits, plan.B * plan.H)](
+        k, v, key_like, sums,
+        *k.stride(), *v.stride(), *key_like.stride(),
+        plan.N, plan.H, plan.n_blocks, plan.blocks_per_split,
+        **plan.meta(SEPARATE_KN=norm_k is not None),
+    )
+    state = plan.fold(sums)
+    out = new_output(q, plan.E)
+    query_like = q if norm_q is None else norm_q
+    _readout_kernel[(plan.n_blocks, plan.B * plan.H)](
+        q, query_like, state, out,
+        *q.stride(), *query_like.stride(), *out.stride(),
+        plan.N, plan.H, scale, eps,
+        **plan.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=norm_q is not None),
+    )
+    return out, state
+
+
+def backward(grad_out, q, k, v, norm_q, state, scale, injective, normalize, separate_norms, eps):
+    """Launch the query- and key-side gradient kernels. Returns (dq, dk, dv, d norm_q, d norm_k), the last two
+    None unless ``separate_norms``."""
+    plan = Plan(q, v)
+    query_like = norm_q if separate_norms else q
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dnorm_q, dnorm_k = (torch.empty_like(q), torch.empty_like(k)) if separate_norms else (dq, dk)
+    dsums = plan.packed_sums(q)
+    _query_grad_kernel[(plan.splits, plan.B * plan.H)](
+        q, query_like, grad_out, state, dq, dnorm_q, dsums,
+        *q.stride(), *query_like.stride(), *grad_out.stride(), *dq.stride(), *dnorm_q.stride(),
+        plan.N, plan.H, plan.n_blocks, plan.blocks_per_split, scale, eps,
+        **plan.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=separate_norms),
+    )
+    _key_grad_kernel[(plan.n_blocks, plan.B * plan.H)](
+        k, v, state, plan.fold(dsums), dk, dv, dnorm_k,
+        *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), *dnorm_k.stride(),
+        plan.N, plan.H,
+        **plan.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_KN=separate_norms),
+    )
+    if not separate_norms:
+        return dq, dk, dv, None, None
+    return dq, dk, dv, dnorm_q, dnorm_k
