@@ -6,12 +6,15 @@
 
 1. ``pytest tests/ops`` with ``VISATTN_TEST_DEVICE=cuda`` (fused kernels against the reference, bf16 included).
 2. Each op at its models' shapes, fused kernels against the reference: routed attention (BiFormer; also
-   dense SDPA over the same tokens), selective scan and window attention (LaMamba-T); forward and
+   dense SDPA over the same tokens), selective scan and window attention (LaMamba-T), linear attention
+   (InLine-Swin-T, HER-Seg at 1024); forward and
    forward+backward time, achieved GB/s, ratio to the memory floor (one read of the inputs and one write of
    the output at the measured copy bandwidth), peak memory.
 3. Models end to end with the reference and the fused path in the same run: inference img/s (batch 128,
    bf16 autocast), training img/s (batch 64, AdamW step, bf16 autocast), training peak memory. LaMamba's
    reference path runs its scan one token at a time, so LaMamba models are timed on the fused path only.
+   Segmentation networks (HER-Seg) at their native 1024 x 1024, with training memory per image.
+4. ``--profile``: profiler tables for the routed-attention op and a biformer_tiny training step (printed only).
 """
 
 from __future__ import annotations
@@ -45,7 +48,19 @@ ROUTED_SHAPES = [
 ]
 # LaMamba-T at 224, batch 64: (name, side, channels, heads)
 LAMAMBA_T_STAGES = [("stage 1", 56, 96, 3), ("stage 2", 28, 192, 6), ("stage 3", 14, 384, 12), ("stage 4", 7, 768, 24)]
+# (name, batch, side, channels, heads, mode): InLine-Swin-T's InLine stages at 224 (injective) and HER-Seg's
+# DLA stages at 1024 (normalized, RoPE'd numerator)
+LINEAR_SHAPES = [
+    ("InLine-Swin-T stage 1 @224", 64, 56, 96, 3, "injective"),
+    ("InLine-Swin-T stage 2 @224", 64, 28, 192, 6, "injective"),
+    ("InLine-Swin-T stage 3 @224", 64, 14, 384, 12, "injective"),
+    ("HER-Seg stage 1 @1024", 8, 64, 96, 6, "normalize"),
+    ("HER-Seg stage 2 @1024", 8, 64, 96, 12, "normalize"),
+    ("HER-Seg stage 3 @1024", 8, 64, 96, 24, "normalize"),
+]
 FUSED_ONLY_MODELS = ("lamamba_",)
+# segmentation networks: (input side, inference batch, training batch)
+SEGMENTATION_MODELS = {"herseg": (1024, 8, 4)}
 DEVICE = "cuda"
 
 
@@ -101,8 +116,30 @@ def run_op_tests() -> str:
     return f"{'passed' if result.returncode == 0 else 'FAILED'}: {tail}"
 
 
+def graph_time(fn) -> float | None:
+    """Median milliseconds of ``fn()`` captured in a CUDA graph and replayed: GPU time without launch overhead
+    (None on the CPU, or when capture fails)."""
+    if DEVICE == "cpu":
+        return None
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return cuda_time(graph.replay)
+    except Exception as exc:  # some reference paths cannot be captured; the table shows "–"
+        print(f"CUDA graph capture failed: {exc!r}", flush=True)
+        return None
+
+
 def _time_op(row: dict, run, tensors, grad, repeat_ref: int = 10) -> None:
-    """Forward and forward+backward times and fwd+bwd peak memory of ``run(backend)`` for both backends."""
+    """Forward and forward+backward times and fwd+bwd peak memory of ``run(backend)`` for both backends, and the
+    fused forward's GPU time in a CUDA graph (eager calls on a slow host are bounded by launch overhead)."""
     for backend in ("torch", "triton"):
         repeat = repeat_ref if backend == "torch" else 10
 
@@ -116,6 +153,8 @@ def _time_op(row: dict, run, tensors, grad, repeat_ref: int = 10) -> None:
         row[f"{backend}_fwd_ms"] = cuda_time(fwd, warmup=1 if repeat < 10 else 3, repeat=repeat)
         row[f"{backend}_fwdbwd_ms"] = cuda_time(fwd_bwd, warmup=1 if repeat < 10 else 3, repeat=repeat)
         row[f"{backend}_peak_gb"] = peak_gb(fwd_bwd)
+        if backend == "triton" or repeat_ref == 10:
+            row[f"{backend}_graph_fwd_ms"] = graph_time(fwd)
     row["fused_gbs"] = row["bytes"] / row["triton_fwd_ms"] / 1e6
 
 
@@ -170,6 +209,27 @@ def bench_window(stage, bandwidth: float, batch: int = 64, dtype=torch.bfloat16)
     return row
 
 
+def bench_linear(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
+    """Linear attention on (B, N, C) projections read as (B, heads, N, d) views, as the blocks call it."""
+    from visattn.ops.linear_attention import linear_attention
+
+    name, b, side, c, heads, mode = shape
+    n, d = side * side, c // heads
+    maps = [torch.randn(b, n, c, device=DEVICE, dtype=dtype, requires_grad=True)
+            for _ in range(5 if mode == "normalize" else 3)]
+    q, k, v, *norms = (t.view(b, n, heads, d).transpose(1, 2) for t in maps)
+    grad = torch.randn(b, heads, n, d, device=DEVICE, dtype=dtype)
+    nbytes = (len(maps) + 1) * maps[0].numel() * maps[0].element_size()
+    row = {"op": "linear attention", "shape": name, "tokens": f"{b}x{n}x{c}, {heads}h, {mode}", "bytes": nbytes,
+           "floor_ms": nbytes / bandwidth / 1e6}
+    if mode == "injective":
+        kwargs = dict(scale=d ** -0.5 / n, injective=True)
+    else:
+        kwargs = dict(scale=1.0 / n, normalize=True, norm_q=norms[0], norm_k=norms[1])
+    _time_op(row, lambda be: linear_attention(q, k, v, backend=be, **kwargs), tuple(maps), grad)
+    return row
+
+
 def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: int = 64, size: int = 224) -> dict:
     import timm
 
@@ -207,30 +267,128 @@ def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: in
             "train_img_s": train_batch / train_ms * 1e3, "train_peak_gb": peak}
 
 
+def bench_segmentation(name: str, backend: str) -> dict:
+    """A segmentation network at its native size: inference img/s, training img/s (BCE, AdamW, bf16 autocast) and
+    training peak memory per image, from the peaks at batch 1 and at the training batch."""
+    import timm
+
+    import visattn  # noqa: F401
+
+    size, infer_batch, train_batch = SEGMENTATION_MODELS[name]
+    os.environ["VISATTN_BACKEND"] = backend
+    torch.manual_seed(0)
+    model = timm.create_model(name).to(DEVICE).eval()
+    x = torch.randn(infer_batch, 3, size, size, device=DEVICE)
+
+    def infer():
+        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+            model(x)
+
+    infer_ms = cuda_time(infer, warmup=2, repeat=5)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(batch: int) -> None:
+        xt = torch.randn(batch, 3, size, size, device=DEVICE)
+        target = (torch.rand(batch, 1, size, size, device=DEVICE) > 0.5).float()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            loss = F.binary_cross_entropy_with_logits(model(xt).float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(train_batch)
+    peak_one, peak_batch = peak_gb(lambda: step(1)), peak_gb(lambda: step(train_batch))
+    train_ms = cuda_time(lambda: step(train_batch), warmup=1, repeat=5)
+    os.environ.pop("VISATTN_BACKEND", None)
+    return {"model": f"{name} @{size}", "backend": backend, "infer_img_s": infer_batch / infer_ms * 1e3,
+            "train_img_s": train_batch / train_ms * 1e3, "train_peak_gb": peak_batch,
+            "peak_gb_per_image": (peak_batch - peak_one) / (train_batch - 1), "peak_gb_batch1": peak_one}
+
+
+def profile_routed() -> str:
+    """Where the fused BiFormer path spends its time: one routed-attention forward at BiFormer-T stage 3 (sorted by
+    CPU time: launch and planning overhead) and one biformer_tiny training step at batch 64 (sorted by GPU time)."""
+    import timm
+    from torch.profiler import ProfilerActivity, profile
+
+    import visattn  # noqa: F401
+    from visattn.ops.routed_attention import routed_attention
+
+    q, k, v = (torch.randn(64, 14, 14, 256, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+    for _ in range(3):
+        routed_attention(q, k, v, 8, 7, 16)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as op_prof:
+        for _ in range(5):
+            routed_attention(q, k, v, 8, 7, 16)
+        torch.cuda.synchronize()
+    model = timm.create_model("biformer_tiny").to(DEVICE).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.randn(64, 3, 224, 224, device=DEVICE), torch.randint(0, 1000, (64,), device=DEVICE)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as step_prof:
+        step()
+        torch.cuda.synchronize()
+    return "\n".join([
+        "routed attention, BiFormer-T stage 3, 5 calls:",
+        op_prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15),
+        "biformer_tiny training step, batch 64:",
+        step_prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20),
+    ])
+
+
 def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command: str) -> str:
     lines = [f"## {env['card']} — {env['date']}", "",
              f"torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}; measured copy bandwidth "
              f"{env['bandwidth']:.0f} GB/s. Command: `{command}`", "", f"Op tests on CUDA: {tests}", ""]
     if ops:
         lines += ["Ops, bf16 (ms; floor = one read of the inputs and one write of the output at the copy bandwidth; "
-                  "dense SDPA = full attention over the same tokens, routed attention only):",
+                  "dense SDPA = full attention over the same tokens, routed attention only; "
+                  "graph = the forward captured in a CUDA graph and replayed, i.e. GPU time without launch overhead):",
                   "", "| op | shape | tokens | ref fwd | fused fwd | fused speed-up | dense SDPA fwd | fused / floor | "
-                  "fused GB/s | ref fwd+bwd | fused fwd+bwd | ref peak GB | fused peak GB |", "|" + "---|" * 13]
+                  "fused GB/s | ref fwd+bwd | fused fwd+bwd | ref peak GB | fused peak GB | ref fwd, graph | "
+                  "fused fwd, graph | fused graph / floor |", "|" + "---|" * 16]
+        def ms(value):
+            return "–" if value is None else f"{value:.3f}"
+
         for r in ops:
-            sdpa = f"{r['sdpa_fwd_ms']:.3f}" if "sdpa_fwd_ms" in r else "–"
+            sdpa = ms(r.get("sdpa_fwd_ms"))
+            graph = r.get("triton_graph_fwd_ms")
+            graph_floor = "–" if graph is None else f"{graph / r['floor_ms']:.1f}x"
             lines.append(
                 f"| {r['op']} | {r['shape']} | {r['tokens']} | {r['torch_fwd_ms']:.3f} | {r['triton_fwd_ms']:.3f} | "
                 f"{r['torch_fwd_ms'] / r['triton_fwd_ms']:.1f}x | {sdpa} | {r['triton_fwd_ms'] / r['floor_ms']:.1f}x | "
                 f"{r['fused_gbs']:.0f} | {r['torch_fwdbwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | "
-                f"{r['torch_peak_gb']:.2f} | {r['triton_peak_gb']:.2f} |")
+                f"{r['torch_peak_gb']:.2f} | {r['triton_peak_gb']:.2f} | {ms(r.get('torch_graph_fwd_ms'))} | "
+                f"{ms(graph)} | {graph_floor} |")
         lines.append("")
     if models:
-        lines += ["Models at 224, bf16 autocast (inference batch 128, training batch 64 with an AdamW step):", "",
+        lines += ["Models, bf16 autocast: classifiers at 224 (inference batch 128, training batch 64 with an AdamW "
+                  "step); segmentation networks at their native size (herseg: 1024, inference batch 8, training "
+                  "batch 4, BCE loss):", "",
                   "| model | path | infer img/s | train img/s | train peak GB |", "|---|---|---|---|---|"]
         for r in models:
             path = "reference" if r["backend"] == "torch" else "fused"
             lines.append(f"| {r['model']} | {path} | {r['infer_img_s']:.0f} | {r['train_img_s']:.0f} | "
                          f"{r['train_peak_gb']:.2f} |")
+        for r in models:
+            if "peak_gb_per_image" in r:
+                path = "reference" if r["backend"] == "torch" else "fused"
+                batch = SEGMENTATION_MODELS[r["model"].split()[0]][2]
+                lines.append(f"\n{r['model']} ({path}): training memory {r['peak_gb_per_image']:.2f} GB per image "
+                             f"(batch 1 peak {r['peak_gb_batch1']:.2f} GB; batch {batch} peak "
+                             f"{r['train_peak_gb']:.2f} GB)")
         by = {(r["model"], r["backend"]): r for r in models}
         lines.append("")
         for name in dict.fromkeys(r["model"] for r in models):
@@ -269,8 +427,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--skip-ops", action="store_true")
+    p.add_argument("--ops", nargs="*", choices=["routed", "scan", "window", "linear"],
+                   default=["routed", "scan", "window", "linear"], help="which op benchmarks to run")
     p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base",
-                                                   "visattn_mambaout_tiny", "lamamba_tiny", "lamamba_small"])
+                                                   "visattn_mambaout_tiny", "lamamba_tiny", "lamamba_small",
+                                                   "inline_deit_tiny", "inline_swin_tiny", "herseg"])
+    p.add_argument("--profile", action="store_true",
+                   help="print profiles of the fused routed-attention op and a biformer_tiny training step")
     p.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
     p.add_argument("--time-limit", type=float, default=float("inf"),
                    help="seconds; op and model cases that would start later are skipped, the report is still written")
@@ -314,8 +477,9 @@ def main() -> int:
 
     report()
     if not args.skip_ops:
-        cases = [(bench_routed, s) for s in ROUTED_SHAPES]
-        cases += [(bench_scan, s) for s in LAMAMBA_T_STAGES] + [(bench_window, s) for s in LAMAMBA_T_STAGES]
+        shapes = {"routed": (bench_routed, ROUTED_SHAPES), "scan": (bench_scan, LAMAMBA_T_STAGES),
+                  "window": (bench_window, LAMAMBA_T_STAGES), "linear": (bench_linear, LINEAR_SHAPES)}
+        cases = [(shapes[op][0], s) for op in args.ops for s in shapes[op][1]]
         for bench, shape in cases:
             label = f"{bench.__name__} {shape[0]}"
             row = attempt(label, lambda bench=bench, shape=shape: bench(shape, env["bandwidth"]))
@@ -328,7 +492,8 @@ def main() -> int:
     for name in args.models:
         backends = ("triton",) if name.startswith(FUSED_ONLY_MODELS) else ("torch", "triton")
         for backend in backends:
-            row = attempt(f"{name} [{backend}]", lambda name=name, backend=backend: bench_model(name, backend))
+            bench = bench_segmentation if name in SEGMENTATION_MODELS else bench_model
+            row = attempt(f"{name} [{backend}]", lambda bench=bench, name=name, backend=backend: bench(name, backend))
             if row is None:
                 continue
             models.append(row)
@@ -336,6 +501,9 @@ def main() -> int:
                   f"{row['train_peak_gb']:.2f} GB ({time.time() - started:.0f} s)", flush=True)
             report()
     report()
+    if args.profile:
+        table = attempt("routed-attention profile", profile_routed)
+        print(table or "", flush=True)
     print(markdown(env, tests, ops, models, command))
     if errors:
         return 1

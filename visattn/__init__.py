@@ -10,11 +10,18 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "backbones", "list_models"]
 
 
-def list_models() -> list[str]:
-    """Names of every model visattn registers with timm."""
+def list_models(task: str | None = None) -> list[str]:
+    """Names of the models visattn registers with timm; ``task`` keeps only ``"classification"`` backbones or
+    ``"segmentation"`` networks (per-pixel logits)."""
+    import sys
+
     import timm
 
-    return sorted(
-        name for name in timm.list_models()
-        if timm.models.model_entrypoint(name).__module__.startswith(f"{__name__}.")
-    )
+    if task not in (None, "classification", "segmentation"):
+        raise ValueError(f"unknown task {task!r}; use 'classification' or 'segmentation'")
+    names = []
+    for name in timm.list_models():
+        module = timm.models.model_entrypoint(name).__module__
+        if module.startswith(f"{__name__}.") and task in (None, getattr(sys.modules[module], "TASK", "classification")):
+            names.append(name)
+    return sorted(names)

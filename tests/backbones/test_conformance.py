@@ -8,7 +8,7 @@ from timm.models import model_entrypoint
 
 import visattn
 
-MODELS = visattn.list_models()
+MODELS = visattn.list_models(task="classification")
 SIZE = 64
 
 
@@ -23,7 +23,8 @@ def _smallest_per_family() -> list[str]:
 def test_every_family_is_registered():
     assert {"biformer_tiny", "biformer_small", "biformer_base", "visattn_mambaout_femto", "visattn_mambaout_kobe",
             "visattn_mambaout_tiny", "visattn_mambaout_small", "visattn_mambaout_base", "lamamba_tiny",
-            "lamamba_small", "lamamba_base"} <= set(MODELS)
+            "lamamba_small", "lamamba_base", "inline_deit_tiny", "inline_deit_small", "inline_deit_base",
+            "inline_swin_tiny", "inline_swin_small", "inline_swin_base"} <= set(MODELS)
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -39,7 +40,7 @@ def test_classifier_and_features(name):
         logits = model(x)
         pre = model.forward_head(feats, pre_logits=True)
     assert logits.shape == (2, 7)
-    assert feats.shape[:2] == (2, model.num_features)
+    assert feats.shape[0] == 2 and feats.shape[-1 if feats.dim() == 3 else 1] == model.num_features  # NLC or NCHW
     assert pre.shape == (2, model.head_hidden_size)
     torch.testing.assert_close(model.forward_head(feats), logits)
 
@@ -61,7 +62,7 @@ def test_intermediates_and_features_only(name):
         backbone = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
         maps = backbone(x)
     assert backbone.feature_info.channels() == [info[1]["num_chs"], info[3]["num_chs"]]
-    assert backbone.feature_info.reduction() == [8, 32]
+    assert backbone.feature_info.reduction() == [info[1]["reduction"], info[3]["reduction"]]
     torch.testing.assert_close(maps, only)
 
 

@@ -17,6 +17,7 @@ def test_report_has_every_table_and_the_ratios():
           "fused_gbs": 1500.0, **{f"{b}_{k}": 1.0 for b in ("torch", "triton")
                                   for k in ("fwd_ms", "fwdbwd_ms", "peak_gb")}}
     op["triton_fwd_ms"] = 0.02
+    op["triton_graph_fwd_ms"] = 0.015
     models = [{"model": "biformer_tiny", "backend": "torch", "infer_img_s": 1000.0, "train_img_s": 300.0,
                "train_peak_gb": 6.0},
               {"model": "biformer_tiny", "backend": "triton", "infer_img_s": 3500.0, "train_img_s": 700.0,
@@ -27,6 +28,7 @@ def test_report_has_every_table_and_the_ratios():
     assert "## Card X — 2026-01-01" in report and "torch 2.11, Triton 3.6" in report
     row = "| routed attention | T/S stage 1 @224 | 64x56x56x64 | 1.000 | 0.020 | 50.0x | 0.500 | 2.0x | 1500 |"
     assert row in report
+    assert "| 1.00 | 1.00 | – | 0.015 | 1.5x |" in report  # graph columns: no reference graph, fused 1.5x floor
     assert "| selective scan | LaMamba-T stage 1 @224 | 64x56x56x64 | 1.000 | 0.020 | 50.0x | – | 2.0x |" in report
     assert "| biformer_tiny | fused | 3500 | 700 | 2.50 |" in report
     assert "inference 3.50x, training 2.33x, training peak memory 0.42x" in report
@@ -36,12 +38,28 @@ def test_op_benchmarks_run_end_to_end(monkeypatch):
     monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
     rows = [gpu_suite.bench_routed(("tiny", 1, 8, 8, 32, 2, 2, 2), bandwidth=100.0),
             gpu_suite.bench_scan(("tiny", 4, 16, 1), bandwidth=100.0, batch=1),
-            gpu_suite.bench_window(("tiny", 8, 32, 2), bandwidth=100.0, batch=1)]
+            gpu_suite.bench_window(("tiny", 8, 32, 2), bandwidth=100.0, batch=1),
+            gpu_suite.bench_linear(("tiny injective", 1, 6, 32, 2, "injective"), bandwidth=100.0),
+            gpu_suite.bench_linear(("tiny normalize", 1, 6, 32, 4, "normalize"), bandwidth=100.0)]
     for row in rows:
         assert row["triton_fwd_ms"] > 0 and row["torch_fwdbwd_ms"] > 0 and row["fused_gbs"] > 0
     assert "sdpa_fwd_ms" in rows[0]
     env = {"card": "cpu", "date": "d", "torch": "t", "triton": "x", "cuda": None, "bandwidth": 100.0}
     assert "| window attention | LaMamba-T tiny @224 |" in gpu_suite.markdown(env, "skipped", rows, [], "cmd")
+    assert "| linear attention | tiny normalize | 1x36x32, 4h, normalize |" in gpu_suite.markdown(
+        env, "skipped", rows, [], "cmd")
+
+
+def test_segmentation_benchmark_runs_end_to_end(monkeypatch):
+    monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_suite, "SEGMENTATION_MODELS", {"herseg": (32, 2, 3)})
+    row = gpu_suite.bench_segmentation("herseg", "torch")
+    assert row["model"] == "herseg @32" and row["infer_img_s"] > 0 and row["train_img_s"] > 0
+    env = {"card": "cpu", "date": "d", "torch": "t", "triton": "x", "cuda": None, "bandwidth": 100.0}
+    row.update(train_peak_gb=2.6, peak_gb_batch1=1.1, peak_gb_per_image=0.75)
+    report = gpu_suite.markdown(env, "skipped", [], [row], "cmd")
+    assert "herseg @32 (reference): training memory 0.75 GB per image (batch 1 peak 1.10 GB; batch 3 peak 2.60 GB)" \
+        in report
 
 
 def test_a_run_rewrites_its_own_report_above_the_earlier_runs(tmp_path, monkeypatch):

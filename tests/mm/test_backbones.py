@@ -88,3 +88,15 @@ def test_mambaout_backbone_outputs_nchw_features():
     feats = backbone(torch.randn(1, 3, 96, 64))
     assert [f.shape for f in feats] == [(1, 96, 12, 8), (1, 192, 6, 4), (1, 288, 3, 2)]
     assert not any(p.requires_grad for p in backbone.model.stem.parameters())
+
+
+def test_inline_swin_backbone_gives_four_normed_scales_on_any_size():
+    from mmseg.registry import MODELS
+
+    backbone = MODELS.build(dict(type="InLineSwinBackbone", arch="tiny", drop_path_rate=0.0)).eval()
+    assert isinstance(backbone, visattn.mm.InLineSwinBackbone)
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 72, 104))
+    assert [f.shape[1] for f in feats] == backbone.out_channels == [96, 192, 384, 768]
+    assert [tuple(f.shape[-2:]) for f in feats] == [(18, 26), (9, 13), (5, 7), (3, 4)]
+    assert len(backbone.out_norms) == 4

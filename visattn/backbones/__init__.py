@@ -1,8 +1,11 @@
 """timm-registered backbone families, one file each. Importing this module registers them all."""
 
-from . import biformer, lamamba, mambaout
+from . import biformer, herseg, inline, lamamba, mambaout
 from .biformer import BiFormer
+from .herseg import HerSeg
+from .inline import InLineDeiT, InLineSwin
 from .lamamba import LaMamba
 from .mambaout import MambaOut
 
-__all__ = ["BiFormer", "LaMamba", "MambaOut", "biformer", "lamamba", "mambaout"]
+__all__ = ["BiFormer", "HerSeg", "InLineDeiT", "InLineSwin", "LaMamba", "MambaOut", "biformer", "herseg", "inline",
+           "lamamba", "mambaout"]

@@ -1,7 +1,7 @@
 """OpenMMLab integration. ``custom_imports = dict(imports=['visattn.mm'])`` in an mmdet or mmseg config:
 
 - registers the visattn backbones (``VisattnBackbone`` for any model, ``BiFormerBackbone``,
-  ``MambaOutBackbone``, ``LaMambaBackbone``) in the MODELS
+  ``MambaOutBackbone``, ``LaMambaBackbone``, ``InLineSwinBackbone``) in the MODELS
   registry of whichever of mmdet and mmseg is installed;
 - when mmcv-lite lacks the compiled extension, installs a torchvision-based stand-in for the ops common
   detectors and segmentors use (:mod:`visattn.mm.mmcv_ext`);
@@ -20,9 +20,15 @@ mmcv_ext.install()
 allow_mmengine_checkpoints()
 register_scheme()
 
-from .backbones import BiFormerBackbone, LaMambaBackbone, MambaOutBackbone, VisattnBackbone  # noqa: E402
+from .backbones import (  # noqa: E402
+    BiFormerBackbone,
+    InLineSwinBackbone,
+    LaMambaBackbone,
+    MambaOutBackbone,
+    VisattnBackbone,
+)
 
-BACKBONES = (VisattnBackbone, BiFormerBackbone, MambaOutBackbone, LaMambaBackbone)
+BACKBONES = (VisattnBackbone, BiFormerBackbone, MambaOutBackbone, LaMambaBackbone, InLineSwinBackbone)
 REGISTERED_IN: list[str] = []
 
 for _library in ("mmdet", "mmseg"):
@@ -34,5 +40,5 @@ for _library in ("mmdet", "mmseg"):
         _registry.MODELS.register_module(module=_cls, force=True)
     REGISTERED_IN.append(_library)
 
-__all__ = ["BACKBONES", "BiFormerBackbone", "LaMambaBackbone", "MambaOutBackbone", "REGISTERED_IN",
-           "VisattnBackbone"]
+__all__ = ["BACKBONES", "BiFormerBackbone", "InLineSwinBackbone", "LaMambaBackbone", "MambaOutBackbone",
+           "REGISTERED_IN", "VisattnBackbone"]

@@ -151,3 +151,21 @@ class LaMambaBackbone(VisattnBackbone):
                  init_cfg: dict | None = None):
         super().__init__(f"lamamba_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
                          dict(drop_path_rate=drop_path_rate), init_cfg)
+
+
+class InLineSwinBackbone(VisattnBackbone):
+    """InLine-Swin (``inline_swin_<arch>``: injective linear attention in the early stages, Swin's shifted window
+    attention in the late ones) for detection and segmentation. InLine windows are 56 tokens per side, so at
+    512 x 512 the first two stages attend globally.
+
+    Args:
+        arch: 'tiny', 'small' or 'base'.
+        drop_path_rate: stochastic depth, linear over blocks.
+        out_norms: LayerNorm2d on each output (as Swin's det/seg backbones), on by default.
+    """
+
+    def __init__(self, arch: str = "tiny", drop_path_rate: float = 0.3, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, norm_eval: bool = False, out_norms: bool = True,
+                 init_cfg: dict | None = None):
+        super().__init__(f"inline_swin_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
+                         dict(drop_path_rate=drop_path_rate), init_cfg)

@@ -1,0 +1,162 @@
+import re
+
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import visattn  # noqa: F401
+from visattn.backbones.inline import InLineSwinBlock
+
+# Official README rows: params (M) and MACs (G) at each model's training size, as counted on the official code.
+PUBLISHED = {
+    "inline_deit_tiny": (6.48, 1.11, 224), "inline_deit_small": (16.73, 4.97, 288),
+    "inline_deit_base": (23.80, 17.17, 448), "inline_swin_tiny": (29.22, 4.46, 224),
+    "inline_swin_small": (49.79, 8.72, 224), "inline_swin_base": (88.35, 15.40, 224),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_params_and_macs_match_the_paper(name, monkeypatch):
+    monkeypatch.setenv("VISATTN_BACKEND", "triton")  # meta tensors run the fused ops' fake kernels: nothing computes
+    params, macs, size = PUBLISHED[name]
+    with torch.device("meta"):
+        model = timm.create_model(name).eval()
+        x = torch.randn(1, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    counts = {str(op) for op in counter.get_flop_counts()["Global"]}
+    assert "visattn.linear_attention" in counts
+    assert ("visattn.window_attention" in counts) == name.startswith("inline_swin")
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params, rel=0.01)
+    assert counter.get_total_flops() / 2e9 == pytest.approx(macs, rel=0.01)
+
+
+def _randomized(name: str, **kwargs):
+    model = timm.create_model(name, **kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+# The official Swin layout (models/inline_swin.py), written independently of the package's converter.
+_SWIN_TO_OFFICIAL = [
+    (r"^stem\.", "patch_embed."),
+    (r"^stages\.(\d)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample."),
+    (r"^stages\.(\d)\.blocks\.", r"layers.\1.blocks."),
+    (r"^head\.fc\.", "head."),
+]
+
+
+def official_swin_state_dict(model) -> dict:
+    out = {}
+    for key, value in model.state_dict().items():
+        for pattern, repl in _SWIN_TO_OFFICIAL:
+            key = re.sub(pattern, repl, key)
+        if key.endswith("relative_position_bias_table"):  # official: ((2 ws - 1)^2, heads) plus buffers
+            value = value.t()
+            out[key.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(49, 49).long()
+            out[key.replace("attn.relative_position_bias_table", "attn_mask")] = torch.zeros(4, 49, 49)
+        out[key] = value.clone()
+    return out
+
+
+def test_official_swin_checkpoint_loads_through_pretrained(tmp_path):
+    narrow = dict(embed_dim=32, num_heads=(1, 2, 4, 8))  # Swin-T's depths and attention types, narrower
+    source = _randomized("inline_swin_tiny", **narrow)
+    official = official_swin_state_dict(source)
+    assert official["layers.0.downsample.reduction.weight"].shape == (64, 128)
+    assert official["layers.2.blocks.5.attn.residual.2.weight"].shape == (9 * 128, 32, 1)
+    assert official["layers.3.blocks.1.attn.relative_position_bias_table"].shape == (169, 8)
+    assert not any(k.startswith("layers.3.downsample") for k in official)
+    assert {"patch_embed.proj.weight", "patch_embed.norm.bias", "norm.weight", "head.weight"} <= set(official)
+    path = tmp_path / "inline_swin_tiny_in1k.pth"
+    torch.save({"model": official, "epoch": 299}, path)
+    loaded = timm.create_model("inline_swin_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                               **narrow)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), source(x))
+
+
+def test_official_deit_checkpoint_loads_at_another_size(tmp_path):
+    source = _randomized("inline_deit_tiny")  # official keys are timm ViT keys plus blocks.j.attn.residual.*
+    official = {k: v.clone() for k, v in source.state_dict().items()}
+    assert official["pos_embed"].shape == (1, 197, 192)
+    assert official["blocks.11.attn.residual.0.weight"].shape == (192, 32, 1)
+    path = tmp_path / "inline_deit_tiny_in1k.pth"
+    torch.save({"model": official}, path)
+    loaded = timm.create_model("inline_deit_tiny", pretrained=True, img_size=64, num_classes=10,
+                               pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert loaded.pos_embed.shape == (1, 17, 192)  # resampled by the filter, as the source does per call
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_features(x), source.forward_features(x))
+
+
+def test_inline_windows_attend_over_their_real_tokens_only():
+    block = InLineSwinBlock(16, 2, inline=True, inline_window=4).double().eval()
+    x = torch.randn(2, 6, 7, 16, dtype=torch.float64)  # windows 4x4, 4x3, 2x4, 2x3 from the top-left
+    y = block.norm1(x)
+    attn = torch.zeros_like(x)
+    for r0, r1 in ((0, 4), (4, 6)):
+        for c0, c1 in ((0, 4), (4, 7)):
+            tile = y[:, r0:r1, c0:c1].reshape(2, -1, 16)
+            attn[:, r0:r1, c0:c1] = block.attn(tile, (r1 - r0, c1 - c0)).reshape(2, r1 - r0, c1 - c0, 16)
+    expected = x + attn
+    torch.testing.assert_close(block(x), expected + block.mlp(block.norm2(expected)))
+
+
+_SMALL = {
+    "inline_swin_tiny": dict(depths=(1, 2, 1, 1), num_heads=(1, 2, 4, 8), embed_dim=32, inline_depths=(1, 2, 1, 0),
+                             inline_window=4),
+    "inline_deit_tiny": dict(depth=2, embed_dim=64, num_heads=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SMALL))
+def test_fused_model_matches_reference_model(name, monkeypatch):
+    model = timm.create_model(name, num_classes=3, **_SMALL[name]).eval()
+    x = torch.randn(1, 3, 40, 36)  # Swin stage maps 10x9 (edge windows), 5x5, 3x3, 2x2; DeiT 3x3 after padding
+    outputs = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("VISATTN_BACKEND", backend)
+        with torch.no_grad():
+            outputs[backend] = model(x)
+    torch.testing.assert_close(outputs["triton"], outputs["torch"], atol=1e-4, rtol=1e-4)
+
+
+def test_any_input_size():
+    swin = timm.create_model("inline_swin_tiny", features_only=True).eval()
+    deit = timm.create_model("inline_deit_tiny", features_only=True, out_indices=(5, 11)).eval()
+    with torch.no_grad():
+        swin_maps = swin(torch.randn(1, 3, 60, 90))
+        deit_maps = deit(torch.randn(1, 3, 50, 70))
+    assert [m.shape[1:] for m in swin_maps] == [(96, 15, 23), (192, 8, 12), (384, 4, 6), (768, 2, 3)]
+    assert [m.shape[1:] for m in deit_maps] == [(192, 4, 5)] * 2
+
+
+def test_pretrained_cfgs_name_the_official_source():
+    small = timm.create_model("inline_deit_small", pretrained=False).pretrained_cfg
+    swin = timm.create_model("inline_swin_tiny", depths=(1, 1, 1, 1), inline_depths=(1, 1, 1, 0)).pretrained_cfg
+    assert small["input_size"] == (3, 288, 288) and swin["input_size"] == (3, 224, 224)
+    for cfg in (small, swin):
+        assert cfg["url"].startswith("https://cloud.tsinghua.edu.cn/f/") and "no LICENSE" in cfg["license"]
+        assert cfg["crop_pct"] == 0.875 and cfg["crop_mode"] == "squash"
+
+
+def test_swin_exempts_only_relative_position_tables_from_weight_decay():
+    model = timm.create_model("inline_swin_tiny", depths=(1, 1, 2, 1), inline_depths=(1, 1, 0, 0))
+    assert model.no_weight_decay() == {"stages.2.blocks.0.attn.relative_position_bias_table",
+                                       "stages.2.blocks.1.attn.relative_position_bias_table",
+                                       "stages.3.blocks.0.attn.relative_position_bias_table"}
+
+
+def test_bad_configurations_are_clear_errors():
+    with pytest.raises(ValueError, match=r"inline_depths \(2, 3, 0, 0\) must lie between 0 and depths"):
+        timm.create_model("inline_swin_tiny", inline_depths=(2, 3, 0, 0))
+    with pytest.raises(ValueError, match="does not support patch dropout"):
+        timm.create_model("inline_deit_tiny", patch_drop_rate=0.1)
+    with pytest.raises(ValueError, match="do not support init_values"):
+        timm.create_model("inline_deit_tiny", init_values=1e-5)

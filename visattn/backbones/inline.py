@@ -1,0 +1,380 @@
+"""InLine: Bridging the Divide: Reconsidering Softmax and Linear Attention (Han et al., NeurIPS 2024).
+
+Injective linear attention (:class:`visattn.blocks.InjectiveLinearAttention`) with its predicted local residual,
+in two host architectures:
+
+- ``inline_deit_*``: DeiT (timm's VisionTransformer: class token, learned position embedding, token pooling)
+  with every block's attention replaced by InLine, over the class token and all patch tokens.
+- ``inline_swin_*``: Swin, whose first n blocks of each stage are InLine over 56 x 56-token windows (global at
+  224) and the rest Swin's 7 x 7 shifted-window softmax attention with a relative position bias. The official
+  attention-type strings IIIS / IISS / IIMS2 are ``inline_depths`` (2, 2, 6, 0) / (2, 2, 0, 0) / (2, 2, 2, 0).
+
+Any input size works: DeiT pads the image to a multiple of 16 and resamples its position embedding; Swin pads to
+a multiple of 4, pads odd maps before patch merging, and splits maps larger than 56 tokens per side into 56 x 56
+windows anchored at the top-left plus smaller edge windows, each attending over its real tokens only. Unlike the
+official code, InLine windows are never shifted (it rolls them by 28 tokens in odd blocks of maps larger than
+56 without masking, a case its released models never meet).
+
+Parameters and MACs (``torch.utils.flop_counter``, FLOPs / 2, InLine counted as 2 N d^2 per head), at the
+training size of each model:
+
+| model             | size | params (M) | MACs (G) | ImageNet-1k top-1 (official) |
+|-------------------|-----:|-----------:|---------:|-----------------------------:|
+| inline_deit_tiny  | 224  | 6.48       | 1.11     | 74.5                         |
+| inline_deit_small | 288  | 16.73      | 4.97     | 80.2                         |
+| inline_deit_base  | 448  | 23.80      | 17.17    | 82.3                         |
+| inline_swin_tiny  | 224  | 29.22      | 4.46     | 82.4                         |
+| inline_swin_small | 224  | 49.79      | 8.72     | 83.6                         |
+| inline_swin_base  | 224  | 88.35      | 15.40    | 84.1                         |
+
+``drop_path_rate`` defaults to 0; the official recipes train with 0.1 (DeiT) and 0.2 / 0.3 / 0.5 (Swin-T/S/B).
+
+Weights: LeapLabTHU/InLine (TsinghuaCloud links); that repository has no LICENSE file (its Swin- and
+timm-derived files keep their MIT headers), so the weights' terms are unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
+from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+from timm.models.swin_transformer import PatchMerging
+from timm.models.vision_transformer import VisionTransformer
+
+from ..blocks import InjectiveLinearAttention, WindowAttention
+from ._helpers import create_model
+from ._pyramid import PyramidModel, PyramidStage
+
+__all__ = ["InLineDeiT", "InLineSwin"]
+
+
+class InLineViTBlock(nn.Module):
+    """X = X + DropPath(InLine(LN(X), grid)); X = X + DropPath(MLP(LN(X))). Shapes: (B, P + H*W, C) -> same.
+
+    Takes timm's ``block_fn`` arguments; the options InLine-DeiT lacks (qk norm, layer scale, ...) are errors.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 proj_bias: bool = True, proj_drop: float = 0.0, drop_path: float = 0.0,
+                 norm_layer: Callable = nn.LayerNorm, act_layer: Callable = nn.GELU, mlp_layer: Callable = Mlp,
+                 device=None, dtype=None, **kwargs):
+        super().__init__()
+        unsupported = [name for name in ("qk_norm", "scale_attn_norm", "scale_mlp_norm", "init_values")
+                       if kwargs.get(name)] + ([] if proj_bias else ["proj_bias=False"])
+        if unsupported:
+            raise ValueError(f"InLine-DeiT blocks do not support {', '.join(unsupported)}")
+        self.norm1 = norm_layer(dim)
+        self.attn = InjectiveLinearAttention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = norm_layer(dim)
+        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer,
+                             drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), size))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class InLineDeiT(VisionTransformer):
+    """InLine-DeiT: timm's VisionTransformer with InLine attention in every block.
+
+    Blocks need the patch grid, so the block loops of ``forward_features`` and ``forward_intermediates`` are
+    ours; everything else (embedding, position-embedding resampling, pooling, head, timm API) is timm's.
+    Defaults to ``dynamic_img_size`` and ``dynamic_img_pad``: any input size works. Patch dropout is not supported
+    (it breaks the grid the local residual convolves).
+    """
+
+    def __init__(self, **kwargs):
+        if kwargs.get("patch_drop_rate"):
+            raise ValueError("InLine-DeiT does not support patch dropout: the local residual needs the full grid")
+        kwargs.setdefault("dynamic_img_size", True)
+        kwargs.setdefault("dynamic_img_pad", True)
+        super().__init__(block_fn=InLineViTBlock, **kwargs)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {name for name in ("pos_embed", "cls_token", "reg_token") if getattr(self, name, None) is not None}
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.patch_embed(x)
+        size = tuple(x.shape[1:3]) if x.dim() == 4 else self.patch_embed.grid_size
+        return self.norm_pre(self._pos_embed(x)), size
+
+    def _block(self, block: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(block, x, size)
+        return block(x, size)
+
+    @staticmethod
+    def _no_masks(attn_mask: torch.Tensor | None, is_causal: bool) -> None:
+        if attn_mask is not None or is_causal:
+            raise ValueError("InLine attention takes no attention mask and is not causal")
+
+    def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        self._no_masks(attn_mask, is_causal)
+        x, size = self._embed(x)
+        for block in self.blocks:
+            x = self._block(block, x, size)
+        return self.norm(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, output_dict: bool = False,
+                              attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        """timm's ViT ``forward_intermediates``: block outputs in ``indices`` as NCHW maps (or NLC tokens), and
+        the final normed tokens unless ``intermediates_only``."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NLC'")
+        self._no_masks(attn_mask, is_causal)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        b = x.shape[0]
+        x, (h, w) = self._embed(x)
+        blocks = self.blocks[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._block(block, x, (h, w))
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [y.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if output_dict:
+            out = {"image_intermediates": intermediates}
+            if return_prefix_tokens and self.num_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens and self.num_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix, strict=True))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+
+def _split(length: int, window: int) -> list[tuple[int, int, int]]:
+    """(start, stop, window side) of the full windows of a side and of its remainder, if any."""
+    full = length // window * window
+    spans = [(0, full, window)] if full else []
+    return spans + [(full, length, length - full)] if length > full else spans
+
+
+def window_apply(x: torch.Tensor, window: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply ``fn`` to (B * n, wh, ww, C) batches of the window x window tiles of a (B, H, W, C) map, tiled from
+    the top-left; bottom and right remainders form smaller windows, so every window holds real tokens only."""
+    b, h, w, c = x.shape
+    if h <= window and w <= window:
+        return fn(x)
+    rows = []
+    for r0, r1, wh in _split(h, window):
+        cols = []
+        for c0, c1, ww in _split(w, window):
+            nh, nw = (r1 - r0) // wh, (c1 - c0) // ww
+            tiles = x[:, r0:r1, c0:c1].reshape(b, nh, wh, nw, ww, c).transpose(2, 3).reshape(-1, wh, ww, c)
+            out = fn(tiles).reshape(b, nh, nw, wh, ww, c).transpose(2, 3).reshape(b, r1 - r0, c1 - c0, c)
+            cols.append(out)
+        rows.append(torch.cat(cols, dim=2))
+    return torch.cat(rows, dim=1)
+
+
+class InLineSwinBlock(nn.Module):
+    """X = X + DropPath(Attn(LN(X))); X = X + DropPath(MLP(LN(X))) on (B, H, W, C) maps.
+
+    Attn is InLine inside ``inline_window``-sided windows when ``inline``, else Swin's (shifted) window softmax
+    attention with a relative position bias in ``window_size`` windows.
+    """
+
+    def __init__(self, dim: int, num_heads: int, inline: bool, window_size: int = 7, shift: bool = False,
+                 inline_window: int = 56, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.inline_window = inline_window
+        self.norm1 = nn.LayerNorm(dim)
+        if inline:
+            self.attn = InjectiveLinearAttention(dim, num_heads)
+        else:
+            self.attn = WindowAttention(dim, num_heads, window_size, shift)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _inline(self, tiles: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = tiles.shape
+        return self.attn(tiles.reshape(n, h * w, c), (h, w)).reshape(n, h, w, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        if isinstance(self.attn, InjectiveLinearAttention):
+            y = window_apply(y, self.inline_window, self._inline)
+        else:
+            y = self.attn(y)
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class InLineSwin(PyramidModel):
+    """InLine-Swin classifier and backbone.
+
+    Args:
+        depths, num_heads: blocks and heads per stage; dims are ``embed_dim * 2**i``.
+        inline_depths: how many leading blocks of each stage are InLine (the rest are softmax window attention).
+        window_size: softmax window side (7); ``inline_window``: InLine window side (56).
+    """
+
+    channels_last = True
+
+    def __init__(self, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 inline_depths: Sequence[int] = (2, 2, 6, 0), embed_dim: int = 96, window_size: int = 7,
+                 inline_window: int = 56, mlp_ratio: float = 4.0, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        super().__init__()
+        if not len(depths) == len(num_heads) == len(inline_depths):
+            raise ValueError(f"depths, num_heads and inline_depths need one entry per stage, got {depths}, "
+                             f"{num_heads}, {inline_depths}")
+        if any(not 0 <= n <= d for n, d in zip(inline_depths, depths, strict=True)):
+            raise ValueError(f"inline_depths {tuple(inline_depths)} must lie between 0 and depths {tuple(depths)}")
+        dims = [embed_dim * 2 ** i for i in range(len(depths))]
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.stem = PatchEmbed(None, 4, in_chans, embed_dim, norm_layer=nn.LayerNorm, output_fmt="NHWC",
+                               strict_img_size=False, dynamic_img_pad=True)
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        stages, self.feature_info = [], []
+        for i, (depth, dim, heads) in enumerate(zip(depths, dims, num_heads, strict=True)):
+            blocks = [InLineSwinBlock(dim, heads, inline=j < inline_depths[i], window_size=window_size,
+                                      shift=j % 2 == 1, inline_window=inline_window, mlp_ratio=mlp_ratio,
+                                      drop_path=dpr[i][j]) for j in range(depth)]
+            stages.append(PyramidStage(PatchMerging(dims[i - 1], dim) if i else nn.Identity(), blocks))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.min_input_size = 4 * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.apply(self._init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Relative position bias tables, as the official recipe (``no_weight_decay_keywords``)."""
+        return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
+
+
+# Official Swin layout -> ours, first match wins.
+_SWIN_RENAMES = [
+    (r"^patch_embed\.", "stem."),
+    (r"^layers\.(\d+)\.downsample\.", lambda m: f"stages.{int(m.group(1)) + 1}.downsample."),
+    (r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks."),
+    (r"^head\.", "head.fc."),
+]
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """Map an official InLine checkpoint (weights under ``model`` or a raw state dict) onto visattn keys.
+
+    DeiT keys are already ours: only the position embedding is resampled when the grid differs. Swin: stages
+    renamed, patch merging moved to the start of the next stage, relative position bias tables transposed to
+    (heads, (2 ws - 1)**2), and the ``relative_position_index`` / ``attn_mask`` buffers dropped (ours are built
+    per call). A state dict already in visattn's layout passes through.
+    """
+    state_dict = state_dict.get("model", state_dict)
+    if isinstance(model, InLineDeiT):
+        pos = state_dict.get("pos_embed")
+        if pos is not None and pos.shape != model.pos_embed.shape:
+            state_dict = dict(state_dict, pos_embed=resample_abs_pos_embed(
+                pos, new_size=model.patch_embed.grid_size, num_prefix_tokens=model.num_prefix_tokens))
+        return state_dict
+    if "patch_embed.proj.weight" not in state_dict:
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith(("relative_position_index", "attn_mask")):
+            continue
+        for pattern, repl in _SWIN_RENAMES:
+            key, hits = re.subn(pattern, repl, key)
+            if hits:
+                break
+        out[key] = value.t() if key.endswith("relative_position_bias_table") else value
+    return out
+
+
+def _cfg(url: str = "", **kwargs) -> dict:
+    return {
+        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
+        "crop_mode": "squash", "interpolation": "bicubic", "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "first_conv": "stem.proj",
+        "classifier": "head.fc", "license": "unknown: LeapLabTHU/InLine has no LICENSE file",
+        "paper_ids": "arXiv:2412.06590",
+        "paper_name": "Bridging the Divide: Reconsidering Softmax and Linear Attention",
+        "origin_url": "https://github.com/LeapLabTHU/InLine", **kwargs,
+    }
+
+
+def _deit_cfg(url: str, size: int) -> dict:
+    return _cfg(url, input_size=(3, size, size), pool_size=None, first_conv="patch_embed.proj", classifier="head")
+
+
+_TSINGHUA = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
+
+default_cfgs = generate_default_cfgs({
+    "inline_deit_tiny.in1k": _deit_cfg(_TSINGHUA.format("1d6b8191ad6d4114b291"), 224),
+    "inline_deit_small.in1k": _deit_cfg(_TSINGHUA.format("2f3898b07e9247f3beb3"), 288),
+    "inline_deit_base.in1k": _deit_cfg(_TSINGHUA.format("10bdd726d4b0435eb34e"), 448),
+    "inline_swin_tiny.in1k": _cfg(_TSINGHUA.format("32810869fcc34410966b")),
+    "inline_swin_small.in1k": _cfg(_TSINGHUA.format("e9657fd247c04c7cb1a1")),
+    "inline_swin_base.in1k": _cfg(_TSINGHUA.format("bf23564bb64c420aafe1")),
+})
+
+
+def _create_deit(variant: str, pretrained: bool, img_size: int, kwargs: dict) -> InLineDeiT:
+    kwargs = dict(dict(img_size=img_size, patch_size=16, depth=12, out_indices=3), **kwargs)
+    return create_model(InLineDeiT, variant, pretrained, kwargs, checkpoint_filter_fn)
+
+
+def _create_swin(variant: str, pretrained: bool, kwargs: dict) -> InLineSwin:
+    return create_model(InLineSwin, variant, pretrained, kwargs, checkpoint_filter_fn)
+
+
+@register_model
+def inline_deit_tiny(pretrained: bool = False, **kwargs) -> InLineDeiT:
+    """InLine-DeiT-T @224: 192 dims, 6 heads, 12 blocks. 6.48 M params, 1.11 GMACs, 74.5% top-1."""
+    return _create_deit("inline_deit_tiny", pretrained, 224, dict(dict(embed_dim=192, num_heads=6), **kwargs))
+
+
+@register_model
+def inline_deit_small(pretrained: bool = False, **kwargs) -> InLineDeiT:
+    """InLine-DeiT-S @288: 320 dims, 10 heads, 12 blocks. 16.73 M params, 4.97 GMACs, 80.2% top-1."""
+    return _create_deit("inline_deit_small", pretrained, 288, dict(dict(embed_dim=320, num_heads=10), **kwargs))
+
+
+@register_model
+def inline_deit_base(pretrained: bool = False, **kwargs) -> InLineDeiT:
+    """InLine-DeiT-B @448: 384 dims, 12 heads, 12 blocks. 23.80 M params, 17.17 GMACs, 82.3% top-1."""
+    return _create_deit("inline_deit_base", pretrained, 448, dict(dict(embed_dim=384, num_heads=12), **kwargs))
+
+
+@register_model
+def inline_swin_tiny(pretrained: bool = False, **kwargs) -> InLineSwin:
+    """InLine-Swin-T (IIIS): depths 2-2-6-2, dims 96-768. 29.22 M params, 4.46 GMACs @224, 82.4% top-1."""
+    args = dict(depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), inline_depths=(2, 2, 6, 0))
+    return _create_swin("inline_swin_tiny", pretrained, dict(args, **kwargs))
+
+
+@register_model
+def inline_swin_small(pretrained: bool = False, **kwargs) -> InLineSwin:
+    """InLine-Swin-S (IISS): depths 2-2-18-2, dims 96-768. 49.79 M params, 8.72 GMACs @224, 83.6% top-1."""
+    args = dict(depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), inline_depths=(2, 2, 0, 0))
+    return _create_swin("inline_swin_small", pretrained, dict(args, **kwargs))
+
+
+@register_model
+def inline_swin_base(pretrained: bool = False, **kwargs) -> InLineSwin:
+    """InLine-Swin-B (IIMS2): depths 2-2-18-2, dims 128-1024. 88.35 M params, 15.40 GMACs @224, 84.1% top-1."""
+    args = dict(depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), inline_depths=(2, 2, 2, 0), embed_dim=128)
+    return _create_swin("inline_swin_base", pretrained, dict(args, **kwargs))

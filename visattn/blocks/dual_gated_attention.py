@@ -1,0 +1,108 @@
+"""Dual-gated linear attention (HER-Seg's DLA block, an MLLA-style gated linear-attention block).
+
+With U = LN(X) of a (B, N = H x W, C) token map and phi = ELU + 1:
+
+    G = SiLU(W_g U)                                   output gate
+    Q, K = phi(W_qk U)                                one linear C -> 2C
+    V = W_down SiLU(W_up U)                           value path through a C/4 bottleneck
+    O_n = [sum_m RoPE(Q)_n . RoPE(K)_m v_m / N] / (Q_n . mean_m K_m + 1e-6)      per head
+    O += DWConv3x3(V)                                 LePE
+    X <- X + W_o (O * G);  X <- X + MLP(LN(X))
+
+The 2-D rotary embedding is computed for the map it is given, so a model is not tied to one input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+
+from ..ops.linear_attention import linear_attention
+
+__all__ = ["DualGatedLinearAttention", "DualGatedLinearAttentionBlock", "rope_2d"]
+
+
+def rope_2d(x: torch.Tensor, height: int, width: int, base: float = 10000.0) -> torch.Tensor:
+    """2-D rotary position embedding of row-major tokens over all C channels.
+
+    Channel pair p = (x[2p], x[2p + 1]) is rotated by the angle y * theta_p for p < C/4 and by x * theta_(p - C/4)
+    for C/4 <= p < C/2, with theta_k = base^(-k / (C/4)) and (y, x) the token's row and column.
+
+    Args:
+        x: (B, height * width, C) tokens, C divisible by 4.
+
+    Returns:
+        (B, height * width, C) in x's dtype (rotated in float32).
+    """
+    b, n, c = x.shape
+    if c % 4 or n != height * width:
+        raise ValueError(f"rope_2d needs (B, {height} * {width}, C) with C divisible by 4, got {tuple(x.shape)}")
+    k_max = c // 4
+    theta = base ** (-torch.arange(k_max, device=x.device, dtype=torch.float32) / k_max)
+    rows = torch.arange(height, device=x.device, dtype=torch.float32)
+    cols = torch.arange(width, device=x.device, dtype=torch.float32)
+    angles = torch.cat([
+        (rows[:, None, None] * theta).expand(height, width, k_max),
+        (cols[None, :, None] * theta).expand(height, width, k_max),
+    ], dim=-1).reshape(n, c // 2)
+    cos, sin = angles.cos(), angles.sin()
+    pairs = x.float().reshape(b, n, c // 2, 2)
+    re, im = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
+    return rotated.reshape(b, n, c).to(x.dtype)
+
+
+class DualGatedLinearAttention(nn.Module):
+    """The token mixer of the DLA block: phi(Q), phi(K) from one linear, the bottleneck value path, RoPE in the
+    numerator only, the mean-key normaliser and LePE. Input and output (B, N, C) with N = H x W."""
+
+    def __init__(self, dim: int, num_heads: int, qk_bias: bool = True, value_ratio: float = 0.25,
+                 rope_base: float = 10000.0):
+        super().__init__()
+        if dim % num_heads or dim % 4:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} and by 4 (2-D RoPE)")
+        self.num_heads = num_heads
+        self.rope_base = rope_base
+        self.qk = nn.Linear(dim, 2 * dim, bias=qk_bias)
+        self.up_proj = nn.Linear(dim, int(dim * value_ratio))
+        self.down_proj = nn.Linear(int(dim * value_ratio), dim)
+        self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        b, n, c = u.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        q, k = (F.elu(t) + 1.0 for t in self.qk(u).chunk(2, dim=-1))
+        v = self.down_proj(F.silu(self.up_proj(u)))
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, n, heads, head_dim).transpose(1, 2)
+
+        q_rot, k_rot = rope_2d(q, height, width, self.rope_base), rope_2d(k, height, width, self.rope_base)
+        out = linear_attention(split(q_rot), split(k_rot), split(v), 1.0 / n, normalize=True,
+                               norm_q=split(q), norm_k=split(k), eps=1e-6)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        lepe = self.lepe(v.transpose(1, 2).reshape(b, c, height, width))
+        return out + lepe.flatten(2).transpose(1, 2)
+
+
+class DualGatedLinearAttentionBlock(nn.Module):
+    """X <- X + W_o(DLA(LN X) * SiLU(W_g LN X)); X <- X + MLP(LN X). Input and output (B, H x W, C)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 2.0, drop_path: float = 0.0,
+                 rope_base: float = 10000.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.act_proj = nn.Linear(dim, dim)
+        self.attn = DualGatedLinearAttention(dim, num_heads, rope_base=rope_base)
+        self.out_proj = nn.Linear(dim, dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        u = self.norm1(x)
+        gate = F.silu(self.act_proj(u))
+        x = x + self.drop_path(self.out_proj(self.attn(u, height, width) * gate))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

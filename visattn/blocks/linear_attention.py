@@ -1,0 +1,56 @@
+"""Injective linear attention with a predicted local residual (InLine; Han et al., NeurIPS 2024)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.linear_attention import linear_attention
+
+
+class InjectiveLinearAttention(nn.Module):
+    """InLine attention over N = P + H*W tokens (P prefix tokens such as a class token, then an H x W grid).
+
+    Per head (d channels, s = d ** -0.5, identity kernel), token i attends to every token j with weights
+
+        a_ij = (s/N) q_i . k_j - mean_j[(s/N) q_i . k_j] + 1/N              (rows sum to 1, may be negative)
+        O_i  = sum_j a_ij v_j = (s/N) q_i (sum_j k_j^T v_j - N k_mean^T v_mean) + v_mean,
+
+    the second (linear-time, O(N d^2)) form being what runs. The local residual adds, for grid tokens only, a
+    per-sample depthwise 3x3 conv (zero padded) of the V map whose kernels are predicted from the mean of all N
+    input tokens X (prefix tokens included, as the official DeiT):
+
+        w = Conv1d(C, 9C, 1, groups=heads)(GELU(Conv1d(C, C, 1, groups=heads)(mean_j X_j)))
+        Y = W_o (O + DWConv3x3_w(V))
+
+    Shapes: x (B, P + H*W, C) with ``size=(H, W)`` -> (B, P + H*W, C). Any H, W.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str | None = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads, self.backend = num_heads, backend
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.residual = nn.Sequential(
+            nn.Conv1d(dim, dim, 1, groups=num_heads), nn.GELU(), nn.Conv1d(dim, 9 * dim, 1, groups=num_heads),
+        )
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        h, w = size
+        prefix = n - h * w
+        if prefix < 0:
+            raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        out = linear_attention(q, k, v, self.scale / n, injective=True, backend=self.backend)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        kernels = self.residual(x.mean(dim=1).unsqueeze(-1)).reshape(b * c, 1, 3, 3)
+        v_map = qkv[:, prefix:, 2].reshape(b, h, w, c).permute(0, 3, 1, 2).reshape(1, b * c, h, w)
+        local = F.conv2d(v_map, kernels, padding=1, groups=b * c).reshape(b, c, h * w).transpose(1, 2)
+        out = torch.cat([out[:, :prefix], out[:, prefix:] + local], dim=1) if prefix else out + local
+        return self.proj(out)
