@@ -107,7 +107,7 @@ def peak_gb(fn) -> float:
 def run_op_tests() -> str:
     env = {**os.environ, "VISATTN_TEST_DEVICE": "cuda"}
     env.pop("TRITON_INTERPRET", None)
-    workers = ["-n", str(min(8, os.cpu_count() or 1))] if (os.cpu_count() or 1) > 2 else []
+    workers = ["-n", str(min(16, os.cpu_count() or 1))] if (os.cpu_count() or 1) > 2 else []
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, "tests/ops"],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     tail = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-500:]

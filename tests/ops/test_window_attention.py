@@ -163,9 +163,18 @@ def test_fused_forward_and_gradients_match_the_reference(case, dtype):
     _check(q, k, v, table[0] if table else None, heads, ws, shift)
 
 
-@pytest.mark.parametrize("head_dim", [24, 128])
-def test_fused_head_dims(head_dim):
-    _check(*_inputs(1, 7, 7, head_dim, head_dim, 1, 7, True, torch.float32), 1, 7, 3)
+@pytest.mark.parametrize("head_dim,dtype", [(24, torch.float32), (64, torch.float32), (128, torch.float16)])
+def test_fused_head_dims(head_dim, dtype):
+    _check(*_inputs(1, 7, 7, head_dim, head_dim, 1, 7, True, dtype), 1, 7, 3)
+
+
+def test_inputs_the_kernels_do_not_cover_run_the_reference_unless_triton_is_asked_for(monkeypatch):
+    q = torch.randn(1, 7, 7, 128, device=DEVICE)
+    with pytest.raises(ValueError, match="float32 heads of at most 64 channels, got 128"):
+        window_attention(q, q, q, 1, 7, backend="triton")
+    monkeypatch.setattr("visattn.ops._backend.resolve_backend", lambda backend, tensor: backend or "triton")
+    torch.testing.assert_close(window_attention(q, q, q, 1, 7), window_attention(q, q, q, 1, 7, backend="torch"))
+    torch.testing.assert_close(window_attention(q, q, q, 2, 12), window_attention(q, q, q, 2, 12, backend="torch"))
 
 
 def test_fused_value_width_differs_from_query_width():

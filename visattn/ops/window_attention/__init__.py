@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import check_qkv_maps, pick
-from .fused import window_attention_fused
+from .fused import unsupported_reason, window_attention_fused
 from .reference import relative_position_index, window_attention_reference
 
 __all__ = ["window_attention", "relative_position_index"]
@@ -46,7 +46,8 @@ def window_attention(
     Args:
         q, k: (B, H, W, C_qk) queries and keys; v: (B, H, W, C_v) values. Any H, W.
         num_heads: heads; C_qk and C_v must be divisible by it.
-        window_size: ws, window side in tokens (the triton backend takes ws <= 8).
+        window_size: ws, window side in tokens (the triton backend takes ws <= 8 and heads of at most 64 channels
+            in float32, 128 in half precision; with ``backend=None`` other inputs run the reference).
         shift: cyclic shift, 0 <= shift < ws (Swin uses 0 and ws // 2 in alternate blocks).
         rel_pos_bias: optional (num_heads, (2 * ws - 1) ** 2) relative position bias table B.
         scale: logit scale s, default (C_qk / num_heads) ** -0.5.
@@ -68,5 +69,8 @@ def window_attention(
         if rel_pos_bias.device != q.device:
             raise ValueError(f"rel_pos_bias is on {rel_pos_bias.device}, q on {q.device}")
     scale = (q.shape[-1] // num_heads) ** -0.5 if scale is None else scale
-    impl = pick(backend, q, window_attention_reference, window_attention_fused)
+    fused = window_attention_fused
+    if backend is None and unsupported_reason(q, v, num_heads, window_size):
+        fused = window_attention_reference  # automatic choice: the kernels do not cover these inputs
+    impl = pick(backend, q, window_attention_reference, fused)
     return impl(q, k, v, rel_pos_bias, num_heads, window_size, shift, scale)

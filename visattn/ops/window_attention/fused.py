@@ -11,6 +11,21 @@ from .._flops import register_flops
 
 # A window's tokens must fit one 64-row tile of the kernels.
 MAX_WINDOW_SIZE = 8
+# Widest head per dtype: float32 tiles of 128 channels need more shared memory than an H100/H200 has (368 KB
+# asked for, 227 KB available, measured on an H200).
+MAX_HEAD_DIM = {torch.float32: 64}
+MAX_HALF_HEAD_DIM = 128
+
+
+def unsupported_reason(q: torch.Tensor, v: torch.Tensor, num_heads: int, window_size: int) -> str | None:
+    """Why the fused kernels cannot take these inputs (None when they can)."""
+    if window_size > MAX_WINDOW_SIZE:
+        return f"the triton backend takes window_size <= {MAX_WINDOW_SIZE}, got {window_size}"
+    widest = max(q.shape[-1], v.shape[-1]) // num_heads
+    limit = MAX_HEAD_DIM.get(q.dtype, MAX_HALF_HEAD_DIM)
+    if widest > limit:
+        return f"the triton backend takes {q.dtype} heads of at most {limit} channels, got {widest}"
+    return None
 
 
 @torch.library.custom_op("visattn::window_attention", mutates_args=())
@@ -87,8 +102,9 @@ register_flops(torch.ops.visattn.window_attention_backward, _backward_flops)
 
 
 def window_attention_fused(q, k, v, rel_pos_bias, num_heads, window_size, shift, scale):
-    """Fused twin of :func:`.reference.window_attention_reference` (same arguments, same result), ws <= 8."""
-    if window_size > MAX_WINDOW_SIZE:
-        raise ValueError(f"the triton backend takes window_size <= {MAX_WINDOW_SIZE}, got {window_size}; "
-                         f"use backend='torch'")
+    """Fused twin of :func:`.reference.window_attention_reference` (same arguments, same result) for the inputs
+    :func:`unsupported_reason` accepts."""
+    reason = unsupported_reason(q, v, num_heads, window_size)
+    if reason:
+        raise ValueError(f"{reason}; use backend='torch'")
     return _window_attention_op(q, k, v, rel_pos_bias, num_heads, window_size, shift, float(scale))[0]
