@@ -100,3 +100,8 @@ def test_inline_swin_backbone_gives_four_normed_scales_on_any_size():
     assert [f.shape[1] for f in feats] == backbone.out_channels == [96, 192, 384, 768]
     assert [tuple(f.shape[-2:]) for f in feats] == [(18, 26), (9, 13), (5, 7), (3, 4)]
     assert len(backbone.out_norms) == 4
+
+
+def test_a_model_without_stages_is_a_clear_error():
+    with pytest.raises(ValueError, match="inline_deit_tiny is not a multi-scale pyramid backbone"):
+        VisattnBackbone("inline_deit_tiny")

@@ -39,6 +39,9 @@ class VisattnBackbone(BaseModule):
             raise ValueError(f"init_cfg type {init_cfg.get('type')!r} is not supported; use type='Pretrained'")
         self.pretrained = init_cfg
         self.model = timm.create_model(model_name, pretrained=False, **(model_kwargs or {}))
+        if not hasattr(self.model, "stages"):
+            raise ValueError(f"{model_name} is not a multi-scale pyramid backbone; use a pyramid model such as "
+                             f"biformer_*, visattn_mambaout_*, lamamba_* or inline_swin_*")
         num_stages = len(self.model.feature_info)
         self.out_indices = tuple(i % num_stages for i in out_indices)
         self.model.prune_intermediate_layers(list(self.out_indices), prune_norm=True, prune_head=True)
