@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from visattn.errors import UserError  # noqa: E402
 
-TASKS = ("classification",)
+TASKS = ("classification", "medical-seg")
 
 
 def is_config(argv: list[str]) -> bool:
@@ -44,6 +44,14 @@ def json_dict(text: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError("expected a JSON object such as '{\"n_win\": 8}'")
     return value
+
+
+def check_task_options(args, task_options: dict[str, tuple[str, ...]]) -> None:
+    """A task-specific option (argparse dest) given with another ``--task`` is an error, not silently ignored."""
+    for task, options in task_options.items():
+        given = [o for o in options if getattr(args, o) is not None]
+        if task != args.task and given:
+            raise UserError(f"--{given[0].replace('_', '-')} is a {task} option, not one of --task {args.task}")
 
 
 def run(main: Callable[[], int | None]) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -135,3 +136,94 @@ def test_torchrun_two_processes(image_folder, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert len(metrics["history"]) == 1
     assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 reports
+
+
+# Medical segmentation: HER-Seg cut down to run in seconds on a CPU, on synthetic vessels saved as image folders.
+SEG_SMALL = json.dumps({"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "decoder_dim": 32,
+                        "decoder_heads": 2, "decoder_depth": 1})
+
+
+@pytest.fixture(scope="module")
+def vessel_folder(tmp_path_factory):
+    """Generic layout with FOV masks: train/ and test/ (no val/: evaluation falls back to test/)."""
+    from visattn.data.medical import SyntheticVessels, write_folder
+
+    root = tmp_path_factory.mktemp("vessels")
+    write_folder(SyntheticVessels(3, 64, seed=0), str(root), "train")
+    write_folder(SyntheticVessels(2, (60, 72), seed=1), str(root), "test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def seg_run(vessel_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg_run")
+    args = ["--task", "medical-seg", "--data", str(vessel_folder), "--output", str(out), "--model", "herseg",
+            "--model-kwargs", SEG_SMALL, "--img-size", "32", "--epochs", "2", "--batch-size", "4", "--workers", "0",
+            "--inference", "padded"]
+    result = tool("train.py", *args)
+    assert result.returncode == 0, result.stderr
+    return out, args, result
+
+
+def test_medical_training_writes_checkpoints_metrics_and_curves(seg_run):
+    out, _, result = seg_run
+    assert "epoch 2/2:" in result.stdout and "Dice" in result.stdout and "best val Dice" in result.stdout
+    assert {"last.pth", "best.pth", "metrics.json", "curves.png", "tensorboard"} <= set(os.listdir(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "medical-seg" and [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert {"val_dice", "val_auc", "val_hd95", "val_loss", "train_loss"} <= set(metrics["history"][0])
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_medical_resume_continues_where_training_stopped(seg_run, tmp_path):
+    out, args, _ = seg_run
+    args = [a if a != str(out) else str(tmp_path) for a in args]
+    args[args.index("--epochs") + 1] = "3"
+    result = tool("train.py", *args, "--resume", str(out / "last.pth"))
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2/3" not in result.stdout and "epoch 3/3" in result.stdout
+    assert [h["epoch"] for h in json.loads((tmp_path / "metrics.json").read_text())["history"]] == [1, 2, 3]
+
+
+def test_medical_eval_writes_metrics_and_prediction_pngs(seg_run, tmp_path):
+    out, _, _ = seg_run
+    result = tool("eval.py", "--task", "medical-seg", "--checkpoint", str(out / "best.pth"), "--output",
+                  str(tmp_path), "--inference", "sliding", "--tile", "32", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "2 images (val), inside the FOV" in result.stdout and "per image" in result.stdout
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(printed["pooled"]) == {"dice", "iou", "sensitivity", "specificity", "accuracy", "auc", "hd95"}
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["inference"]["mode"] == "sliding" and saved["count"] == 2 and "full_image" in saved
+    pngs = sorted(os.listdir(tmp_path / "predictions"))
+    assert len(pngs) == 6 and sum(p.endswith("_overlay.png") for p in pngs) == 2
+    assert Image.open(tmp_path / "predictions" / pngs[0]).size == (72, 60)  # the original resolution
+
+
+def test_medical_bad_input_gives_one_line_errors(vessel_folder, tmp_path):
+    seg = ["--task", "medical-seg", "--model-kwargs", SEG_SMALL, "--output", str(tmp_path / "out")]
+    assert_one_line_error(tool("train.py", *seg, "--data", str(tmp_path / "nowhere")), "data folder", "does not exist")
+    broken = tmp_path / "broken"
+    shutil.copytree(vessel_folder, broken)
+    os.remove(next((broken / "train" / "masks").iterdir()))
+    assert_one_line_error(tool("train.py", *seg, "--data", str(broken)), "no mask for", "synthetic_0_0000.png")
+    assert_one_line_error(tool("train.py", *seg, "--mixup", "0.2"), "--mixup is a classification option")
+    torch.save({"task": "classification", "state_dict": {}}, tmp_path / "cls.pth")
+    assert_one_line_error(tool("eval.py", "--task", "medical-seg", "--checkpoint", str(tmp_path / "cls.pth")),
+                          "is a classification checkpoint, not medical-seg")
+    torch.save({"task": "medical-seg", "model": "herseg", "state_dict": {}}, tmp_path / "seg.pth")
+    assert_one_line_error(tool("eval.py", "--checkpoint", str(tmp_path / "seg.pth")),
+                          "is a medical-seg checkpoint, not classification; pass --task medical-seg")
+
+
+def test_medical_torchrun_two_processes(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         os.path.join(ROOT, "tools", "train.py"), "--task", "medical-seg", "--data",
+         "synthetic-vessels:size=48,train=4,val=1", "--output", str(tmp_path), "--model", "herseg", "--model-kwargs",
+         SEG_SMALL, "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--workers", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 1
+    assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 validates and reports

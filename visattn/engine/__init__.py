@@ -1,1 +1,1 @@
-"""Task loops (classification now), checkpoints and run logging, used by tools/train.py and tools/eval.py."""
+"""Task loops (classification, medical segmentation), checkpoints and run logging for tools/train.py and eval.py."""

@@ -294,6 +294,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, model_name: st
                         use_ema: bool = True) -> dict[str, float]:
     """Rebuild the model a checkpoint was trained as and score it on the validation split."""
     ckpt = load_checkpoint_file(checkpoint)
+    if ckpt.get("task", "classification") != "classification":
+        raise UserError(f"{checkpoint} is a {ckpt['task']} checkpoint, not classification; pass --task {ckpt['task']}")
     name = model_name or ckpt.get("model")
     if not name:
         raise UserError(f"{checkpoint} does not name its model; pass --model")

@@ -7,16 +7,22 @@ from typing import Any
 
 from .checkpoint import atomic_write_json
 
+# (title, y-axis label, history keys) of each panel in curves.png.
+CLASSIFICATION_PANELS = (("loss", "loss", ("train_loss", "val_loss")),
+                         ("validation accuracy", "accuracy (%)", ("val_top1", "val_top5")))
+
 
 class RunLog:
     """Collects one dict of scalars per epoch and writes them out after each epoch (main process only)."""
 
-    def __init__(self, output: str, history: list[dict] | None = None, meta: dict | None = None):
+    def __init__(self, output: str, history: list[dict] | None = None, meta: dict | None = None,
+                 panels: tuple[tuple[str, str, tuple[str, ...]], ...] = CLASSIFICATION_PANELS):
         from torch.utils.tensorboard import SummaryWriter
 
         self.output = output
         self.history = list(history or [])
         self.meta = dict(meta or {})
+        self.panels = panels
         self.writer = SummaryWriter(os.path.join(output, "tensorboard"))
 
     def log(self, epoch: int, scalars: dict[str, float], best: dict[str, Any]) -> None:
@@ -35,14 +41,11 @@ class RunLog:
         import matplotlib.pyplot as plt
 
         epochs = [h["epoch"] for h in self.history]
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-        for key in ("train_loss", "val_loss"):
-            ax_loss.plot(epochs, [h[key] for h in self.history], marker="o", label=key)
-        for key in ("val_top1", "val_top5"):
-            ax_acc.plot(epochs, [h[key] for h in self.history], marker="o", label=key)
-        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
-        for ax in (ax_loss, ax_acc):
+        fig, axes = plt.subplots(1, len(self.panels), figsize=(5 * len(self.panels), 4), squeeze=False)
+        for ax, (title, ylabel, keys) in zip(axes[0], self.panels, strict=True):
+            for key in keys:
+                ax.plot(epochs, [h.get(key, float("nan")) for h in self.history], marker="o", label=key)
+            ax.set(xlabel="epoch", ylabel=ylabel, title=title)
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()

@@ -1,0 +1,230 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from visattn.data.medical import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FolderSource,
+    SegmentationEvalSet,
+    SegmentationTrainSet,
+    SyntheticVessels,
+    open_source,
+    parse_synthetic,
+    seed_worker_augmentation,
+    write_folder,
+)
+from visattn.errors import UserError
+
+
+def _pattern(h, w, seed):
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = rng.random((h, w)) < 0.2
+    fov = np.hypot(*np.mgrid[-h / 2:h / 2, -w / 2:w / 2]) < min(h, w) * 0.45
+    return rgb, mask, fov
+
+
+def _drive(root, split, numbers, suffix, h=12, w=10):
+    """DRIVE layout: images/NN_<suffix>.tif, 1st_manual/NN_manual1.gif, mask/NN_<suffix>_mask.gif."""
+    for sub in ("images", "1st_manual", "mask"):
+        (root / split / sub).mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for n in numbers:
+        rgb, mask, fov = _pattern(h, w, n)
+        Image.fromarray(rgb).save(root / split / "images" / f"{n}_{suffix}.tif")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / split / "1st_manual" / f"{n}_manual1.gif")
+        Image.fromarray(fov.astype(np.uint8) * 255).save(root / split / "mask" / f"{n}_{suffix}_mask.gif")
+        arrays[n] = (rgb, mask, fov)
+    return arrays
+
+
+def _generic(root, split, names, h=9, w=7, fov=False, mask_scale=1):
+    for sub in ("images", "masks") + (("fov",) if fov else ()):
+        (root / split / sub).mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        rgb, mask, disc = _pattern(h, w, i)
+        Image.fromarray(rgb).save(root / split / "images" / f"{name}.png")
+        Image.fromarray(mask.astype(np.uint8) * mask_scale).save(root / split / "masks" / f"{name}.png")
+        if fov:
+            Image.fromarray(disc.astype(np.uint8) * 255).save(root / split / "fov" / f"{name}.png")
+
+
+def test_drive_layout_pairs_by_leading_number_and_maps_split_names(tmp_path):
+    train = _drive(tmp_path, "training", [22, 21], "training")
+    test = _drive(tmp_path, "test", [1], "test")
+    source = FolderSource(str(tmp_path), "train")
+    assert source.names == ["21_training", "22_training"] and source.has_fov
+    for i, n in enumerate([21, 22]):
+        rgb, mask, fov = source.load(i)
+        assert rgb.dtype == np.uint8 and rgb.shape == (12, 10, 3) and mask.dtype == bool and fov.dtype == bool
+        assert (rgb == train[n][0]).all() and (mask == train[n][1]).all() and (fov == train[n][2]).all()
+    val = FolderSource(str(tmp_path), "val")  # no val/ folder: the test/ split
+    assert val.names == ["1_test"]
+    assert (val.load(0)[1] == test[1][1]).all()
+
+
+def test_generic_layout_reads_0_1_masks_and_optional_fov(tmp_path):
+    _generic(tmp_path, "train", ["b", "a"], mask_scale=1)
+    source = FolderSource(str(tmp_path), "train")
+    assert source.names == ["a", "b"] and not source.has_fov
+    rgb, mask, fov = source.load(1)
+    assert fov is None and (mask == _pattern(9, 7, 0)[1]).all()
+    _generic(tmp_path, "val", ["c"], fov=True, mask_scale=255)
+    rgb, mask, fov = FolderSource(str(tmp_path), "val").load(0)
+    assert (mask == _pattern(9, 7, 0)[1]).all() and (fov == _pattern(9, 7, 0)[2]).all()
+
+
+def test_sixteen_bit_images_are_scaled(tmp_path):
+    _generic(tmp_path, "train", ["a"])
+    Image.fromarray((np.arange(63).reshape(9, 7) * 1000).astype(np.uint16)).save(tmp_path / "train/images/a.png")
+    rgb = FolderSource(str(tmp_path), "train").load(0)[0]
+    assert rgb.shape == (9, 7, 3) and rgb.max() == 255 and rgb[0, 0, 0] == 0
+
+
+def _one_line_error(match, fn, *args):
+    with pytest.raises(UserError, match=match) as err:
+        fn(*args)
+    assert "\n" not in str(err.value)
+
+
+def test_folder_errors_are_one_line(tmp_path):
+    _one_line_error("data folder .*nowhere does not exist", FolderSource, str(tmp_path / "nowhere"), "train")
+    _one_line_error("has no train/ or training/ folder", FolderSource, str(tmp_path), "train")
+    (tmp_path / "train").mkdir()
+    _one_line_error("has no images/ folder", FolderSource, str(tmp_path), "train")
+    (tmp_path / "train" / "images").mkdir()
+    _one_line_error("has no masks/ .*folder", FolderSource, str(tmp_path), "train")
+    (tmp_path / "train" / "masks").mkdir()
+    _one_line_error("no images in", FolderSource, str(tmp_path), "train")
+    _generic(tmp_path, "train", ["a", "b"])
+    (tmp_path / "train" / "masks" / "b.png").unlink()
+    _one_line_error(r"no mask for .*b\.png", FolderSource, str(tmp_path), "train")
+    _generic(tmp_path, "train", ["a", "b"], fov=True)
+    (tmp_path / "train" / "fov" / "a.png").unlink()
+    _one_line_error(r"no FOV mask for .*a\.png", FolderSource, str(tmp_path), "train")
+    _generic(tmp_path, "train", ["a", "b"], fov=True)
+    Image.fromarray(np.zeros((8, 7), np.uint8)).save(tmp_path / "train" / "masks" / "a.png")
+    _one_line_error(r"masks/a\.png is 7x8 but .*images/a\.png is 7x9", FolderSource, str(tmp_path), "train")
+    _generic(tmp_path, "train", ["a", "b"], fov=True)
+    (tmp_path / "train" / "fov" / "b.png").write_bytes(b"\x89PNG not really")
+    _one_line_error(r"cannot read .*fov/b\.png", FolderSource, str(tmp_path), "train")
+    _generic(tmp_path, "train", ["a", "b"], fov=True)
+    Image.fromarray(np.zeros((9, 7, 3), np.uint8)).save(tmp_path / "train" / "images" / "a.jpg")
+    _one_line_error("two files for 'a'", FolderSource, str(tmp_path), "train")
+
+
+def test_synthetic_vessels_are_deterministic_fundus_like_images():
+    a, b = SyntheticVessels(3, 64, seed=5), SyntheticVessels(3, 64, seed=5)
+    for i in range(3):
+        for x, y in zip(a.load(i), b.load(i), strict=True):
+            assert np.array_equal(x, y)
+    assert not np.array_equal(a.load(0)[1], SyntheticVessels(1, 64, seed=6).load(0)[1])
+    assert not np.array_equal(a.load(0)[1], a.load(1)[1])
+    rgb, mask, fov = SyntheticVessels(1, (80, 96)).load(0)
+    assert rgb.shape == (80, 96, 3) and rgb.dtype == np.uint8 and mask.shape == fov.shape == (80, 96)
+    assert not (mask & ~fov).any()
+    assert 0.5 < fov.mean() < 0.6 and 0.04 < mask[fov].mean() < 0.25
+    assert rgb[~fov].mean() < 15
+    assert rgb[mask, 1].mean() < 0.9 * rgb[fov & ~mask, 1].mean()  # vessels are darker (most in green)
+
+
+def test_synthetic_spec_and_splits():
+    assert parse_synthetic("synthetic-vessels") == {"size": 192, "train": 32, "val": 6, "seed": 0}
+    assert parse_synthetic("synthetic-vessels:size=48,train=3,val=2")["size"] == 48
+    train, val = open_source("synthetic-vessels:size=48,train=3,val=2", "train"), open_source(
+        "synthetic-vessels:size=48,train=3,val=2", "val")
+    assert len(train) == 3 and len(val) == 2 and train.height == 48 and set(train.names).isdisjoint(val.names)
+    assert len(open_source(None, "train")) == 32
+    _one_line_error("bad synthetic-vessels option 'depth=3'", parse_synthetic, "synthetic-vessels:depth=3")
+    _one_line_error("size >= 16", SyntheticVessels, 2, 8)
+
+
+def test_write_folder_round_trips_through_the_generic_layout(tmp_path):
+    synthetic = SyntheticVessels(2, 40, seed=1)
+    write_folder(synthetic, str(tmp_path), "val")
+    source = FolderSource(str(tmp_path), "val")
+    assert source.names == synthetic.names and source.has_fov
+    for x, y in zip(source.load(1), synthetic.load(1), strict=True):
+        assert np.array_equal(x, y)
+
+
+def _marked_source(h=48, w=40):
+    """The image's red channel marks the mask and its green channel the FOV, to check they move together."""
+
+    class Marked:
+        names, has_fov = ["m"], True
+
+        def __len__(self):
+            return 1
+
+        def load(self, index):
+            _, mask, fov = _pattern(h, w, 3)
+            rgb = np.stack([mask * 255, fov * 255, np.zeros_like(mask)], -1).astype(np.uint8)
+            return rgb, mask, fov
+
+    return Marked()
+
+
+def _denormalize(image):
+    return image * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+
+
+def test_training_crops_move_image_mask_and_fov_together():
+    ds = SegmentationTrainSet(_marked_source(), crop=32, repeats=6, seed=0)
+    assert len(ds) == 6
+    agreement = []
+    for i in range(len(ds)):
+        image, mask, fov = ds[i]
+        assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+        assert mask.shape == fov.shape == (1, 32, 32) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        rgb = _denormalize(image)
+        agreement.append(((rgb[0] > 0.5) == (mask[0] > 0)).float().mean().item())
+        agreement.append(((rgb[1] > 0.5) == (fov[0] > 0)).float().mean().item())
+    assert min(agreement) > 0.85 and np.mean(agreement) > 0.93
+    assert not torch.equal(ds[0][1], ds[1][1])  # a new random crop each time
+    again = SegmentationTrainSet(_marked_source(), crop=32, seed=0)
+    assert torch.equal(again[0][0], SegmentationTrainSet(_marked_source(), crop=32, seed=0)[0][0])
+
+
+def test_crops_larger_than_the_image_are_padded_outside_the_fov(tmp_path):
+    image, mask, fov = SegmentationTrainSet(SyntheticVessels(1, 24), crop=40, seed=0)[0]
+    assert image.shape == (3, 40, 40) and 0 < fov.sum() < 24 * 24
+    image, mask, fov = SegmentationTrainSet(SyntheticVessels(1, 48), crop=40, scale=0.5, seed=0)[0]
+    assert image.shape == (3, 40, 40) and 0 < fov.sum() < 24 * 24  # resized to 24 x 24 before cropping
+    _generic(tmp_path, "train", ["a"])  # no FOV masks: the whole image is the FOV, the padding is not
+    image, mask, fov = SegmentationTrainSet(FolderSource(str(tmp_path), "train"), crop=16, seed=0)[0]
+    assert image.shape == (3, 16, 16) and 20 < fov.sum() < 9 * 7 * 1.6 and not (mask > fov).any()
+
+
+def test_worker_seeding_gives_each_worker_and_epoch_its_own_augmentation():
+    ds = SegmentationTrainSet(SyntheticVessels(1, 48), crop=24, repeats=4, seed=0)
+    torch.manual_seed(0)
+    loader = DataLoader(ds, batch_size=1, num_workers=2, worker_init_fn=seed_worker_augmentation)
+    masks = [m for _ in range(2) for _, m, _ in loader]
+    distinct = {m.numpy().tobytes() for m in masks}
+    assert len(distinct) == len(masks) == 8
+
+
+def test_eval_items_keep_original_resolution_targets():
+    ds = SegmentationEvalSet(SyntheticVessels(1, 50), scale=0.5)
+    item = ds[0]
+    assert item["image"].shape == (3, 25, 25) and item["rgb"].shape == (50, 50, 3)
+    assert item["mask"].shape == item["fov"].shape == (50, 50) and item["name"] == "synthetic_0_0000"
+    full = SegmentationEvalSet(SyntheticVessels(1, 50))[0]
+    expected = (torch.from_numpy(full["rgb"]).permute(2, 0, 1) / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None])
+    assert torch.allclose(full["image"], expected / torch.tensor(IMAGENET_STD)[:, None, None], atol=1e-6)
+
+
+def test_importing_the_medical_modules_loads_no_heavy_dependencies():
+    probe = ("import json, sys; import visattn.data.medical, visattn.engine.medical_metrics; "
+             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "{'albumentations', 'cv2', 'scipy', 'sklearn'})))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -1,0 +1,397 @@
+"""Binary segmentation data for retinal / high-resolution medical images: image, mask and optional FOV mask.
+
+Sources give raw arrays at the original resolution: an RGB ``uint8`` image (H, W, 3), a boolean vessel mask (H, W)
+and a boolean field-of-view mask (H, W) or ``None``. Two sources exist:
+
+- :class:`FolderSource`: the DRIVE layout (``<root>/<split>/images/21_training.tif``,
+  ``1st_manual/21_manual1.gif``, ``mask/21_training_mask.gif``, paired by the leading number) or the generic
+  layout (``<root>/<split>/images/NAME.*``, ``masks/NAME.*``, optional ``fov/NAME.*``, paired by stem).
+- :class:`SyntheticVessels`: fundus-like discs with branching vessels, deterministic by seed (tests and demo).
+
+:class:`SegmentationTrainSet` turns a source into augmented random crops; :class:`SegmentationEvalSet` gives whole
+normalised images plus the original-resolution targets that metrics are computed on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, UnidentifiedImageError
+from torch.utils.data import Dataset, get_worker_info
+
+from ..errors import UserError
+from .classification import IMAGE_EXTENSIONS
+
+SYNTHETIC = "synthetic-vessels"
+SYNTHETIC_DEFAULTS = {"size": 192, "train": 32, "val": 6, "seed": 0}
+SEG_EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
+TRAIN_SPLITS = ("train", "training")
+EVAL_SPLITS = ("val", "validation", "test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class SegSample:
+    """One image with its mask and optional FOV mask (file paths)."""
+
+    name: str
+    image: str
+    mask: str
+    fov: str | None = None
+
+
+def _error(path: str, err: Exception) -> UserError:
+    return UserError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+
+
+def _open(path: str) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise _error(path, err) from None
+
+
+def _checked_size(path: str) -> tuple[int, int]:
+    """(height, width) from the file header, after PIL's integrity check of the file."""
+    try:
+        with Image.open(path) as img:
+            size = img.size[1], img.size[0]
+            img.verify()
+            return size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise _error(path, err) from None
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """An image file as (H, W, 3) uint8; 16-bit and float images are scaled by their maximum."""
+    img = _open(path)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(img, dtype=np.float32)
+        values = values * (255.0 / max(float(values.max()), 1.0))
+        return np.repeat(values.round().astype(np.uint8)[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
+def read_binary(path: str) -> np.ndarray:
+    """A mask file as (H, W) bool: ``value > 0`` for 0/1 masks, else ``value >= max / 2`` (0/255, anti-aliased)."""
+    img = _open(path)
+    values = np.asarray(img if img.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") else img.convert("L"))
+    if values.dtype == bool:
+        return values
+    top = float(values.max())
+    return values > 0 if top <= 1 else values >= top / 2
+
+
+def _files(folder: str) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(SEG_EXTENSIONS) and not f.startswith("."))
+
+
+def _keyed(folder: str, key) -> dict[str, str]:
+    """{key(file name): path} for the images in ``folder``; two files with one key are an error."""
+    out: dict[str, str] = {}
+    for name in _files(folder):
+        k = key(name)
+        if k in out:
+            raise UserError(f"{folder} has two files for {k!r}: {os.path.basename(out[k])} and {name}")
+        out[k] = os.path.join(folder, name)
+    return out
+
+
+def _leading_number(name: str) -> str:
+    match = re.match(r"\d+", name)
+    return match.group(0) if match else os.path.splitext(name)[0]
+
+
+def _stem(name: str) -> str:
+    return os.path.splitext(name)[0]
+
+
+def resolve_split(root: str, split: str) -> str:
+    """The folder under ``root`` for ``split``: 'train' also finds 'training', 'val' also 'validation' then 'test'."""
+    if not os.path.isdir(root):
+        raise UserError(f"data folder {root} does not exist; expected {root}/<split>/images and masks")
+    candidates = {"train": TRAIN_SPLITS, "val": EVAL_SPLITS}.get(split, (split,))
+    for name in candidates:
+        if os.path.isdir(os.path.join(root, name)):
+            return name
+    raise UserError(f"{root} has no {' or '.join(c + '/' for c in candidates)} folder")
+
+
+def find_samples(root: str, split: str) -> list[SegSample]:
+    """Pair images with masks (and FOV masks) under ``root/<split>``, DRIVE or generic layout."""
+    folder = os.path.join(root, resolve_split(root, split))
+    images_dir = os.path.join(folder, "images")
+    if not os.path.isdir(images_dir):
+        raise UserError(f"{folder} has no images/ folder")
+    if os.path.isdir(os.path.join(folder, "1st_manual")):  # DRIVE
+        key, mask_dir, fov_dir = _leading_number, os.path.join(folder, "1st_manual"), os.path.join(folder, "mask")
+    elif os.path.isdir(os.path.join(folder, "masks")):
+        key, mask_dir, fov_dir = _stem, os.path.join(folder, "masks"), os.path.join(folder, "fov")
+    else:
+        raise UserError(f"{folder} has no masks/ (or DRIVE 1st_manual/) folder next to images/")
+    images = _keyed(images_dir, key)
+    if not images:
+        raise UserError(f"no images in {images_dir} (extensions: {', '.join(SEG_EXTENSIONS)})")
+    masks = _keyed(mask_dir, key)
+    fovs = _keyed(fov_dir, key) if os.path.isdir(fov_dir) else None
+    samples = []
+    for k, image in images.items():
+        if k not in masks:
+            raise UserError(f"no mask for {image} in {mask_dir}")
+        if fovs is not None and k not in fovs:
+            raise UserError(f"no FOV mask for {image} in {fov_dir}")
+        sample = SegSample(_stem(os.path.basename(image)), image, masks[k], fovs[k] if fovs is not None else None)
+        height, width = _checked_size(sample.image)
+        for other in filter(None, (sample.mask, sample.fov)):
+            other_height, other_width = _checked_size(other)
+            if (other_height, other_width) != (height, width):
+                raise UserError(f"{other} is {other_width}x{other_height} but {image} is {width}x{height}")
+        samples.append(sample)
+    return samples
+
+
+class FolderSource:
+    """Images, masks and optional FOV masks from a folder (see :func:`find_samples`)."""
+
+    def __init__(self, root: str, split: str):
+        self.samples = find_samples(root, split)
+        self.names = [s.name for s in self.samples]
+        self.has_fov = self.samples[0].fov is not None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        s = self.samples[index]
+        return read_rgb(s.image), read_binary(s.mask), read_binary(s.fov) if s.fov else None
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a (cells x cells) random grid upsampled bicubically to (height, width)."""
+    grid = rng.uniform(-1, 1, (cells, cells)).astype(np.float32)
+    return np.asarray(Image.fromarray(grid, "F").resize((width, height), Image.BICUBIC)).clip(-1, 1)
+
+
+class SyntheticVessels:
+    """Fundus-like images: a textured disc (the FOV) with an optic disc and branching vessel trees.
+
+    Vessels are smooth random curves from the optic disc whose width shrinks along the curve and at each
+    branch; they are drawn 4x supersampled, so the image has soft edges and the mask is coverage >= 0.5.
+    Image ``i`` depends only on ``(seed, i)``.
+    """
+
+    SUPERSAMPLE = 4
+
+    def __init__(self, count: int, size: int | tuple[int, int] = 192, seed: int = 0):
+        self.count, self.seed = count, seed
+        self.height, self.width = (size, size) if isinstance(size, int) else size
+        if count < 1 or min(self.height, self.width) < 16:
+            raise UserError(f"synthetic vessels need count >= 1 and size >= 16, got count={count}, size={size}")
+        self.names = [f"synthetic_{seed}_{i:04d}" for i in range(count)]
+        self.has_fov = True
+
+    def __len__(self) -> int:
+        return self.count
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((self.seed, index))
+        h, w = self.height, self.width
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        cy, cx = h / 2 + rng.uniform(-0.02, 0.02) * h, w / 2 + rng.uniform(-0.02, 0.02) * w
+        radius = 0.47 * min(h, w)
+        dist = np.hypot(yy - cy, xx - cx) / radius
+        fov = dist <= 1.0
+
+        side = rng.choice([-1.0, 1.0])
+        disc = (cy + rng.uniform(-0.08, 0.08) * radius, cx + side * rng.uniform(0.35, 0.5) * radius)
+        coverage = self._draw_vessels(rng, disc, (cy, cx), radius)
+
+        illumination = 1.0 - 0.45 * dist.clip(0, 1) ** 2 + 0.12 * _smooth_noise(rng, h, w, 5)
+        texture = 1.0 + 0.06 * _smooth_noise(rng, h, w, max(4, min(h, w) // 6))
+        base = np.array([0.80, 0.36, 0.16]) * rng.uniform(0.85, 1.15, 3)
+        image = base[None, None] * (illumination * texture)[..., None]
+        disc_dist = np.hypot(yy - disc[0], xx - disc[1]) / (0.16 * radius)
+        image += np.exp(-disc_dist**2)[..., None] * np.array([0.45, 0.40, 0.20])
+        absorption = np.array([0.45, 0.65, 0.55]) * rng.uniform(0.7, 0.95)  # vessels darkest in green
+        image = image * (1 - coverage[..., None] * absorption)
+        image += rng.normal(0, 0.015, image.shape)
+        image = np.where(fov[..., None], image, 0.02 + rng.normal(0, 0.005, image.shape))
+        rgb = (image.clip(0, 1) * 255).round().astype(np.uint8)
+        return rgb, (coverage >= 0.5) & fov, fov
+
+    def _draw_vessels(self, rng: np.random.Generator, disc: tuple[float, float], centre: tuple[float, float],
+                      radius: float) -> np.ndarray:
+        """Vessel coverage in [0, 1], shape (H, W): trees grown from ``disc`` until they leave the FOV."""
+        ss, h, w = self.SUPERSAMPLE, self.height, self.width
+        canvas = Image.new("L", (w * ss, h * ss), 0)
+        draw = ImageDraw.Draw(canvas)
+        step = max(radius / 25, 1.0)
+        min_width = max(0.7, radius / 150)
+        towards_centre = math.atan2(centre[0] - disc[0], centre[1] - disc[1])
+        stack = [(disc[0], disc[1], towards_centre + a, rng.uniform(0.045, 0.06) * radius)
+                 for a in np.linspace(-2.4, 2.4, rng.integers(4, 7)) + rng.uniform(-0.3, 0.3)]
+        segments = 0
+        while stack and segments < 4000:
+            y, x, heading, width = stack.pop()
+            turn = 0.0
+            while width >= min_width and math.hypot(y - centre[0], x - centre[1]) < radius * 1.02:
+                turn = 0.7 * turn + rng.normal(0, 0.09)
+                heading += turn
+                ny, nx = y + step * math.sin(heading), x + step * math.cos(heading)
+                pixels = max(1, round(width * ss))
+                draw.line([(x * ss, y * ss), (nx * ss, ny * ss)], fill=255, width=pixels)
+                r = width * ss / 2
+                draw.ellipse([nx * ss - r, ny * ss - r, nx * ss + r, ny * ss + r], fill=255)
+                segments += 1
+                if rng.random() < 0.12:
+                    child = rng.choice([-1.0, 1.0]) * rng.uniform(0.45, 1.0)
+                    stack.append((ny, nx, heading + child, width * rng.uniform(0.55, 0.8)))
+                    heading -= 0.3 * child
+                    width *= 0.9
+                y, x, width = ny, nx, width * 0.975
+        small = canvas.resize((w, h), Image.BOX)
+        return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def parse_synthetic(spec: str) -> dict[str, int]:
+    """``synthetic-vessels[:size=96,train=16,val=4,seed=0]`` -> its settings (defaults filled in)."""
+    settings = dict(SYNTHETIC_DEFAULTS)
+    _, _, options = spec.partition(":")
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in settings or not value.strip().lstrip("-").isdigit():
+            raise UserError(f"bad {SYNTHETIC} option {item!r}; expected e.g. {SYNTHETIC}:size=96,train=16,val=4,seed=0")
+        settings[key] = int(value)
+    return settings
+
+
+def is_synthetic(data: str | None) -> bool:
+    return data is None or data == SYNTHETIC or data.startswith(SYNTHETIC + ":")
+
+
+def open_source(data: str | None, split: str):
+    """The source for ``split`` of ``data``: a folder, or ``synthetic-vessels[:options]`` (also ``None``)."""
+    if not is_synthetic(data):
+        return FolderSource(data, split)
+    settings = parse_synthetic(data or SYNTHETIC)
+    training = split in TRAIN_SPLITS
+    return SyntheticVessels(settings["train" if training else "val"], settings["size"],
+                            seed=settings["seed"] * 2 + (0 if training else 1))
+
+
+def write_folder(source, root: str, split: str) -> None:
+    """Save a source in the generic layout: ``root/<split>/{images,masks,fov}/NAME.png``."""
+    for sub in ("images", "masks", "fov"):
+        os.makedirs(os.path.join(root, split, sub), exist_ok=True)
+    for i, name in enumerate(source.names):
+        rgb, mask, fov = source.load(i)
+        Image.fromarray(rgb).save(os.path.join(root, split, "images", f"{name}.png"))
+        Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(root, split, "masks", f"{name}.png"))
+        if fov is not None:
+            Image.fromarray(fov.astype(np.uint8) * 255).save(os.path.join(root, split, "fov", f"{name}.png"))
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(round(height * scale), round(width * scale)), at least 1 each."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def rescale_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """Resize an (H, W, 3) image by ``scale`` (bilinear); unchanged for scale 1."""
+    if scale == 1.0:
+        return rgb
+    h, w = scaled_size(*rgb.shape[:2], scale)
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+
+
+def rescale(rgb: np.ndarray, mask: np.ndarray, fov: np.ndarray | None, scale: float):
+    """Resize image (bilinear) and masks (nearest) by ``scale``; unchanged for scale 1."""
+    if scale == 1.0:
+        return rgb, mask, fov
+    h, w = scaled_size(*mask.shape, scale)
+    mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+    fov = None if fov is None else np.asarray(Image.fromarray(fov).resize((w, h), Image.NEAREST))
+    return rescale_rgb(rgb, scale), mask, fov
+
+
+def train_transform(crop: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int | None = None):
+    """albumentations pipeline: flips, rotate/scale, colour jitter, random ``crop`` x ``crop``, normalise.
+
+    Called with ``image=``, ``mask=`` and ``fov=``; both masks follow every geometric step (nearest neighbour,
+    zero fill outside the image).
+    """
+    import albumentations as A
+    import cv2
+
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Affine(scale=(0.75, 1.25), rotate=(-180, 180), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8),
+        A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.2, hue=0.03, p=0.8),
+        A.RandomCrop(crop, crop, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
+        A.Normalize(mean=mean, std=std),
+    ], additional_targets={"fov": "mask"}, seed=seed)
+
+
+def normalize(rgb: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32, ``(x / 255 - mean) / std``."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def seed_worker_augmentation(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker (and each epoch) its own augmentation stream."""
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None:
+        transform.set_random_seed(info.seed % 2**32)
+
+
+class SegmentationTrainSet(Dataset):
+    """Augmented training crops: items are (image (3, S, S) float, mask (1, S, S) float, fov (1, S, S) float).
+
+    Each source image appears ``repeats`` times per epoch (a different random crop each time). Without FOV
+    masks the fov is all ones (inside the crop; zero where the crop is padded).
+    """
+
+    def __init__(self, source, crop: int, scale: float = 1.0, repeats: int = 1, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, seed: int | None = None):
+        self.source, self.scale, self.repeats = source, scale, max(1, repeats)
+        self.transform = train_transform(crop, mean, std, seed)
+
+    def __len__(self) -> int:
+        return len(self.source) * self.repeats
+
+    def __getitem__(self, index: int):
+        rgb, mask, fov = rescale(*self.source.load(index % len(self.source)), self.scale)
+        fov = np.ones_like(mask) if fov is None else fov
+        out = self.transform(image=rgb, mask=mask.astype(np.uint8), fov=fov.astype(np.uint8))
+        image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        return image, torch.from_numpy(out["mask"]).float()[None], torch.from_numpy(out["fov"]).float()[None]
+
+
+class SegmentationEvalSet(Dataset):
+    """Whole images for inference plus original-resolution targets for the metrics.
+
+    Items are dicts: ``image`` (3, h, w) float, normalised, resized by ``scale``; ``rgb`` (H, W, 3) uint8,
+    ``mask`` (H, W) bool and ``fov`` (H, W) bool or None at the original resolution; ``name``.
+    """
+
+    def __init__(self, source, scale: float = 1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.source, self.scale, self.mean, self.std = source, scale, mean, std
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        rgb, mask, fov = self.source.load(index)
+        image = normalize(rescale_rgb(rgb, self.scale), self.mean, self.std)
+        return {"image": image, "rgb": rgb, "mask": mask, "fov": fov, "name": self.source.names[index]}
