@@ -6,7 +6,17 @@ import os
 from collections.abc import Callable
 
 import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, get_pretrained_cfg
+
+
+def init_linear_weights(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) Linear weights and zero biases; apply with ``model.apply``."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def check_input_size(x: torch.Tensor, min_size: int, model_name: str) -> None:

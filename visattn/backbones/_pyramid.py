@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from ._helpers import check_input_size
+from ._helpers import check_input_size, init_linear_weights
 
 
 class PyramidStage(nn.Module):
@@ -35,13 +34,7 @@ class PyramidModel(nn.Module):
 
     channels_last = False
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        """Truncated-normal (std 0.02) Linear weights and zero biases; apply with ``self.apply``."""
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+    _init_weights = staticmethod(init_linear_weights)
 
     def _nchw(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 3, 1, 2) if self.channels_last else x

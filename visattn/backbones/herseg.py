@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, trunc_normal_
+from timm.layers import LayerNorm2d
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks.dual_gated_attention import DualGatedLinearAttentionBlock
 from ..blocks.mask_decoder import PromptFreeMaskDecoder
-from ._helpers import create_model
+from ._helpers import create_model, init_linear_weights
 
 __all__ = ["HerSeg", "checkpoint_filter_fn"]
 
@@ -91,14 +91,7 @@ class HerSeg(nn.Module):
         )
         self.mask_decoder = PromptFreeMaskDecoder(decoder_dim, num_classes, num_mask_tokens, decoder_depth,
                                                   decoder_heads, mlp_dim=decoder_dim)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(init_linear_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -123,7 +116,7 @@ class HerSeg(nn.Module):
             raise ValueError(f"a segmentation model needs num_classes >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.mask_decoder.reset_classes(num_classes)
-        self.mask_decoder.output_hypernetworks_mlps.apply(self._init_weights)
+        self.mask_decoder.output_hypernetworks_mlps.apply(init_linear_weights)
 
     def _run(self, block: nn.Module, *args) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
