@@ -13,7 +13,8 @@
 3. Models end to end with the reference and the fused path in the same run: inference img/s (batch 128,
    bf16 autocast), training img/s (batch 64, AdamW step, bf16 autocast), training peak memory. LaMamba's
    reference path runs its scan one token at a time, so LaMamba models are timed on the fused path only.
-   Segmentation networks (HER-Seg) at their native 1024 x 1024, with training memory per image.
+   Segmentation networks (HER-Seg) at their native 1024 x 1024, with training memory per image. ``--compile``
+   times the classifiers under torch.compile (eager training on a slow host is bounded by launch overhead).
 4. ``--profile``: profiler tables for the routed-attention op and a biformer_tiny training step (printed only).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import subprocess
 import sys
@@ -230,21 +232,24 @@ def bench_linear(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     return row
 
 
-def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: int = 64, size: int = 224) -> dict:
+def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: int = 64, size: int = 224,
+                compile: bool = False) -> dict:
+    """A classifier's inference and training img/s and training peak memory, eager or under torch.compile (which
+    removes most launch overhead: eager training on a slow host is bounded by the CPU)."""
     import timm
 
     import visattn  # noqa: F401
 
     os.environ["VISATTN_BACKEND"] = backend
     torch.manual_seed(0)
-    model = timm.create_model(name).cuda()
-    torch.cuda.reset_peak_memory_stats()
+    model = timm.create_model(name).to(DEVICE)
+    run = torch.compile(model) if compile else model
     x = torch.randn(infer_batch, 3, size, size, device=DEVICE)
     model.eval()
 
     def infer():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            model(x)
+        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+            run(x)
 
     infer_ms = cuda_time(infer, warmup=3, repeat=10)
     model.train()
@@ -253,8 +258,8 @@ def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: in
     yt = torch.randint(0, 1000, (train_batch,), device=DEVICE)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(xt), yt)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            loss = F.cross_entropy(run(xt), yt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -263,8 +268,9 @@ def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: in
     peak = peak_gb(step)
     train_ms = cuda_time(step, warmup=2, repeat=8)
     os.environ.pop("VISATTN_BACKEND", None)
-    return {"model": name, "backend": backend, "infer_img_s": infer_batch / infer_ms * 1e3,
-            "train_img_s": train_batch / train_ms * 1e3, "train_peak_gb": peak}
+    return {"model": f"{name} (compiled)" if compile else name, "backend": backend,
+            "infer_img_s": infer_batch / infer_ms * 1e3, "train_img_s": train_batch / train_ms * 1e3,
+            "train_peak_gb": peak}
 
 
 def bench_segmentation(name: str, backend: str) -> dict:
@@ -432,6 +438,8 @@ def main() -> int:
     p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base",
                                                    "visattn_mambaout_tiny", "lamamba_tiny", "lamamba_small",
                                                    "inline_deit_tiny", "inline_swin_tiny", "herseg"])
+    p.add_argument("--compile", action="store_true",
+                   help="time the classifiers under torch.compile instead of eagerly")
     p.add_argument("--profile", action="store_true",
                    help="print profiles of the fused routed-attention op and a biformer_tiny training step")
     p.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
@@ -492,7 +500,10 @@ def main() -> int:
     for name in args.models:
         backends = ("triton",) if name.startswith(FUSED_ONLY_MODELS) else ("torch", "triton")
         for backend in backends:
-            bench = bench_segmentation if name in SEGMENTATION_MODELS else bench_model
+            if name in SEGMENTATION_MODELS:
+                bench = bench_segmentation
+            else:
+                bench = functools.partial(bench_model, compile=args.compile)
             row = attempt(f"{name} [{backend}]", lambda bench=bench, name=name, backend=backend: bench(name, backend))
             if row is None:
                 continue

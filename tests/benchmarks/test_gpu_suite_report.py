@@ -76,3 +76,9 @@ def test_a_run_rewrites_its_own_report_above_the_earlier_runs(tmp_path, monkeypa
     assert "partial" not in text and text.index("## run 2, complete") < text.index("## run 1")
     assert (out / "RESULTS.md").read_text() == text
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_model_benchmark_runs_end_to_end(monkeypatch):
+    monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
+    row = gpu_suite.bench_model("visattn_mambaout_femto", "torch", infer_batch=2, train_batch=2, size=32)
+    assert row["model"] == "visattn_mambaout_femto" and row["infer_img_s"] > 0 and row["train_img_s"] > 0
