@@ -23,9 +23,21 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
     return choice
 
 
-def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: Callable) -> Callable:
-    """The implementation of an op for this call: ``fused`` (Triton) or ``reference`` (PyTorch)."""
-    return fused if resolve_backend(backend, tensor) == "triton" else reference
+def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: Callable,
+         unsupported: str | None = None) -> Callable:
+    """The implementation of an op for this call: ``fused`` (Triton) or ``reference`` (PyTorch).
+
+    ``unsupported`` says why the fused kernels cannot take this call (None when they can). Then an explicit
+    ``backend="triton"`` is an error, and the automatic choice (and ``$VISATTN_BACKEND``) falls back to the
+    reference.
+    """
+    if resolve_backend(backend, tensor) != "triton":
+        return reference
+    if unsupported:
+        if backend == "triton":
+            raise ValueError(f"{unsupported}; use backend='torch'")
+        return reference
+    return fused
 
 
 def check_qkv_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> None:

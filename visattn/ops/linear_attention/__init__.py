@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import pick
-from .fused import linear_attention_fused
+from .fused import linear_attention_fused, unsupported_reason
 from .reference import linear_attention_reference
 
 __all__ = ["linear_attention"]
@@ -71,7 +71,8 @@ def linear_attention(
 
     Args:
         q, k: (B, H, N, D) queries and keys; v: (B, H, N, E) values; one dtype and device. Strided views such
-            as ``x.view(B, N, H, D).transpose(1, 2)`` are read in place. The triton backend takes D, E <= 128.
+            as ``x.view(B, N, H, D).transpose(1, 2)`` are read in place. The triton backend takes D, E <= 128
+            (with ``backend=None`` wider heads run the reference).
         scale: factor on q_i S.
         injective: InLine's injective form; excludes ``normalize``.
         normalize: divide by the normalizer z_i = qn_i . mean kn + eps.
@@ -83,5 +84,5 @@ def linear_attention(
         (B, H, N, E), dtype of q. Gradients reach q, k, v, norm_q and norm_k.
     """
     check_linear_attention_args(q, k, v, injective, normalize, norm_q, norm_k)
-    impl = pick(backend, q, linear_attention_reference, linear_attention_fused)
+    impl = pick(backend, q, linear_attention_reference, linear_attention_fused, unsupported_reason(q, v))
     return impl(q, k, v, scale, injective, normalize, norm_q, norm_k, eps)

@@ -104,10 +104,14 @@ register_flops(torch.ops.visattn.linear_attention, _forward_flops)
 register_flops(torch.ops.visattn.linear_attention_backward, _backward_flops)
 
 
+def unsupported_reason(q: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the fused kernels cannot take these inputs (None when they can)."""
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        return f"the triton backend takes head widths D, E <= {MAX_HEAD_DIM}, got D={q.shape[-1]}, E={v.shape[-1]}"
+    return None
+
+
 def linear_attention_fused(q, k, v, scale, injective, normalize, norm_q, norm_k, eps):
     """Fused twin of :func:`.reference.linear_attention_reference` (same arguments, same result), D, E <= 128."""
-    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
-        raise ValueError(f"the triton backend takes head widths D, E <= {MAX_HEAD_DIM}, got D={q.shape[-1]}, "
-                         f"E={v.shape[-1]}; use backend='torch'")
     return _linear_attention_op(q, k, v, norm_q, norm_k, float(scale), bool(injective), bool(normalize),
                                 float(eps))[0]

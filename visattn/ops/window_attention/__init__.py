@@ -69,8 +69,6 @@ def window_attention(
         if rel_pos_bias.device != q.device:
             raise ValueError(f"rel_pos_bias is on {rel_pos_bias.device}, q on {q.device}")
     scale = (q.shape[-1] // num_heads) ** -0.5 if scale is None else scale
-    fused = window_attention_fused
-    if backend is None and unsupported_reason(q, v, num_heads, window_size):
-        fused = window_attention_reference  # automatic choice: the kernels do not cover these inputs
-    impl = pick(backend, q, window_attention_reference, fused)
+    impl = pick(backend, q, window_attention_reference, window_attention_fused,
+                unsupported_reason(q, v, num_heads, window_size))
     return impl(q, k, v, rel_pos_bias, num_heads, window_size, shift, scale)

@@ -104,7 +104,4 @@ register_flops(torch.ops.visattn.window_attention_backward, _backward_flops)
 def window_attention_fused(q, k, v, rel_pos_bias, num_heads, window_size, shift, scale):
     """Fused twin of :func:`.reference.window_attention_reference` (same arguments, same result) for the inputs
     :func:`unsupported_reason` accepts."""
-    reason = unsupported_reason(q, v, num_heads, window_size)
-    if reason:
-        raise ValueError(f"{reason}; use backend='torch'")
     return _window_attention_op(q, k, v, rel_pos_bias, num_heads, window_size, shift, float(scale))[0]
