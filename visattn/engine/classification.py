@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import sys
 import time
@@ -25,6 +24,8 @@ from tqdm import tqdm
 from ..errors import UserError
 from .checkpoint import atomic_save, load_checkpoint_file, load_state_strict
 from .distributed import all_reduce_sum, barrier, cleanup, init_distributed, pick_device
+from .loop import autocast
+from .loop import train_one_epoch as shared_train_one_epoch
 from .run_log import RunLog
 
 DIGITS = "digits"
@@ -127,10 +128,6 @@ def _loader(dataset, batch_size: int, workers: int, train: bool, world_size: int
                       drop_last=train and len(dataset) > batch_size, persistent_workers=workers > 0)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
              progress: bool = False) -> dict[str, float]:
@@ -139,7 +136,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
     totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, top-1 hits, top-5 hits, count
     for images, targets in tqdm(loader, desc="eval", leave=False, disable=not (progress and sys.stderr.isatty())):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(images)
         logits = logits.float()
         k = min(5, logits.shape[1])
@@ -156,31 +153,17 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
 def train_one_epoch(train_model: nn.Module, model: nn.Module, loader: DataLoader, optimizer, scheduler, criterion,
                     mixup, ema, device: torch.device, cfg: ClassificationConfig, epoch: int,
                     show_progress: bool) -> tuple[float, int]:
-    """One pass over ``loader``; ``train_model`` may be the DDP wrapper of ``model``. Returns (loss sum, images)."""
-    train_model.train()
-    loss_sum, seen = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-               disable=not (show_progress and sys.stderr.isatty()))
-    for step, (images, targets) in enumerate(bar):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    """One pass over ``loader`` with ``criterion`` (after mixup/cutmix); returns (loss sum, images)."""
+
+    def compute_loss(net: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        images, targets = (t.to(device, non_blocking=True) for t in batch)
         if mixup is not None:
             images, targets = mixup(images, targets)
-        with _autocast(device, cfg.amp):
-            loss = criterion(train_model(images), targets)
-        if not math.isfinite(loss.item()):
-            raise RuntimeError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        optimizer.step()
-        scheduler.step_update(epoch * len(loader) + step + 1)
-        if ema is not None:
-            ema.update(model)
-        loss_sum += loss.item() * images.shape[0]
-        seen += images.shape[0]
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    return loss_sum, seen
+        with autocast(device, cfg.amp):
+            return criterion(net(images), targets), images.shape[0]
+
+    return shared_train_one_epoch(train_model, model, loader, optimizer, scheduler, compute_loss, epoch=epoch,
+                                  epochs=cfg.epochs, clip_grad=cfg.clip_grad, ema=ema, show_progress=show_progress)
 
 
 def train(cfg: ClassificationConfig) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from ..errors import UserError
 from .checkpoint import atomic_save, atomic_write, atomic_write_json, load_checkpoint_file, load_state_strict
 from .classification import create_model
 from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
+from .loop import autocast
+from .loop import train_one_epoch as shared_train_one_epoch
 from .medical_metrics import SegmentationMetrics, restore_original
 from .run_log import RunLog
 
@@ -132,10 +134,6 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, fov: torch.Tensor,
     return bce + (1 - dice).mean()
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
 def check_model_output(model: nn.Module, size: int, name: str) -> None:
     """Run a blank (1, 3, size, size) image: the model must take it and return (1, 1, size, size) logits."""
     was_training = model.training
@@ -185,7 +183,7 @@ def predict_logits(model: nn.Module, image: torch.Tensor, settings: Inference, a
     device = image.device
     if settings.mode == "padded":
         padded, box = pad_to_multiple(image, settings.pad_multiple)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(padded).float()
         return restore_original(logits, box, box[2:])
     tile = settings.tile
@@ -198,7 +196,7 @@ def predict_logits(model: nn.Module, image: torch.Tensor, settings: Inference, a
     for i in range(0, len(windows), settings.batch_size):
         chunk = windows[i:i + settings.batch_size]
         batch = torch.cat([padded[..., y:y + tile, x:x + tile] for y, x in chunk])
-        with _autocast(device, amp):
+        with autocast(device, amp):
             out = model(batch).float()
         for (y, x), logits in zip(chunk, out, strict=True):
             total[0, :, y:y + tile, x:x + tile] += logits
@@ -382,28 +380,16 @@ def train(cfg: MedicalConfig) -> dict[str, Any]:
 
 def train_one_epoch(train_model: nn.Module, model: nn.Module, loader: DataLoader, optimizer, scheduler,
                     device: torch.device, cfg: MedicalConfig, epoch: int, show_progress: bool) -> tuple[float, int]:
-    """One pass over ``loader``; ``train_model`` may be the DDP wrapper of ``model``. Returns (loss sum, crops)."""
-    train_model.train()
-    loss_sum, seen = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-               disable=not (show_progress and sys.stderr.isatty()))
-    for step, (images, masks, fovs) in enumerate(bar):
-        images, masks, fovs = (t.to(device, non_blocking=True) for t in (images, masks, fovs))
-        with _autocast(device, cfg.amp):
-            logits = train_model(images)
-        loss = bce_dice_loss(logits, masks, fovs if cfg.fov_loss else torch.ones_like(masks))
-        if not math.isfinite(loss.item()):
-            raise RuntimeError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        optimizer.step()
-        scheduler.step_update(epoch * len(loader) + step + 1)
-        loss_sum += loss.item() * images.shape[0]
-        seen += images.shape[0]
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    return loss_sum, seen
+    """One pass over ``loader`` with BCE + Dice (inside the FOV with ``cfg.fov_loss``); returns (loss sum, crops)."""
+
+    def compute_loss(net: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        images, masks, fovs = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device, cfg.amp):
+            logits = net(images)
+        return bce_dice_loss(logits, masks, fovs if cfg.fov_loss else torch.ones_like(masks)), images.shape[0]
+
+    return shared_train_one_epoch(train_model, model, loader, optimizer, scheduler, compute_loss, epoch=epoch,
+                                  epochs=cfg.epochs, clip_grad=cfg.clip_grad, show_progress=show_progress)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str | None = None,
