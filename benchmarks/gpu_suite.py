@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import os
@@ -232,6 +233,43 @@ def bench_linear(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     return row
 
 
+@contextlib.contextmanager
+def forced_backend(backend: str):
+    """Run the block with ``$VISATTN_BACKEND`` set to ``backend``."""
+    os.environ["VISATTN_BACKEND"] = backend
+    try:
+        yield
+    finally:
+        os.environ.pop("VISATTN_BACKEND", None)
+
+
+def inference_ms(model: torch.nn.Module, run, x: torch.Tensor, warmup: int = 3, repeat: int = 10) -> float:
+    """Milliseconds of one bf16-autocast inference of ``run(x)`` (``run`` is ``model`` or its compiled form)."""
+    model.eval()
+
+    def infer():
+        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+            run(x)
+
+    return cuda_time(infer, warmup=warmup, repeat=repeat)
+
+
+def training_step(model: torch.nn.Module, run, loss_fn):
+    """``step(x, y)``: one AdamW step on ``loss_fn(run(x), y)`` under bf16 autocast (loss in float32)."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            out = run(x)
+        loss = loss_fn(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: int = 64, size: int = 224,
                 compile: bool = False) -> dict:
     """A classifier's inference and training img/s and training peak memory, eager or under torch.compile (which
@@ -240,34 +278,17 @@ def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: in
 
     import visattn  # noqa: F401
 
-    os.environ["VISATTN_BACKEND"] = backend
-    torch.manual_seed(0)
-    model = timm.create_model(name).to(DEVICE)
-    run = torch.compile(model) if compile else model
-    x = torch.randn(infer_batch, 3, size, size, device=DEVICE)
-    model.eval()
-
-    def infer():
-        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
-            run(x)
-
-    infer_ms = cuda_time(infer, warmup=3, repeat=10)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    xt = torch.randn(train_batch, 3, size, size, device=DEVICE)
-    yt = torch.randint(0, 1000, (train_batch,), device=DEVICE)
-
-    def step():
-        with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            loss = F.cross_entropy(run(xt), yt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()
-    peak = peak_gb(step)
-    train_ms = cuda_time(step, warmup=2, repeat=8)
-    os.environ.pop("VISATTN_BACKEND", None)
+    with forced_backend(backend):
+        torch.manual_seed(0)
+        model = timm.create_model(name).to(DEVICE)
+        run = torch.compile(model) if compile else model
+        infer_ms = inference_ms(model, run, torch.randn(infer_batch, 3, size, size, device=DEVICE))
+        step = training_step(model, run, F.cross_entropy)
+        xt = torch.randn(train_batch, 3, size, size, device=DEVICE)
+        yt = torch.randint(0, 1000, (train_batch,), device=DEVICE)
+        step(xt, yt)
+        peak = peak_gb(lambda: step(xt, yt))
+        train_ms = cuda_time(lambda: step(xt, yt), warmup=2, repeat=8)
     return {"model": f"{name} (compiled)" if compile else name, "backend": backend,
             "infer_img_s": infer_batch / infer_ms * 1e3, "train_img_s": train_batch / train_ms * 1e3,
             "train_peak_gb": peak}
@@ -281,32 +302,19 @@ def bench_segmentation(name: str, backend: str) -> dict:
     import visattn  # noqa: F401
 
     size, infer_batch, train_batch = SEGMENTATION_MODELS[name]
-    os.environ["VISATTN_BACKEND"] = backend
-    torch.manual_seed(0)
-    model = timm.create_model(name).to(DEVICE).eval()
-    x = torch.randn(infer_batch, 3, size, size, device=DEVICE)
+    with forced_backend(backend):
+        torch.manual_seed(0)
+        model = timm.create_model(name).to(DEVICE)
+        infer_ms = inference_ms(model, model, torch.randn(infer_batch, 3, size, size, device=DEVICE), 2, 5)
+        step = training_step(model, model, F.binary_cross_entropy_with_logits)
 
-    def infer():
-        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
-            model(x)
+        def train(batch: int) -> None:
+            target = (torch.rand(batch, 1, size, size, device=DEVICE) > 0.5).float()
+            step(torch.randn(batch, 3, size, size, device=DEVICE), target)
 
-    infer_ms = cuda_time(infer, warmup=2, repeat=5)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step(batch: int) -> None:
-        xt = torch.randn(batch, 3, size, size, device=DEVICE)
-        target = (torch.rand(batch, 1, size, size, device=DEVICE) > 0.5).float()
-        with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            loss = F.binary_cross_entropy_with_logits(model(xt).float(), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step(train_batch)
-    peak_one, peak_batch = peak_gb(lambda: step(1)), peak_gb(lambda: step(train_batch))
-    train_ms = cuda_time(lambda: step(train_batch), warmup=1, repeat=5)
-    os.environ.pop("VISATTN_BACKEND", None)
+        train(train_batch)
+        peak_one, peak_batch = peak_gb(lambda: train(1)), peak_gb(lambda: train(train_batch))
+        train_ms = cuda_time(lambda: train(train_batch), warmup=1, repeat=5)
     return {"model": f"{name} @{size}", "backend": backend, "infer_img_s": infer_batch / infer_ms * 1e3,
             "train_img_s": train_batch / train_ms * 1e3, "train_peak_gb": peak_batch,
             "peak_gb_per_image": (peak_batch - peak_one) / (train_batch - 1), "peak_gb_batch1": peak_one}
@@ -329,22 +337,15 @@ def profile_routed() -> str:
         for _ in range(5):
             routed_attention(q, k, v, 8, 7, 16)
         torch.cuda.synchronize()
-    model = timm.create_model("biformer_tiny").to(DEVICE).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = timm.create_model("biformer_tiny").to(DEVICE)
+    train_step = training_step(model, model, F.cross_entropy)
     x, y = torch.randn(64, 3, 224, 224, device=DEVICE), torch.randint(0, 1000, (64,), device=DEVICE)
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     for _ in range(2):
-        step()
+        train_step(x, y)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as step_prof:
-        step()
+        train_step(x, y)
         torch.cuda.synchronize()
     return "\n".join([
         "routed attention, BiFormer-T stage 3, 5 calls:",

@@ -62,6 +62,31 @@ def _list_cols(lst, n0, n_items, R, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _load_pair(X, Y, b, sx_b, sx_h, sx_w, sy_b, sy_h, sy_w, reg, tok, valid, h, n_win, rh, rw, H, W,
+               D_X: tl.constexpr, BD_X: tl.constexpr, D_Y: tl.constexpr, BD_Y: tl.constexpr):
+    """Head ``h``'s tiles of two maps at the same tokens (q and dO, or k and v): (x, y, rows inside the unpadded
+    map, y * W + x)."""
+    inside, lin = _token_pos(reg, tok, n_win, rh, rw, H, W)
+    rows = valid & inside
+    x_ptrs, x_mask = _tile(X, b, sx_b, sx_h, sx_w, reg, tok, rows, h, n_win, rh, rw, D_X, BD_X)
+    y_ptrs, y_mask = _tile(Y, b, sy_b, sy_h, sy_w, reg, tok, rows, h, n_win, rh, rw, D_Y, BD_Y)
+    return tl.load(x_ptrs, mask=x_mask, other=0.0), tl.load(y_ptrs, mask=y_mask, other=0.0), rows, lin
+
+
+@triton.jit
+def _load_stats(LSE, DELTA, pid_bh, H, W, lin, rows):
+    """Log2-sum-exp and delta = rowsum(dO * O) of the query tokens ``lin`` of (batch, head) ``pid_bh``."""
+    stats = pid_bh.to(tl.int64) * H * W + lin
+    return tl.load(LSE + stats, mask=rows, other=0.0), tl.load(DELTA + stats, mask=rows, other=0.0)
+
+
+@triton.jit
+def _linked(ADJ, b, S2, q_reg, k_reg, mask):
+    """Whether query region ``q_reg`` routes to key region ``k_reg`` (broadcast shapes), from the adjacency."""
+    return tl.load(ADJ + b * S2 * S2 + q_reg * S2 + k_reg, mask=mask, other=0) != 0
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE, LISTS, COUNTS, ADJ,
     sq_b, sq_h, sq_w, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, so_b, so_h, so_w,
@@ -87,23 +112,18 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, BD_V], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
         k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
-        k_inside, _ = _token_pos(k_reg, k_tok, n_win, rh, rw, H, W)
-        k_rows = k_valid & k_inside
-        k_ptrs, k_mask = _tile(K, b, sk_b, sk_h, sk_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_QK, BD_QK)
-        k = tl.load(k_ptrs, mask=k_mask, other=0.0)
+        k, v, _, _ = _load_pair(K, V, b, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, k_reg, k_tok, k_valid, h, n_win, rh,
+                                rw, H, W, D_QK, BD_QK, D_V, BD_V)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
         allowed = k_valid[None, :]
         if PACKED:
-            adj = tl.load(ADJ + b * S2 * S2 + q_reg[:, None] * S2 + k_reg[None, :],
-                          mask=q_valid[:, None] & k_valid[None, :], other=0)
-            allowed = allowed & (adj != 0)
+            allowed = allowed & _linked(ADJ, b, S2, q_reg[:, None], k_reg[None, :],
+                                        q_valid[:, None] & k_valid[None, :])
         s = tl.where(allowed, s, -1.0e30)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs, v_mask = _tile(V, b, sv_b, sv_h, sv_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_V, BD_V)
-        v = tl.load(v_ptrs, mask=v_mask, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
@@ -126,33 +146,22 @@ def _bwd_dq_kernel(
     b = (pid_bh // num_heads).to(tl.int64)
     h = pid_bh % num_heads
     t, q_reg, q_tok, q_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
-    q_inside, q_lin = _token_pos(q_reg, q_tok, n_win, rh, rw, H, W)
-    q_rows = q_valid & q_inside
-    q_ptrs, q_mask = _tile(Q, b, sq_b, sq_h, sq_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_QK, BD_QK)
-    do_ptrs, do_mask = _tile(DO, b, sdo_b, sdo_h, sdo_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_V, BD_V)
-    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-    do = tl.load(do_ptrs, mask=do_mask, other=0.0)
-    stats = pid_bh.to(tl.int64) * H * W + q_lin
-    lse = tl.load(LSE + stats, mask=q_rows, other=0.0)
-    delta = tl.load(DELTA + stats, mask=q_rows, other=0.0)
+    q, do, q_rows, q_lin = _load_pair(Q, DO, b, sq_b, sq_h, sq_w, sdo_b, sdo_h, sdo_w, q_reg, q_tok, q_valid, h,
+                                      n_win, rh, rw, H, W, D_QK, BD_QK, D_V, BD_V)
+    lse, delta = _load_stats(LSE, DELTA, pid_bh, H, W, q_lin, q_rows)
 
     lst = LISTS + (b * n_tiles + t) * list_len
     n_items = tl.load(COUNTS + b * n_tiles + t)
     dq = tl.zeros([BLOCK_M, BD_QK], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
         k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
-        k_inside, _ = _token_pos(k_reg, k_tok, n_win, rh, rw, H, W)
-        k_rows = k_valid & k_inside
-        k_ptrs, k_mask = _tile(K, b, sk_b, sk_h, sk_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_QK, BD_QK)
-        v_ptrs, v_mask = _tile(V, b, sv_b, sv_h, sv_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_V, BD_V)
-        k = tl.load(k_ptrs, mask=k_mask, other=0.0)
-        v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+        k, v, _, _ = _load_pair(K, V, b, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, k_reg, k_tok, k_valid, h, n_win, rh,
+                                rw, H, W, D_QK, BD_QK, D_V, BD_V)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
         allowed = q_rows[:, None] & k_valid[None, :]
         if PACKED:
-            adj = tl.load(ADJ + b * S2 * S2 + q_reg[:, None] * S2 + k_reg[None, :],
-                          mask=q_valid[:, None] & k_valid[None, :], other=0)
-            allowed = allowed & (adj != 0)
+            allowed = allowed & _linked(ADJ, b, S2, q_reg[:, None], k_reg[None, :],
+                                        q_valid[:, None] & k_valid[None, :])
         p = tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -176,12 +185,8 @@ def _bwd_dkdv_kernel(
     b = (pid_bh // num_heads).to(tl.int64)
     h = pid_bh % num_heads
     t, k_reg, k_tok, k_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
-    k_inside, _ = _token_pos(k_reg, k_tok, n_win, rh, rw, H, W)
-    k_rows = k_valid & k_inside
-    k_ptrs, k_mask = _tile(K, b, sk_b, sk_h, sk_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_QK, BD_QK)
-    v_ptrs, v_mask = _tile(V, b, sv_b, sv_h, sv_w, k_reg, k_tok, k_rows, h, n_win, rh, rw, D_V, BD_V)
-    k = tl.load(k_ptrs, mask=k_mask, other=0.0)
-    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+    k, v, k_rows, _ = _load_pair(K, V, b, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, k_reg, k_tok, k_valid, h, n_win, rh,
+                                 rw, H, W, D_QK, BD_QK, D_V, BD_V)
 
     lst = LISTS + (b * n_tiles + t) * list_len
     n_items = tl.load(COUNTS + b * n_tiles + t)
@@ -189,21 +194,14 @@ def _bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_M, BD_V], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
         q_reg, q_tok, q_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
-        q_inside, q_lin = _token_pos(q_reg, q_tok, n_win, rh, rw, H, W)
-        q_rows = q_valid & q_inside
-        q_ptrs, q_mask = _tile(Q, b, sq_b, sq_h, sq_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_QK, BD_QK)
-        do_ptrs, do_mask = _tile(DO, b, sdo_b, sdo_h, sdo_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_V, BD_V)
-        q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-        do = tl.load(do_ptrs, mask=do_mask, other=0.0)
-        stats = pid_bh.to(tl.int64) * H * W + q_lin
-        lse = tl.load(LSE + stats, mask=q_rows, other=0.0)
-        delta = tl.load(DELTA + stats, mask=q_rows, other=0.0)
+        q, do, q_rows, q_lin = _load_pair(Q, DO, b, sq_b, sq_h, sq_w, sdo_b, sdo_h, sdo_w, q_reg, q_tok, q_valid,
+                                          h, n_win, rh, rw, H, W, D_QK, BD_QK, D_V, BD_V)
+        lse, delta = _load_stats(LSE, DELTA, pid_bh, H, W, q_lin, q_rows)
         s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale_log2
         allowed = k_valid[:, None] & q_rows[None, :]
         if PACKED:
-            adj = tl.load(ADJ + b * S2 * S2 + q_reg[None, :] * S2 + k_reg[:, None],
-                          mask=k_valid[:, None] & q_valid[None, :], other=0)
-            allowed = allowed & (adj != 0)
+            allowed = allowed & _linked(ADJ, b, S2, q_reg[None, :], k_reg[:, None],
+                                        k_valid[:, None] & q_valid[None, :])
         p_t = tl.where(allowed, tl.exp2(s_t - lse[None, :]), 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
