@@ -24,7 +24,23 @@ from ..ops.linear_attention import linear_attention
 __all__ = ["DualGatedLinearAttention", "DualGatedLinearAttentionBlock", "rope_2d"]
 
 
-def rope_2d(x: torch.Tensor, height: int, width: int, base: float = 10000.0) -> torch.Tensor:
+def rope_2d_angles(height: int, width: int, channels: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (height * width, channels / 2) float32, of the angles :func:`rope_2d` rotates by."""
+    if channels % 4:
+        raise ValueError(f"2-D RoPE needs channels divisible by 4, got {channels}")
+    k_max = channels // 4
+    theta = base ** (-torch.arange(k_max, device=device, dtype=torch.float32) / k_max)
+    rows = torch.arange(height, device=device, dtype=torch.float32)
+    cols = torch.arange(width, device=device, dtype=torch.float32)
+    angles = torch.cat([
+        (rows[:, None, None] * theta).expand(height, width, k_max),
+        (cols[None, :, None] * theta).expand(height, width, k_max),
+    ], dim=-1).reshape(height * width, channels // 2)
+    return angles.cos(), angles.sin()
+
+
+def rope_2d(x: torch.Tensor, height: int, width: int, base: float = 10000.0,
+            angles: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """2-D rotary position embedding of row-major tokens over all C channels.
 
     Channel pair p = (x[2p], x[2p + 1]) is rotated by the angle y * theta_p for p < C/4 and by x * theta_(p - C/4)
@@ -32,22 +48,15 @@ def rope_2d(x: torch.Tensor, height: int, width: int, base: float = 10000.0) -> 
 
     Args:
         x: (B, height * width, C) tokens, C divisible by 4.
+        angles: :func:`rope_2d_angles` of this grid, to share between calls (computed when None).
 
     Returns:
         (B, height * width, C) in x's dtype (rotated in float32).
     """
     b, n, c = x.shape
-    if c % 4 or n != height * width:
-        raise ValueError(f"rope_2d needs (B, {height} * {width}, C) with C divisible by 4, got {tuple(x.shape)}")
-    k_max = c // 4
-    theta = base ** (-torch.arange(k_max, device=x.device, dtype=torch.float32) / k_max)
-    rows = torch.arange(height, device=x.device, dtype=torch.float32)
-    cols = torch.arange(width, device=x.device, dtype=torch.float32)
-    angles = torch.cat([
-        (rows[:, None, None] * theta).expand(height, width, k_max),
-        (cols[None, :, None] * theta).expand(height, width, k_max),
-    ], dim=-1).reshape(n, c // 2)
-    cos, sin = angles.cos(), angles.sin()
+    if n != height * width:
+        raise ValueError(f"rope_2d needs (B, {height} * {width}, C) tokens, got {tuple(x.shape)}")
+    cos, sin = angles if angles is not None else rope_2d_angles(height, width, c, base, x.device)
     pairs = x.float().reshape(b, n, c // 2, 2)
     re, im = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
@@ -79,7 +88,8 @@ class DualGatedLinearAttention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(b, n, heads, head_dim).transpose(1, 2)
 
-        q_rot, k_rot = rope_2d(q, height, width, self.rope_base), rope_2d(k, height, width, self.rope_base)
+        angles = rope_2d_angles(height, width, c, self.rope_base, u.device)
+        q_rot, k_rot = rope_2d(q, height, width, angles=angles), rope_2d(k, height, width, angles=angles)
         out = linear_attention(split(q_rot), split(k_rot), split(v), 1.0 / n, normalize=True,
                                norm_q=split(q), norm_k=split(k), eps=1e-6)
         out = out.transpose(1, 2).reshape(b, n, c)
