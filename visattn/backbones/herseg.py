@@ -72,8 +72,7 @@ class HerSeg(nn.Module):
         if kwargs:
             raise TypeError(f"HerSeg got unexpected arguments: {', '.join(sorted(kwargs))}")
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
-        self.decoder_dim = decoder_dim
+        self.num_features = embed_dim
         self.grad_checkpointing = False
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, PATCH, PATCH)

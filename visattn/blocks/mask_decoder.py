@@ -131,12 +131,11 @@ class PromptFreeMaskDecoder(nn.Module):
             nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2), LayerNorm2d(dim // 4, eps=1e-6), nn.GELU(),
             nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2), nn.GELU(),
         )
-        self.num_classes = num_classes
-        self.output_hypernetworks_mlps = nn.ModuleList(_MLP([dim, dim, dim, dim // 8]) for _ in range(num_classes))
+        self.reset_classes(num_classes)
 
     def reset_classes(self, num_classes: int) -> None:
+        """One hypernetwork MLP (new weights) per output channel."""
         dim = self.iou_token.embedding_dim
-        self.num_classes = num_classes
         self.output_hypernetworks_mlps = nn.ModuleList(_MLP([dim, dim, dim, dim // 8]) for _ in range(num_classes))
 
     def dense_pe(self, height: int, width: int) -> torch.Tensor:
