@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     check_task_options(args, TASK_OPTIONS)
     if args.task == "medical-seg":
-        from visattn.engine.medical import evaluate_checkpoint, json_safe
+        from visattn.engine.checkpoint import json_safe
+        from visattn.engine.medical import evaluate_checkpoint
 
         result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.output, args.inference, args.tile,
                                      args.device, args.workers, threshold=args.threshold)

@@ -45,3 +45,15 @@ def test_load_checkpoint_file_errors(tmp_path):
     torch.save({"model": {}}, tmp_path / "official.pth")
     with pytest.raises(UserError, match="not a visattn training checkpoint"):
         load_checkpoint_file(str(tmp_path / "official.pth"))
+
+
+def test_metric_files_are_strict_json_with_nan_as_null(tmp_path):
+    import json
+
+    from visattn.engine.checkpoint import atomic_write_json
+
+    path = tmp_path / "metrics.json"
+    atomic_write_json({"dice": float("nan"), "history": [{"auc": float("inf"), "epoch": 1}], "pair": (1.5, 2)}, path)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"dice": None, "history": [{"auc": None, "epoch": 1}], "pair": [1.5, 2]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -34,10 +35,22 @@ def atomic_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def json_safe(value: Any) -> Any:
+    """NaN and infinities -> None, recursively, so the value serialises as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def atomic_write_json(obj: Any, path: str) -> None:
+    """Strict JSON (NaN written as null) to ``path``, atomically."""
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
+            json.dump(json_safe(obj), f, indent=2, allow_nan=False)
 
     atomic_write(path, write)
 

@@ -266,17 +266,6 @@ def evaluate(model: nn.Module, dataset: SegmentationEvalSet, device: torch.devic
     return result
 
 
-def json_safe(value):
-    """NaN -> None, recursively (metrics.json stays strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def _item(item):
     """collate_fn for one whole image per step: keep the numpy arrays and ``None`` as they are."""
     return item
@@ -420,5 +409,5 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str | N
                       progress=True)
     result = {"checkpoint": os.path.abspath(checkpoint), "model": ckpt["model"], "dataset": data, "split": split,
               "inference": dataclasses.asdict(settings), **result}
-    atomic_write_json(json_safe(result), os.path.join(output, "metrics.json"))
+    atomic_write_json(result, os.path.join(output, "metrics.json"))
     return {**result, "output": output}
