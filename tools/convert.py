@@ -3,14 +3,14 @@
 
     python tools/convert.py --model biformer_tiny --checkpoint biformer_tiny_in1k.pth --output biformer_tiny.safetensors
 
-The official layout is mapped by the model's own ``checkpoint_filter_fn`` (the function ``pretrained=True``
-uses), loaded strictly (a mismatch names the keys), and written atomically.
+The checkpoint goes through :func:`visattn.load_pretrained` (the loader ``pretrained=True`` and mm's ``init_cfg``
+use): the family's filter maps the official layout, every key must match (a mismatch names the keys), and the
+file is written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from _cli import run
 
@@ -23,13 +23,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from safetensors.torch import save_file
 
-    from visattn.engine.checkpoint import atomic_write, load_state_strict, read_weights
-    from visattn.engine.classification import create_model
+    from visattn import load_pretrained
+    from visattn.engine.checkpoint import atomic_write
+    from visattn.engine.models import build_model
 
-    model = create_model(args.model)
-    filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
-    state = read_weights(args.checkpoint)
-    load_state_strict(model, filter_fn(state, model) if filter_fn else state, f"{args.checkpoint}")
+    model = build_model(args.model)
+    load_pretrained(model, args.checkpoint, strict=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(args.output, lambda tmp: save_file(state, tmp, metadata={"model": args.model}))
     print(f"wrote {len(state)} tensors for {args.model} to {args.output}")

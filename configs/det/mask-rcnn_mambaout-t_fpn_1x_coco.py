@@ -10,5 +10,5 @@ model = dict(
         arch='tiny',
         drop_path_rate=0.2,
         out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint='visattn://visattn_mambaout_tiny')),
+        init_cfg=dict(type='Pretrained', checkpoint='visattn://mambaout_tiny')),
     neck=dict(in_channels=[96, 192, 384, 576]))

@@ -10,7 +10,7 @@ model = dict(
         arch='tiny',
         drop_path_rate=0.3,
         out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint='visattn://visattn_mambaout_tiny')),
+        init_cfg=dict(type='Pretrained', checkpoint='visattn://mambaout_tiny')),
     decode_head=dict(in_channels=[96, 192, 384, 576]),
     auxiliary_head=dict(in_channels=384))
 optim_wrapper = dict(optimizer=dict(lr=1e-4))

@@ -80,5 +80,5 @@ def test_a_run_rewrites_its_own_report_above_the_earlier_runs(tmp_path, monkeypa
 
 def test_model_benchmark_runs_end_to_end(monkeypatch):
     monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
-    row = gpu_suite.bench_model("visattn_mambaout_femto", "torch", infer_batch=2, train_batch=2, size=32)
-    assert row["model"] == "visattn_mambaout_femto" and row["infer_img_s"] > 0 and row["train_img_s"] > 0
+    row = gpu_suite.bench_model("mambaout_femto", "torch", infer_batch=2, train_batch=2, size=32)
+    assert row["model"] == "mambaout_femto" and row["infer_img_s"] > 0 and row["train_img_s"] > 0

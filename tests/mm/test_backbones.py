@@ -1,4 +1,5 @@
 import importlib
+import subprocess
 import sys
 
 import pytest
@@ -102,6 +103,37 @@ def test_inline_swin_backbone_gives_four_normed_scales_on_any_size():
     assert len(backbone.out_norms) == 4
 
 
-def test_a_model_without_stages_is_a_clear_error():
-    with pytest.raises(ValueError, match="inline_deit_tiny is not a multi-scale pyramid backbone"):
-        VisattnBackbone("inline_deit_tiny")
+def test_any_timm_model_with_feature_info_is_a_backbone():
+    backbone = VisattnBackbone("inline_deit_tiny", out_indices=(3, 11)).eval()
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape) for f in feats] == [(1, 192, 4, 6), (1, 192, 4, 6)]
+    assert len(backbone.model.blocks) == 12
+    with pytest.raises(ValueError, match="frozen_stages needs a model with stem and stages"):
+        VisattnBackbone("inline_deit_tiny", frozen_stages=1)
+    with pytest.raises(ValueError, match=r"out_indices \(0, 4\) out of range"):
+        VisattnBackbone("biformer_tiny", out_indices=(0, 4))
+
+
+def test_every_pruned_parameter_is_trained():
+    backbone = MambaOutBackbone(arch="femto", out_indices=(0, 1))
+    sum(f.sum() for f in backbone(torch.randn(1, 3, 64, 64))).backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+
+
+def test_init_cfg_with_another_models_checkpoint_is_an_error(tmp_path):
+    from visattn.errors import UserError
+
+    torch.save(_randomized("biformer_tiny").state_dict(), tmp_path / "tiny.pth")
+    backbone = BiFormerBackbone(arch="small", init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "tiny.pth")))
+    with pytest.raises(UserError, match="does not match the model: .* missing"):
+        backbone.init_weights()
+
+
+def test_importing_changes_no_global_state():
+    code = ("import sys, mmengine.logging as ml; before = ml.HistoryBuffer.__dict__.get('__getstate__'); "
+            "import visattn.mm; assert 'mmcv._ext' not in sys.modules, 'stand-in installed on import'; "
+            "assert ml.HistoryBuffer.__dict__.get('__getstate__') is before, 'HistoryBuffer patched on import'; "
+            "visattn.mm.setup(); assert sys.modules['mmcv._ext'].__visattn_fallback__")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

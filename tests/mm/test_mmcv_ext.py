@@ -7,7 +7,6 @@ import types
 import pytest
 import torch
 
-import visattn.mm  # noqa: F401  (installs the stand-in before mmcv.ops is imported)
 from visattn.mm import mmcv_ext
 
 

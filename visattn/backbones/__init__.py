@@ -1,11 +1,10 @@
 """timm-registered backbone families, one file each. Importing this module registers them all."""
 
-from . import biformer, herseg, inline, lamamba, mambaout
+from . import biformer, herseg, inline, lamamba
 from .biformer import BiFormer
 from .herseg import HerSeg
 from .inline import InLineDeiT, InLineSwin
 from .lamamba import LaMamba
-from .mambaout import MambaOut
 
-__all__ = ["BiFormer", "HerSeg", "InLineDeiT", "InLineSwin", "LaMamba", "MambaOut", "biformer", "herseg", "inline",
-           "lamamba", "mambaout"]
+__all__ = ["BiFormer", "HerSeg", "InLineDeiT", "InLineSwin", "LaMamba", "biformer", "herseg", "inline",
+           "lamamba"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 
 import torch
@@ -13,18 +12,22 @@ from timm.layers import LayerNorm2d
 
 
 class VisattnBackbone(BaseModule):
-    """Any visattn (or timm) model with ``forward_intermediates`` as a detection / segmentation backbone.
+    """Any timm model with ``feature_info`` and ``forward_intermediates`` (every visattn model, and timm's own
+    such as ``mambaout_*``) as a detection / segmentation backbone.
 
     Args:
         model_name: a registered model, e.g. ``'biformer_small'``.
-        out_indices: stages whose outputs are returned, as a tuple of (B, C_i, H/s_i, W/s_i) maps.
-        frozen_stages: -1 trains everything; 0 freezes the stem; i freezes the stem and stages 1..i.
+        out_indices: feature levels (entries of the model's ``feature_info``) returned as a tuple of
+            (B, C_i, H/s_i, W/s_i) maps.
+        frozen_stages: -1 trains everything; 0 freezes the stem; i freezes the stem and stages 1..i (models with
+            ``stem`` and ``stages``).
         norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
         out_norms: add a LayerNorm2d on each returned stage output (as BiFormer's official det/seg code).
         model_kwargs: passed to ``timm.create_model`` (for BiFormer: n_win, topks, drop_path_rate, ...).
-        init_cfg: ``dict(type='Pretrained', checkpoint=...)`` loads a classification checkpoint through the
-            family's ``checkpoint_filter_fn``: an official file or URL, ``visattn://<model>`` (the official
-            weights, downloaded once), a tools/train.py checkpoint or a tools/convert.py safetensors file.
+        init_cfg: ``dict(type='Pretrained', checkpoint=...)`` loads a classification checkpoint through
+            :func:`visattn.load_pretrained`: an official file, ``visattn://<model>`` (the official weights,
+            downloaded once), a tools/train.py checkpoint or a tools/convert.py safetensors file. A checkpoint
+            missing any backbone key is an error; its classifier and final norm are not needed.
     """
 
     def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
@@ -38,16 +41,20 @@ class VisattnBackbone(BaseModule):
         if init_cfg is not None and init_cfg.get("type") != "Pretrained":
             raise ValueError(f"init_cfg type {init_cfg.get('type')!r} is not supported; use type='Pretrained'")
         self.pretrained = init_cfg
-        self.model = timm.create_model(model_name, pretrained=False, **(model_kwargs or {}))
-        if not hasattr(self.model, "stages"):
-            raise ValueError(f"{model_name} is not a multi-scale pyramid backbone; use a pyramid model such as "
-                             f"biformer_*, visattn_mambaout_*, lamamba_* or inline_swin_*")
-        num_stages = len(self.model.feature_info)
-        self.out_indices = tuple(i % num_stages for i in out_indices)
+        self.model = timm.create_model(model_name, **(model_kwargs or {}))
+        if not (getattr(self.model, "feature_info", None) and hasattr(self.model, "prune_intermediate_layers")):
+            raise ValueError(f"{model_name} has no feature_info and prune_intermediate_layers, so it cannot serve "
+                             f"as a backbone; use a model timm's features_only API supports")
+        levels = len(self.model.feature_info)
+        if any(not -levels <= i < levels for i in out_indices):
+            raise ValueError(f"out_indices {tuple(out_indices)} out of range for {model_name}'s {levels} levels")
+        self.out_indices = tuple(i % levels for i in out_indices)
         self.model.prune_intermediate_layers(list(self.out_indices), prune_norm=True, prune_head=True)
         self.out_channels = [self.model.feature_info[i]["num_chs"] for i in self.out_indices]
         self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.out_channels) if out_norms else None
-        if frozen_stages > len(self.model.stages):
+        if frozen_stages >= 0 and not (hasattr(self.model, "stem") and hasattr(self.model, "stages")):
+            raise ValueError(f"frozen_stages needs a model with stem and stages; {model_name} has neither")
+        if frozen_stages > len(getattr(self.model, "stages", ())):
             raise ValueError(f"frozen_stages={frozen_stages} but {model_name} has {len(self.model.stages)} stages")
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -76,26 +83,12 @@ class VisattnBackbone(BaseModule):
     def init_weights(self) -> None:
         if self.pretrained is None:
             return
-        from mmengine.runner.checkpoint import CheckpointLoader
+        from ..backbones._loader import load_pretrained
 
         path = self.pretrained["checkpoint"]
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = CheckpointLoader.load_checkpoint(path, map_location="cpu", logger="current")
-        filter_fn = getattr(importlib.import_module(type(self.model).__module__), "checkpoint_filter_fn", None)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        state = filter_fn(state, self.model) if filter_fn else state
-        own = self.model.state_dict()
-        dropped = sorted(k for k in state if k not in own)
-        state = {k: v for k, v in state.items() if k in own}
-        missing = sorted(k for k in own if k not in state)
-        self.model.load_state_dict(state, strict=False)
-        print_log(f"loaded {len(state)} tensors from {path}; unused: {len(dropped)} (classifier and final norm), "
-                  f"missing: {missing[:5]}{' ...' if len(missing) > 5 else ''}", logger="current")
+        result = load_pretrained(self.model, path)
+        print_log(f"loaded {result.loaded} tensors from {path}; {len(result.unused)} unused (classifier, final norm, "
+                  f"pruned stages)", logger="current")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feats = self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
@@ -125,7 +118,7 @@ class BiFormerBackbone(VisattnBackbone):
 
 
 class MambaOutBackbone(VisattnBackbone):
-    """MambaOut (``visattn_mambaout_<arch>``) for detection and segmentation.
+    """timm's MambaOut (``mambaout_<arch>``) for detection and segmentation; its authors released no det/seg code.
 
     Args:
         arch: 'femto', 'kobe', 'tiny', 'small' or 'base'.
@@ -136,7 +129,7 @@ class MambaOutBackbone(VisattnBackbone):
     def __init__(self, arch: str = "tiny", drop_path_rate: float = 0.2, out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, out_norms: bool = True,
                  init_cfg: dict | None = None):
-        super().__init__(f"visattn_mambaout_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
+        super().__init__(f"mambaout_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
                          dict(drop_path_rate=drop_path_rate), init_cfg)
 
 

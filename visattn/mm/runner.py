@@ -21,7 +21,9 @@ def load_config(path: str, work_dir: str | None = None, cfg_options: dict | None
     """
     from mmengine.config import Config
 
-    import visattn.mm  # noqa: F401  (stand-in ops, checkpoint loading, registrations)
+    import visattn.mm
+
+    visattn.mm.setup()
 
     if not os.path.isfile(path):
         raise UserError(f"config {path} does not exist")

@@ -1,0 +1,213 @@
+"""One checkpoint loader for every way weights reach a model.
+
+``load_pretrained(model, source)`` serves timm's ``pretrained=True`` (through the ``custom_load`` hook: the
+model's ``load_pretrained`` method), OpenMMLab's ``init_cfg``, ``tools/convert.py`` and the tools' ``--resume`` and
+evaluation. It reads the source (a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, an http(s) URL,
+``visattn://<model>`` for a model's official weights, or a state dict), unwraps it (``state_dict`` / ``model``
+containers, a DDP ``module.`` prefix), maps it onto the model's keys with its family's filter
+(:func:`checkpoint_filter`), adapts the stem to the model's input channels as timm does, and checks it: a missing
+or reshaped backbone key is a one-line :class:`~visattn.errors.UserError` naming the keys (never a silent start
+from random weights), while a classifier head that is absent or sized for other classes keeps its
+initialisation, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+__all__ = ["LoadResult", "PretrainedMixin", "checkpoint_filter", "load_pretrained", "read_checkpoint"]
+
+SCHEME = "visattn://"
+_logger = logging.getLogger(__name__)
+_FILTERS: dict[type, Callable[[dict, nn.Module], dict]] = {}
+_CONTAINERS = ("state_dict", "model", "module")
+_COUNTERS = ("num_batches_tracked",)
+
+
+def checkpoint_filter(*model_classes: type):
+    """Decorator: register ``fn(state_dict, model) -> state_dict`` as the key mapping of ``model_classes`` (and of
+    their subclasses) from their official checkpoint layout."""
+    def register(fn):
+        for cls in model_classes:
+            _FILTERS[cls] = fn
+        return fn
+
+    return register
+
+
+def _timm_filters() -> None:
+    """The families visattn serves from timm's own models map their official layouts with timm's filters."""
+    from timm.models import mambaout
+
+    _FILTERS.setdefault(mambaout.MambaOut, mambaout.checkpoint_filter_fn)
+
+
+def family_filter(model: nn.Module) -> Callable[[dict, nn.Module], dict] | None:
+    """The registered key mapping of ``model``'s family (the nearest registered base class), or None."""
+    _timm_filters()
+    return next((_FILTERS[cls] for cls in type(model).__mro__ if cls in _FILTERS), None)
+
+
+def _official_weights(name: str) -> dict:
+    """``visattn://<model>[.<tag>]``: the model's official weights as its pretrained cfg names them (a URL,
+    downloaded once to a name of its own, or a Hugging Face hub id)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    import visattn  # noqa: F401  (registers the visattn models)
+
+    from ._helpers import pretrained_file
+
+    model, _, tag = name.partition(".")
+    if not timm.is_model(model):
+        raise UserError(f"{SCHEME}{name}: unknown model {model!r}; see visattn.list_models()")
+    cfg = get_pretrained_cfg(f"{model}.{tag}" if tag else model)
+    if cfg is None or not (cfg.url or cfg.hf_hub_id):
+        raise UserError(f"{SCHEME}{name}: {model} has no published weights{f' tagged {tag}' if tag else ''}")
+    if cfg.url:
+        return _read_file(pretrained_file(model, cfg.tag, cfg.url))
+    from timm.models import load_state_dict_from_hf
+
+    return load_state_dict_from_hf(cfg.hf_hub_id)
+
+
+def _read_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise many types for a damaged file
+        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def read_checkpoint(source: str | os.PathLike | Mapping) -> dict:
+    """The state dict held by ``source`` (a file, a URL, ``visattn://<model>[.<tag>]`` or a dict), on the CPU, with
+    training containers (``state_dict``, ``model``, ``module``) and a DDP ``module.`` prefix removed."""
+    if isinstance(source, Mapping):
+        state = source
+    elif str(source).startswith(SCHEME):
+        state = _official_weights(str(source)[len(SCHEME):])
+    elif str(source).startswith(("https://", "http://")):
+        state = torch.hub.load_state_dict_from_url(str(source), map_location="cpu", weights_only=True)
+    else:
+        state = _read_file(os.fspath(source))
+    while isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        inner = next((state[k] for k in _CONTAINERS if isinstance(state.get(k), Mapping)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, Mapping):
+        raise UserError(f"{_describe(source)} holds a {type(state).__name__}, not a state dict")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return dict(state)
+
+
+def _describe(source) -> str:
+    return "the given state dict" if isinstance(source, Mapping) else f"checkpoint {source}"
+
+
+def _preview(keys: list[str], limit: int = 3) -> str:
+    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
+
+
+def _names(cfg_value) -> tuple[str, ...]:
+    if not cfg_value:
+        return ()
+    return (cfg_value,) if isinstance(cfg_value, str) else tuple(cfg_value)
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier: the modules the pretrained cfg names ``classifier``, else the module
+    ``get_classifier()`` returns."""
+    names = _names((getattr(model, "pretrained_cfg", None) or {}).get("classifier"))
+    if not names and hasattr(model, "get_classifier"):
+        classifier = model.get_classifier()
+        names = tuple(name for name, module in model.named_modules() if module is classifier and name)
+    prefixes = tuple(f"{name}." for name in names)
+    return {k for k in model.state_dict() if prefixes and k.startswith(prefixes)}
+
+
+def _adapt_stem(state: dict, model: nn.Module, own: dict) -> None:
+    """Sum or repeat the pretrained stem's input channels to the model's (timm's ``adapt_input_conv``)."""
+    from timm.models import adapt_input_conv
+
+    for conv in _names((getattr(model, "pretrained_cfg", None) or {}).get("first_conv")):
+        key = f"{conv}.weight"
+        if key in state and key in own and state[key].dim() == 4 and state[key].shape[1] != own[key].shape[1]:
+            state[key] = adapt_input_conv(own[key].shape[1], state[key], base_chans=state[key].shape[1])
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_pretrained` did: tensors loaded, head keys left as initialised, checkpoint keys unused."""
+
+    loaded: int
+    head_kept: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+
+def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, *, strict: bool = False,
+                    filter_fn: Callable[[dict, nn.Module], dict] | None = None) -> LoadResult:
+    """Load ``source`` into ``model`` (in place) and return what was loaded.
+
+    Keys are mapped by ``filter_fn`` or the family's registered filter. With ``strict=False`` (pretrained
+    weights) the classifier may be absent or sized for other classes (it stays as initialised, with a warning) and
+    checkpoint keys the model lacks (a pruned head or stage) are left unused; with ``strict=True`` (resuming,
+    evaluating, converting) every key must match. Any other missing or reshaped key raises a one-line
+    :class:`UserError` naming the keys.
+    """
+    state = read_checkpoint(source)
+    fn = filter_fn or family_filter(model)
+    if fn is not None:
+        state = fn(state, model)
+    own = model.state_dict()
+    _adapt_stem(state, model, own)
+    head = set() if strict else head_keys(model)
+    missing = [k for k in own if k not in state and not k.endswith(_COUNTERS)]
+    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    unused = [k for k in state if k not in own]
+    head_kept = [k for k in missing + reshaped if k in head]
+    missing = [k for k in missing if k not in head]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped if k not in head]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({_preview(missing)})")
+    if reshaped:
+        problems.append(f"{len(reshaped)} with other shapes ({_preview(reshaped)})")
+    if strict and unused:
+        problems.append(f"{len(unused)} unexpected ({_preview(unused)})")
+    if problems:
+        raise UserError(f"{_describe(source)} does not match the model: {'; '.join(problems)}")
+    loadable = {k: v for k, v in state.items() if k in own and k not in head_kept}
+    model.load_state_dict(loadable, strict=False)
+    if head_kept:
+        warnings.warn(f"{_describe(source)}: the classifier ({_preview(head_kept)}) is absent or sized for other "
+                      f"classes; it keeps its initialisation", stacklevel=2)
+    if unused:
+        _logger.info("%s: %d checkpoint tensors unused by the model (%s)", _describe(source), len(unused),
+                     _preview(unused))
+    return LoadResult(len(loadable), head_kept, unused)
+
+
+class PretrainedMixin:
+    """timm's ``custom_load`` hook: ``timm.create_model(name, pretrained=True)`` loads through
+    :func:`load_pretrained` (family filter, stem adaptation, head handling, one-line errors)."""
+
+    def load_pretrained(self, checkpoint_path: str, prefix: str = "") -> None:
+        if prefix:
+            raise ValueError(f"{type(self).__name__} checkpoints take no key prefix, got {prefix!r}")
+        load_pretrained(self, checkpoint_path)
