@@ -437,7 +437,7 @@ def main() -> int:
     p.add_argument("--ops", nargs="*", choices=["routed", "scan", "window", "linear"],
                    default=["routed", "scan", "window", "linear"], help="which op benchmarks to run")
     p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base",
-                                                   "visattn_mambaout_tiny", "lamamba_tiny", "lamamba_small",
+                                                   "mambaout_tiny", "lamamba_tiny", "lamamba_small",
                                                    "inline_deit_tiny", "inline_swin_tiny", "herseg"])
     p.add_argument("--compile", action="store_true",
                    help="time the classifiers under torch.compile instead of eagerly")

@@ -1,7 +1,8 @@
-"""Shared command-line plumbing for the tools: repo on sys.path, one-line errors, JSON arguments."""
+"""Shared command-line plumbing for the tools: repo on sys.path, one-line errors, JSON arguments, per-task options."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -11,8 +12,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from visattn.errors import UserError  # noqa: E402
 
-TASKS = ("classification", "medical-seg")
-
 
 def is_config(argv: list[str]) -> bool:
     """True when the command line starts with an mmdet/mmseg config file (detection or segmentation)."""
@@ -21,8 +20,6 @@ def is_config(argv: list[str]) -> bool:
 
 def mm_parser(doc: str):
     """The arguments every config-driven (mmengine) command shares."""
-    import argparse
-
     from mmengine.config import DictAction
 
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,12 +43,50 @@ def json_dict(text: str) -> dict:
     return value
 
 
-def check_task_options(args, task_options: dict[str, tuple[str, ...]]) -> None:
-    """A task-specific option (argparse dest) given with another ``--task`` is an error, not silently ignored."""
-    for task, options in task_options.items():
-        given = [o for o in options if getattr(args, o) is not None]
-        if task != args.task and given:
-            raise UserError(f"--{given[0].replace('_', '-')} is a {task} option, not one of --task {args.task}")
+class _TaskOptions:
+    """What a task's ``add_*_arguments`` adds to. Its options default to None, so that a given one can be told
+    apart, and stay out of --help unless it is the chosen task's; an option another task declared is shared."""
+
+    def __init__(self, parser: argparse.ArgumentParser, task: str, shown: bool, owners: dict):
+        self.target = parser.add_argument_group(f"{task} options") if shown else parser
+        self.task, self.shown, self.owners = task, shown, owners
+
+    def add_argument(self, *names: str, **kwargs) -> None:
+        kwargs.setdefault("default", None)
+        if not self.shown:
+            kwargs["help"] = argparse.SUPPRESS
+        flag = next(n for n in names if n.startswith("--"))
+        dest = kwargs.get("dest") or flag[2:].replace("-", "_")
+        if dest not in self.owners:
+            self.target.add_argument(*names, **kwargs)
+        self.owners.setdefault(dest, (flag, []))[1].append(self.task)
+
+
+def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
+    """Parse a tool's command line for its ``--task``: the shared options (``add_shared(parser, task_class)``)
+    and the task's own (``add_{tool}_arguments``) in --help; another task's option is a one-line error.
+
+    Returns (arguments, task class).
+    """
+    from visattn.engine.fit import DEFAULT_TASK, TASKS, get_task
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default=DEFAULT_TASK)
+    chosen = pre.parse_known_args(argv)[0].task
+    chosen = chosen if chosen in TASKS else DEFAULT_TASK  # the full parser reports an unknown task
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"tasks: {', '.join(TASKS)}; `--task NAME --help` lists a task's own options")
+    p.add_argument("--task", choices=tuple(TASKS), default=DEFAULT_TASK, help=f"default: {DEFAULT_TASK}")
+    task_class = get_task(chosen)
+    add_shared(p, task_class)
+    owners: dict[str, tuple[str, list[str]]] = {}  # dest -> (option, tasks that declare it)
+    for name in (chosen, *(t for t in TASKS if t != chosen)):
+        getattr(get_task(name), f"add_{tool}_arguments")(_TaskOptions(p, name, name == chosen, owners))
+    args = p.parse_args(argv)
+    for dest, (flag, tasks) in owners.items():
+        if chosen not in tasks and getattr(args, dest) is not None:
+            raise UserError(f"{flag} is a {tasks[0]} option, not one of --task {chosen}")
+    return args, task_class
 
 
 def run(main: Callable[[], int | None]) -> None:

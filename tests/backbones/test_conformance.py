@@ -1,4 +1,8 @@
-"""The timm API, checked on every model visattn registers: each new family is covered automatically."""
+"""The timm API, checked on every model visattn registers (classifiers and segmentation networks): each new family
+is covered automatically."""
+
+import re
+from collections import Counter
 
 import pytest
 import timm
@@ -8,23 +12,33 @@ from timm.models import model_entrypoint
 
 import visattn
 
-MODELS = visattn.list_models(task="classification")
+MODELS = visattn.list_models()
+SEGMENTATION = visattn.list_models(kind="segmentation")
 SIZE = 64
+BLOCK = re.compile(r"(^|\.)blocks\.\d+$")  # timm's name for a model's repeated blocks
+
+
+def _is_segmentation(name: str) -> bool:
+    return name in SEGMENTATION
 
 
 def _smallest_per_family() -> list[str]:
     families: dict[str, list[str]] = {}
     for name in MODELS:
         families.setdefault(model_entrypoint(name).__module__, []).append(name)
-    return [min(names, key=lambda n: sum(p.numel() for p in timm.create_model(n).parameters()))
-            for names in families.values()]
+    with torch.device("meta"):
+        return [min(names, key=lambda n: sum(p.numel() for p in timm.create_model(n).parameters()))
+                for names in families.values()]
 
 
-def test_every_family_is_registered():
-    assert {"biformer_tiny", "biformer_small", "biformer_base", "visattn_mambaout_femto", "visattn_mambaout_kobe",
-            "visattn_mambaout_tiny", "visattn_mambaout_small", "visattn_mambaout_base", "lamamba_tiny",
-            "lamamba_small", "lamamba_base", "inline_deit_tiny", "inline_deit_small", "inline_deit_base",
-            "inline_swin_tiny", "inline_swin_small", "inline_swin_base"} <= set(MODELS)
+def test_every_family_is_registered_with_a_kind():
+    assert {"biformer_tiny", "biformer_small", "biformer_base", "lamamba_tiny", "lamamba_small", "lamamba_base",
+            "inline_deit_tiny", "inline_deit_small", "inline_deit_base", "inline_swin_tiny", "inline_swin_small",
+            "inline_swin_base"} <= set(visattn.list_models(kind="classification"))
+    assert SEGMENTATION == ["herseg"]
+    assert sorted(visattn.list_models(kind="classification") + SEGMENTATION) == MODELS
+    with pytest.raises(ValueError, match="unknown model kind 'detection'"):
+        visattn.list_models(kind="detection")
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -32,17 +46,48 @@ def name(request):
     return request.param
 
 
-def test_classifier_and_features(name):
-    model = timm.create_model(name, num_classes=7).eval()
+def _assert_placed(model: torch.nn.Module, device: str, dtype: torch.dtype) -> None:
+    tensors = [(n, p) for n, p in model.named_parameters()]
+    tensors += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+    misplaced = [n for n, t in tensors if t.device.type != device or t.dtype != dtype]
+    assert not misplaced, f"not on {device} in {dtype}: {misplaced[:5]}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_factory_device_and_dtype(name, dtype):
+    model = timm.create_model(name, device="meta", dtype=dtype)
+    _assert_placed(model, "meta", dtype)
+    if _is_segmentation(name):
+        model.reset_classifier(5)
+    else:
+        model.reset_classifier(0)  # the head is empty: the new one takes the model's device and dtype
+        model.reset_classifier(5)
+    _assert_placed(model, "meta", dtype)
+
+
+@pytest.mark.parametrize("family_model", _smallest_per_family())
+def test_a_float64_model_runs_in_float64(family_model):
+    model = timm.create_model(family_model, dtype=torch.float64).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64))
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+
+
+def test_outputs_and_features(name):
+    model = timm.create_model(name, num_classes=42 if _is_segmentation(name) else 7).eval()
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         feats = model.forward_features(x)
-        logits = model(x)
-        pre = model.forward_head(feats, pre_logits=True)
-    assert logits.shape == (2, 7)
+        out = model(x)
     assert feats.shape[0] == 2 and feats.shape[-1 if feats.dim() == 3 else 1] == model.num_features  # NLC or NCHW
+    if _is_segmentation(name):
+        assert out.shape == (2, 42, SIZE, SIZE)
+        return
+    assert out.shape == (2, 7)
+    with torch.no_grad():
+        pre = model.forward_head(feats, pre_logits=True)
+        torch.testing.assert_close(model.forward_head(feats), out)
     assert pre.shape == (2, model.head_hidden_size)
-    torch.testing.assert_close(model.forward_head(feats), logits)
 
 
 def test_intermediates_and_features_only(name):
@@ -66,27 +111,43 @@ def test_intermediates_and_features_only(name):
     torch.testing.assert_close(maps, only)
 
 
-def test_reset_classifier(name):
+@pytest.mark.parametrize("prune_norm", [False, True])
+@pytest.mark.parametrize("keep", ["first two", "all"])
+def test_pruned_model_uses_every_parameter_it_keeps(name, keep, prune_norm):
     model = timm.create_model(name).eval()
-    x = torch.randn(1, 3, SIZE, SIZE)
-    model.reset_classifier(5)
-    assert model(x).shape == (1, 5) and model.get_classifier().out_features == 5
-    model.reset_classifier(0)
-    assert model(x).shape == (1, model.head_hidden_size)
+    levels = len(model.feature_info)
+    indices = [0, 1] if keep == "first two" else list(range(levels))
+    assert model.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=True) == indices
+    final, inters = model.forward_intermediates(torch.randn(1, 3, SIZE, SIZE), indices=indices)
+    (final.sum() + sum(t.sum() for t in inters)).backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, f"kept but unused: {unused[:5]}"
 
 
-def test_grad_checkpointing_gives_the_same_gradients(name):
-    model = timm.create_model(name, num_classes=3)
-    model.train()
+def test_grad_checkpointing_recomputes_every_block_and_keeps_the_gradients(name):
+    model = timm.create_model(name, num_classes=3).train()
     x = torch.randn(2, 3, SIZE, SIZE)
-    model(x).square().sum().backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    assert all(g is not None for g in plain.values())
-    model.zero_grad()
+    blocks = [n for n, _ in model.named_modules() if BLOCK.search(n)]
+    assert blocks, "no modules named blocks.<i>"
+    calls = Counter()
+    for n in blocks:
+        model.get_submodule(n).register_forward_pre_hook(lambda module, args, n=n: calls.update([n]))
+
+    def step() -> tuple[dict, dict]:
+        calls.clear()
+        model.zero_grad()
+        torch.manual_seed(0)  # the same drop-path draws in both runs
+        model(x).square().mean().backward()
+        return dict(calls), {n: p.grad for n, p in model.named_parameters()}
+
+    plain_calls, plain = step()
+    assert not [n for n, g in plain.items() if g is None], "every parameter gets a gradient in training"
     model.set_grad_checkpointing(True)
-    model(x).square().sum().backward()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, plain[n], rtol=1e-4, atol=1e-5, msg=n)
+    checkpointed_calls, checkpointed = step()
+    assert plain_calls == dict.fromkeys(blocks, 1)
+    assert checkpointed_calls == dict.fromkeys(blocks, 2)  # forward, then again in backward
+    for n, grad in plain.items():
+        torch.testing.assert_close(checkpointed[n], grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
 def test_optimizer_groups_cover_every_parameter(name):
@@ -98,6 +159,18 @@ def test_optimizer_groups_cover_every_parameter(name):
     assert set(model.no_weight_decay()) <= names
 
 
+def test_reset_classifier(name):
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    model.reset_classifier(5)
+    if _is_segmentation(name):
+        assert model(x).shape == (1, 5, SIZE, SIZE)
+        return
+    assert model(x).shape == (1, 5) and model.get_classifier().out_features == 5
+    model.reset_classifier(0)
+    assert model(x).shape == (1, model.head_hidden_size)
+
+
 @pytest.mark.parametrize("family_model", _smallest_per_family())
 def test_torch_compile_matches_eager(family_model):
     model = timm.create_model(family_model, num_classes=4).eval()
@@ -105,3 +178,25 @@ def test_torch_compile_matches_eager(family_model):
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_pretrained_adapts_the_stem_and_drops_a_resized_head(name, in_chans, tmp_path):
+    from timm.models import adapt_input_conv
+
+    source = timm.create_model(name)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    first_conv = source.pretrained_cfg["first_conv"]
+    with pytest.warns(UserWarning, match="sized for other classes"):
+        model = timm.create_model(name, pretrained=True, in_chans=in_chans, num_classes=3,
+                                  pretrained_cfg_overlay=dict(file=str(tmp_path / "weights.pth")))
+    loaded = model.state_dict()
+    for key, value in source.state_dict().items():
+        if key == f"{first_conv}.weight":
+            torch.testing.assert_close(loaded[key], adapt_input_conv(in_chans, value))
+        elif loaded[key].shape == value.shape:
+            assert torch.equal(loaded[key], value), key
+    x = torch.randn(1, in_chans, SIZE, SIZE)
+    with torch.no_grad():
+        out = model.eval()(x)
+    assert out.shape[:2] == (1, 3)

@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from visattn import load_pretrained
 from visattn.engine import checkpoint as ckpt_mod
-from visattn.engine.checkpoint import atomic_save, load_checkpoint_file, load_state_strict
+from visattn.engine.checkpoint import atomic_save, load_checkpoint_file
 from visattn.errors import UserError
 
 
@@ -28,7 +29,7 @@ def test_strict_load_names_missing_unexpected_and_reshaped_keys():
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     state = {"0.weight": torch.zeros(3, 4), "0.bias": torch.zeros(5), "2.weight": torch.zeros(1)}
     with pytest.raises(UserError) as err:
-        load_state_strict(model, state, "checkpoint x.pth")
+        load_pretrained(model, state, strict=True, name="checkpoint x.pth")
     message = str(err.value)
     assert "\n" not in message
     assert "2 missing (1.weight, 1.bias)" in message

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -80,8 +82,21 @@ def test_backend_selection(monkeypatch):
     monkeypatch.setenv("VISATTN_BACKEND", "bogus")
     with pytest.raises(ValueError, match="VISATTN_BACKEND"):
         routed_attention(q, q, q, 2, 2, 1)
-    monkeypatch.setenv("VISATTN_BACKEND", "torch")
-    torch.testing.assert_close(routed_attention(q, q, q, 2, 2, 1), routed_attention(q, q, q, 2, 2, 1, backend="torch"))
+    # which implementation runs: the op module's reference and fused callables replaced by sentinels
+    op = importlib.import_module("visattn.ops.routed_attention")
+    monkeypatch.setattr(op, "routed_attention_reference", lambda *args: "reference")
+    monkeypatch.setattr(op, "routed_attention_fused", lambda *args: "fused")
+    expected = {  # (VISATTN_BACKEND, backend argument) -> implementation
+        (None, None): "reference", (None, "triton"): "fused", (None, "torch"): "reference",
+        ("torch", None): "reference", ("torch", "triton"): "fused",
+        ("triton", None): "fused", ("triton", "torch"): "reference",
+    }
+    for (env, backend), impl in expected.items():
+        if env is None:
+            monkeypatch.delenv("VISATTN_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("VISATTN_BACKEND", env)
+        assert routed_attention(q, q, q, 2, 2, 1, backend=backend) == impl, (env, backend)
 
 
 def test_flop_counter_counts_both_attention_levels():

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
 from visattn.ops.routed_attention import routed_attention
-from visattn.ops.routed_attention import triton as fused
+from visattn.ops.routed_attention import triton as kernels
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=3e-3, rtol=3e-3),
        torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
@@ -68,8 +68,8 @@ def test_ties_in_the_routing_scores():
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16), (16, 64)])
 def test_tile_sizes_split_and_pack_regions(monkeypatch, block_m, block_n):
-    monkeypatch.setattr(fused, "BLOCK_M", block_m)
-    monkeypatch.setattr(fused, "BLOCK_N", block_n)
+    monkeypatch.setattr(kernels, "BLOCK_M", block_m)
+    monkeypatch.setattr(kernels, "BLOCK_N", block_n)
     for shape in ((1, 12, 12, 32, 2, 3, 4), (1, 8, 8, 32, 2, 4, 5), (1, 10, 11, 32, 1, 2, 2)):
         b, h, w, c, heads, n_win, topk = shape
         _check(*_inputs(b, h, w, c, torch.float32), heads, n_win, topk)

@@ -8,8 +8,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
-from visattn.ops.selective_scan import selective_scan
-from visattn.ops.selective_scan import triton as fused
+from visattn.ops.selective_scan import fused, selective_scan
+from visattn.ops.selective_scan import triton as kernels
 
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float16: dict(atol=3e-3, rtol=3e-3),
        torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
@@ -119,7 +119,7 @@ def test_forward_and_gradients_match_the_reference(shape, options, dtype):
 @pytest.mark.parametrize("block_l,tile", [(4, 32), (16, 128)])
 def test_chunks_and_several_channel_blocks_per_group(monkeypatch, block_l, tile):
     monkeypatch.setattr(fused, "BLOCK_L", block_l)
-    monkeypatch.setattr(fused, "TILE", tile)  # 2 channels a block: 3 blocks share each group's dB, dC
+    monkeypatch.setattr(kernels, "TILE", tile)  # 2 channels a block: 3 blocks share each group's dB, dC
     _check(_inputs(2, 12, 2, 4, 19))
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
-from visattn.ops.window_attention import triton as fused
+from visattn.ops.window_attention import triton as kernels
 from visattn.ops.window_attention import window_attention
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=3e-3, rtol=3e-3),
@@ -190,7 +190,7 @@ def test_fused_half_inputs_with_a_float32_bias_table():
 
 
 def test_fused_bias_gradient_summed_over_several_programs(monkeypatch):
-    monkeypatch.setattr(fused, "BIAS_TILES_PER_PROGRAM", 3)  # 4 windows: two programs per (batch, head)
+    monkeypatch.setattr(kernels, "BIAS_TILES_PER_PROGRAM", 3)  # 4 windows: two programs per (batch, head)
     _check(*_inputs(2, 14, 14, 32, 32, 2, 7, True, torch.float32), 2, 7, 3)
 
 

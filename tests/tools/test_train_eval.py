@@ -227,3 +227,25 @@ def test_medical_torchrun_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 1
     assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 validates and reports
+
+
+@pytest.mark.parametrize(("name", "task", "own", "other"), [
+    ("train.py", None, ["--mixup", "--ema-decay"], ["--fov-loss", "--tile"]),
+    ("train.py", "medical-seg", ["--fov-loss", "--tile", "--crops-per-image"], ["--mixup", "--smoothing"]),
+    ("eval.py", None, ["--no-ema", "--batch-size"], ["--threshold", "--split"]),
+    ("eval.py", "medical-seg", ["--threshold", "--split"], ["--no-ema", "--batch-size"]),
+])
+def test_help_lists_the_shared_options_and_the_tasks_own_only(name, task, own, other):
+    result = tool(name, *(["--task", task] if task else []), "--help")
+    assert result.returncode == 0, result.stderr
+    options = result.stdout.split("\noptions:")[1]  # past the description, which names other tasks' options
+    assert "--data" in options and "tasks: classification, medical-seg" in options
+    assert f"{task or 'classification'} options:" in options
+    assert all(o in options for o in own) and not any(o in options for o in other), options
+
+
+def test_another_tasks_option_is_a_one_line_error(tmp_path):
+    assert_one_line_error(tool("train.py", "--fov-loss", "--output", str(tmp_path)),
+                          "--fov-loss is a medical-seg option, not one of --task classification")
+    assert_one_line_error(tool("eval.py", "--task", "medical-seg", "--checkpoint", str(tmp_path / "x.pth"), "--no-ema"),
+                          "--no-ema is a classification option, not one of --task medical-seg")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,19 @@ def init_linear_weights(module: nn.Module) -> None:
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def rename_keys(state_dict: dict, rules: Sequence[tuple[str, str | Callable[[re.Match], str]]]) -> dict:
+    """``state_dict`` with each key rewritten by the first ``(pattern, replacement)`` rule whose pattern matches it
+    (``re.subn``); keys no rule matches are kept."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in rules:
+            key, hits = re.subn(pattern, repl, key)
+            if hits:
+                break
+        out[key] = value
+    return out
 
 
 def check_input_size(x: torch.Tensor, min_size: int, model_name: str) -> None:
@@ -55,12 +69,13 @@ def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
         overlay["file"] = pretrained_file(variant, tag, overlay.get("url"))
 
 
-def create_model(model_cls: type, variant: str, pretrained: bool, kwargs: dict,
-                 filter_fn: Callable | None = None, tag: str = "in1k"):
-    """timm's ``build_model_with_cfg`` with our conventions: official weights downloaded to a variant-named file,
-    ``filter_fn`` mapping official checkpoints, and ``features_only`` through ``forward_intermediates``."""
+def create_model(model_cls: type, variant: str, pretrained: bool, kwargs: dict, tag: str = "in1k"):
+    """timm's ``build_model_with_cfg`` with our conventions: official weights downloaded to a variant-named file
+    and loaded by :func:`visattn.load_pretrained` (timm's ``custom_load`` hook), and ``features_only`` through
+    ``forward_intermediates``."""
     if pretrained:
         resolve_pretrained_file(variant, tag, kwargs)
+        kwargs["pretrained_cfg_overlay"]["custom_load"] = True
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn,
+    return build_model_with_cfg(model_cls, variant, pretrained,
                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 
-__all__ = ["LoadResult", "PretrainedMixin", "checkpoint_filter", "load_pretrained", "read_checkpoint"]
+__all__ = ["LoadResult", "PretrainedMixin", "checkpoint_filter", "load_pretrained", "read_checkpoint", "read_file"]
 
 SCHEME = "visattn://"
 _logger = logging.getLogger(__name__)
@@ -74,13 +74,15 @@ def _official_weights(name: str) -> dict:
     if cfg is None or not (cfg.url or cfg.hf_hub_id):
         raise UserError(f"{SCHEME}{name}: {model} has no published weights{f' tagged {tag}' if tag else ''}")
     if cfg.url:
-        return _read_file(pretrained_file(model, cfg.tag, cfg.url))
+        return read_file(pretrained_file(model, cfg.tag, cfg.url))
     from timm.models import load_state_dict_from_hf
 
     return load_state_dict_from_hf(cfg.hf_hub_id)
 
 
-def _read_file(path: str) -> dict:
+def read_file(path: str):
+    """``path`` loaded on the CPU (tensors and plain containers only; safetensors by extension), with one-line
+    errors for a missing or damaged file."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
     try:
@@ -103,7 +105,7 @@ def read_checkpoint(source: str | os.PathLike | Mapping) -> dict:
     elif str(source).startswith(("https://", "http://")):
         state = torch.hub.load_state_dict_from_url(str(source), map_location="cpu", weights_only=True)
     else:
-        state = _read_file(os.fspath(source))
+        state = read_file(os.fspath(source))
     while isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         inner = next((state[k] for k in _CONTAINERS if isinstance(state.get(k), Mapping)), None)
         if inner is None:
@@ -161,15 +163,16 @@ class LoadResult:
 
 
 def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, *, strict: bool = False,
-                    filter_fn: Callable[[dict, nn.Module], dict] | None = None) -> LoadResult:
+                    filter_fn: Callable[[dict, nn.Module], dict] | None = None, name: str | None = None) -> LoadResult:
     """Load ``source`` into ``model`` (in place) and return what was loaded.
 
     Keys are mapped by ``filter_fn`` or the family's registered filter. With ``strict=False`` (pretrained
     weights) the classifier may be absent or sized for other classes (it stays as initialised, with a warning) and
     checkpoint keys the model lacks (a pruned head or stage) are left unused; with ``strict=True`` (resuming,
     evaluating, converting) every key must match. Any other missing or reshaped key raises a one-line
-    :class:`UserError` naming the keys.
+    :class:`UserError` naming the keys; ``name`` describes the source in messages.
     """
+    name = name or _describe(source)
     state = read_checkpoint(source)
     fn = filter_fn or family_filter(model)
     if fn is not None:
@@ -191,14 +194,14 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, *, st
     if strict and unused:
         problems.append(f"{len(unused)} unexpected ({_preview(unused)})")
     if problems:
-        raise UserError(f"{_describe(source)} does not match the model: {'; '.join(problems)}")
+        raise UserError(f"{name} does not match the model: {'; '.join(problems)}")
     loadable = {k: v for k, v in state.items() if k in own and k not in head_kept}
     model.load_state_dict(loadable, strict=False)
     if head_kept:
-        warnings.warn(f"{_describe(source)}: the classifier ({_preview(head_kept)}) is absent or sized for other "
+        warnings.warn(f"{name}: the classifier ({_preview(head_kept)}) is absent or sized for other "
                       f"classes; it keeps its initialisation", stacklevel=2)
     if unused:
-        _logger.info("%s: %d checkpoint tensors unused by the model (%s)", _describe(source), len(unused),
+        _logger.info("%s: %d checkpoint tensors unused by the model (%s)", name, len(unused),
                      _preview(unused))
     return LoadResult(len(loadable), head_kept, unused)
 

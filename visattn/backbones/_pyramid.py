@@ -1,13 +1,17 @@
-"""The timm API shared by the four-stage pyramid families (stem, stages, final norm, classifier head)."""
+"""The timm API shared by the pyramid families (stem, stages, final norm, classifier head)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn as nn
+from timm.layers import ClassifierHead, calculate_drop_path_rates, get_device_dtype
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 
+from ..blocks import maybe_checkpoint
 from ._helpers import check_input_size, init_linear_weights
+from ._loader import PretrainedMixin
 
 
 class PyramidStage(nn.Module):
@@ -21,20 +25,49 @@ class PyramidStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        for block in self.blocks:
+            x = maybe_checkpoint(block, x, enabled=self.grad_checkpointing)
+        return x
 
 
-class PyramidModel(nn.Module):
-    """Base class: subclasses build ``stem``, ``stages``, ``norm`` (applied to the last stage's map in
-    ``forward_features``), ``head`` (a timm ClassifierHead-like module), ``feature_info`` and
-    ``min_input_size``, and set ``channels_last`` when their stages work on (B, H, W, C) maps.
-    Features leave the model as NCHW either way."""
+def pyramid_stages(depths: Sequence[int], dims: Sequence[int], drop_path_rate: float,
+                   downsample: Callable[[int, int], nn.Module],
+                   block: Callable[[int, int, float], nn.Module]) -> list[PyramidStage]:
+    """Stage i: ``downsample(dims[i - 1], dims[i])`` (none before stage 0) and the blocks ``block(i, j, drop_path)``
+    for j < depths[i], the drop-path rate rising linearly from 0 to ``drop_path_rate`` over all blocks."""
+    rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+    stages = []
+    for i, depth in enumerate(depths):
+        blocks = [block(i, j, rates[i][j]) for j in range(depth)]
+        stages.append(PyramidStage(downsample(dims[i - 1], dims[i]) if i else nn.Identity(), blocks))
+    return stages
+
+
+class PyramidModel(PretrainedMixin, nn.Module):
+    """Base class of the pyramid families: ``stem``, then ``stages`` (stage i at stride ``stem_stride * 2**i`` with
+    ``dims[i]`` channels), ``norm`` on the last stage's map and a timm ClassifierHead. Subclasses build the stem,
+    stages and norm and set ``channels_last`` when their stages work on (B, H, W, C) maps; features leave the model
+    as NCHW either way. The base adds the head, ``feature_info`` and the weight initialisation."""
 
     channels_last = False
 
     _init_weights = staticmethod(init_linear_weights)
+
+    def __init__(self, stem: nn.Module, stages: list[PyramidStage], norm: nn.Module, dims: Sequence[int],
+                 num_classes: int = 1000, global_pool: str = "avg", drop_rate: float = 0.0, stem_stride: int = 4,
+                 device=None, dtype=None):
+        super().__init__()
+        self.num_classes, self.global_pool, self.drop_rate = num_classes, global_pool, drop_rate
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.stem = stem
+        self.stages = nn.Sequential(*stages)
+        self.norm = norm
+        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, device=device,
+                                   dtype=dtype)
+        self.feature_info = [dict(num_chs=dim, reduction=stem_stride * 2 ** i, module=f"stages.{i}")
+                             for i, dim in enumerate(dims)]
+        self.min_input_size = self.feature_info[-1]["reduction"]
+        self.apply(self._init_weights)
 
     def _nchw(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 3, 1, 2) if self.channels_last else x
@@ -66,7 +99,7 @@ class PyramidModel(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
@@ -95,11 +128,14 @@ class PyramidModel(nn.Module):
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
+        """Keep the stages up to the last of ``indices``; the final norm and the head fit the last stage only, so
+        they go with it."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_kept = max_index == len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
-        if prune_norm:
+        if prune_norm or not last_kept:
             self.norm = nn.Identity()
-        if prune_head:
+        if prune_head or not last_kept:
             self.reset_classifier(0, "")
         return take_indices
 

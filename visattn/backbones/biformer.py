@@ -18,18 +18,18 @@ attention levels.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp
+from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import BiLevelRoutingAttention, LePEAttention
-from ._helpers import create_model
-from ._pyramid import PyramidModel, PyramidStage
+from ._helpers import create_model, rename_keys
+from ._loader import checkpoint_filter
+from ._pyramid import PyramidModel, pyramid_stages
 
 __all__ = ["BiFormer"]
 
@@ -42,16 +42,17 @@ class BiFormerBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, n_win: int, topk: int | None, mlp_ratio: float = 3.0,
-                 drop_path: float = 0.0, full_attn_heads: int = 8):
+                 drop_path: float = 0.0, full_attn_heads: int = 8, device=None, dtype=None):
         super().__init__()
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        dd = dict(device=device, dtype=dtype)
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         if topk is None:
-            self.attn = LePEAttention(dim, num_heads=full_attn_heads)
+            self.attn = LePEAttention(dim, num_heads=full_attn_heads, **dd)
         else:
-            self.attn = BiLevelRoutingAttention(dim, num_heads=num_heads, n_win=n_win, topk=topk)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+            self.attn = BiLevelRoutingAttention(dim, num_heads=num_heads, n_win=n_win, topk=topk, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,10 +65,10 @@ class BiFormerBlock(nn.Module):
 class ConvBnDownsample(nn.Module):
     """Conv3x3 stride 2 + BatchNorm: (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))."""
 
-    def __init__(self, in_chs: int, out_chs: int):
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1)
-        self.norm = nn.BatchNorm2d(out_chs)
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.norm = nn.BatchNorm2d(out_chs, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
@@ -76,13 +77,14 @@ class ConvBnDownsample(nn.Module):
 class Stem(nn.Module):
     """Two Conv3x3 stride 2 with BatchNorm and a GELU between: (B, 3, H, W) -> (B, C, H/4, W/4)."""
 
-    def __init__(self, in_chs: int, out_chs: int):
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chs, out_chs // 2, 3, stride=2, padding=1)
-        self.norm1 = nn.BatchNorm2d(out_chs // 2)
+        dd = dict(device=device, dtype=dtype)
+        self.conv1 = nn.Conv2d(in_chs, out_chs // 2, 3, stride=2, padding=1, **dd)
+        self.norm1 = nn.BatchNorm2d(out_chs // 2, **dd)
         self.act = nn.GELU()
-        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, 3, stride=2, padding=1)
-        self.norm2 = nn.BatchNorm2d(out_chs)
+        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, 3, stride=2, padding=1, **dd)
+        self.norm2 = nn.BatchNorm2d(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
@@ -102,31 +104,23 @@ class BiFormer(PyramidModel):
     def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (64, 128, 256, 512),
                  topks: Sequence[int | None] = (1, 4, 16, None), head_dim: int = 32, n_win: int = 7,
                  mlp_ratio: float = 3.0, full_attn_heads: int = 8, in_chans: int = 3, num_classes: int = 1000,
-                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0):
-        super().__init__()
+                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None,
+                 dtype=None):
         if not len(depths) == len(dims) == len(topks):
             raise ValueError(f"depths, dims and topks need one entry per stage, got {depths}, {dims}, {topks}")
         if any(dim % head_dim for dim, topk in zip(dims, topks, strict=True) if topk is not None):
             raise ValueError(f"dims {tuple(dims)} of routed stages must be multiples of head_dim={head_dim}")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.stem = Stem(in_chans, dims[0])
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
-        stages, self.feature_info = [], []
-        for i, (depth, dim, topk) in enumerate(zip(depths, dims, topks, strict=True)):
-            blocks = [BiFormerBlock(dim, dim // head_dim, n_win, topk, mlp_ratio, dpr[i][j], full_attn_heads)
-                      for j in range(depth)]
-            stages.append(PyramidStage(ConvBnDownsample(dims[i - 1], dim) if i else nn.Identity(), blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.min_input_size = 4 * 2 ** (len(dims) - 1)
-        self.norm = nn.BatchNorm2d(dims[-1])
-        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self.apply(self._init_weights)
+        dd = dict(device=device, dtype=dtype)
+        stem = Stem(in_chans, dims[0], **dd)
+        stages = pyramid_stages(
+            depths, dims, drop_path_rate, lambda cin, cout: ConvBnDownsample(cin, cout, **dd),
+            lambda i, j, dpr: BiFormerBlock(dims[i], dims[i] // head_dim, n_win, topks[i], mlp_ratio, dpr,
+                                            full_attn_heads, **dd))
+        super().__init__(stem, stages, nn.BatchNorm2d(dims[-1], **dd), dims, num_classes, global_pool, drop_rate,
+                         **dd)
 
 
+# Official layout -> ours, first match wins.
 _OFFICIAL_RENAMES = [
     (r"^downsample_layers\.0\.0\.", "stem.conv1."),
     (r"^downsample_layers\.0\.1\.", "stem.norm1."),
@@ -134,15 +128,16 @@ _OFFICIAL_RENAMES = [
     (r"^downsample_layers\.0\.4\.", "stem.norm2."),
     (r"^downsample_layers\.(\d+)\.0\.", r"stages.\1.downsample.conv."),
     (r"^downsample_layers\.(\d+)\.1\.", r"stages.\1.downsample.norm."),
-    (r"^stages\.(\d+)\.(\d+)\.attn\.qkv\.qkv\.", r"stages.\1.\2.attn.qkv."),
-    (r"^stages\.(\d+)\.(\d+)\.attn\.wo\.", r"stages.\1.\2.attn.proj."),
-    (r"^stages\.(\d+)\.(\d+)\.mlp\.0\.", r"stages.\1.\2.mlp.fc1."),
-    (r"^stages\.(\d+)\.(\d+)\.mlp\.3\.", r"stages.\1.\2.mlp.fc2."),
+    (r"^stages\.(\d+)\.(\d+)\.attn\.qkv\.qkv\.", r"stages.\1.blocks.\2.attn.qkv."),
+    (r"^stages\.(\d+)\.(\d+)\.attn\.wo\.", r"stages.\1.blocks.\2.attn.proj."),
+    (r"^stages\.(\d+)\.(\d+)\.mlp\.0\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (r"^stages\.(\d+)\.(\d+)\.mlp\.3\.", r"stages.\1.blocks.\2.mlp.fc2."),
     (r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."),
     (r"^head\.", "head.fc."),
 ]
 
 
+@checkpoint_filter(BiFormer)
 def checkpoint_filter_fn(state_dict: dict, model: BiFormer) -> dict:
     """Map an official BiFormer checkpoint (weights under ``model`` or a raw state dict) onto visattn keys.
 
@@ -151,12 +146,7 @@ def checkpoint_filter_fn(state_dict: dict, model: BiFormer) -> dict:
     state_dict = state_dict.get("model", state_dict)
     if "downsample_layers.0.0.weight" not in state_dict:
         return state_dict
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, repl in _OFFICIAL_RENAMES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
+    return rename_keys(state_dict, _OFFICIAL_RENAMES)
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
@@ -180,7 +170,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
-    return create_model(BiFormer, variant, pretrained, kwargs, checkpoint_filter_fn)
+    return create_model(BiFormer, variant, pretrained, kwargs)
 
 
 @register_model

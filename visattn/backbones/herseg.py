@@ -8,8 +8,11 @@ image segmentation with a non-hierarchical gated linear-attention encoder and a 
 - Decoder: the prompt-free two-way transformer (depth 2, width 256, 8 heads) and 4x upsampling, then a bilinear
   resize to the input size: per-pixel logits (B, num_classes, H, W).
 
-Any input size works: the image is zero-padded to a multiple of 16 and the logits are cropped back. The official
-model stores its 2-D RoPE angles for a 64 x 64 grid (1024 x 1024 inputs only); here they are computed per map.
+The encoder serves timm's feature API as timm's SAM ViT does: ``forward_features`` gives the neck embedding,
+``features_only`` / ``forward_intermediates`` the four stage outputs (C channels, stride 16), the neck counting as
+the final norm. Any input size works: the image is zero-padded to a multiple of 16 and the logits are cropped back.
+The official model stores its 2-D RoPE angles for a 64 x 64 grid (1024 x 1024 inputs only); here they are computed
+per map.
 """
 
 from __future__ import annotations
@@ -17,38 +20,42 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
-from ..blocks.dual_gated_attention import DualGatedLinearAttentionBlock
-from ..blocks.mask_decoder import PromptFreeMaskDecoder
+from ..blocks import DualGatedLinearAttentionBlock, PromptFreeMaskDecoder, maybe_checkpoint
 from ._helpers import create_model, init_linear_weights
+from ._loader import PretrainedMixin, checkpoint_filter
 
 __all__ = ["HerSeg", "checkpoint_filter_fn"]
 
-TASK = "segmentation"
+MODEL_KIND = "segmentation"
 PATCH = 16
 
 
 class _ConvBN(nn.Sequential):
     """Conv2d without bias, then BatchNorm (keys ``c``, ``bn``)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, groups: int = 1, bn_weight: float = 1.0):
+    def __init__(self, cin: int, cout: int, kernel: int = 1, groups: int = 1, bn_weight: float = 1.0, device=None,
+                 dtype=None):
         super().__init__()
-        self.add_module("c", nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False))
-        self.add_module("bn", nn.BatchNorm2d(cout))
+        dd = dict(device=device, dtype=dtype)
+        self.add_module("c", nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False, **dd))
+        self.add_module("bn", nn.BatchNorm2d(cout, **dd))
         nn.init.constant_(self.bn.weight, bn_weight)
 
 
 class MBConv(nn.Module):
     """Inverted residual: GELU(x + BN(1x1(GELU(BN(dw3x3(GELU(BN(1x1 x)))))))); (B, C, H, W) -> same."""
 
-    def __init__(self, dim: int, expand_ratio: float = 2.0):
+    def __init__(self, dim: int, expand_ratio: float = 2.0, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden = int(dim * expand_ratio)
-        self.conv1 = _ConvBN(dim, hidden)
-        self.conv2 = _ConvBN(hidden, hidden, 3, groups=hidden)
-        self.conv3 = _ConvBN(hidden, dim, bn_weight=0.0)
+        self.conv1 = _ConvBN(dim, hidden, **dd)
+        self.conv2 = _ConvBN(hidden, hidden, 3, groups=hidden, **dd)
+        self.conv3 = _ConvBN(hidden, dim, bn_weight=0.0, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.gelu(self.conv2(F.gelu(self.conv1(x))))
@@ -56,40 +63,52 @@ class MBConv(nn.Module):
 
 
 class _Stage(nn.Module):
-    def __init__(self, blocks: list[nn.Module]):
+    """Blocks on a (B, C, h, w) map -> same; ``tokens``: blocks that run on its (B, h*w, C) tokens and the grid."""
+
+    def __init__(self, blocks: list[nn.Module], tokens: bool):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.tokens = tokens
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        grid = (h, w) if self.tokens else ()
+        if self.tokens:
+            x = x.flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x = maybe_checkpoint(block, x, *grid, enabled=self.grad_checkpointing)
+        return x.transpose(1, 2).reshape(b, c, h, w) if self.tokens else x
 
 
-class HerSeg(nn.Module):
+class HerSeg(PretrainedMixin, nn.Module):
     """HER-Seg: (B, in_chans, H, W) images -> (B, num_classes, H, W) per-pixel logits."""
 
     def __init__(self, num_classes: int = 1, in_chans: int = 3, embed_dim: int = 96,
                  depths: tuple[int, ...] = (2, 2, 6, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
                  mlp_ratio: float = 2.0, drop_path_rate: float = 0.1, decoder_dim: int = 256,
-                 decoder_depth: int = 2, decoder_heads: int = 8, num_mask_tokens: int = 3, **kwargs):
+                 decoder_depth: int = 2, decoder_heads: int = 8, num_mask_tokens: int = 3, device=None, dtype=None):
         super().__init__()
-        if kwargs:
-            raise TypeError(f"HerSeg got unexpected arguments: {', '.join(sorted(kwargs))}")
+        dd = dict(device=device, dtype=dtype)
         self.num_classes = num_classes
-        self.num_features = embed_dim
-        self.grad_checkpointing = False
+        self.num_features = decoder_dim
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, PATCH, PATCH)
-        total = sum(depths)
-        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear in depth, from 0
-        layers = [_Stage([MBConv(embed_dim, mlp_ratio) for _ in range(depths[0])])]
-        for i in range(1, len(depths)):
-            start = sum(depths[:i])
-            layers.append(_Stage([DualGatedLinearAttentionBlock(embed_dim, num_heads[i], mlp_ratio, rates[start + j])
-                                  for j in range(depths[i])]))
+        self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, PATCH, PATCH, **dd)
+        # linear in depth from 0 over all blocks, as the official code; the MBConv blocks take no drop path
+        rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+        layers = [_Stage([MBConv(embed_dim, mlp_ratio, **dd) for _ in range(depths[0])], tokens=False)]
+        layers += [_Stage([DualGatedLinearAttentionBlock(embed_dim, num_heads[i], mlp_ratio, rates[i][j], **dd)
+                           for j in range(depths[i])], tokens=True) for i in range(1, len(depths))]
         self.layers = nn.ModuleList(layers)
+        self.feature_info = [dict(num_chs=embed_dim, num_chs_norm=decoder_dim, reduction=PATCH, module=f"layers.{i}")
+                             for i in range(len(depths))]
         self.neck = nn.Sequential(
-            nn.Conv2d(embed_dim, decoder_dim, 1, bias=False), LayerNorm2d(decoder_dim, eps=1e-6),
-            nn.Conv2d(decoder_dim, decoder_dim, 3, padding=1, bias=False), LayerNorm2d(decoder_dim, eps=1e-6),
+            nn.Conv2d(embed_dim, decoder_dim, 1, bias=False, **dd), LayerNorm2d(decoder_dim, eps=1e-6, **dd),
+            nn.Conv2d(decoder_dim, decoder_dim, 3, padding=1, bias=False, **dd),
+            LayerNorm2d(decoder_dim, eps=1e-6, **dd),
         )
         self.mask_decoder = PromptFreeMaskDecoder(decoder_dim, num_classes, num_mask_tokens, decoder_depth,
-                                                  decoder_heads, mlp_dim=decoder_dim)
+                                                  decoder_heads, mlp_dim=decoder_dim, **dd)
         self.apply(init_linear_weights)
 
     @torch.jit.ignore
@@ -102,8 +121,10 @@ class HerSeg(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        self.mask_decoder.transformer.grad_checkpointing = enable
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+        if isinstance(self.mask_decoder, PromptFreeMaskDecoder):
+            self.mask_decoder.transformer.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -117,35 +138,63 @@ class HerSeg(nn.Module):
         self.mask_decoder.reset_classes(num_classes)
         self.mask_decoder.output_hypernetworks_mlps.apply(init_linear_weights)
 
-    def _run(self, block: nn.Module, *args) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W), H and W multiples of 16 -> neck embedding (B, decoder_dim, H / 16, W / 16)."""
-        x = self.patch_embed.proj(x)
-        b, c, h, w = x.shape
-        for block in self.layers[0].blocks:
-            x = self._run(block, x)
-        x = x.flatten(2).transpose(1, 2)
-        for stage in self.layers[1:]:
-            for block in stage.blocks:
-                x = self._run(block, x, h, w)
-        return self.neck(x.transpose(1, 2).reshape(b, c, h, w))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W), zero-padded to multiples of 16 -> (B, embed_dim, ceil(H / 16), ceil(W / 16))."""
         if x.dim() != 4:
             raise ValueError(f"HerSeg expects (B, C, H, W) images, got shape {tuple(x.shape)}")
-        height, width = x.shape[-2:]
-        pad_h, pad_w = -height % PATCH, -width % PATCH
+        pad_h, pad_w = -x.shape[-2] % PATCH, -x.shape[-1] % PATCH
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.patch_embed.proj(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Encoder stage outputs in ``indices`` as (B, embed_dim, H / 16, W / 16) maps (through the neck when
+        ``norm``), and the neck embedding of the last stage run unless ``intermediates_only``."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; features are 'NCHW'")
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        layers = self.layers[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.layers
+        x = self._embed(x)
+        intermediates = []
+        for i, stage in enumerate(layers):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.neck(x) if norm else x)
+        return intermediates if intermediates_only else (self.neck(x), intermediates)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep the stages up to the last of ``indices``; ``prune_norm`` drops the neck, ``prune_head`` the mask
+        decoder (``forward`` then returns the upsampled embedding)."""
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[: max_index + 1]
+        if prune_norm:
+            self.neck = nn.Identity()
+            self.num_features = self.feature_info[0]["num_chs"]
+            for info in self.feature_info:
+                info["num_chs_norm"] = info["num_chs"]
+        if prune_head:
+            self.mask_decoder = nn.Identity()
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> neck embedding (B, decoder_dim, ceil(H / 16), ceil(W / 16))."""
+        x = self._embed(x)
+        for stage in self.layers:
+            x = stage(x)
+        return self.neck(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
         masks = self.mask_decoder(self.forward_features(x))
-        masks = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        padded = (height + -height % PATCH, width + -width % PATCH)
+        masks = F.interpolate(masks, size=padded, mode="bilinear", align_corners=False)
         return masks[..., :height, :width]
 
 
+@checkpoint_filter(HerSeg)
 def checkpoint_filter_fn(state_dict: dict, model: HerSeg) -> dict:
     """Map an official HER-Seg (``MHRMedSeg``) checkpoint onto :class:`HerSeg`.
 
@@ -193,6 +242,4 @@ def herseg(pretrained: bool = False, **kwargs) -> HerSeg:
     """HER-Seg as released (dim 96, stages 2 / 2 / 6 / 2), 8.2 GMACs at 1024 x 1024. ``pretrained=True`` loads
     an official-layout or visattn checkpoint given as ``pretrained_cfg_overlay=dict(file=PATH)`` (no weights are
     published for download)."""
-    if kwargs.get("features_only"):
-        raise ValueError("herseg is a segmentation network: features_only is not supported; use forward_features")
-    return create_model(HerSeg, "herseg", pretrained, kwargs, filter_fn=checkpoint_filter_fn, tag="untrained")
+    return create_model(HerSeg, "herseg", pretrained, kwargs, tag="untrained")

@@ -35,22 +35,20 @@ timm-derived files keep their MIT headers), so the weights' terms are unknown.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
+from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint
 from timm.models.swin_transformer import PatchMerging
-from timm.models.vision_transformer import VisionTransformer
 
 from ..blocks import InjectiveLinearAttention, WindowAttention
-from ._helpers import create_model
-from ._pyramid import PyramidModel, PyramidStage
+from ._helpers import create_model, rename_keys
+from ._loader import checkpoint_filter
+from ._pyramid import PyramidModel, pyramid_stages
+from ._vit import GridViT
 
 __all__ = ["InLineDeiT", "InLineSwin"]
 
@@ -70,95 +68,23 @@ class InLineViTBlock(nn.Module):
                        if kwargs.get(name)] + ([] if proj_bias else ["proj_bias=False"])
         if unsupported:
             raise ValueError(f"InLine-DeiT blocks do not support {', '.join(unsupported)}")
-        self.norm1 = norm_layer(dim)
-        self.attn = InjectiveLinearAttention(dim, num_heads, qkv_bias=qkv_bias)
-        self.norm2 = norm_layer(dim)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = InjectiveLinearAttention(dim, num_heads, qkv_bias=qkv_bias, **dd)
+        self.norm2 = norm_layer(dim, **dd)
         self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer,
-                             drop=proj_drop)
+                             drop=proj_drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        if device is not None or dtype is not None:
-            self.to(device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), size))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class InLineDeiT(VisionTransformer):
-    """InLine-DeiT: timm's VisionTransformer with InLine attention in every block.
+class InLineDeiT(GridViT):
+    """InLine-DeiT: timm's VisionTransformer (through :class:`GridViT`) with InLine attention in every block."""
 
-    Blocks need the patch grid, so the block loops of ``forward_features`` and ``forward_intermediates`` are
-    ours; everything else (embedding, position-embedding resampling, pooling, head, timm API) is timm's.
-    Defaults to ``dynamic_img_size`` and ``dynamic_img_pad``: any input size works. Patch dropout is not supported
-    (it breaks the grid the local residual convolves).
-    """
-
-    def __init__(self, **kwargs):
-        if kwargs.get("patch_drop_rate"):
-            raise ValueError("InLine-DeiT does not support patch dropout: the local residual needs the full grid")
-        kwargs.setdefault("dynamic_img_size", True)
-        kwargs.setdefault("dynamic_img_pad", True)
-        super().__init__(block_fn=InLineViTBlock, **kwargs)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {name for name in ("pos_embed", "cls_token", "reg_token") if getattr(self, name, None) is not None}
-
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.patch_embed(x)
-        size = tuple(x.shape[1:3]) if x.dim() == 4 else self.patch_embed.grid_size
-        return self.norm_pre(self._pos_embed(x)), size
-
-    def _block(self, block: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(block, x, size)
-        return block(x, size)
-
-    @staticmethod
-    def _no_masks(attn_mask: torch.Tensor | None, is_causal: bool) -> None:
-        if attn_mask is not None or is_causal:
-            raise ValueError("InLine attention takes no attention mask and is not causal")
-
-    def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                         is_causal: bool = False) -> torch.Tensor:
-        self._no_masks(attn_mask, is_causal)
-        x, size = self._embed(x)
-        for block in self.blocks:
-            x = self._block(block, x, size)
-        return self.norm(x)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
-                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False, output_dict: bool = False,
-                              attn_mask: torch.Tensor | None = None, is_causal: bool = False):
-        """timm's ViT ``forward_intermediates``: block outputs in ``indices`` as NCHW maps (or NLC tokens), and
-        the final normed tokens unless ``intermediates_only``."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NLC'")
-        self._no_masks(attn_mask, is_causal)
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        b = x.shape[0]
-        x, (h, w) = self._embed(x)
-        blocks = self.blocks[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = self._block(block, x, (h, w))
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm else x)
-        prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
-        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
-        if output_fmt == "NCHW":
-            intermediates = [y.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
-        if output_dict:
-            out = {"image_intermediates": intermediates}
-            if return_prefix_tokens and self.num_prefix_tokens:
-                out["image_intermediates_prefix"] = prefix
-            if not intermediates_only:
-                out["image_features"] = self.norm(x)
-            return out
-        if return_prefix_tokens and self.num_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix, strict=True))
-        return intermediates if intermediates_only else (self.norm(x), intermediates)
+    block_fn = InLineViTBlock
 
 
 def _split(length: int, window: int) -> list[tuple[int, int, int]]:
@@ -194,16 +120,17 @@ class InLineSwinBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, inline: bool, window_size: int = 7, shift: bool = False,
-                 inline_window: int = 56, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+                 inline_window: int = 56, mlp_ratio: float = 4.0, drop_path: float = 0.0, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.inline_window = inline_window
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, **dd)
         if inline:
-            self.attn = InjectiveLinearAttention(dim, num_heads)
+            self.attn = InjectiveLinearAttention(dim, num_heads, **dd)
         else:
-            self.attn = WindowAttention(dim, num_heads, window_size, shift)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+            self.attn = WindowAttention(dim, num_heads, window_size, shift, **dd)
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _inline(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -234,31 +161,23 @@ class InLineSwin(PyramidModel):
     def __init__(self, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  inline_depths: Sequence[int] = (2, 2, 6, 0), embed_dim: int = 96, window_size: int = 7,
                  inline_window: int = 56, mlp_ratio: float = 4.0, in_chans: int = 3, num_classes: int = 1000,
-                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0):
-        super().__init__()
+                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None,
+                 dtype=None):
         if not len(depths) == len(num_heads) == len(inline_depths):
             raise ValueError(f"depths, num_heads and inline_depths need one entry per stage, got {depths}, "
                              f"{num_heads}, {inline_depths}")
         if any(not 0 <= n <= d for n, d in zip(inline_depths, depths, strict=True)):
             raise ValueError(f"inline_depths {tuple(inline_depths)} must lie between 0 and depths {tuple(depths)}")
+        dd = dict(device=device, dtype=dtype)
         dims = [embed_dim * 2 ** i for i in range(len(depths))]
-        self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.stem = PatchEmbed(None, 4, in_chans, embed_dim, norm_layer=nn.LayerNorm, output_fmt="NHWC",
-                               strict_img_size=False, dynamic_img_pad=True)
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
-        stages, self.feature_info = [], []
-        for i, (depth, dim, heads) in enumerate(zip(depths, dims, num_heads, strict=True)):
-            blocks = [InLineSwinBlock(dim, heads, inline=j < inline_depths[i], window_size=window_size,
-                                      shift=j % 2 == 1, inline_window=inline_window, mlp_ratio=mlp_ratio,
-                                      drop_path=dpr[i][j]) for j in range(depth)]
-            stages.append(PyramidStage(PatchMerging(dims[i - 1], dim) if i else nn.Identity(), blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.min_input_size = 4 * 2 ** (len(depths) - 1)
-        self.norm = nn.LayerNorm(dims[-1])
-        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self.apply(self._init_weights)
+        stem = PatchEmbed(None, 4, in_chans, embed_dim, norm_layer=nn.LayerNorm, output_fmt="NHWC",
+                          strict_img_size=False, dynamic_img_pad=True, **dd)
+        stages = pyramid_stages(
+            depths, dims, drop_path_rate, lambda cin, cout: PatchMerging(cin, cout, **dd),
+            lambda i, j, dpr: InLineSwinBlock(dims[i], num_heads[i], inline=j < inline_depths[i],
+                                              window_size=window_size, shift=j % 2 == 1, inline_window=inline_window,
+                                              mlp_ratio=mlp_ratio, drop_path=dpr, **dd))
+        super().__init__(stem, stages, nn.LayerNorm(dims[-1], **dd), dims, num_classes, global_pool, drop_rate, **dd)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -275,6 +194,7 @@ _SWIN_RENAMES = [
 ]
 
 
+@checkpoint_filter(InLineDeiT, InLineSwin)
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official InLine checkpoint (weights under ``model`` or a raw state dict) onto visattn keys.
 
@@ -292,16 +212,9 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         return state_dict
     if "patch_embed.proj.weight" not in state_dict:
         return state_dict
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith(("relative_position_index", "attn_mask")):
-            continue
-        for pattern, repl in _SWIN_RENAMES:
-            key, hits = re.subn(pattern, repl, key)
-            if hits:
-                break
-        out[key] = value.t() if key.endswith("relative_position_bias_table") else value
-    return out
+    kept = {k: v for k, v in state_dict.items() if not k.endswith(("relative_position_index", "attn_mask"))}
+    renamed = rename_keys(kept, _SWIN_RENAMES)
+    return {k: v.t() if k.endswith("relative_position_bias_table") else v for k, v in renamed.items()}
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
@@ -334,11 +247,11 @@ default_cfgs = generate_default_cfgs({
 
 def _create_deit(variant: str, pretrained: bool, img_size: int, kwargs: dict) -> InLineDeiT:
     kwargs = dict(dict(img_size=img_size, patch_size=16, depth=12, out_indices=3), **kwargs)
-    return create_model(InLineDeiT, variant, pretrained, kwargs, checkpoint_filter_fn)
+    return create_model(InLineDeiT, variant, pretrained, kwargs)
 
 
 def _create_swin(variant: str, pretrained: bool, kwargs: dict) -> InLineSwin:
-    return create_model(InLineSwin, variant, pretrained, kwargs, checkpoint_filter_fn)
+    return create_model(InLineSwin, variant, pretrained, kwargs)
 
 
 @register_model

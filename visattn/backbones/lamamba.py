@@ -30,12 +30,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp
+from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import SS2D, WindowAttention
 from ._helpers import create_model
-from ._pyramid import PyramidModel, PyramidStage
+from ._pyramid import PyramidModel, pyramid_stages
 
 __all__ = ["LaMamba"]
 
@@ -44,14 +44,15 @@ class LaMambaBlock(nn.Module):
     """SS2D, window attention and MLP, each pre-norm residual. Shapes: (B, H, W, C) -> (B, H, W, C)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float = 4.0,
-                 d_state: int = 1, ssm_ratio: float = 1.0, drop_path: float = 0.0):
+                 d_state: int = 1, ssm_ratio: float = 1.0, drop_path: float = 0.0, device=None, dtype=None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.ssm = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio)
-        self.norm2 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, window_size, shift)
-        self.norm3 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.ssm = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, **dd)
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.attn = WindowAttention(dim, num_heads, window_size, shift, **dd)
+        self.norm3 = nn.LayerNorm(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,11 +67,13 @@ class ConvLnDown(nn.Module):
     A patchify conv (k = s) zero-pads the bottom/right to a multiple of s; a 3x3/2 conv pads by 1.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, nchw_in: bool = False):
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, nchw_in: bool = False, device=None,
+                 dtype=None):
         super().__init__()
         self.nchw_in, self.stride, self.patchify = nchw_in, stride, kernel == stride
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=0 if self.patchify else kernel // 2)
-        self.norm = nn.LayerNorm(out_chs)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=0 if self.patchify else kernel // 2,
+                              device=device, dtype=dtype)
+        self.norm = nn.LayerNorm(out_chs, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x if self.nchw_in else x.permute(0, 3, 1, 2)
@@ -87,25 +90,17 @@ class LaMamba(PyramidModel):
     def __init__(self, depths: Sequence[int] = (2, 2, 3, 2), dims: Sequence[int] = (96, 192, 384, 768),
                  head_dim: int = 32, window_size: int = 7, mlp_ratio: float = 4.0, d_state: int = 1,
                  ssm_ratio: float = 1.0, in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
-        super().__init__()
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None, dtype=None):
         if len(depths) != len(dims) or any(dim % head_dim for dim in dims):
             raise ValueError(f"need one depth per stage and dims divisible by head_dim={head_dim}: {depths}, {dims}")
-        self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.stem = ConvLnDown(in_chans, dims[0], 4, 4, nchw_in=True)
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
-        stages, self.feature_info = [], []
-        for i, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
-            blocks = [LaMambaBlock(dim, dim // head_dim, window_size, shift=j % 2 == 1, mlp_ratio=mlp_ratio,
-                                   d_state=d_state, ssm_ratio=ssm_ratio, drop_path=dpr[i][j]) for j in range(depth)]
-            stages.append(PyramidStage(ConvLnDown(dims[i - 1], dim, 3, 2) if i else nn.Identity(), blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.min_input_size = 4 * 2 ** (len(dims) - 1)
-        self.norm = nn.LayerNorm(dims[-1])
-        self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self.apply(self._init_weights)
+        dd = dict(device=device, dtype=dtype)
+        stem = ConvLnDown(in_chans, dims[0], 4, 4, nchw_in=True, **dd)
+        stages = pyramid_stages(
+            depths, dims, drop_path_rate, lambda cin, cout: ConvLnDown(cin, cout, 3, 2, **dd),
+            lambda i, j, dpr: LaMambaBlock(dims[i], dims[i] // head_dim, window_size, shift=j % 2 == 1,
+                                           mlp_ratio=mlp_ratio, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=dpr,
+                                           **dd))
+        super().__init__(stem, stages, nn.LayerNorm(dims[-1], **dd), dims, num_classes, global_pool, drop_rate, **dd)
 
 
 def _cfg(**kwargs) -> dict:

@@ -14,14 +14,16 @@ class LePEAttention(nn.Module):
     Shapes: (B, H, W, C) -> (B, H, W, C).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, lepe_kernel: int = 5):
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, lepe_kernel: int = 5, device=None,
+                 dtype=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        dd = dict(device=device, dtype=dtype)
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape

@@ -68,16 +68,17 @@ class DualGatedLinearAttention(nn.Module):
     numerator only, the mean-key normaliser and LePE. Input and output (B, N, C) with N = H x W."""
 
     def __init__(self, dim: int, num_heads: int, qk_bias: bool = True, value_ratio: float = 0.25,
-                 rope_base: float = 10000.0):
+                 rope_base: float = 10000.0, device=None, dtype=None):
         super().__init__()
         if dim % num_heads or dim % 4:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} and by 4 (2-D RoPE)")
+        dd = dict(device=device, dtype=dtype)
         self.num_heads = num_heads
         self.rope_base = rope_base
-        self.qk = nn.Linear(dim, 2 * dim, bias=qk_bias)
-        self.up_proj = nn.Linear(dim, int(dim * value_ratio))
-        self.down_proj = nn.Linear(int(dim * value_ratio), dim)
-        self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.qk = nn.Linear(dim, 2 * dim, bias=qk_bias, **dd)
+        self.up_proj = nn.Linear(dim, int(dim * value_ratio), **dd)
+        self.down_proj = nn.Linear(int(dim * value_ratio), dim, **dd)
+        self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
 
     def forward(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
         b, n, c = u.shape
@@ -101,15 +102,16 @@ class DualGatedLinearAttentionBlock(nn.Module):
     """X <- X + W_o(DLA(LN X) * SiLU(W_g LN X)); X <- X + MLP(LN X). Input and output (B, H x W, C)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 2.0, drop_path: float = 0.0,
-                 rope_base: float = 10000.0):
+                 rope_base: float = 10000.0, device=None, dtype=None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.act_proj = nn.Linear(dim, dim)
-        self.attn = DualGatedLinearAttention(dim, num_heads, rope_base=rope_base)
-        self.out_proj = nn.Linear(dim, dim)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.act_proj = nn.Linear(dim, dim, **dd)
+        self.attn = DualGatedLinearAttention(dim, num_heads, rope_base=rope_base, **dd)
+        self.out_proj = nn.Linear(dim, dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         u = self.norm1(x)

@@ -27,17 +27,20 @@ class InjectiveLinearAttention(nn.Module):
     Shapes: x (B, P + H*W, C) with ``size=(H, W)`` -> (B, P + H*W, C). Any H, W.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str | None = None):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str | None = None, device=None,
+                 dtype=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        dd = dict(device=device, dtype=dtype)
         self.num_heads, self.backend = num_heads, backend
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
         self.residual = nn.Sequential(
-            nn.Conv1d(dim, dim, 1, groups=num_heads), nn.GELU(), nn.Conv1d(dim, 9 * dim, 1, groups=num_heads),
+            nn.Conv1d(dim, dim, 1, groups=num_heads, **dd), nn.GELU(),
+            nn.Conv1d(dim, 9 * dim, 1, groups=num_heads, **dd),
         )
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape

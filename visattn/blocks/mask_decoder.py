@@ -18,7 +18,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d, get_device_dtype
+
+from ._checkpoint import maybe_checkpoint
 
 __all__ = ["PromptFreeMaskDecoder", "TwoWayTransformer"]
 
@@ -26,14 +28,15 @@ __all__ = ["PromptFreeMaskDecoder", "TwoWayTransformer"]
 class _Attention(nn.Module):
     """Multi-head attention whose projections may shrink the width by ``downsample_rate``."""
 
-    def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1):
+    def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1, device=None, dtype=None):
         super().__init__()
         inner = dim // downsample_rate
         if inner % num_heads:
             raise ValueError(f"attention width {inner} must be divisible by num_heads={num_heads}")
+        dd = dict(device=device, dtype=dtype)
         self.num_heads = num_heads
-        self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, inner), nn.Linear(dim, inner), nn.Linear(dim, inner)
-        self.out_proj = nn.Linear(inner, dim)
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, inner, **dd) for _ in range(3))
+        self.out_proj = nn.Linear(inner, dim, **dd)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         def heads(t: torch.Tensor) -> torch.Tensor:
@@ -46,9 +49,10 @@ class _Attention(nn.Module):
 class _MLP(nn.Module):
     """Linear layers with ReLU between them (keys ``layers.i``)."""
 
-    def __init__(self, dims: list[int]):
+    def __init__(self, dims: list[int], device=None, dtype=None):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(nn.Linear(a, b, device=device, dtype=dtype)
+                                    for a, b in zip(dims[:-1], dims[1:], strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -57,20 +61,22 @@ class _MLP(nn.Module):
 
 
 class _TwoWayBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, first: bool):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, first: bool, device=None,
+                 dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.first = first
-        self.self_attn = _Attention(dim, num_heads)
-        self.norm1 = nn.LayerNorm(dim)
-        self.cross_attn_token_to_image = _Attention(dim, num_heads, downsample_rate)
-        self.norm2 = nn.LayerNorm(dim)
+        self.self_attn = _Attention(dim, num_heads, **dd)
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.cross_attn_token_to_image = _Attention(dim, num_heads, downsample_rate, **dd)
+        self.norm2 = nn.LayerNorm(dim, **dd)
         self.mlp = nn.Sequential()
-        self.mlp.add_module("lin1", nn.Linear(dim, mlp_dim))
+        self.mlp.add_module("lin1", nn.Linear(dim, mlp_dim, **dd))
         self.mlp.add_module("act", nn.ReLU())
-        self.mlp.add_module("lin2", nn.Linear(mlp_dim, dim))
-        self.norm3 = nn.LayerNorm(dim)
-        self.norm4 = nn.LayerNorm(dim)
-        self.cross_attn_image_to_token = _Attention(dim, num_heads, downsample_rate)
+        self.mlp.add_module("lin2", nn.Linear(mlp_dim, dim, **dd))
+        self.norm3 = nn.LayerNorm(dim, **dd)
+        self.norm4 = nn.LayerNorm(dim, **dd)
+        self.cross_attn_image_to_token = _Attention(dim, num_heads, downsample_rate, **dd)
 
     def forward(self, tokens, image, token_pe, image_pe):
         if self.first:
@@ -89,22 +95,19 @@ class TwoWayTransformer(nn.Module):
     """Tokens (B, T, C) and image tokens (B, h*w, C) with their positional encoding -> both, updated."""
 
     def __init__(self, dim: int = 256, depth: int = 2, num_heads: int = 8, mlp_dim: int = 256,
-                 downsample_rate: int = 2):
+                 downsample_rate: int = 2, device=None, dtype=None):
         super().__init__()
-        self.layers = nn.ModuleList(_TwoWayBlock(dim, num_heads, mlp_dim, downsample_rate, first=i == 0)
+        dd = dict(device=device, dtype=dtype)
+        self.layers = nn.ModuleList(_TwoWayBlock(dim, num_heads, mlp_dim, downsample_rate, first=i == 0, **dd)
                                     for i in range(depth))
-        self.final_attn_token_to_image = _Attention(dim, num_heads, downsample_rate)
-        self.norm_final_attn = nn.LayerNorm(dim)
+        self.final_attn_token_to_image = _Attention(dim, num_heads, downsample_rate, **dd)
+        self.norm_final_attn = nn.LayerNorm(dim, **dd)
         self.grad_checkpointing = False
 
     def forward(self, tokens: torch.Tensor, image: torch.Tensor, image_pe: torch.Tensor):
         token_pe = tokens
         for layer in self.layers:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                tokens, image = torch.utils.checkpoint.checkpoint(layer, tokens, image, token_pe, image_pe,
-                                                                  use_reentrant=False)
-            else:
-                tokens, image = layer(tokens, image, token_pe, image_pe)
+            tokens, image = maybe_checkpoint(layer, tokens, image, token_pe, image_pe, enabled=self.grad_checkpointing)
         tokens = self.norm_final_attn(tokens + self.final_attn_token_to_image(tokens + token_pe, image + image_pe,
                                                                               image))
         return tokens, image
@@ -120,23 +123,26 @@ class PromptFreeMaskDecoder(nn.Module):
     """
 
     def __init__(self, dim: int = 256, num_classes: int = 1, num_mask_tokens: int = 3, depth: int = 2,
-                 num_heads: int = 8, mlp_dim: int = 256):
+                 num_heads: int = 8, mlp_dim: int = 256, device=None, dtype=None):
         super().__init__()
-        self.transformer = TwoWayTransformer(dim, depth, num_heads, mlp_dim)
-        self.iou_token = nn.Embedding(1, dim)
-        self.mask_tokens = nn.Embedding(num_mask_tokens, dim)
-        self.no_mask_embed = nn.Embedding(1, dim)
-        self.register_buffer("pe_gaussian", torch.randn(2, dim // 2))
+        dd = dict(device=device, dtype=dtype)
+        self.transformer = TwoWayTransformer(dim, depth, num_heads, mlp_dim, **dd)
+        self.iou_token = nn.Embedding(1, dim, **dd)
+        self.mask_tokens = nn.Embedding(num_mask_tokens, dim, **dd)
+        self.no_mask_embed = nn.Embedding(1, dim, **dd)
+        self.register_buffer("pe_gaussian", torch.randn(2, dim // 2, **dd))
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2), LayerNorm2d(dim // 4, eps=1e-6), nn.GELU(),
-            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2), nn.GELU(),
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2, **dd), LayerNorm2d(dim // 4, eps=1e-6, **dd),
+            nn.GELU(), nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2, **dd), nn.GELU(),
         )
         self.reset_classes(num_classes)
 
     def reset_classes(self, num_classes: int) -> None:
-        """One hypernetwork MLP (new weights) per output channel."""
+        """One hypernetwork MLP (new weights, on the decoder's device and dtype) per output channel."""
         dim = self.iou_token.embedding_dim
-        self.output_hypernetworks_mlps = nn.ModuleList(_MLP([dim, dim, dim, dim // 8]) for _ in range(num_classes))
+        dd = get_device_dtype(self)
+        self.output_hypernetworks_mlps = nn.ModuleList(_MLP([dim, dim, dim, dim // 8], **dd)
+                                                       for _ in range(num_classes))
 
     def dense_pe(self, height: int, width: int) -> torch.Tensor:
         """(1, C, height, width) random-Fourier encoding of the token grid centres."""

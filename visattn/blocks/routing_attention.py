@@ -21,7 +21,7 @@ class BiLevelRoutingAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, n_win: int, topk: int, qk_dim: int | None = None,
-                 lce_kernel: int = 5, backend: str | None = None):
+                 lce_kernel: int = 5, backend: str | None = None, device=None, dtype=None):
         super().__init__()
         check_routing_args(n_win, topk)
         self.qk_dim = qk_dim or dim
@@ -30,9 +30,10 @@ class BiLevelRoutingAttention(nn.Module):
         self.dim, self.num_heads, self.n_win, self.topk = dim, num_heads, n_win, topk
         self.scale = self.qk_dim ** -0.5
         self.backend = backend
-        self.qkv = nn.Linear(dim, 2 * self.qk_dim + dim)
-        self.lepe = nn.Conv2d(dim, dim, lce_kernel, padding=lce_kernel // 2, groups=dim)
-        self.proj = nn.Linear(dim, dim)
+        dd = dict(device=device, dtype=dtype)
+        self.qkv = nn.Linear(dim, 2 * self.qk_dim + dim, **dd)
+        self.lepe = nn.Conv2d(dim, dim, lce_kernel, padding=lce_kernel // 2, groups=dim, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1:3]

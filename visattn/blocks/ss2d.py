@@ -37,26 +37,29 @@ class SS2D(nn.Module):
     directions = 4
 
     def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank: int | None = None,
-                 conv_kernel: int = 3, dt_min: float = 1e-3, dt_max: float = 0.1, backend: str | None = None):
+                 conv_kernel: int = 3, dt_min: float = 1e-3, dt_max: float = 0.1, backend: str | None = None,
+                 device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         k = self.directions
         d_inner = int(ssm_ratio * dim)
         self.d_inner, self.d_state = d_inner, d_state
         self.dt_rank = dt_rank or math.ceil(dim / 16)
         self.backend = backend
-        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
-        self.conv = nn.Conv2d(d_inner, d_inner, conv_kernel, padding=conv_kernel // 2, groups=d_inner)
-        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
-        self.A_logs = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(k * d_inner, 1))
-        self.Ds = nn.Parameter(torch.ones(k * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner)
-        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False, **dd)
+        self.conv = nn.Conv2d(d_inner, d_inner, conv_kernel, padding=conv_kernel // 2, groups=d_inner, **dd)
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner, **dd))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank, **dd))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner, **dd))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state, **dd))
+        self.Ds = nn.Parameter(torch.ones(k * d_inner, **dd))
+        self.out_norm = nn.LayerNorm(d_inner, **dd)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False, **dd)
         nn.init.uniform_(self.x_proj_weight, -d_inner**-0.5, d_inner**-0.5)
         nn.init.uniform_(self.dt_projs_weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand(k, d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        with torch.no_grad():  # softplus^-1 of a log-uniform step in [dt_min, dt_max], as in Mamba
+        dt = torch.exp(torch.rand(k, d_inner, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        with torch.no_grad():  # A = -(1..d_state); softplus^-1 of a log-uniform step in [dt_min, dt_max], as in Mamba
+            self.A_logs.copy_(torch.arange(1, d_state + 1, device=device, dtype=torch.float32).log())
             self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,14 +17,15 @@ class WindowAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift: bool = False,
-                 backend: str | None = None):
+                 backend: str | None = None, device=None, dtype=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        dd = dict(device=device, dtype=dtype)
         self.num_heads, self.window_size, self.shift, self.backend = num_heads, window_size, shift, backend
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_heads, (2 * window_size - 1) ** 2))
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, **dd)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_heads, (2 * window_size - 1) ** 2, **dd))
+        self.proj = nn.Linear(dim, dim, **dd)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

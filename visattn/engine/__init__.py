@@ -1,1 +1,2 @@
-"""Task loops (classification, medical segmentation), checkpoints and run logging for tools/train.py and eval.py."""
+"""One training engine (:mod:`.fit`) and its tasks (classification, medical segmentation), the model builder,
+checkpoints and run logging for tools/train.py and eval.py."""

@@ -1,4 +1,5 @@
-"""Atomic checkpoint and metric files, and strict state-dict loading with a one-line report."""
+"""Atomic checkpoint and metric files, and reading visattn training checkpoints (weights load through
+:func:`visattn.load_pretrained`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from ..errors import UserError
 
@@ -55,44 +55,11 @@ def atomic_write_json(obj: Any, path: str) -> None:
     atomic_write(path, write)
 
 
-def read_weights(path: str) -> Any:
-    """torch.load a weights file on the CPU (tensors and plain containers only), with one-line errors."""
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
-
-
 def load_checkpoint_file(path: str) -> dict:
     """Load a visattn training checkpoint, with a clear error for a missing or unreadable file."""
-    ckpt = read_weights(path)
+    from ..backbones._loader import read_file
+
+    ckpt = read_file(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a visattn training checkpoint (no 'state_dict'); convert it first")
     return ckpt
-
-
-def _preview(keys: list[str], limit: int = 3) -> str:
-    return ", ".join(keys[:limit]) + (", ..." if len(keys) > limit else "")
-
-
-def load_state_strict(model: nn.Module, state_dict: dict, what: str) -> None:
-    """Load ``state_dict`` into ``model`` or raise a one-line :class:`UserError` naming mismatched keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    reshaped = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or reshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_preview(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_preview(unexpected)})")
-        if reshaped:
-            parts.append(f"{len(reshaped)} with other shapes ({_preview(reshaped)})")
-        raise UserError(f"{what} does not match the model: {'; '.join(parts)}")
-    model.load_state_dict(state_dict)

@@ -19,14 +19,21 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def pick_device(requested: str | None) -> torch.device:
-    """The device for this process: ``requested``, else this rank's GPU, else the CPU."""
+    """The device for this process: ``requested``, else this rank's GPU, else the CPU.
+
+    A GPU, given or picked, becomes the current CUDA device; a bare ``cuda`` means this rank's GPU.
+    """
     if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+        device = torch.device(requested)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        return torch.device("cpu")
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

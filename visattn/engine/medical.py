@@ -1,31 +1,31 @@
-"""Medical / retinal binary segmentation: training and evaluation at the images' original resolution.
+"""Medical / retinal binary segmentation on :func:`~visattn.engine.fit.fit`, scored at the original resolution.
 
 The model is any timm model that ``timm.create_model(name, num_classes=1)`` builds into a network returning
 (B, 1, H, W) per-pixel logits for a (B, 3, H, W) input (default: ``herseg``). Training uses augmented random
 crops and the loss BCE + soft Dice over every pixel of the crop (or, with ``fov_loss``, inside the FOV only).
-Validation and evaluation run whole images through sliding-window or padded inference, map the logits back to
-the original resolution, and score them with :mod:`visattn.engine.medical_metrics` inside the FOV (and over the
-whole image when FOV masks exist). The run folder matches classification's: atomic ``last.pth`` / ``best.pth``,
-``metrics.json``, ``curves.png``, TensorBoard, ``--resume``, DDP under torchrun (validation runs on rank 0).
+Validation (on rank 0) and evaluation run whole images through sliding-window or padded inference, map the
+logits back to the original resolution, and score them with :mod:`visattn.engine.medical_metrics` inside the
+FOV (and over the whole image when FOV masks exist); pooled Dice picks ``best.pth``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..backbones._loader import load_pretrained
 from ..data.medical import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,13 +36,12 @@ from ..data.medical import (
     seed_worker_augmentation,
 )
 from ..errors import UserError
-from .checkpoint import atomic_save, atomic_write, atomic_write_json, load_checkpoint_file, load_state_strict
-from .classification import create_model
-from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
+from .checkpoint import atomic_write, atomic_write_json, json_safe
+from .distributed import pick_device
+from .fit import Task, TrainConfig, fit, train_pass
 from .loop import autocast
-from .loop import train_one_epoch as shared_train_one_epoch
 from .medical_metrics import SegmentationMetrics, restore_original
-from .run_log import RunLog
+from .models import build_model, check_model_input
 
 TASK = "medical-seg"
 DEMO_MODEL = "herseg"
@@ -81,35 +80,22 @@ class Inference:
 
 
 @dataclass
-class MedicalConfig:
+class MedicalConfig(TrainConfig):
     """Everything a medical segmentation run needs; ``tools/train.py --task medical-seg`` fills it."""
 
-    output: str
     data: str | None = None  # folder (DRIVE or generic layout) or synthetic-vessels[:options]; None = synthetic
     model: str = DEMO_MODEL
-    model_kwargs: dict = field(default_factory=dict)
-    pretrained: bool = False
     img_size: int = 256  # training crop
+    batch_size: int = 8
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
     scale: float = 1.0  # resize factor applied to every image before cropping / inference
     crops_per_image: int = 4
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    opt: str = "adamw"
-    warmup_epochs: int = 1
-    min_lr: float = 1e-6
-    clip_grad: float | None = 5.0
     fov_loss: bool = False  # restrict the loss to FOV pixels (default: every pixel; outside the FOV is background)
     inference: str = "padded"
     tile: int | None = None  # sliding-window size; None = img_size
     pad_multiple: int = 32
     threshold: float = 0.5
-    workers: int = 4
-    seed: int = 0
-    device: str | None = None
-    amp: bool = True
-    resume: str | None = None
 
     @classmethod
     def demo(cls, output: str) -> MedicalConfig:
@@ -136,19 +122,8 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, fov: torch.Tensor,
 
 def check_model_output(model: nn.Module, size: int, name: str) -> None:
     """Run a blank (1, 3, size, size) image: the model must take it and return (1, 1, size, size) logits."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
-    except (ValueError, RuntimeError) as err:
-        raise UserError(f"image size {size} does not work with {name}: {str(err).splitlines()[0]}") from None
-    finally:
-        model.train(was_training)
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if shape != (1, 1, size, size):
-        raise UserError(f"{name} returns {shape} for a (1, 3, {size}, {size}) image; medical segmentation needs "
-                        f"(B, 1, H, W) per-pixel logits at the input resolution")
+    check_model_input(model, size, name, (1, 1, size, size),
+                      "medical segmentation needs (B, 1, H, W) per-pixel logits at the input resolution")
 
 
 def inference_size(settings: Inference) -> int:
@@ -271,114 +246,122 @@ def _item(item):
     return item
 
 
-def build_model(name: str, model_kwargs: dict, pretrained: bool = False) -> nn.Module:
-    return create_model(name, pretrained=pretrained, num_classes=1, **model_kwargs)
+def report(result: dict[str, Any]) -> str:
+    """The lines ``tools/eval.py --task medical-seg`` prints: pooled and per-image metrics, then the JSON line."""
+    region = "inside the FOV" if result["region"] == "fov" else "whole image"
+    names = (("dice", "Dice"), ("iou", "IoU"), ("sensitivity", "Se"), ("specificity", "Sp"), ("accuracy", "Acc"),
+             ("auc", "AUC"))
+
+    def row(metrics: dict) -> str:
+        return "  ".join(f"{label} {metrics[key]:.4f}" for key, label in names) + f"  HD95 {metrics['hd95']:.2f} px"
+
+    lines = [f"{result['count']} images ({result['split']}), {region}, threshold {result['threshold']}:",
+             f"  pooled     {row(result['pooled'])}",
+             f"  per image  {row(result['per_image'])}"]
+    if "full_image" in result:
+        lines.append(f"  whole image, pooled  {row(result['full_image']['pooled'])}")
+    lines.append(f"metrics.json and predictions/ in {result['output']}")
+    lines.append(json.dumps(json_safe({"pooled": result["pooled"], "per_image": result["per_image"]})))
+    return "\n".join(lines)
+
+
+class MedicalTask(Task):
+    """Binary segmentation of whole images (retinal vessels): crops for training, whole images for validation."""
+
+    name = TASK
+    config = MedicalConfig
+    default_data = SYNTHETIC
+    score = "val_dice"
+    panels = PANELS
+    distributed_eval = False
+    worker_init_fn = staticmethod(seed_worker_augmentation)
+    shared_help = {"data": "image/mask folder with train/ (or training/) and val/ (or test/) splits, DRIVE layout or "
+                           "images/ + masks/ [+ fov/], or synthetic-vessels[:size=..,train=..] (default)",
+                   "img_size": "training crop size"}
+
+    def __init__(self, cfg: MedicalConfig):
+        super().__init__(cfg)
+        self.settings = cfg.inference_settings()
+
+    @staticmethod
+    def add_train_arguments(parser) -> None:
+        parser.add_argument("--scale", type=float, help="resize every image by this factor first (e.g. 0.5 for HRF)")
+        parser.add_argument("--crops-per-image", type=int, help="random training crops per image and epoch")
+        parser.add_argument("--fov-loss", action="store_true", help="train on FOV pixels only")
+        parser.add_argument("--inference", choices=INFERENCE_MODES,
+                            help="validation on whole images: padded whole image (default) or sliding window")
+        parser.add_argument("--tile", type=int, help="sliding-window size (default: --img-size)")
+        parser.add_argument("--pad-multiple", type=int, help="pad whole images to a multiple of this (default 32)")
+
+    @staticmethod
+    def add_eval_arguments(parser) -> None:
+        parser.add_argument("--split", help="split folder to score (default: val, else validation, else test)")
+        parser.add_argument("--output", help="folder for metrics.json and predictions/ "
+                                             "(default: CHECKPOINT_DIR/eval_SPLIT)")
+        parser.add_argument("--inference", choices=INFERENCE_MODES, help="default: as in training")
+        parser.add_argument("--tile", type=int, help="sliding-window size (default: as in training)")
+        parser.add_argument("--threshold", type=float, help="probability threshold (default: 0.5)")
+
+    @classmethod
+    def run_eval(cls, args) -> str:
+        return report(evaluate_checkpoint(args.checkpoint, args.data, args.split, args.output, args.inference,
+                                          args.tile, args.device, args.workers, threshold=args.threshold))
+
+    def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
+        cfg = self.cfg
+        model = build_model(cfg.model, pretrained=cfg.pretrained, num_classes=1, **cfg.model_kwargs)
+        pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.mean = tuple(pretrained_cfg.get("mean", IMAGENET_MEAN))
+        self.std = tuple(pretrained_cfg.get("std", IMAGENET_STD))
+        train_set = SegmentationTrainSet(open_source(cfg.data, "train"), cfg.img_size, cfg.scale,
+                                         cfg.crops_per_image, self.mean, self.std, seed=cfg.seed + rank)
+        self.val_set = SegmentationEvalSet(open_source(cfg.data, "val"), cfg.scale, self.mean, self.std)
+        return model, train_set
+
+    def check_input(self, model: nn.Module) -> None:
+        for size in sorted({self.cfg.img_size, inference_size(self.settings)}):
+            check_model_output(model, size, self.cfg.model)
+
+    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
+        """BCE + Dice over the crop (inside the FOV with ``fov_loss``)."""
+        images, masks, fovs = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device, self.cfg.amp):
+            logits = net(images)
+        return bce_dice_loss(logits, masks, fovs if self.cfg.fov_loss else torch.ones_like(masks)), images.shape[0]
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
+        cfg = self.cfg
+        return evaluate(model, self.val_set, device, self.settings, cfg.threshold, cfg.amp, cfg.workers,
+                        fov_loss=cfg.fov_loss)
+
+    def val_scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
+        return {"val_loss": metrics["loss"], **{f"val_{k}": v for k, v in metrics["pooled"].items()}}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"num_classes": 1, "img_size": cfg.img_size, "scale": cfg.scale, "mean": self.mean, "std": self.std,
+                "inference": dataclasses.asdict(self.settings), "threshold": cfg.threshold, "fov_loss": cfg.fov_loss}
+
+    def epoch_line(self, metrics: dict[str, Any], scalars: dict[str, float]) -> str:
+        pooled = metrics["pooled"]
+        return (f"val loss {metrics['loss']:.4f}, Dice {pooled['dice']:.4f}, AUC {pooled['auc']:.4f}, HD95 "
+                f"{pooled['hd95']:.2f} px ({metrics['region']}, pooled; {scalars['epoch_seconds']:.1f} s)")
+
+    def summary(self, best: dict[str, Any]) -> str:
+        return (f"best val Dice {best['val_dice']:.4f} (pooled; AUC {best['val_auc']:.4f}, HD95 "
+                f"{best['val_hd95']:.2f} px) at epoch {best['epoch']}; checkpoints in {self.cfg.output}")
 
 
 def train(cfg: MedicalConfig) -> dict[str, Any]:
     """Train a segmentation model; returns ``{"best", "history"}`` (also written to ``metrics.json``)."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
-    settings = cfg.inference_settings()
-    device = pick_device(cfg.device)
-    rank, world_size = init_distributed(device)
-    is_main = rank == 0
-    torch.manual_seed(cfg.seed + rank)
-    try:
-        resume = load_checkpoint_file(cfg.resume) if cfg.resume else None
-        if resume is not None and (resume.get("task"), resume.get("model")) != (TASK, cfg.model):
-            raise UserError(f"{cfg.resume} was trained as {resume.get('task')} / {resume.get('model')!r}, not "
-                            f"{TASK} / {cfg.model!r}; pass the same --model or start without --resume")
-        model = build_model(cfg.model, cfg.model_kwargs, cfg.pretrained).to(device)
-        for size in sorted({cfg.img_size, inference_size(settings)}):
-            check_model_output(model, size, cfg.model)
-        pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
-        mean = tuple(pretrained_cfg.get("mean", IMAGENET_MEAN))
-        std = tuple(pretrained_cfg.get("std", IMAGENET_STD))
-        train_set = SegmentationTrainSet(open_source(cfg.data, "train"), cfg.img_size, cfg.scale,
-                                         cfg.crops_per_image, mean, std, seed=cfg.seed + rank)
-        val_set = SegmentationEvalSet(open_source(cfg.data, "val"), cfg.scale, mean, std)
-        sampler = DistributedSampler(train_set, shuffle=True) if world_size > 1 else None
-        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                                  num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                                  drop_last=len(train_set) > cfg.batch_size, persistent_workers=cfg.workers > 0,
-                                  worker_init_fn=seed_worker_augmentation)
-        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=cfg.epochs,
-                                           warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
-                                           warmup_lr=cfg.lr * 0.01, step_on_epochs=False,
-                                           updates_per_epoch=len(train_loader))
-        start_epoch, best, history = 0, {"epoch": -1, "val_dice": -1.0}, []
-        if resume is not None:
-            load_state_strict(model, resume["state_dict"], f"checkpoint {cfg.resume}")
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            start_epoch, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
-
-        train_model = model
-        if world_size > 1:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        dataset = cfg.data or SYNTHETIC
-        log = None
-        if is_main:
-            os.makedirs(cfg.output, exist_ok=True)
-            meta = {"task": TASK, "model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": dataset,
-                    "config": dataclasses.asdict(cfg)}
-            log = RunLog(cfg.output, history, meta, panels=PANELS)
-
-        for epoch in range(start_epoch, cfg.epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            started = time.time()
-            loss_sum, seen = train_one_epoch(train_model, model, train_loader, optimizer, scheduler, device, cfg,
-                                             epoch, show_progress=is_main)
-            train_loss_sum, train_seen = all_reduce_sum([loss_sum, seen], device)
-            if is_main:
-                metrics = evaluate(model, val_set, device, settings, cfg.threshold, cfg.amp, cfg.workers,
-                                   fov_loss=cfg.fov_loss)
-                pooled = metrics["pooled"]
-                scalars = {"train_loss": train_loss_sum / train_seen, "val_loss": metrics["loss"],
-                           **{f"val_{k}": v for k, v in pooled.items()}, "lr": optimizer.param_groups[0]["lr"],
-                           "epoch_seconds": time.time() - started}
-                improved = pooled["dice"] > best["val_dice"]
-                if improved:
-                    best = {"epoch": epoch + 1, **{f"val_{k}": v for k, v in pooled.items()}}
-                ckpt = {"task": TASK, "model": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": 1,
-                        "img_size": cfg.img_size, "scale": cfg.scale, "mean": mean, "std": std,
-                        "inference": dataclasses.asdict(settings), "threshold": cfg.threshold, "fov_loss": cfg.fov_loss,
-                        "dataset": dataset, "epoch": epoch, "state_dict": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best,
-                        "history": log.history + [{"epoch": epoch + 1, **scalars}]}
-                atomic_save(ckpt, os.path.join(cfg.output, "last.pth"))
-                if improved:
-                    atomic_save(ckpt, os.path.join(cfg.output, "best.pth"))
-                log.log(epoch + 1, scalars, best)
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {scalars['train_loss']:.4f}, val loss "
-                      f"{metrics['loss']:.4f}, Dice {pooled['dice']:.4f}, AUC {pooled['auc']:.4f}, HD95 "
-                      f"{pooled['hd95']:.2f} px ({metrics['region']}, pooled; {scalars['epoch_seconds']:.1f} s)",
-                      flush=True)
-            barrier()
-        if log is not None:
-            log.close()
-        return broadcast_from_main({"best": best, "history": log.history if log else history})
-    finally:
-        cleanup()
+    return fit(MedicalTask(cfg))
 
 
 def train_one_epoch(train_model: nn.Module, model: nn.Module, loader: DataLoader, optimizer, scheduler,
                     device: torch.device, cfg: MedicalConfig, epoch: int, show_progress: bool) -> tuple[float, int]:
     """One pass over ``loader`` with BCE + Dice (inside the FOV with ``cfg.fov_loss``); returns (loss sum, crops)."""
-
-    def compute_loss(net: nn.Module, batch) -> tuple[torch.Tensor, int]:
-        images, masks, fovs = (t.to(device, non_blocking=True) for t in batch)
-        with autocast(device, cfg.amp):
-            logits = net(images)
-        return bce_dice_loss(logits, masks, fovs if cfg.fov_loss else torch.ones_like(masks)), images.shape[0]
-
-    return shared_train_one_epoch(train_model, model, loader, optimizer, scheduler, compute_loss, epoch=epoch,
-                                  epochs=cfg.epochs, clip_grad=cfg.clip_grad, show_progress=show_progress)
+    return train_pass(MedicalTask(cfg), train_model, model, loader, optimizer, scheduler, device, epoch,
+                      show_progress)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str | None = None,
@@ -388,18 +371,16 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str | N
     """Rebuild a medical-seg checkpoint's model, score ``split`` of ``data`` (default: the training data's
     validation split), write ``metrics.json`` and the prediction PNGs under ``output``
     (default: ``<checkpoint folder>/eval_<split>``). Returns the metrics with ``"output"`` added."""
-    ckpt = load_checkpoint_file(checkpoint)
-    if ckpt.get("task") != TASK:
-        raise UserError(f"{checkpoint} is a {ckpt.get('task', 'unknown')} checkpoint, not {TASK}; "
-                        f"pass the matching --task")
+    ckpt = MedicalTask.load_checkpoint(checkpoint)
     data = data if data is not None else ckpt["dataset"]
     split = split or "val"
     stored = ckpt["inference"]
     settings = Inference(inference or stored["mode"], tile or stored["tile"], stored["overlap"],
                          stored["pad_multiple"], stored["batch_size"])
     dev = pick_device(device)
-    model = build_model(ckpt["model"], ckpt.get("model_kwargs", {}))
-    load_state_strict(model, ckpt["state_dict"], f"checkpoint {checkpoint} (trained as {ckpt['model']})")
+    model = build_model(ckpt["model"], num_classes=1, **ckpt.get("model_kwargs", {}))
+    load_pretrained(model, ckpt["state_dict"], strict=True,
+                    name=f"checkpoint {checkpoint} (trained as {ckpt['model']})")
     model.to(dev)
     check_model_output(model, inference_size(settings), ckpt["model"])
     dataset = SegmentationEvalSet(open_source(data, split), ckpt["scale"], ckpt["mean"], ckpt["std"])

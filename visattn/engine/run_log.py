@@ -7,21 +7,18 @@ from typing import Any
 
 from .checkpoint import atomic_write_json
 
-# (title, y-axis label, history keys) of each panel in curves.png.
-CLASSIFICATION_PANELS = (("loss", "loss", ("train_loss", "val_loss")),
-                         ("validation accuracy", "accuracy (%)", ("val_top1", "val_top5")))
-
 
 class RunLog:
     """Collects one dict of scalars per epoch and writes them out after each epoch (main process only)."""
 
-    def __init__(self, output: str, history: list[dict] | None = None, meta: dict | None = None,
-                 panels: tuple[tuple[str, str, tuple[str, ...]], ...] = CLASSIFICATION_PANELS):
+    def __init__(self, output: str, history: list[dict], meta: dict,
+                 panels: tuple[tuple[str, str, tuple[str, ...]], ...]):
+        """``panels``: (title, y-axis label, history keys) of each panel in curves.png."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.output = output
-        self.history = list(history or [])
-        self.meta = dict(meta or {})
+        self.history = list(history)
+        self.meta = dict(meta)
         self.panels = panels
         self.writer = SummaryWriter(os.path.join(output, "tensorboard"))
 

@@ -28,7 +28,9 @@ def _linear_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, norm
                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton as kernels
 
-    return kernels.forward(q, k, v, norm_q, norm_k, scale, injective, normalize, eps)
+    out = new_output(q, v.shape[-1])
+    state = kernels.forward(q, k, v, norm_q, norm_k, scale, injective, normalize, eps, out)
+    return out, state
 
 
 @_linear_attention_op.register_fake

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused import new_output
+from .._triton import dot_precision, head_tile, on_tensor_device
 
 # Token rows per tile when the state tile holds at most 64 x 64 channels; half as many above that.
 BLOCK_N = 64
@@ -85,6 +85,19 @@ def _store_packed(X, slot, matrix, d_vector, e_vector, D: tl.constexpr, E: tl.co
 
 
 @triton.jit
+def _split_blocks(blocks_per_split, n_blocks):
+    """First and end (exclusive) token block of split ``program_id(0)`` of a split reduction."""
+    first = tl.program_id(0) * blocks_per_split
+    return first, tl.minimum(first + blocks_per_split, n_blocks)
+
+
+@triton.jit
+def _zero_sums(BD: tl.constexpr, BE: tl.constexpr):
+    """Float32 accumulators of one head's packed sums: (D x E) matrix, D-vector, E-vector, padded to BD, BE."""
+    return tl.zeros([BD, BE], tl.float32), tl.zeros([BD], tl.float32), tl.zeros([BE], tl.float32)
+
+
+@triton.jit
 def _readout_state(STATE, bh, N, D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
                    INJECTIVE: tl.constexpr):
     """(S', mean kn, mean v) of head ``bh`` from its packed sums; S' = S, or S - N mean(k)^T mean(v) if injective."""
@@ -109,13 +122,10 @@ def _state_kernel(
     SEPARATE_KN: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Sums over split ``program_id(0)``'s token blocks, packed: S (D x E), sum of kn (D), sum of v (E)."""
-    split = tl.program_id(0)
     bh = tl.program_id(1)
-    state = tl.zeros([BD, BE], tl.float32)
-    key_sum = tl.zeros([BD], tl.float32)
-    value_sum = tl.zeros([BE], tl.float32)
-    first = split * blocks_per_split
-    for blk in range(first, tl.minimum(first + blocks_per_split, n_blocks)):
+    state, key_sum, value_sum = _zero_sums(BD, BE)
+    first, end = _split_blocks(blocks_per_split, n_blocks)
+    for blk in range(first, end):
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         k = _load(K, bh, H, sk_b, sk_h, sk_n, sk_c, rows, N, D, BD)
         v = _load(V, bh, H, sv_b, sv_h, sv_n, sv_c, rows, N, E, BE)
@@ -125,7 +135,7 @@ def _state_kernel(
         else:
             key_sum += tl.sum(k, 0)
         value_sum += tl.sum(v, 0)
-    _store_packed(STATE, split * tl.num_programs(1) + bh, state, key_sum, value_sum, D, E, BD, BE)
+    _store_packed(STATE, tl.program_id(0) * tl.num_programs(1) + bh, state, key_sum, value_sum, D, E, BD, BE)
 
 
 @triton.jit
@@ -166,14 +176,11 @@ def _query_grad_kernel(
     With r_i = g_i / z_i (g_i unless normalizing): dq_i = scale r_i S'^T (+ dz_i m when qn = q), dS = scale
     sum_i q_i^T r_i; normalizing, dz_i = -(g_i . O_i) / z_i, d qn_i = dz_i m and dm = sum_i dz_i qn_i.
     """
-    split = tl.program_id(0)
     bh = tl.program_id(1)
     state, key_mean, _ = _readout_state(STATE, bh, N, D, E, BD, BE, INJECTIVE)
-    dstate = tl.zeros([BD, BE], tl.float32)
-    dkey_mean = tl.zeros([BD], tl.float32)
-    grad_sum = tl.zeros([BE], tl.float32)
-    first = split * blocks_per_split
-    for blk in range(first, tl.minimum(first + blocks_per_split, n_blocks)):
+    dstate, dkey_mean, grad_sum = _zero_sums(BD, BE)
+    first, end = _split_blocks(blocks_per_split, n_blocks)
+    for blk in range(first, end):
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         q = _load(Q, bh, H, sq_b, sq_h, sq_n, sq_c, rows, N, D, BD)
         g = _load(DO, bh, H, sdo_b, sdo_h, sdo_n, sdo_c, rows, N, E, BE)
@@ -197,7 +204,8 @@ def _query_grad_kernel(
         _store(DQ, dq, bh, H, sdq_b, sdq_h, sdq_n, sdq_c, rows, N, D, BD)
         dstate = tl.dot(tl.trans(q), r, dstate, input_precision=PRECISION)
         grad_sum += tl.sum(g, 0)
-    _store_packed(DSTATE, split * tl.num_programs(1) + bh, dstate * scale, dkey_mean, grad_sum, D, E, BD, BE)
+    _store_packed(DSTATE, tl.program_id(0) * tl.num_programs(1) + bh, dstate * scale, dkey_mean, grad_sum, D, E,
+                  BD, BE)
 
 
 @triton.jit
@@ -241,14 +249,13 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-class Plan:
+class Tiling:
     """Tiling of one call: padded channel widths, token blocks, and the split of the token reductions."""
 
     def __init__(self, q: torch.Tensor, v: torch.Tensor):
         self.B, self.H, self.N, self.D = q.shape
         self.E = v.shape[-1]
-        self.bd = max(16, triton.next_power_of_2(self.D))
-        self.be = max(16, triton.next_power_of_2(self.E))
+        self.bd, self.be = head_tile(self.D), head_tile(self.E)
         self.block_n = BLOCK_N // 2 if self.bd * self.be > 64 * 64 else BLOCK_N
         # float32 registers of a program's token tiles and state: 4 warps up to the 64 x 64 case's 3 * 64 * 64
         self.num_warps = 4 if self.block_n * (self.bd + self.be) + self.bd * self.be <= 3 * 64 * 64 else 8
@@ -259,7 +266,7 @@ class Plan:
         self.blocks_per_split = triton.cdiv(self.n_blocks, splits)
         self.splits = triton.cdiv(self.n_blocks, self.blocks_per_split)
         # tiles are upcast to float32 (the float32 state would overflow half); half values are exact in tf32
-        self.precision = "tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee"
+        self.precision = dot_precision(q.dtype)
 
     def packed_sums(self, q: torch.Tensor) -> torch.Tensor:
         """An empty float32 buffer for packed per-head sums: (B, H, D E + D + E), with a leading split axis
@@ -276,49 +283,51 @@ class Plan:
                     num_warps=self.num_warps, **flags)
 
 
-def forward(q, k, v, norm_q, norm_k, scale, injective, normalize, eps):
-    """Launch the state and read-out kernels. Returns the output (B, H, N, E) in q's dtype and the float32 sums
-    S = sum_j k_j^T v_j, sum_j kn_j (kn = norm_k or k), sum_j v_j, packed per head: (B, H, D E + D + E)."""
-    plan = Plan(q, v)
+@on_tensor_device
+def forward(q, k, v, norm_q, norm_k, scale, injective, normalize, eps, out):
+    """Launch the state and read-out kernels, writing the output into ``out`` (B, H, N, E), q's dtype, any
+    strides. Returns the float32 sums S = sum_j k_j^T v_j, sum_j kn_j (kn = norm_k or k), sum_j v_j, packed per
+    head: (B, H, D E + D + E)."""
+    tiling = Tiling(q, v)
     key_like = k if norm_k is None else norm_k
-    sums = plan.packed_sums(q)
-    _state_kernel[(plan.splits, plan.B * plan.H)](
+    sums = tiling.packed_sums(q)
+    _state_kernel[(tiling.splits, tiling.B * tiling.H)](
         k, v, key_like, sums,
         *k.stride(), *v.stride(), *key_like.stride(),
-        plan.N, plan.H, plan.n_blocks, plan.blocks_per_split,
-        **plan.meta(SEPARATE_KN=norm_k is not None),
+        tiling.N, tiling.H, tiling.n_blocks, tiling.blocks_per_split,
+        **tiling.meta(SEPARATE_KN=norm_k is not None),
     )
-    state = plan.fold(sums)
-    out = new_output(q, plan.E)
+    state = tiling.fold(sums)
     query_like = q if norm_q is None else norm_q
-    _readout_kernel[(plan.n_blocks, plan.B * plan.H)](
+    _readout_kernel[(tiling.n_blocks, tiling.B * tiling.H)](
         q, query_like, state, out,
         *q.stride(), *query_like.stride(), *out.stride(),
-        plan.N, plan.H, scale, eps,
-        **plan.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=norm_q is not None),
+        tiling.N, tiling.H, scale, eps,
+        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=norm_q is not None),
     )
-    return out, state
+    return state
 
 
+@on_tensor_device
 def backward(grad_out, q, k, v, norm_q, state, scale, injective, normalize, separate_norms, eps):
     """Launch the query- and key-side gradient kernels. Returns (dq, dk, dv, d norm_q, d norm_k), the last two
     None unless ``separate_norms``."""
-    plan = Plan(q, v)
+    tiling = Tiling(q, v)
     query_like = norm_q if separate_norms else q
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dnorm_q, dnorm_k = (torch.empty_like(q), torch.empty_like(k)) if separate_norms else (dq, dk)
-    dsums = plan.packed_sums(q)
-    _query_grad_kernel[(plan.splits, plan.B * plan.H)](
+    dsums = tiling.packed_sums(q)
+    _query_grad_kernel[(tiling.splits, tiling.B * tiling.H)](
         q, query_like, grad_out, state, dq, dnorm_q, dsums,
         *q.stride(), *query_like.stride(), *grad_out.stride(), *dq.stride(), *dnorm_q.stride(),
-        plan.N, plan.H, plan.n_blocks, plan.blocks_per_split, scale, eps,
-        **plan.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=separate_norms),
+        tiling.N, tiling.H, tiling.n_blocks, tiling.blocks_per_split, scale, eps,
+        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=separate_norms),
     )
-    _key_grad_kernel[(plan.n_blocks, plan.B * plan.H)](
-        k, v, state, plan.fold(dsums), dk, dv, dnorm_k,
+    _key_grad_kernel[(tiling.n_blocks, tiling.B * tiling.H)](
+        k, v, state, tiling.fold(dsums), dk, dv, dnorm_k,
         *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), *dnorm_k.stride(),
-        plan.N, plan.H,
-        **plan.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_KN=separate_norms),
+        tiling.N, tiling.H,
+        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_KN=separate_norms),
     )
     if not separate_norms:
         return dq, dk, dv, None, None

@@ -13,17 +13,25 @@ from __future__ import annotations
 import torch
 
 from .._backend import check_qkv_maps, pick
-from .fused import region_attention_fused
-from .reference import region_attention_reference, route_regions
+from .fused import routed_attention_fused, unsupported_reason
+from .reference import route_regions, routed_attention_reference
 
 __all__ = ["routed_attention", "route_regions"]
 
+
 def check_routing_args(n_win: int, topk: int) -> None:
-    """Raise a clear error for a region grid or topk that cannot work."""
+    """Raise a one-line ValueError for a region grid or topk that cannot work (blocks check this at build time)."""
     if n_win < 1:
         raise ValueError(f"n_win must be >= 1, got {n_win}")
     if not 1 <= topk <= n_win * n_win:
         raise ValueError(f"topk={topk} must be between 1 and n_win**2={n_win * n_win} (n_win={n_win})")
+
+
+def check_routed_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, n_win: int,
+                                topk: int) -> None:
+    """Raise a one-line ValueError for maps, heads, region grid or topk that cannot work."""
+    check_routing_args(n_win, topk)
+    check_qkv_maps(q, k, v, num_heads)
 
 
 def routed_attention(
@@ -38,9 +46,13 @@ def routed_attention(
 ) -> torch.Tensor:
     """Bi-level routing attention over channels-last maps.
 
+    Per head, with S x S regions and Q^r, K^r the region means of q, k: I^r = topk((s Q^r)(K^r)^T) (no gradient),
+    then O_i = softmax(s q_i K_g^T) V_g, K_g and V_g the tokens of the regions I^r[region(i)].
+
     Args:
-        q, k: (B, H, W, C_qk) queries and keys; v: (B, H, W, C_v) values. Any H, W: the maps are
-            zero-padded at the bottom/right to a multiple of ``n_win`` and the output is cropped back.
+        q, k: (B, H, W, C_qk) queries and keys; v: (B, H, W, C_v) values; one floating dtype (float32, float16
+            or bfloat16 on the triton backend) and one device. Any H, W: the maps are zero-padded at the
+            bottom/right to a multiple of ``n_win`` and the output is cropped back.
         num_heads: heads; C_qk and C_v must be divisible by it.
         n_win: regions per side (S); topk: key regions per query region, 1 <= topk <= S**2.
         scale: logit scale s, default C_qk ** -0.5 (BiFormer's convention, not head_dim ** -0.5).
@@ -49,9 +61,9 @@ def routed_attention(
     Returns:
         (B, H, W, C_v), dtype of q.
     """
-    check_routing_args(n_win, topk)
-    check_qkv_maps(q, k, v, num_heads)
+    check_routed_attention_args(q, k, v, num_heads, n_win, topk)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     region_idx = route_regions(q, k, n_win, topk, scale)
-    impl = pick(backend, q, region_attention_reference, region_attention_fused)
+    impl = pick(backend, q, routed_attention_reference, routed_attention_fused,
+                unsupported_reason(q, v, num_heads))
     return impl(q, k, v, region_idx, num_heads, n_win, scale)

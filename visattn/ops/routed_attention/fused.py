@@ -77,6 +77,12 @@ register_flops(torch.ops.visattn.routed_attention, _forward_flops)
 register_flops(torch.ops.visattn.routed_attention_backward, _backward_flops)
 
 
-def region_attention_fused(q, k, v, region_idx, num_heads, n_win, scale):
-    """Fused twin of :func:`.reference.region_attention_reference` (same arguments, same result)."""
+def unsupported_reason(q: torch.Tensor, v: torch.Tensor, num_heads: int) -> str | None:
+    """Why the fused kernels cannot take these inputs (None when they can): they take every call the argument
+    checks accept, any map size, region grid, top-k and head width."""
+    return None
+
+
+def routed_attention_fused(q, k, v, region_idx, num_heads, n_win, scale):
+    """Fused twin of :func:`.reference.routed_attention_reference` (same arguments, same result)."""
     return _routed_attention_op(q, k, v, region_idx, num_heads, n_win, float(scale))[0]

@@ -47,7 +47,7 @@ def from_regions(x: torch.Tensor, n_win: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, h, w, c)
 
 
-def region_attention_reference(
+def routed_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_idx: torch.Tensor, num_heads: int, n_win: int,
     scale: float,
 ) -> torch.Tensor:

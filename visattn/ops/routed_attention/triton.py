@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+from .._triton import LOG2E, dot_precision, head_tile, on_tensor_device, strides
+
 # Query rows and key columns per tile. 64 x 64 keeps a tile's q, k, v and accumulators in registers for
 # head_dim up to 128 with 4 warps; regions smaller than BLOCK_M are packed BLOCK_M // R to a tile.
 BLOCK_M = 64
@@ -41,15 +42,23 @@ def _tile(X, b, s_b, s_h, s_w, reg, tok, rows, h, n_win, rh, rw, D: tl.constexpr
 
 
 @triton.jit
-def _tile_rows(pid_t, n_sub, G: tl.constexpr, R, S2, BLOCK: tl.constexpr):
-    """Region and in-region token of each row of tile ``pid_t`` (G regions, or one slice of one region)."""
+def _program_tile(num_heads, n_sub, G: tl.constexpr, R, S2, BLOCK: tl.constexpr):
+    """This program's (batch * heads + head) index, batch, head and tile t, and the region, in-region token and
+    validity of each row of the tile (G regions, or one slice of one region)."""
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
     t = pid_t // n_sub
-    s = pid_t % n_sub
     i = tl.arange(0, BLOCK)
     reg = t * G + i // R
-    tok = s * BLOCK + i % R
+    tok = (pid_t % n_sub) * BLOCK + i % R
     valid = (i < G * R) & (tok < R) & (reg < S2)
-    return t, reg, tok, valid
+    return pid_bh, (pid_bh // num_heads).to(tl.int64), pid_bh % num_heads, t, reg, tok, valid
+
+
+@triton.jit
+def _region_list(LISTS, COUNTS, b, t, n_tiles, list_len):
+    """Tile ``t``'s list of regions to walk (a pointer) and its length."""
+    return LISTS + (b * n_tiles + t) * list_len, tl.load(COUNTS + b * n_tiles + t)
 
 
 @triton.jit
@@ -81,9 +90,30 @@ def _load_stats(LSE, DELTA, pid_bh, H, W, lin, rows):
 
 
 @triton.jit
-def _linked(ADJ, b, S2, q_reg, k_reg, mask):
-    """Whether query region ``q_reg`` routes to key region ``k_reg`` (broadcast shapes), from the adjacency."""
-    return tl.load(ADJ + b * S2 * S2 + q_reg * S2 + k_reg, mask=mask, other=0) != 0
+def _allowed(ADJ, b, S2, q_reg, k_reg, q_valid, k_valid, q_rows, PACKED: tl.constexpr):
+    """Mask of the (query, key) pairs that attend, from arguments broadcast to one 2-D shape: a real query row and
+    a listed key, and for packed tiles, whose regions the adjacency links (query region routes to key region)."""
+    allowed = q_rows & k_valid
+    if PACKED:
+        link = tl.load(ADJ + b * S2 * S2 + q_reg * S2 + k_reg, mask=q_valid & k_valid, other=0)
+        allowed = allowed & (link != 0)
+    return allowed
+
+
+@triton.jit
+def _key_block(q, q_reg, q_valid, q_rows, K, V, ADJ, lst, n0, n_items, b, h, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w,
+               H, W, n_win, rh, rw, R, S2, qk_scale_log2, D_QK: tl.constexpr, D_V: tl.constexpr,
+               BD_QK: tl.constexpr, BD_V: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """Key columns n0..n0+BLOCK_N of the tile's region list, for the query rows q: (k, v, s = log2(e) x scaled
+    logits q k^T, mask of the pairs that attend)."""
+    k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
+    k, v, _, _ = _load_pair(K, V, b, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, k_reg, k_tok, k_valid, h, n_win, rh, rw,
+                            H, W, D_QK, BD_QK, D_V, BD_V)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
+    allowed = _allowed(ADJ, b, S2, q_reg[:, None], k_reg[None, :], q_valid[:, None], k_valid[None, :],
+                       q_rows[:, None], PACKED)
+    return k, v, s, allowed
 
 
 @triton.jit
@@ -95,30 +125,19 @@ def _fwd_kernel(
     G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // num_heads).to(tl.int64)
-    h = pid_bh % num_heads
-    t, q_reg, q_tok, q_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
+    pid_bh, b, h, t, q_reg, q_tok, q_valid = _program_tile(num_heads, n_sub, G, R, S2, BLOCK_M)
     q_inside, q_lin = _token_pos(q_reg, q_tok, n_win, rh, rw, H, W)
     q_rows = q_valid & q_inside
     q_ptrs, q_mask = _tile(Q, b, sq_b, sq_h, sq_w, q_reg, q_tok, q_rows, h, n_win, rh, rw, D_QK, BD_QK)
     q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-
-    lst = LISTS + (b * n_tiles + t) * list_len
-    n_items = tl.load(COUNTS + b * n_tiles + t)
+    lst, n_items = _region_list(LISTS, COUNTS, b, t, n_tiles, list_len)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BD_V], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
-        k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
-        k, v, _, _ = _load_pair(K, V, b, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, k_reg, k_tok, k_valid, h, n_win, rh,
-                                rw, H, W, D_QK, BD_QK, D_V, BD_V)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
-        allowed = k_valid[None, :]
-        if PACKED:
-            allowed = allowed & _linked(ADJ, b, S2, q_reg[:, None], k_reg[None, :],
-                                        q_valid[:, None] & k_valid[None, :])
+        k, v, s, allowed = _key_block(q, q_reg, q_valid, q_rows, K, V, ADJ, lst, n0, n_items, b, h, sk_b, sk_h,
+                                      sk_w, sv_b, sv_h, sv_w, H, W, n_win, rh, rw, R, S2, qk_scale_log2, D_QK, D_V,
+                                      BD_QK, BD_V, BLOCK_N, PACKED, PRECISION)
         s = tl.where(allowed, s, -1.0e30)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -141,27 +160,16 @@ def _bwd_dq_kernel(
     G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // num_heads).to(tl.int64)
-    h = pid_bh % num_heads
-    t, q_reg, q_tok, q_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
+    pid_bh, b, h, t, q_reg, q_tok, q_valid = _program_tile(num_heads, n_sub, G, R, S2, BLOCK_M)
     q, do, q_rows, q_lin = _load_pair(Q, DO, b, sq_b, sq_h, sq_w, sdo_b, sdo_h, sdo_w, q_reg, q_tok, q_valid, h,
                                       n_win, rh, rw, H, W, D_QK, BD_QK, D_V, BD_V)
     lse, delta = _load_stats(LSE, DELTA, pid_bh, H, W, q_lin, q_rows)
-
-    lst = LISTS + (b * n_tiles + t) * list_len
-    n_items = tl.load(COUNTS + b * n_tiles + t)
+    lst, n_items = _region_list(LISTS, COUNTS, b, t, n_tiles, list_len)
     dq = tl.zeros([BLOCK_M, BD_QK], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
-        k_reg, k_tok, k_valid = _list_cols(lst, n0, n_items, R, BLOCK_N)
-        k, v, _, _ = _load_pair(K, V, b, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, k_reg, k_tok, k_valid, h, n_win, rh,
-                                rw, H, W, D_QK, BD_QK, D_V, BD_V)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
-        allowed = q_rows[:, None] & k_valid[None, :]
-        if PACKED:
-            allowed = allowed & _linked(ADJ, b, S2, q_reg[:, None], k_reg[None, :],
-                                        q_valid[:, None] & k_valid[None, :])
+        k, v, s, allowed = _key_block(q, q_reg, q_valid, q_rows, K, V, ADJ, lst, n0, n_items, b, h, sk_b, sk_h,
+                                      sk_w, sv_b, sv_h, sv_w, H, W, n_win, rh, rw, R, S2, qk_scale_log2, D_QK, D_V,
+                                      BD_QK, BD_V, BLOCK_N, PACKED, PRECISION)
         p = tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -180,16 +188,10 @@ def _bwd_dkdv_kernel(
     G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PACKED: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // num_heads).to(tl.int64)
-    h = pid_bh % num_heads
-    t, k_reg, k_tok, k_valid = _tile_rows(pid_t, n_sub, G, R, S2, BLOCK_M)
+    pid_bh, b, h, t, k_reg, k_tok, k_valid = _program_tile(num_heads, n_sub, G, R, S2, BLOCK_M)
     k, v, k_rows, _ = _load_pair(K, V, b, sk_b, sk_h, sk_w, sv_b, sv_h, sv_w, k_reg, k_tok, k_valid, h, n_win, rh,
                                  rw, H, W, D_QK, BD_QK, D_V, BD_V)
-
-    lst = LISTS + (b * n_tiles + t) * list_len
-    n_items = tl.load(COUNTS + b * n_tiles + t)
+    lst, n_items = _region_list(LISTS, COUNTS, b, t, n_tiles, list_len)
     dk = tl.zeros([BLOCK_M, BD_QK], tl.float32)
     dv = tl.zeros([BLOCK_M, BD_V], tl.float32)
     for n0 in range(0, n_items * R, BLOCK_N):
@@ -198,10 +200,8 @@ def _bwd_dkdv_kernel(
                                           h, n_win, rh, rw, H, W, D_QK, BD_QK, D_V, BD_V)
         lse, delta = _load_stats(LSE, DELTA, pid_bh, H, W, q_lin, q_rows)
         s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale_log2
-        allowed = k_valid[:, None] & q_rows[None, :]
-        if PACKED:
-            allowed = allowed & _linked(ADJ, b, S2, q_reg[None, :], k_reg[:, None],
-                                        k_valid[:, None] & q_valid[None, :])
+        allowed = _allowed(ADJ, b, S2, q_reg[None, :], k_reg[:, None], q_valid[None, :], k_valid[:, None],
+                           q_rows[None, :], PACKED)
         p_t = tl.where(allowed, tl.exp2(s_t - lse[None, :]), 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
@@ -213,7 +213,7 @@ def _bwd_dkdv_kernel(
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=dv_mask)
 
 
-class _Plan:
+class Tiling:
     """Tiling of one call: region geometry, tile sizes and the per-tile region lists for both passes."""
 
     def __init__(self, q: torch.Tensor, v: torch.Tensor, region_idx: torch.Tensor, num_heads: int, n_win: int):
@@ -224,13 +224,12 @@ class _Plan:
         self.S2 = n_win * n_win
         self.num_heads = num_heads
         self.d_qk, self.d_v = c_qk // num_heads, v.shape[-1] // num_heads
-        self.bd_qk = max(16, triton.next_power_of_2(self.d_qk))
-        self.bd_v = max(16, triton.next_power_of_2(self.d_v))
+        self.bd_qk, self.bd_v = head_tile(self.d_qk), head_tile(self.d_v)
         self.block_m, self.block_n = BLOCK_M, BLOCK_N
         self.G = max(1, self.block_m // self.R)
         self.n_sub = 1 if self.G > 1 else -(-self.R // self.block_m)
         self.n_tiles = -(-self.S2 // self.G)
-        self.precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        self.precision = dot_precision(q.dtype)
         adj = torch.zeros(b, self.S2, self.S2, dtype=torch.bool, device=q.device)
         adj.scatter_(2, region_idx, True)
         self.adj = adj.to(torch.uint8)
@@ -268,48 +267,44 @@ class _Plan:
                     num_warps=4)
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    if t.stride(-1) != 1:
-        raise ValueError("routed_attention (triton) needs channels-last maps with unit channel stride")
-    return t.stride(0), t.stride(1), t.stride(2)
-
-
+@on_tensor_device
 def forward(q, k, v, region_idx, num_heads, n_win, scale):
     """Launch the forward kernel. Returns (out (B, H, W, C_v), log2-sum-exp (B, heads, H, W) fp32)."""
-    plan = _Plan(q, v, region_idx, num_heads, n_win)
+    tiling = Tiling(q, v, region_idx, num_heads, n_win)
     b, h, w, _ = q.shape
     out = torch.empty(b, h, w, v.shape[-1], dtype=q.dtype, device=q.device)
     lse = torch.empty(b, num_heads, h, w, dtype=torch.float32, device=q.device)
-    list_len = plan.fwd_lists.shape[-1]
-    _fwd_kernel[plan.grid(b)](
-        q, k, v, out, lse, plan.fwd_lists, plan.fwd_counts, plan.adj,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        *plan.geometry(), plan.n_tiles, plan.n_sub, list_len, scale * _LOG2E,
-        **plan.meta(packed=plan.G > 1),
+    list_len = tiling.fwd_lists.shape[-1]
+    _fwd_kernel[tiling.grid(b)](
+        q, k, v, out, lse, tiling.fwd_lists, tiling.fwd_counts, tiling.adj,
+        *strides(q), *strides(k), *strides(v), *strides(out),
+        *tiling.geometry(), tiling.n_tiles, tiling.n_sub, list_len, scale * LOG2E.value,
+        **tiling.meta(packed=tiling.G > 1),
     )
     return out, lse
 
 
+@on_tensor_device
 def backward(q, k, v, out, lse, grad_out, region_idx, num_heads, n_win, scale):
     """Launch the dQ and the dK/dV kernels. Returns (dq, dk, dv) shaped like q, k, v."""
-    plan = _Plan(q, v, region_idx, num_heads, n_win)
+    tiling = Tiling(q, v, region_idx, num_heads, n_win)
     b = q.shape[0]
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
-    delta = (grad_out.float() * out.float()).unflatten(-1, (plan.num_heads, plan.d_v)).sum(-1)
+    delta = (grad_out.float() * out.float()).unflatten(-1, (tiling.num_heads, tiling.d_v)).sum(-1)
     delta = delta.permute(0, 3, 1, 2).contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    key_lists, key_counts = plan.key_tile_lists()
-    common = (*plan.geometry(), plan.n_tiles, plan.n_sub)
-    _bwd_dq_kernel[plan.grid(b)](
-        q, k, v, grad_out, dq, lse, delta, plan.fwd_lists, plan.fwd_counts, plan.adj,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dq),
-        *common, plan.fwd_lists.shape[-1], scale * _LOG2E, scale,
-        **plan.meta(packed=plan.G > 1),
+    key_lists, key_counts = tiling.key_tile_lists()
+    common = (*tiling.geometry(), tiling.n_tiles, tiling.n_sub)
+    _bwd_dq_kernel[tiling.grid(b)](
+        q, k, v, grad_out, dq, lse, delta, tiling.fwd_lists, tiling.fwd_counts, tiling.adj,
+        *strides(q), *strides(k), *strides(v), *strides(grad_out), *strides(dq),
+        *common, tiling.fwd_lists.shape[-1], scale * LOG2E.value, scale,
+        **tiling.meta(packed=tiling.G > 1),
     )
-    _bwd_dkdv_kernel[plan.grid(b)](
-        q, k, v, grad_out, dk, dv, lse, delta, key_lists, key_counts, plan.adj,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk), *_strides(dv),
-        *common, key_lists.shape[-1], scale * _LOG2E, scale,
-        **plan.meta(packed=True),
+    _bwd_dkdv_kernel[tiling.grid(b)](
+        q, k, v, grad_out, dk, dv, lse, delta, key_lists, key_counts, tiling.adj,
+        *strides(q), *strides(k), *strides(v), *strides(grad_out), *strides(dk), *strides(dv),
+        *common, key_lists.shape[-1], scale * LOG2E.value, scale,
+        **tiling.meta(packed=True),
     )
     return dq, dk, dv

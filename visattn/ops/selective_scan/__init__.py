@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 
 from .._backend import pick
-from .fused import selective_scan_fused
+from .fused import selective_scan_fused, unsupported_reason
 from .reference import selective_scan_reference
 
 __all__ = ["selective_scan"]
 
 
-def check_scan_args(u, delta, A, B, C, D, z, delta_bias) -> None:
+def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias) -> None:
     """Raise a one-line ValueError for shapes, groups, dtypes or devices that cannot work."""
     if u.dim() != 3 or u.shape[-1] < 1 or delta.shape != u.shape:
         raise ValueError(f"expected u, delta of shape (batch, d, L) with L >= 1, got {tuple(u.shape)}, "
@@ -64,7 +64,8 @@ def selective_scan(
     h_t = exp(dt_t A_c) h_{t-1} + dt_t B_t u_t,  y_t = sum_n C_t h_t + D_c u_t,  then y = y silu(z).
 
     Args:
-        u, delta: (batch, d, L) input and step size.
+        u, delta: (batch, d, L) input and step size, floating (float32, float16 or bfloat16; every tensor on
+            u's device).
         A: (d, n) float32 (real) state matrix, diagonal per channel; n up to 16 is the fused kernels' design size.
         B, C: (batch, g, n, L) input and output projections; g divides d and channel c reads group c // (d // g)
             (VMamba passes K scan directions as g = K with d = K * d_inner).
@@ -75,6 +76,6 @@ def selective_scan(
     Returns:
         y: (batch, d, L), dtype of u.
     """
-    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
-    impl = pick(backend, u, selective_scan_reference, selective_scan_fused)
+    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    impl = pick(backend, u, selective_scan_reference, selective_scan_fused, unsupported_reason(u, A))
     return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

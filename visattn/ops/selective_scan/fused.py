@@ -9,6 +9,21 @@ import torch
 
 from .._flops import register_flops
 
+# Positions per chunk of the kernels' scan. The forward saves the state at the start of every chunk, so this sets
+# the shape of what the op saves for backward; it lives here so that the fake kernel needs no Triton.
+BLOCK_L = 32
+
+
+def num_chunks(length: int) -> int:
+    """Chunks of BLOCK_L positions covering a sequence of ``length``: the number of states saved for backward."""
+    return -(-length // BLOCK_L)
+
+
+def unsupported_reason(u: torch.Tensor, A: torch.Tensor) -> str | None:
+    """Why the fused kernels cannot take these inputs (None when they can): they take every call the argument
+    checks accept."""
+    return None
+
 
 @torch.library.custom_op("visattn::selective_scan", mutates_args=())
 def _selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -16,15 +31,13 @@ def _selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
                        delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from . import triton as kernels
 
-    return kernels.forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return kernels.forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, BLOCK_L)
 
 
 @_selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    from . import triton as kernels
-
     batch, d, length = u.shape
-    states = u.new_empty(batch, d, kernels.num_chunks(length), A.shape[1], dtype=torch.float32)
+    states = u.new_empty(batch, d, num_chunks(length), A.shape[1], dtype=torch.float32)
     return u.new_empty(u.shape), states
 
 
@@ -35,7 +48,7 @@ def _selective_scan_backward_op(grad_y: torch.Tensor, u: torch.Tensor, delta: to
                                 delta_softplus: bool) -> list[torch.Tensor]:
     from . import triton as kernels
 
-    grads = kernels.backward(grad_y, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus)
+    grads = kernels.backward(grad_y, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, BLOCK_L)
     return [u.new_empty(0) if g is None else g for g in grads]
 
 

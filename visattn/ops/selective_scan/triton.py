@@ -17,9 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-# Positions per chunk: the scan length, and the spacing of the states saved for backward.
-BLOCK_L = 32
-# Elements of one (BLOCK_D, n, BLOCK_L) tile: sets BLOCK_D so a tile's live tensors stay in registers.
+from .._triton import on_tensor_device
+
+# Elements of one (BLOCK_D, n, BLOCK_L) tile: sets BLOCK_D so a tile's live tensors stay in registers. BLOCK_L,
+# the chunk length, comes from the caller (:mod:`.fused` owns it: it sets the shape of the saved states).
 TILE = 4096
 
 
@@ -190,18 +191,19 @@ def _bwd_kernel(
         tl.store(DBIAS + b * dim + ch, dbias, mask=c_mask)
 
 
-class _Plan:
-    """Tiling of one call: channel blocks per group, padded state width, chunk count."""
+class Tiling:
+    """Tiling of one call: channel blocks per group, padded state width, chunks of ``block_l`` positions."""
 
-    def __init__(self, u: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
+    def __init__(self, u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, block_l: int):
         self.batch, self.dim, self.L = u.shape
         self.n = A.shape[1]
         self.groups = B.shape[1]
         self.dg = self.dim // self.groups
+        self.block_l = block_l
         self.block_n = triton.next_power_of_2(self.n)
-        self.block_d = min(triton.next_power_of_2(self.dg), max(1, TILE // (self.block_n * BLOCK_L)))
+        self.block_d = min(triton.next_power_of_2(self.dg), max(1, TILE // (self.block_n * block_l)))
         self.n_dblocks = triton.cdiv(self.dg, self.block_d)
-        self.n_chunks = num_chunks(self.L)
+        self.n_chunks = triton.cdiv(self.L, block_l)
 
     def grid(self) -> tuple[int, int]:
         return (self.batch, self.groups * self.n_dblocks)
@@ -211,13 +213,8 @@ class _Plan:
 
     def meta(self, D, z, delta_bias, delta_softplus: bool, num_warps: int) -> dict:
         return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                    SOFTPLUS=delta_softplus, BLOCK_D=self.block_d, BLOCK_N=self.block_n, BLOCK_L=BLOCK_L,
+                    SOFTPLUS=delta_softplus, BLOCK_D=self.block_d, BLOCK_N=self.block_n, BLOCK_L=self.block_l,
                     num_warps=num_warps)
-
-
-def num_chunks(length: int) -> int:
-    """Chunks of BLOCK_L positions covering a sequence: the number of states saved for backward."""
-    return triton.cdiv(length, BLOCK_L)
 
 
 def _params(A, D, delta_bias, fallback):
@@ -225,26 +222,29 @@ def _params(A, D, delta_bias, fallback):
     return [fallback if t is None else t.contiguous() for t in (A, D, delta_bias)]
 
 
-def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """Launch the forward kernel. Returns (y (batch, d, L) in u's dtype, chunk-start states fp32
-    (batch, d, n_chunks, n))."""
-    plan = _Plan(u, A, B)
+@on_tensor_device
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_l):
+    """Launch the forward kernel over chunks of ``block_l`` positions. Returns (y (batch, d, L) in u's dtype,
+    chunk-start states fp32 (batch, d, cdiv(L, block_l), n))."""
+    tiling = Tiling(u, A, B, block_l)
     A, D_, bias = _params(A, D, delta_bias, u)
     zz = u if z is None else z
     y = torch.empty(u.shape, dtype=u.dtype, device=u.device)
-    states = torch.empty(plan.batch, plan.dim, plan.n_chunks, plan.n, dtype=torch.float32, device=u.device)
-    _fwd_kernel[plan.grid()](
+    states = torch.empty(tiling.batch, tiling.dim, tiling.n_chunks, tiling.n, dtype=torch.float32, device=u.device)
+    _fwd_kernel[tiling.grid()](
         u, delta, A, B, C, D_, zz, bias, y, states,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *zz.stride(),
-        *plan.sizes(), **plan.meta(D, z, delta_bias, delta_softplus, num_warps=4),
+        *tiling.sizes(), **tiling.meta(D, z, delta_bias, delta_softplus, num_warps=4),
     )
     return y, states
 
 
-def backward(grad_y, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus):
-    """Launch the backward kernel. Returns (du, ddelta, dA, dB, dC, dD, dz, d(delta_bias)), each shaped and typed
-    like its input (dA, dD, d(delta_bias) float32), None for an absent input."""
-    plan = _Plan(u, A, B)
+@on_tensor_device
+def backward(grad_y, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus, block_l):
+    """Launch the backward kernel over the forward's chunks. Returns (du, ddelta, dA, dB, dC, dD, dz,
+    d(delta_bias)), each shaped and typed like its input (dA, dD, d(delta_bias) float32), None for an absent
+    input."""
+    tiling = Tiling(u, A, B, block_l)
     A, D_, bias = _params(A, D, delta_bias, u)
     zz = u if z is None else z
     dev = u.device
@@ -253,13 +253,13 @@ def backward(grad_y, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus
     dz = du if z is None else torch.empty(z.shape, dtype=z.dtype, device=dev)
     dB = torch.zeros(B.shape, dtype=torch.float32, device=dev)
     dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
-    dA = torch.empty(plan.batch, plan.dim, plan.n, dtype=torch.float32, device=dev)
-    dD = torch.empty(plan.batch, plan.dim, dtype=torch.float32, device=dev)
-    dbias = torch.empty(plan.batch, plan.dim, dtype=torch.float32, device=dev)
-    _bwd_kernel[plan.grid()](
+    dA = torch.empty(tiling.batch, tiling.dim, tiling.n, dtype=torch.float32, device=dev)
+    dD = torch.empty(tiling.batch, tiling.dim, dtype=torch.float32, device=dev)
+    dbias = torch.empty(tiling.batch, tiling.dim, dtype=torch.float32, device=dev)
+    _bwd_kernel[tiling.grid()](
         u, delta, A, B, C, D_, zz, bias, grad_y, states, du, ddelta, dz, dB, dC, dA, dD, dbias,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *zz.stride(), *grad_y.stride(),
-        *plan.sizes(), **plan.meta(D, z, delta_bias, delta_softplus, num_warps=8),
+        *tiling.sizes(), **tiling.meta(D, z, delta_bias, delta_softplus, num_warps=8),
     )
     return (du, ddelta, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.sum(0),
             None if z is None else dz, None if delta_bias is None else dbias.sum(0))

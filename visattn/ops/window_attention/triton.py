@@ -18,10 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton import LOG2E, dot_precision, head_tile, on_tensor_device, strides
 from .reference import relative_position_index
 
-LOG2E = 1.4426950408889634
-_LOG2E = tl.constexpr(LOG2E)  # kernels may read only constexpr globals
 # Token rows per tile: a whole 7 x 7 (49 tokens) or 8 x 8 window, or several smaller windows.
 BLOCK = 64
 # When the bias table needs a gradient: tiles of one (batch, head) per backward program, dS summed over them.
@@ -86,7 +85,7 @@ def _fwd_kernel(
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
     if HAS_BIAS:
         bias = tl.load(BIAS + h * (2 * WS - 1) * (2 * WS - 1) + _rel_index(tok, WS), mask=allowed, other=0.0)
-        s += bias.to(tl.float32) * _LOG2E
+        s += bias.to(tl.float32) * LOG2E
     s = tl.where(allowed, s, -1.0e30)
     m = tl.max(s, 1)
     p = tl.exp2(s - m[:, None])
@@ -128,7 +127,7 @@ def _bwd_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
         if HAS_BIAS:
             bias = tl.load(BIAS + h * (2 * WS - 1) * (2 * WS - 1) + _rel_index(tok, WS), mask=allowed, other=0.0)
-            s += bias.to(tl.float32) * _LOG2E
+            s += bias.to(tl.float32) * LOG2E
         p = tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
         dvt = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -149,8 +148,8 @@ def _bwd_kernel(
         tl.atomic_add(DBIAS + h * WS * WS * WS * WS + tok[:, None] * WS * WS + tok[None, :], dbias, mask=pair)
 
 
-class _Geometry:
-    """Padded map, window grid and tiling of one call."""
+class Tiling:
+    """Tiling of one call: padded map, window grid, windows per tile, head tile widths."""
 
     def __init__(self, q: torch.Tensor, v: torch.Tensor, num_heads: int, window_size: int, shift: int):
         _, h, w, c_qk = q.shape
@@ -162,9 +161,8 @@ class _Geometry:
         self.G = BLOCK // (ws * ws)
         self.n_tiles = -(-self.n_windows // self.G)
         self.d_qk, self.d_v = c_qk // num_heads, v.shape[-1] // num_heads
-        self.bd_qk = max(16, triton.next_power_of_2(self.d_qk))
-        self.bd_v = max(16, triton.next_power_of_2(self.d_v))
-        self.precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        self.bd_qk, self.bd_v = head_tile(self.d_qk), head_tile(self.d_v)
+        self.precision = dot_precision(q.dtype)
 
     def args(self) -> tuple:
         return (self.H, self.W, self.Hp, self.Wp, self.n_win_w, self.n_windows, self.shift, self.num_heads)
@@ -175,31 +173,27 @@ class _Geometry:
                     num_warps=4 if max(self.bd_qk, self.bd_v) <= 64 else 8)
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    if t.stride(-1) != 1:
-        raise ValueError("window_attention (triton) needs channels-last maps with unit channel stride")
-    return t.stride(0), t.stride(1), t.stride(2)
-
-
+@on_tensor_device
 def forward(q, k, v, rel_pos_bias, num_heads, window_size, shift, scale):
     """Launch the forward kernel. Returns (out (B, H, W, C_v), log2-sum-exp (B, heads, H, W) fp32)."""
-    geo = _Geometry(q, v, num_heads, window_size, shift)
+    tiling = Tiling(q, v, num_heads, window_size, shift)
     b, h, w, _ = q.shape
     out = torch.empty(b, h, w, v.shape[-1], dtype=q.dtype, device=q.device)
     lse = torch.empty(b, num_heads, h, w, dtype=torch.float32, device=q.device)
     bias = q if rel_pos_bias is None else rel_pos_bias.contiguous()
-    _fwd_kernel[(geo.n_tiles, b * num_heads)](
+    _fwd_kernel[(tiling.n_tiles, b * num_heads)](
         q, k, v, bias, out, lse,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        *geo.args(), scale * LOG2E,
-        **geo.meta(has_bias=rel_pos_bias is not None),
+        *strides(q), *strides(k), *strides(v), *strides(out),
+        *tiling.args(), scale * LOG2E.value,
+        **tiling.meta(has_bias=rel_pos_bias is not None),
     )
     return out, lse
 
 
+@on_tensor_device
 def backward(q, k, v, out, lse, grad_out, rel_pos_bias, num_heads, window_size, shift, scale, bias_grad):
     """Launch the backward kernel. Returns (dq, dk, dv, d_rel_pos_bias), the last empty unless ``bias_grad``."""
-    geo = _Geometry(q, v, num_heads, window_size, shift)
+    tiling = Tiling(q, v, num_heads, window_size, shift)
     b = q.shape[0]
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -207,16 +201,16 @@ def backward(q, k, v, out, lse, grad_out, rel_pos_bias, num_heads, window_size, 
     tokens = window_size * window_size
     if bias_grad:
         dbias = torch.zeros(num_heads, tokens, tokens, dtype=torch.float32, device=q.device)
-        n_programs = -(-geo.n_tiles // BIAS_TILES_PER_PROGRAM)
+        n_programs = -(-tiling.n_tiles // BIAS_TILES_PER_PROGRAM)
     else:
         dbias = q
-        n_programs = geo.n_tiles
+        n_programs = tiling.n_tiles
     _bwd_kernel[(n_programs, b * num_heads)](
         q, k, v, out, grad_out, lse, bias, dq, dk, dv, dbias,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
-        *_strides(dq), *_strides(dk), *_strides(dv),
-        *geo.args(), geo.n_tiles, scale * LOG2E, scale,
-        **geo.meta(has_bias=rel_pos_bias is not None), BIAS_GRAD=bias_grad,
+        *strides(q), *strides(k), *strides(v), *strides(out), *strides(grad_out),
+        *strides(dq), *strides(dk), *strides(dv),
+        *tiling.args(), tiling.n_tiles, scale * LOG2E.value, scale,
+        **tiling.meta(has_bias=rel_pos_bias is not None), BIAS_GRAD=bias_grad,
     )
     if not bias_grad:
         return dq, dk, dv, q.new_empty(0)

@@ -1,0 +1,90 @@
+"""The one training engine, driven by a toy task: best tracking (lower is better), checkpoints, resume."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from visattn.engine.fit import TASKS, Task, TrainConfig, fit, get_task
+from visattn.errors import UserError
+
+
+@dataclass
+class ToyConfig(TrainConfig):
+    model: str = "linear"
+
+
+class ToyRegression(Task):
+    name = "toy"
+    config = ToyConfig
+    default_data = "noise"
+    score = "val_mse"
+    higher_is_better = False
+    panels = (("loss", "loss", ("train_loss", "val_loss")),)
+
+    def build(self, device, rank, world_size):
+        x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+        y = (x @ torch.tensor([1.0, -2.0, 0.5]))[:, None]
+        self.val = (x[:16], y[:16])
+        return nn.Linear(3, 1), TensorDataset(x, y)
+
+    def check_input(self, model):
+        pass
+
+    def compute_loss(self, net, batch, device):
+        x, y = (t.to(device) for t in batch)
+        return F.mse_loss(net(x), y), len(x)
+
+    @torch.no_grad()
+    def evaluate(self, model, device):
+        x, y = self.val
+        return {"mse": F.mse_loss(model(x.to(device)), y.to(device)).item()}
+
+    def val_scalars(self, metrics):
+        return {"val_loss": metrics["mse"], "val_mse": metrics["mse"]}
+
+    def checkpoint_extra(self):
+        return {"note": "toy"}
+
+    def epoch_line(self, metrics, scalars):
+        return f"mse {metrics['mse']:.4f}"
+
+
+def _config(output, **kwargs):
+    return ToyConfig(output=str(output), **{"epochs": 3, "batch_size": 16, "lr": 0.05, "warmup_epochs": 0,
+                                            "workers": 0, "opt": "sgd", "weight_decay": 0.0, **kwargs})
+
+
+def test_fit_tracks_the_lowest_score_saves_checkpoints_and_resumes(tmp_path, capsys):
+    result = fit(ToyRegression(_config(tmp_path, epochs=2)))
+    history = result["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    lowest = min(history, key=lambda h: h["val_mse"])
+    assert result["best"] == {"epoch": lowest["epoch"], "val_mse": lowest["val_mse"]}
+    assert "epoch 2/2: train loss" in capsys.readouterr().out
+    last = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert (last["task"], last["model"], last["dataset"], last["note"], last["epoch"]) == ("toy", "linear", "noise",
+                                                                                          "toy", 1)
+    assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == lowest["epoch"] - 1
+
+    resumed = fit(ToyRegression(_config(tmp_path, resume=str(tmp_path / "last.pth"))))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert json.loads((tmp_path / "metrics.json").read_text())["task"] == "toy"
+    with pytest.raises(UserError, match="was trained as toy / 'linear', not toy / 'mlp'; pass --task toy --model"):
+        fit(ToyRegression(_config(tmp_path, model="mlp", resume=str(tmp_path / "last.pth"))))
+
+
+def test_load_checkpoint_names_the_task_of_another_tasks_checkpoint(tmp_path):
+    torch.save({"task": "medical-seg", "state_dict": {}}, tmp_path / "seg.pth")
+    with pytest.raises(UserError, match="is a medical-seg checkpoint, not toy; pass --task medical-seg$"):
+        ToyRegression.load_checkpoint(str(tmp_path / "seg.pth"))
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_registered_task_resolves_to_its_class(name):
+    task = get_task(name)
+    assert issubclass(task, Task) and task.name == name and issubclass(task.config, TrainConfig)

@@ -1,0 +1,85 @@
+"""The timm API shared by the ViT families: timm's VisionTransformer whose blocks also take the patch grid."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import VisionTransformer
+
+from ..blocks import maybe_checkpoint
+from ._loader import PretrainedMixin
+
+
+class GridViT(PretrainedMixin, VisionTransformer):
+    """Base class: timm's VisionTransformer with the family's ``block_fn``, whose blocks run as ``block(x, (H, W))``
+    on (B, prefix + H*W, C) tokens.
+
+    The block loops of ``forward_features`` and ``forward_intermediates`` are ours (they pass the grid and
+    checkpoint); everything else (embedding, position-embedding resampling, pooling, head, pruning) is timm's.
+    Defaults to ``dynamic_img_size`` and ``dynamic_img_pad``: any input size works. Patch dropout (which breaks the
+    grid) and attention masks are not supported.
+    """
+
+    block_fn: type[nn.Module]
+
+    def __init__(self, **kwargs):
+        if kwargs.get("patch_drop_rate"):
+            raise ValueError(f"{type(self).__name__} does not support patch dropout: its blocks need the full grid")
+        kwargs.setdefault("dynamic_img_size", True)
+        kwargs.setdefault("dynamic_img_pad", True)
+        super().__init__(block_fn=self.block_fn, **kwargs)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {name for name in ("pos_embed", "cls_token", "reg_token") if getattr(self, name, None) is not None}
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.patch_embed(x)
+        size = tuple(x.shape[1:3]) if x.dim() == 4 else self.patch_embed.grid_size
+        return self.norm_pre(self._pos_embed(x)), size
+
+    def _no_masks(self, attn_mask: torch.Tensor | None, is_causal: bool) -> None:
+        if attn_mask is not None or is_causal:
+            raise ValueError(f"{type(self).__name__} takes no attention mask and is not causal")
+
+    def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        self._no_masks(attn_mask, is_causal)
+        x, size = self._embed(x)
+        for block in self.blocks:
+            x = maybe_checkpoint(block, x, size, enabled=self.grad_checkpointing)
+        return self.norm(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, output_dict: bool = False,
+                              attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        """timm's ViT ``forward_intermediates``: block outputs in ``indices`` as NCHW maps (or NLC tokens), and
+        the final normed tokens unless ``intermediates_only``."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NLC'")
+        self._no_masks(attn_mask, is_causal)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        b = x.shape[0]
+        x, (h, w) = self._embed(x)
+        blocks = self.blocks[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = maybe_checkpoint(block, x, (h, w), enabled=self.grad_checkpointing)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [y.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if output_dict:
+            out = {"image_intermediates": intermediates}
+            if return_prefix_tokens and self.num_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens and self.num_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix, strict=True))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)

@@ -1,0 +1,273 @@
+"""One training engine for every task: a :class:`Task` holds a task's own parts, :func:`fit` does the rest.
+
+``fit`` picks the device, joins torchrun's process group, seeds torch and Python's generator (a run repeats),
+resumes (same task and model only), checks that the model takes the input, builds timm's optimizer and per-step
+cosine schedule, wraps the model in DDP, trains with the shared pass (bf16 autocast, finite-loss check, clipping,
+EMA), evaluates on every rank or on rank 0 as the task says, tracks the best score, writes ``last.pth`` /
+``best.pth`` atomically and logs each epoch to TensorBoard, ``metrics.json`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..backbones._loader import load_pretrained
+from ..errors import UserError
+from .checkpoint import atomic_save, load_checkpoint_file
+from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
+from .loop import train_one_epoch
+from .models import check_model_input
+from .run_log import RunLog
+
+# --task NAME -> "module:class" of its Task, imported on demand.
+TASKS = {"classification": "visattn.engine.classification:ClassificationTask",
+         "medical-seg": "visattn.engine.medical:MedicalTask"}
+DEFAULT_TASK = "classification"  # also the task of checkpoints that do not name one
+
+
+def get_task(name: str) -> type[Task]:
+    """The Task class registered as ``name``."""
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+@dataclass
+class TrainConfig:
+    """What every task's training reads; a task's config subclasses it with its own defaults and fields."""
+
+    output: str
+    data: str | None = None  # None = the task's built-in data
+    model: str = ""
+    model_kwargs: dict = field(default_factory=dict)
+    pretrained: bool = False
+    img_size: int = 224
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    opt: str = "adamw"
+    warmup_epochs: int = 5
+    min_lr: float = 1e-6
+    clip_grad: float | None = 5.0
+    workers: int = 4
+    seed: int = 0
+    device: str | None = None
+    amp: bool = True
+    resume: str | None = None
+
+
+class Task:
+    """A task's own parts; one instance serves one run of :func:`fit` and keeps what evaluation needs.
+
+    Per run fit calls ``build`` and ``check_input``; per batch ``compute_loss``; per epoch ``evaluate``,
+    ``val_scalars``, ``checkpoint_extra`` and ``epoch_line``. The tools call ``add_train_arguments``,
+    ``add_eval_arguments``, ``summary`` and ``run_eval``.
+    """
+
+    name: ClassVar[str]  # --task NAME, and the "task" of its checkpoints and metrics.json
+    config: ClassVar[type[TrainConfig]]
+    default_data: ClassVar[str]  # the dataset name recorded when cfg.data is None
+    score: ClassVar[str]  # the val_* scalar that picks best.pth
+    higher_is_better: ClassVar[bool] = True
+    panels: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]]  # curves.png: (title, y label, scalar keys)
+    distributed_eval: ClassVar[bool] = True  # every rank evaluates (and the task sums over ranks), else rank 0 only
+    worker_init_fn = None  # for the training DataLoader's workers (a staticmethod)
+    shared_help: ClassVar[dict[str, str]] = {}  # --help of shared options (by dest) this task reads its own way
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    @property
+    def dataset(self) -> str:
+        return self.cfg.data or self.default_data
+
+    @property
+    def ema_decay(self) -> float | None:
+        """Keep an EMA of the weights with this decay (evaluated and saved as ``state_dict_ema``); None = off."""
+        return None
+
+    @staticmethod
+    def add_train_arguments(parser) -> None:
+        """This task's own ``tools/train.py`` options (dests named as the config's fields; no defaults)."""
+
+    @staticmethod
+    def add_eval_arguments(parser) -> None:
+        """This task's own ``tools/eval.py`` options (no defaults)."""
+
+    @classmethod
+    def run_eval(cls, args) -> str:
+        """Score ``args.checkpoint`` as ``tools/eval.py`` asks; returns the text to print."""
+        raise NotImplementedError
+
+    @classmethod
+    def load_checkpoint(cls, path: str) -> dict:
+        """A training checkpoint of this task; another task's checkpoint is a one-line error naming its --task."""
+        ckpt = load_checkpoint_file(path)
+        task = ckpt.get("task", DEFAULT_TASK)
+        if task != cls.name:
+            raise UserError(f"{path} is a {task} checkpoint, not {cls.name}; pass --task {task}")
+        return ckpt
+
+    def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
+        """The model (on the CPU, through :func:`~visattn.engine.models.build_model`) and the training set;
+        keeps the validation data for :meth:`evaluate` and whatever :meth:`compute_loss` needs."""
+        raise NotImplementedError
+
+    def check_input(self, model: nn.Module) -> None:
+        """Fail before training on an input size the model cannot take."""
+        check_model_input(model, self.cfg.img_size, self.cfg.model)
+
+    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Move ``batch`` to ``device``, run ``net`` (maybe the DDP wrapper) under autocast; (loss, samples)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
+        """Validation metrics of ``model``."""
+        raise NotImplementedError
+
+    def val_scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """The per-epoch ``val_*`` scalars; all but ``val_loss`` are kept in ``best``."""
+        raise NotImplementedError
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint holds beyond the common fields, to rebuild the model and its data for evaluation."""
+        return {}
+
+    def epoch_line(self, metrics: dict[str, Any], scalars: dict[str, float]) -> str:
+        """The end of the per-epoch line, after ``epoch E/N: train loss L, ``."""
+        raise NotImplementedError
+
+    def summary(self, best: dict[str, Any]) -> str:
+        """The line ``tools/train.py`` prints at the end."""
+        raise NotImplementedError
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, world_size: int,
+                device: torch.device, worker_init_fn=None) -> DataLoader:
+    """A DataLoader sharded over the processes under torchrun; a training one shuffles and drops a last
+    incomplete batch."""
+    sampler = DistributedSampler(dataset, shuffle=train) if world_size > 1 else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      num_workers=workers, pin_memory=device.type == "cuda",
+                      drop_last=train and len(dataset) > batch_size, persistent_workers=workers > 0,
+                      worker_init_fn=worker_init_fn)
+
+
+def train_pass(task: Task, train_model: nn.Module, model: nn.Module, loader: DataLoader, optimizer, scheduler,
+               device: torch.device, epoch: int, show_progress: bool, ema=None) -> tuple[float, int]:
+    """One training pass over ``loader`` with the task's loss step; returns (loss sum, samples)."""
+    return train_one_epoch(train_model, model, loader, optimizer, scheduler,
+                           functools.partial(task.compute_loss, device=device), epoch=epoch,
+                           epochs=task.cfg.epochs, clip_grad=task.cfg.clip_grad, ema=ema, show_progress=show_progress)
+
+
+def _resume_checkpoint(task: Task) -> dict | None:
+    """The --resume checkpoint, which must come from the same task and model."""
+    cfg = task.cfg
+    if not cfg.resume:
+        return None
+    ckpt = load_checkpoint_file(cfg.resume)
+    task_name, model = ckpt.get("task"), ckpt.get("model")
+    if (task_name, model) != (task.name, cfg.model):
+        raise UserError(f"{cfg.resume} was trained as {task_name} / {model!r}, not {task.name} / {cfg.model!r}; "
+                        f"pass --task {task_name} --model {model} or start without --resume")
+    return ckpt
+
+
+def _improves(value: float, best: float, higher_is_better: bool) -> bool:
+    return value > best if higher_is_better else value < best
+
+
+def fit(task: Task) -> dict[str, Any]:
+    """Train ``task``; returns ``{"best", "history"}`` on every process (also written to ``metrics.json``)."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+
+    cfg = task.cfg
+    device = pick_device(cfg.device)
+    rank, world_size = init_distributed(device)
+    is_main = rank == 0
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)  # timm's random crops and flips draw from Python's generator
+    try:
+        resume = _resume_checkpoint(task)
+        model, train_set = task.build(device, rank, world_size)
+        model.to(device)
+        task.check_input(model)
+        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, True, world_size, device,
+                                   task.worker_init_fn)
+        scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=cfg.epochs,
+                                           warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+                                           warmup_lr=cfg.lr * 0.01, step_on_epochs=False,
+                                           updates_per_epoch=len(train_loader))
+        ema = ModelEmaV3(model, decay=task.ema_decay) if task.ema_decay else None
+        # -1 is below every score tracked so far (accuracy, Dice), as in checkpoints written before.
+        start_epoch, history = 0, []
+        best = {"epoch": -1, task.score: -1.0 if task.higher_is_better else math.inf}
+        if resume is not None:
+            load_pretrained(model, resume["state_dict"], strict=True, name=f"checkpoint {cfg.resume}")
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            if ema is not None and "state_dict_ema" in resume:
+                ema.module.load_state_dict(resume["state_dict_ema"])
+            start_epoch, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
+
+        train_model = model
+        if world_size > 1:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        common = {"task": task.name, "model": cfg.model, "model_kwargs": cfg.model_kwargs}
+        log = None
+        if is_main:
+            os.makedirs(cfg.output, exist_ok=True)
+            log = RunLog(cfg.output, history, {**common, "dataset": task.dataset, "config": dataclasses.asdict(cfg)},
+                         task.panels)
+
+        for epoch in range(start_epoch, cfg.epochs):
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            started = time.time()
+            loss_sum, seen = train_pass(task, train_model, model, train_loader, optimizer, scheduler, device, epoch,
+                                        is_main, ema)
+            train_loss_sum, train_seen = all_reduce_sum([loss_sum, seen], device)
+            eval_model = ema.module if ema is not None else model
+            metrics = task.evaluate(eval_model, device) if task.distributed_eval or is_main else None
+            if is_main:
+                scalars = {"train_loss": train_loss_sum / train_seen, **task.val_scalars(metrics),
+                           "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - started}
+                improved = _improves(scalars[task.score], best[task.score], task.higher_is_better)
+                if improved:
+                    best = {"epoch": epoch + 1,
+                            **{k: v for k, v in scalars.items() if k.startswith("val_") and k != "val_loss"}}
+                ckpt = {**common, **task.checkpoint_extra(), "dataset": task.dataset, "epoch": epoch,
+                        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "best": best,
+                        "history": log.history + [{"epoch": epoch + 1, **scalars}]}
+                if ema is not None:
+                    ckpt["state_dict_ema"] = ema.module.state_dict()
+                atomic_save(ckpt, os.path.join(cfg.output, "last.pth"))
+                if improved:
+                    atomic_save(ckpt, os.path.join(cfg.output, "best.pth"))
+                log.log(epoch + 1, scalars, best)
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {scalars['train_loss']:.4f}, "
+                      f"{task.epoch_line(metrics, scalars)}", flush=True)
+            barrier()
+        if log is not None:
+            log.close()
+        return broadcast_from_main({"best": best, "history": log.history if log else history})
+    finally:
+        cleanup()

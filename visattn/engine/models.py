@@ -1,0 +1,46 @@
+"""Building a named model and trying it on a blank input, with one-line errors, for every task and tool."""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """timm.create_model with one-line errors for an unknown name (with close matches) or bad arguments."""
+    import visattn  # noqa: F401  (registers the visattn models)
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() or visattn.list_models()"
+        raise UserError(f"unknown model {name!r}{hint}")
+    try:
+        return timm.create_model(name, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"cannot build {name} with {kwargs}: {err}") from None
+
+
+def check_model_input(model: nn.Module, size: int, name: str, expected_shape: tuple[int, ...] | None = None,
+                      need: str = "") -> None:
+    """Run one blank (1, 3, size, size) image through ``model`` so that an input it cannot take fails before
+    training; with ``expected_shape`` the output must have that shape (``need`` says why, in the error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"image size {size} does not work with {name}: {str(err).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+    if expected_shape is None:
+        return
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != tuple(expected_shape):
+        raise UserError(f"{name} returns {shape} for a (1, 3, {size}, {size}) image; "
+                        f"{need or f'expected {tuple(expected_shape)}'}")

@@ -1,0 +1,57 @@
+"""What the Triton kernels of every op share: strides, tile widths, dot precision, log2(e) and the device guard.
+
+Imported by the ``triton.py`` modules only: it imports Triton.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+# exp(x) = exp2(x log2(e)): kernels run their softmax in base 2. A constexpr, so kernels may read it;
+# host code reads ``LOG2E.value``.
+LOG2E = tl.constexpr(math.log2(math.e))
+
+
+def strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, row, column) strides of a channels-last (B, H, W, C) map, whose channel stride must be 1."""
+    if t.stride(-1) != 1:
+        raise ValueError(f"the triton kernels need channels-last maps with unit channel stride, got {t.stride()}")
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def head_tile(width: int) -> int:
+    """Channels of a head's tile: ``width`` rounded up to a power of two, at least 16 (``tl.dot``'s minimum)."""
+    return max(16, triton.next_power_of_2(width))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of ``tl.dot``: "tf32" for half inputs (their values are exact in tf32), else "ieee"."""
+    return "tf32" if dtype in (torch.float16, torch.bfloat16) else "ieee"
+
+
+def device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context making ``t``'s GPU the current device (Triton launches there); nothing for CPU tensors, which
+    run under ``TRITON_INTERPRET=1``."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def on_tensor_device(launcher: Callable) -> Callable:
+    """Decorator of a kernel launcher: run it on the device of its first argument, not the current CUDA device.
+
+    The wrapper has ``device_guarded = True``, which the tests check on every launcher.
+    """
+
+    @functools.wraps(launcher)
+    def guarded(t, *args, **kwargs):
+        with device_of(t):
+            return launcher(t, *args, **kwargs)
+
+    guarded.device_guarded = True
+    return guarded
