@@ -6,14 +6,8 @@ with bi-level routing attention (BRA) in stages 1-3 (n_win x n_win regions, top-
 query region, head_dim 32) and global attention with LePE (8 heads) in stage 4. BatchNorm convolution
 stem and downsampling, and a BatchNorm2d before the pooled classifier.
 
-| model          | params (M) | MACs @224 (G) | ImageNet-1k top-1 (official) |
-|----------------|-----------:|--------------:|-----------------------------:|
-| biformer_tiny  | 13.14      | 2.22          | 81.4                         |
-| biformer_small | 25.54      | 4.46          | 83.8                         |
-| biformer_base  | 56.80      | 9.76          | 84.3                         |
-
-MACs are counted with ``torch.utils.flop_counter`` (FLOPs / 2): convolutions, linear layers and both
-attention levels.
+Parameters, MACs and top-1 of each variant: README's model table (the one place they are written, checked by
+tests/test_model_table.py).
 """
 
 from __future__ import annotations
@@ -175,20 +169,20 @@ def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiForm
 
 @register_model
 def biformer_tiny(pretrained: bool = False, **kwargs) -> BiFormer:
-    """BiFormer-T: depths 2-2-8-2, dims 64-512. 13.14 M params, 2.22 GMACs @224, 81.4% top-1."""
+    """BiFormer-T: depths 2-2-8-2, dims 64-512."""
     args = dict(depths=(2, 2, 8, 2), dims=(64, 128, 256, 512), topks=(1, 4, 16, None))
     return _create_biformer("biformer_tiny", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def biformer_small(pretrained: bool = False, **kwargs) -> BiFormer:
-    """BiFormer-S: depths 4-4-18-4, dims 64-512. 25.54 M params, 4.46 GMACs @224, 83.8% top-1."""
+    """BiFormer-S: depths 4-4-18-4, dims 64-512."""
     args = dict(depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), topks=(1, 4, 16, None))
     return _create_biformer("biformer_small", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
-    """BiFormer-B: depths 4-4-18-4, dims 96-768. 56.80 M params, 9.76 GMACs @224, 84.3% top-1."""
+    """BiFormer-B: depths 4-4-18-4, dims 96-768."""
     args = dict(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768), topks=(1, 4, 16, None))
     return _create_biformer("biformer_base", pretrained, **dict(args, **kwargs))

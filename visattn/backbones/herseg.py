@@ -239,7 +239,7 @@ default_cfgs = generate_default_cfgs({"herseg.untrained": _cfg()})
 
 @register_model
 def herseg(pretrained: bool = False, **kwargs) -> HerSeg:
-    """HER-Seg as released (dim 96, stages 2 / 2 / 6 / 2), 8.2 GMACs at 1024 x 1024. ``pretrained=True`` loads
+    """HER-Seg as released (dim 96, stages 2 / 2 / 6 / 2). ``pretrained=True`` loads
     an official-layout or visattn checkpoint given as ``pretrained_cfg_overlay=dict(file=PATH)`` (no weights are
     published for download)."""
     return create_model(HerSeg, "herseg", pretrained, kwargs, tag="untrained")

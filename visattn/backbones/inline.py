@@ -15,17 +15,8 @@ windows anchored at the top-left plus smaller edge windows, each attending over 
 official code, InLine windows are never shifted (it rolls them by 28 tokens in odd blocks of maps larger than
 56 without masking, a case its released models never meet).
 
-Parameters and MACs (``torch.utils.flop_counter``, FLOPs / 2, InLine counted as 2 N d^2 per head), at the
-training size of each model:
-
-| model             | size | params (M) | MACs (G) | ImageNet-1k top-1 (official) |
-|-------------------|-----:|-----------:|---------:|-----------------------------:|
-| inline_deit_tiny  | 224  | 6.48       | 1.11     | 74.5                         |
-| inline_deit_small | 288  | 16.73      | 4.97     | 80.2                         |
-| inline_deit_base  | 448  | 23.80      | 17.17    | 82.3                         |
-| inline_swin_tiny  | 224  | 29.22      | 4.46     | 82.4                         |
-| inline_swin_small | 224  | 49.79      | 8.72     | 83.6                         |
-| inline_swin_base  | 224  | 88.35      | 15.40    | 84.1                         |
+Parameters, MACs (InLine counted as 2 N d^2 per head, at each model's training size) and top-1: README's model
+table (the one place they are written, checked by tests/test_model_table.py).
 
 ``drop_path_rate`` defaults to 0; the official recipes train with 0.1 (DeiT) and 0.2 / 0.3 / 0.5 (Swin-T/S/B).
 
@@ -256,38 +247,38 @@ def _create_swin(variant: str, pretrained: bool, kwargs: dict) -> InLineSwin:
 
 @register_model
 def inline_deit_tiny(pretrained: bool = False, **kwargs) -> InLineDeiT:
-    """InLine-DeiT-T @224: 192 dims, 6 heads, 12 blocks. 6.48 M params, 1.11 GMACs, 74.5% top-1."""
+    """InLine-DeiT-T @224: 192 dims, 6 heads, 12 blocks."""
     return _create_deit("inline_deit_tiny", pretrained, 224, dict(dict(embed_dim=192, num_heads=6), **kwargs))
 
 
 @register_model
 def inline_deit_small(pretrained: bool = False, **kwargs) -> InLineDeiT:
-    """InLine-DeiT-S @288: 320 dims, 10 heads, 12 blocks. 16.73 M params, 4.97 GMACs, 80.2% top-1."""
+    """InLine-DeiT-S @288: 320 dims, 10 heads, 12 blocks."""
     return _create_deit("inline_deit_small", pretrained, 288, dict(dict(embed_dim=320, num_heads=10), **kwargs))
 
 
 @register_model
 def inline_deit_base(pretrained: bool = False, **kwargs) -> InLineDeiT:
-    """InLine-DeiT-B @448: 384 dims, 12 heads, 12 blocks. 23.80 M params, 17.17 GMACs, 82.3% top-1."""
+    """InLine-DeiT-B @448: 384 dims, 12 heads, 12 blocks."""
     return _create_deit("inline_deit_base", pretrained, 448, dict(dict(embed_dim=384, num_heads=12), **kwargs))
 
 
 @register_model
 def inline_swin_tiny(pretrained: bool = False, **kwargs) -> InLineSwin:
-    """InLine-Swin-T (IIIS): depths 2-2-6-2, dims 96-768. 29.22 M params, 4.46 GMACs @224, 82.4% top-1."""
+    """InLine-Swin-T (IIIS): depths 2-2-6-2, dims 96-768."""
     args = dict(depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), inline_depths=(2, 2, 6, 0))
     return _create_swin("inline_swin_tiny", pretrained, dict(args, **kwargs))
 
 
 @register_model
 def inline_swin_small(pretrained: bool = False, **kwargs) -> InLineSwin:
-    """InLine-Swin-S (IISS): depths 2-2-18-2, dims 96-768. 49.79 M params, 8.72 GMACs @224, 83.6% top-1."""
+    """InLine-Swin-S (IISS): depths 2-2-18-2, dims 96-768."""
     args = dict(depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), inline_depths=(2, 2, 0, 0))
     return _create_swin("inline_swin_small", pretrained, dict(args, **kwargs))
 
 
 @register_model
 def inline_swin_base(pretrained: bool = False, **kwargs) -> InLineSwin:
-    """InLine-Swin-B (IIMS2): depths 2-2-18-2, dims 128-1024. 88.35 M params, 15.40 GMACs @224, 84.1% top-1."""
+    """InLine-Swin-B (IIMS2): depths 2-2-18-2, dims 128-1024."""
     args = dict(depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), inline_depths=(2, 2, 2, 0), embed_dim=128)
     return _create_swin("inline_swin_base", pretrained, dict(args, **kwargs))

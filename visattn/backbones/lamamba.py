@@ -10,14 +10,9 @@ without the diffusion conditioning (adaLN), in a four-stage pyramid:
 Stem conv4x4/4 + LN; conv3x3/2 + LN between stages; LN → GAP → Linear head. Heads = dim / 32. The scan
 directions are VMamba's row/column/reversed scans rather than LaMamba-Diff's boustrophedon paths.
 SS2D uses ssm_ratio 1 and d_state 1 (VMamba v2's small-state setting). Depths and widths are chosen to land
-near Swin-T/S/B's cost at 224 (4.5 / 8.7 / 15.4 GMACs); MACs counted with ``torch.utils.flop_counter`` on the
-meta device through the fused ops (scan and window attention included):
-
-| model          | depths   | dims      | params (M) | MACs @224 (G) |
-|----------------|----------|-----------|-----------:|--------------:|
-| lamamba_tiny   | 2-2-3-2  | 96..768   | 31.00      | 4.60          |
-| lamamba_small  | 2-2-12-2 | 96..768   | 51.75      | 8.72          |
-| lamamba_base   | 2-2-12-2 | 128..1024 | 91.50      | 15.38         |
+near Swin-T/S/B's cost at 224: depths 2-2-3-2 / 2-2-12-2 / 2-2-12-2, dims 96..768 / 96..768 / 128..1024.
+Parameters and MACs (counted on the meta device through the fused ops, scan and window attention included): README's
+model table (the one place they are written, checked by tests/test_model_table.py).
 
 No pretrained weights exist.
 """

@@ -45,19 +45,9 @@ def check_linear_attention_args(q, k, v, injective, normalize, norm_q, norm_k) -
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}: move them to one device")
 
 
-def linear_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float = 1.0,
-    *,
-    injective: bool = False,
-    normalize: bool = False,
-    norm_q: torch.Tensor | None = None,
-    norm_k: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    backend: str | None = None,
-) -> torch.Tensor:
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0, *, injective: bool = False,
+                     normalize: bool = False, norm_q: torch.Tensor | None = None, norm_k: torch.Tensor | None = None,
+                     eps: float = 1e-6, backend: str | None = None) -> torch.Tensor:
     """Non-causal (bidirectional) multi-head linear attention, accumulated in float32.
 
     Per batch and head, with S = sum_j k_j^T v_j (D x E), mean k and mean v over the N tokens:

@@ -34,16 +34,8 @@ def check_routed_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     check_qkv_maps(q, k, v, num_heads)
 
 
-def routed_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    num_heads: int,
-    n_win: int,
-    topk: int,
-    scale: float | None = None,
-    backend: str | None = None,
-) -> torch.Tensor:
+def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, n_win: int, topk: int,
+                     scale: float | None = None, backend: str | None = None) -> torch.Tensor:
     """Bi-level routing attention over channels-last maps.
 
     Per head, with S x S regions and Q^r, K^r the region means of q, k: I^r = topk((s Q^r)(K^r)^T) (no gradient),

@@ -46,18 +46,9 @@ def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias) -> None:
             raise ValueError(f"{name} must be float32, got {given[name].dtype}")
 
 
-def selective_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    z: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    backend: str | None = None,
-) -> torch.Tensor:
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
+                   delta_softplus: bool = False, backend: str | None = None) -> torch.Tensor:
     """Selective scan over sequences of length L, every step computed in float32.
 
     Per channel c, with h_0 = 0 and dt = delta + delta_bias (softplus'd if ``delta_softplus``):

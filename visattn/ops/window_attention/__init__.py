@@ -34,17 +34,9 @@ def check_window_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             raise ValueError(f"rel_pos_bias is on {rel_pos_bias.device}, q on {q.device}")
 
 
-def window_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    num_heads: int,
-    window_size: int,
-    shift: int = 0,
-    rel_pos_bias: torch.Tensor | None = None,
-    scale: float | None = None,
-    backend: str | None = None,
-) -> torch.Tensor:
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, window_size: int,
+                     shift: int = 0, rel_pos_bias: torch.Tensor | None = None, scale: float | None = None,
+                     backend: str | None = None) -> torch.Tensor:
     """Multi-head attention inside (shifted) windows of channels-last maps.
 
     Semantics (ws = ``window_size``, per head, d its channels):
