@@ -89,6 +89,9 @@ def test_the_neck_is_the_final_norm_of_the_features():
     assert [info["num_chs_norm"] for info in model.feature_info] == [96] * 4
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x), inters[1])
+    assert isinstance(model.get_classifier(), torch.nn.Identity)
+    with pytest.raises(ValueError, match="mask decoder was pruned"):
+        model.reset_classifier(2)
 
 
 def test_padding_does_not_reach_the_top_left_crop_when_the_size_is_a_multiple_of_16():

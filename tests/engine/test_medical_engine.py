@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from visattn.data.medical import SegmentationEvalSet, SegmentationTrainSet, SyntheticVessels
+from visattn.engine.fit import train_pass
 from visattn.engine.medical import (
     Inference,
     MedicalConfig,
+    MedicalTask,
     bce_dice_loss,
     check_model_output,
     evaluate,
@@ -19,7 +21,6 @@ from visattn.engine.medical import (
     pad_to_multiple,
     predict_logits,
     train,
-    train_one_epoch,
 )
 from visattn.errors import UserError
 
@@ -182,7 +183,7 @@ def test_a_small_conv_net_learns_the_synthetic_vessels():
             pass
 
     for epoch in range(cfg.epochs):
-        train_one_epoch(model, model, loader, optimizer, Constant(), torch.device("cpu"), cfg, epoch, False)
+        train_pass(MedicalTask(cfg), model, model, loader, optimizer, Constant(), torch.device("cpu"), epoch, False)
     val = SegmentationEvalSet(SyntheticVessels(2, 64, seed=1))
     result = evaluate(model, val, torch.device("cpu"), Inference("sliding", tile=32))
     assert result["pooled"]["auc"] > 0.9 and result["pooled"]["dice"] > 0.5

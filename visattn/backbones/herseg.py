@@ -128,12 +128,16 @@ class HerSeg(PretrainedMixin, nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.mask_decoder.output_hypernetworks_mlps
+        """The per-class hypernetwork MLPs; an Identity once ``prune_intermediate_layers`` removed the decoder."""
+        return getattr(self.mask_decoder, "output_hypernetworks_mlps", nn.Identity())
 
     def reset_classifier(self, num_classes: int) -> None:
         """New per-class hypernetwork MLPs for ``num_classes`` output channels (at least 1)."""
         if num_classes < 1:
             raise ValueError(f"a segmentation model needs num_classes >= 1, got {num_classes}")
+        if not isinstance(self.mask_decoder, PromptFreeMaskDecoder):
+            raise ValueError("the mask decoder was pruned (prune_intermediate_layers(prune_head=True)); build a new "
+                             "model to classify pixels again")
         self.num_classes = num_classes
         self.mask_decoder.reset_classes(num_classes)
         self.mask_decoder.output_hypernetworks_mlps.apply(init_linear_weights)

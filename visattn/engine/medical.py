@@ -38,7 +38,7 @@ from ..data.medical import (
 from ..errors import UserError
 from .checkpoint import atomic_write, atomic_write_json, json_safe
 from .distributed import pick_device
-from .fit import Task, TrainConfig, fit, train_pass
+from .fit import Task, TrainConfig, fit
 from .loop import autocast
 from .medical_metrics import SegmentationMetrics, restore_original
 from .models import build_model, check_model_input
@@ -355,13 +355,6 @@ class MedicalTask(Task):
 def train(cfg: MedicalConfig) -> dict[str, Any]:
     """Train a segmentation model; returns ``{"best", "history"}`` (also written to ``metrics.json``)."""
     return fit(MedicalTask(cfg))
-
-
-def train_one_epoch(train_model: nn.Module, model: nn.Module, loader: DataLoader, optimizer, scheduler,
-                    device: torch.device, cfg: MedicalConfig, epoch: int, show_progress: bool) -> tuple[float, int]:
-    """One pass over ``loader`` with BCE + Dice (inside the FOV with ``cfg.fov_loss``); returns (loss sum, crops)."""
-    return train_pass(MedicalTask(cfg), train_model, model, loader, optimizer, scheduler, device, epoch,
-                      show_progress)
 
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str | None = None,
