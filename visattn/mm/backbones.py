@@ -117,51 +117,45 @@ class BiFormerBackbone(VisattnBackbone):
         super().__init__(f"biformer_{arch}", out_indices, frozen_stages, norm_eval, out_norms, kwargs, init_cfg)
 
 
-class MambaOutBackbone(VisattnBackbone):
-    """timm's MambaOut (``mambaout_<arch>``) for detection and segmentation; its authors released no det/seg code.
+class FamilyBackbone(VisattnBackbone):
+    """A family's variant by ``arch`` (the model ``<family>_<arch>``), with output norms on by default.
 
     Args:
-        arch: 'femto', 'kobe', 'tiny', 'small' or 'base'.
-        drop_path_rate: stochastic depth, linear over blocks.
-        out_norms: LayerNorm2d on each output (MambaOut's stages end without a norm), on by default.
-    """
-
-    def __init__(self, arch: str = "tiny", drop_path_rate: float = 0.2, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, norm_eval: bool = False, out_norms: bool = True,
-                 init_cfg: dict | None = None):
-        super().__init__(f"mambaout_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
-                         dict(drop_path_rate=drop_path_rate), init_cfg)
-
-
-class LaMambaBackbone(VisattnBackbone):
-    """LaMamba (``lamamba_<arch>``, visattn's adaptation of LaMamba-Diff's block) for detection and segmentation.
-
-    Args:
-        arch: 'tiny', 'small' or 'base'.
-        drop_path_rate: stochastic depth, linear over blocks.
+        arch: the variant, e.g. 'tiny'.
+        drop_path_rate: stochastic depth, linear over blocks (default: the family's detection recipe).
         out_norms: LayerNorm2d on each output, on by default.
     """
 
-    def __init__(self, arch: str = "tiny", drop_path_rate: float = 0.2, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, norm_eval: bool = False, out_norms: bool = True,
-                 init_cfg: dict | None = None):
-        super().__init__(f"lamamba_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
-                         dict(drop_path_rate=drop_path_rate), init_cfg)
+    family: str
+    default_arch = "tiny"
+    default_drop_path_rate = 0.2
+
+    def __init__(self, arch: str | None = None, drop_path_rate: float | None = None,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
+                 out_norms: bool = True, init_cfg: dict | None = None):
+        rate = self.default_drop_path_rate if drop_path_rate is None else drop_path_rate
+        super().__init__(f"{self.family}_{arch or self.default_arch}", out_indices, frozen_stages, norm_eval,
+                         out_norms, dict(drop_path_rate=rate), init_cfg)
 
 
-class InLineSwinBackbone(VisattnBackbone):
-    """InLine-Swin (``inline_swin_<arch>``: injective linear attention in the early stages, Swin's shifted window
-    attention in the late ones) for detection and segmentation. InLine windows are 56 tokens per side, so at
-    512 x 512 the first two stages attend globally.
+class MambaOutBackbone(FamilyBackbone):
+    """timm's MambaOut (``mambaout_<arch>``: 'femto', 'kobe', 'tiny', 'small' or 'base') for detection and
+    segmentation; its authors released no det/seg code. Its stages end without a norm: keep ``out_norms``."""
 
-    Args:
-        arch: 'tiny', 'small' or 'base'.
-        drop_path_rate: stochastic depth, linear over blocks.
-        out_norms: LayerNorm2d on each output (as Swin's det/seg backbones), on by default.
-    """
+    family = "mambaout"
 
-    def __init__(self, arch: str = "tiny", drop_path_rate: float = 0.3, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1, norm_eval: bool = False, out_norms: bool = True,
-                 init_cfg: dict | None = None):
-        super().__init__(f"inline_swin_{arch}", out_indices, frozen_stages, norm_eval, out_norms,
-                         dict(drop_path_rate=drop_path_rate), init_cfg)
+
+class LaMambaBackbone(FamilyBackbone):
+    """LaMamba (``lamamba_<arch>``: 'tiny', 'small' or 'base'; visattn's adaptation of LaMamba-Diff's block) for
+    detection and segmentation."""
+
+    family = "lamamba"
+
+
+class InLineSwinBackbone(FamilyBackbone):
+    """InLine-Swin (``inline_swin_<arch>``: 'tiny', 'small' or 'base'; injective linear attention in the early
+    stages, Swin's shifted window attention in the late ones) for detection and segmentation. InLine windows are 56
+    tokens per side, so at 512 x 512 the first two stages attend globally. Drop path 0.3 by default."""
+
+    family = "inline_swin"
+    default_drop_path_rate = 0.3

@@ -140,9 +140,8 @@ def _state_kernel(
 
 @triton.jit
 def _readout_kernel(
-    Q, QN, STATE, O,
+    Q, QN, STATE, O, N, H, scale, eps,
     sq_b, sq_h, sq_n, sq_c, sqn_b, sqn_h, sqn_n, sqn_c, so_b, so_h, so_n, so_c,
-    N, H, scale, eps,
     D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
     INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_QN: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -177,9 +176,9 @@ def _query_grad_kernel(
     sum_i q_i^T r_i; normalizing, dz_i = -(g_i . O_i) / z_i, d qn_i = dz_i m and dm = sum_i dz_i qn_i.
     """
     bh = tl.program_id(1)
+    first, end = _split_blocks(blocks_per_split, n_blocks)
     state, key_mean, _ = _readout_state(STATE, bh, N, D, E, BD, BE, INJECTIVE)
     dstate, dkey_mean, grad_sum = _zero_sums(BD, BE)
-    first, end = _split_blocks(blocks_per_split, n_blocks)
     for blk in range(first, end):
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
         q = _load(Q, bh, H, sq_b, sq_h, sq_n, sq_c, rows, N, D, BD)
@@ -300,9 +299,8 @@ def forward(q, k, v, norm_q, norm_k, scale, injective, normalize, eps, out):
     state = tiling.fold(sums)
     query_like = q if norm_q is None else norm_q
     _readout_kernel[(tiling.n_blocks, tiling.B * tiling.H)](
-        q, query_like, state, out,
+        q, query_like, state, out, tiling.N, tiling.H, scale, eps,
         *q.stride(), *query_like.stride(), *out.stride(),
-        tiling.N, tiling.H, scale, eps,
         **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=norm_q is not None),
     )
     return state
