@@ -53,6 +53,13 @@ class ToyRegression(Task):
     def epoch_line(self, metrics, scalars):
         return f"mse {metrics['mse']:.4f}"
 
+    def summary(self, best):
+        return f"best mse {best['val_mse']:.4f}"
+
+    @classmethod
+    def run_eval(cls, args):
+        return str(cls.load_checkpoint(args.checkpoint)["best"])
+
 
 def _config(output, **kwargs):
     return ToyConfig(output=str(output), **{"epochs": 3, "batch_size": 16, "lr": 0.05, "warmup_epochs": 0,

@@ -44,16 +44,18 @@ def checkpoint_filter(*model_classes: type):
     return register
 
 
-def _timm_filters() -> None:
+def _register_timm_families() -> None:
     """The families visattn serves from timm's own models map their official layouts with timm's filters."""
     from timm.models import mambaout
 
-    _FILTERS.setdefault(mambaout.MambaOut, mambaout.checkpoint_filter_fn)
+    checkpoint_filter(mambaout.MambaOut)(mambaout.checkpoint_filter_fn)
+
+
+_register_timm_families()
 
 
 def family_filter(model: nn.Module) -> Callable[[dict, nn.Module], dict] | None:
     """The registered key mapping of ``model``'s family (the nearest registered base class), or None."""
-    _timm_filters()
     return next((_FILTERS[cls] for cls in type(model).__mro__ if cls in _FILTERS), None)
 
 

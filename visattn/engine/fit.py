@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -68,7 +69,7 @@ class TrainConfig:
     resume: str | None = None
 
 
-class Task:
+class Task(ABC):
     """A task's own parts; one instance serves one run of :func:`fit` and keeps what evaluation needs.
 
     Per run fit calls ``build`` and ``check_input``; per batch ``compute_loss``; per epoch ``evaluate``,
@@ -100,16 +101,19 @@ class Task:
 
     @staticmethod
     def add_train_arguments(parser) -> None:
-        """This task's own ``tools/train.py`` options (dests named as the config's fields; no defaults)."""
+        """This task's own ``tools/train.py`` options (dests named as the config's fields; no defaults); none
+        by default."""
+        return None
 
     @staticmethod
     def add_eval_arguments(parser) -> None:
-        """This task's own ``tools/eval.py`` options (no defaults)."""
+        """This task's own ``tools/eval.py`` options (no defaults); none by default."""
+        return None
 
     @classmethod
+    @abstractmethod
     def run_eval(cls, args) -> str:
         """Score ``args.checkpoint`` as ``tools/eval.py`` asks; returns the text to print."""
-        raise NotImplementedError
 
     @classmethod
     def load_checkpoint(cls, path: str) -> dict:
@@ -120,38 +124,38 @@ class Task:
             raise UserError(f"{path} is a {task} checkpoint, not {cls.name}; pass --task {task}")
         return ckpt
 
+    @abstractmethod
     def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
         """The model (on the CPU, through :func:`~visattn.engine.models.build_model`) and the training set;
         keeps the validation data for :meth:`evaluate` and whatever :meth:`compute_loss` needs."""
-        raise NotImplementedError
 
     def check_input(self, model: nn.Module) -> None:
         """Fail before training on an input size the model cannot take."""
         check_model_input(model, self.cfg.img_size, self.cfg.model)
 
+    @abstractmethod
     def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
         """Move ``batch`` to ``device``, run ``net`` (maybe the DDP wrapper) under autocast; (loss, samples)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         """Validation metrics of ``model``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def val_scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
         """The per-epoch ``val_*`` scalars; all but ``val_loss`` are kept in ``best``."""
-        raise NotImplementedError
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """What a checkpoint holds beyond the common fields, to rebuild the model and its data for evaluation."""
         return {}
 
+    @abstractmethod
     def epoch_line(self, metrics: dict[str, Any], scalars: dict[str, float]) -> str:
         """The end of the per-epoch line, after ``epoch E/N: train loss L, ``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def summary(self, best: dict[str, Any]) -> str:
         """The line ``tools/train.py`` prints at the end."""
-        raise NotImplementedError
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, world_size: int,
