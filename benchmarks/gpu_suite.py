@@ -7,7 +7,8 @@
 1. ``pytest tests/ops`` with ``VISATTN_TEST_DEVICE=cuda`` (fused kernels against the reference, bf16 included).
 2. Each op at its models' shapes, fused kernels against the reference: routed attention (BiFormer; also
    dense SDPA over the same tokens), selective scan and window attention (LaMamba-T), linear attention
-   (InLine-Swin-T, HER-Seg at 1024); forward and
+   (InLine-Swin-T, HER-Seg at 1024), sparse attention (ViT token counts at 25% density, random and clustered
+   key sets; also dense SDPA over the same tokens, forward and forward+backward); forward and
    forward+backward time, achieved GB/s, ratio to the memory floor (one read of the inputs and one write of
    the output at the measured copy bandwidth), peak memory.
 3. Models end to end with the reference and the fused path in the same run: inference img/s (batch 128,
@@ -60,6 +61,13 @@ LINEAR_SHAPES = [
     ("HER-Seg stage 1 @1024", 8, 64, 96, 6, "normalize"),
     ("HER-Seg stage 2 @1024", 8, 64, 96, 12, "normalize"),
     ("HER-Seg stage 3 @1024", 8, 64, 96, 24, "normalize"),
+]
+# (name, batch, tokens, heads, head dim, index pattern): ViT-S token counts (196 patches + class token at 224, and
+# 784 / 3136 patches as at 448 / 896), 25% of the keys per query; "random" keys, or "clustered" keys near the
+# query's position (neighbouring queries share most keys: whole key tiles go unattended and are skipped)
+SPARSE_SHAPES = [
+    (f"N={n}, {pattern}", b, n, 6, 64, pattern)
+    for n, b in ((197, 64), (785, 16), (3137, 4)) for pattern in ("random", "clustered")
 ]
 FUSED_ONLY_MODELS = ("lamamba_",)
 # segmentation networks: (input side, inference batch, training batch)
@@ -233,6 +241,37 @@ def bench_linear(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     return row
 
 
+def bench_sparse(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
+    """Per-query sparse attention at 25% density against the reference (dense masked attention) and against dense
+    SDPA over the same tokens, forward and forward+backward."""
+    from visattn.ops.sparse_attention import sparse_attention
+
+    name, b, n, heads, d, pattern = shape
+    topk = max(1, n // 4)
+    q, k, v = (torch.randn(b, heads, n, d, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn_like(q)
+    scores = torch.rand(b, heads, n, n, device=DEVICE)
+    if pattern == "clustered":  # the top-k nearest positions, ties broken at random
+        pos = torch.arange(n, device=DEVICE, dtype=torch.float32)
+        scores = scores - (pos[:, None] - pos[None, :]).abs()
+    indices = scores.topk(topk, dim=-1).indices
+    del scores
+    nbytes = 4 * q.numel() * q.element_size() + indices.numel() * indices.element_size()
+    row = {"op": "sparse attention", "shape": name, "tokens": f"{b}x{n}, {heads}h, d={d}, k={topk}",
+           "bytes": nbytes, "floor_ms": nbytes / bandwidth / 1e6}
+    _time_op(row, lambda be: sparse_attention(q, k, v, indices, backend=be), (q, k, v), grad)
+
+    def sdpa_fwd():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v)
+
+    row["sdpa_fwd_ms"] = cuda_time(sdpa_fwd)
+    row["sdpa_fwdbwd_ms"] = cuda_time(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v),
+                                                                  (q, k, v), grad))
+    row["sdpa_ratio"] = (row["sdpa_fwd_ms"] / row["triton_fwd_ms"], row["sdpa_fwdbwd_ms"] / row["triton_fwdbwd_ms"])
+    return row
+
+
 @contextlib.contextmanager
 def forced_backend(backend: str):
     """Run the block with ``$VISATTN_BACKEND`` set to ``backend``."""
@@ -361,11 +400,12 @@ def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command
              f"{env['bandwidth']:.0f} GB/s. Command: `{command}`", "", f"Op tests on CUDA: {tests}", ""]
     if ops:
         lines += ["Ops, bf16 (ms; floor = one read of the inputs and one write of the output at the copy bandwidth; "
-                  "dense SDPA = full attention over the same tokens, routed attention only; "
+                  "dense SDPA = full attention over the same tokens (routed and sparse attention; SDPA / fused = "
+                  "its time over the fused time, forward and forward+backward); "
                   "graph = the forward captured in a CUDA graph and replayed, i.e. GPU time without launch overhead):",
                   "", "| op | shape | tokens | ref fwd | fused fwd | fused speed-up | dense SDPA fwd | fused / floor | "
                   "fused GB/s | ref fwd+bwd | fused fwd+bwd | ref peak GB | fused peak GB | ref fwd, graph | "
-                  "fused fwd, graph | fused graph / floor |", "|" + "---|" * 16]
+                  "fused fwd, graph | fused graph / floor | dense SDPA fwd+bwd | SDPA / fused |", "|" + "---|" * 18]
         def ms(value):
             return "–" if value is None else f"{value:.3f}"
 
@@ -373,12 +413,14 @@ def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command
             sdpa = ms(r.get("sdpa_fwd_ms"))
             graph = r.get("triton_graph_fwd_ms")
             graph_floor = "–" if graph is None else f"{graph / r['floor_ms']:.1f}x"
+            ratio = r.get("sdpa_ratio")
+            sdpa_ratio = "–" if ratio is None else f"{ratio[0]:.2f}x, {ratio[1]:.2f}x"
             lines.append(
                 f"| {r['op']} | {r['shape']} | {r['tokens']} | {r['torch_fwd_ms']:.3f} | {r['triton_fwd_ms']:.3f} | "
                 f"{r['torch_fwd_ms'] / r['triton_fwd_ms']:.1f}x | {sdpa} | {r['triton_fwd_ms'] / r['floor_ms']:.1f}x | "
                 f"{r['fused_gbs']:.0f} | {r['torch_fwdbwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | "
                 f"{r['torch_peak_gb']:.2f} | {r['triton_peak_gb']:.2f} | {ms(r.get('torch_graph_fwd_ms'))} | "
-                f"{ms(graph)} | {graph_floor} |")
+                f"{ms(graph)} | {graph_floor} | {ms(r.get('sdpa_fwdbwd_ms'))} | {sdpa_ratio} |")
         lines.append("")
     if models:
         lines += ["Models, bf16 autocast: classifiers at 224 (inference batch 128, training batch 64 with an AdamW "
@@ -434,8 +476,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--skip-ops", action="store_true")
-    p.add_argument("--ops", nargs="*", choices=["routed", "scan", "window", "linear"],
-                   default=["routed", "scan", "window", "linear"], help="which op benchmarks to run")
+    p.add_argument("--ops", nargs="*", choices=["routed", "scan", "window", "linear", "sparse"],
+                   default=["routed", "scan", "window", "linear", "sparse"], help="which op benchmarks to run")
     p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base",
                                                    "mambaout_tiny", "lamamba_tiny", "lamamba_small",
                                                    "inline_deit_tiny", "inline_swin_tiny", "herseg"])
@@ -487,7 +529,8 @@ def main() -> int:
     report()
     if not args.skip_ops:
         shapes = {"routed": (bench_routed, ROUTED_SHAPES), "scan": (bench_scan, LAMAMBA_T_STAGES),
-                  "window": (bench_window, LAMAMBA_T_STAGES), "linear": (bench_linear, LINEAR_SHAPES)}
+                  "window": (bench_window, LAMAMBA_T_STAGES), "linear": (bench_linear, LINEAR_SHAPES),
+                  "sparse": (bench_sparse, SPARSE_SHAPES)}
         cases = [(shapes[op][0], s) for op in args.ops for s in shapes[op][1]]
         for bench, shape in cases:
             label = f"{bench.__name__} {shape[0]}"

@@ -163,3 +163,28 @@ def test_family_filters_are_found_through_the_class_hierarchy():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert family_filter(timm.create_model("biformer_tiny")).__module__ == "visattn.backbones.biformer"
+
+
+class _WithAddon(torch.nn.Module):
+    """A backbone plus a module it adds on top (as Sparsifiner's predictors or TCPA's prompts)."""
+
+    addon_keys = r"^extra\."
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(3, 3)
+        self.extra = torch.nn.Linear(3, 2)
+
+
+def test_absent_addon_modules_keep_their_initialisation_with_a_warning_unless_strict():
+    model, donor = _WithAddon(), _WithAddon()
+    extra = model.extra.weight.detach().clone()
+    backbone_only = {k: v for k, v in donor.state_dict().items() if k.startswith("body.")}
+    with pytest.warns(UserWarning, match=r"2 tensors of the modules _WithAddon adds .* keep their initialisation"):
+        result = visattn.load_pretrained(model, backbone_only)
+    assert sorted(result.addons_kept) == ["extra.bias", "extra.weight"]
+    assert torch.equal(model.body.weight, donor.body.weight) and torch.equal(model.extra.weight, extra)
+    with pytest.raises(UserError, match="2 missing"):
+        visattn.load_pretrained(model, backbone_only, strict=True)
+    with pytest.raises(UserError, match="missing .body.weight"):
+        visattn.load_pretrained(model, {k: v for k, v in donor.state_dict().items() if k != "body.weight"})

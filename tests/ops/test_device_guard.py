@@ -17,9 +17,10 @@ from visattn.ops import _triton
 from visattn.ops.linear_attention import linear_attention
 from visattn.ops.routed_attention import routed_attention
 from visattn.ops.selective_scan import selective_scan
+from visattn.ops.sparse_attention import sparse_attention
 from visattn.ops.window_attention import window_attention
 
-OPS = ("linear_attention", "routed_attention", "selective_scan", "window_attention")
+OPS = ("linear_attention", "routed_attention", "selective_scan", "sparse_attention", "window_attention")
 KERNEL_MODULES = [importlib.import_module(f"visattn.ops.{op}.triton") for op in OPS]
 
 
@@ -89,6 +90,12 @@ def _linear(device, backend):
     return linear_attention(q, k, v, 1 / 50, normalize=True, backend=backend), (q, k, v)
 
 
+def _sparse(device, backend):
+    q, k, v = (torch.randn(1, 2, 37, 16, device=device, requires_grad=True) for _ in range(3))
+    idx = torch.randint(-1, 37, (1, 2, 37, 5), device=device)
+    return sparse_attention(q, k, v, idx, dense_keys=1, normalize="all", backend=backend), (q, k, v)
+
+
 def _scan(device, backend):
     u, delta, z = (torch.randn(1, 4, 40, device=device, requires_grad=True) for _ in range(3))
     B, C = (torch.randn(1, 2, 4, 40, device=device, requires_grad=True) for _ in range(2))
@@ -101,7 +108,8 @@ def _scan(device, backend):
 # skipped placeholder.
 if torch.cuda.device_count() >= 2:
 
-    @pytest.mark.parametrize("run", [_routed, _window, _linear, _scan], ids=["routed", "window", "linear", "scan"])
+    @pytest.mark.parametrize("run", [_routed, _window, _linear, _scan, _sparse],
+                             ids=["routed", "window", "linear", "scan", "sparse"])
     def test_every_op_runs_on_the_second_gpu_while_the_first_is_current(run):
         with torch.cuda.device(0):
             torch.manual_seed(0)

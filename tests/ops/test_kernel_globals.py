@@ -12,7 +12,7 @@ import triton.language as tl
 
 import visattn.ops
 
-OPS = ("linear_attention", "routed_attention", "selective_scan", "window_attention")
+OPS = ("linear_attention", "routed_attention", "selective_scan", "sparse_attention", "window_attention")
 # Imported here, never skipped: a kernel module that fails to import fails the collection.
 KERNEL_MODULES = [importlib.import_module(f"visattn.ops.{op}.triton") for op in OPS]
 SHARED = importlib.import_module("visattn.ops._triton")
@@ -28,7 +28,7 @@ def _name(module):
     return module.__name__.removeprefix("visattn.ops.")
 
 
-def test_the_op_folders_are_exactly_the_four_ops():
+def test_the_op_folders_are_exactly_the_ops():
     folders = {p.name for p in pathlib.Path(visattn.ops.__path__[0]).iterdir() if (p / "__init__.py").is_file()}
     assert folders == set(OPS)
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-OPS = ("linear_attention", "routed_attention", "selective_scan", "window_attention")
+OPS = ("linear_attention", "routed_attention", "selective_scan", "sparse_attention", "window_attention")
 OPS_DIR = pathlib.Path(importlib.import_module("visattn.ops").__path__[0])
 
 
@@ -74,6 +74,7 @@ assert "triton" not in sys.modules
 from visattn.ops.linear_attention.fused import linear_attention_fused
 from visattn.ops.routed_attention.fused import routed_attention_fused
 from visattn.ops.selective_scan.fused import num_chunks, selective_scan_fused
+from visattn.ops.sparse_attention.fused import sparse_attention_fused
 from visattn.ops.window_attention.fused import window_attention_fused
 
 
@@ -105,6 +106,11 @@ scan_args = (u, delta, A, B, C, D, z, bias)
 assert forward_and_backward(selective_scan_fused, scan_args, *scan_args, True) == (2, 4, 40)
 _, states = torch.ops.visattn.selective_scan(*scan_args, True)
 assert tuple(states.shape) == (2, 4, num_chunks(40), 3)
+
+q, k, v = meta(1, 2, 10, 8), meta(1, 2, 70, 8), meta(1, 2, 70, 6)
+idx = torch.empty(1, 1, 10, 3, device="meta", dtype=torch.int64)
+for normalize in ("attended", "all"):
+    assert forward_and_backward(sparse_attention_fused, (q, k, v), q, k, v, idx, 2, normalize, 0.25) == (1, 2, 10, 6)
 
 from_visattn = [(name, by) for name, by in tried if (by or "").startswith("visattn")]
 assert not from_visattn, f"visattn imported Triton: {from_visattn}"

@@ -34,3 +34,26 @@ def test_checkpoint_of_another_model_names_the_keys(tmp_path):
                      "--output", str(tmp_path / "x.safetensors"))
     assert_one_line_error(result, "does not match the model", "missing (stages.0.blocks.2.")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_fine_tuned_prompt_and_sparsifiner_checkpoints_convert_with_their_classes(tmp_path):
+    import json
+
+    from tests.backbones import test_sparsifiner, test_tcpa
+
+    cases = [("tcpa_vit_base_patch16_224", test_tcpa.SMALL,
+              lambda: test_tcpa._randomized(test_tcpa._model(num_classes=5)).eval(), test_tcpa.official_state_dict),
+             ("sparsifiner_deit_small", test_sparsifiner.SMALL,
+              lambda: test_sparsifiner._randomized(num_classes=7), lambda m: dict(m.state_dict()))]
+    for name, kwargs, build, official in cases:
+        source = build()
+        torch.save({"model": official(source)}, tmp_path / f"{name}.pth")
+        out = tmp_path / f"{name}.safetensors"
+        result = convert("--model", name, "--model-kwargs", json.dumps(kwargs), "--checkpoint",
+                         str(tmp_path / f"{name}.pth"), "--output", str(out))
+        assert result.returncode == 0, result.stderr
+        model = timm.create_model(name, num_classes=source.num_classes, **kwargs).eval()
+        model.load_state_dict(load_file(out))
+        x = torch.randn(1, 3, 224, 224)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), source(x))

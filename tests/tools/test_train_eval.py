@@ -63,6 +63,7 @@ def trained_run(image_folder, tmp_path_factory):
 def test_training_writes_checkpoints_metrics_curves_and_tensorboard(trained_run):
     out, _, result = trained_run
     assert "skipped 1 unreadable image file(s)" in result.stderr and "corrupt.png" in result.stderr
+    assert "biformer_tiny: trainable 328,130 of 328,130 parameters (100.00%)" in result.stdout
     assert {"last.pth", "best.pth", "metrics.json", "curves.png", "tensorboard"} <= set(os.listdir(out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]

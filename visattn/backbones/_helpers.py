@@ -70,12 +70,16 @@ def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
 
 
 def create_model(model_cls: type, variant: str, pretrained: bool, kwargs: dict, tag: str = "in1k"):
-    """timm's ``build_model_with_cfg`` with our conventions: official weights downloaded to a variant-named file
-    and loaded by :func:`visattn.load_pretrained` (timm's ``custom_load`` hook), and ``features_only`` through
-    ``forward_intermediates``."""
+    """timm's ``build_model_with_cfg`` with our conventions: official weights (a URL downloaded to a variant-named
+    file, or a Hugging Face hub file) loaded by :func:`visattn.load_pretrained` (timm's ``custom_load`` hook), and
+    ``features_only`` through ``forward_intermediates``."""
     if pretrained:
-        resolve_pretrained_file(variant, tag, kwargs)
-        kwargs["pretrained_cfg_overlay"]["custom_load"] = True
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        cfg = get_pretrained_cfg(f"{variant}.{tag}")
+        if overlay.get("file") or overlay.get("url") or (cfg is not None and cfg.url):
+            resolve_pretrained_file(variant, tag, kwargs)
+            kwargs["pretrained_cfg_overlay"]["custom_load"] = True
+        # else the cfg names a hub file (custom_load="hf"): timm downloads it and calls model.load_pretrained
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(model_cls, variant, pretrained,
                                 feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)

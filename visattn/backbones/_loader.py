@@ -8,13 +8,16 @@ containers, a DDP ``module.`` prefix), maps it onto the model's keys with its fa
 (:func:`checkpoint_filter`), adapts the stem to the model's input channels as timm does, and checks it: a missing
 or reshaped backbone key is a one-line :class:`~visattn.errors.UserError` naming the keys (never a silent start
 from random weights), while a classifier head that is absent or sized for other classes keeps its
-initialisation, with a warning.
+initialisation, with a warning. So do the modules a family adds to a pretrained backbone (Sparsifiner's
+connectivity predictors, TCPA's prompts), named by the model's ``addon_keys`` pattern, when a plain backbone
+checkpoint lacks them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +27,8 @@ import torch.nn as nn
 
 from ..errors import UserError
 
-__all__ = ["LoadResult", "PretrainedMixin", "checkpoint_filter", "load_pretrained", "read_checkpoint", "read_file"]
+__all__ = ["LoadResult", "PretrainedMixin", "checkpoint_classes", "checkpoint_filter", "load_pretrained",
+           "match_classifier", "read_checkpoint", "read_file"]
 
 SCHEME = "visattn://"
 _logger = logging.getLogger(__name__)
@@ -145,6 +149,31 @@ def head_keys(model: nn.Module) -> set[str]:
     return {k for k in model.state_dict() if prefixes and k.startswith(prefixes)}
 
 
+def checkpoint_classes(model: nn.Module, state: Mapping) -> int | None:
+    """Classes the classifier of ``state`` (a state dict in ``model``'s layout) predicts; None without one."""
+    weights = sorted(k for k in head_keys(model) if k.endswith("weight") and k in state)
+    return state[weights[0]].shape[0] if weights else None
+
+
+def match_classifier(model: nn.Module, source: str | os.PathLike | Mapping) -> dict:
+    """The state dict of ``source`` in ``model``'s layout (family filter applied), with ``model``'s classifier reset
+    to the checkpoint's classes where they differ (converting or evaluating a fine-tuned checkpoint)."""
+    state = read_checkpoint(source)
+    fn = family_filter(model)
+    state = fn(state, model) if fn is not None else state
+    classes = checkpoint_classes(model, state)
+    if classes is not None and classes != getattr(model, "num_classes", classes):
+        model.reset_classifier(classes)
+    return state
+
+
+def addon_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the modules ``model`` adds to a pretrained backbone: those matching its ``addon_keys``
+    regular expression (a class attribute; none when absent)."""
+    pattern = getattr(model, "addon_keys", None)
+    return {k for k in model.state_dict() if re.search(pattern, k)} if pattern else set()
+
+
 def _adapt_stem(state: dict, model: nn.Module, own: dict) -> None:
     """Sum or repeat the pretrained stem's input channels to the model's (timm's ``adapt_input_conv``)."""
     from timm.models import adapt_input_conv
@@ -157,10 +186,12 @@ def _adapt_stem(state: dict, model: nn.Module, own: dict) -> None:
 
 @dataclass
 class LoadResult:
-    """What :func:`load_pretrained` did: tensors loaded, head keys left as initialised, checkpoint keys unused."""
+    """What :func:`load_pretrained` did: tensors loaded, head and add-on keys left as initialised, checkpoint keys
+    unused."""
 
     loaded: int
     head_kept: list[str] = field(default_factory=list)
+    addons_kept: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
 
 
@@ -169,9 +200,10 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, *, st
     """Load ``source`` into ``model`` (in place) and return what was loaded.
 
     Keys are mapped by ``filter_fn`` or the family's registered filter. With ``strict=False`` (pretrained
-    weights) the classifier may be absent or sized for other classes (it stays as initialised, with a warning) and
-    checkpoint keys the model lacks (a pruned head or stage) are left unused; with ``strict=True`` (resuming,
-    evaluating, converting) every key must match. Any other missing or reshaped key raises a one-line
+    weights) the classifier may be absent or sized for other classes and the family's add-on modules
+    (``addon_keys``) may be absent (they stay as initialised, with a warning), and checkpoint keys the model lacks
+    (a pruned head or stage) are left unused; with ``strict=True`` (resuming, evaluating, converting) every key
+    must match. Any other missing or reshaped key raises a one-line
     :class:`UserError` naming the keys; ``name`` describes the source in messages.
     """
     name = name or _describe(source)
@@ -187,6 +219,9 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, *, st
     unused = [k for k in state if k not in own]
     head_kept = [k for k in missing + reshaped if k in head]
     missing = [k for k in missing if k not in head]
+    addons = set() if strict else addon_keys(model)
+    addons_kept = [k for k in missing if k in addons]
+    missing = [k for k in missing if k not in addons]
     reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped if k not in head]
     problems = []
     if missing:
@@ -202,10 +237,13 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, *, st
     if head_kept:
         warnings.warn(f"{name}: the classifier ({_preview(head_kept)}) is absent or sized for other "
                       f"classes; it keeps its initialisation", stacklevel=2)
+    if addons_kept:
+        warnings.warn(f"{name}: {len(addons_kept)} tensors of the modules {type(model).__name__} adds to its backbone "
+                      f"({_preview(addons_kept)}) are absent; they keep their initialisation", stacklevel=2)
     if unused:
         _logger.info("%s: %d checkpoint tensors unused by the model (%s)", name, len(unused),
                      _preview(unused))
-    return LoadResult(len(loadable), head_kept, unused)
+    return LoadResult(len(loadable), head_kept, addons_kept, unused)
 
 
 class PretrainedMixin:

@@ -43,13 +43,23 @@ class GridViT(PretrainedMixin, VisionTransformer):
         if attn_mask is not None or is_causal:
             raise ValueError(f"{type(self).__name__} takes no attention mask and is not causal")
 
+    def _run_blocks(self, x: torch.Tensor, size: tuple[int, int], blocks, take_indices=(),
+                    norm: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run ``blocks`` (checkpointed when asked) on tokens of an H x W grid; returns the final tokens and the
+        outputs of the blocks in ``take_indices`` (normed when ``norm``). Families whose blocks take more than the
+        grid override this loop only."""
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = maybe_checkpoint(block, x, size, enabled=self.grad_checkpointing)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        return x, intermediates
+
     def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                          is_causal: bool = False) -> torch.Tensor:
         self._no_masks(attn_mask, is_causal)
         x, size = self._embed(x)
-        for block in self.blocks:
-            x = maybe_checkpoint(block, x, size, enabled=self.grad_checkpointing)
-        return self.norm(x)
+        return self.norm(self._run_blocks(x, size, self.blocks)[0])
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
@@ -64,11 +74,7 @@ class GridViT(PretrainedMixin, VisionTransformer):
         b = x.shape[0]
         x, (h, w) = self._embed(x)
         blocks = self.blocks[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = maybe_checkpoint(block, x, (h, w), enabled=self.grad_checkpointing)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm else x)
+        x, intermediates = self._run_blocks(x, (h, w), blocks, take_indices, norm)
         prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
         intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
         if output_fmt == "NCHW":

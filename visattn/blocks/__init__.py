@@ -6,9 +6,12 @@ from .dual_gated_attention import DualGatedLinearAttention, DualGatedLinearAtten
 from .linear_attention import InjectiveLinearAttention
 from .mask_decoder import PromptFreeMaskDecoder, TwoWayTransformer
 from .routing_attention import BiLevelRoutingAttention
+from .sparse_attention import ConnectivityPredictor, SparsifinerAttention
 from .ss2d import SS2D
+from .token_prompts import PromptedAttention, TokenCoordinatedPrompts
 from .window_attention import WindowAttention
 
-__all__ = ["SS2D", "BiLevelRoutingAttention", "DualGatedLinearAttention", "DualGatedLinearAttentionBlock",
-           "InjectiveLinearAttention", "LePEAttention", "PromptFreeMaskDecoder", "TwoWayTransformer",
+__all__ = ["SS2D", "BiLevelRoutingAttention", "ConnectivityPredictor", "DualGatedLinearAttention",
+           "DualGatedLinearAttentionBlock", "InjectiveLinearAttention", "LePEAttention", "PromptFreeMaskDecoder",
+           "PromptedAttention", "SparsifinerAttention", "TokenCoordinatedPrompts", "TwoWayTransformer",
            "WindowAttention", "maybe_checkpoint"]

@@ -65,6 +65,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def labels(self) -> list[int]:
+        """The class index of every item, in order."""
+        return [label for _, label in self.samples]
+
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         img = load_rgb(path)
@@ -96,6 +100,10 @@ class DigitsDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def labels(self) -> list[int]:
+        """The class index of every item, in order."""
+        return [int(t) for t in self.targets]
 
     def __getitem__(self, index: int):
         img = Image.fromarray(self.images[index], mode="L").convert("RGB")

@@ -1,8 +1,11 @@
 """Image classification on :func:`~visattn.engine.fit.fit`: timm's transforms, mixup/cutmix, losses and EMA.
 
-The task's parts: image-folder or built-in digits datasets, the classifier (``num_classes`` from the class
-folders), the cross-entropy step (label smoothing, or soft targets after mixup/cutmix), top-1 / top-5 evaluation
-summed over every process, ``val_top1`` as the score.
+The task's parts: image-folder or built-in digits datasets (optionally a validation split carved from the
+training images, for model selection that never sees the test split), the classifier (``num_classes`` from the
+class folders), the cross-entropy step (label smoothing, or soft targets after mixup/cutmix) plus the model's own
+auxiliary loss (``model.aux_loss``, e.g. TCPA's prompt matching) and, with a teacher, distillation and
+Sparsifiner's training phases (:mod:`.distill`), top-1 / top-5 evaluation summed over every process,
+``val_top1`` as the score.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..backbones._loader import load_pretrained
@@ -46,6 +49,25 @@ class ClassificationConfig(TrainConfig):
     drop_path: float = 0.0
     ema_decay: float | None = None
     grad_checkpointing: bool = False
+    val_split: float | None = None  # carve this fraction of train/ (per class) as the validation split
+    teacher: str | None = None  # timm model name or checkpoint file of a frozen teacher
+    teacher_model: str | None = None  # the model of a --teacher file of bare weights
+    phase: str | None = None  # Sparsifiner's training phase: "reconstruct" or "distill"
+    distill_weight: float = 0.5  # KL(teacher || student) weight
+    token_weight: float = 0.5  # patch-token MSE weight (distill phase)
+    recon_weight: float = 0.01  # attention-reconstruction weight (reconstruct phase)
+
+    def __post_init__(self):
+        from .distill import PHASES
+
+        if self.val_split is not None and not 0 < self.val_split < 1:
+            raise UserError(f"--val-split {self.val_split}: the carved fraction must be between 0 and 1")
+        if self.phase is not None and self.phase not in PHASES:
+            raise UserError(f"--phase {self.phase}: use one of {', '.join(PHASES)}")
+        if self.phase == "distill" and not self.teacher:
+            raise UserError("--phase distill needs --teacher (a timm model name or a checkpoint file)")
+        if self.teacher_model and not self.teacher:
+            raise UserError("--teacher-model names the model of a --teacher file; pass --teacher FILE too")
 
     @classmethod
     def demo(cls, output: str) -> ClassificationConfig:
@@ -54,13 +76,31 @@ class ClassificationConfig(TrainConfig):
                    batch_size=32, lr=2e-3, warmup_epochs=1, smoothing=0.1, workers=0)
 
 
-def build_dataset(data: str | None, split: str, img_size: int, data_cfg: dict, classes: list[str] | None = None):
-    """The ``split`` ('train' or 'val') dataset with timm transforms; ``data=None`` gives the built-in digits."""
+def carve_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): ``fraction`` of each class's items (at least one, never all) drawn
+    with ``seed``, so a run and its resume carve the same split."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    train, val = [], []
+    for items in by_class.values():
+        order = torch.randperm(len(items), generator=generator).tolist()
+        count = min(max(1, round(fraction * len(items))), len(items) - 1)
+        val += [items[i] for i in order[:count]]
+        train += [items[i] for i in order[count:]]
+    return sorted(train), sorted(val)
+
+
+def build_dataset(data: str | None, split: str, img_size: int, data_cfg: dict, classes: list[str] | None = None,
+                  eval_transform: bool = False):
+    """The ``split`` ('train' or 'val') dataset with timm transforms (training augmentation for 'train' unless
+    ``eval_transform``); ``data=None`` gives the built-in digits."""
     from timm.data import create_transform
 
     from ..data.classification import DigitsDataset, ImageFolderDataset
 
-    training = split == "train"
+    training = split == "train" and not eval_transform
     common = dict(input_size=(3, img_size, img_size), mean=data_cfg["mean"], std=data_cfg["std"],
                   interpolation=data_cfg.get("interpolation", "bicubic"), is_training=training)
     if data is None:
@@ -115,6 +155,16 @@ class ClassificationTask(Task):
 
     @staticmethod
     def add_train_arguments(parser) -> None:
+        parser.add_argument("--val-split", type=float, help="pick best.pth on this fraction of train/ (per class), "
+                            "leaving val/ to tools/eval.py as the test split")
+        parser.add_argument("--teacher", help="distil from a frozen teacher: a timm model name (its pretrained "
+                            "weights) or a checkpoint file")
+        parser.add_argument("--teacher-model", help="the model of a --teacher file that holds bare weights")
+        parser.add_argument("--phase", help="Sparsifiner training phase: reconstruct (predictors only, attention "
+                            "reconstruction) or distill (backbone, CE + KL + token MSE; needs --teacher)")
+        parser.add_argument("--distill-weight", type=float, help="weight of KL(teacher || student) (default 0.5)")
+        parser.add_argument("--token-weight", type=float, help="weight of the patch-token MSE (default 0.5)")
+        parser.add_argument("--recon-weight", type=float, help="weight of the attention reconstruction (default 0.01)")
         parser.add_argument("--smoothing", type=float, help="label smoothing")
         parser.add_argument("--mixup", type=float, help="mixup alpha (0 = off)")
         parser.add_argument("--cutmix", type=float, help="cutmix alpha (0 = off)")
@@ -144,12 +194,28 @@ class ClassificationTask(Task):
         self.data_cfg = resolve_data_config({}, model=probe)
         train_set = build_dataset(cfg.data, "train", cfg.img_size, self.data_cfg)
         self.classes = list(train_set.classes)
-        val_set = build_dataset(cfg.data, "val", cfg.img_size, self.data_cfg, classes=self.classes)
+        if cfg.val_split:
+            carved = build_dataset(cfg.data, "train", cfg.img_size, self.data_cfg, classes=self.classes,
+                                   eval_transform=True)
+            train_idx, val_idx = carve_split(train_set.labels(), cfg.val_split, cfg.seed)
+            train_set, val_set = Subset(train_set, train_idx), Subset(carved, val_idx)
+        else:
+            val_set = build_dataset(cfg.data, "val", cfg.img_size, self.data_cfg, classes=self.classes)
         self.val_loader = make_loader(val_set, cfg.batch_size, cfg.workers, False, world_size, device)
         model = build_model(cfg.model, pretrained=cfg.pretrained, num_classes=len(self.classes),
                             drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
+        if cfg.phase is not None:
+            if not hasattr(model, "set_training_phase"):
+                raise UserError(f"--phase {cfg.phase} trains a model with connectivity predictors (sparsifiner_*); "
+                                f"{cfg.model} has none")
+            model.set_training_phase(cfg.phase)
+        self.teacher = None
+        if cfg.teacher:
+            from .distill import load_teacher
+
+            self.teacher = load_teacher(cfg.teacher, cfg.teacher_model, len(self.classes)).to(device)
         self.mixup = None
         if cfg.mixup > 0 or cfg.cutmix > 0:
             self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
@@ -161,12 +227,51 @@ class ClassificationTask(Task):
             self.criterion = nn.CrossEntropyLoss()
         return model, train_set
 
+    def check_input(self, model: nn.Module) -> None:
+        super().check_input(model)
+        if self.teacher is None or self.cfg.phase != "distill":
+            return
+        from .distill import teacher_outputs
+
+        blank = torch.zeros(1, 3, self.cfg.img_size, self.cfg.img_size, device=next(model.parameters()).device)
+        model.eval()
+        with torch.no_grad():
+            tokens = model(blank, return_extras=True)["tokens"]
+        model.train()
+        teacher_tokens = teacher_outputs(self.teacher, blank)[1]
+        if tokens.shape != teacher_tokens.shape:
+            raise UserError(f"teacher {self.cfg.teacher} gives patch tokens {tuple(teacher_tokens.shape)}, "
+                            f"{self.cfg.model} {tuple(tokens.shape)}; the token loss needs the same tokens")
+
     def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
+        from .distill import logit_distillation, reconstruction_loss, teacher_attention, teacher_outputs
+
+        cfg = self.cfg
         images, targets = (t.to(device, non_blocking=True) for t in batch)
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)
-        with autocast(device, self.cfg.amp):
-            return self.criterion(net(images), targets), images.shape[0]
+        model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+        with autocast(device, cfg.amp):
+            if cfg.phase == "reconstruct":
+                out = net(images, return_extras=True)
+                target = (teacher_attention(self.teacher, images) if self.teacher is not None
+                          else [a.detach() for a in out["attention"]])
+                loss = cfg.recon_weight * reconstruction_loss(out["approx"], target)
+            elif cfg.phase == "distill":
+                out = net(images, return_extras=True)
+                teacher_logits, teacher_tokens = teacher_outputs(self.teacher, images)
+                loss = (self.criterion(out["logits"], targets)
+                        + cfg.distill_weight * logit_distillation(out["logits"], teacher_logits)
+                        + cfg.token_weight * nn.functional.mse_loss(out["tokens"].float(), teacher_tokens.float()))
+            else:
+                logits = net(images)
+                loss = self.criterion(logits, targets)
+                if self.teacher is not None:
+                    teacher_logits = teacher_outputs(self.teacher, images)[0]
+                    loss = loss + cfg.distill_weight * logit_distillation(logits, teacher_logits)
+            if getattr(model, "aux_loss", None) is not None:
+                loss = loss + model.aux_loss
+        return loss, images.shape[0]
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         return evaluate(model, self.val_loader, device, self.cfg.amp)

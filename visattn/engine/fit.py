@@ -53,6 +53,7 @@ class TrainConfig:
     model: str = ""
     model_kwargs: dict = field(default_factory=dict)
     pretrained: bool = False
+    init: str | None = None  # weights to start from: a checkpoint (e.g. an earlier run's best.pth) or state dict
     img_size: int = 224
     epochs: int = 100
     batch_size: int = 64
@@ -190,6 +191,13 @@ def _resume_checkpoint(task: Task) -> dict | None:
     return ckpt
 
 
+def trainable_summary(model: nn.Module) -> str:
+    """"trainable N of M parameters (P%)": what the optimizer updates (frozen backbones, training phases)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+
+
 def _improves(value: float, best: float, higher_is_better: bool) -> bool:
     return value > best if higher_is_better else value < best
 
@@ -209,8 +217,12 @@ def fit(task: Task) -> dict[str, Any]:
     try:
         resume = _resume_checkpoint(task)
         model, train_set = task.build(device, rank, world_size)
+        if cfg.init and resume is None:
+            load_pretrained(model, cfg.init, name=f"--init {cfg.init}")
         model.to(device)
         task.check_input(model)
+        if is_main:
+            print(f"{cfg.model}: {trainable_summary(model)}", flush=True)
         optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
         train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, True, world_size, device,
                                    task.worker_init_fn)
@@ -244,6 +256,8 @@ def fit(task: Task) -> dict[str, Any]:
         for epoch in range(start_epoch, cfg.epochs):
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
+            if hasattr(model, "set_epoch"):  # models whose training changes with the epoch (TCPA's random matching)
+                model.set_epoch(epoch)
             started = time.time()
             loss_sum, seen = train_pass(task, train_model, model, train_loader, optimizer, scheduler, device, epoch,
                                         is_main, ema)
