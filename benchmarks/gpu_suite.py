@@ -14,6 +14,7 @@
 3. Models end to end with the reference and the fused path in the same run: inference img/s (batch 128,
    bf16 autocast), training img/s (batch 64, AdamW step, bf16 autocast), training peak memory. LaMamba's
    reference path runs its scan one token at a time, so LaMamba models are timed on the fused path only.
+   Sparsifiner-DeiT-S and TCPA-ViT-B run next to timm's dense DeiT-S and ViT-B/16 (timed once: no visattn op).
    Segmentation networks (HER-Seg) at their native 1024 x 1024, with training memory per image. ``--compile``
    times the classifiers under torch.compile (eager training on a slow host is bounded by launch overhead).
 4. ``--profile``: profiler tables for the routed-attention op and a biformer_tiny training step (printed only).
@@ -70,6 +71,8 @@ SPARSE_SHAPES = [
     for n, b in ((197, 64), (785, 16), (3137, 4)) for pattern in ("random", "clustered")
 ]
 FUSED_ONLY_MODELS = ("lamamba_",)
+# timm's dense models that visattn's sparse ones are measured against in the same run (no visattn op inside)
+DENSE_BASELINES = ("deit_small_patch16_224", "vit_base_patch16_224")
 # segmentation networks: (input side, inference batch, training batch)
 SEGMENTATION_MODELS = {"herseg": (1024, 8, 4)}
 DEVICE = "cuda"
@@ -480,7 +483,9 @@ def main() -> int:
                    default=["routed", "scan", "window", "linear", "sparse"], help="which op benchmarks to run")
     p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base",
                                                    "mambaout_tiny", "lamamba_tiny", "lamamba_small",
-                                                   "inline_deit_tiny", "inline_swin_tiny", "herseg"])
+                                                   "inline_deit_tiny", "inline_swin_tiny", "herseg",
+                                                   "sparsifiner_deit_small", "deit_small_patch16_224",
+                                                   "tcpa_vit_base_patch16_224", "vit_base_patch16_224"])
     p.add_argument("--compile", action="store_true",
                    help="time the classifiers under torch.compile instead of eagerly")
     p.add_argument("--profile", action="store_true",
@@ -542,7 +547,8 @@ def main() -> int:
                   f"floor {row['floor_ms']:.3f} ms ({time.time() - started:.0f} s)", flush=True)
             report()
     for name in args.models:
-        backends = ("triton",) if name.startswith(FUSED_ONLY_MODELS) else ("torch", "triton")
+        backends = (("triton",) if name.startswith(FUSED_ONLY_MODELS) else
+                    ("torch",) if name in DENSE_BASELINES else ("torch", "triton"))
         for backend in backends:
             if name in SEGMENTATION_MODELS:
                 bench = bench_segmentation

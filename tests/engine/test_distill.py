@@ -178,3 +178,12 @@ def test_a_models_auxiliary_loss_is_added(folder, tmp_path):
     plain = task.criterion(model(batch[0]), batch[1])
     torch.testing.assert_close(loss, plain + model.aux_loss)
     assert model.aux_loss > 0
+
+
+def test_prompt_options_on_a_model_without_prompts_are_one_line_errors():
+    from visattn.engine.models import build_model
+
+    with pytest.raises(UserError, match="cannot build vit_tiny_patch16_224 .*pool_size"):
+        build_model("vit_tiny_patch16_224", pool_size=18, top_k=10)
+    with pytest.raises(UserError, match="top_k=20 must lie between 1 and pool_size=18"):
+        build_model("tcpa_vit_base_patch16_224", top_k=20, device="meta")

@@ -75,9 +75,10 @@ def create_model(model_cls: type, variant: str, pretrained: bool, kwargs: dict, 
     ``features_only`` through ``forward_intermediates``."""
     if pretrained:
         overlay = kwargs.get("pretrained_cfg_overlay") or {}
-        cfg = get_pretrained_cfg(f"{variant}.{tag}")
-        if overlay.get("file") or overlay.get("url") or (cfg is not None and cfg.url):
-            resolve_pretrained_file(variant, tag, kwargs)
+        given = overlay.get("file") or overlay.get("url")
+        cfg = None if given else get_pretrained_cfg(f"{variant}.{tag}")
+        if given or not (cfg is not None and cfg.hf_hub_id and not cfg.url):
+            resolve_pretrained_file(variant, tag, kwargs)  # a clear error when there is nothing to load
             kwargs["pretrained_cfg_overlay"]["custom_load"] = True
         # else the cfg names a hub file (custom_load="hf"): timm downloads it and calls model.load_pretrained
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))

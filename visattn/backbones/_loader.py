@@ -150,9 +150,14 @@ def head_keys(model: nn.Module) -> set[str]:
 
 
 def checkpoint_classes(model: nn.Module, state: Mapping) -> int | None:
-    """Classes the classifier of ``state`` (a state dict in ``model``'s layout) predicts; None without one."""
-    weights = sorted(k for k in head_keys(model) if k.endswith("weight") and k in state)
-    return state[weights[0]].shape[0] if weights else None
+    """Classes the linear classifier of ``state`` (a state dict in ``model``'s layout) predicts; None when the model
+    has no linear classifier (``get_classifier``) or the checkpoint lacks it."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(classifier, nn.Linear):
+        return None
+    name = next((n for n, m in model.named_modules() if m is classifier and n), None)
+    weight = state.get(f"{name}.weight") if name else None
+    return weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
 
 
 def match_classifier(model: nn.Module, source: str | os.PathLike | Mapping) -> dict:

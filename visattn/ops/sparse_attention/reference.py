@@ -24,12 +24,13 @@ def sparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     q: (B, H, N_q, D); k: (B, H, N_k, D); v: (B, H, N_k, D_v); indices: (B, H or 1, N_q, K) integer.
     ``normalize="attended"``: O = softmax over attended keys of s q K^T, times V (a query with no attended key
     gives 0). ``normalize="all"``: O = (softmax over all keys of s q K^T, zeroed off the attended keys) V, with no
-    renormalisation. Computed in float32, returned in q's dtype.
+    renormalisation. Computed in float32 (float64 inputs in float64), returned in q's dtype.
     """
     attended = attended_keys(indices, k.shape[2], dense_keys)
-    scores = (q.float() @ k.float().transpose(-2, -1)) * scale
+    compute = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(compute) @ k.to(compute).transpose(-2, -1)) * scale
     if normalize == "attended":
         probs = scores.masked_fill(~attended, float("-inf")).softmax(-1).nan_to_num(0.0)
     else:
         probs = scores.softmax(-1) * attended
-    return (probs @ v.float()).to(q.dtype)
+    return (probs @ v.to(compute)).to(q.dtype)
