@@ -139,6 +139,21 @@ def test_torchrun_two_processes(image_folder, tmp_path):
     assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 reports
 
 
+def test_torchrun_with_parameters_only_their_own_loss_trains(image_folder, tmp_path):
+    """Sparsifiner outside its phases: the predictors get no gradient from the classification loss (DDP must
+    not wait for them)."""
+    kwargs = json.dumps({"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 4, "img_size": 32})
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         os.path.join(ROOT, "tools", "train.py"), "--data", str(image_folder), "--output", str(tmp_path),
+         "--model", "sparsifiner_deit_small", "--model-kwargs", kwargs, "--img-size", "32", "--epochs", "1",
+         "--batch-size", "4", "--workers", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("epoch 1/1:") == 1
+
+
 # Medical segmentation: HER-Seg cut down to run in seconds on a CPU, on synthetic vessels saved as image folders.
 SEG_SMALL = json.dumps({"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "decoder_dim": 32,
                         "decoder_heads": 2, "decoder_depth": 1})

@@ -244,8 +244,10 @@ def fit(task: Task) -> dict[str, Any]:
 
         train_model = model
         if world_size > 1:
+            # parameters trained by a loss of their own (aux_loss_keys) may get no gradient in a step
             train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(model, "aux_loss_keys", None)))
         common = {"task": task.name, "model": cfg.model, "model_kwargs": cfg.model_kwargs}
         log = None
         if is_main:
