@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
+from tests.ops._compare import assert_matches_reference
 from visattn.ops.linear_attention import linear_attention
 from visattn.ops.linear_attention import triton as kernels
 
@@ -88,16 +89,8 @@ def _check(args):
     upcast = {name: t.detach().float().requires_grad_() for name, t in leaves.items()}
     ref = linear_attention(**{**args, **upcast}, backend="torch")
     out = linear_attention(**args, backend="triton")
-    dtype = args["q"].dtype
-    assert out.shape == ref.shape and out.dtype == dtype
-    tol = TOL[dtype]
-    torch.testing.assert_close(out.float(), ref, **tol)
-    grad = torch.randn_like(ref)
-    want = torch.autograd.grad(ref, list(upcast.values()), grad)
-    got = torch.autograd.grad(out, list(leaves.values()), grad.to(dtype))
-    for name, g, w in zip(leaves, got, want, strict=True):
-        assert g.dtype == dtype and g.shape == leaves[name].shape, name
-        torch.testing.assert_close(g.float(), w, **tol, msg=lambda m, name=name: f"d{name}: {m}")
+    assert out.dtype == args["q"].dtype
+    assert_matches_reference(out, ref, leaves, TOL[out.dtype], ref_leaves=upcast)
 
 
 # B, H, N, D, E

@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
+from tests.ops._compare import assert_matches_reference
 from visattn.ops.routed_attention import routed_attention
 from visattn.ops.routed_attention import triton as kernels
 
@@ -23,13 +24,7 @@ def _inputs(b, h, w, c, dtype, c_v=None):
 def _check(q, k, v, heads, n_win, topk):
     ref = routed_attention(q, k, v, heads, n_win, topk, backend="torch")
     out = routed_attention(q, k, v, heads, n_win, topk, backend="triton")
-    tol = TOL[q.dtype]
-    torch.testing.assert_close(out, ref, **tol)
-    grad = torch.randn_like(ref)
-    expected = torch.autograd.grad(ref, (q, k, v), grad)
-    got = torch.autograd.grad(out, (q, k, v), grad)
-    for name, g, e in zip("qkv", got, expected, strict=True):
-        torch.testing.assert_close(g, e, **tol, msg=lambda m, name=name: f"d{name}: {m}")
+    assert_matches_reference(out, ref, {"q": q, "k": k, "v": v}, TOL[q.dtype])
 
 
 # B, H, W, C, heads, n_win, topk: region sizes 64 / 16 / 4 / 1 as at 224, a large padded region,

@@ -125,15 +125,21 @@ def test_bad_model_kwargs_are_reported(image_folder, tmp_path):
     assert_one_line_error(result, "cannot build biformer_tiny", "topk=16 must be between 1 and n_win**2=4")
 
 
-def test_torchrun_two_processes(image_folder, tmp_path):
+def torchrun_train(*args):
+    """tools/train.py in two processes under torchrun; asserts it succeeded."""
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(ROOT, "tools", "train.py"), "--data", str(image_folder), "--output", str(tmp_path),
-         "--model", "biformer_tiny", "--model-kwargs", SMALL, "--img-size", "32", "--epochs", "1",
-         "--batch-size", "4", "--workers", "0"],
+         os.path.join(ROOT, "tools", "train.py"), *args],
         capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_torchrun_two_processes(image_folder, tmp_path):
+    result = torchrun_train("--data", str(image_folder), "--output", str(tmp_path), "--model", "biformer_tiny",
+                            "--model-kwargs", SMALL, "--img-size", "32", "--epochs", "1", "--batch-size", "4",
+                            "--workers", "0")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert len(metrics["history"]) == 1
     assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 reports
@@ -143,14 +149,9 @@ def test_torchrun_with_parameters_only_their_own_loss_trains(image_folder, tmp_p
     """Sparsifiner outside its phases: the predictors get no gradient from the classification loss (DDP must
     not wait for them)."""
     kwargs = json.dumps({"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 4, "img_size": 32})
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(ROOT, "tools", "train.py"), "--data", str(image_folder), "--output", str(tmp_path),
-         "--model", "sparsifiner_deit_small", "--model-kwargs", kwargs, "--img-size", "32", "--epochs", "1",
-         "--batch-size", "4", "--workers", "0"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun_train("--data", str(image_folder), "--output", str(tmp_path), "--model", "sparsifiner_deit_small",
+                            "--model-kwargs", kwargs, "--img-size", "32", "--epochs", "1", "--batch-size", "4",
+                            "--workers", "0")
     assert result.stdout.count("epoch 1/1:") == 1
 
 
@@ -233,14 +234,9 @@ def test_medical_bad_input_gives_one_line_errors(vessel_folder, tmp_path):
 
 
 def test_medical_torchrun_two_processes(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(ROOT, "tools", "train.py"), "--task", "medical-seg", "--data",
-         "synthetic-vessels:size=48,train=4,val=1", "--output", str(tmp_path), "--model", "herseg", "--model-kwargs",
-         SEG_SMALL, "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--workers", "0"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun_train("--task", "medical-seg", "--data", "synthetic-vessels:size=48,train=4,val=1", "--output",
+                            str(tmp_path), "--model", "herseg", "--model-kwargs", SEG_SMALL, "--img-size", "32",
+                            "--epochs", "1", "--batch-size", "2", "--workers", "0")
     assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 1
     assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 validates and reports
 

@@ -79,6 +79,19 @@ def _masks(idx_rows, start, count, q_valid, n0, N_K, dense_keys, BLOCK_N: tl.con
 
 
 @triton.jit
+def _key_tile(K, V, b, h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, idx_rows, start, count, q_valid, n0, N_K, dense_keys,
+              D: tl.constexpr, D_V: tl.constexpr, BD: tl.constexpr, BD_V: tl.constexpr, BLOCK_N: tl.constexpr,
+              NORM_ALL: tl.constexpr):
+    """The k and v tiles of keys n0..n0+BLOCK_N of head (b, h) and the (attended, counted) masks of the query rows
+    against them (see :func:`_masks`)."""
+    keys = n0 + tl.arange(0, BLOCK_N)
+    k = _load(K, b, h, sk_b, sk_h, sk_n, keys, keys < N_K, D, BD)
+    v = _load(V, b, h, sv_b, sv_h, sv_n, keys, keys < N_K, D_V, BD_V)
+    attended, counted = _masks(idx_rows, start, count, q_valid, n0, N_K, dense_keys, BLOCK_N, NORM_ALL)
+    return k, v, attended, counted
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE, IDX, OFF,
     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_n, si_b, si_h, sf_b, sf_h,
@@ -99,10 +112,9 @@ def _fwd_kernel(
         n0 = t * BLOCK_N
         start, count = _tile_entries(off_rows, q_valid, t)
         if (n0 < visit_below) | (tl.max(count, 0) > 0):
-            keys = n0 + tl.arange(0, BLOCK_N)
-            k = _load(K, b, h, sk_b, sk_h, sk_n, keys, keys < N_K, D, BD)
-            v = _load(V, b, h, sv_b, sv_h, sv_n, keys, keys < N_K, D_V, BD_V)
-            attended, counted = _masks(idx_rows, start, count, q_valid, n0, N_K, dense_keys, BLOCK_N, NORM_ALL)
+            k, v, attended, counted = _key_tile(K, V, b, h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, idx_rows, start,
+                                                count, q_valid, n0, N_K, dense_keys, D, D_V, BD, BD_V, BLOCK_N,
+                                                NORM_ALL)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
             s = tl.where(counted, s, -1.0e30)
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -159,10 +171,9 @@ def _bwd_dq_kernel(
         n0 = t * BLOCK_N
         start, count = _tile_entries(off_rows, q_valid, t)
         if (n0 < visit_below) | (tl.max(count, 0) > 0):
-            keys = n0 + tl.arange(0, BLOCK_N)
-            k = _load(K, b, h, sk_b, sk_h, sk_n, keys, keys < N_K, D, BD)
-            v = _load(V, b, h, sv_b, sv_h, sv_n, keys, keys < N_K, D_V, BD_V)
-            attended, counted = _masks(idx_rows, start, count, q_valid, n0, N_K, dense_keys, BLOCK_N, NORM_ALL)
+            k, v, attended, counted = _key_tile(K, V, b, h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, idx_rows, start,
+                                                count, q_valid, n0, N_K, dense_keys, D, D_V, BD, BD_V, BLOCK_N,
+                                                NORM_ALL)
             _, ds = _grad_scores(q, k, v, do, lse, delta, attended, counted, qk_scale_log2, NORM_ALL, PRECISION)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     dq_ptrs, dq_mask = _tile(DQ, b, h, sdq_b, sdq_h, sdq_n, rows, q_valid, D, BD)
