@@ -15,7 +15,8 @@
    bf16 autocast), training img/s (batch 64, AdamW step, bf16 autocast), training peak memory. LaMamba's
    reference path runs its scan one token at a time, so LaMamba models are timed on the fused path only.
    Sparsifiner-DeiT-S and TCPA-ViT-B run next to timm's dense DeiT-S and ViT-B/16 (timed once: no visattn op).
-   Segmentation networks (HER-Seg) at their native 1024 x 1024, with training memory per image. ``--compile``
+   Segmentation networks at their native sizes (HER-Seg 1024 x 1024, FSG-Net 608 x 608 at batch 4, the setting of
+   the official anchor), with training memory per image. ``--compile``
    times the classifiers under torch.compile (eager training on a slow host is bounded by launch overhead).
 4. ``--profile``: profiler tables for the routed-attention op and a biformer_tiny training step (printed only).
 """
@@ -74,7 +75,7 @@ FUSED_ONLY_MODELS = ("lamamba_",)
 # timm's dense models that visattn's sparse ones are measured against in the same run (no visattn op inside)
 DENSE_BASELINES = ("deit_small_patch16_224", "vit_base_patch16_224")
 # segmentation networks: (input side, inference batch, training batch)
-SEGMENTATION_MODELS = {"herseg": (1024, 8, 4)}
+SEGMENTATION_MODELS = {"herseg": (1024, 8, 4), "fsgnet": (608, 4, 4)}
 DEVICE = "cuda"
 
 
@@ -297,14 +298,15 @@ def inference_ms(model: torch.nn.Module, run, x: torch.Tensor, warmup: int = 3, 
 
 
 def training_step(model: torch.nn.Module, run, loss_fn):
-    """``step(x, y)``: one AdamW step on ``loss_fn(run(x), y)`` under bf16 autocast (loss in float32)."""
+    """``step(x, y)``: one AdamW step on ``loss_fn(run(x), y)`` under bf16 autocast (loss in float32; a model may
+    return a tuple of outputs, as deep supervision does)."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
             out = run(x)
-        loss = loss_fn(out.float(), y)
+        loss = loss_fn(tuple(o.float() for o in out) if isinstance(out, tuple) else out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -348,7 +350,11 @@ def bench_segmentation(name: str, backend: str) -> dict:
         torch.manual_seed(0)
         model = timm.create_model(name).to(DEVICE)
         infer_ms = inference_ms(model, model, torch.randn(infer_batch, 3, size, size, device=DEVICE), 2, 5)
-        step = training_step(model, model, F.binary_cross_entropy_with_logits)
+        def loss_fn(out, target):  # deep-supervision networks (FSG-Net) return several logit maps in training
+            outs = out if isinstance(out, tuple | list) else (out,)
+            return sum(F.binary_cross_entropy_with_logits(o, target) for o in outs) / len(outs)
+
+        step = training_step(model, model, loss_fn)
 
         def train(batch: int) -> None:
             target = (torch.rand(batch, 1, size, size, device=DEVICE) > 0.5).float()
@@ -485,7 +491,8 @@ def main() -> int:
                                                    "mambaout_tiny", "lamamba_tiny", "lamamba_small",
                                                    "inline_deit_tiny", "inline_swin_tiny", "herseg",
                                                    "sparsifiner_deit_small", "deit_small_patch16_224",
-                                                   "tcpa_vit_base_patch16_224", "vit_base_patch16_224"])
+                                                   "tcpa_vit_base_patch16_224", "vit_base_patch16_224",
+                                                   "fsgnet", "hrnet_w18_psa", "hrnet_w18_psa_s", "resnet50_psa"])
     p.add_argument("--compile", action="store_true",
                    help="time the classifiers under torch.compile instead of eagerly")
     p.add_argument("--profile", action="store_true",

@@ -15,7 +15,8 @@ import visattn
 MODELS = visattn.list_models()
 SEGMENTATION = visattn.list_models(kind="segmentation")
 SIZE = 64
-BLOCK = re.compile(r"(^|\.)blocks\.\d+$")  # timm's name for a model's repeated blocks
+# a model's repeated blocks: timm's ViT/pyramid ``blocks.N``, ResNet's ``layerN.M``, HRNet's ``branches.B.K``
+BLOCK = re.compile(r"(^|\.)(blocks\.\d+|layer\d\.\d+|branches\.\d+\.\d+)$")
 
 
 def _is_segmentation(name: str) -> bool:
@@ -36,7 +37,7 @@ def test_every_family_is_registered_with_a_kind():
             "inline_deit_tiny", "inline_deit_small", "inline_deit_base", "inline_swin_tiny", "inline_swin_small",
             "inline_swin_base", "sparsifiner_deit_small",
             "tcpa_vit_base_patch16_224"} <= set(visattn.list_models(kind="classification"))
-    assert SEGMENTATION == ["herseg"]
+    assert SEGMENTATION == ["fsgnet", "fsgnet_nogrm", "herseg"]
     assert sorted(visattn.list_models(kind="classification") + SEGMENTATION) == MODELS
     with pytest.raises(ValueError, match="unknown model kind 'detection'"):
         visattn.list_models(kind="detection")
@@ -137,7 +138,7 @@ def test_grad_checkpointing_recomputes_every_block_and_keeps_the_gradients(name)
     model = timm.create_model(name, num_classes=3).train()
     x = torch.randn(2, 3, SIZE, SIZE)
     blocks = [n for n, _ in model.named_modules() if BLOCK.search(n)]
-    assert blocks, "no modules named blocks.<i>"
+    assert blocks, "no modules named blocks.<i>, layer<i>.<j> or branches.<i>.<j>"
     calls = Counter()
     for n in blocks:
         model.get_submodule(n).register_forward_pre_hook(lambda module, args, n=n: calls.update([n]))
@@ -146,7 +147,8 @@ def test_grad_checkpointing_recomputes_every_block_and_keeps_the_gradients(name)
         calls.clear()
         model.zero_grad()
         torch.manual_seed(0)  # the same drop-path draws in both runs
-        model(x).square().mean().backward()
+        out = model(x)
+        sum(o.square().mean() for o in (out if isinstance(out, tuple) else (out,))).backward()  # deep supervision
         return dict(calls), {n: p.grad for n, p in model.named_parameters()}
 
     plain_calls, plain = step()
@@ -189,7 +191,9 @@ def test_torch_compile_matches_eager(family_model):
     x = torch.randn(1, 3, 32, 32)  # the smallest input: the reference selective scan unrolls over every token
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        eager = model(x)
+        # compiled kernels reorder float32 sums: the error scales with the logits (HRNet's reach 1e2 at init)
+        torch.testing.assert_close(compiled(x), eager, rtol=1e-4, atol=1e-4 * max(1.0, eager.abs().max().item()))
 
 
 @pytest.mark.parametrize("in_chans", [1, 4])

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,12 +10,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from visattn.data.medical import (
+    FSGNET_AUGMENTATION,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Augmentation,
     FolderSource,
     SegmentationEvalSet,
     SegmentationTrainSet,
     SyntheticVessels,
+    cutmix,
+    cutmix_box,
     open_source,
     parse_synthetic,
     seed_worker_augmentation,
@@ -228,3 +233,129 @@ def test_importing_the_medical_modules_loads_no_heavy_dependencies():
              "{'albumentations', 'cv2', 'scipy', 'sklearn'})))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def _blocks(rng, h, w, block=16):
+    """0/255 blocks of ``block`` pixels (about half set), the size of an (h, w) image."""
+    grid = rng.random((h // block + 1, w // block + 1)) < 0.5
+    return np.kron(grid, np.ones((block, block), dtype=bool))[:h, :w]
+
+
+class _AlignedSource:
+    """Images whose red channel is the mask and green channel the FOV (0 or 255): any misalignment between
+    image, mask and FOV after augmentation shows as pixels where the mask != (red > 0.5)."""
+
+    has_fov = True
+
+    def __init__(self, count=3, size=(64, 64)):
+        self.items = []
+        for i in range(count):
+            rng = np.random.default_rng(i)
+            h, w = size if i % 2 == 0 else (size[0] + 16, size[1] - 8)  # sizes differ: cutmix resizes
+            mask, fov = _blocks(rng, h, w), _blocks(rng, h, w)
+            rgb = np.stack([mask * 255, fov * 255, np.full((h, w), 40)], -1).astype(np.uint8)
+            self.items.append((rgb, mask, fov))
+        self.names = [f"aligned_{i}" for i in range(count)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def load(self, index):
+        return self.items[index]
+
+
+def _agreement(image, mask, fov):
+    """Fractions of pixels where mask == (red > 0.5) and fov == (green > 0.5) (mean 0, std 1 normalisation)."""
+    red, green = image[0] > 0.5, image[1] > 0.5
+    return (mask[0].bool() == red).float().mean().item(), (fov[0].bool() == green).float().mean().item()
+
+
+GEOMETRIC = {"resize": {"resize": 1.0}, "hflip": {"hflip": 1.0}, "vflip": {"vflip": 1.0},
+             "rotate": {"rotate": 1.0}, "perspective": {"perspective": 1.0}, "cutmix": {"cutmix": 1.0},
+             "fsgnet-geometry": {"cutmix": 1.0, "resize": 1.0, "hflip": 0.5, "perspective": 1.0}}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIC))
+def test_each_geometric_augmentation_keeps_image_mask_and_fov_aligned(name):
+    off = Augmentation(hflip=0, vflip=0, rotate=0, jitter_prob=0)
+    aug = dataclasses.replace(off, **GEOMETRIC[name])
+    ds = SegmentationTrainSet(_AlignedSource(), 48, repeats=4, mean=(0, 0, 0), std=(1, 1, 1), seed=3,
+                              augmentation=aug)
+    changed = 0
+    for i in range(len(ds)):
+        image, mask, fov = ds[i]
+        assert image.shape == (3, 48, 48) and mask.shape == fov.shape == (1, 48, 48)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0} and set(fov.unique().tolist()) <= {0.0, 1.0}
+        mask_ok, fov_ok = _agreement(image, mask, fov)
+        # only interpolated block edges differ (misaligned masks would agree on about half the pixels)
+        assert mask_ok > 0.93 and fov_ok > 0.93, (name, i, mask_ok, fov_ok)
+        changed += not torch.equal(mask, torch.from_numpy(ds.source.load(i % 3)[1][:48, :48]).float()[None])
+    assert changed > 0  # the augmentation did something
+
+
+@pytest.mark.parametrize("aug", [{"jitter_prob": 1.0, "jitter": (0.2, 0.2, 0.2, 0.1)}, {"blur": 1.0}])
+def test_photometric_augmentations_change_the_image_but_not_the_masks(aug):
+    off = Augmentation(hflip=0, vflip=0, rotate=0, jitter_prob=0)
+    rgb, mask, fov = _pattern(64, 64, 1)
+
+    class One:
+        has_fov, names = True, ["one"]
+
+        def __len__(self):
+            return 1
+
+        def load(self, index):
+            return rgb, mask, fov
+
+    plain = SegmentationTrainSet(One(), 64, augmentation=off, seed=0)[0]
+    out = SegmentationTrainSet(One(), 64, augmentation=dataclasses.replace(off, **aug), seed=0)[0]
+    assert not torch.allclose(out[0], plain[0])
+    assert torch.equal(out[1], plain[1]) and torch.equal(out[2], plain[2])
+    assert torch.equal(out[1][0], torch.from_numpy(mask).float())
+    assert torch.equal(out[2][0], torch.from_numpy(fov).float())
+
+
+def test_cutmix_pastes_the_same_box_into_image_mask_and_fov():
+    h, w = 40, 50
+    sample = (np.full((h, w, 3), 10, np.uint8), np.zeros((h, w), np.uint8), np.ones((h, w), np.uint8))
+    other = (np.full((h, w, 3), 200, np.uint8), np.ones((h, w), np.uint8), np.zeros((h, w), np.uint8))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        box = cutmix_box(rng)
+        assert 0 <= box[0] < 0.75 and 0 <= box[1] < 0.75 and 0 < box[2] <= 0.75 and 0 < box[3] <= 0.75
+        rgb, mask, fov, (top, left, bh, bw) = cutmix(sample, other, box)
+        expected = np.zeros((h, w), bool)
+        expected[top:top + bh, left:left + bw] = True
+        assert bh * bw > 0 and np.array_equal((rgb == 200).all(-1), expected)
+        assert np.array_equal(mask == 1, expected) and np.array_equal(fov == 0, expected)
+        assert (sample[0] == 10).all() and (sample[1] == 0).all()  # the inputs are not modified
+    # Another image of a different size: the same relative box, resized, still aligned in all three.
+    src = _AlignedSource()
+    big, small = src.load(1), src.load(0)
+    rgb, mask, fov, (top, left, bh, bw) = cutmix(small, big, (0.25, 0.25, 0.5, 0.5))
+    assert (top, left, bh, bw) == (16, 16, 32, 32)
+    assert (mask.astype(bool) == (rgb[..., 0] > 127)).mean() > 0.97  # all but bilinear block edges
+    assert (fov.astype(bool) == (rgb[..., 1] > 127)).mean() > 0.97
+    assert not np.array_equal(mask, small[1])
+
+
+def test_augmentation_values_are_checked_with_one_line_errors():
+    for bad, match in [({"cutmix": 1.5}, "cutmix probability must be in"), ({"blur": -0.1}, "blur probability"),
+                       ({"resize_range": (0, 2)}, "resize range"), ({"resize_range": (2, 1)}, "resize range"),
+                       ({"blur_kernel": (4, 11)}, "blur kernel"), ({"blur_kernel": (1, 3)}, "blur kernel"),
+                       ({"jitter": (0.2, 0.2, 0.2, 0.7)}, "colour jitter"), ({"jitter": (0.2, 0.2)}, "colour jitter")]:
+        with pytest.raises(UserError, match=match) as err:
+            Augmentation(**bad)
+        assert "\n" not in str(err.value)
+
+
+def test_the_fsgnet_augmentation_is_the_official_recipe():
+    a = FSGNET_AUGMENTATION
+    assert (a.cutmix, a.resize, a.resize_range, a.blur, a.blur_kernel, a.perspective) == (0.8, 0.8, (0.5, 2.0), 0.5,
+                                                                                         (3, 11), 0.3)
+    assert (a.hflip, a.vflip, a.rotate, a.jitter, a.jitter_prob) == (0.5, 0.0, 0.0, (0.2, 0.2, 0.2, 0.1), 0.8)
+    ds = SegmentationTrainSet(SyntheticVessels(3, 48), 32, repeats=2, seed=0, augmentation=a)
+    for i in range(len(ds)):
+        image, mask, fov = ds[i]
+        assert image.shape == (3, 32, 32) and mask.shape == fov.shape == (1, 32, 32)
+        assert torch.isfinite(image).all()

@@ -1,3 +1,5 @@
+import argparse
+import dataclasses
 import json
 import math
 
@@ -8,7 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from visattn.data.medical import SegmentationEvalSet, SegmentationTrainSet, SyntheticVessels
+from visattn.data.medical import (
+    FSGNET_AUGMENTATION,
+    IMAGENET_MEAN,
+    Augmentation,
+    SegmentationEvalSet,
+    SegmentationTrainSet,
+    SyntheticVessels,
+)
 from visattn.engine.fit import train_pass
 from visattn.engine.medical import (
     Inference,
@@ -18,6 +27,7 @@ from visattn.engine.medical import (
     check_model_output,
     evaluate,
     evaluate_checkpoint,
+    inference_size,
     pad_to_multiple,
     predict_logits,
     train,
@@ -215,3 +225,117 @@ def test_train_resume_and_evaluate_herseg(tmp_path):
 
     with pytest.raises(UserError, match="was trained as medical-seg / 'herseg', not medical-seg / 'tiny'"):
         train(MedicalConfig(**{**vars(resumed), "model": "tiny"}))
+
+
+class DeepSupervision(nn.Module):
+    """Three logit maps in training (main first), the main one in eval: FSG-Net's contract."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Conv2d(3, 1, 1) for _ in range(3))
+
+    def forward(self, x):
+        outs = tuple(head(x) for head in self.heads)
+        return outs if self.training else outs[0]
+
+
+def test_the_loss_of_a_deep_supervision_network_averages_its_outputs():
+    task = MedicalTask(MedicalConfig(output="unused", amp=False))
+    net = DeepSupervision().train()
+    images, masks = torch.randn(2, 3, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    loss, count = task.compute_loss(net, (images, masks, torch.ones_like(masks)), torch.device("cpu"))
+    expected = sum(bce_dice_loss(out, masks, torch.ones_like(masks)) for out in net(images)) / 3
+    assert count == 2
+    torch.testing.assert_close(loss, expected)
+
+
+def test_train_fsgnet_with_deep_supervision(tmp_path):
+    cfg = MedicalConfig(output=str(tmp_path / "run"), model="fsgnet",
+                        model_kwargs={"base_c": 8, "depths": [1, 1, 1, 1]}, data=TINY_DATA, img_size=32, epochs=1,
+                        batch_size=2, workers=0, inference="padded")
+    result = train(cfg)
+    assert math.isfinite(result["history"][0]["train_loss"]) and "val_dice" in result["history"][0]
+
+
+def test_the_fsgnet_recipe_sets_the_augmentation_and_explicit_values_win():
+    assert MedicalConfig(output="x").augmentation() == Augmentation()  # the defaults are unchanged
+    assert MedicalConfig(output="x").resolved_normalization() == "model"
+    cfg = MedicalConfig(output="x", recipe="fsgnet")
+    assert cfg.augmentation() == FSGNET_AUGMENTATION and cfg.resolved_normalization() == "imagenet"
+    cfg = MedicalConfig(output="x", recipe="fsgnet", cutmix_prob=0.5, blur_kernel=(3, 5), normalization="model")
+    assert cfg.augmentation() == dataclasses.replace(FSGNET_AUGMENTATION, cutmix=0.5, blur_kernel=(3, 5))
+    assert cfg.resolved_normalization() == "model"
+    # tools/train.py rebuilds the config from vars(base) plus the options given: the recipe still applies.
+    rebuilt = MedicalConfig(**{**vars(MedicalConfig(output="x")), "recipe": "fsgnet"})
+    assert rebuilt.augmentation() == FSGNET_AUGMENTATION
+
+
+def _train_parser():
+    parser = argparse.ArgumentParser()
+    for flag, kind in (("--lr", float), ("--weight-decay", float), ("--warmup-epochs", int), ("--batch-size", int),
+                       ("--img-size", int)):
+        parser.add_argument(flag, type=kind)
+    MedicalTask.add_train_arguments(parser)
+    return parser
+
+
+def test_the_recipe_switch_sets_the_official_training_values_unless_given():
+    args = _train_parser().parse_args(["--recipe", "fsgnet"])
+    assert (args.recipe, args.lr, args.weight_decay, args.warmup_epochs, args.batch_size, args.img_size) == \
+        ("fsgnet", 1e-3, 0.05, 20, 4, 288)
+    for argv in (["--lr", "0.01", "--recipe", "fsgnet", "--img-size", "64"],
+                 ["--recipe", "fsgnet", "--lr", "0.01", "--img-size", "64"]):
+        args = _train_parser().parse_args(argv)
+        assert (args.lr, args.img_size, args.batch_size) == (0.01, 64, 4)
+    args = _train_parser().parse_args(["--cutmix-prob", "0.8", "--resize-range", "0.5,2", "--blur-kernel", "3,11",
+                                       "--jitter", "0.2,0.2,0.2,0.1", "--pad-to", "608"])
+    assert (args.cutmix_prob, args.resize_range, args.blur_kernel, args.jitter, args.pad_to) == \
+        (0.8, (0.5, 2.0), (3, 11), (0.2, 0.2, 0.2, 0.1), 608)
+    assert args.recipe is None and args.lr is None
+
+
+@pytest.mark.parametrize("argv, match", [(["--cutmix-prob", "1.5"], "probabilities must be in"),
+                                         (["--blur-prob", "x"], "expected a probability"),
+                                         (["--resize-range", "0.5"], "expected LOW,HIGH"),
+                                         (["--jitter", "0.2,0.2"], "expected BRIGHTNESS"),
+                                         (["--blur-kernel", "3.5,11"], "expected odd LOW,HIGH")])
+def test_bad_augmentation_options_are_one_line_errors(argv, match):
+    with pytest.raises(UserError, match=match) as err:
+        _train_parser().parse_args(argv)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("values, match", [({"cutmix_prob": 1.5}, "cutmix probability"),
+                                           ({"resize_range": (-1, 2)}, "resize range needs 0 < LOW"),
+                                           ({"blur_kernel": (4, 11)}, "blur kernel"),
+                                           ({"recipe": "unet"}, "recipe must be one of fsgnet"),
+                                           ({"normalization": "none"}, "normalization must be one of"),
+                                           ({"pad_to": -1}, "pad-to must be >= 0")])
+def test_bad_config_values_are_one_line_errors(values, match):
+    with pytest.raises(UserError, match=match) as err:
+        MedicalConfig(output="x", **values)
+    assert "\n" not in str(err.value)
+
+
+def test_pad_to_pads_centred_to_the_canvas():
+    model = Pointwise().eval()
+    image = torch.randn(1, 3, 20, 27)
+    with torch.no_grad():
+        out = predict_logits(model, image, Inference("padded", pad_multiple=32, pad_to=64))
+        assert torch.allclose(out, model.conv(image), atol=1e-6)
+    assert model.sizes == [(64, 64)]
+    padded, box = pad_to_multiple(image, 32, minimum=64)
+    assert box == (22, 18, 20, 27) and torch.equal(padded[..., 22:42, 18:45], image)
+    assert inference_size(Inference("padded", tile=32, pad_multiple=32, pad_to=608)) == 608
+    assert inference_size(Inference("padded", tile=32, pad_multiple=32)) == 32
+
+
+def test_train_fsgnet_with_the_official_recipe(tmp_path):
+    cfg = MedicalConfig(output=str(tmp_path / "run"), model="fsgnet", recipe="fsgnet",
+                        model_kwargs={"base_c": 8, "depths": [1, 1, 1, 1]}, data=TINY_DATA, img_size=32, epochs=1,
+                        batch_size=4, workers=0, inference="padded", pad_to=64)
+    result = train(cfg)
+    assert math.isfinite(result["history"][0]["train_loss"]) and "val_dice" in result["history"][0]
+    ckpt = torch.load(tmp_path / "run" / "best.pth", map_location="cpu", weights_only=False)
+    assert ckpt["augmentation"] == dataclasses.asdict(FSGNET_AUGMENTATION)
+    assert tuple(ckpt["mean"]) == IMAGENET_MEAN and ckpt["inference"]["pad_to"] == 64

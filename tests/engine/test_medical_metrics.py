@@ -250,3 +250,32 @@ def test_threshold_is_inclusive_and_configurable():
     prob = np.array([[0.5, 0.49, 0.7, 0.3]])
     assert SegmentationMetrics().update(prob, target)["dice"] == 1.0
     assert SegmentationMetrics(threshold=0.6).update(prob, target)["dice"] == pytest.approx(2 / 3)
+
+
+def _fsgnet_published_auc(target, binary_pred):
+    """FSG-Net's AUC (models/metrics.py): roc_auc_score(sorted(labels), sorted(binary predictions)). Written here
+    only to show what it measures; visattn never computes it."""
+    return roc_auc_score(np.sort(target.ravel()), np.sort(binary_pred.ravel()))
+
+
+def test_the_published_fsgnet_auc_ignores_where_the_predicted_vessels_are():
+    rng = np.random.default_rng(0)
+    target = rng.random((64, 64)) < 0.12
+    n = int(target.sum())
+    # A spatially random prediction with exactly as many positive pixels as the target.
+    prob = rng.random(target.shape)
+    pred = prob >= np.sort(prob.ravel())[-n]
+    assert pred.sum() == n
+    assert _fsgnet_published_auc(target, pred) == 1.0
+    assert abs(roc_auc(prob, target) - 0.5) < 0.03  # the matched-pixel AUC on the probabilities
+    assert abs(roc_auc(pred.astype(float), target) - 0.5) < 0.03  # ... and on the binary map
+    # Only the counts matter: p predicted and n true positives out of N pixels give 0.5 + 0.5 p/n for p <= n
+    # and 1 - 0.5 (p - n) / (N - n) for p > n, wherever the pixels are.
+    total = target.size
+    for p in (0, 1, n // 4, n // 2, n - 1, n, n + 1, 2 * n, total // 2, total):
+        scattered = np.zeros(total, dtype=bool)
+        scattered[rng.permutation(total)[:p]] = True
+        expected = 0.5 + 0.5 * p / n if p <= n else 1 - 0.5 * (p - n) / (total - n)
+        assert _fsgnet_published_auc(target, scattered.reshape(target.shape)) == pytest.approx(expected, abs=1e-12)
+        # The same number from our AUC on the two sorted arrays.
+        assert roc_auc(np.sort(scattered).astype(float), np.sort(target.ravel())) == pytest.approx(expected)

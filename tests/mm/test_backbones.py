@@ -137,3 +137,27 @@ def test_importing_changes_no_global_state():
             "visattn.mm.setup(); assert sys.modules['mmcv._ext'].__visattn_fallback__")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_psa_hrnet_backbone_loads_an_official_psa_checkpoint_and_gives_hrnetv2_branches(tmp_path):
+    import timm
+    from mmseg.registry import MODELS
+
+    from tests.backbones.test_psa import _randomized as randomized_psa
+    from tests.backbones.test_psa import official_checkpoint
+
+    source = randomized_psa(timm.create_model("hrnet_w18_psa_s", head="", upsample="bilinear")).eval()
+    torch.save({"state_dict": official_checkpoint(source)}, tmp_path / "psa_s_official.pth")
+    backbone = MODELS.build(dict(type="PSAHRNetBackbone", arch="w18", layout="sequential",
+                                 init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "psa_s_official.pth"))))
+    backbone.init_weights()
+    backbone.eval()
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        feats = backbone(x)
+        expected = source.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+    assert backbone.out_channels == [18, 36, 72, 144]
+    assert [f.shape for f in feats] == [(1, 18, 18, 23), (1, 36, 9, 12), (1, 72, 5, 6), (1, 144, 3, 3)]
+    for got, want in zip(feats, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert not hasattr(backbone.model, "incre_modules") or backbone.model.incre_modules is None

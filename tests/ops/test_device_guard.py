@@ -14,13 +14,16 @@ import torch
 import triton
 
 from visattn.ops import _triton
+from visattn.ops.guided_filter import attention_guided_filter
 from visattn.ops.linear_attention import linear_attention
+from visattn.ops.polarized_attention import polarized_attention
 from visattn.ops.routed_attention import routed_attention
 from visattn.ops.selective_scan import selective_scan
 from visattn.ops.sparse_attention import sparse_attention
 from visattn.ops.window_attention import window_attention
 
-OPS = ("linear_attention", "routed_attention", "selective_scan", "sparse_attention", "window_attention")
+OPS = ("guided_filter", "linear_attention", "polarized_attention", "routed_attention",
+       "selective_scan", "sparse_attention", "window_attention")
 KERNEL_MODULES = [importlib.import_module(f"visattn.ops.{op}.triton") for op in OPS]
 
 
@@ -74,6 +77,12 @@ def test_every_launcher_is_guarded(module):
     assert {"forward", "backward"} <= launchers
 
 
+def _guided(device, backend):
+    x, y, a = (torch.randn(1, 3, 7, 9, device=device, requires_grad=True) for _ in range(3))
+    hr = torch.randn(1, 3, 14, 18, device=device, requires_grad=True)
+    return attention_guided_filter(x, y, a, hr, 2, 1e-2, backend=backend), (x, y, a, hr)
+
+
 def _routed(device, backend):
     q, k, v = (torch.randn(1, 10, 12, 32, device=device, requires_grad=True) for _ in range(3))
     return routed_attention(q, k, v, 2, 2, 2, backend=backend), (q, k, v)
@@ -96,6 +105,13 @@ def _sparse(device, backend):
     return sparse_attention(q, k, v, idx, dense_keys=1, normalize="all", backend=backend), (q, k, v)
 
 
+def _polarized(device, backend):
+    x = torch.randn(1, 6, 9, 7, device=device, requires_grad=True)
+    g = torch.randn(1, 6, device=device, requires_grad=True)
+    s = torch.randn(1, 9, 7, device=device, requires_grad=True)
+    return polarized_attention(x, g, s, layout="parallel", spatial_softmax=True, backend=backend), (x, g, s)
+
+
 def _scan(device, backend):
     u, delta, z = (torch.randn(1, 4, 40, device=device, requires_grad=True) for _ in range(3))
     B, C = (torch.randn(1, 2, 4, 40, device=device, requires_grad=True) for _ in range(2))
@@ -108,8 +124,8 @@ def _scan(device, backend):
 # skipped placeholder.
 if torch.cuda.device_count() >= 2:
 
-    @pytest.mark.parametrize("run", [_routed, _window, _linear, _scan, _sparse],
-                             ids=["routed", "window", "linear", "scan", "sparse"])
+    @pytest.mark.parametrize("run", [_routed, _window, _linear, _scan, _sparse, _polarized, _guided],
+                             ids=["routed", "window", "linear", "scan", "sparse", "polarized", "guided"])
     def test_every_op_runs_on_the_second_gpu_while_the_first_is_current(run):
         with torch.cuda.device(0):
             torch.manual_seed(0)

@@ -12,7 +12,8 @@ import triton.language as tl
 
 import visattn.ops
 
-OPS = ("linear_attention", "routed_attention", "selective_scan", "sparse_attention", "window_attention")
+OPS = ("guided_filter", "linear_attention", "polarized_attention", "routed_attention",
+       "selective_scan", "sparse_attention", "window_attention")
 # Imported here, never skipped: a kernel module that fails to import fails the collection.
 KERNEL_MODULES = [importlib.import_module(f"visattn.ops.{op}.triton") for op in OPS]
 SHARED = importlib.import_module("visattn.ops._triton")

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-OPS = ("linear_attention", "routed_attention", "selective_scan", "sparse_attention", "window_attention")
+OPS = ("guided_filter", "linear_attention", "polarized_attention", "routed_attention",
+       "selective_scan", "sparse_attention", "window_attention")
 OPS_DIR = pathlib.Path(importlib.import_module("visattn.ops").__path__[0])
 
 
@@ -71,7 +72,9 @@ class NoTriton(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoTriton())
 assert "triton" not in sys.modules
 
+from visattn.ops.guided_filter.fused import guided_filter_fused
 from visattn.ops.linear_attention.fused import linear_attention_fused
+from visattn.ops.polarized_attention.fused import polarized_attention_fused
 from visattn.ops.routed_attention.fused import routed_attention_fused
 from visattn.ops.selective_scan.fused import num_chunks, selective_scan_fused
 from visattn.ops.sparse_attention.fused import sparse_attention_fused
@@ -111,6 +114,13 @@ q, k, v = meta(1, 2, 10, 8), meta(1, 2, 70, 8), meta(1, 2, 70, 6)
 idx = torch.empty(1, 1, 10, 3, device="meta", dtype=torch.int64)
 for normalize in ("attended", "all"):
     assert forward_and_backward(sparse_attention_fused, (q, k, v), q, k, v, idx, 2, normalize, 0.25) == (1, 2, 10, 6)
+
+x, g, s = meta(2, 6, 5, 7), meta(2, 6), meta(2, 5, 7)
+for layout in ("parallel", "sequential"):
+    assert forward_and_backward(polarized_attention_fused, (x, g, s), x, g, s, layout, True) == (2, 6, 5, 7)
+
+x, y, a, hr = meta(2, 1, 5, 4), meta(2, 3, 5, 4), meta(2, 3, 5, 4), meta(2, 1, 9, 7)
+assert forward_and_backward(guided_filter_fused, (x, y, a, hr), x, y, a, hr, 2, 1e-2) == (2, 3, 9, 7)
 
 from_visattn = [(name, by) for name, by in tried if (by or "").startswith("visattn")]
 assert not from_visattn, f"visattn imported Triton: {from_visattn}"

@@ -5,6 +5,7 @@ from .attention import LePEAttention
 from .dual_gated_attention import DualGatedLinearAttention, DualGatedLinearAttentionBlock
 from .linear_attention import InjectiveLinearAttention
 from .mask_decoder import PromptFreeMaskDecoder, TwoWayTransformer
+from .polarized_attention import PolarizedSelfAttention
 from .routing_attention import BiLevelRoutingAttention
 from .sparse_attention import ConnectivityPredictor, SparsifinerAttention
 from .ss2d import SS2D
@@ -12,6 +13,6 @@ from .token_prompts import PromptedAttention, TokenCoordinatedPrompts
 from .window_attention import WindowAttention
 
 __all__ = ["SS2D", "BiLevelRoutingAttention", "ConnectivityPredictor", "DualGatedLinearAttention",
-           "DualGatedLinearAttentionBlock", "InjectiveLinearAttention", "LePEAttention", "PromptFreeMaskDecoder",
-           "PromptedAttention", "SparsifinerAttention", "TokenCoordinatedPrompts", "TwoWayTransformer",
-           "WindowAttention", "maybe_checkpoint"]
+           "DualGatedLinearAttentionBlock", "InjectiveLinearAttention", "LePEAttention", "PolarizedSelfAttention",
+           "PromptFreeMaskDecoder", "PromptedAttention", "SparsifinerAttention", "TokenCoordinatedPrompts",
+           "TwoWayTransformer", "WindowAttention", "maybe_checkpoint"]

@@ -322,23 +322,130 @@ def rescale(rgb: np.ndarray, mask: np.ndarray, fov: np.ndarray | None, scale: fl
     return rescale_rgb(rgb, scale), mask, fov
 
 
-def train_transform(crop: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int | None = None):
-    """albumentations pipeline: flips, rotate/scale, colour jitter, random ``crop`` x ``crop``, normalise.
+def _check_prob(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"{name} probability must be in [0, 1], got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation: a probability per step (0 = off) and its parameters.
+
+    The defaults are visattn's own pipeline; :data:`FSGNET_AUGMENTATION` is FSG-Net's official recipe. Steps in
+    order: ``cutmix`` (dataset level, before everything else: a box of another training image pasted into image,
+    mask and FOV), ``resize`` (random rescale by a factor in ``resize_range``), ``hflip``, ``vflip``, ``rotate``
+    (affine: rotation +-180 degrees, scale 0.75-1.25), colour ``jitter`` (brightness, contrast, saturation, hue)
+    with ``jitter_prob``, the random crop, Gaussian ``blur`` (odd kernel in ``blur_kernel``), ``perspective``,
+    then normalisation. Geometric steps move the masks with the image (nearest neighbour, zero fill).
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rotate: float = 0.8
+    jitter: tuple[float, float, float, float] = (0.25, 0.25, 0.2, 0.03)
+    jitter_prob: float = 0.8
+    cutmix: float = 0.0
+    resize: float = 0.0
+    resize_range: tuple[float, float] = (0.5, 2.0)
+    blur: float = 0.0
+    blur_kernel: tuple[int, int] = (3, 11)
+    perspective: float = 0.0
+
+    def __post_init__(self):
+        for name in ("hflip", "vflip", "rotate", "jitter_prob", "cutmix", "resize", "blur", "perspective"):
+            _check_prob(name.replace("_prob", ""), getattr(self, name))
+        jitter, low_high = tuple(self.jitter), tuple(self.resize_range)
+        if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+            raise UserError(f"colour jitter needs 4 values BRIGHTNESS,CONTRAST,SATURATION,HUE >= 0 with hue <= 0.5, "
+                            f"got {','.join(map(str, jitter))}")
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise UserError(f"resize range needs 0 < LOW <= HIGH, got {','.join(map(str, low_high))}")
+        kernel = tuple(self.blur_kernel)
+        if len(kernel) != 2 or not 3 <= kernel[0] <= kernel[1] or any(int(k) != k or k % 2 == 0 for k in kernel):
+            raise UserError(f"blur kernel range needs odd sizes 3 <= LOW <= HIGH, got {','.join(map(str, kernel))}")
+        object.__setattr__(self, "jitter", tuple(float(v) for v in jitter))
+        object.__setattr__(self, "resize_range", tuple(float(v) for v in low_high))
+        object.__setattr__(self, "blur_kernel", tuple(int(k) for k in kernel))
+
+
+# FSG-Net's official training augmentation (ZombaSY/FSG-Net-pytorch, models/dataloader.py): cutmix 0.8, random
+# resize 0.5-2x 0.8, hflip 0.5, colour jitter 0.2/0.2/0.2/0.1 at 0.8, Gaussian blur kernel 3-11 0.5, perspective
+# 0.3; no vertical flip or rotation. (The official resize draws height and width factors independently; here
+# the aspect ratio is kept.)
+FSGNET_AUGMENTATION = Augmentation(hflip=0.5, vflip=0.0, rotate=0.0, jitter=(0.2, 0.2, 0.2, 0.1), jitter_prob=0.8,
+                                   cutmix=0.8, resize=0.8, resize_range=(0.5, 2.0), blur=0.5, blur_kernel=(3, 11),
+                                   perspective=0.3)
+
+
+def train_transform(crop: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int | None = None,
+                    augmentation: Augmentation | None = None):
+    """albumentations pipeline of :class:`Augmentation` (all but cutmix), random ``crop`` x ``crop``, normalise.
 
     Called with ``image=``, ``mask=`` and ``fov=``; both masks follow every geometric step (nearest neighbour,
-    zero fill outside the image).
+    zero fill outside the image). Steps with probability 0 are left out, so the default pipeline (and its
+    random stream) is the same as before the options existed.
     """
     import albumentations as A
     import cv2
 
-    return A.Compose([
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.Affine(scale=(0.75, 1.25), rotate=(-180, 180), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.8),
-        A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.2, hue=0.03, p=0.8),
-        A.RandomCrop(crop, crop, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0),
-        A.Normalize(mean=mean, std=std),
-    ], additional_targets={"fov": "mask"}, seed=seed)
+    aug = augmentation or Augmentation()
+    border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
+    low, high = aug.resize_range
+    brightness, contrast, saturation, hue = aug.jitter
+    steps = [
+        (aug.resize, lambda p: A.RandomScale(scale_limit=(low - 1, high - 1), interpolation=cv2.INTER_LINEAR,
+                                             mask_interpolation=cv2.INTER_NEAREST_EXACT, p=p)),
+        (aug.hflip, lambda p: A.HorizontalFlip(p=p)),
+        (aug.vflip, lambda p: A.VerticalFlip(p=p)),
+        (aug.rotate, lambda p: A.Affine(scale=(0.75, 1.25), rotate=(-180, 180), **border, p=p)),
+        (aug.jitter_prob, lambda p: A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation,
+                                                  hue=hue, p=p)),
+        (1.0, lambda p: A.RandomCrop(crop, crop, pad_if_needed=True, **border)),
+        # sigma as torchvision's GaussianBlur default (0.1-2.0), which the official recipe uses
+        (aug.blur, lambda p: A.GaussianBlur(blur_limit=aug.blur_kernel, sigma_limit=(0.1, 2.0), p=p)),
+        # corner shifts |N(0, s)|, s in 0.1-0.2 of the side: about torchvision's distortion_scale 0.5 (uniform 0-25%)
+        (aug.perspective, lambda p: A.Perspective(scale=(0.1, 0.2), keep_size=True, **border, p=p)),
+    ]
+    return A.Compose([make(p) for p, make in steps if p > 0] + [A.Normalize(mean=mean, std=std)],
+                     additional_targets={"fov": "mask"}, seed=seed)
+
+
+def cutmix_box(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """A random box (top, left, box height, box width) as fractions of the image, as the official cutmix draws it:
+    corner in [0, 0.75), size in [0.25, 0.75) (cut at the image edge)."""
+    y, x, h, w = rng.random(4) * (0.75, 0.75, 0.5, 0.5) + (0, 0, 0.25, 0.25)
+    return float(y), float(x), float(min(h, 1 - y)), float(min(w, 1 - x))
+
+
+def cutmix(sample, other, box) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """Paste the box (fractions, see :func:`cutmix_box`) of ``other`` over the same relative box of ``sample``.
+
+    ``sample`` and ``other`` are (rgb (H, W, 3) uint8, mask (H, W), fov (H, W)); the region is cut from image, mask
+    and FOV of ``other`` alike and resized to the target box when the images differ in size (image bilinear,
+    masks nearest). Returns the new (rgb, mask, fov) and the pixel box (top, left, height, width).
+    """
+    import cv2
+
+    (rgb, mask, fov), (rgb2, mask2, fov2) = sample, other
+    fy, fx, fh, fw = box
+    h1, w1 = mask.shape
+    h2, w2 = mask2.shape
+    top, left = int(fy * h1), int(fx * w1)
+    bh, bw = max(1, min(int(fh * h1), h1 - top)), max(1, min(int(fw * w1), w1 - left))
+    t2, l2 = int(fy * h2), int(fx * w2)
+    bh2, bw2 = max(1, min(int(fh * h2), h2 - t2)), max(1, min(int(fw * w2), w2 - l2))
+    out = []
+    for target, source, interp in ((rgb, rgb2, cv2.INTER_LINEAR), (mask, mask2, cv2.INTER_NEAREST_EXACT),
+                                   (fov, fov2, cv2.INTER_NEAREST_EXACT)):
+        patch = source[t2:t2 + bh2, l2:l2 + bw2]
+        if patch.shape[:2] != (bh, bw):
+            dtype = patch.dtype
+            patch = cv2.resize(patch.astype(np.uint8), (bw, bh), interpolation=interp).astype(dtype)
+        target = target.copy()
+        target[top:top + bh, left:left + bw] = patch
+        out.append(target)
+    return out[0], out[1], out[2], (top, left, bh, bw)
 
 
 def normalize(rgb: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -350,8 +457,11 @@ def normalize(rgb: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Te
 def seed_worker_augmentation(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: give each worker (and each epoch) its own augmentation stream."""
     info = get_worker_info()
+    reseed = getattr(info.dataset, "set_random_seed", None)
     transform = getattr(info.dataset, "transform", None)
-    if transform is not None:
+    if reseed is not None:
+        reseed(info.seed % 2**32)
+    elif transform is not None:
         transform.set_random_seed(info.seed % 2**32)
 
 
@@ -359,21 +469,39 @@ class SegmentationTrainSet(Dataset):
     """Augmented training crops: items are (image (3, S, S) float, mask (1, S, S) float, fov (1, S, S) float).
 
     Each source image appears ``repeats`` times per epoch (a different random crop each time). Without FOV
-    masks the fov is all ones (inside the crop; zero where the crop is padded).
+    masks the fov is all ones (inside the crop; zero where the crop is padded). ``augmentation`` (default
+    :class:`Augmentation`) picks the steps; its cutmix happens here, with another image of the source drawn at
+    random (the image itself when the source has one image).
     """
 
     def __init__(self, source, crop: int, scale: float = 1.0, repeats: int = 1, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD, seed: int | None = None):
+                 std=IMAGENET_STD, seed: int | None = None, augmentation: Augmentation | None = None):
         self.source, self.scale, self.repeats = source, scale, max(1, repeats)
-        self.transform = train_transform(crop, mean, std, seed)
+        self.augmentation = augmentation or Augmentation()
+        self.transform = train_transform(crop, mean, std, seed, self.augmentation)
+        self.rng = np.random.default_rng(None if seed is None else (seed, 1))
+
+    def set_random_seed(self, seed: int) -> None:
+        """Reseed the augmentation (the transform and cutmix), e.g. per DataLoader worker."""
+        self.transform.set_random_seed(seed)
+        self.rng = np.random.default_rng((seed, 1))
 
     def __len__(self) -> int:
         return len(self.source) * self.repeats
 
+    def _sample(self, index: int):
+        rgb, mask, fov = rescale(*self.source.load(index), self.scale)
+        return rgb, mask.astype(np.uint8), (np.ones_like(mask) if fov is None else fov).astype(np.uint8)
+
     def __getitem__(self, index: int):
-        rgb, mask, fov = rescale(*self.source.load(index % len(self.source)), self.scale)
-        fov = np.ones_like(mask) if fov is None else fov
-        out = self.transform(image=rgb, mask=mask.astype(np.uint8), fov=fov.astype(np.uint8))
+        index %= len(self.source)
+        rgb, mask, fov = self._sample(index)
+        if self.augmentation.cutmix > 0 and self.rng.random() < self.augmentation.cutmix:
+            n = len(self.source)
+            other = index if n == 1 else (index + 1 + int(self.rng.integers(n - 1))) % n
+            box = cutmix_box(self.rng)
+            rgb, mask, fov, _ = cutmix((rgb, mask, fov), self._sample(other), box)
+        out = self.transform(image=rgb, mask=mask, fov=fov)
         image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
         return image, torch.from_numpy(out["mask"]).float()[None], torch.from_numpy(out["fov"]).float()[None]
 

@@ -10,6 +10,7 @@ FOV (and over the whole image when FOV masks exist); pooled Dice picks ``best.pt
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -27,9 +28,11 @@ from tqdm import tqdm
 
 from ..backbones._loader import load_pretrained
 from ..data.medical import (
+    FSGNET_AUGMENTATION,
     IMAGENET_MEAN,
     IMAGENET_STD,
     SYNTHETIC,
+    Augmentation,
     SegmentationEvalSet,
     SegmentationTrainSet,
     open_source,
@@ -50,6 +53,19 @@ DEMO_MODEL = "herseg"
 DEMO_MODEL_KWARGS = {"embed_dim": 64, "depths": [1, 1, 2, 1], "num_heads": [2, 2, 4, 4], "decoder_dim": 64,
                      "decoder_heads": 4, "decoder_depth": 1, "drop_path_rate": 0.0}
 INFERENCE_MODES = ("sliding", "padded")
+NORMALIZATIONS = ("model", "imagenet")
+# Training recipes for --recipe: the augmentation (used for every field left at None) and the optimisation values
+# that the command-line switch sets unless given explicitly. FSG-Net: ZombaSY/FSG-Net-pytorch at its publish
+# commit (AdamW, warm-up + cosine, 10 000 epochs, which is not set here); test images padded, centred, to a
+# 608 (DRIVE), 704 (STARE), 1024 (CHASE_DB1) or 1344 (HRF) canvas: --inference padded --pad-to N.
+RECIPES = {"fsgnet": {"augmentation": FSGNET_AUGMENTATION, "normalization": "imagenet",
+                      "train": {"lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 20, "batch_size": 4,
+                                "img_size": 288}}}
+# MedicalConfig field -> Augmentation field
+AUGMENT_FIELDS = {"hflip_prob": "hflip", "vflip_prob": "vflip", "rotate_prob": "rotate", "jitter": "jitter",
+                  "jitter_prob": "jitter_prob", "cutmix_prob": "cutmix", "resize_prob": "resize",
+                  "resize_range": "resize_range", "blur_prob": "blur", "blur_kernel": "blur_kernel",
+                  "perspective_prob": "perspective"}
 PANELS = (("loss", "loss", ("train_loss", "val_loss")),
           ("validation, pooled in FOV", "score", ("val_dice", "val_iou", "val_auc", "val_sensitivity",
                                                   "val_specificity")),
@@ -61,7 +77,8 @@ class Inference:
     """How whole images go through the model.
 
     ``sliding``: ``tile`` x ``tile`` windows with ``overlap`` (fraction of the tile), logits averaged where
-    windows overlap. ``padded``: the whole image, zero-padded (centred) to a multiple of ``pad_multiple``.
+    windows overlap. ``padded``: the whole image, zero-padded (centred) to a multiple of ``pad_multiple``, and
+    with ``pad_to`` to at least a ``pad_to`` x ``pad_to`` canvas (FSG-Net's test protocol: 608 for DRIVE).
     Either way the padding is cropped off and the logits resized to the original resolution.
     """
 
@@ -70,6 +87,7 @@ class Inference:
     overlap: float = 0.5
     pad_multiple: int = 32
     batch_size: int = 8
+    pad_to: int = 0
 
     def __post_init__(self):
         if self.mode not in INFERENCE_MODES:
@@ -77,6 +95,8 @@ class Inference:
         if self.tile < 1 or self.pad_multiple < 1 or not 0 <= self.overlap < 1:
             raise UserError(f"need tile >= 1, pad multiple >= 1 and 0 <= overlap < 1, got tile={self.tile}, "
                             f"pad_multiple={self.pad_multiple}, overlap={self.overlap}")
+        if self.pad_to < 0:
+            raise UserError(f"pad-to must be >= 0 (0 = off), got {self.pad_to}")
 
 
 @dataclass
@@ -95,7 +115,39 @@ class MedicalConfig(TrainConfig):
     inference: str = "padded"
     tile: int | None = None  # sliding-window size; None = img_size
     pad_multiple: int = 32
+    pad_to: int = 0  # padded inference: pad to at least this square canvas (0 = just the multiple)
     threshold: float = 0.5
+    # Training augmentation (see visattn.data.medical.Augmentation); None = the recipe's value, else the default.
+    recipe: str | None = None  # "fsgnet": FSG-Net's official augmentation and ImageNet normalisation
+    hflip_prob: float | None = None
+    vflip_prob: float | None = None
+    rotate_prob: float | None = None
+    jitter: tuple[float, float, float, float] | None = None
+    jitter_prob: float | None = None
+    cutmix_prob: float | None = None
+    resize_prob: float | None = None
+    resize_range: tuple[float, float] | None = None
+    blur_prob: float | None = None
+    blur_kernel: tuple[int, int] | None = None
+    perspective_prob: float | None = None
+    normalization: str | None = None  # "model" (its pretrained_cfg mean/std, else ImageNet) or "imagenet"
+
+    def __post_init__(self):
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise UserError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.normalization is not None and self.normalization not in NORMALIZATIONS:
+            raise UserError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
+        self.augmentation()  # validates the values
+        self.inference_settings()
+
+    def augmentation(self) -> Augmentation:
+        """The training augmentation: the recipe's (or the default) with every field set here replacing it."""
+        base = RECIPES[self.recipe]["augmentation"] if self.recipe else Augmentation()
+        given = {aug: getattr(self, field) for field, aug in AUGMENT_FIELDS.items() if getattr(self, field) is not None}
+        return dataclasses.replace(base, **given)
+
+    def resolved_normalization(self) -> str:
+        return self.normalization or (RECIPES[self.recipe]["normalization"] if self.recipe else "model")
 
     @classmethod
     def demo(cls, output: str) -> MedicalConfig:
@@ -104,7 +156,8 @@ class MedicalConfig(TrainConfig):
                    batch_size=8, lr=1e-3, workers=0)
 
     def inference_settings(self) -> Inference:
-        return Inference(self.inference, self.tile or self.img_size, 0.5, self.pad_multiple, self.batch_size)
+        return Inference(self.inference, self.tile or self.img_size, 0.5, self.pad_multiple, self.batch_size,
+                         self.pad_to)
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, fov: torch.Tensor, smooth: float = 1.0):
@@ -130,7 +183,7 @@ def inference_size(settings: Inference) -> int:
     """A square input size that inference will use: the tile, or the tile padded to ``pad_multiple``."""
     if settings.mode == "sliding":
         return settings.tile
-    return math.ceil(settings.tile / settings.pad_multiple) * settings.pad_multiple
+    return math.ceil(max(settings.tile, settings.pad_to) / settings.pad_multiple) * settings.pad_multiple
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int, minimum: int = 1):
@@ -157,7 +210,7 @@ def predict_logits(model: nn.Module, image: torch.Tensor, settings: Inference, a
     """(1, 3, h, w) normalised image -> (1, 1, h, w) float32 logits (padding already removed)."""
     device = image.device
     if settings.mode == "padded":
-        padded, box = pad_to_multiple(image, settings.pad_multiple)
+        padded, box = pad_to_multiple(image, settings.pad_multiple, minimum=max(1, settings.pad_to))
         with autocast(device, amp):
             logits = model(padded).float()
         return restore_original(logits, box, box[2:])
@@ -292,6 +345,39 @@ class MedicalTask(Task):
                             help="validation on whole images: padded whole image (default) or sliding window")
         parser.add_argument("--tile", type=int, help="sliding-window size (default: --img-size)")
         parser.add_argument("--pad-multiple", type=int, help="pad whole images to a multiple of this (default 32)")
+        parser.add_argument("--pad-to", type=int, help="padded inference: zero-pad (centred) to at least an N x N "
+                                                       "canvas, as FSG-Net tests: 608 DRIVE, 704 STARE, 1024 "
+                                                       "CHASE_DB1, 1344 HRF (default 0: just the multiple)")
+        parser.add_argument("--recipe", choices=tuple(RECIPES), action=_RecipeAction,
+                            help="fsgnet: FSG-Net's official training recipe: cutmix 0.8, random resize 0.5-2x 0.8, "
+                                 "hflip 0.5, no vflip or rotation, colour jitter 0.2,0.2,0.2,0.1 at 0.8, Gaussian "
+                                 "blur kernel 3-11 0.5, perspective 0.3, ImageNet mean/std; and, unless given, "
+                                 "--lr 1e-3 --weight-decay 0.05 --warmup-epochs 20 --batch-size 4 --img-size 288 "
+                                 "(AdamW, the default --opt; the official run is 10000 epochs). The options below "
+                                 "override single steps")
+        parser.add_argument("--cutmix-prob", type=_probability,
+                            help="paste a random box of another training image into image, mask and FOV "
+                                 "(default 0; fsgnet 0.8)")
+        parser.add_argument("--resize-prob", type=_probability,
+                            help="random resize by a factor in --resize-range (default 0; fsgnet 0.8)")
+        parser.add_argument("--resize-range", type=_numbers(2, float, "LOW,HIGH such as 0.5,2"),
+                            help="LOW,HIGH resize factors (default and fsgnet 0.5,2)")
+        parser.add_argument("--blur-prob", type=_probability, help="Gaussian blur (default 0; fsgnet 0.5)")
+        parser.add_argument("--blur-kernel", type=_numbers(2, int, "odd LOW,HIGH such as 3,11"),
+                            help="LOW,HIGH odd Gaussian kernel sizes (default and fsgnet 3,11)")
+        parser.add_argument("--perspective-prob", type=_probability,
+                            help="random perspective after the crop (default 0; fsgnet 0.3)")
+        parser.add_argument("--jitter", type=_numbers(4, float, "BRIGHTNESS,CONTRAST,SATURATION,HUE"),
+                            help="colour jitter B,C,S,H (default 0.25,0.25,0.2,0.03; fsgnet 0.2,0.2,0.2,0.1)")
+        parser.add_argument("--jitter-prob", type=_probability, help="colour jitter probability (default and "
+                                                                     "fsgnet 0.8)")
+        parser.add_argument("--hflip-prob", type=_probability, help="horizontal flip (default and fsgnet 0.5)")
+        parser.add_argument("--vflip-prob", type=_probability, help="vertical flip (default 0.5; fsgnet 0)")
+        parser.add_argument("--rotate-prob", type=_probability,
+                            help="rotation +-180 with scale 0.75-1.25 (default 0.8; fsgnet 0)")
+        parser.add_argument("--normalization", choices=NORMALIZATIONS,
+                            help="mean/std: the model's pretrained_cfg, else ImageNet (model, the default) or "
+                                 "always ImageNet (imagenet; fsgnet)")
 
     @staticmethod
     def add_eval_arguments(parser) -> None:
@@ -301,20 +387,25 @@ class MedicalTask(Task):
         parser.add_argument("--inference", choices=INFERENCE_MODES, help="default: as in training")
         parser.add_argument("--tile", type=int, help="sliding-window size (default: as in training)")
         parser.add_argument("--threshold", type=float, help="probability threshold (default: 0.5)")
+        parser.add_argument("--pad-to", type=int, help="padded inference: zero-pad (centred) to at least an N x N "
+                                                       "canvas (default: as in training)")
 
     @classmethod
     def run_eval(cls, args) -> str:
         return report(evaluate_checkpoint(args.checkpoint, args.data, args.split, args.output, args.inference,
-                                          args.tile, args.device, args.workers, threshold=args.threshold))
+                                          args.tile, args.device, args.workers, threshold=args.threshold,
+                                          pad_to=args.pad_to))
 
     def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
         cfg = self.cfg
         model = build_model(cfg.model, pretrained=cfg.pretrained, num_classes=1, **cfg.model_kwargs)
-        pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+        pretrained_cfg = {} if cfg.resolved_normalization() == "imagenet" else \
+            getattr(model, "pretrained_cfg", None) or {}
         self.mean = tuple(pretrained_cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(pretrained_cfg.get("std", IMAGENET_STD))
         train_set = SegmentationTrainSet(open_source(cfg.data, "train"), cfg.img_size, cfg.scale,
-                                         cfg.crops_per_image, self.mean, self.std, seed=cfg.seed + rank)
+                                         cfg.crops_per_image, self.mean, self.std, seed=cfg.seed + rank,
+                                         augmentation=cfg.augmentation())
         self.val_set = SegmentationEvalSet(open_source(cfg.data, "val"), cfg.scale, self.mean, self.std)
         return model, train_set
 
@@ -323,11 +414,14 @@ class MedicalTask(Task):
             check_model_output(model, size, self.cfg.model)
 
     def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
-        """BCE + Dice over the crop (inside the FOV with ``fov_loss``)."""
+        """BCE + Dice over the crop (inside the FOV with ``fov_loss``), averaged over a deep-supervision network's
+        outputs (FSG-Net returns its three in training, the main one first)."""
         images, masks, fovs = (t.to(device, non_blocking=True) for t in batch)
         with autocast(device, self.cfg.amp):
             logits = net(images)
-        return bce_dice_loss(logits, masks, fovs if self.cfg.fov_loss else torch.ones_like(masks)), images.shape[0]
+        region = fovs if self.cfg.fov_loss else torch.ones_like(masks)
+        outputs = logits if isinstance(logits, tuple | list) else (logits,)
+        return sum(bce_dice_loss(out, masks, region) for out in outputs) / len(outputs), images.shape[0]
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         cfg = self.cfg
@@ -340,7 +434,8 @@ class MedicalTask(Task):
     def checkpoint_extra(self) -> dict[str, Any]:
         cfg = self.cfg
         return {"num_classes": 1, "img_size": cfg.img_size, "scale": cfg.scale, "mean": self.mean, "std": self.std,
-                "inference": dataclasses.asdict(self.settings), "threshold": cfg.threshold, "fov_loss": cfg.fov_loss}
+                "inference": dataclasses.asdict(self.settings), "threshold": cfg.threshold, "fov_loss": cfg.fov_loss,
+                "augmentation": dataclasses.asdict(cfg.augmentation())}
 
     def epoch_line(self, metrics: dict[str, Any], scalars: dict[str, float]) -> str:
         pooled = metrics["pooled"]
@@ -352,6 +447,43 @@ class MedicalTask(Task):
                 f"{best['val_hd95']:.2f} px) at epoch {best['epoch']}; checkpoints in {self.cfg.output}")
 
 
+def _probability(text: str) -> float:
+    """argparse type: a probability in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"expected a probability in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"probabilities must be in [0, 1], got {text}")
+    return value
+
+
+def _numbers(count: int, kind: type, what: str):
+    """argparse type: ``count`` comma-separated numbers of ``kind`` (checked further by :class:`Augmentation`)."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise UserError(f"expected {what}, got {text!r}")
+        return values
+
+    return parse
+
+
+class _RecipeAction(argparse.Action):
+    """``--recipe NAME``: record it, and set the recipe's lr, weight decay, warm-up, batch size and crop size
+    where they are not given (in either order on the command line: a later option overrides these)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, value)
+        for key, setting in RECIPES[value]["train"].items():
+            if getattr(namespace, key, None) is None:
+                setattr(namespace, key, setting)
+
+
 def train(cfg: MedicalConfig) -> dict[str, Any]:
     """Train a segmentation model; returns ``{"best", "history"}`` (also written to ``metrics.json``)."""
     return fit(MedicalTask(cfg))
@@ -360,16 +492,18 @@ def train(cfg: MedicalConfig) -> dict[str, Any]:
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str | None = None,
                         output: str | None = None, inference: str | None = None, tile: int | None = None,
                         device: str | None = None, workers: int = 0,
-                        threshold: float | None = None) -> dict[str, Any]:
+                        threshold: float | None = None, pad_to: int | None = None) -> dict[str, Any]:
     """Rebuild a medical-seg checkpoint's model, score ``split`` of ``data`` (default: the training data's
     validation split), write ``metrics.json`` and the prediction PNGs under ``output``
-    (default: ``<checkpoint folder>/eval_<split>``). Returns the metrics with ``"output"`` added."""
+    (default: ``<checkpoint folder>/eval_<split>``); ``pad_to`` replaces the stored canvas size.
+    Returns the metrics with ``"output"`` added."""
     ckpt = MedicalTask.load_checkpoint(checkpoint)
     data = data if data is not None else ckpt["dataset"]
     split = split or "val"
     stored = ckpt["inference"]
     settings = Inference(inference or stored["mode"], tile or stored["tile"], stored["overlap"],
-                         stored["pad_multiple"], stored["batch_size"])
+                         stored["pad_multiple"], stored["batch_size"],
+                         stored.get("pad_to", 0) if pad_to is None else pad_to)
     dev = pick_device(device)
     model = build_model(ckpt["model"], num_classes=1, **ckpt.get("model_kwargs", {}))
     load_pretrained(model, ckpt["state_dict"], strict=True,

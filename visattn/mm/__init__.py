@@ -1,7 +1,7 @@
 """OpenMMLab integration. ``custom_imports = dict(imports=['visattn.mm'])`` in an mmdet or mmseg config registers
 the visattn backbones (``VisattnBackbone`` for any timm model with ``feature_info``, ``BiFormerBackbone``,
-``MambaOutBackbone``, ``LaMambaBackbone``, ``InLineSwinBackbone``) in the MODELS registry of whichever of mmdet and
-mmseg is installed. Importing changes nothing else.
+``MambaOutBackbone``, ``LaMambaBackbone``, ``InLineSwinBackbone``, ``PSAHRNetBackbone``) in the MODELS registry of
+whichever of mmdet and mmseg is installed. Importing changes nothing else.
 
 :func:`setup` makes the environment runnable and is called by ``tools/train.py`` / ``tools/eval.py`` (call it
 yourself before building a runner elsewhere): where mmcv-lite lacks the compiled extension it installs a
@@ -18,10 +18,12 @@ from .backbones import (
     InLineSwinBackbone,
     LaMambaBackbone,
     MambaOutBackbone,
+    PSAHRNetBackbone,
     VisattnBackbone,
 )
 
-BACKBONES = (VisattnBackbone, BiFormerBackbone, MambaOutBackbone, LaMambaBackbone, InLineSwinBackbone)
+BACKBONES = (VisattnBackbone, BiFormerBackbone, MambaOutBackbone, LaMambaBackbone, InLineSwinBackbone,
+             PSAHRNetBackbone)
 REGISTERED_IN: list[str] = []
 
 for _library in ("mmdet", "mmseg"):
@@ -45,4 +47,4 @@ def setup() -> None:
 
 
 __all__ = ["BACKBONES", "BiFormerBackbone", "InLineSwinBackbone", "LaMambaBackbone", "MambaOutBackbone",
-           "REGISTERED_IN", "VisattnBackbone", "setup"]
+           "PSAHRNetBackbone", "REGISTERED_IN", "VisattnBackbone", "setup"]

@@ -54,7 +54,7 @@ class VisattnBackbone(BaseModule):
         self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.out_channels) if out_norms else None
         if frozen_stages >= 0 and not (hasattr(self.model, "stem") and hasattr(self.model, "stages")):
             raise ValueError(f"frozen_stages needs a model with stem and stages; {model_name} has neither")
-        if frozen_stages > len(getattr(self.model, "stages", ())):
+        if frozen_stages > 0 and frozen_stages > len(self.model.stages):
             raise ValueError(f"frozen_stages={frozen_stages} but {model_name} has {len(self.model.stages)} stages")
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -159,3 +159,26 @@ class InLineSwinBackbone(FamilyBackbone):
 
     family = "inline_swin"
     default_drop_path_rate = 0.3
+
+
+class PSAHRNetBackbone(VisattnBackbone):
+    """HRNetV2 with Polarized Self-Attention (``hrnet_<arch>_psa[_s]``) for segmentation: the four branch outputs
+    (strides 4-32, widths W, 2W, 4W, 8W) as mmseg's own HRNet returns them, for heads that concatenate them
+    (``input_transform='resize_concat'``: FCN, OCR).
+
+    Args:
+        arch: 'w18', 'w32' or 'w48'.
+        layout: 'sequential' (PSA_s, the official ``hrnetv2.py``) or 'parallel' (PSA_p).
+        upsample: fuse-layer upsampling; 'bilinear' (the official HRNetV2 segmentation code, mmseg's HRNet) or
+            'nearest' (timm's ImageNet HRNet).
+        out_indices: entries of the model's feature_info: 0 is the stem (stride 2), 1-4 the branches.
+        init_cfg: as :class:`VisattnBackbone`; besides ImageNet HRNet weights (``visattn://hrnet_w48_psa_s``),
+            an official PSA segmentation checkpoint (``module.backbone.*`` with its OCR head) loads its backbone.
+    """
+
+    def __init__(self, arch: str = "w48", layout: str = "sequential", upsample: str = "bilinear",
+                 out_indices: Sequence[int] = (1, 2, 3, 4), norm_eval: bool = False, init_cfg: dict | None = None):
+        if layout not in ("sequential", "parallel"):
+            raise ValueError(f"layout must be 'sequential' or 'parallel', got {layout!r}")
+        name = f"hrnet_{arch}_psa{'_s' if layout == 'sequential' else ''}"
+        super().__init__(name, out_indices, -1, norm_eval, False, dict(head="", upsample=upsample), init_cfg)

@@ -1,0 +1,451 @@
+"""Polarized Self-Attention (PSA): Towards High-quality Pixel-wise Regression (Liu et al., 2021, arXiv 2107.00782).
+
+PSA (:class:`visattn.blocks.PolarizedSelfAttention`) inserted into timm's own backbones, where the official code
+(DeLightCMU/PSA, ``network/hrnetv2.py``) puts it:
+
+- HRNet (timm's ``HighResolutionNet``): after conv1-BN-ReLU of every BasicBlock of the stage 2-4 branches, before
+  conv2, as the module ``deattn`` (so the official keys ``stageN.M.branches.B.K.deattn.*`` map as they are). The
+  stage-1 Bottleneck blocks (``layer1``) are unchanged. ``hrnet_w{18,32,48}_psa`` use the parallel layout (PSA_p),
+  ``hrnet_w{18,32,48}_psa_s`` the sequential one (PSA_s, the layout of the official ``hrnetv2.py`` at HEAD).
+- ResNet-50 (timm's ``ResNet``): after the 3x3 conv (conv2-BN-ReLU) of every Bottleneck, before conv3. The paper's
+  ResNet placement was not released; this is visattn's choice, by analogy with the HRNet BasicBlock.
+
+Both use the official form of the block (``psa_form="official"``: the official code's softmax placement and
+``conv_up``; ``"paper"`` gives the paper's equations). Everything else is timm's model: its stem, stages, heads
+and features; any input size works wherever timm's model does (HRNet: any size, fused branches are resized by the
+HRNet fuse layers' fixed scale factors, so odd sizes follow timm's behaviour).
+
+Parameters and MACs (at 224): README's model table.
+
+Weights: no ImageNet PSA weights are published (the official repository released Cityscapes segmentation only,
+Apache-2.0; its checkpoints are not mirrored). ``pretrained=True`` loads timm's ImageNet weights of the plain
+backbone (HRNet: the MSRA weights, MIT; ResNet-50: timm's A1 recipe, Apache-2.0) with the PSA modules at their
+initialisation, and warns about them. An official PSA segmentation checkpoint (``module.backbone.stageN...``, with
+its OCR head) loads into the backbone through :func:`visattn.load_pretrained` (the OCR head keys are dropped);
+it has no classification head, so use a model without one (``head=""``, as the mmseg backbone
+``PSAHRNetBackbone`` does).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models.hrnet import HighResolutionModule, HighResolutionNet, SequentialList, cfg_cls
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ..blocks import PolarizedSelfAttention, maybe_checkpoint
+from ._helpers import create_model
+from ._loader import PretrainedMixin, checkpoint_filter
+
+__all__ = ["PSABasicBlock", "PSABottleneck", "PSAHRNet", "PSAResNet"]
+
+LAYOUTS = {"p": "parallel", "s": "sequential", "parallel": "parallel", "sequential": "sequential"}
+
+
+def _layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown PSA layout {layout!r}; use 'parallel' or 'sequential'")
+    return LAYOUTS[layout]
+
+
+class PSABasicBlock(BasicBlock):
+    """timm's ResNet/HRNet BasicBlock with PSA after conv1-BN-ReLU (the official HRNet ``BasicBlock``):
+
+    y = ReLU(x' + BN(conv2(PSA(ReLU(BN(conv1(x))))))), x' = x or downsample(x).
+
+    The layout and form are class attributes (HRNet builds its blocks as ``block_type(inplanes, planes, stride,
+    downsample)``); :func:`psa_block` makes the subclass for each pair.
+    """
+
+    psa_layout = "parallel"
+    psa_form = "official"
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 device=None, dtype=None, **kwargs):
+        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)
+        self.deattn = PolarizedSelfAttention(self.conv1.out_channels, layout=self.psa_layout, form=self.psa_form,
+                                             device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+        x = self.bn2(self.conv2(self.deattn(x)))
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        return self.act2(x + shortcut)
+
+
+class PSABottleneck(Bottleneck):
+    """timm's ResNet Bottleneck with PSA after the 3x3 conv (conv2-BN-ReLU), before conv3 (visattn's placement):
+
+    y = ReLU(x' + BN(conv3(PSA(ReLU(BN(conv2(ReLU(BN(conv1(x)))))))))).
+    """
+
+    psa_layout = "parallel"
+    psa_form = "official"
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 device=None, dtype=None, **kwargs):
+        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)
+        self.deattn = PolarizedSelfAttention(self.conv2.out_channels, layout=self.psa_layout, form=self.psa_form,
+                                             device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
+        x = self.bn3(self.conv3(self.deattn(x)))
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        return self.act3(x + shortcut)
+
+
+@functools.cache
+def psa_block(base: type, layout: str, form: str) -> type:
+    """The subclass of ``base`` (:class:`PSABasicBlock` or :class:`PSABottleneck`) with PSA in ``layout`` and
+    ``form`` (one class per combination, so models built alike share their block class)."""
+    layout = _layout(layout)
+    if form not in ("official", "paper"):
+        raise ValueError(f"unknown PSA form {form!r}; use 'official' or 'paper'")
+    return type(f"{base.__name__}_{layout}_{form}", (base,), dict(psa_layout=layout, psa_form=form,
+                                                                 __module__=__name__))
+
+
+def _reset_psa(model: nn.Module) -> None:
+    """The backbones' own initialisation (Kaiming fan-out on every conv) also reaches the PSA convs: give them back
+    the block's initialisation."""
+    for module in model.modules():
+        if isinstance(module, PolarizedSelfAttention):
+            for part in module.modules():
+                if part is not module and hasattr(part, "reset_parameters"):
+                    part.reset_parameters()
+            module.reset_parameters()
+
+
+class CheckpointSequential(nn.Sequential):
+    """``nn.Sequential`` (same state-dict keys) whose blocks run through gradient checkpointing when
+    ``grad_checkpointing`` is set."""
+
+    grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = maybe_checkpoint(block, x, enabled=self.grad_checkpointing)
+        return x
+
+
+class _PSAModule(HighResolutionModule):
+    """timm's HighResolutionModule whose branches checkpoint per block and whose fusion takes any input size.
+
+    ``upsample="nearest"`` (timm's, as its ImageNet weights were trained): a lower-resolution branch upsampled by
+    its fixed factor is cropped to the higher-resolution branch where the sizes were not divisible (the stride-2
+    convs round up, so it is never smaller); the same outputs as timm's module where they are.
+    ``upsample="bilinear"`` (the official HRNetV2 segmentation code, and mmseg's HRNet): resized to the branch's
+    size, bilinear without corner alignment.
+    """
+
+    upsample = "nearest"
+
+    def _make_one_branch(self, branch_index, block_type, num_blocks, num_channels, stride=1, device=None,
+                         dtype=None):
+        branch = super()._make_one_branch(branch_index, block_type, num_blocks, num_channels, stride,
+                                          device=device, dtype=dtype)
+        return CheckpointSequential(*branch)
+
+    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.num_branches == 1:
+            return [self.branches[0](x[0])]
+        x = [branch(t) for branch, t in zip(self.branches, x, strict=True)]
+        out = []
+        for i, fuse in enumerate(self.fuse_layers):
+            h, w = x[i].shape[-2:]
+            y = None
+            for j, f in enumerate(fuse):
+                if j <= i:
+                    t = f(x[j])
+                elif self.upsample == "nearest":
+                    t = f(x[j])[..., :h, :w]
+                else:  # the fuse layer's conv and BN, then a bilinear resize in place of its nearest upsampling
+                    t = F.interpolate(f[1](f[0](x[j])), size=(h, w), mode="bilinear", align_corners=False)
+                y = t if y is None else y + t
+            out.append(self.fuse_act(y))
+        return out
+
+
+class PSAHRNet(PretrainedMixin, HighResolutionNet):
+    """timm's HighResolutionNet with PSA (``deattn``) in every BasicBlock of stages 2-4.
+
+    Args:
+        cfg: timm's HRNet architecture (``timm.models.hrnet.cfg_cls[...]``).
+        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s).
+        psa_form: ``"official"`` (the released code) or ``"paper"`` (the paper's equations).
+        upsample: how the fuse layers upsample lower-resolution branches: ``"nearest"`` (timm's HRNet, its
+            ImageNet weights) or ``"bilinear"`` (the official HRNetV2 segmentation code, mmseg's HRNet).
+        **kwargs: timm's HighResolutionNet arguments (``head``: ``"classification"``, ``"incre"`` or ``""``).
+
+    Beyond timm's model: gradient checkpointing (per residual block), ``prune_intermediate_layers`` that also drops
+    the final fuse layers feeding only pruned branches, and ``forward_intermediates`` whose final output is a tensor
+    (the aggregated head features, or the deepest branch output kept when the head is gone).
+    """
+
+    addon_keys = r"\.deattn\."  # the PSA modules a plain HRNet checkpoint lacks
+
+    def __init__(self, cfg: dict, psa_layout: str = "parallel", psa_form: str = "official",
+                 upsample: str = "nearest", **kwargs):
+        if upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+        self._psa_block_type = psa_block(PSABasicBlock, psa_layout, psa_form)  # read by _make_stage
+        super().__init__(cfg, **kwargs)
+        for module in self.modules():
+            if isinstance(module, _PSAModule):
+                module.upsample = upsample
+        self.upsample = upsample
+        self.psa_layout = self._psa_block_type.psa_layout
+        self.psa_form = psa_form
+        self.layer1 = CheckpointSequential(*self.layer1)
+        self.grad_checkpointing = False
+        _reset_psa(self)
+
+    def _make_stage(self, layer_config, num_in_chs, multi_scale_output=True, device=None, dtype=None):
+        """timm's stage with PSA BasicBlocks (a Bottleneck stage stays as it is) and checkpointing branches."""
+        if layer_config["block_type"] != "BASIC":
+            raise ValueError("PSA HRNet stages 2-4 are BasicBlock stages")
+        modules = []
+        for i in range(layer_config["num_modules"]):
+            modules.append(_PSAModule(
+                layer_config["num_branches"], self._psa_block_type, layer_config["num_blocks"], num_in_chs,
+                layer_config["num_channels"], layer_config["fuse_method"],
+                multi_scale_output or i < layer_config["num_modules"] - 1, device=device, dtype=dtype))
+            num_in_chs = modules[-1].get_num_in_chs()
+        return SequentialList(*modules), num_in_chs
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every residual block (stage-1 Bottlenecks and the branches' PSA BasicBlocks) in backward."""
+        self.grad_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, CheckpointSequential):
+                module.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Stem, then stage-1 blocks, then each HRNet module (its transitions with it), then the head."""
+        return dict(
+            stem=r"^conv[12]|^bn[12]",
+            blocks=r"^(?:layer|transition|stage)(\d+)" if coarse else [
+                (r"^layer(\d+)\.(\d+)", None),
+                (r"^transition(\d+)", None),
+                (r"^stage(\d+)\.(\d+)", None),
+                (r"^incre_modules|^downsamp_modules|^final_layer", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def _trunk_pruned(self) -> bool:
+        return isinstance(self.layer1, nn.Identity)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Features of the stem (index 0, stride 2) and of the four branches (indices 1-4, strides 4-32; through
+        the head's incre modules when the model has them), and the final output: the classification head's
+        features (as ``forward_features``) when it is complete, else the deepest branch output computed."""
+        if output_fmt != "NCHW":
+            raise ValueError("PSA HRNet intermediates are NCHW")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take_indices:
+            intermediates.append(x)
+        if max_index == 0 and (stop_early or self._trunk_pruned()):
+            return intermediates if intermediates_only else (x, intermediates)
+        x = self.act2(self.bn2(self.conv2(x)))
+        feats = self.stages(x)
+        if self.incre_modules is not None:
+            incre = self.incre_modules if not stop_early else self.incre_modules[:max_index]
+            feats = [module(f) for module, f in zip(incre, feats, strict=False)]
+        intermediates.extend(f for i, f in enumerate(feats, start=1) if i in take_indices)
+        if intermediates_only:
+            return intermediates
+        if self.downsamp_modules is not None and self.final_layer is not None and len(feats) == self.num_branches:
+            y = feats[0]
+            for f, down in zip(feats[1:], self.downsamp_modules, strict=True):
+                y = f + down(y)
+            return self.final_layer(y), intermediates
+        return feats[-1], intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep what the features at ``indices`` need: the trunk (or only the stem for index 0), the final fuse
+        layers and incre modules of the branches up to the deepest index, and the classification head only when
+        every branch is kept and ``prune_head`` is False."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        if max_index == 0:
+            for name in ("conv2", "bn2", "act2", "layer1", "transition1", "stage2", "transition2", "stage3",
+                         "transition3", "stage4"):
+                setattr(self, name, nn.Identity())
+            self.incre_modules = None if self.incre_modules is None else self.incre_modules[:0]
+            self.num_features = self.head_hidden_size = self.feature_info[0]["num_chs"]
+        else:
+            last = self.stage4[-1]
+            if isinstance(last.fuse_layers, nn.ModuleList):
+                last.fuse_layers = last.fuse_layers[:max_index]
+            if self.incre_modules is not None:
+                self.incre_modules = self.incre_modules[:max_index]
+        if prune_head or max_index < self.num_branches:
+            self.downsamp_modules = None
+            self.final_layer = None
+            self.num_classes = 0
+            self.global_pool = nn.Identity()
+            self.head_drop = nn.Identity()
+            self.classifier = nn.Identity()
+        return take_indices
+
+
+class PSAResNet(PretrainedMixin, ResNet):
+    """timm's ResNet with PSA (``deattn``) in every Bottleneck after the 3x3 conv.
+
+    Args:
+        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s).
+        psa_form: ``"official"`` or ``"paper"``.
+        **kwargs: timm's ResNet arguments (``block`` is the PSA Bottleneck).
+    """
+
+    addon_keys = r"\.deattn\."
+
+    def __init__(self, psa_layout: str = "parallel", psa_form: str = "official", **kwargs):
+        if "block" in kwargs:
+            raise ValueError("PSA ResNet builds its own blocks (PSA Bottlenecks)")
+        block = psa_block(PSABottleneck, psa_layout, psa_form)
+        super().__init__(block=block, **kwargs)
+        self.psa_layout = block.psa_layout
+        self.psa_form = psa_form
+        _reset_psa(self)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+
+# Official segmentation checkpoint (network/ocrnet.py MscaleOCR: backbone.*, ocr.*, scale_attn.*) -> ours.
+_OFFICIAL_HEADS = ("ocr.", "scale_attn.", "aux_head.", "cls_head.", "criterion.")
+
+
+@checkpoint_filter(PSAHRNet)
+def checkpoint_filter_fn(state_dict: dict, model: PSAHRNet) -> dict:
+    """Map an official PSA checkpoint (``[module.]backbone.stageN.M.branches.B.K.deattn.*`` with its OCR /
+    scale-attention head), a timm HRNet state dict or one in our layout onto our keys: strip ``module.`` and
+    ``backbone.``, drop the segmentation head's keys (the official layout and timm's HRNet layout are the same)."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if key.startswith(_OFFICIAL_HEADS):
+            continue
+        out[key.removeprefix("backbone.")] = value
+    return out
+
+
+def _cfg(tag_cfg: dict, **kwargs) -> dict:
+    return {
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "interpolation": "bilinear",
+        "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "first_conv": "conv1",
+        "classifier": "classifier", "fixed_input_size": False, "custom_load": "hf",
+        "hf_hub_filename": "model.safetensors",
+        "license": "apache-2.0 (PSA code); mit (timm's HRNet ImageNet weights)",
+        "paper_ids": "arXiv:2107.00782", "paper_name": "Polarized Self-Attention: Towards High-quality Pixel-wise "
+                                                      "Regression",
+        "origin_url": "https://github.com/DeLightCMU/PSA",
+        "notes": ("timm's ImageNet HRNet weights (the backbone); the PSA modules are untrained",),
+        **tag_cfg, **kwargs,
+    }
+
+
+_HRNET_WEIGHTS = {
+    "w18": ("ms_aug_in1k", dict(hf_hub_id="timm/hrnet_w18.ms_aug_in1k", crop_pct=0.95)),
+    "w32": ("ms_in1k", dict(hf_hub_id="timm/hrnet_w32.ms_in1k", crop_pct=0.875)),
+    "w48": ("ms_in1k", dict(hf_hub_id="timm/hrnet_w48.ms_in1k", crop_pct=0.875)),
+}
+
+default_cfgs = generate_default_cfgs({
+    **{f"hrnet_{width}_psa{suffix}.{tag}": _cfg(cfg)
+       for width, (tag, cfg) in _HRNET_WEIGHTS.items() for suffix in ("", "_s")},
+    "resnet50_psa.a1_in1k": _cfg(
+        dict(hf_hub_id="timm/resnet50.a1_in1k", crop_pct=0.95, test_crop_pct=1.0, test_input_size=(3, 288, 288),
+             interpolation="bicubic", classifier="fc",
+             license="apache-2.0 (PSA code and timm's ResNet-50 A1 weights)",
+             notes=("timm's ImageNet ResNet-50 (A1 recipe) weights; the PSA modules are untrained",))),
+})
+
+
+def _create_hrnet(width: str, layout: str, pretrained: bool, kwargs: dict) -> PSAHRNet:
+    """``features_only`` takes timm's HRNet ``feature_location``: ``"incre"`` (default) or ``""`` (the raw branch
+    outputs, HRNetV2's features)."""
+    location = kwargs.pop("feature_location", None)
+    if location is not None:
+        if not kwargs.get("features_only"):
+            raise ValueError("feature_location applies to features_only=True")
+        if location not in ("incre", ""):
+            raise ValueError(f"feature_location must be 'incre' or '', got {location!r}")
+        kwargs["head"] = location
+    variant = f"hrnet_{width}_psa{'_s' if layout == 'sequential' else ''}"
+    args = dict(model_cfg=cfg_cls[f"hrnet_{width}"], psa_layout=layout, out_indices=(0, 1, 2, 3, 4))
+    return create_model(PSAHRNet, variant, pretrained, dict(args, **kwargs), tag=_HRNET_WEIGHTS[width][0])
+
+
+@register_model
+def hrnet_w18_psa(pretrained: bool = False, **kwargs) -> PSAHRNet:
+    """HRNet-W18 (branches 18/36/72/144) with parallel PSA in every stage 2-4 BasicBlock."""
+    return _create_hrnet("w18", "parallel", pretrained, kwargs)
+
+
+@register_model
+def hrnet_w32_psa(pretrained: bool = False, **kwargs) -> PSAHRNet:
+    """HRNet-W32 (branches 32/64/128/256) with parallel PSA in every stage 2-4 BasicBlock."""
+    return _create_hrnet("w32", "parallel", pretrained, kwargs)
+
+
+@register_model
+def hrnet_w48_psa(pretrained: bool = False, **kwargs) -> PSAHRNet:
+    """HRNet-W48 (branches 48/96/192/384) with parallel PSA in every stage 2-4 BasicBlock (the PSA_p paper
+    backbone)."""
+    return _create_hrnet("w48", "parallel", pretrained, kwargs)
+
+
+@register_model
+def hrnet_w18_psa_s(pretrained: bool = False, **kwargs) -> PSAHRNet:
+    """HRNet-W18 with sequential PSA in every stage 2-4 BasicBlock."""
+    return _create_hrnet("w18", "sequential", pretrained, kwargs)
+
+
+@register_model
+def hrnet_w32_psa_s(pretrained: bool = False, **kwargs) -> PSAHRNet:
+    """HRNet-W32 with sequential PSA in every stage 2-4 BasicBlock."""
+    return _create_hrnet("w32", "sequential", pretrained, kwargs)
+
+
+@register_model
+def hrnet_w48_psa_s(pretrained: bool = False, **kwargs) -> PSAHRNet:
+    """HRNet-W48 with sequential PSA in every stage 2-4 BasicBlock (the official ``hrnetv2.py``)."""
+    return _create_hrnet("w48", "sequential", pretrained, kwargs)
+
+
+@register_model
+def resnet50_psa(pretrained: bool = False, **kwargs) -> PSAResNet:
+    """ResNet-50 (timm's, 3-4-6-3 Bottlenecks) with parallel PSA after the 3x3 conv of every Bottleneck."""
+    args = dict(layers=(3, 4, 6, 3), out_indices=(0, 1, 2, 3, 4))
+    return create_model(PSAResNet, "resnet50_psa", pretrained, dict(args, **kwargs), tag="a1_in1k")

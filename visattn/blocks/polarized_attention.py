@@ -1,0 +1,134 @@
+"""Polarized self-attention (PSA, Liu et al. 2021, arXiv 2107.00782; official code DeLightCMU/PSA).
+
+X is (C, H, W), N = H * W, C' = C // 2, sigma the sigmoid. Two branches, each a gate on X:
+
+Paper form (``form="paper"``, the paper's equations)::
+
+    channel-only:  z    = Wv(X) softmax_N(Wq(X))          Wv: 1x1 C -> C', Wq: 1x1 C -> 1; z is C' x 1
+                   A_ch = sigma(LN_C(Wz(z)))              Wz: 1x1 C' -> C (bias), LN over the C channels
+                   Z_ch = A_ch * X
+    spatial-only:  q    = softmax_C'(GAP(Wq(X)))          Wq: 1x1 C -> C'; q is 1 x C'
+                   A_sp = sigma(q Wv(X))                  Wv: 1x1 C -> C', Wv(X) as C' x N; A_sp is 1 x H x W
+                   Z_sp = A_sp * X
+    parallel:      PSA_p(X) = Z_ch + Z_sp
+    sequential:    PSA_s(X) = A_sp(Z_ch) * Z_ch           the spatial branch runs on Z_ch
+
+Official form (``form="official"``, ``network/PSA.py``)::
+
+    channel-only:  A_ch = sigma(conv_up(conv_v_right(X) softmax_N(conv_q_right(X))))
+    spatial-only:  w    = GAP(conv_q_left(X))                          (no softmax)
+        parallel:    A_sp = sigma(softmax_N(w conv_v_left(X)))          softmax after the product
+        sequential:  A_sp = sigma(w softmax_N(conv_v_left(Z_ch)))      softmax of each channel, before it
+
+The four documented differences of the official code from the paper:
+
+1. Its method names are swapped: ``spatial_pool`` computes the channel-only branch, ``channel_pool`` the spatial-only
+   branch (issue #5). Here the parameters keep the official names (``*_right`` channel-only, ``*_left``
+   spatial-only), so an official state dict loads as is.
+2. The spatial branch has no softmax over the channels of the pooled query. PSA_p takes a softmax over the N
+   positions after the product and then a sigmoid (the gate stays within about [0.5, 0.73]); PSA_s takes a softmax
+   over the N positions of each channel of conv_v_left(Z_ch) before the product.
+3. ``conv_up``: in PSA_p one 1x1 conv C' -> C without bias and without LayerNorm; in PSA_s the SE-like bottleneck
+   conv(C' -> C'/4, bias), LayerNorm([C'/4, 1, 1]), ReLU, conv(C'/4 -> C, bias) (keys ``conv_up.{0,1,3}``).
+4. The inner width is ``channels // 2``; the four q/v convs have no bias and Kaiming-normal fan_in init.
+
+Computation: Wv and the GAP are linear, so the block pools X first and projects the pooled vectors
+(Wv(X) softmax_N(q) = Wv(X softmax_N(q)), GAP(Wq(X)) = Wq(GAP(X)), q Wv(X) = (Wv^T q) X): no C' x N map is formed
+except conv_v_left(Z_ch) of the official PSA_s, whose per-channel softmax is not linear. Both gates are then applied
+by the op :func:`visattn.ops.polarized_attention.polarized_attention` (one fused pass over X on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.polarized_attention import polarized_attention
+
+__all__ = ["PolarizedSelfAttention"]
+
+LAYOUTS = ("parallel", "sequential")
+FORMS = ("official", "paper")
+
+
+class PolarizedSelfAttention(nn.Module):
+    """PSA on (B, C, H, W) maps, any H x W; returns (B, C, H, W).
+
+    Args:
+        channels: C, at least 2 (at least 8 for the official sequential form, whose bottleneck is C // 8 wide).
+        layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s).
+        form: ``"official"`` (network/PSA.py, its parameter names and shapes) or ``"paper"`` (the paper's
+            equations; the same names plus ``norm``, the LayerNorm over C, and a biased ``conv_up``).
+        backend: passed to the op (None: Triton for CUDA tensors, the PyTorch reference otherwise).
+    """
+
+    def __init__(self, channels: int, layout: str = "parallel", form: str = "official", device=None, dtype=None):
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}; use one of {', '.join(LAYOUTS)}")
+        if form not in FORMS:
+            raise ValueError(f"form={form!r}; use one of {', '.join(FORMS)}")
+        min_channels = 8 if (form, layout) == ("official", "sequential") else 2
+        if not isinstance(channels, int) or channels < min_channels:
+            raise ValueError(f"channels must be an int >= {min_channels} for the {form} {layout} form, "
+                             f"got {channels!r}")
+        dd = dict(device=device, dtype=dtype)
+        self.channels, self.layout, self.form = channels, layout, form
+        self.inner = inner = channels // 2
+        self.backend: str | None = None
+        self.conv_q_right = nn.Conv2d(channels, 1, 1, bias=False, **dd)
+        self.conv_v_right = nn.Conv2d(channels, inner, 1, bias=False, **dd)
+        if form == "paper":
+            self.conv_up = nn.Conv2d(inner, channels, 1, **dd)
+            self.norm = nn.LayerNorm(channels, **dd)
+        elif layout == "parallel":
+            self.conv_up = nn.Conv2d(inner, channels, 1, bias=False, **dd)
+        else:
+            hidden = inner // 4
+            self.conv_up = nn.Sequential(nn.Conv2d(inner, hidden, 1, **dd), nn.LayerNorm([hidden, 1, 1], **dd),
+                                         nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1, **dd))
+        self.conv_q_left = nn.Conv2d(channels, inner, 1, bias=False, **dd)
+        self.conv_v_left = nn.Conv2d(channels, inner, 1, bias=False, **dd)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for conv in (self.conv_q_right, self.conv_v_right, self.conv_q_left, self.conv_v_left):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, layout={self.layout!r}, form={self.form!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected input (B, {self.channels}, H, W), got {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        flat = x.flatten(2)  # (B, C, N)
+        paper, sequential = self.form == "paper", self.layout == "sequential"
+
+        # channel-only branch: softmax-weighted pooling of X over N, then Wv and conv_up on the pooled vector
+        p = self.conv_q_right(x).flatten(1).float().softmax(-1).to(x.dtype)  # (B, N)
+        pooled = torch.bmm(flat, p.unsqueeze(-1)).unsqueeze(-1)  # (B, C, 1, 1)
+        g = self.conv_up(self.conv_v_right(pooled)).flatten(1)  # (B, C)
+        if paper:
+            g = self.norm(g)
+
+        # spatial-only branch on X (parallel) or Z_ch = A_ch X (sequential)
+        a_ch = g.sigmoid() if sequential else None
+        mean = flat.mean(-1)  # GAP(X), (B, C)
+        if sequential:
+            mean = mean * a_ch
+        q = self.conv_q_left(mean[..., None, None]).flatten(1)  # GAP(Wq(Z)), (B, C')
+        if paper:
+            q = q.float().softmax(-1).to(x.dtype)
+        if sequential and not paper:
+            # official PSA_s: softmax over N of each channel of conv_v_left(Z_ch), then the q-weighted sum
+            v = F.conv2d(x * a_ch[..., None, None], self.conv_v_left.weight).flatten(2)
+            s = torch.bmm(q.unsqueeze(1), v.float().softmax(-1).to(x.dtype)).squeeze(1)
+        else:
+            u = q @ self.conv_v_left.weight.flatten(1)  # Wv^T q, (B, C)
+            if sequential:
+                u = u * a_ch
+            s = torch.bmm(u.unsqueeze(1), flat).squeeze(1)  # (B, N)
+        return polarized_attention(x, g, s.view(b, h, w), layout=self.layout,
+                                   spatial_softmax=not paper and not sequential, backend=self.backend)
