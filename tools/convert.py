@@ -27,13 +27,13 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from visattn import load_pretrained
-    from visattn.backbones._loader import match_classifier
+    from visattn.backbones._loader import as_is, match_classifier
     from visattn.engine.checkpoint import atomic_write
     from visattn.engine.models import build_model
 
     model = build_model(args.model, **args.model_kwargs)
     state = match_classifier(model, args.checkpoint)  # a fine-tuned checkpoint keeps its classes
-    load_pretrained(model, state, strict=True, filter_fn=lambda sd, _: sd, name=f"checkpoint {args.checkpoint}")
+    load_pretrained(model, state, strict=True, filter_fn=as_is, name=f"checkpoint {args.checkpoint}")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(args.output, lambda tmp: save_file(state, tmp, metadata={"model": args.model}))
     print(f"wrote {len(state)} tensors for {args.model} to {args.output}")

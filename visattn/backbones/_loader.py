@@ -172,6 +172,11 @@ def match_classifier(model: nn.Module, source: str | os.PathLike | Mapping) -> d
     return state
 
 
+def as_is(state: dict, model: nn.Module) -> dict:
+    """The key mapping of a state dict already in the model's layout (after :func:`match_classifier`)."""
+    return state
+
+
 def addon_keys(model: nn.Module) -> set[str]:
     """State-dict keys of the modules ``model`` adds to a pretrained backbone: those matching its ``addon_keys``
     regular expression (a class attribute; none when absent)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones._loader import load_pretrained, match_classifier, read_checkpoint, read_file
+from ..backbones._loader import as_is, load_pretrained, match_classifier, read_checkpoint, read_file
 from ..errors import UserError
 from .models import build_model
 
@@ -47,7 +47,7 @@ def load_teacher(spec: str, teacher_model: str | None, num_classes: int) -> nn.M
         teacher = build_model(name, **kwargs)
         state = match_classifier(teacher, state)
         _check_classes(spec, getattr(teacher, "num_classes", None), num_classes)
-        load_pretrained(teacher, state, strict=True, filter_fn=_as_is, name=f"teacher {spec}")
+        load_pretrained(teacher, state, strict=True, filter_fn=as_is, name=f"teacher {spec}")
     elif os.path.splitext(spec)[1] in (".pth", ".pt", ".bin", ".safetensors"):
         raise UserError(f"teacher checkpoint {spec} does not exist")
     else:
@@ -57,10 +57,6 @@ def load_teacher(spec: str, teacher_model: str | None, num_classes: int) -> nn.M
         _check_classes(spec, getattr(teacher, "num_classes", None), num_classes)
     teacher.eval().requires_grad_(False)
     return teacher
-
-
-def _as_is(state: dict, model: nn.Module) -> dict:
-    return state
 
 
 def _check_classes(spec: str, teacher_classes: int | None, num_classes: int) -> None:
