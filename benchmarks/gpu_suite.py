@@ -71,6 +71,11 @@ SPARSE_SHAPES = [
     (f"N={n}, {pattern}", b, n, 6, 64, pattern)
     for n, b in ((197, 64), (785, 16), (3137, 4)) for pattern in ("random", "clustered")
 ]
+# (name, batch, channels, height, width, layout): PSA blocks of HRNet-W48 (OCRNet, Cityscapes 512x1024 crops)
+POLARIZED_SHAPES = [
+    (f"HRNet-W48 branch {i} {layout}", 2, 48 << i, 128 >> i, 256 >> i, layout)
+    for i in range(4) for layout in ("parallel", "sequential")
+]
 FUSED_ONLY_MODELS = ("lamamba_",)
 # timm's dense models that visattn's sparse ones are measured against in the same run (no visattn op inside)
 DENSE_BASELINES = ("deit_small_patch16_224", "vit_base_patch16_224")
@@ -273,6 +278,27 @@ def bench_sparse(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     row["sdpa_fwdbwd_ms"] = cuda_time(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v),
                                                                   (q, k, v), grad))
     row["sdpa_ratio"] = (row["sdpa_fwd_ms"] / row["triton_fwd_ms"], row["sdpa_fwdbwd_ms"] / row["triton_fwdbwd_ms"])
+    return row
+
+
+def bench_polarized(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
+    """The official-form PSA block's op (poolings, spatial logits, gating) against the reference, which forms the
+    softmax of conv_v_left(Z) of PSA_s as a (B, C/2, H*W) map like the official code."""
+    from visattn.blocks import PolarizedSelfAttention
+
+    name, b, c, h, w, layout = shape
+    block = PolarizedSelfAttention(c, layout).to(DEVICE, dtype)
+    x = torch.randn(b, c, h, w, device=DEVICE, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x)
+    nbytes = 3 * x.numel() * x.element_size()  # the pooling must read x before the gating reads it and writes out
+    row = {"op": "polarized attention", "shape": name, "tokens": f"{b}x{c}x{h}x{w}", "bytes": nbytes,
+           "floor_ms": nbytes / bandwidth / 1e6}
+
+    def run(backend):
+        block.backend = backend
+        return block(x)
+
+    _time_op(row, run, (x,), grad)
     return row
 
 
@@ -485,8 +511,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--skip-ops", action="store_true")
-    p.add_argument("--ops", nargs="*", choices=["routed", "scan", "window", "linear", "sparse"],
-                   default=["routed", "scan", "window", "linear", "sparse"], help="which op benchmarks to run")
+    p.add_argument("--ops", nargs="*", choices=["routed", "scan", "window", "linear", "sparse", "polarized"],
+                   default=["routed", "scan", "window", "linear", "sparse", "polarized"],
+                   help="which op benchmarks to run")
     p.add_argument("--models", nargs="*", default=["biformer_tiny", "biformer_small", "biformer_base",
                                                    "mambaout_tiny", "lamamba_tiny", "lamamba_small",
                                                    "inline_deit_tiny", "inline_swin_tiny", "herseg",
@@ -542,7 +569,7 @@ def main() -> int:
     if not args.skip_ops:
         shapes = {"routed": (bench_routed, ROUTED_SHAPES), "scan": (bench_scan, LAMAMBA_T_STAGES),
                   "window": (bench_window, LAMAMBA_T_STAGES), "linear": (bench_linear, LINEAR_SHAPES),
-                  "sparse": (bench_sparse, SPARSE_SHAPES)}
+                  "sparse": (bench_sparse, SPARSE_SHAPES), "polarized": (bench_polarized, POLARIZED_SHAPES)}
         cases = [(shapes[op][0], s) for op in args.ops for s in shapes[op][1]]
         for bench, shape in cases:
             label = f"{bench.__name__} {shape[0]}"

@@ -107,9 +107,11 @@ def _sparse(device, backend):
 
 def _polarized(device, backend):
     x = torch.randn(1, 6, 9, 7, device=device, requires_grad=True)
-    g = torch.randn(1, 6, device=device, requires_grad=True)
-    s = torch.randn(1, 9, 7, device=device, requires_grad=True)
-    return polarized_attention(x, g, s, layout="parallel", spatial_softmax=True, backend=backend), (x, g, s)
+    w_q = torch.randn(6, device=device, requires_grad=True)
+    w_v = torch.randn(3, 6, device=device, requires_grad=True)
+    out = polarized_attention(x, w_q, lambda p: p, lambda m: m[:, :3], layout="sequential", spatial="softmax_before",
+                              spatial_value=w_v, backend=backend)
+    return out, (x, w_q, w_v)
 
 
 def _scan(device, backend):

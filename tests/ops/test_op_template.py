@@ -115,9 +115,12 @@ idx = torch.empty(1, 1, 10, 3, device="meta", dtype=torch.int64)
 for normalize in ("attended", "all"):
     assert forward_and_backward(sparse_attention_fused, (q, k, v), q, k, v, idx, 2, normalize, 0.25) == (1, 2, 10, 6)
 
-x, g, s = meta(2, 6, 5, 7), meta(2, 6), meta(2, 5, 7)
+x, w_q, w_v = meta(2, 6, 5, 7), meta(6), meta(3, 6)
 for layout in ("parallel", "sequential"):
-    assert forward_and_backward(polarized_attention_fused, (x, g, s), x, g, s, layout, True) == (2, 6, 5, 7)
+    for spatial, value, query in (("softmax_after", None, lambda m: m), ("softmax_before", w_v, lambda m: m[:, :3])):
+        leaves = (x, w_q) + ((w_v,) if value is not None else ())
+        assert forward_and_backward(polarized_attention_fused, leaves, x, w_q, lambda p: p, query, layout, spatial,
+                                    value) == (2, 6, 5, 7)
 
 x, y, a, hr = meta(2, 1, 5, 4), meta(2, 3, 5, 4), meta(2, 3, 5, 4), meta(2, 1, 9, 7)
 assert forward_and_backward(guided_filter_fused, (x, y, a, hr), x, y, a, hr, 2, 1e-2) == (2, 3, 9, 7)

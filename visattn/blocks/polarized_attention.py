@@ -33,16 +33,16 @@ The four documented differences of the official code from the paper:
 4. The inner width is ``channels // 2``; the four q/v convs have no bias and Kaiming-normal fan_in init.
 
 Computation: Wv and the GAP are linear, so the block pools X first and projects the pooled vectors
-(Wv(X) softmax_N(q) = Wv(X softmax_N(q)), GAP(Wq(X)) = Wq(GAP(X)), q Wv(X) = (Wv^T q) X): no C' x N map is formed
-except conv_v_left(Z_ch) of the official PSA_s, whose per-channel softmax is not linear. Both gates are then applied
-by the op :func:`visattn.ops.polarized_attention.polarized_attention` (one fused pass over X on CUDA).
+(Wv(X) softmax_N(q) = Wv(X softmax_N(q)), GAP(Wq(X)) = Wq(GAP(X)), q Wv(X) = (Wv^T q) X). The op
+:func:`visattn.ops.polarized_attention.polarized_attention` runs the poolings, the spatial logits and the gating
+(fused Triton passes over X on CUDA, the softmax over N of conv_v_left(Z_ch) of the official PSA_s recomputed tile
+by tile instead of kept); the block hands it the projections of the pooled vectors.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..ops.polarized_attention import polarized_attention
 
@@ -99,36 +99,32 @@ class PolarizedSelfAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, layout={self.layout!r}, form={self.form!r}"
 
+    @property
+    def spatial_form(self) -> str:
+        """The op's spatial form: "sigmoid" (paper), "softmax_after" (official PSA_p), "softmax_before" (PSA_s)."""
+        if self.form == "paper":
+            return "sigmoid"
+        return "softmax_before" if self.layout == "sequential" else "softmax_after"
+
+    def _channel_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """conv_up(Wv(pooled)) (LayerNorm over C in the paper form): (B, C) -> (B, C)."""
+        g = self.conv_up(self.conv_v_right(pooled[..., None, None])).flatten(1)
+        return self.norm(g) if self.form == "paper" else g
+
+    def _spatial_query(self, mean: torch.Tensor) -> torch.Tensor:
+        """GAP(Z) (B, C) -> u with s = u Z (B, C), or the pooled query (B, C') of the official PSA_s."""
+        q = self.conv_q_left(mean[..., None, None]).flatten(1)
+        if self.form == "paper":
+            q = q.float().softmax(-1).to(mean.dtype)
+        if self.spatial_form == "softmax_before":
+            return q
+        return q @ self.conv_v_left.weight.flatten(1)  # Wv^T q
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected input (B, {self.channels}, H, W), got {tuple(x.shape)}")
-        b, c, h, w = x.shape
-        flat = x.flatten(2)  # (B, C, N)
-        paper, sequential = self.form == "paper", self.layout == "sequential"
-
-        # channel-only branch: softmax-weighted pooling of X over N, then Wv and conv_up on the pooled vector
-        p = self.conv_q_right(x).flatten(1).float().softmax(-1).to(x.dtype)  # (B, N)
-        pooled = torch.bmm(flat, p.unsqueeze(-1)).unsqueeze(-1)  # (B, C, 1, 1)
-        g = self.conv_up(self.conv_v_right(pooled)).flatten(1)  # (B, C)
-        if paper:
-            g = self.norm(g)
-
-        # spatial-only branch on X (parallel) or Z_ch = A_ch X (sequential)
-        a_ch = g.sigmoid() if sequential else None
-        mean = flat.mean(-1)  # GAP(X), (B, C)
-        if sequential:
-            mean = mean * a_ch
-        q = self.conv_q_left(mean[..., None, None]).flatten(1)  # GAP(Wq(Z)), (B, C')
-        if paper:
-            q = q.float().softmax(-1).to(x.dtype)
-        if sequential and not paper:
-            # official PSA_s: softmax over N of each channel of conv_v_left(Z_ch), then the q-weighted sum
-            v = F.conv2d(x * a_ch[..., None, None], self.conv_v_left.weight).flatten(2)
-            s = torch.bmm(q.unsqueeze(1), v.float().softmax(-1).to(x.dtype)).squeeze(1)
-        else:
-            u = q @ self.conv_v_left.weight.flatten(1)  # Wv^T q, (B, C)
-            if sequential:
-                u = u * a_ch
-            s = torch.bmm(u.unsqueeze(1), flat).squeeze(1)  # (B, N)
-        return polarized_attention(x, g, s.view(b, h, w), layout=self.layout,
-                                   spatial_softmax=not paper and not sequential, backend=self.backend)
+        spatial = self.spatial_form
+        spatial_value = self.conv_v_left.weight.flatten(1) if spatial == "softmax_before" else None
+        return polarized_attention(x, self.conv_q_right.weight, self._channel_logits, self._spatial_query,
+                                   layout=self.layout, spatial=spatial, spatial_value=spatial_value,
+                                   backend=self.backend)

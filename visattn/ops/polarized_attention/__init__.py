@@ -1,66 +1,82 @@
-"""Polarized self-attention's gating: a channel gate and a spatial gate applied to X in one pass.
+"""Polarized self-attention's hot path: the two poolings, the two gates and their application to X.
 
-With x (B, C, H, W), channel logits g (B, C) and spatial logits s (B, H, W):
+With x (B, C, H, W), N = H * W, sigma the sigmoid, the caller's projections f (channel) and h (spatial):
 
-    A_ch[c]   = sigmoid(g[c])
-    A_sp[h,w] = sigmoid(softmax_{H*W}(s)[h,w])   (spatial_softmax=True, official PSA_p)
-              = sigmoid(s[h,w])                  (spatial_softmax=False)
-    parallel:   out = x * A_ch + x * A_sp
-    sequential: out = x * A_ch * A_sp            (the spatial branch of PSA_s runs on Z_ch = x * A_ch)
+    channel-only:  pooled = x softmax_N(w_q x)        (B, C)      softmax-weighted pooling over H*W
+                   A_ch   = sigma(f(pooled))          (B, C)
+    spatial-only on Z = x (parallel) or Z = A_ch x (sequential), u = h(GAP(Z)):
+        "sigmoid":         A_sp = sigma(u Z)                         (paper)
+        "softmax_after":   A_sp = sigma(softmax_N(u Z))              (official PSA_p)
+        "softmax_before":  A_sp = sigma(u softmax_N(W_v Z))          (official PSA_s; u is (B, C'), W_v (C', C))
+    parallel:   out = x A_ch + x A_sp
+    sequential: out = x A_ch A_sp
 
-The fused path reads x once and writes out once, and keeps nothing of size C*H*W for backward beyond x itself:
-the gates are recomputed from the logits (and the per-image log-sum-exp of s). The softmax-weighted poolings that
-produce g and s are linear in x and run in the block as batched products on x (one read each, nothing large kept).
+The fused path reads x once per branch (the pooling with its logits and GAP; the spatial logits) and once to gate
+it, and keeps nothing of size C x N for backward but x: the softmax over N of W_v Z is recomputed tile by tile from
+x as in flash attention, and the gates are vectors.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from .._backend import pick
 from .fused import polarized_attention_fused, unsupported_reason
-from .reference import polarized_attention_reference, spatial_gate
+from .reference import polarized_attention_reference
 
-__all__ = ["polarized_attention", "spatial_gate", "LAYOUTS"]
+__all__ = ["polarized_attention", "LAYOUTS", "SPATIAL_FORMS"]
 
 LAYOUTS = ("parallel", "sequential")
+SPATIAL_FORMS = ("sigmoid", "softmax_after", "softmax_before")
 
 
-def check_polarized_attention_args(x: torch.Tensor, channel_logits: torch.Tensor, spatial_logits: torch.Tensor,
-                                   layout: str) -> None:
-    """Raise a one-line ValueError for shapes, dtypes, devices or a layout that cannot work."""
-    if x.dim() != 4:
-        raise ValueError(f"expected x of shape (B, C, H, W), got {tuple(x.shape)}")
-    b, c, h, w = x.shape
-    if tuple(channel_logits.shape) != (b, c) or tuple(spatial_logits.shape) != (b, h, w):
-        raise ValueError(f"expected channel_logits ({b}, {c}) and spatial_logits ({b}, {h}, {w}) for x "
-                         f"{tuple(x.shape)}, got {tuple(channel_logits.shape)}, {tuple(spatial_logits.shape)}")
-    if not x.is_floating_point() or not channel_logits.is_floating_point() or not spatial_logits.is_floating_point():
-        raise ValueError(f"x and the logits must be floating point, got {x.dtype}/{channel_logits.dtype}/"
-                         f"{spatial_logits.dtype}")
-    if not x.device == channel_logits.device == spatial_logits.device:
-        raise ValueError(f"x and the logits must share a device, got {x.device}/{channel_logits.device}/"
-                         f"{spatial_logits.device}")
+def check_polarized_attention_args(x: torch.Tensor, channel_query: torch.Tensor, channel_transform: Callable,
+                                   spatial_transform: Callable, layout: str, spatial: str,
+                                   spatial_value: torch.Tensor | None) -> None:
+    """Raise a one-line ValueError for shapes, dtypes, devices or options that cannot work."""
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"expected a floating-point x of shape (B, C, H, W), got {tuple(x.shape)} {x.dtype}")
+    c = x.shape[1]
+    if channel_query.numel() != c or not channel_query.is_floating_point():
+        raise ValueError(f"expected a floating-point channel_query of {c} elements for x {tuple(x.shape)}, got "
+                         f"{tuple(channel_query.shape)} {channel_query.dtype}")
+    if not callable(channel_transform) or not callable(spatial_transform):
+        raise ValueError("channel_transform and spatial_transform must be callables on (B, C) vectors")
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}; use one of {', '.join(LAYOUTS)}")
+    if spatial not in SPATIAL_FORMS:
+        raise ValueError(f"spatial={spatial!r}; use one of {', '.join(SPATIAL_FORMS)}")
+    if (spatial == "softmax_before") != (spatial_value is not None):
+        raise ValueError("spatial_value (C', C) is needed for spatial='softmax_before' and only there")
+    if spatial_value is not None and (spatial_value.dim() != 2 or spatial_value.shape[1] != c):
+        raise ValueError(f"expected spatial_value of shape (C', {c}), got {tuple(spatial_value.shape)}")
+    tensors = [channel_query] + ([spatial_value] if spatial_value is not None else [])
+    if any(t.device != x.device for t in tensors):
+        raise ValueError(f"x and the weights must share a device, got {x.device}/"
+                         f"{'/'.join(str(t.device) for t in tensors)}")
 
 
-def polarized_attention(x: torch.Tensor, channel_logits: torch.Tensor, spatial_logits: torch.Tensor, *,
-                        layout: str = "parallel", spatial_softmax: bool = False,
-                        backend: str | None = None) -> torch.Tensor:
-    """Apply PSA's two gates to ``x``.
+def polarized_attention(x: torch.Tensor, channel_query: torch.Tensor, channel_transform: Callable,
+                        spatial_transform: Callable, *, layout: str = "parallel", spatial: str = "softmax_after",
+                        spatial_value: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+    """Polarized self-attention of ``x`` with the caller's projections of the pooled vectors.
 
     Args:
         x: (B, C, H, W) feature map (float32, float16 or bfloat16 on the triton backend).
-        channel_logits: (B, C) pre-sigmoid channel gate, any floating dtype.
-        spatial_logits: (B, H, W) pre-sigmoid (pre-softmax with ``spatial_softmax``) spatial gate.
-        layout: ``"parallel"`` (x A_ch + x A_sp) or ``"sequential"`` (x A_ch A_sp).
-        spatial_softmax: softmax over the H*W positions of the spatial logits before the sigmoid.
+        channel_query: w_q, C elements (e.g. a (1, C, 1, 1) conv weight): the logits of the pooling over H*W.
+        channel_transform: f, (B, C) pooled vector in x's dtype -> (B, C) channel-gate logits.
+        spatial_transform: h, (B, C) GAP of Z in x's dtype -> u, (B, C) (or (B, C') for "softmax_before").
+        layout: ``"parallel"`` or ``"sequential"``.
+        spatial: ``"sigmoid"``, ``"softmax_after"`` or ``"softmax_before"`` (see the module docstring).
+        spatial_value: W_v (C', C) for ``"softmax_before"``.
         backend: ``"torch"``, ``"triton"`` or None (Triton for CUDA tensors; ``$VISATTN_BACKEND`` overrides).
 
     Returns:
-        (B, C, H, W) in x's dtype; gradients for x and both logits.
+        (B, C, H, W) in x's dtype; gradients for x, the weights and whatever the transforms close over.
     """
-    check_polarized_attention_args(x, channel_logits, spatial_logits, layout)
+    check_polarized_attention_args(x, channel_query, channel_transform, spatial_transform, layout, spatial,
+                                   spatial_value)
     impl = pick(backend, x, polarized_attention_reference, polarized_attention_fused, unsupported_reason(x))
-    return impl(x, channel_logits, spatial_logits, layout, bool(spatial_softmax))
+    return impl(x, channel_query, channel_transform, spatial_transform, layout, spatial, spatial_value)
