@@ -364,6 +364,25 @@ def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: in
             "train_peak_gb": peak}
 
 
+def bench_reid(label: str, config: dict, backend: str, infer_batch: int = 256, train_batch: int = 64) -> dict:
+    """A re-id configuration of benchmarks/reid_cost.py (ResNet-50 BoT with or without attention) at 256x128:
+    inference and training img/s (CE on the BNNeck logits) and training peak memory."""
+    from benchmarks.reid_cost import INPUT, build
+
+    with forced_backend(backend):
+        torch.manual_seed(0)
+        model = build(config).to(DEVICE)
+        infer_ms = inference_ms(model, model, torch.rand(infer_batch, 3, *INPUT, device=DEVICE))
+        step = training_step(model, model, lambda out, y: F.cross_entropy(out[0], y))
+        xt = torch.rand(train_batch, 3, *INPUT, device=DEVICE)
+        yt = torch.randint(0, 751, (train_batch,), device=DEVICE)
+        step(xt, yt)
+        peak = peak_gb(lambda: step(xt, yt))
+        train_ms = cuda_time(lambda: step(xt, yt), warmup=2, repeat=8)
+    return {"model": f"re-id: {label} @256x128", "backend": backend, "infer_img_s": infer_batch / infer_ms * 1e3,
+            "train_img_s": train_batch / train_ms * 1e3, "train_peak_gb": peak}
+
+
 def bench_segmentation(name: str, backend: str) -> dict:
     """A segmentation network at its native size: inference img/s, training img/s (BCE, AdamW, bf16 autocast) and
     training peak memory per image, from the peaks at batch 1 and at the training batch."""
@@ -520,6 +539,7 @@ def main() -> int:
                                                    "sparsifiner_deit_small", "deit_small_patch16_224",
                                                    "tcpa_vit_base_patch16_224", "vit_base_patch16_224",
                                                    "fsgnet", "hrnet_w18_psa", "hrnet_w18_psa_s", "resnet50_psa"])
+    p.add_argument("--skip-reid", action="store_true", help="skip the re-id configurations (benchmarks/reid_cost.py)")
     p.add_argument("--compile", action="store_true",
                    help="time the classifiers under torch.compile instead of eagerly")
     p.add_argument("--profile", action="store_true",
@@ -595,6 +615,18 @@ def main() -> int:
             print(f"{name} [{backend}]: {row['infer_img_s']:.0f} / {row['train_img_s']:.0f} img/s, "
                   f"{row['train_peak_gb']:.2f} GB ({time.time() - started:.0f} s)", flush=True)
             report()
+    if not args.skip_reid:
+        from benchmarks.reid_cost import REID_CONFIGS
+
+        for label, config in REID_CONFIGS:
+            for backend in ("torch", "triton") if config else ("torch",):
+                row = attempt(f"re-id {label} [{backend}]",
+                              lambda label=label, config=config, backend=backend: bench_reid(label, config, backend))
+                if row is not None:
+                    models.append(row)
+                    print(f"{row['model']} [{backend}]: {row['infer_img_s']:.0f} img/s ({time.time() - started:.0f} s)",
+                          flush=True)
+                    report()
     report()
     if args.profile:
         table = attempt("routed-attention profile", profile_routed)

@@ -246,6 +246,8 @@ def test_medical_torchrun_two_processes(tmp_path):
     ("train.py", "medical-seg", ["--fov-loss", "--tile", "--crops-per-image"], ["--mixup", "--smoothing"]),
     ("eval.py", None, ["--no-ema", "--batch-size"], ["--threshold", "--split"]),
     ("eval.py", "medical-seg", ["--threshold", "--split"], ["--no-ema", "--batch-size"]),
+    ("train.py", "reid", ["--instances", "--attn", "--milestones", "--rerank"], ["--fov-loss", "--mixup"]),
+    ("eval.py", "reid", ["--rerank", "--metric", "--flip-test"], ["--threshold", "--no-ema"]),
 ])
 def test_help_lists_the_shared_options_and_the_tasks_own_only(name, task, own, other):
     result = tool(name, *(["--task", task] if task else []), "--help")
@@ -261,3 +263,74 @@ def test_another_tasks_option_is_a_one_line_error(tmp_path):
                           "--fov-loss is a medical-seg option, not one of --task classification")
     assert_one_line_error(tool("eval.py", "--task", "medical-seg", "--checkpoint", str(tmp_path / "x.pth"), "--no-ema"),
                           "--no-ema is a classification option, not one of --task medical-seg")
+
+
+@pytest.fixture(scope="module")
+def reid_folder(tmp_path_factory):
+    from visattn.data.reid import write_synthetic_reid
+
+    return write_synthetic_reid(str(tmp_path_factory.mktemp("reid") / "market"), num_train_ids=8, num_test_ids=4,
+                                num_cameras=2, size=(64, 32))
+
+
+REID = ["--task", "reid", "--model", "resnet18", "--input-size", "64,32", "--batch-size", "8", "--instances", "2",
+        "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def reid_run(reid_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reid_run")
+    args = [*REID, "--data", reid_folder, "--output", str(out), "--epochs", "2", "--warmup-epochs", "1",
+            "--milestones", "1", "--attn", "psa_s", "--attn-at", "3", "--attn-blocks", "last"]
+    result = tool("train.py", *args)
+    assert result.returncode == 0, result.stderr
+    return out, args, result
+
+
+def test_reid_training_writes_checkpoints_and_retrieval_metrics(reid_run):
+    out, _, result = reid_run
+    assert "attention after layer3.1" in result.stdout and "epoch 2/2:" in result.stdout
+    assert "mAP" in result.stdout and "best val mAP" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "reid" and {"val_mAP", "val_rank1", "val_mINP"} <= set(metrics["history"][0])
+    lrs = [h["lr"] for h in metrics["history"]]
+    assert lrs[1] < lrs[0] or lrs[1] == pytest.approx(3.5e-5)  # the step at epoch 1
+
+
+def test_reid_eval_writes_metrics_ranking_and_features(reid_run, tmp_path):
+    out, _, _ = reid_run
+    result = tool("eval.py", "--task", "reid", "--checkpoint", str(out / "best.pth"), "--output", str(tmp_path),
+                  "--metric", "cosine", "--flip-test", "--rerank", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "re-ranked" in result.stdout and "rank-1" in result.stdout
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["metric"] == "cosine" and saved["rerank"] and len(saved["cmc"]) >= 10 and saved["queries"] == 4
+    assert (tmp_path / "ranking.png").read_bytes()[:4] == b"\x89PNG"
+    from safetensors.torch import load_file
+
+    feats = load_file(str(tmp_path / "features.safetensors"))
+    assert feats["query_features"].shape == (4, 512) and len(feats["gallery_pids"]) == saved["gallery"]
+
+
+def test_reid_bad_input_gives_one_line_errors(reid_folder, tmp_path):
+    out = ["--output", str(tmp_path / "out")]
+    no_cams = tmp_path / "nocams"
+    for split, pids in (("train", ["a", "b"]), ("query", ["c"]), ("gallery", ["c"])):
+        for pid in pids:
+            (no_cams / split / pid).mkdir(parents=True)
+            Image.fromarray(np.zeros((16, 8, 3), np.uint8)).save(no_cams / split / pid / "x.jpg")
+    assert_one_line_error(tool("train.py", *REID, *out, "--data", str(no_cams)), "no camera ids",
+                          "--distinct-cameras")
+    assert_one_line_error(tool("train.py", *REID, *out, "--data", reid_folder, "--attn", "psa_s"),
+                          "--attn-at", "give the stages")
+    assert_one_line_error(tool("train.py", *REID, *out, "--data", reid_folder, "--batch-size", "64"),
+                          "needs 32 identities per process but the training set has 8")
+    assert_one_line_error(tool("train.py", *REID, *out, "--data", reid_folder, "--fov-loss"),
+                          "--fov-loss is a medical-seg option")
+
+
+def test_reid_torchrun_two_processes(reid_folder, tmp_path):
+    result = torchrun_train(*REID, "--data", reid_folder, "--output", str(tmp_path), "--epochs", "1",
+                            "--batch-size", "4")
+    assert result.stdout.count("epoch 1/1:") == 1
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 1

@@ -34,7 +34,8 @@ from .run_log import RunLog
 
 # --task NAME -> "module:class" of its Task, imported on demand.
 TASKS = {"classification": "visattn.engine.classification:ClassificationTask",
-         "medical-seg": "visattn.engine.medical:MedicalTask"}
+         "medical-seg": "visattn.engine.medical:MedicalTask",
+         "reid": "visattn.engine.reid:ReIDTask"}
 DEFAULT_TASK = "classification"  # also the task of checkpoints that do not name one
 
 
@@ -146,6 +147,16 @@ class Task(ABC):
     def val_scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
         """The per-epoch ``val_*`` scalars; all but ``val_loss`` are kept in ``best``."""
 
+    def train_loader(self, dataset: Dataset, device: torch.device, rank: int, world_size: int) -> DataLoader:
+        """The training DataLoader: shuffled batches of ``cfg.batch_size``, sharded under torchrun."""
+        cfg = self.cfg
+        return make_loader(dataset, cfg.batch_size, cfg.workers, True, world_size, device, self.worker_init_fn)
+
+    def schedule(self) -> dict[str, Any]:
+        """Arguments of timm's ``create_scheduler_v2`` (stepped per update): per-step cosine down to ``min_lr`` after
+        a warm-up from lr / 100 by default."""
+        return {"sched": "cosine", "min_lr": self.cfg.min_lr}
+
     def checkpoint_extra(self) -> dict[str, Any]:
         """What a checkpoint holds beyond the common fields, to rebuild the model and its data for evaluation."""
         return {}
@@ -224,12 +235,11 @@ def fit(task: Task) -> dict[str, Any]:
         if is_main:
             print(f"{cfg.model}: {trainable_summary(model)}", flush=True)
         optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        train_loader = make_loader(train_set, cfg.batch_size, cfg.workers, True, world_size, device,
-                                   task.worker_init_fn)
-        scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=cfg.epochs,
-                                           warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
-                                           warmup_lr=cfg.lr * 0.01, step_on_epochs=False,
-                                           updates_per_epoch=len(train_loader))
+        train_loader = task.train_loader(train_set, device, rank, world_size)
+        schedule = {"num_epochs": cfg.epochs, "warmup_epochs": cfg.warmup_epochs, "warmup_lr": cfg.lr * 0.01,
+                    **task.schedule()}
+        scheduler, _ = create_scheduler_v2(optimizer, step_on_epochs=False, updates_per_epoch=len(train_loader),
+                                           **schedule)
         ema = ModelEmaV3(model, decay=task.ema_decay) if task.ema_decay else None
         # -1 is below every score tracked so far (accuracy, Dice), as in checkpoints written before.
         start_epoch, history = 0, []
@@ -256,8 +266,9 @@ def fit(task: Task) -> dict[str, Any]:
                          task.panels)
 
         for epoch in range(start_epoch, cfg.epochs):
-            if isinstance(train_loader.sampler, DistributedSampler):
-                train_loader.sampler.set_epoch(epoch)
+            for sampler in (train_loader.sampler, train_loader.batch_sampler):  # reshuffle shards / PK batches
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
             if hasattr(model, "set_epoch"):  # models whose training changes with the epoch (TCPA's random matching)
                 model.set_epoch(epoch)
             started = time.time()

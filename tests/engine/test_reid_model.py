@@ -1,0 +1,133 @@
+"""The re-id network on timm and visattn backbones, attention insertion, and the re-id losses."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from visattn.engine.reid_model import REID_ATTENTION, CenterLoss, GeM, ReIDLoss, ReIDModel, batch_hard_triplet_loss
+
+SMALL_BIFORMER = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "n_win": 2, "topks": [1, 2, 4, None],
+                  "head_dim": 16}
+
+
+@pytest.mark.parametrize("name,kwargs,dim", [("resnet18", {}, 512), ("biformer_tiny", SMALL_BIFORMER, 128),
+                                             ("vit_tiny_patch16_224", {"img_size": (64, 32)}, 192)])
+def test_training_and_test_outputs(name, kwargs, dim):
+    model = ReIDModel(name, num_classes=7, model_kwargs=kwargs)
+    x = torch.rand(4, 3, 64, 32)
+    logits, features = model.train()(x)
+    assert logits.shape == (4, 7) and features.shape == (4, dim) and model.feature_dim == dim
+    logits.sum().backward()
+    test = model.eval()(x)
+    assert test.shape == (4, dim)
+    torch.testing.assert_close(test, model.bottleneck(model.features(x)))  # post-BN at test time
+
+
+def test_bnneck_and_classifier():
+    model = ReIDModel("resnet18", num_classes=5)
+    assert not model.bottleneck.bias.requires_grad and model.bottleneck.bias.abs().sum() == 0
+    assert model.classifier.bias is None and model.classifier.weight.std() < 0.01
+
+
+def test_last_stride_one_doubles_the_final_map():
+    x = torch.rand(1, 3, 64, 32)
+    maps = {s: ReIDModel("resnet18", 3, last_stride=s).backbone.forward_features(x).shape[-2:] for s in (1, 2)}
+    assert maps[2] == (2, 1) and maps[1] == (4, 2)
+    assert ReIDModel("resnet18", 3).last_stride_applied
+    assert not ReIDModel("biformer_tiny", 3, model_kwargs=SMALL_BIFORMER).last_stride_applied
+
+
+def test_normalisation_is_inside_the_model():
+    model = ReIDModel("resnet18", 3).eval()
+    x = torch.rand(2, 3, 64, 32)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    manual = model.backbone.forward_features((x - mean[:, None, None]) / std[:, None, None]).mean((2, 3))
+    torch.testing.assert_close(model.features(x), manual)
+
+
+def test_gem_with_p_one_is_the_average():
+    pool = GeM(p=1.0)
+    x = torch.rand(2, 5, 4, 3)
+    torch.testing.assert_close(pool(x), x.mean((2, 3)))
+    with pytest.raises(ValueError, match="GeM pooling needs a feature map"):
+        ReIDModel("vit_tiny_patch16_224", 3, pooling="gem", model_kwargs={"img_size": (32, 32)}).features(
+            torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("attn", sorted(REID_ATTENTION))
+def test_inserted_attention_starts_as_identity_and_learns(attn):
+    torch.manual_seed(0)
+    plain = ReIDModel("resnet18", 3).eval()
+    model = ReIDModel("resnet18", 3, attn=attn, attn_at=(2, 3), attn_blocks="last").eval()
+    assert model.attention_at == ["layer2.1", "layer3.1"]
+    state = {k.replace("layer2.1.block.", "layer2.1.").replace("layer3.1.block.", "layer3.1."): v
+             for k, v in model.state_dict().items() if ".attention." not in k and not k.endswith(".gate")}
+    plain.load_state_dict(state)
+    x = torch.rand(2, 3, 64, 32)
+    torch.testing.assert_close(model(x), plain(x))
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra > 0
+    with torch.no_grad():
+        model.backbone.layer3[1].gate.fill_(0.5)
+    model.train()
+    logits, _ = model(x)
+    logits.sum().backward()
+    assert model.backbone.layer3[1].attention.conv_q_right.weight.grad.abs().sum() > 0
+
+
+BAD = {"unknown": (dict(attn="senet", attn_at=(2,)), "attn='senet'; use one of"),
+       "stage": (dict(attn="psa_s", attn_at=(5,)), "stages are 1-4"),
+       "index": (dict(attn="psa_s", attn_at=(2,), attn_blocks="0,7"), "stage 2 has blocks 0..1, got 7"),
+       "no stages": (dict(attn="psa_s"), "attn needs attn_at")}
+
+
+@pytest.mark.parametrize("kwargs,match", BAD.values(), ids=BAD.keys())
+def test_bad_attention_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ReIDModel("resnet18", 3, **kwargs)
+
+
+def test_attention_needs_a_resnet():
+    with pytest.raises(ValueError, match="needs a ResNet-like backbone"):
+        ReIDModel("biformer_tiny", 3, attn="psa_p", attn_at=(2,), model_kwargs=SMALL_BIFORMER)
+
+
+def test_a_visattn_resnet_is_a_backbone():
+    model = ReIDModel("resnet50_psa", 3, model_kwargs=json.loads('{"layers": [1, 1, 1, 1]}'))
+    assert model.last_stride_applied and model.eval()(torch.rand(1, 3, 64, 32)).shape == (1, 2048)
+
+
+def test_bad_input_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"expected images \(B, 3, H, W\), got \(2, 1, 8, 8\)"):
+        ReIDModel("resnet18", 3)(torch.rand(2, 1, 8, 8))
+
+
+def test_triplet_loss_against_a_loop():
+    torch.manual_seed(0)
+    f, pids = torch.randn(8, 5), torch.tensor([0, 0, 1, 1, 2, 2, 3, 9])
+    want = []
+    for a in range(8):
+        pos = [torch.dist(f[a], f[p]) for p in range(8) if p != a and pids[p] == pids[a]]
+        neg = [torch.dist(f[a], f[n]) for n in range(8) if pids[n] != pids[a]]
+        if pos and neg:
+            want.append((max(pos), min(neg)))
+    hard = torch.tensor(want)
+    torch.testing.assert_close(batch_hard_triplet_loss(f, pids, 0.3), F.relu(hard[:, 0] - hard[:, 1] + 0.3).mean())
+    torch.testing.assert_close(batch_hard_triplet_loss(f, pids, None), F.softplus(hard[:, 0] - hard[:, 1]).mean())
+    lone = torch.randn(3, 5, requires_grad=True)
+    zero = batch_hard_triplet_loss(lone, torch.tensor([0, 1, 2]))
+    assert zero.item() == 0 and zero.requires_grad
+
+
+def test_center_and_total_loss():
+    center = CenterLoss(3, 4)
+    f, pids = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    torch.testing.assert_close(center(f, pids), ((f - center.centers[pids]) ** 2).sum(1).mean() / 2)
+    loss = ReIDLoss(3, 4, center_weight=0.5)
+    logits = torch.randn(5, 3)
+    total, parts = loss(logits, f, pids)
+    assert set(parts) == {"ce", "triplet", "center"}
+    assert total.item() == pytest.approx(parts["ce"] + parts["triplet"] + 0.5 * parts["center"], rel=1e-5)
+    assert ReIDLoss(3, 4).center is None

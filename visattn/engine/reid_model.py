@@ -1,0 +1,220 @@
+"""The re-id network (BoT: any backbone, global pooling, BNNeck), cheap attention inserted into a ResNet, and the
+re-id losses (CE with label smoothing, batch-hard triplet, centre loss)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from ..blocks import PolarizedSelfAttention
+from .models import build_model
+
+__all__ = ["REID_ATTENTION", "CenterLoss", "GeM", "ReIDLoss", "ReIDModel", "batch_hard_triplet_loss"]
+
+# Attention blocks the re-id model can insert: channels -> module on (B, C, H, W) maps of any size.
+REID_ATTENTION: dict[str, Callable[[int], nn.Module]] = {
+    "psa_p": lambda c: PolarizedSelfAttention(c, layout="parallel"),  # PSA_p, official form
+    "psa_s": lambda c: PolarizedSelfAttention(c, layout="sequential"),  # PSA_s, official form
+}
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling of (B, C, H, W): (mean x^p)^(1/p) with a learnable p (3 at start); p = 1 is the
+    average."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p, self.eps = nn.Parameter(torch.tensor(float(p))), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().clamp_min(self.eps).pow(self.p).mean((2, 3)).pow(1.0 / self.p)
+
+
+class AttentionAfter(nn.Module):
+    """A residual block followed by an attention block A, blended in by a learnable gate g (0 at start):
+    y = B(x), out = y + g (A(y) - y), so a pretrained network is unchanged when the attention is added."""
+
+    def __init__(self, block: nn.Module, attention: nn.Module):
+        super().__init__()
+        self.block, self.attention = block, attention
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return y + self.gate.to(y.dtype) * (self.attention(y) - y)
+
+
+def _out_channels(block: nn.Module) -> int:
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    last = getattr(block, "conv3", None) or getattr(block, "conv2", None) or convs[-1]
+    return last.out_channels
+
+
+def _block_indices(spec: str, count: int, stage: int) -> list[int]:
+    if spec == "all":
+        return list(range(count))
+    if spec == "last":
+        return [count - 1]
+    try:
+        indices = [int(v) for v in str(spec).split(",")]
+    except ValueError:
+        raise ValueError(f"attn_blocks={spec!r}; use all, last or block indices such as 0,2") from None
+    for i in indices:
+        if not 0 <= i < count:
+            raise ValueError(f"attn_blocks: stage {stage} has blocks 0..{count - 1}, got {i}")
+    return indices
+
+
+class ReIDModel(nn.Module):
+    """Re-id network on any visattn or timm backbone (``num_classes=0`` features), BoT style.
+
+    Images in [0, 1] (B, 3, H, W) are normalised inside (the backbone's mean/std, else ImageNet's); the backbone's
+    map is pooled (average or GeM; ViT tokens through timm's own head pooling) to f (B, D); BNNeck: f_bn = BN(f)
+    with a frozen zero bias, logits = W f_bn (no bias). Training returns (logits, f) (CE on the logits, triplet on
+    f); evaluation returns f_bn. ``last_stride=1`` removes the stride of a ResNet's last stage; ``attn`` inserts
+    REID_ATTENTION blocks after the chosen bottlenecks (``attn_blocks``) of stages ``attn_at`` (1-4) of a ResNet.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, pretrained: bool = False, pooling: str = "avg",
+                 last_stride: int = 1, attn: str | None = None, attn_at=(), attn_blocks: str = "all",
+                 model_kwargs: dict | None = None):
+        super().__init__()
+        if pooling not in ("avg", "gem"):
+            raise ValueError(f"pooling={pooling!r}; use avg or gem")
+        self.backbone_name = backbone
+        self.backbone = build_model(backbone, pretrained=pretrained, num_classes=0, **(model_kwargs or {}))
+        cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", IMAGENET_DEFAULT_MEAN)).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", IMAGENET_DEFAULT_STD)).view(1, 3, 1, 1),
+                             persistent=False)
+        self.last_stride_applied = last_stride == 1 and self._remove_last_stride()
+        self.attention_at: list[str] = []
+        if attn is not None or attn_at:
+            self._insert_attention(attn, tuple(attn_at), attn_blocks)
+        self.feature_dim = dim = self.backbone.num_features
+        self.pool = GeM() if pooling == "gem" else None
+        self.bottleneck = nn.BatchNorm1d(dim)
+        nn.init.ones_(self.bottleneck.weight)
+        nn.init.zeros_(self.bottleneck.bias)
+        self.bottleneck.bias.requires_grad_(False)
+        self.classifier = nn.Linear(dim, num_classes, bias=False) if num_classes > 0 else None
+        if self.classifier is not None:
+            nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def _remove_last_stride(self) -> bool:
+        layer4 = getattr(self.backbone, "layer4", None)
+        if layer4 is None:
+            return False
+        first = layer4[0]
+        conv = first.conv2 if hasattr(first, "conv3") else first.conv1
+        if conv.stride != (2, 2):
+            return False
+        conv.stride = (1, 1)
+        if first.downsample is not None:
+            for m in first.downsample.modules():
+                if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
+                    m.stride = (1, 1)
+                elif isinstance(m, nn.AvgPool2d) and m.stride in (2, (2, 2)):
+                    m.stride, m.kernel_size = 1, 1
+        return True
+
+    def _insert_attention(self, attn: str | None, stages: tuple[int, ...], blocks: str) -> None:
+        if attn not in REID_ATTENTION:
+            raise ValueError(f"attn={attn!r}; use one of {', '.join(REID_ATTENTION)}")
+        if not stages:
+            raise ValueError("attn needs attn_at, the ResNet stages (1-4) to insert it in")
+        if not all(hasattr(self.backbone, f"layer{i}") for i in range(1, 5)):
+            raise ValueError(f"attention insertion needs a ResNet-like backbone with layer1..layer4; "
+                             f"{self.backbone_name} has none")
+        for stage in stages:
+            if stage not in (1, 2, 3, 4):
+                raise ValueError(f"attn_at: stages are 1-4, got {stage}")
+            layer = getattr(self.backbone, f"layer{stage}")
+            for i in _block_indices(blocks, len(layer), stage):
+                layer[i] = AttentionAfter(layer[i], REID_ATTENTION[attn](_out_channels(layer[i])))
+                self.attention_at.append(f"layer{stage}.{i}")
+
+    def describe(self) -> str:
+        pool = "GeM" if self.pool is not None else "average"
+        stride = "last stride 1" if self.last_stride_applied else "backbone strides"
+        attn = f", attention after {', '.join(self.attention_at)}" if self.attention_at else ""
+        return f"{self.backbone_name}, {pool} pooling, {stride}, BNNeck{attn}"
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-BN features (B, D) of images in [0, 1]."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got {tuple(x.shape)}")
+        f = self.backbone.forward_features((x - self.mean) / self.std)
+        if f.dim() == 4:
+            if f.shape[1] != self.feature_dim and f.shape[-1] == self.feature_dim:  # NHWC maps (e.g. MambaOut)
+                f = f.permute(0, 3, 1, 2)
+            return self.pool(f).to(f.dtype) if self.pool is not None else f.mean((2, 3))
+        if self.pool is not None:
+            raise ValueError(f"GeM pooling needs a feature map; {self.backbone_name} gives tokens {tuple(f.shape)}")
+        return self.backbone.forward_head(f, pre_logits=True)
+
+    def forward(self, x: torch.Tensor):
+        f = self.features(x)
+        f_bn = self.bottleneck(f)
+        if not self.training:
+            return f_bn
+        if self.classifier is None:
+            return f
+        return self.classifier(f_bn), f
+
+
+def batch_hard_triplet_loss(features: torch.Tensor, pids: torch.Tensor, margin: float | None = 0.3) -> torch.Tensor:
+    """Batch-hard triplet loss on features (B, D): per anchor the farthest positive and nearest negative in
+    euclidean distance, mean of relu(d_ap - d_an + margin) (softplus(d_ap - d_an) for ``margin=None``); anchors
+    without a positive or a negative are left out."""
+    f = features.float()
+    dist = torch.cdist(f, f).clamp_min(1e-12)
+    same = pids[:, None] == pids[None, :]
+    eye = torch.eye(len(pids), dtype=torch.bool, device=pids.device)
+    positive, negative = same & ~eye, ~same
+    ok = positive.any(1) & negative.any(1)
+    if not ok.any():
+        return f.sum() * 0.0
+    d_ap = torch.where(positive, dist, float("-inf")).amax(1)[ok]
+    d_an = torch.where(negative, dist, float("inf")).amin(1)[ok]
+    return F.softplus(d_ap - d_an).mean() if margin is None else F.relu(d_ap - d_an + margin).mean()
+
+
+class CenterLoss(nn.Module):
+    """Centre loss (Wen et al. 2016): mean over the batch of ||f - c_y||^2 / 2, the centres c trained with the
+    network."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(num_classes, dim))
+
+    def forward(self, features: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        return (features.float() - self.centers[pids]).square().sum(1).mean() / 2
+
+
+class ReIDLoss(nn.Module):
+    """CE (label smoothing) on the logits + triplet_weight x batch-hard triplet on the pre-BN features
+    (+ center_weight x centre loss); in float32. Returns (total, {"ce", "triplet", "center"} floats)."""
+
+    def __init__(self, num_classes: int, dim: int, label_smoothing: float = 0.1, margin: float | None = 0.3,
+                 triplet_weight: float = 1.0, center_weight: float = 0.0):
+        super().__init__()
+        self.label_smoothing, self.margin = label_smoothing, margin
+        self.triplet_weight, self.center_weight = triplet_weight, center_weight
+        self.center = CenterLoss(num_classes, dim) if center_weight > 0 else None
+
+    def forward(self, logits: torch.Tensor, features: torch.Tensor, pids: torch.Tensor):
+        ce = F.cross_entropy(logits.float(), pids, label_smoothing=self.label_smoothing)
+        triplet = batch_hard_triplet_loss(features, pids, self.margin)
+        total = ce + self.triplet_weight * triplet
+        parts = {"ce": float(ce.detach()), "triplet": float(triplet.detach())}
+        if self.center is not None:
+            center = self.center(features, pids)
+            total = total + self.center_weight * center
+            parts["center"] = float(center.detach())
+        return total, parts
