@@ -70,12 +70,12 @@ class ReIDData:
     """A re-id dataset: ``train`` with pids relabelled 0..num_train_ids-1, ``query`` and ``gallery`` with their own
     pids; ``num_cameras`` counts the distinct camera ids of all three splits."""
 
+    name: str
     train: list[ReIDItem]
     query: list[ReIDItem]
     gallery: list[ReIDItem]
     num_train_ids: int
     num_cameras: int
-    name: str = ""
 
 
 # ----------------------------------------------------------------------------------------------------- layouts
@@ -151,7 +151,7 @@ def _read_msmt(root: str) -> dict[str, list[ReIDItem]]:
 def _numbering(names: set[str]) -> dict[str, int]:
     """Integers for identity or camera names: integer names keep their value, the others count up in sorted order
     from 1,000,000 (or above the largest integer name); '' (no name) maps to -1."""
-    numbers = {n: int(n) for n in names if re.fullmatch(r"\d+", n)}
+    numbers = {n: int(n) for n in names if re.fullmatch(r"-?\d+", n)}
     start = max(NAMED_ID_BASE, max(numbers.values(), default=0) + 1)
     others = sorted(n for n in names if n and n not in numbers)
     return {**numbers, **{n: start + i for i, n in enumerate(others)}, "": -1}
@@ -283,7 +283,8 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
     splits = READERS[layout](root)
     for split in SPLITS:
         if not splits[split]:
-            raise UserError(f"{root}: the {split} split has no images ({layout} layout)")
+            hint = f"; put each identity's images in {split}/<pid>/" if layout == "folders" else ""
+            raise UserError(f"{root}: the {split} split has no images ({layout} layout{hint})")
     if distinct_cameras:
         splits = {s: [i._replace(camid=int(s == "gallery")) for i in splits[s]] for s in SPLITS}
     missing = [s for s in ("query", "gallery") if any(i.camid < 0 for i in splits[s])]
@@ -298,18 +299,19 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
     ids = sorted({i.pid for i in splits["train"]})
     if len(ids) < 2:
         raise UserError(f"{root}: the train split has {len(ids)} identity; re-id training needs at least 2")
-    gallery = {(i.pid, i.camid) for i in splits["gallery"]}
-    gallery_pids = {pid for pid, _ in gallery}
-    if not {i.pid for i in splits["query"]} & gallery_pids:
+    cameras_of: dict[int, set[int]] = {}
+    for item in splits["gallery"]:
+        cameras_of.setdefault(item.pid, set()).add(item.camid)
+    if not any(q.pid in cameras_of for q in splits["query"]):
         raise UserError(f"{root}: no query identity appears in the gallery, so nothing can be retrieved")
-    if not any(q.pid in gallery_pids and any(p == q.pid and c != q.camid for p, c in gallery) for q in splits["query"]):
+    if not any(cameras_of.get(q.pid, set()) - {q.camid} for q in splits["query"]):
         raise UserError(f"{root}: no query has a gallery image of its identity from another camera, so the standard "
                         f"same-camera removal leaves nothing to retrieve; check the camera ids")
     relabel = {pid: n for n, pid in enumerate(ids)}
     train = [i._replace(pid=relabel[i.pid]) for i in splits["train"]]
     cameras = len({i.camid for s in SPLITS for i in splits[s]})
-    return ReIDData(train, splits["query"], splits["gallery"], len(ids), cameras,
-                    os.path.basename(os.path.normpath(os.path.abspath(root))))
+    return ReIDData(name=os.path.basename(os.path.normpath(os.path.abspath(root))), train=train,
+                    query=splits["query"], gallery=splits["gallery"], num_train_ids=len(ids), num_cameras=cameras)
 
 
 # ---------------------------------------------------------------------------------------------------- dataset
@@ -391,8 +393,8 @@ class PKBatchSampler(Sampler[list[int]]):
         if len(self.by_id) < num_ids * world_size:
             processes = f" for {world_size} processes" if world_size > 1 else ""
             raise UserError(f"a PK batch needs {num_ids} identities per process but the training set has "
-                            f"{len(self.by_id)}{processes}; use fewer identities per batch (a smaller --batch-size "
-                            f"or more --instances)")
+                            f"{len(self.by_id)}{processes}; use a smaller --batch-size (P = --batch-size // "
+                            f"--instances = {num_ids} identities per batch)")
         self.ids = sorted(self.by_id)
         self.num_ids, self.num_instances, self.seed = num_ids, num_instances, seed
         self.world_size, self.rank, self.epoch = world_size, rank, 0
@@ -562,11 +564,11 @@ def _synthetic_marker(root: str) -> dict | None:
 
 
 def write_synthetic_reid(root: str, num_train_ids: int = 32, num_test_ids: int = 16, num_cameras: int = 4,
-                         images_per_id_per_camera: int = 2, size: tuple[int, int] = (128, 64), seed: int = 0) -> str:
+                         images_per_camera: int = 2, size: tuple[int, int] = (128, 64), seed: int = 0) -> str:
     """Write the built-in synthetic re-id set in the Market-1501 layout at ``root`` (unless a complete one with the
     same settings is there) and return ``root``.
 
-    Identities 1..num_train_ids train, the next num_test_ids test; each has ``images_per_id_per_camera`` images per
+    Identities 1..num_train_ids train, the next num_test_ids test; each has ``images_per_camera`` images per
     camera. A test identity's first image in each even-numbered camera (0, 2, ...) is a query, the rest gallery;
     the gallery also holds 2 x num_cameras pid-0 distractors (other people) and num_cameras pid -1 junk crops.
     Identities differ in clothing colours, upper-body texture (plain, stripes, checks, logo), trousers/shorts/skirt,
@@ -574,26 +576,29 @@ def write_synthetic_reid(root: str, num_train_ids: int = 32, num_test_ids: int =
     image adds position and scale jitter, occluders and noise. Deterministic by ``seed``. Written into a temporary
     folder beside ``root`` and renamed into place, so an interrupted run leaves no partial set.
     """
-    if num_train_ids < 2 or num_test_ids < 1 or num_cameras < 2 or images_per_id_per_camera < 1:
+    if num_train_ids < 2 or num_test_ids < 1 or num_cameras < 2 or images_per_camera < 1:
         raise UserError(f"a synthetic re-id set needs >= 2 training ids, >= 1 test id, >= 2 cameras and >= 1 image "
                         f"per id and camera, got {num_train_ids}, {num_test_ids}, {num_cameras}, "
-                        f"{images_per_id_per_camera}")
+                        f"{images_per_camera}")
     size = _size(size)
     params = {"version": SYNTHETIC_VERSION, "num_train_ids": num_train_ids, "num_test_ids": num_test_ids,
-              "num_cameras": num_cameras, "images_per_id_per_camera": images_per_id_per_camera, "size": list(size),
+              "num_cameras": num_cameras, "images_per_camera": images_per_camera, "size": list(size),
               "seed": seed}
     if _synthetic_marker(root) == params:
         return root
-    if os.path.isdir(root) and os.listdir(root) and _synthetic_marker(root) is None:
+    if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)) and _synthetic_marker(root) is None:
         raise UserError(f"{root} exists and is not a synthetic re-id set; choose an empty or new folder")
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(root))}.tmp-")
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         _write_people(tmp, params)
         with open(os.path.join(tmp, ".synthetic-reid.json"), "w", encoding="utf-8") as f:
             json.dump(params, f)
         old = None
+        if _synthetic_marker(root) == params:  # another process wrote the same set meanwhile
+            return root
         if os.path.isdir(root) and os.listdir(root):  # a synthetic set with other settings: swap it out
             old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(root))}.old-")
             os.replace(root, old)
@@ -612,8 +617,8 @@ def write_synthetic_reid(root: str, num_train_ids: int = 32, num_test_ids: int =
 def _write_people(folder: str, params: dict) -> None:
     """The images of :func:`write_synthetic_reid` under ``folder``."""
     rng = np.random.default_rng(params["seed"])
-    ids, cams, shots = params["num_train_ids"] + params["num_test_ids"], params["num_cameras"], \
-        params["images_per_id_per_camera"]
+    ids = params["num_train_ids"] + params["num_test_ids"]
+    cams, shots = params["num_cameras"], params["images_per_camera"]
     size = tuple(params["size"])
     distractors = 2 * cams
     looks, cameras = _looks(rng, ids + distractors), _cameras(rng, cams)

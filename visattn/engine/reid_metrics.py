@@ -1,16 +1,22 @@
 """Re-id retrieval metrics (the standard Market-1501 protocol), feature distances and k-reciprocal re-ranking.
 
-Per query q with gallery sorted by ascending distance (stable: ties keep gallery order), the gallery items of q's
-pid AND camera are removed; in the remaining list, with r_i the 1-based rank of the i-th of the M true matches:
+Per query q, the gallery is sorted by ascending distance and the items with q's pid AND q's camera are removed. In
+the remaining list, with M true matches (same pid) at 1-based ranks r_1 < ... < r_M:
 
-    AP   = (1 / M) sum_i i / r_i                CMC@k = 1[r_1 <= k]          INP = M / r_M
+    AP   = (1 / M) sum_i i / r_i            CMC@k = 1[r_1 <= k]            INP = M / r_M
 
-mAP, CMC and mINP are their means over the valid queries (M > 0); queries without a match are skipped, as in
-torchreid's and fast-reid's evaluators, whose numbers these reproduce.
+mAP, CMC and mINP are their means over the valid queries (M > 0); queries without a match are skipped. These are
+the numbers of torchreid's ``evaluate_py`` and fast-reid's ``evaluate_rank``, with two documented choices:
+
+* the sort is stable, so equal distances keep gallery order (those use NumPy's default, non-stable argsort, which
+  can order exact ties differently);
+* the CMC curve always has ``max_rank`` entries: beyond the end of a query's remaining list it is 1 (a valid query
+  has a match), where torchreid would shorten the curve to the gallery size.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -18,151 +24,211 @@ import torch
 
 __all__ = ["evaluate_ranking", "distance_matrix", "k_reciprocal_rerank", "rerank_features"]
 
-# elements of the (queries x gallery) working set per chunk: bounds the memory to a few hundred MB
+# elements of a (rows x gallery) working set per chunk: with the few int64/bool/float64 temporaries of a chunk this
+# bounds the working memory to a few hundred MB
 CHUNK_ELEMENTS = 1 << 22
 
 
-def _vector(values, name: str, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
+def _chunk_rows(chunk_rows: int | None, width: int) -> int:
+    if chunk_rows is None:
+        return max(1, CHUNK_ELEMENTS // max(width, 1))
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer or None, got {chunk_rows!r}")
+    return int(chunk_rows)
+
+
+def _ids(values, name: str, device: torch.device) -> torch.Tensor:
+    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must hold integer ids, got dtype {t.dtype}")
     return t.to(device=device, dtype=torch.int64)
 
 
 def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
                      chunk_rows: int | None = None) -> dict[str, Any]:
-    """mAP, CMC and mINP of a (Q, G) distance matrix under the standard protocol (module docstring).
+    """mAP, CMC and mINP of a (Q, G) distance matrix under the standard protocol (see the module docstring).
+
+    Vectorised in torch, in chunks of queries; a CUDA ``distmat`` is evaluated on its GPU, anything else on the CPU.
 
     Args:
-        distmat: (Q, G) distances, NumPy or torch (a CUDA tensor is evaluated on its GPU).
-        q_pids, g_pids, q_camids, g_camids: 1-D integer ids of the Q queries and G gallery items.
-        max_rank: length of the CMC curve; entries beyond the remaining gallery are 1.
-        chunk_rows: queries per chunk (default: about 4M matrix elements per chunk).
+        distmat: (Q, G) distances (smaller is more similar), NumPy array or torch tensor.
+        q_pids, g_pids, q_camids, g_camids: 1-D integer ids of the Q queries and the G gallery items.
+        max_rank: length of the CMC curve (>= 1); entries past a query's remaining list count as 1.
+        chunk_rows: queries per chunk (default: about 4M matrix elements per chunk). Results do not depend on it.
 
     Returns:
-        ``{"mAP": float, "cmc": np.ndarray (max_rank,), "mINP": float, "num_valid_queries": int}``, fractions.
+        ``{"mAP": float, "cmc": np.ndarray float64 (max_rank,), "mINP": float, "num_valid_queries": int}``, all
+        metrics as fractions in [0, 1]; ``cmc[k]`` is the rank-(k+1) accuracy.
+
+    Raises:
+        ValueError: bad shapes or lengths, ``max_rank`` < 1, or no query with a match (one-line message).
     """
-    dist = torch.as_tensor(distmat)
+    dist = distmat if isinstance(distmat, torch.Tensor) else torch.as_tensor(np.asarray(distmat))
     if dist.dim() != 2:
         raise ValueError(f"distmat must be a (queries, gallery) matrix, got shape {tuple(dist.shape)}")
+    try:
+        max_rank = operator.index(max_rank)
+    except TypeError:
+        raise ValueError(f"max_rank must be an integer, got {max_rank!r}") from None
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     n_q, n_g = dist.shape
-    device = dist.device
-    q_pids, q_cams = _vector(q_pids, "q_pids", device), _vector(q_camids, "q_camids", device)
-    g_pids, g_cams = _vector(g_pids, "g_pids", device), _vector(g_camids, "g_camids", device)
+    device = dist.device if dist.is_cuda else torch.device("cpu")
+    dist = dist.detach().to(device)
+    q_pids, q_cams = _ids(q_pids, "q_pids", device), _ids(q_camids, "q_camids", device)
+    g_pids, g_cams = _ids(g_pids, "g_pids", device), _ids(g_camids, "g_camids", device)
     if len(q_pids) != n_q or len(q_cams) != n_q or len(g_pids) != n_g or len(g_cams) != n_g:
         raise ValueError(f"distmat is {n_q} x {n_g} but there are {len(q_pids)} query pids, {len(q_cams)} query "
                          f"camids, {len(g_pids)} gallery pids and {len(g_cams)} gallery camids")
-    rows = chunk_rows or max(1, CHUNK_ELEMENTS // max(n_g, 1))
-    ap_sum = inp_sum = 0.0
-    valid = 0
-    first_hits = torch.zeros(max_rank + 1, dtype=torch.int64, device=device)  # last bin: beyond max_rank
+    rows = _chunk_rows(chunk_rows, n_g)
+    aps, inps, firsts = [], [], []  # per valid query, summed once at the end: chunking cannot change the result
     for start in range(0, n_q, rows):
-        d = dist[start:start + rows]
-        order = torch.sort(d, dim=1, stable=True).indices
-        same_pid = g_pids[order] == q_pids[start:start + rows, None]
-        keep = ~(same_pid & (g_cams[order] == q_cams[start:start + rows, None]))
+        stop = min(start + rows, n_q)
+        order = torch.sort(dist[start:stop], dim=1, stable=True).indices
+        same_pid = g_pids[order] == q_pids[start:stop, None]
+        keep = ~(same_pid & (g_cams[order] == q_cams[start:stop, None]))
         match = same_pid & keep
         n_match = match.sum(1)
         ok = n_match > 0
-        if not ok.any():
+        if not bool(ok.any()):
             continue
         keep, match, n_match = keep[ok], match[ok], n_match[ok]
-        rank = keep.cumsum(1, dtype=torch.int32)  # 1-based rank in the remaining list
-        hits = match.cumsum(1, dtype=torch.int32)
+        rank = keep.cumsum(1, dtype=torch.int32)  # 1-based rank in the remaining list (read at kept items only)
+        hits = match.cumsum(1, dtype=torch.int32)  # matches up to and including this position
         precision = torch.where(match, hits.double() / rank.double(), 0.0)
-        ap_sum += float((precision.sum(1) / n_match).sum())
+        aps.append(precision.sum(1) / n_match)
         last = torch.where(match, rank, 0).amax(1)
-        inp_sum += float((n_match.double() / last.double()).sum())
-        first = torch.where(match, rank, torch.iinfo(torch.int32).max).amin(1).long()
-        first_hits += torch.bincount((first - 1).clamp(max=max_rank), minlength=max_rank + 1)
-        valid += int(ok.sum())
-    if valid == 0:
+        inps.append(n_match.double() / last.double())
+        firsts.append(torch.where(match, rank, torch.iinfo(torch.int32).max).amin(1).long())
+    if not aps:
         raise ValueError("no query has a matching gallery item from another camera; check the pids and camids "
                          "(a layout without camera ids needs distinct query and gallery camids)")
+    ap, inp, first = torch.cat(aps), torch.cat(inps), torch.cat(firsts)
+    valid = len(ap)
+    first_hits = torch.bincount((first - 1).clamp(max=max_rank), minlength=max_rank + 1)  # last bin: past max_rank
     cmc = (first_hits[:max_rank].cumsum(0).double() / valid).cpu().numpy()
-    return {"mAP": ap_sum / valid, "cmc": cmc, "mINP": inp_sum / valid, "num_valid_queries": valid}
+    return {"mAP": float(ap.sum()) / valid, "cmc": cmc, "mINP": float(inp.sum()) / valid, "num_valid_queries": valid}
 
 
 def distance_matrix(qf, gf, metric: str = "euclidean", chunk_rows: int | None = None) -> torch.Tensor:
-    """(Q, G) float32 distances of features qf (Q, D) and gf (G, D): squared euclidean ||q||^2 + ||g||^2 - 2 q.g
-    (clamped at 0), or cosine 1 - q.g / (||q|| ||g||)."""
+    """(Q, G) float32 distances of features qf (Q, D) and gf (G, D), on the features' device, in chunks of rows.
+
+    ``euclidean``: squared euclidean ||q||^2 + ||g||^2 - 2 q.g (as torchreid's ``euclidean_squared_distance``),
+    clamped at 0 against rounding; ``cosine``: 1 - q.g / (||q|| ||g||) after L2-normalising both sides.
+    """
     if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric={metric!r}; use euclidean or cosine")
+        raise ValueError(f"metric={metric!r}; use 'euclidean' or 'cosine'")
     qf, gf = torch.as_tensor(qf).float(), torch.as_tensor(gf).float()
     if qf.dim() != 2 or gf.dim() != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"expected features (Q, D) and (G, D), got {tuple(qf.shape)} and {tuple(gf.shape)}")
+    gf = gf.to(qf.device)
     if metric == "cosine":
         qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
-    rows = chunk_rows or max(1, CHUNK_ELEMENTS // max(len(gf), 1))
+    rows = _chunk_rows(chunk_rows, len(gf))
     g_sq = gf.square().sum(1)
-    out = []
+    out = qf.new_empty(len(qf), len(gf))
     for start in range(0, len(qf), rows):
         q = qf[start:start + rows]
         if metric == "cosine":
-            out.append(1 - q @ gf.T)
+            out[start:start + rows] = 1 - q @ gf.T
         else:
-            out.append((q.square().sum(1, keepdim=True) + g_sq - 2 * q @ gf.T).clamp_min(0))
-    return torch.cat(out) if out else qf.new_zeros(0, len(gf))
+            out[start:start + rows] = (q.square().sum(1, keepdim=True) + g_sq - 2 * q @ gf.T).clamp_min(0)
+    return out
+
+
+def _nearest(d: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, min(k, N)) indices of the smallest entries of each row of d (B, N), in the order of a stable argsort."""
+    k = min(k, d.shape[1])
+    values, idx = torch.topk(d, k, dim=1, largest=False)
+    idx = idx.sort(1).values  # equal values by index, then a stable sort by value
+    idx = idx.gather(1, d.gather(1, idx).sort(dim=1, stable=True).indices)
+    # a tie across the k-th value makes topk's choice arbitrary: those rows get the full stable sort
+    tied = ((d <= values[:, -1:]).sum(1) > k).nonzero().squeeze(1)
+    if len(tied):
+        idx[tied] = torch.sort(d[tied], dim=1, stable=True).indices[:, :k]
+    return idx
 
 
 def _reciprocal_sets(rank: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, k + 1) mask of the k-reciprocal neighbours: j in the first k + 1 of i's ranking and i in j's."""
+    """(N, k + 1) mask over ``rank[:, :k + 1]``: j among i's first k + 1 neighbours and i among j's."""
     forward = rank[:, :k + 1]
     backward = rank[forward, :k + 1]  # (N, k + 1, k + 1)
     return (backward == torch.arange(len(rank), device=rank.device)[:, None, None]).any(-1)
 
 
-def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
-                        lambda_value: float = 0.3) -> torch.Tensor:
-    """k-reciprocal re-ranking (Zhong et al., CVPR 2017) of (Q, G) distances; returns (Q, G) float32.
+def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                        chunk_rows: int | None = None) -> torch.Tensor:
+    """k-reciprocal re-ranking (Zhong et al., CVPR 2017) of (Q, G) distances; returns a (Q, G) float32 tensor.
 
-    On the (Q+G) x (Q+G) distances d (squared, each row divided by its maximum): R(i, k1) = k-reciprocal neighbours,
-    expanded by R(c, round(k1/2)) of each candidate c sharing more than 2/3 of it with R(i, k1); V_i = exp(-d_i) on
-    that set, normalised; V_i averaged over i's k2 nearest (query expansion); Jaccard distance
-    1 - sum min(V_i, V_j) / sum max(V_i, V_j); final = (1 - lambda) Jaccard + lambda d. Dense (Q+G)^2 matrices:
-    meant for sets up to about 20,000 images.
+    Follows the widely used reference (torchreid's ``utils/rerank.py``): d is the (Q+G) x (Q+G) matrix
+    [[q_q, q_g], [q_g^T, g_g]] squared and divided by its per-column maximum (then transposed); R(i, k) are the
+    k-reciprocal neighbours of i within its k + 1 nearest; R(i, k1) is expanded by R(c, round(k1 / 2)) of each
+    candidate c in it that shares more than 2/3 of that set with R(i, k1); V_i = exp(-d_i) on the expanded set,
+    normalised to sum 1 (an empty set leaves a zero row), then averaged over i's k2 nearest (query expansion,
+    skipped for k2 = 1); Jaccard distance J_ij = 1 - m_ij / (2 - m_ij) with m_ij = sum_k min(V_ik, V_jk) (the
+    min/max Jaccard form when the rows sum to 1); result = (1 - lambda) J + lambda d, query rows x gallery columns.
+    Neighbour ties are broken by index (stable order); a column whose distances are all 0 is left at 0 where the
+    reference would divide by zero.
+
+    Inputs are (Q, G), (Q, Q) and (G, G) distances (NumPy or torch); it runs on q_g_dist's device. Memory is a few
+    dense (Q+G)^2 float32 matrices: meant for sets up to about 20,000 images.
     """
-    qg, qq, gg = (torch.as_tensor(t).float() for t in (q_g_dist, q_q_dist, g_g_dist))
-    n_q = qg.shape[0]
-    dist = torch.cat([torch.cat([qq, qg], 1), torch.cat([qg.T, gg], 1)], 0).square()
-    dist = dist / dist.amax(1, keepdim=True).clamp_min(1e-12)
-    n = len(dist)
+    qg = torch.as_tensor(q_g_dist)
+    device = qg.device
+    qg, qq, gg = (torch.as_tensor(t).to(device=device, dtype=torch.float32) for t in (q_g_dist, q_q_dist, g_g_dist))
+    if qg.dim() != 2 or qq.shape != (qg.shape[0],) * 2 or gg.shape != (qg.shape[1],) * 2:
+        raise ValueError(f"expected q_g (Q, G), q_q (Q, Q) and g_g (G, G) distances, got {tuple(qg.shape)}, "
+                         f"{tuple(qq.shape)} and {tuple(gg.shape)}")
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+    n_q, n = qg.shape[0], qg.shape[0] + qg.shape[1]
+    # the reference's transpose(d / d.max(axis=0)), built transposed so that it is one contiguous matrix
+    dist = torch.empty(n, n, dtype=torch.float32, device=device)
+    dist[:n_q, :n_q], dist[:n_q, n_q:], dist[n_q:, :n_q], dist[n_q:, n_q:] = qq.T, qg, qg.T, gg.T
+    dist.square_()
+    dist /= dist.amax(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    rows = _chunk_rows(chunk_rows, n)
+    rank = torch.cat([_nearest(dist[s:s + rows], max(k1, k2) + 1) for s in range(0, n, rows)])
     half = int(np.around(k1 / 2.0))
-    width, rows = max(k1, k2) + 1, max(1, CHUNK_ELEMENTS // n)
-    rank = torch.cat([torch.sort(dist[i:i + rows], dim=1, stable=True).indices[:, :width] for i in range(0, n, rows)])
-    recip = _reciprocal_sets(rank, k1)  # (N, k1 + 1)
-    recip_half = _reciprocal_sets(rank, half)  # (N, half + 1)
-    members = torch.zeros(n, n, dtype=torch.bool)
-    rows = torch.arange(n)[:, None]
-    members[rows.expand_as(recip)[recip], rank[:, :k1 + 1][recip]] = True
-    expanded = members.clone()
-    half_members = torch.zeros(n, n, dtype=torch.bool)
-    half_members[rows.expand_as(recip_half)[recip_half], rank[:, :half + 1][recip_half]] = True
-    half_size = half_members.sum(1)
-    for i in range(n):
-        candidates = rank[i, :k1 + 1][recip[i]]
-        overlap = (half_members[candidates] & members[i]).sum(1)
-        chosen = candidates[overlap > 2.0 / 3.0 * half_size[candidates]]
-        if len(chosen):
-            expanded[i] |= half_members[chosen].any(0)
-    weights = torch.where(expanded, torch.exp(-dist), 0.0)
-    v = weights / weights.sum(1, keepdim=True)
-    if k2 != 1:  # query expansion, in chunks of rows: v[rank[:, :k2]] at once would be k2 times the matrix
-        rows = max(1, CHUNK_ELEMENTS // (n * k2))
-        v = torch.cat([v[rank[i:i + rows, :k2]].mean(1) for i in range(0, n, rows)])
-    jaccard = torch.empty(n_q, n)
+    top, recip = rank[:, :k1 + 1], _reciprocal_sets(rank, k1)  # (N, K): R(i, k1) = top[i][recip[i]]
+    top_h, recip_h = rank[:, :half + 1], _reciprocal_sets(rank, half)  # (N, H): R(i, half)
+    size_h = recip_h.sum(1).double()
+    v = torch.empty(n, n, dtype=torch.float32, device=device)
+    for s in range(0, n, rows):
+        t, r = top[s:s + rows], recip[s:s + rows]  # (B, K)
+        cand, cand_r = top_h[t], recip_h[t]  # (B, K, H): each candidate's half-neighbour list and its mask
+        in_set = ((cand[..., None] == t[:, None, None, :]) & r[:, None, None, :]).any(-1)  # in R(i, k1)?
+        overlap = (in_set & cand_r).sum(-1)  # |R(c, half) & R(i, k1)|
+        chosen = r & (overlap > 2.0 / 3.0 * size_h[t])  # the reference's float comparison
+        add = chosen[..., None] & cand_r
+        member = torch.zeros(len(t), n, dtype=torch.bool, device=device)
+        member.scatter_(1, t, r)  # indices within a row are distinct: the scatter is well defined
+        member[torch.arange(len(t), device=device)[:, None, None].expand_as(add)[add], cand[add]] = True
+        weight = torch.where(member, torch.exp(-dist[s:s + rows]), 0.0)
+        v[s:s + rows] = weight / weight.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # empty: 0
+    base = dist[:n_q, n_q:].clone()
+    del dist
+    if k2 != 1:  # query expansion, in chunks: v[rank[:, :k2]] at once would be k2 times the matrix
+        v_qe, qe_rows = torch.empty_like(v), max(1, rows // k2)
+        for s in range(0, n, qe_rows):
+            v_qe[s:s + qe_rows] = v[rank[s:s + qe_rows, :k2]].mean(1)
+        v = v_qe
+        del v_qe
+    v_query, v_gallery = v[:n_q].clone(), v[n_q:].T.contiguous()  # (Q, N) and (N, G): row gathers below
+    del v
+    jaccard = torch.empty(n_q, n - n_q, dtype=torch.float32, device=device)
     for i in range(n_q):
-        support = v[i].nonzero().squeeze(1)
-        shared = torch.minimum(v[:, support], v[i, support]).sum(1)
+        support = v_query[i].nonzero().squeeze(1)
+        shared = torch.minimum(v_gallery[support], v_query[i, support, None]).sum(0)
         jaccard[i] = 1 - shared / (2 - shared)
-    final = jaccard * (1 - lambda_value) + dist[:n_q] * lambda_value
-    return final[:, n_q:]
+    return jaccard * (1 - lambda_value) + base * lambda_value
 
 
 def rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
                     metric: str = "euclidean") -> torch.Tensor:
-    """:func:`k_reciprocal_rerank` of the distances of query features qf (Q, D) and gallery features gf (G, D)."""
+    """:func:`k_reciprocal_rerank` of the :func:`distance_matrix` distances of query features qf (Q, D) and gallery
+    features gf (G, D); a (Q, G) float32 tensor on the features' device."""
     return k_reciprocal_rerank(distance_matrix(qf, gf, metric), distance_matrix(qf, qf, metric),
                                distance_matrix(gf, gf, metric), k1, k2, lambda_value)
