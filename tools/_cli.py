@@ -5,12 +5,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from visattn.errors import UserError  # noqa: E402
+
+# argparse's own complaints; any other "argument --x: ..." message comes from a visattn value type and starts with the
+# value, so it reads "--x VALUE: why".
+_ARGPARSE_WORDS = ("invalid ", "expected ", "ignored ", "not allowed", "one of the arguments")
+
+
+class ToolParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``error: --name VALUE: why``, exit code 2; every tool has
+    ``--debug`` (full tracebacks)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+    def error(self, message: str):
+        match = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message, re.DOTALL)
+        if match:
+            flag, rest = match.groups()
+            message = f"{flag}: {rest}" if rest.startswith(_ARGPARSE_WORDS) else f"{flag} {rest}"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def is_config(argv: list[str]) -> bool:
@@ -22,7 +45,7 @@ def mm_parser(doc: str):
     """The arguments every config-driven (mmengine) command shares."""
     from mmengine.config import DictAction
 
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=doc)
     p.add_argument("config", help="mmdet or mmseg config, e.g. configs/det/retinanet_biformer-s_fpn_1x_coco.py")
     p.add_argument("--work-dir", help="logs and checkpoints (default: work_dirs/<config name>)")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
@@ -70,12 +93,15 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
     """
     from visattn.engine.fit import DEFAULT_TASK, TASKS, get_task
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     pre.add_argument("--task", default=DEFAULT_TASK)
-    chosen = pre.parse_known_args(argv)[0].task
+    try:
+        chosen = pre.parse_known_args(argv)[0].task
+    except argparse.ArgumentError:
+        chosen = DEFAULT_TASK  # the full parser reports the mistake
     chosen = chosen if chosen in TASKS else DEFAULT_TASK  # the full parser reports an unknown task
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f"tasks: {', '.join(TASKS)}; `--task NAME --help` lists a task's own options")
+    p = ToolParser(description=doc,
+                   epilog=f"tasks: {', '.join(TASKS)}; `--task NAME --help` lists a task's own options")
     p.add_argument("--task", choices=tuple(TASKS), default=DEFAULT_TASK, help=f"default: {DEFAULT_TASK}")
     task_class = get_task(chosen)
     add_shared(p, task_class)
@@ -89,10 +115,25 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
     return args, task_class
 
 
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line; for an error re-raised from a DataLoader worker, the worker's own."""
+    text = str(err).strip()
+    if "Original Traceback" in text:  # torch re-raises a worker's exception with the worker's traceback inside
+        text = text.splitlines()[-1].strip()
+        text = re.sub(r"^[\w.]*Error: ", "", text)
+    return " ".join(text.split()) or type(err).__name__
+
+
 def run(main: Callable[[], int | None]) -> None:
-    """Run a tool's main; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 2."""
+    """Run a tool's main; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 2 (with
+    ``--debug``: the traceback); Ctrl-C ends with exit code 130 and no traceback."""
     try:
         sys.exit(main() or 0)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if "--debug" in sys.argv[1:]:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

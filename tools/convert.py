@@ -12,13 +12,11 @@ file is written atomically.
 
 from __future__ import annotations
 
-import argparse
-
-from _cli import json_dict, run
+from _cli import ToolParser, json_dict, run
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__)
     p.add_argument("--model", required=True, help="visattn model name, e.g. biformer_tiny")
     p.add_argument("--checkpoint", required=True, help="official checkpoint file (.pth)")
     p.add_argument("--output", required=True, help="destination .safetensors file")

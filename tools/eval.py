@@ -16,12 +16,14 @@ import sys
 
 from _cli import is_config, mm_parser, parse_task_args, run
 
+from visattn.engine.options import non_negative_int
+
 
 def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
     """The options every task's evaluation reads."""
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="data to score (default: the data the checkpoint was trained on)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--device")
 
 

@@ -14,33 +14,43 @@ Multi-GPU: ``torchrun --nproc_per_node N tools/train.py ...`` (add ``--launcher 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from _cli import is_config, json_dict, mm_parser, parse_task_args, run
+
+from visattn.engine.options import non_negative_float, non_negative_int, positive_float, positive_int
+
+DEFAULT_OUTPUT = "runs/train"
 
 
 def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
     """The options every task's training reads (``task``: the chosen Task class, for its help texts)."""
     p.add_argument("--data", help=task.shared_help.get("data"))
-    p.add_argument("--output", default="runs/train", help="run folder: checkpoints, metrics.json, curves.png")
+    p.add_argument("--output", help="run folder: checkpoints, metrics.json, curves.png (default: runs/train, or "
+                   "runs/trainN when that holds a run; with --resume: the checkpoint's folder)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run an existing --output folder holds")
     p.add_argument("--model", help=f"timm model name (default: the demo {task.config.model})")
     p.add_argument("--model-kwargs", type=json_dict, help="JSON object of extra model arguments")
     p.add_argument("--pretrained", action="store_true", default=None)
     p.add_argument("--init", help="start from these weights: a checkpoint file (e.g. an earlier run's best.pth)")
-    p.add_argument("--img-size", type=int, help=task.shared_help.get("img_size", "input size"))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--img-size", type=positive_int, help=task.shared_help.get("img_size", "input size"))
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--weight-decay", type=non_negative_float)
     p.add_argument("--opt", help="timm optimizer name, e.g. adamw, sgd, lamb")
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine schedule")
-    p.add_argument("--clip-grad", type=float, help="max gradient norm (0 = off)")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--warmup-epochs", type=non_negative_int)
+    p.add_argument("--min-lr", type=non_negative_float, help="learning rate at the end of the cosine schedule")
+    p.add_argument("--clip-grad", type=non_negative_float, help="max gradient norm (0 = off)")
+    p.add_argument("--workers", type=non_negative_int)
+    p.add_argument("--seed", type=non_negative_int)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: this rank's GPU, else CPU)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable bf16 autocast on GPU")
-    p.add_argument("--resume", help="continue from a last.pth")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic GPU algorithms (slower); CPU runs with one --seed repeat anyway")
+    p.add_argument("--resume", help="continue a run from its last.pth (its options, unless given again)")
 
 
 def main_config(argv) -> int:
@@ -61,14 +71,19 @@ def main(argv=None) -> int:
     if is_config(argv):
         return main_config(argv)
     args, task_class = parse_task_args(argv, __doc__, add_shared_arguments, "train")
-    from visattn.engine.fit import fit
+    from visattn.engine.fit import fit, free_run_folder, resumed_config
 
     config = task_class.config
-    base = config.demo(args.output) if args.data is None and args.model is None else config(output=args.output)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("task", "output")}
-    if overrides.get("clip_grad") == 0:
-        overrides["clip_grad"] = None
-    task = task_class(config(**{**vars(base), **overrides}))
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("task", "debug")}
+    base = vars(config.demo("") if args.data is None and args.model is None else config(output=""))
+    if args.resume:  # the run's own options, then what the command line gives again
+        base.update(resumed_config(args.resume, config))
+        given.setdefault("output", os.path.dirname(os.path.abspath(args.resume)))
+    else:
+        given.setdefault("output", free_run_folder(DEFAULT_OUTPUT))
+    if given.get("clip_grad") == 0:
+        given["clip_grad"] = None
+    task = task_class(config(**{**base, **given}))
     print(task.summary(fit(task)["best"]))
     return 0
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from visattn.engine.loop import train_one_epoch
+from visattn.engine.loop import NonFiniteLoss, train_one_epoch
 
 
 class Recorder:
@@ -44,9 +44,11 @@ def test_one_pass_steps_schedules_clips_and_averages_per_sample():
     assert 0 < (model.weight - before).norm() <= 3 * 0.1 * 1e-3 + 1e-9  # clipped to norm 1e-3 per step
 
 
-def test_a_non_finite_loss_stops_with_advice():
+def test_a_non_finite_loss_names_the_epoch_and_step_and_updates_nothing():
     model, loader, optimizer = _setup()
-    with pytest.raises(RuntimeError, match="loss is nan at epoch 1, step 0; lower --lr"):
+    before = model.weight.detach().clone()
+    with pytest.raises(NonFiniteLoss, match="the loss is nan at epoch 1, step 1$"):
         train_one_epoch(model, model, loader, optimizer, Recorder(),
                         lambda net, batch: (net(batch[0]).sum() * float("nan"), 2), epoch=0, epochs=1,
                         clip_grad=None, show_progress=False)
+    assert torch.equal(model.weight, before)

@@ -7,25 +7,19 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open an image file and convert it to RGB (grayscale, palette and RGBA inputs included)."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+from .images import IMAGE_EXTENSIONS, READ_ERRORS, error_text, load_rgb, read_problems
 
 
 class ImageFolderDataset(Dataset):
     """Images under ``root/<class>/...``, classes sorted by name.
 
-    Files that cannot be opened as images are counted and skipped with one warning naming the first.
-    Items are (transformed RGB image, class index).
+    Files that cannot be read (zero-byte, not an image, a truncated JPEG or PNG) are found up front, counted and
+    skipped with one warning naming the first; a file that still fails to decode later is skipped with a warning
+    naming it (another image of its class takes its place). Items are (transformed RGB image, class index).
     """
 
     def __init__(self, root: str, transform: Callable | None = None, classes: list[str] | None = None):
@@ -35,32 +29,24 @@ class ImageFolderDataset(Dataset):
         self.classes = classes or sorted(e.name for e in os.scandir(root) if e.is_dir())
         if not self.classes:
             raise UserError(f"no class folders in {root}; put each class's images in root/<class>/")
-        self.samples: list[tuple[str, int]] = []
-        bad: list[tuple[str, str]] = []
+        found: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
             folder = os.path.join(root, name)
             if not os.path.isdir(folder):
                 raise UserError(f"class folder {folder} is missing; every split needs the same classes")
             for dirpath, _, files in sorted(os.walk(folder)):
-                for file in sorted(files):
-                    if not file.lower().endswith(IMAGE_EXTENSIONS):
-                        continue
-                    path = os.path.join(dirpath, file)
-                    try:
-                        with Image.open(path) as img:
-                            img.verify()
-                    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-                        bad.append((path, str(err)))
-                        continue
-                    self.samples.append((path, label))
-        if bad:
-            warnings.warn(
-                f"skipped {len(bad)} unreadable image file(s) under {root} (first: {bad[0][0]}: {bad[0][1]})",
-                stacklevel=2,
-            )
+                found += [(os.path.join(dirpath, f), label) for f in sorted(files)
+                          if f.lower().endswith(IMAGE_EXTENSIONS)]
+        problems = read_problems([path for path, _ in found])
+        if problems:
+            first = next(path for path, _ in found if path in problems)
+            warnings.warn(f"skipped {len(problems)} unreadable image file(s) under {root} (first: {first}: "
+                          f"{problems[first]})", stacklevel=2)
+        self.samples = [(path, label) for path, label in found if path not in problems]
         if not self.samples:
             raise UserError(f"no readable images under {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-        self.num_skipped = len(bad)
+        self.num_skipped = len(problems)
+        self.failed: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -69,10 +55,25 @@ class ImageFolderDataset(Dataset):
         """The class index of every item, in order."""
         return [label for _, label in self.samples]
 
+    def _candidates(self, index: int):
+        """``index``, then the other items of its class in order after it."""
+        label, n = self.samples[index][1], len(self.samples)
+        yield index
+        yield from (j for j in ((index + step) % n for step in range(1, n)) if self.samples[j][1] == label)
+
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        img = load_rgb(path)
-        return (self.transform(img) if self.transform else img), label
+        for j in self._candidates(index):
+            if j in self.failed:
+                continue
+            path, label = self.samples[j]
+            try:
+                img = load_rgb(path)
+            except READ_ERRORS as err:
+                self.failed.add(j)
+                warnings.warn(f"skipping unreadable image {path}: {error_text(err)}", stacklevel=2)
+                continue
+            return (self.transform(img) if self.transform else img), label
+        raise UserError(f"no image of class {self.classes[self.samples[index][1]]!r} under {self.root} can be read")
 
 
 class DigitsDataset(Dataset):

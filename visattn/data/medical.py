@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch.utils.data import Dataset, get_worker_info
 
 from ..errors import UserError
-from .classification import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, read_problem
 
 SYNTHETIC = "synthetic-vessels"
 SYNTHETIC_DEFAULTS = {"size": 192, "train": 32, "val": 6, "seed": 0}
@@ -60,14 +61,12 @@ def _open(path: str) -> Image.Image:
 
 
 def _checked_size(path: str) -> tuple[int, int]:
-    """(height, width) from the file header, after PIL's integrity check of the file."""
-    try:
-        with Image.open(path) as img:
-            size = img.size[1], img.size[0]
-            img.verify()
-            return size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise _error(path, err) from None
+    """(height, width) from the file header, after the up-front check that a training run could decode the file."""
+    problem = read_problem(path)
+    if problem:
+        raise UserError(f"cannot read {path}: {problem}")
+    with Image.open(path) as img:
+        return img.size[1], img.size[0]
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -82,8 +81,15 @@ def read_rgb(path: str) -> np.ndarray:
 
 def read_binary(path: str) -> np.ndarray:
     """A mask file as (H, W) bool: ``value > 0`` for 0/1 masks, else ``value >= max / 2`` (0/255, anti-aliased)."""
+    return _binarise(_mask_values(path))
+
+
+def _mask_values(path: str) -> np.ndarray:
     img = _open(path)
-    values = np.asarray(img if img.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") else img.convert("L"))
+    return np.asarray(img if img.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") else img.convert("L"))
+
+
+def _binarise(values: np.ndarray) -> np.ndarray:
     if values.dtype == bool:
         return values
     top = float(values.max())
@@ -155,7 +161,31 @@ def find_samples(root: str, split: str) -> list[SegSample]:
             if (other_height, other_width) != (height, width):
                 raise UserError(f"{other} is {other_width}x{other_height} but {image} is {width}x{height}")
         samples.append(sample)
+    _warn_about_masks(samples)
     return samples
+
+
+def _warn_about_masks(samples: list[SegSample]) -> None:
+    """Counted warnings for masks that are read in a way their author may not mean: more than two values (pixels
+    at or above half the maximum become vessel) or no vessel at all (Dice 1.0 for an empty prediction, no AUC)."""
+    many, empty = [], []
+    for sample in samples:
+        values = _mask_values(sample.mask)
+        distinct = (np.flatnonzero(np.bincount(values.ravel(), minlength=256)) if values.dtype == np.uint8
+                    else np.unique(values))
+        if distinct.size > 2:
+            many.append((sample.mask, distinct))
+        if not _binarise(values).any():
+            empty.append(sample.mask)
+    if many:
+        path, values = many[0]
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
+        warnings.warn(f"{len(many)} of {len(samples)} masks have more than two values (first: {path}: {shown}); "
+                      f"pixels at or above half a mask's maximum count as vessel: binarise the masks if that is not "
+                      f"what they mean", stacklevel=3)
+    if empty:
+        warnings.warn(f"{len(empty)} of {len(samples)} masks have no vessel pixels (first: {empty[0]}): such an image "
+                      f"scores Dice 1.0 when nothing is predicted and has no AUC (reported as nan)", stacklevel=3)
 
 
 class FolderSource:

@@ -28,17 +28,16 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import UserError
-from .classification import IMAGE_EXTENSIONS, load_rgb
+from .images import IMAGE_EXTENSIONS, READ_ERRORS, error_text, load_rgb, read_problems
 
 LAYOUTS = ("auto", "market1501", "msmt17", "csv", "folders")
 SPLITS = ("train", "query", "gallery")
@@ -54,7 +53,6 @@ NO_CAMERAS = ("{where} has no camera ids: the standard protocol drops gallery im
               "camera, so without camera ids every true match would be removed; add camera ids (a <cam>_ file-name "
               "prefix or a camid column) or pass --distinct-cameras if all query and gallery images come from "
               "different cameras")
-_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class ReIDItem(NamedTuple):
@@ -225,43 +223,17 @@ def detect_layout(root: str) -> str:
 # ------------------------------------------------------------------------------------------------ readability
 
 
-def _jpeg_complete(path: str) -> bool:
-    """Whether a JPEG file ends with its end-of-image marker (allowing a little trailing padding)."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64))
-        return b"\xff\xd9" in f.read()
-
-
-def _read_problem(path: str) -> str | None:
-    """Why ``path`` cannot be used as an image, or None. Cheap: the header and PIL's verify(); a JPEG is decoded in
-    full only when its end marker is missing (a truncated file)."""
-    try:
-        with Image.open(path) as img:
-            fmt = img.format
-            img.verify()
-        if fmt == "JPEG" and not _jpeg_complete(path):
-            with Image.open(path) as img:
-                img.load()
-    except (*_READ_ERRORS, UnidentifiedImageError) as err:
-        return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
-    return None
-
-
 def _drop_unreadable(root: str, splits: dict[str, list[ReIDItem]]) -> dict[str, list[ReIDItem]]:
     """The splits without their unreadable files; those are counted in one warning naming the first."""
-    items = [i for s in SPLITS for i in splits[s]]
-    workers = min(8, os.cpu_count() or 1) if len(items) > 256 else 1
-    with ThreadPoolExecutor(workers) as pool:
-        problems = dict(zip((i.path for i in items), pool.map(_read_problem, (i.path for i in items)), strict=True))
-    bad = {s: [i for i in splits[s] if problems[i.path]] for s in SPLITS}
+    problems = read_problems([i.path for s in SPLITS for i in splits[s]])
+    bad = {s: [i for i in splits[s] if i.path in problems] for s in SPLITS}
     count = sum(len(b) for b in bad.values())
     if count:
         first = next(i.path for s in SPLITS for i in bad[s])
         per_split = ", ".join(f"{s} {len(b)}" for s, b in bad.items() if b)
         warnings.warn(f"skipped {count} unreadable image file(s) under {root} ({per_split}; first: {first}: "
                       f"{problems[first]})", stacklevel=3)
-    return {s: [i for i in splits[s] if not problems[i.path]] for s in SPLITS}
+    return {s: [i for i in splits[s] if i.path not in problems] for s in SPLITS}
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -359,10 +331,9 @@ class ReIDImageSet(Dataset):
                 continue
             try:
                 image = load_rgb(item.path)
-            except _READ_ERRORS as err:
+            except READ_ERRORS as err:
                 self.failed.add(item.path)
-                warnings.warn(f"skipping unreadable image {item.path}: {str(err).strip() or type(err).__name__}",
-                              stacklevel=2)
+                warnings.warn(f"skipping unreadable image {item.path}: {error_text(err)}", stacklevel=2)
                 continue
             return self.transform(image), item.pid, item.camid
         raise UserError(f"none of the {len(self.items)} images of the set can be read (first: {self.items[0].path})")

@@ -27,6 +27,7 @@ from .distributed import all_reduce_sum, pick_device
 from .fit import Task, TrainConfig, fit, make_loader
 from .loop import autocast
 from .models import build_model
+from .options import fraction, non_negative_float, open_fraction, positive_int
 
 DIGITS = "digits"
 # The built-in default: a small BiFormer (one block per stage but two in stage 3, half the channels,
@@ -155,27 +156,31 @@ class ClassificationTask(Task):
 
     @staticmethod
     def add_train_arguments(parser) -> None:
-        parser.add_argument("--val-split", type=float, help="pick best.pth on this fraction of train/ (per class), "
+        parser.add_argument("--val-split", type=open_fraction,
+                            help="pick best.pth on this fraction of train/ (per class), "
                             "leaving val/ to tools/eval.py as the test split")
         parser.add_argument("--teacher", help="distil from a frozen teacher: a timm model name (its pretrained "
                             "weights) or a checkpoint file")
         parser.add_argument("--teacher-model", help="the model of a --teacher file that holds bare weights")
         parser.add_argument("--phase", help="Sparsifiner training phase: reconstruct (predictors only, attention "
                             "reconstruction) or distill (backbone, CE + KL + token MSE; needs --teacher)")
-        parser.add_argument("--distill-weight", type=float, help="weight of KL(teacher || student) (default 0.5)")
-        parser.add_argument("--token-weight", type=float, help="weight of the patch-token MSE (default 0.5)")
-        parser.add_argument("--recon-weight", type=float, help="weight of the attention reconstruction (default 0.01)")
-        parser.add_argument("--smoothing", type=float, help="label smoothing")
-        parser.add_argument("--mixup", type=float, help="mixup alpha (0 = off)")
-        parser.add_argument("--cutmix", type=float, help="cutmix alpha (0 = off)")
-        parser.add_argument("--drop-path", type=float)
-        parser.add_argument("--ema-decay", type=float, help="keep an EMA of the weights with this decay")
+        parser.add_argument("--distill-weight", type=non_negative_float,
+                            help="weight of KL(teacher || student) (default 0.5)")
+        parser.add_argument("--token-weight", type=non_negative_float,
+                            help="weight of the patch-token MSE (default 0.5)")
+        parser.add_argument("--recon-weight", type=non_negative_float,
+                            help="weight of the attention reconstruction (default 0.01)")
+        parser.add_argument("--smoothing", type=fraction, help="label smoothing")
+        parser.add_argument("--mixup", type=non_negative_float, help="mixup alpha (0 = off)")
+        parser.add_argument("--cutmix", type=non_negative_float, help="cutmix alpha (0 = off)")
+        parser.add_argument("--drop-path", type=fraction)
+        parser.add_argument("--ema-decay", type=open_fraction, help="keep an EMA of the weights with this decay")
         parser.add_argument("--grad-checkpointing", action="store_true")
 
     @staticmethod
     def add_eval_arguments(parser) -> None:
         parser.add_argument("--model", help="model to load the weights into (default: the checkpoint's)")
-        parser.add_argument("--batch-size", type=int, help="default 64")
+        parser.add_argument("--batch-size", type=positive_int, help="default 64")
         parser.add_argument("--no-ema", dest="use_ema", action="store_false", help="score the raw weights, not the EMA")
 
     @classmethod

@@ -1,25 +1,32 @@
 """One training engine for every task: a :class:`Task` holds a task's own parts, :func:`fit` does the rest.
 
-``fit`` picks the device, joins torchrun's process group, seeds torch and Python's generator (a run repeats),
-resumes (same task and model only), checks that the model takes the input, builds timm's optimizer and per-step
-cosine schedule, wraps the model in DDP, trains with the shared pass (bf16 autocast, finite-loss check, clipping,
-EMA), evaluates on every rank or on rank 0 as the task says, tracks the best score, writes ``last.pth`` /
-``best.pth`` atomically and logs each epoch to TensorBoard, ``metrics.json`` and ``curves.png``.
+``fit`` picks the device, joins torchrun's process group, claims the run folder (an earlier run there is refused
+unless resumed or overwritten; stale temporary files of a killed run are removed), resumes (same task and model
+only), checks that the model takes the input, builds timm's optimizer and per-step cosine schedule, wraps the model
+in DDP, trains with the shared pass (bf16 autocast, finite-loss check, clipping, EMA), evaluates on every rank or on
+rank 0 as the task says, tracks the best score, writes ``best.pth`` / ``last.pth`` atomically (never non-finite
+weights) and logs each epoch to TensorBoard, ``metrics.json`` and ``curves.png``.
+
+Every epoch reseeds torch, NumPy and Python's generators from (seed, epoch, rank) and its DataLoader workers start
+afresh, so a run repeats, and a run killed at any point and resumed from ``last.pth`` ends as the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import importlib
 import math
 import os
 import random
+import shutil
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -28,7 +35,7 @@ from ..backbones._loader import load_pretrained
 from ..errors import UserError
 from .checkpoint import atomic_save, load_checkpoint_file
 from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
-from .loop import train_one_epoch
+from .loop import NonFiniteLoss, train_one_epoch
 from .models import check_model_input
 from .run_log import RunLog
 
@@ -68,7 +75,9 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     amp: bool = True
+    deterministic: bool = False  # deterministic GPU algorithms (CPU runs repeat anyway)
     resume: str | None = None
+    overwrite: bool = False  # replace the run ``output`` holds
 
 
 class Task(ABC):
@@ -177,8 +186,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, wo
     sampler = DistributedSampler(dataset, shuffle=train) if world_size > 1 else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       num_workers=workers, pin_memory=device.type == "cuda",
-                      drop_last=train and len(dataset) > batch_size, persistent_workers=workers > 0,
-                      worker_init_fn=worker_init_fn)
+                      drop_last=train and len(dataset) > batch_size, worker_init_fn=worker_init_fn)
 
 
 def train_pass(task: Task, train_model: nn.Module, model: nn.Module, loader: DataLoader, optimizer, scheduler,
@@ -190,7 +198,7 @@ def train_pass(task: Task, train_model: nn.Module, model: nn.Module, loader: Dat
 
 
 def _resume_checkpoint(task: Task) -> dict | None:
-    """The --resume checkpoint, which must come from the same task and model."""
+    """The --resume checkpoint, which must come from the same task and model and leave epochs to train."""
     cfg = task.cfg
     if not cfg.resume:
         return None
@@ -199,7 +207,77 @@ def _resume_checkpoint(task: Task) -> dict | None:
     if (task_name, model) != (task.name, cfg.model):
         raise UserError(f"{cfg.resume} was trained as {task_name} / {model!r}, not {task.name} / {cfg.model!r}; "
                         f"pass --task {task_name} --model {model} or start without --resume")
+    done = ckpt["epoch"] + 1
+    if done >= cfg.epochs:
+        raise UserError(f"{cfg.resume} has done {done} epochs and --epochs is {cfg.epochs}: nothing to train; "
+                        f"pass --epochs above {done} to train more")
     return ckpt
+
+
+def resumed_config(path: str, config: type[TrainConfig]) -> dict[str, Any]:
+    """The options of the run ``path`` (a last.pth) was written by, as ``config``'s fields (empty for a checkpoint
+    that does not hold them), to continue that run; ``resume`` and ``overwrite`` are not carried over."""
+    saved = load_checkpoint_file(path).get("config") or {}
+    fields = {f.name for f in dataclasses.fields(config)} - {"resume", "overwrite"}
+    return {k: v for k, v in saved.items() if k in fields}
+
+
+def free_run_folder(folder: str) -> str:
+    """``folder`` when it holds no run, else the first of ``folder``2, ``folder``3, ... that holds none."""
+    candidate, number = folder, 1
+    while any(os.path.exists(os.path.join(candidate, f)) for f in RUN_FILES):
+        number += 1
+        candidate = f"{folder}{number}"
+    return candidate
+
+
+RUN_FILES = ("last.pth", "best.pth", "metrics.json", "curves.png", "tensorboard")
+
+
+def claim_output(cfg: TrainConfig, is_main: bool) -> None:
+    """Make ``cfg.output`` this run's folder: a folder holding another run is an error unless this run resumes
+    from it or ``cfg.overwrite`` (then the old run's files go); temporary files a killed run left are removed."""
+    folder = cfg.output
+    held = [f for f in RUN_FILES if os.path.exists(os.path.join(folder, f))]
+    resuming_here = bool(cfg.resume) and os.path.isdir(folder) and os.path.samefile(
+        os.path.dirname(os.path.abspath(cfg.resume)), folder)
+    if held and not resuming_here and not cfg.overwrite:
+        raise UserError(f"{folder} already holds a run ({', '.join(held)}); continue it with --resume "
+                        f"{os.path.join(folder, 'last.pth')}, pick another --output, or pass --overwrite to replace it")
+    if not is_main:
+        return
+    if held and not resuming_here:
+        for name in held:
+            path = os.path.join(folder, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    for stale in glob.glob(os.path.join(glob.escape(folder), ".*.tmp")):
+        os.remove(stale)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed torch, NumPy and Python's generators (timm's crops and flips draw from Python's) for one epoch of one
+    process: the epoch's randomness, DataLoader workers' seeds included, depends on nothing else."""
+    value = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**32
+    torch.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value)
+
+
+def _non_finite(state: dict) -> str | None:
+    """The first floating tensor of ``state`` with a NaN or infinity, or None."""
+    return next((k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()), None)
+
+
+def _last_good(cfg: TrainConfig) -> str:
+    path = os.path.join(cfg.output, "last.pth")
+    return f"the last good checkpoint is {path}" if os.path.exists(path) else "no checkpoint was written"
+
+
+def _deterministic() -> None:
+    """Deterministic algorithms (cuBLAS needs its workspace setting before the first call)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def trainable_summary(model: nn.Module) -> str:
@@ -223,9 +301,11 @@ def fit(task: Task) -> dict[str, Any]:
     device = pick_device(cfg.device)
     rank, world_size = init_distributed(device)
     is_main = rank == 0
-    torch.manual_seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)  # timm's random crops and flips draw from Python's generator
+    if cfg.deterministic:
+        _deterministic()
+    seed_epoch(cfg.seed, -1, rank)  # the model's initialisation
     try:
+        claim_output(cfg, is_main)
         resume = _resume_checkpoint(task)
         model, train_set = task.build(device, rank, world_size)
         if cfg.init and resume is None:
@@ -259,21 +339,26 @@ def fit(task: Task) -> dict[str, Any]:
                 model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=bool(getattr(model, "aux_loss_keys", None)))
         common = {"task": task.name, "model": cfg.model, "model_kwargs": cfg.model_kwargs}
+        config = dataclasses.asdict(cfg)
         log = None
         if is_main:
             os.makedirs(cfg.output, exist_ok=True)
-            log = RunLog(cfg.output, history, {**common, "dataset": task.dataset, "config": dataclasses.asdict(cfg)},
-                         task.panels)
+            log = RunLog(cfg.output, history, {**common, "dataset": task.dataset, "config": config}, task.panels,
+                         start_epoch)
 
         for epoch in range(start_epoch, cfg.epochs):
+            seed_epoch(cfg.seed, epoch, rank)
             for sampler in (train_loader.sampler, train_loader.batch_sampler):  # reshuffle shards / PK batches
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
             if hasattr(model, "set_epoch"):  # models whose training changes with the epoch (TCPA's random matching)
                 model.set_epoch(epoch)
             started = time.time()
-            loss_sum, seen = train_pass(task, train_model, model, train_loader, optimizer, scheduler, device, epoch,
-                                        is_main, ema)
+            try:
+                loss_sum, seen = train_pass(task, train_model, model, train_loader, optimizer, scheduler, device,
+                                            epoch, is_main, ema)
+            except NonFiniteLoss as err:
+                raise UserError(f"{err}; {_last_good(cfg)}; lower --lr or clip gradients (--clip-grad)") from None
             train_loss_sum, train_seen = all_reduce_sum([loss_sum, seen], device)
             eval_model = ema.module if ema is not None else model
             metrics = task.evaluate(eval_model, device) if task.distributed_eval or is_main else None
@@ -284,15 +369,19 @@ def fit(task: Task) -> dict[str, Any]:
                 if improved:
                     best = {"epoch": epoch + 1,
                             **{k: v for k, v in scalars.items() if k.startswith("val_") and k != "val_loss"}}
-                ckpt = {**common, **task.checkpoint_extra(), "dataset": task.dataset, "epoch": epoch,
-                        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                ckpt = {**common, **task.checkpoint_extra(), "dataset": task.dataset, "config": config,
+                        "epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "best": best,
                         "history": log.history + [{"epoch": epoch + 1, **scalars}]}
                 if ema is not None:
                     ckpt["state_dict_ema"] = ema.module.state_dict()
-                atomic_save(ckpt, os.path.join(cfg.output, "last.pth"))
-                if improved:
+                bad = _non_finite(ckpt["state_dict"]) or _non_finite(ckpt.get("state_dict_ema", {}))
+                if bad:
+                    raise UserError(f"the weights became non-finite in epoch {epoch + 1} ({bad}); nothing was "
+                                    f"saved over them, {_last_good(cfg)}; lower --lr or clip gradients")
+                if improved:  # best first: last.pth is the commit point a resume starts from
                     atomic_save(ckpt, os.path.join(cfg.output, "best.pth"))
+                atomic_save(ckpt, os.path.join(cfg.output, "last.pth"))
                 log.log(epoch + 1, scalars, best)
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {scalars['train_loss']:.4f}, "
                       f"{task.epoch_line(metrics, scalars)}", flush=True)

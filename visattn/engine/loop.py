@@ -13,6 +13,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 
+class NonFiniteLoss(RuntimeError):
+    """A training step's loss is NaN or infinite (the message names the epoch and step)."""
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA when ``enabled``; a no-op context elsewhere."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
@@ -33,7 +37,7 @@ def train_one_epoch(train_model: nn.Module, model: nn.Module, loader: DataLoader
     for step, batch in enumerate(bar):
         loss, samples = compute_loss(train_model, batch)
         if not math.isfinite(loss.item()):
-            raise RuntimeError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr")
+            raise NonFiniteLoss(f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad:

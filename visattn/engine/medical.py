@@ -45,6 +45,7 @@ from .fit import Task, TrainConfig, fit
 from .loop import autocast
 from .medical_metrics import SegmentationMetrics, restore_original
 from .models import build_model, check_model_input
+from .options import non_negative_int, numbers, open_fraction, positive_float, positive_int, probability
 
 TASK = "medical-seg"
 DEMO_MODEL = "herseg"
@@ -338,14 +339,17 @@ class MedicalTask(Task):
 
     @staticmethod
     def add_train_arguments(parser) -> None:
-        parser.add_argument("--scale", type=float, help="resize every image by this factor first (e.g. 0.5 for HRF)")
-        parser.add_argument("--crops-per-image", type=int, help="random training crops per image and epoch")
+        parser.add_argument("--scale", type=positive_float,
+                            help="resize every image by this factor first (e.g. 0.5 for HRF)")
+        parser.add_argument("--crops-per-image", type=positive_int, help="random training crops per image and epoch")
         parser.add_argument("--fov-loss", action="store_true", help="train on FOV pixels only")
         parser.add_argument("--inference", choices=INFERENCE_MODES,
                             help="validation on whole images: padded whole image (default) or sliding window")
-        parser.add_argument("--tile", type=int, help="sliding-window size (default: --img-size)")
-        parser.add_argument("--pad-multiple", type=int, help="pad whole images to a multiple of this (default 32)")
-        parser.add_argument("--pad-to", type=int, help="padded inference: zero-pad (centred) to at least an N x N "
+        parser.add_argument("--tile", type=positive_int, help="sliding-window size (default: --img-size)")
+        parser.add_argument("--pad-multiple", type=positive_int,
+                            help="pad whole images to a multiple of this (default 32)")
+        parser.add_argument("--pad-to", type=non_negative_int,
+                            help="padded inference: zero-pad (centred) to at least an N x N "
                                                        "canvas, as FSG-Net tests: 608 DRIVE, 704 STARE, 1024 "
                                                        "CHASE_DB1, 1344 HRF (default 0: just the multiple)")
         parser.add_argument("--recipe", choices=tuple(RECIPES), action=_RecipeAction,
@@ -355,25 +359,25 @@ class MedicalTask(Task):
                                  "--lr 1e-3 --weight-decay 0.05 --warmup-epochs 20 --batch-size 4 --img-size 288 "
                                  "(AdamW, the default --opt; the official run is 10000 epochs). The options below "
                                  "override single steps")
-        parser.add_argument("--cutmix-prob", type=_probability,
+        parser.add_argument("--cutmix-prob", type=probability,
                             help="paste a random box of another training image into image, mask and FOV "
                                  "(default 0; fsgnet 0.8)")
-        parser.add_argument("--resize-prob", type=_probability,
+        parser.add_argument("--resize-prob", type=probability,
                             help="random resize by a factor in --resize-range (default 0; fsgnet 0.8)")
-        parser.add_argument("--resize-range", type=_numbers(2, float, "LOW,HIGH such as 0.5,2"),
+        parser.add_argument("--resize-range", type=numbers(2, float, "LOW,HIGH such as 0.5,2"),
                             help="LOW,HIGH resize factors (default and fsgnet 0.5,2)")
-        parser.add_argument("--blur-prob", type=_probability, help="Gaussian blur (default 0; fsgnet 0.5)")
-        parser.add_argument("--blur-kernel", type=_numbers(2, int, "odd LOW,HIGH such as 3,11"),
+        parser.add_argument("--blur-prob", type=probability, help="Gaussian blur (default 0; fsgnet 0.5)")
+        parser.add_argument("--blur-kernel", type=numbers(2, int, "odd LOW,HIGH such as 3,11"),
                             help="LOW,HIGH odd Gaussian kernel sizes (default and fsgnet 3,11)")
-        parser.add_argument("--perspective-prob", type=_probability,
+        parser.add_argument("--perspective-prob", type=probability,
                             help="random perspective after the crop (default 0; fsgnet 0.3)")
-        parser.add_argument("--jitter", type=_numbers(4, float, "BRIGHTNESS,CONTRAST,SATURATION,HUE"),
+        parser.add_argument("--jitter", type=numbers(4, float, "BRIGHTNESS,CONTRAST,SATURATION,HUE", low=0),
                             help="colour jitter B,C,S,H (default 0.25,0.25,0.2,0.03; fsgnet 0.2,0.2,0.2,0.1)")
-        parser.add_argument("--jitter-prob", type=_probability, help="colour jitter probability (default and "
+        parser.add_argument("--jitter-prob", type=probability, help="colour jitter probability (default and "
                                                                      "fsgnet 0.8)")
-        parser.add_argument("--hflip-prob", type=_probability, help="horizontal flip (default and fsgnet 0.5)")
-        parser.add_argument("--vflip-prob", type=_probability, help="vertical flip (default 0.5; fsgnet 0)")
-        parser.add_argument("--rotate-prob", type=_probability,
+        parser.add_argument("--hflip-prob", type=probability, help="horizontal flip (default and fsgnet 0.5)")
+        parser.add_argument("--vflip-prob", type=probability, help="vertical flip (default 0.5; fsgnet 0)")
+        parser.add_argument("--rotate-prob", type=probability,
                             help="rotation +-180 with scale 0.75-1.25 (default 0.8; fsgnet 0)")
         parser.add_argument("--normalization", choices=NORMALIZATIONS,
                             help="mean/std: the model's pretrained_cfg, else ImageNet (model, the default) or "
@@ -385,9 +389,10 @@ class MedicalTask(Task):
         parser.add_argument("--output", help="folder for metrics.json and predictions/ "
                                              "(default: CHECKPOINT_DIR/eval_SPLIT)")
         parser.add_argument("--inference", choices=INFERENCE_MODES, help="default: as in training")
-        parser.add_argument("--tile", type=int, help="sliding-window size (default: as in training)")
-        parser.add_argument("--threshold", type=float, help="probability threshold (default: 0.5)")
-        parser.add_argument("--pad-to", type=int, help="padded inference: zero-pad (centred) to at least an N x N "
+        parser.add_argument("--tile", type=positive_int, help="sliding-window size (default: as in training)")
+        parser.add_argument("--threshold", type=open_fraction, help="probability threshold (default: 0.5)")
+        parser.add_argument("--pad-to", type=non_negative_int,
+                            help="padded inference: zero-pad (centred) to at least an N x N "
                                                        "canvas (default: as in training)")
 
     @classmethod
@@ -445,32 +450,6 @@ class MedicalTask(Task):
     def summary(self, best: dict[str, Any]) -> str:
         return (f"best val Dice {best['val_dice']:.4f} (pooled; AUC {best['val_auc']:.4f}, HD95 "
                 f"{best['val_hd95']:.2f} px) at epoch {best['epoch']}; checkpoints in {self.cfg.output}")
-
-
-def _probability(text: str) -> float:
-    """argparse type: a probability in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"expected a probability in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise UserError(f"probabilities must be in [0, 1], got {text}")
-    return value
-
-
-def _numbers(count: int, kind: type, what: str):
-    """argparse type: ``count`` comma-separated numbers of ``kind`` (checked further by :class:`Augmentation`)."""
-
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(kind(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != count:
-            raise UserError(f"expected {what}, got {text!r}")
-        return values
-
-    return parse
 
 
 class _RecipeAction(argparse.Action):

@@ -31,6 +31,7 @@ from .checkpoint import atomic_write, atomic_write_json
 from .distributed import barrier, pick_device
 from .fit import Task, TrainConfig, fit
 from .loop import autocast
+from .options import fraction, non_negative_float, non_negative_int, number, numbers, positive_float, probability
 from .reid_metrics import distance_matrix, evaluate_ranking, rerank_features
 from .reid_model import REID_ATTENTION, ReIDLoss, ReIDModel
 
@@ -258,24 +259,29 @@ class ReIDTask(Task):
         parser.add_argument("--distinct-cameras", action="store_true",
                             help="the data has no camera ids but every query and gallery image comes from "
                                  "different cameras")
-        parser.add_argument("--input-size", type=_pair, help="H,W of the network input (default 256,128)")
-        parser.add_argument("--instances", type=int, help="K images per identity in a PK batch (default 4)")
-        parser.add_argument("--milestones", type=_ints, help="epochs where the lr drops by --gamma (default 40,90)")
-        parser.add_argument("--gamma", type=float, help="lr factor at each milestone (default 0.1)")
-        parser.add_argument("--warmup-factor", type=float, help="warm-up starts at lr x this (default 0.1)")
+        parser.add_argument("--input-size", type=numbers(2, int, "H,W such as 256,128", low=1),
+                            help="H,W of the network input (default 256,128)")
+        parser.add_argument("--instances", type=number(int, 2, why="the triplet loss needs two images of an identity"),
+                            help="K images per identity in a PK batch (default 4)")
+        parser.add_argument("--milestones", type=numbers(None, int, "epochs such as 40,90", low=1),
+                            help="epochs where the lr drops by --gamma (default 40,90)")
+        parser.add_argument("--gamma", type=positive_float, help="lr factor at each milestone (default 0.1)")
+        parser.add_argument("--warmup-factor", type=number(float, 0, 1, low_open=True),
+                            help="warm-up starts at lr x this (default 0.1)")
         parser.add_argument("--pooling", choices=POOLINGS, help="global pooling: avg (default) or GeM")
-        parser.add_argument("--last-stride", type=int, help="1 (default, BoT) or 2")
+        parser.add_argument("--last-stride", type=number(int, 1, 2), help="1 (default, BoT) or 2")
         parser.add_argument("--attn", choices=tuple(REID_ATTENTION),
                             help="insert this attention block after bottlenecks of a ResNet backbone")
-        parser.add_argument("--attn-at", type=_ints, help="ResNet stages (1-4) for --attn, e.g. 2,3")
+        parser.add_argument("--attn-at", type=numbers(None, int, "ResNet stages such as 2,3", low=1),
+                            help="ResNet stages (1-4) for --attn, e.g. 2,3")
         parser.add_argument("--attn-blocks", help="bottlenecks of each stage: all (default), last, or indices 0,2")
-        parser.add_argument("--label-smoothing", type=float, help="CE label smoothing (default 0.1)")
-        parser.add_argument("--margin", type=float, help="triplet margin (default 0.3; 0 = soft margin)")
-        parser.add_argument("--triplet-weight", type=float, help="triplet loss weight (default 1)")
-        parser.add_argument("--center-weight", type=float, help="centre loss weight (default 0; BoT 5e-4)")
-        parser.add_argument("--pad", type=int, help="pad before the random crop, pixels (default 10)")
-        parser.add_argument("--flip-prob", type=float, help="horizontal flip probability (default 0.5)")
-        parser.add_argument("--erasing", type=float, help="random erasing probability (default 0.5)")
+        parser.add_argument("--label-smoothing", type=fraction, help="CE label smoothing (default 0.1)")
+        parser.add_argument("--margin", type=non_negative_float, help="triplet margin (default 0.3; 0 = soft margin)")
+        parser.add_argument("--triplet-weight", type=non_negative_float, help="triplet loss weight (default 1)")
+        parser.add_argument("--center-weight", type=non_negative_float, help="centre loss weight (default 0; BoT 5e-4)")
+        parser.add_argument("--pad", type=non_negative_int, help="pad before the random crop, pixels (default 10)")
+        parser.add_argument("--flip-prob", type=probability, help="horizontal flip probability (default 0.5)")
+        parser.add_argument("--erasing", type=probability, help="random erasing probability (default 0.5)")
         ReIDTask._add_retrieval_arguments(parser)
 
     @staticmethod
@@ -327,8 +333,7 @@ class ReIDTask(Task):
         cfg = self.cfg
         sampler = PKBatchSampler([item.pid for item in dataset.items], num_ids=cfg.ids_per_batch,
                                  num_instances=cfg.instances, seed=cfg.seed, world_size=world_size, rank=rank)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
-                          pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers, pin_memory=device.type == "cuda")
 
     def schedule(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -368,22 +373,6 @@ class ReIDTask(Task):
     def summary(self, best: dict[str, Any]) -> str:
         return (f"best val mAP {best['val_mAP']:.4f} (rank-1 {best['val_rank1']:.4f}, mINP {best['val_mINP']:.4f}) "
                 f"at epoch {best['epoch']}; checkpoints in {self.cfg.output}")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated integers such as ``2,3``."""
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"expected comma-separated integers such as 2,3, got {text!r}") from None
-    return values
-
-
-def _pair(text: str) -> tuple[int, int]:
-    values = _ints(text)
-    if len(values) != 2:
-        raise UserError(f"expected H,W such as 256,128, got {text!r}")
-    return values
 
 
 def train(cfg: ReIDConfig) -> dict[str, Any]:

@@ -5,22 +5,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .checkpoint import atomic_write_json
+from .checkpoint import atomic_write, atomic_write_json
 
 
 class RunLog:
     """Collects one dict of scalars per epoch and writes them out after each epoch (main process only)."""
 
     def __init__(self, output: str, history: list[dict], meta: dict,
-                 panels: tuple[tuple[str, str, tuple[str, ...]], ...]):
-        """``panels``: (title, y-axis label, history keys) of each panel in curves.png."""
+                 panels: tuple[tuple[str, str, tuple[str, ...]], ...], start_epoch: int = 0):
+        """``panels``: (title, y-axis label, history keys) of each panel in curves.png; a resumed run
+        (``start_epoch`` > 0) drops TensorBoard events of the epochs it trains again."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.output = output
         self.history = list(history)
         self.meta = dict(meta)
         self.panels = panels
-        self.writer = SummaryWriter(os.path.join(output, "tensorboard"))
+        self.writer = SummaryWriter(os.path.join(output, "tensorboard"),
+                                    purge_step=start_epoch + 1 if start_epoch else None)
 
     def log(self, epoch: int, scalars: dict[str, float], best: dict[str, Any]) -> None:
         for key, value in scalars.items():
@@ -46,10 +48,8 @@ class RunLog:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        tmp = f"{path}.tmp.png"
-        fig.savefig(tmp, dpi=100)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
-        os.replace(tmp, path)
 
     def close(self) -> None:
         self.writer.close()
