@@ -7,6 +7,7 @@ import torch
 
 import visattn.mm
 from tests.backbones.test_biformer import _randomized, official_state_dict
+from visattn.errors import UserError
 from visattn.mm import BiFormerBackbone, MambaOutBackbone, VisattnBackbone
 
 
@@ -51,7 +52,7 @@ def test_frozen_stages_and_norm_eval():
     assert all(p.requires_grad for p in model.stages[1].parameters())
     assert not model.stem.training and not model.stages[0].training and model.stages[1].training
     assert not model.stages[1].downsample.norm.training  # norm_eval: BatchNorm statistics frozen
-    with pytest.raises(ValueError, match="frozen_stages=5"):
+    with pytest.raises(UserError, match="frozen_stages=5"):
         BiFormerBackbone(arch="tiny", frozen_stages=5)
 
 
@@ -79,7 +80,7 @@ def test_pretrained_init_cfg_loads_official_checkpoints(tmp_path, monkeypatch):
 
 
 def test_unsupported_init_cfg_is_an_error():
-    with pytest.raises(ValueError, match="type='Pretrained'"):
+    with pytest.raises(UserError, match="type='Pretrained'"):
         BiFormerBackbone(arch="tiny", init_cfg=dict(type="Kaiming"))
 
 
@@ -109,9 +110,9 @@ def test_any_timm_model_with_feature_info_is_a_backbone():
         feats = backbone(torch.randn(1, 3, 64, 96))
     assert [tuple(f.shape) for f in feats] == [(1, 192, 4, 6), (1, 192, 4, 6)]
     assert len(backbone.model.blocks) == 12
-    with pytest.raises(ValueError, match="frozen_stages needs a model with stem and stages"):
+    with pytest.raises(UserError, match="frozen_stages needs a model with stem and stages"):
         VisattnBackbone("inline_deit_tiny", frozen_stages=1)
-    with pytest.raises(ValueError, match=r"out_indices \(0, 4\) out of range"):
+    with pytest.raises(UserError, match=r"out_indices \(0, 4\) out of range"):
         VisattnBackbone("biformer_tiny", out_indices=(0, 4))
 
 

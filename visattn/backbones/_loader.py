@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -88,9 +89,11 @@ def _official_weights(name: str) -> dict:
 
 def read_file(path: str):
     """``path`` loaded on the CPU (tensors and plain containers only; safetensors by extension), with one-line
-    errors for a missing or damaged file."""
+    errors for a missing, empty, cut-off or foreign file."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): its write was cut off; use another checkpoint")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -98,7 +101,26 @@ def read_file(path: str):
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch and safetensors raise many types for a damaged file
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {_read_failure(path, err)}") from None
+
+
+def _read_failure(path: str, err: Exception) -> str:
+    """Why a checkpoint file could not be read, in words a user can act on."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    text = str(err)
+    if path.endswith(".safetensors"):
+        return f"not a complete safetensors file ({text.splitlines()[0] if text else type(err).__name__})"
+    if head == b"PK\x03\x04" and "zip archive" in text:
+        return "the file is cut off or damaged (an incomplete torch.save archive)"
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsupported or (head[:1] == b"\x80" and isinstance(err, pickle.UnpicklingError)):
+        what = f" ({unsupported.group(1)})" if unsupported else ""
+        return (f"it holds Python objects{what} beyond tensors and plain containers, which visattn does not "
+                f"unpickle; save the weights alone with torch.save(model.state_dict(), path)")
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        return "not a PyTorch (torch.save) or safetensors file"
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
 def read_checkpoint(source: str | os.PathLike | Mapping) -> dict:

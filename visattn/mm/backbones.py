@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
+import timm
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d
+
+from ..errors import UserError
 
 
 class VisattnBackbone(BaseModule):
@@ -34,28 +38,31 @@ class VisattnBackbone(BaseModule):
                  norm_eval: bool = False, out_norms: bool = False, model_kwargs: dict | None = None,
                  init_cfg: dict | None = None):
         super().__init__(init_cfg=None)
-        import timm
 
         import visattn  # noqa: F401  (registers the models)
 
         if init_cfg is not None and init_cfg.get("type") != "Pretrained":
-            raise ValueError(f"init_cfg type {init_cfg.get('type')!r} is not supported; use type='Pretrained'")
+            raise UserError(f"init_cfg type {init_cfg.get('type')!r} is not supported; use type='Pretrained'")
         self.pretrained = init_cfg
+        if not timm.is_model(model_name):
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=3, cutoff=0.7)
+            raise UserError(f"there is no model {model_name!r}: check the backbone's arch"
+                            + (f" (did you mean {', '.join(close)}?)" if close else ""))
         self.model = timm.create_model(model_name, **(model_kwargs or {}))
         if not (getattr(self.model, "feature_info", None) and hasattr(self.model, "prune_intermediate_layers")):
-            raise ValueError(f"{model_name} has no feature_info and prune_intermediate_layers, so it cannot serve "
+            raise UserError(f"{model_name} has no feature_info and prune_intermediate_layers, so it cannot serve "
                              f"as a backbone; use a model timm's features_only API supports")
         levels = len(self.model.feature_info)
         if any(not -levels <= i < levels for i in out_indices):
-            raise ValueError(f"out_indices {tuple(out_indices)} out of range for {model_name}'s {levels} levels")
+            raise UserError(f"out_indices {tuple(out_indices)} out of range for {model_name}'s {levels} levels")
         self.out_indices = tuple(i % levels for i in out_indices)
         self.model.prune_intermediate_layers(list(self.out_indices), prune_norm=True, prune_head=True)
         self.out_channels = [self.model.feature_info[i]["num_chs"] for i in self.out_indices]
         self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.out_channels) if out_norms else None
         if frozen_stages >= 0 and not (hasattr(self.model, "stem") and hasattr(self.model, "stages")):
-            raise ValueError(f"frozen_stages needs a model with stem and stages; {model_name} has neither")
+            raise UserError(f"frozen_stages needs a model with stem and stages; {model_name} has neither")
         if frozen_stages > 0 and frozen_stages > len(self.model.stages):
-            raise ValueError(f"frozen_stages={frozen_stages} but {model_name} has {len(self.model.stages)} stages")
+            raise UserError(f"frozen_stages={frozen_stages} but {model_name} has {len(self.model.stages)} stages")
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self._freeze_stages()
@@ -179,6 +186,6 @@ class PSAHRNetBackbone(VisattnBackbone):
     def __init__(self, arch: str = "w48", layout: str = "sequential", upsample: str = "bilinear",
                  out_indices: Sequence[int] = (1, 2, 3, 4), norm_eval: bool = False, init_cfg: dict | None = None):
         if layout not in ("sequential", "parallel"):
-            raise ValueError(f"layout must be 'sequential' or 'parallel', got {layout!r}")
+            raise UserError(f"layout must be 'sequential' or 'parallel', got {layout!r}")
         name = f"hrnet_{arch}_psa{'_s' if layout == 'sequential' else ''}"
         super().__init__(name, out_indices, -1, norm_eval, False, dict(head="", upsample=upsample), init_cfg)

@@ -3,13 +3,71 @@ run for detection and segmentation."""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import importlib
 import os
+import re
 
 import torch
 
 from ..errors import UserError
 
 TASK_OF_SCOPE = {"mmdet": "detection", "mmseg": "segmentation"}
+_NOT_REGISTERED = re.compile(r"(\w+) is not in the (\w+)::(\w+) registry")
+_BAD_ARGUMENT = re.compile(r"(unexpected keyword argument|missing \d+ required positional argument)")
+
+
+def _registered_names(scope: str, registry: str) -> list[str]:
+    """Every type name the ``scope`` library's ``registry`` (and mmengine's root registry) can build."""
+    try:
+        child = getattr(importlib.import_module(f"{scope}.registry"), f"{registry.upper()}S")
+    except (ImportError, AttributeError):
+        return []
+    names = list(child.module_dict)
+    if child.parent is not None:
+        names += list(child.parent.module_dict)
+    return names
+
+
+def _config_mistake(path: str, err: BaseException) -> str | None:
+    """What a user got wrong in config ``path``, from an exception raised while reading or building it; None when
+    the exception does not look like a config mistake (a bug, which keeps its traceback)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, UserError):
+        return text
+    if isinstance(err, SyntaxError):  # the file named is the config itself or one of its _base_ files
+        where = err.filename if err.filename and err.filename != "<unknown>" else path
+        return f"{where}, line {err.lineno}: {err.msg}"
+    if isinstance(err, FileNotFoundError):
+        missing = err.filename or text
+        if str(missing).endswith(".py"):
+            return f"cannot find {missing}: check the _base_ list and custom_imports"
+        return (f"{missing} does not exist: put the dataset there, or point the config at it, e.g. --cfg-options "
+                f"train_dataloader.dataset.data_root=DIR val_dataloader.dataset.data_root=DIR "
+                f"test_dataloader.dataset.data_root=DIR")
+    match = _NOT_REGISTERED.search(text)
+    if isinstance(err, KeyError) and match:
+        name, scope, registry = match.groups()
+        close = difflib.get_close_matches(name, _registered_names(scope, registry), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; check the spelling and custom_imports"
+        return f"type {name!r} is not a registered {scope} {registry}{hint}"
+    if isinstance(err, TypeError) and _BAD_ARGUMENT.search(text):
+        return f"{text}; check that key in the config"
+    return None
+
+
+@contextlib.contextmanager
+def config_errors(path: str):
+    """Turn a mistake in config ``path`` (a missing _base_ or dataset, a misspelled type, an unknown key or arch)
+    into one :class:`UserError` line naming the config; the original stays chained for ``--debug``."""
+    try:
+        yield
+    except Exception as err:
+        mistake = _config_mistake(path, err)
+        if mistake is None:
+            raise
+        raise UserError(f"config {path}: {mistake}") from err
 
 
 def load_config(path: str, work_dir: str | None = None, cfg_options: dict | None = None, amp: bool = False,
@@ -27,7 +85,8 @@ def load_config(path: str, work_dir: str | None = None, cfg_options: dict | None
 
     if not os.path.isfile(path):
         raise UserError(f"config {path} does not exist")
-    cfg = Config.fromfile(path)
+    with config_errors(path):
+        cfg = Config.fromfile(path)
     if cfg.get("default_scope") not in TASK_OF_SCOPE:
         raise UserError(f"{path} is not an mmdet or mmseg config (default_scope={cfg.get('default_scope')!r})")
     if cfg_options:
@@ -58,8 +117,9 @@ def train(path: str, work_dir: str | None = None, resume: str | bool = False, am
     if resume:
         cfg.resume = True
         cfg.load_from = None if resume is True else resume
-    runner = build_runner(cfg)
-    runner.train()
+    with config_errors(path):
+        runner = build_runner(cfg)
+        runner.train()
     return runner
 
 
@@ -70,4 +130,5 @@ def test(path: str, checkpoint: str, work_dir: str | None = None, launcher: str 
         raise UserError(f"checkpoint {checkpoint} does not exist")
     cfg = load_config(path, work_dir, cfg_options, launcher=launcher)
     cfg.load_from = checkpoint
-    return build_runner(cfg).test()
+    with config_errors(path):
+        return build_runner(cfg).test()
