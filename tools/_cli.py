@@ -94,15 +94,24 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
     from visattn.engine.fit import DEFAULT_TASK, TASKS, get_task
 
     pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    pre.add_argument("--task", default=DEFAULT_TASK)
+    pre.add_argument("--task")
+    pre.add_argument("--resume")
+    pre.add_argument("--checkpoint")
     try:
-        chosen = pre.parse_known_args(argv)[0].task
+        known = pre.parse_known_args(argv)[0]
     except argparse.ArgumentError:
-        chosen = DEFAULT_TASK  # the full parser reports the mistake
+        known = argparse.Namespace(task=None, resume=None, checkpoint=None)  # the full parser reports the mistake
+    chosen = known.task
+    checkpoint = known.resume or known.checkpoint
+    if chosen is None and checkpoint and os.path.isfile(checkpoint):
+        from visattn.engine.checkpoint import checkpoint_task
+
+        chosen = checkpoint_task(checkpoint)  # a run is continued or scored as the task that wrote it
     chosen = chosen if chosen in TASKS else DEFAULT_TASK  # the full parser reports an unknown task
     p = ToolParser(description=doc,
                    epilog=f"tasks: {', '.join(TASKS)}; `--task NAME --help` lists a task's own options")
-    p.add_argument("--task", choices=tuple(TASKS), default=DEFAULT_TASK, help=f"default: {DEFAULT_TASK}")
+    p.add_argument("--task", choices=tuple(TASKS), default=chosen,
+                   help=f"default: the task of the checkpoint given, else {DEFAULT_TASK}")
     task_class = get_task(chosen)
     add_shared(p, task_class)
     owners: dict[str, tuple[str, list[str]]] = {}  # dest -> (option, tasks that declare it)

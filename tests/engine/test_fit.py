@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from visattn.engine.fit import TASKS, Task, TrainConfig, fit, get_task
+from visattn.engine.fit import TASKS, Task, TrainConfig, fit, free_run_folder, get_task, resumed_config
 from visattn.errors import UserError
 
 
@@ -95,3 +95,72 @@ def test_load_checkpoint_names_the_task_of_another_tasks_checkpoint(tmp_path):
 def test_every_registered_task_resolves_to_its_class(name):
     task = get_task(name)
     assert issubclass(task, Task) and task.name == name and issubclass(task.config, TrainConfig)
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    fit(ToyRegression(_config(tmp_path, epochs=1)))
+    first = (tmp_path / "last.pth").read_bytes()
+    with pytest.raises(UserError, match=r"already holds a run \(last.pth, best.pth, metrics.json, curves.png, "
+                                        r"tensorboard\); continue it with --resume .*--overwrite to replace it"):
+        fit(ToyRegression(_config(tmp_path, epochs=1)))
+    assert (tmp_path / "last.pth").read_bytes() == first
+    (tmp_path / "tensorboard" / "stale-events").write_text("from the first run")
+    fit(ToyRegression(_config(tmp_path, epochs=1, overwrite=True)))
+    assert not (tmp_path / "tensorboard" / "stale-events").exists()  # the old run's logs are not mixed in
+    assert free_run_folder(str(tmp_path)) == f"{tmp_path}2"
+    assert free_run_folder(str(tmp_path / "fresh")) == str(tmp_path / "fresh")
+
+
+def test_resume_removes_a_killed_writes_temporary_file_and_needs_epochs_left(tmp_path):
+    fit(ToyRegression(_config(tmp_path, epochs=2)))
+    stale = tmp_path / ".last.pth.k1ll3d.tmp"
+    stale.write_bytes(b"\0" * 1000)  # what SIGKILL during atomic_save leaves
+    with pytest.raises(UserError, match="has done 2 epochs and --epochs is 2: nothing to train; pass --epochs above 2"):
+        fit(ToyRegression(_config(tmp_path, epochs=2, resume=str(tmp_path / "last.pth"))))
+    fit(ToyRegression(_config(tmp_path, epochs=3, resume=str(tmp_path / "last.pth"))))
+    assert not stale.exists()
+    assert resumed_config(str(tmp_path / "last.pth"), ToyConfig)["epochs"] == 3
+
+
+class NaNInEpoch2(ToyRegression):
+    """The toy task whose loss turns NaN in its second epoch."""
+
+    epoch = 1
+
+    def compute_loss(self, net, batch, device):
+        loss, count = super().compute_loss(net, batch, device)
+        return (loss * float("nan") if self.epoch == 2 else loss), count
+
+    def evaluate(self, model, device):
+        self.epoch += 1
+        return super().evaluate(model, device)
+
+
+def test_a_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+    task = NaNInEpoch2(_config(tmp_path, epochs=3))
+    with pytest.raises(UserError, match=r"the loss is nan at epoch 2, step 1; the last good checkpoint is "
+                                        r".*last.pth; lower --lr"):
+        fit(task)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 0
+
+
+def test_non_finite_weights_are_never_saved_over_a_good_checkpoint(tmp_path, monkeypatch):
+    fit(ToyRegression(_config(tmp_path, epochs=1)))
+    good = (tmp_path / "last.pth").read_bytes()
+
+    class Poisoned(ToyRegression):
+        def evaluate(self, model, device):
+            with torch.no_grad():
+                model.weight[0, 0] = float("inf")
+            return super().evaluate(model, device)
+
+    with pytest.raises(UserError, match=r"the weights became non-finite in epoch 2 \(weight\); nothing was saved"):
+        fit(Poisoned(_config(tmp_path, epochs=2, resume=str(tmp_path / "last.pth"))))
+    assert (tmp_path / "last.pth").read_bytes() == good
+
+
+def test_same_seed_same_run_and_another_seed_another(tmp_path):
+    runs = [fit(ToyRegression(_config(tmp_path / name, seed=seed, workers=1)))["history"]
+            for name, seed in (("a", 5), ("b", 5), ("c", 6))]
+    losses = [[h["train_loss"] for h in run] for run in runs]
+    assert losses[0] == losses[1] != losses[2]

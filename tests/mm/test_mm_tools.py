@@ -4,7 +4,7 @@ import json
 
 from tests.mm.synthetic import make_coco
 from tests.mm.test_det_seg_pipelines import DET, _det_cfg
-from tests.tools.test_train_eval import assert_one_line_error, tool
+from tests.tools._runs import assert_one_line_error, tool
 
 
 def test_train_then_eval_a_detection_config(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.backbones.test_biformer import _randomized, official_state_dict
-from tests.tools.test_train_eval import ROOT, assert_one_line_error
+from tests.tools._runs import ROOT, assert_one_line_error
 
 
 def convert(*args):

@@ -3,50 +3,13 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL = json.dumps({"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "n_win": 2, "topks": [1, 2, 4, None],
-                    "head_dim": 16})
-
-
-def tool(name, *args, env=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ")
-    for fragment in fragments:
-        assert fragment in last, last
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """Two easy classes (bright vs dark), stored as grayscale, RGBA and RGB files, plus one corrupt file."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    modes = ["L", "RGBA", "RGB"]
-    for split, count in (("train", 12), ("val", 6)):
-        for label, level in (("bright", 220), ("dark", 30)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(level + rng.normal(0, 10, (40, 40, 4)), 0, 255).astype(np.uint8)
-                mode = modes[i % 3]
-                img = Image.fromarray(pixels[..., 0] if mode == "L" else pixels[..., : len(mode)], mode)
-                img.save(folder / f"{i}.png")
-    (root / "train" / "dark" / "corrupt.png").write_bytes(b"\x89PNG but not really")
-    return root
+from tests.tools._runs import REID, SEG_SMALL, SMALL, assert_one_line_error, tool, torchrun_train
 
 
 @pytest.fixture(scope="module")
@@ -125,17 +88,6 @@ def test_bad_model_kwargs_are_reported(image_folder, tmp_path):
     assert_one_line_error(result, "cannot build biformer_tiny", "topk=16 must be between 1 and n_win**2=4")
 
 
-def torchrun_train(*args):
-    """tools/train.py in two processes under torchrun; asserts it succeeded."""
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(ROOT, "tools", "train.py"), *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def test_torchrun_two_processes(image_folder, tmp_path):
     result = torchrun_train("--data", str(image_folder), "--output", str(tmp_path), "--model", "biformer_tiny",
                             "--model-kwargs", SMALL, "--img-size", "32", "--epochs", "1", "--batch-size", "4",
@@ -153,22 +105,6 @@ def test_torchrun_with_parameters_only_their_own_loss_trains(image_folder, tmp_p
                             "--model-kwargs", kwargs, "--img-size", "32", "--epochs", "1", "--batch-size", "4",
                             "--workers", "0")
     assert result.stdout.count("epoch 1/1:") == 1
-
-
-# Medical segmentation: HER-Seg cut down to run in seconds on a CPU, on synthetic vessels saved as image folders.
-SEG_SMALL = json.dumps({"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "decoder_dim": 32,
-                        "decoder_heads": 2, "decoder_depth": 1})
-
-
-@pytest.fixture(scope="module")
-def vessel_folder(tmp_path_factory):
-    """Generic layout with FOV masks: train/ and test/ (no val/: evaluation falls back to test/)."""
-    from visattn.data.medical import SyntheticVessels, write_folder
-
-    root = tmp_path_factory.mktemp("vessels")
-    write_folder(SyntheticVessels(3, 64, seed=0), str(root), "train")
-    write_folder(SyntheticVessels(2, (60, 72), seed=1), str(root), "test")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -263,18 +199,6 @@ def test_another_tasks_option_is_a_one_line_error(tmp_path):
                           "--fov-loss is a medical-seg option, not one of --task classification")
     assert_one_line_error(tool("eval.py", "--task", "medical-seg", "--checkpoint", str(tmp_path / "x.pth"), "--no-ema"),
                           "--no-ema is a classification option, not one of --task medical-seg")
-
-
-@pytest.fixture(scope="module")
-def reid_folder(tmp_path_factory):
-    from visattn.data.reid import write_synthetic_reid
-
-    return write_synthetic_reid(str(tmp_path_factory.mktemp("reid") / "market"), num_train_ids=8, num_test_ids=4,
-                                num_cameras=2, size=(64, 32))
-
-
-REID = ["--task", "reid", "--model", "resnet18", "--input-size", "64,32", "--batch-size", "8", "--instances", "2",
-        "--workers", "0"]
 
 
 @pytest.fixture(scope="module")

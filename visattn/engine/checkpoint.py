@@ -63,3 +63,13 @@ def load_checkpoint_file(path: str) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a visattn training checkpoint (no 'state_dict'); convert it first")
     return ckpt
+
+
+def checkpoint_task(path: str) -> str | None:
+    """The task a visattn training checkpoint names (memory-mapped, so a large file costs little); None when the
+    file cannot be read or names none."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a damaged or foreign file: the tool's own reading reports it
+        return None
+    return ckpt.get("task") if isinstance(ckpt, dict) else None
