@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/train.py --output $(OUT)
+	$(PY) tools/train.py --output $(OUT) --overwrite
 	$(PY) tools/eval.py --checkpoint $(OUT)/best.pth
 	@echo "checkpoint: $(OUT)/best.pth  curves: $(OUT)/curves.png  metrics: $(OUT)/metrics.json"
 

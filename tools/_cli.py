@@ -60,9 +60,9 @@ def json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON: {err}") from None
+        raise argparse.ArgumentTypeError(f"{text}: not valid JSON ({err})") from None
     if not isinstance(value, dict):
-        raise ValueError("expected a JSON object such as '{\"n_win\": 8}'")
+        raise argparse.ArgumentTypeError(f"{text}: expected a JSON object such as '{{\"n_win\": 8}}'")
     return value
 
 

@@ -16,7 +16,7 @@ import sys
 
 from _cli import is_config, mm_parser, parse_task_args, run
 
-from visattn.engine.options import non_negative_int
+from visattn.engine.options import device, non_negative_int
 
 
 def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
@@ -24,7 +24,7 @@ def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="data to score (default: the data the checkpoint was trained on)")
     p.add_argument("--workers", type=non_negative_int, default=2)
-    p.add_argument("--device")
+    p.add_argument("--device", type=device)
 
 
 def main_config(argv) -> int:

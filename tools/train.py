@@ -19,7 +19,14 @@ import sys
 
 from _cli import is_config, json_dict, mm_parser, parse_task_args, run
 
-from visattn.engine.options import non_negative_float, non_negative_int, positive_float, positive_int
+from visattn.engine.options import (
+    device,
+    non_negative_float,
+    non_negative_int,
+    optimizer,
+    positive_float,
+    positive_int,
+)
 
 DEFAULT_OUTPUT = "runs/train"
 
@@ -40,13 +47,13 @@ def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--weight-decay", type=non_negative_float)
-    p.add_argument("--opt", help="timm optimizer name, e.g. adamw, sgd, lamb")
+    p.add_argument("--opt", type=optimizer, help="timm optimizer name, e.g. adamw, sgd, lamb")
     p.add_argument("--warmup-epochs", type=non_negative_int)
     p.add_argument("--min-lr", type=non_negative_float, help="learning rate at the end of the cosine schedule")
     p.add_argument("--clip-grad", type=non_negative_float, help="max gradient norm (0 = off)")
     p.add_argument("--workers", type=non_negative_int)
     p.add_argument("--seed", type=non_negative_int)
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: this rank's GPU, else CPU)")
+    p.add_argument("--device", type=device, help="cpu, cuda, cuda:1, ... (default: this rank's GPU, else CPU)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable bf16 autocast on GPU")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic GPU algorithms (slower); CPU runs with one --seed repeat anyway")

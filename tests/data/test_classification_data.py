@@ -50,3 +50,31 @@ def test_digits_split_is_stratified_and_disjoint():
     assert img.mode == "RGB" and img.size == (8, 8) and 0 <= label < 10
     train_rows = {t.tobytes() for t in train.images}
     assert sum(v.tobytes() in train_rows for v in val.images) < 5  # only exact duplicate digits overlap
+
+
+def _jpeg(path, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+
+
+def test_truncated_and_empty_files_are_found_up_front_and_a_file_failing_later_is_replaced(tmp_path):
+    for i in range(3):
+        _jpeg(tmp_path / "cat" / f"{i}.jpg", i)
+    _jpeg(tmp_path / "dog" / "0.jpg", 9)
+    whole = (tmp_path / "cat" / "0.jpg").read_bytes()
+    (tmp_path / "cat" / "half.jpg").write_bytes(whole[: len(whole) // 2])  # passes PIL's verify()
+    png = tmp_path / "dog" / "cut.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(png)
+    png.write_bytes(png.read_bytes()[:-20])
+    (tmp_path / "dog" / "empty.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"skipped 3 unreadable image file\(s\) .*half\.jpg"):
+        ds = ImageFolderDataset(str(tmp_path))
+    assert [p.rsplit("/", 1)[1] for p, _ in ds.samples] == ["0.jpg", "1.jpg", "2.jpg", "0.jpg"]
+
+    (tmp_path / "cat" / "1.jpg").write_bytes(whole[: len(whole) // 2])  # damaged after the check
+    with pytest.warns(UserWarning, match=r"skipping unreadable image .*cat/1\.jpg: image file is truncated"):
+        img, label = ds[1]
+    assert label == 0 and img.size == (64, 64)
+    assert list(np.asarray(img).flat[:9]) == list(np.asarray(Image.open(tmp_path / "cat" / "2.jpg")).flat[:9])
+    assert ds[1][1] == 0 and 1 in ds.failed  # not retried

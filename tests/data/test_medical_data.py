@@ -359,3 +359,19 @@ def test_the_fsgnet_augmentation_is_the_official_recipe():
         image, mask, fov = ds[i]
         assert image.shape == (3, 32, 32) and mask.shape == fov.shape == (1, 32, 32)
         assert torch.isfinite(image).all()
+
+
+def test_masks_read_in_a_way_their_author_may_not_mean_are_counted_in_warnings(tmp_path):
+    _generic(tmp_path, "train", ["a", "b", "c"], mask_scale=255)
+    three = np.zeros((9, 7), np.uint8)
+    three[0, :3], three[1, :3] = 100, 255
+    Image.fromarray(three).save(tmp_path / "train/masks/b.png")
+    Image.fromarray(np.zeros((9, 7), np.uint8)).save(tmp_path / "train/masks/c.png")
+    with pytest.warns(UserWarning) as caught:
+        source = FolderSource(str(tmp_path), "train")
+    messages = [str(w.message) for w in caught]
+    assert any("1 of 3 masks have more than two values (first: " in m and "b.png: 0, 100, 255)" in m
+               for m in messages), messages
+    assert any("1 of 3 masks have no vessel pixels (first: " in m and "c.png" in m and "AUC" in m
+               for m in messages), messages
+    assert source.load(1)[1].sum() == 3  # 100 is below half of 255: background, as the warning says

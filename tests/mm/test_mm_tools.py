@@ -1,10 +1,15 @@
 """tools/train.py CONFIG and tools/eval.py CONFIG CHECKPOINT, as a user runs them."""
 
 import json
+import os
+
+import pytest
 
 from tests.mm.synthetic import make_coco
 from tests.mm.test_det_seg_pipelines import DET, _det_cfg
-from tests.tools._runs import assert_one_line_error, tool
+from tests.tools._runs import ROOT, assert_one_line_error, tool
+from visattn.errors import UserError
+from visattn.mm.runner import train
 
 
 def test_train_then_eval_a_detection_config(tmp_path):
@@ -28,3 +33,37 @@ def test_config_errors_are_one_line(tmp_path):
     assert_one_line_error(tool("train.py", str(tmp_path / "missing.py")), "config", "does not exist")
     result = tool("eval.py", DET[0], str(tmp_path / "missing.pth"))
     assert_one_line_error(result, "checkpoint", "does not exist")
+
+
+SEG_CONFIG = os.path.join(ROOT, "configs", "seg", "fpn_biformer-s_4xb8-80k_ade20k-512x512.py")
+MISTAKES = {
+    "unknown arch": ("model = dict(backbone=dict(arch='smal'))", "there is no model 'biformer_smal': check the "
+                     "backbone's arch (did you mean biformer_small"),
+    "misspelled type": ("model = dict(backbone=dict(type='BiFormerBackbon'))",
+                        "type 'BiFormerBackbon' is not a registered mmseg model; did you mean BiFormerBackbone?"),
+    "unknown key": ("model = dict(backbone=dict(n_wn=8))", "BiFormerBackbone.__init__() got an unexpected keyword "
+                    "argument 'n_wn'; check that key in the config"),
+    "shipped config without its dataset": ("", "data/ade/ADEChallengeData2016/images/training does not exist: put "
+                                           "the dataset there, or point the config at it, e.g. --cfg-options "
+                                           "train_dataloader.dataset.data_root=DIR"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_a_config_mistake_is_one_error_naming_the_config(mistake, tmp_path):
+    body, expected = MISTAKES[mistake]
+    config = tmp_path / "mine.py"
+    config.write_text(f"_base_ = [{SEG_CONFIG!r}]\n{body}\n")
+    with pytest.raises(UserError) as err:
+        train(str(config), str(tmp_path / "work"))
+    assert str(err.value).startswith(f"config {config}: {expected}"), str(err.value)
+
+
+def test_config_file_mistakes_are_one_line_with_the_traceback_behind_debug(tmp_path):
+    (tmp_path / "no_base.py").write_text("_base_ = ['./missing.py']\n")
+    result = tool("train.py", str(tmp_path / "no_base.py"))
+    assert_one_line_error(result, f"config {tmp_path / 'no_base.py'}: cannot find", "missing.py: check the _base_")
+    (tmp_path / "broken.py").write_text("model = dict(\n")
+    assert_one_line_error(tool("train.py", str(tmp_path / "broken.py")), "broken.py: line 1: '(' was never closed")
+    result = tool("train.py", str(tmp_path / "broken.py"), "--debug")
+    assert result.returncode == 1 and "Traceback" in result.stderr and "SyntaxError" in result.stderr

@@ -7,6 +7,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
+
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the process group when launched by torchrun. Returns (rank, world_size)."""
@@ -18,12 +20,33 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), world_size
 
 
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a device this machine can run on, or None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return "not a device; use cpu, cuda or cuda:N"
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            return "this machine has no CUDA device; use cpu"
+        if device.index is not None and device.index >= count:
+            return f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+    elif device.type not in ("cpu", "mps", "xpu"):
+        return "visattn runs on cpu or cuda devices"
+    return None
+
+
 def pick_device(requested: str | None) -> torch.device:
     """The device for this process: ``requested``, else this rank's GPU, else the CPU.
 
-    A GPU, given or picked, becomes the current CUDA device; a bare ``cuda`` means this rank's GPU.
+    A GPU, given or picked, becomes the current CUDA device; a bare ``cuda`` means this rank's GPU. A device that
+    does not exist here is a one-line error.
     """
     if requested:
+        problem = device_problem(requested)
+        if problem:
+            raise UserError(f"device {requested!r}: {problem}")
         device = torch.device(requested)
     elif torch.cuda.is_available():
         device = torch.device("cuda")

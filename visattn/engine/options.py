@@ -73,3 +73,27 @@ non_negative_float = number(float, 0)
 probability = number(float, 0, 1)
 fraction = number(float, 0, 1, high_open=True)  # smoothing, drop rates: 1 would remove everything
 open_fraction = number(float, 0, 1, low_open=True, high_open=True)  # thresholds, EMA decays, split fractions
+
+
+def device(text: str) -> str:
+    """argparse type: a device this machine has (cpu, cuda, cuda:N)."""
+    from .distributed import device_problem
+
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+def optimizer(text: str) -> str:
+    """argparse type: the name of one of timm's optimizers."""
+    import difflib
+
+    from timm.optim import list_optimizers
+
+    names = list_optimizers()
+    if text.lower() not in names:
+        close = difflib.get_close_matches(text.lower(), names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.optim.list_optimizers()"
+        raise argparse.ArgumentTypeError(f"{text}: not a timm optimizer; {hint}")
+    return text

@@ -37,8 +37,8 @@ def _config_mistake(path: str, err: BaseException) -> str | None:
     if isinstance(err, UserError):
         return text
     if isinstance(err, SyntaxError):  # the file named is the config itself or one of its _base_ files
-        where = err.filename if err.filename and err.filename != "<unknown>" else path
-        return f"{where}, line {err.lineno}: {err.msg}"
+        where = err.filename if err.filename not in (None, "<unknown>", path) else None
+        return f"{where + ', ' if where else ''}line {err.lineno}: {err.msg}"
     if isinstance(err, FileNotFoundError):
         missing = err.filename or text
         if str(missing).endswith(".py"):
