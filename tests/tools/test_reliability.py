@@ -86,3 +86,26 @@ def test_an_option_value_that_cannot_work_stops_before_anything_is_written(comma
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
     result = tool("train.py", "--resume", str(tmp_path / "missing.pth"), "--debug")
     assert result.returncode == 1 and "Traceback" in result.stderr and "does not exist" in result.stderr
+
+
+def test_an_error_raised_in_a_dataloader_worker_is_reported_as_its_own_one_line():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        from _cli import one_line
+    finally:
+        sys.path.pop(0)
+    from torch.utils.data import DataLoader, Dataset
+
+    from visattn.errors import UserError
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise UserError("cannot read /data/x.png: image file is truncated")
+
+    with pytest.raises(UserError) as err:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(err.value)
+    assert one_line(err.value) == "cannot read /data/x.png: image file is truncated"

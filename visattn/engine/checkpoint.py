@@ -18,15 +18,20 @@ from ..errors import UserError
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno is not None:  # a full disk, a read-only folder
+            raise UserError(f"cannot write {path}: {err.strerror}") from err
         raise
 
 

@@ -238,6 +238,8 @@ def claim_output(cfg: TrainConfig, is_main: bool) -> None:
     """Make ``cfg.output`` this run's folder: a folder holding another run is an error unless this run resumes
     from it or ``cfg.overwrite`` (then the old run's files go); temporary files a killed run left are removed."""
     folder = cfg.output
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"--output {folder} is a file, not a folder; pick a folder for the run")
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(folder, f))]
     resuming_here = bool(cfg.resume) and os.path.isdir(folder) and os.path.samefile(
         os.path.dirname(os.path.abspath(cfg.resume)), folder)
