@@ -11,22 +11,21 @@
    key sets; also dense SDPA over the same tokens, forward and forward+backward); forward and
    forward+backward time, achieved GB/s, ratio to the memory floor (one read of the inputs and one write of
    the output at the measured copy bandwidth), peak memory.
-3. Models end to end with the reference and the fused path in the same run: inference img/s (batch 128,
-   bf16 autocast), training img/s (batch 64, AdamW step, bf16 autocast), training peak memory. LaMamba's
-   reference path runs its scan one token at a time, so LaMamba models are timed on the fused path only.
-   Sparsifiner-DeiT-S and TCPA-ViT-B run next to timm's dense DeiT-S and ViT-B/16 (timed once: no visattn op).
-   Segmentation networks at their native sizes (HER-Seg 1024 x 1024, FSG-Net 608 x 608 at batch 4, the setting of
-   the official anchor), with training memory per image. ``--compile``
-   times the classifiers under torch.compile (eager training on a slow host is bounded by launch overhead).
+3. Models end to end with the reference and the fused path in the same run, timed by the functions
+   tools/benchmark.py uses (visattn/engine/benchmark.py): inference img/s (batch 128, bf16 autocast), training
+   img/s (batch 64, AdamW step, bf16 autocast), training peak memory. LaMamba's reference path runs its scan one
+   token at a time, so LaMamba models are timed on the fused path only. Sparsifiner-DeiT-S and TCPA-ViT-B run
+   next to timm's dense DeiT-S and ViT-B/16 (timed once: no visattn op). Segmentation networks at their native
+   sizes (HER-Seg 1024 x 1024, FSG-Net 608 x 608 at batch 4, the setting of the official anchor), with training
+   memory per image. ``--compile`` times the classifiers under torch.compile (eager training on a slow host is
+   bounded by launch overhead).
 4. ``--profile``: profiler tables for the routed-attention op and a biformer_tiny training step (printed only).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import functools
 import os
 import subprocess
 import sys
@@ -37,6 +36,16 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from visattn.engine.benchmark import (  # noqa: E402
+    FUSED_ONLY,
+    bench_model,
+    forced_backend,
+    peak_gb,
+    throughput,
+    time_ms,
+    training_step,
+)
 
 # name, batch, H, W (attention map), channels, heads, n_win, topk
 ROUTED_SHAPES = [
@@ -76,32 +85,19 @@ POLARIZED_SHAPES = [
     (f"HRNet-W48 branch {i} {layout}", 2, 48 << i, 128 >> i, 256 >> i, layout)
     for i in range(4) for layout in ("parallel", "sequential")
 ]
-FUSED_ONLY_MODELS = ("lamamba_",)
 # timm's dense models that visattn's sparse ones are measured against in the same run (no visattn op inside)
 DENSE_BASELINES = ("deit_small_patch16_224", "vit_base_patch16_224")
+# classifiers: input side, inference batch, training batch
+CLASSIFIER_SETTING = (224, 128, 64)
 # segmentation networks: (input side, inference batch, training batch)
 SEGMENTATION_MODELS = {"herseg": (1024, 8, 4), "fsgnet": (608, 4, 4)}
 DEVICE = "cuda"
 
 
 def cuda_time(fn, warmup: int = 3, repeat: int = 10) -> float:
-    """Median milliseconds of ``fn()`` over ``repeat`` runs, timed with CUDA events (wall clock on the CPU)."""
-    if DEVICE == "cpu":
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1e3
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    """Median milliseconds of ``fn()`` on the suite's device (:func:`visattn.engine.benchmark.time_ms`); on the CPU,
+    where only the tests run it, one run without warm-up."""
+    return time_ms(fn, DEVICE, *((0, 1) if DEVICE == "cpu" else (warmup, repeat)))
 
 
 def copy_bandwidth() -> float:
@@ -110,18 +106,6 @@ def copy_bandwidth() -> float:
     dst = torch.empty_like(src)
     ms = cuda_time(lambda: dst.copy_(src))
     return 2 * src.numel() / ms / 1e6
-
-
-def peak_gb(fn) -> float:
-    if DEVICE == "cpu":
-        fn()
-        return 0.0
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 1e9
 
 
 def run_op_tests() -> str:
@@ -172,7 +156,7 @@ def _time_op(row: dict, run, tensors, grad, repeat_ref: int = 10) -> None:
 
         row[f"{backend}_fwd_ms"] = cuda_time(fwd, warmup=1 if repeat < 10 else 3, repeat=repeat)
         row[f"{backend}_fwdbwd_ms"] = cuda_time(fwd_bwd, warmup=1 if repeat < 10 else 3, repeat=repeat)
-        row[f"{backend}_peak_gb"] = peak_gb(fwd_bwd)
+        row[f"{backend}_peak_gb"] = peak_gb(fwd_bwd, DEVICE)
         if backend == "triton" or repeat_ref == 10:
             row[f"{backend}_graph_fwd_ms"] = graph_time(fwd)
     row["fused_gbs"] = row["bytes"] / row["triton_fwd_ms"] / 1e6
@@ -302,69 +286,24 @@ def bench_polarized(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     return row
 
 
-@contextlib.contextmanager
-def forced_backend(backend: str):
-    """Run the block with ``$VISATTN_BACKEND`` set to ``backend``."""
-    os.environ["VISATTN_BACKEND"] = backend
-    try:
-        yield
-    finally:
-        os.environ.pop("VISATTN_BACKEND", None)
+def model_row(name: str, backend: str, compile: bool = False, warmup: int = 3, repeat: int = 10) -> dict:
+    """A model's line of the report: a segmentation network at its native size (with its training memory per
+    image), a classifier at :data:`CLASSIFIER_SETTING`, eager or compiled (which removes most launch overhead: eager
+    training on a slow host is bounded by the CPU)."""
+    if name in SEGMENTATION_MODELS:
+        size, infer_batch, train_batch = SEGMENTATION_MODELS[name]
+        label, compile = f"{name} @{size}", False
+        warmup, repeat = min(warmup, 2), min(repeat, 5)  # seconds per step at 1024 x 1024
+    else:
+        size, infer_batch, train_batch = CLASSIFIER_SETTING
+        label = f"{name} (compiled)" if compile else name
+    result = bench_model(name, backend, DEVICE, size=size, infer_batch=infer_batch, train_batch=train_batch,
+                         compile=compile, warmup=warmup, repeat=repeat)
+    return {"model": label, "backend": backend, **result}
 
 
-def inference_ms(model: torch.nn.Module, run, x: torch.Tensor, warmup: int = 3, repeat: int = 10) -> float:
-    """Milliseconds of one bf16-autocast inference of ``run(x)`` (``run`` is ``model`` or its compiled form)."""
-    model.eval()
-
-    def infer():
-        with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
-            run(x)
-
-    return cuda_time(infer, warmup=warmup, repeat=repeat)
-
-
-def training_step(model: torch.nn.Module, run, loss_fn):
-    """``step(x, y)``: one AdamW step on ``loss_fn(run(x), y)`` under bf16 autocast (loss in float32; a model may
-    return a tuple of outputs, as deep supervision does)."""
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            out = run(x)
-        loss = loss_fn(tuple(o.float() for o in out) if isinstance(out, tuple) else out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def bench_model(name: str, backend: str, infer_batch: int = 128, train_batch: int = 64, size: int = 224,
-                compile: bool = False) -> dict:
-    """A classifier's inference and training img/s and training peak memory, eager or under torch.compile (which
-    removes most launch overhead: eager training on a slow host is bounded by the CPU)."""
-    import timm
-
-    import visattn  # noqa: F401
-
-    with forced_backend(backend):
-        torch.manual_seed(0)
-        model = timm.create_model(name).to(DEVICE)
-        run = torch.compile(model) if compile else model
-        infer_ms = inference_ms(model, run, torch.randn(infer_batch, 3, size, size, device=DEVICE))
-        step = training_step(model, run, F.cross_entropy)
-        xt = torch.randn(train_batch, 3, size, size, device=DEVICE)
-        yt = torch.randint(0, 1000, (train_batch,), device=DEVICE)
-        step(xt, yt)
-        peak = peak_gb(lambda: step(xt, yt))
-        train_ms = cuda_time(lambda: step(xt, yt), warmup=2, repeat=8)
-    return {"model": f"{name} (compiled)" if compile else name, "backend": backend,
-            "infer_img_s": infer_batch / infer_ms * 1e3, "train_img_s": train_batch / train_ms * 1e3,
-            "train_peak_gb": peak}
-
-
-def bench_reid(label: str, config: dict, backend: str, infer_batch: int = 256, train_batch: int = 64) -> dict:
+def bench_reid(label: str, config: dict, backend: str, infer_batch: int = 256, train_batch: int = 64,
+               warmup: int = 3, repeat: int = 10) -> dict:
     """A re-id configuration of benchmarks/reid_cost.py (ResNet-50 BoT with or without attention) at 256x128:
     inference and training img/s (CE on the BNNeck logits) and training peak memory."""
     from benchmarks.reid_cost import INPUT, build
@@ -372,45 +311,11 @@ def bench_reid(label: str, config: dict, backend: str, infer_batch: int = 256, t
     with forced_backend(backend):
         torch.manual_seed(0)
         model = build(config).to(DEVICE)
-        infer_ms = inference_ms(model, model, torch.rand(infer_batch, 3, *INPUT, device=DEVICE))
-        step = training_step(model, model, lambda out, y: F.cross_entropy(out[0], y))
-        xt = torch.rand(train_batch, 3, *INPUT, device=DEVICE)
-        yt = torch.randint(0, 751, (train_batch,), device=DEVICE)
-        step(xt, yt)
-        peak = peak_gb(lambda: step(xt, yt))
-        train_ms = cuda_time(lambda: step(xt, yt), warmup=2, repeat=8)
-    return {"model": f"re-id: {label} @256x128", "backend": backend, "infer_img_s": infer_batch / infer_ms * 1e3,
-            "train_img_s": train_batch / train_ms * 1e3, "train_peak_gb": peak}
-
-
-def bench_segmentation(name: str, backend: str) -> dict:
-    """A segmentation network at its native size: inference img/s, training img/s (BCE, AdamW, bf16 autocast) and
-    training peak memory per image, from the peaks at batch 1 and at the training batch."""
-    import timm
-
-    import visattn  # noqa: F401
-
-    size, infer_batch, train_batch = SEGMENTATION_MODELS[name]
-    with forced_backend(backend):
-        torch.manual_seed(0)
-        model = timm.create_model(name).to(DEVICE)
-        infer_ms = inference_ms(model, model, torch.randn(infer_batch, 3, size, size, device=DEVICE), 2, 5)
-        def loss_fn(out, target):  # deep-supervision networks (FSG-Net) return several logit maps in training
-            outs = out if isinstance(out, tuple | list) else (out,)
-            return sum(F.binary_cross_entropy_with_logits(o, target) for o in outs) / len(outs)
-
-        step = training_step(model, model, loss_fn)
-
-        def train(batch: int) -> None:
-            target = (torch.rand(batch, 1, size, size, device=DEVICE) > 0.5).float()
-            step(torch.randn(batch, 3, size, size, device=DEVICE), target)
-
-        train(train_batch)
-        peak_one, peak_batch = peak_gb(lambda: train(1)), peak_gb(lambda: train(train_batch))
-        train_ms = cuda_time(lambda: train(train_batch), warmup=1, repeat=5)
-    return {"model": f"{name} @{size}", "backend": backend, "infer_img_s": infer_batch / infer_ms * 1e3,
-            "train_img_s": train_batch / train_ms * 1e3, "train_peak_gb": peak_batch,
-            "peak_gb_per_image": (peak_batch - peak_one) / (train_batch - 1), "peak_gb_batch1": peak_one}
+        result = throughput(model, model, torch.rand(infer_batch, 3, *INPUT, device=DEVICE),
+                            torch.rand(train_batch, 3, *INPUT, device=DEVICE),
+                            torch.randint(0, 751, (train_batch,), device=DEVICE),
+                            lambda out, y: F.cross_entropy(out[0], y), warmup, repeat)
+    return {"model": f"re-id: {label} @256x128", "backend": backend, **result}
 
 
 def profile_routed() -> str:
@@ -601,14 +506,11 @@ def main() -> int:
                   f"floor {row['floor_ms']:.3f} ms ({time.time() - started:.0f} s)", flush=True)
             report()
     for name in args.models:
-        backends = (("triton",) if name.startswith(FUSED_ONLY_MODELS) else
+        backends = (("triton",) if name.startswith(FUSED_ONLY) else
                     ("torch",) if name in DENSE_BASELINES else ("torch", "triton"))
         for backend in backends:
-            if name in SEGMENTATION_MODELS:
-                bench = bench_segmentation
-            else:
-                bench = functools.partial(bench_model, compile=args.compile)
-            row = attempt(f"{name} [{backend}]", lambda bench=bench, name=name, backend=backend: bench(name, backend))
+            row = attempt(f"{name} [{backend}]",
+                          lambda name=name, backend=backend: model_row(name, backend, compile=args.compile))
             if row is None:
                 continue
             models.append(row)

@@ -1,50 +1,43 @@
-"""README's model tables are the one place parameters and MACs are written: every row is counted here, on the meta
-device through the fused ops' FLOP formulas (attention, scan and window attention included), at the model's
-pretrained input size, and every model visattn registers has a row."""
+"""README's model tables are tools/benchmark.py's output: every model visattn registers has a row, and each row is
+exactly what the tool renders from its meta-device count and benchmarks/published.csv (run
+``tools/benchmark.py --update-readme`` after changing a model or the CSV)."""
 
 import os
-import re
 
 import pytest
-import timm
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import visattn
+from visattn.engine import benchmark as bench
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-# | `name` [(size)] | params [(note)] | MACs | ...
-ROW = re.compile(r"^\| `(\w+)`[^|]*\| ([\d.]+)[^|]*\| ([\d.]+) \|", re.MULTILINE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+PUBLISHED = bench.read_published(os.path.join(ROOT, "benchmarks", "published.csv"))
+HINT = "run tools/benchmark.py --update-readme"
 
 
-def _rows() -> dict[str, tuple[str, str]]:
+def _readme_tables() -> dict[str, list[str]]:
     with open(README, encoding="utf-8") as f:
-        return {name: (params, macs) for name, params, macs in ROW.findall(f.read())}
+        text = f.read()
+    return {kind: bench.readme_table(text, kind).splitlines() for kind in bench.README_HEADERS}
 
 
-ROWS = _rows()
+def _readme_rows() -> dict[str, str]:
+    return {line.split("`")[1]: line for lines in _readme_tables().values() for line in lines[2:]}
 
 
-def test_every_registered_model_has_a_row():
-    assert set(visattn.list_models()) <= set(ROWS)
+def test_every_registered_model_has_a_published_and_a_readme_row():
+    assert bench.readme_models(PUBLISHED) == list(PUBLISHED)
+    assert set(visattn.list_models()) <= set(_readme_rows())
 
 
-def _matches(counted: float, written: str) -> bool:
-    """``counted`` rounds to ``written`` (to its printed digits)."""
-    digits = len(written.partition(".")[2])
-    return abs(counted - float(written)) <= 0.5 * 10 ** -digits + 1e-9
+def test_tables_have_the_tools_headers_and_the_published_models_in_order():
+    for kind, lines in _readme_tables().items():
+        assert "\n".join(lines[:2]) == bench.README_HEADERS[kind], HINT
+        names = [line.split("`")[1] for line in lines[2:]]
+        assert names == [name for name in PUBLISHED if bench.model_kind(name) == kind], HINT
 
 
-@pytest.mark.parametrize("name", sorted(ROWS))
-def test_row_matches_the_counted_model(name, monkeypatch):
-    monkeypatch.setenv("VISATTN_BACKEND", "triton")
-    params, macs = ROWS[name]
-    with torch.device("meta"):
-        model = timm.create_model(name).eval()
-        x = torch.empty(1, *model.pretrained_cfg["input_size"])
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    counted_params = sum(p.numel() for p in model.parameters()) / 1e6
-    counted_macs = counter.get_total_flops() / 2e9
-    assert _matches(counted_params, params), f"{name}: {counted_params:.3f} M parameters, README says {params}"
-    assert _matches(counted_macs, macs), f"{name}: {counted_macs:.3f} GMACs, README says {macs}"
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_row_is_what_the_tool_renders(name):
+    rendered = bench.readme_row(name, bench.count_model(name), PUBLISHED[name])
+    assert _readme_rows().get(name) == rendered, HINT

@@ -45,13 +45,16 @@ def parse_args(argv):
                    help="which paths a CUDA run times (default: both)")
     p.add_argument("--compile", action="store_true", help="on CUDA also time each path under torch.compile")
     p.add_argument("--no-latency", action="store_true", help="skip the CPU latency")
-    p.add_argument("--batch-size", type=positive_int,
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="CUDA inference batch (default: 128 for classifiers, 4 for segmentation networks)")
-    p.add_argument("--train-batch-size", type=positive_int,
+    p.add_argument("--train-batch-size", type=positive_int, metavar="N",
                    help="CUDA training batch (default: 64 for classifiers, 4 for segmentation networks)")
-    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs before each timing (default: 2)")
-    p.add_argument("--repeat", type=positive_int, default=5, help="timed runs; the median is kept (default: 5)")
-    p.add_argument("--output", default="runs/benchmark", help="folder for the results (default: runs/benchmark)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, metavar="N",
+                   help="untimed runs before each timing (default: 2)")
+    p.add_argument("--repeat", type=positive_int, default=5, metavar="N",
+                   help="timed runs; the median is kept (default: 5)")
+    p.add_argument("--output", default="runs/benchmark", metavar="DIR",
+                   help="folder for the results (default: runs/benchmark)")
     p.add_argument("--update-readme", nargs="?", const=README, metavar="README",
                    help="only count every model of the README's tables and rewrite them between their markers "
                         "(default file: the repository's README.md)")
@@ -78,6 +81,7 @@ def update_readme(path: str) -> int:
 
     from visattn.engine import benchmark as bench
 
+    bench.read_readme(path)  # fails before the counting; the tables are written into the file as it is then
     published = bench.read_published(PUBLISHED)
     names = bench.readme_models(published)
     counts = {}
@@ -87,7 +91,7 @@ def update_readme(path: str) -> int:
         except Exception as err:  # the tables cannot be written without every row
             raise UserError(f"cannot count {name}: {bench.one_line_error(err)}") from None
     changed = bench.update_readme(path, bench.readme_tables(counts, published))
-    print(f"{path}: {'rewrote' if changed else 'already up to date:'} the tables of {len(names)} models")
+    print(f"{path}: {'rewrote the tables' if changed else 'the tables were already up to date'} ({len(names)} models)")
     return 0
 
 

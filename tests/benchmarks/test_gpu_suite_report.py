@@ -53,8 +53,9 @@ def test_op_benchmarks_run_end_to_end(monkeypatch):
 def test_segmentation_benchmark_runs_end_to_end(monkeypatch):
     monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
     monkeypatch.setattr(gpu_suite, "SEGMENTATION_MODELS", {"herseg": (32, 2, 3)})
-    row = gpu_suite.bench_segmentation("herseg", "torch")
+    row = gpu_suite.model_row("herseg", "torch", warmup=0, repeat=1)
     assert row["model"] == "herseg @32" and row["infer_img_s"] > 0 and row["train_img_s"] > 0
+    assert "peak_gb_per_image" in row
     env = {"card": "cpu", "date": "d", "torch": "t", "triton": "x", "cuda": None, "bandwidth": 100.0}
     row.update(train_peak_gb=2.6, peak_gb_batch1=1.1, peak_gb_per_image=0.75)
     report = gpu_suite.markdown(env, "skipped", [], [row], "cmd")
@@ -80,5 +81,13 @@ def test_a_run_rewrites_its_own_report_above_the_earlier_runs(tmp_path, monkeypa
 
 def test_model_benchmark_runs_end_to_end(monkeypatch):
     monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
-    row = gpu_suite.bench_model("mambaout_femto", "torch", infer_batch=2, train_batch=2, size=32)
-    assert row["model"] == "mambaout_femto" and row["infer_img_s"] > 0 and row["train_img_s"] > 0
+    monkeypatch.setattr(gpu_suite, "CLASSIFIER_SETTING", (32, 2, 2))
+    row = gpu_suite.model_row("mambaout_femto", "torch", warmup=0, repeat=1)
+    assert row["model"] == "mambaout_femto" and row["backend"] == "torch"
+    assert row["infer_img_s"] > 0 and row["train_img_s"] > 0
+
+
+def test_reid_benchmark_runs_end_to_end(monkeypatch):
+    monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
+    row = gpu_suite.bench_reid("plain", {}, "torch", infer_batch=1, train_batch=2, warmup=0, repeat=1)
+    assert row["model"] == "re-id: plain @256x128" and row["infer_img_s"] > 0 and row["train_img_s"] > 0

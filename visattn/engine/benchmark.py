@@ -414,8 +414,8 @@ def _minor_tick(value: float, _) -> str:
 
 
 def plot_speed_vs_macs(rows: Sequence[dict], columns: Sequence[str], path: str, title: str) -> bool:
-    """Write the speed-against-MACs plot (log axes, every point labelled with its model) to ``path``; False when no
-    row has a speed to plot."""
+    """Write the speed-against-MACs plot (log axes where the values span a decade, every point labelled with its
+    model) to ``path``; False when no row has a speed to plot."""
     series = speed_series(rows, columns)
     if not series:
         return False
@@ -431,10 +431,14 @@ def plot_speed_vs_macs(rows: Sequence[dict], columns: Sequence[str], path: str, 
         ax.scatter(macs, speed, label=label, s=25)
         for name, x, y in points:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set(xscale="log", yscale="log", xlabel="MACs per image (G)", ylabel="images / s", title=title)
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(FuncFormatter(_minor_tick))
+    ax.set(xlabel="MACs per image (G)", ylabel="images / s", title=title)
+    values = [(x, y) for points in series.values() for _, x, y in points]
+    for axis, scale, coordinate in ((ax.xaxis, ax.set_xscale, 0), (ax.yaxis, ax.set_yscale, 1)):
+        low, high = min(v[coordinate] for v in values), max(v[coordinate] for v in values)
+        if high >= 10 * low:  # log axes where the values span a decade or more
+            scale("log")
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(_minor_tick))
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
@@ -533,14 +537,22 @@ def replace_tables(text: str, tables: dict[str, str], path: str = "README.md") -
     return text
 
 
-def update_readme(path: str, tables: dict[str, str]) -> bool:
-    """Rewrite the tables between the markers of the README at ``path``, read from disk now (another hand may have
-    edited the rest), atomically; False when it already held them."""
+def read_readme(path: str) -> str:
+    """The README's text; an unreadable file, or one without both tables' markers, is a one-line error."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
+    for kind in README_HEADERS:
+        _marked_span(text, kind, path)
+    return text
+
+
+def update_readme(path: str, tables: dict[str, str]) -> bool:
+    """Rewrite the tables between the markers of the README at ``path``, read from disk now (another hand may have
+    edited the rest), atomically; False when it already held them."""
+    text = read_readme(path)
     updated = replace_tables(text, tables, path)
     if updated == text:
         return False
