@@ -99,6 +99,7 @@ FUSED_CASES = {
     "d8_padded_n50": (1, 3, 50, 8, 8),
     "e_differs_n197": (1, 2, 197, 16, 24),
     "d4_one_token": (2, 1, 1, 4, 4),
+    "odd_widths_d5_e7": (1, 3, 13, 5, 7),
 }
 
 
@@ -219,8 +220,7 @@ BAD = {
     "q_3d": (_bad(q=X[0]), r"q, k of shape \(B, H, N, D\)"),
     "k_shape": (_bad(k=X[..., :3]), r"q, k of shape \(B, H, N, D\)"),
     "v_tokens": (_bad(v=X[:, :, :5]), r"v of shape \(B, H, N, E\)"),
-    "no_tokens": (_bad(q=X[:, :, :0], k=X[:, :, :0], v=X[:, :, :0]), "N, D, E >= 1"),
-    "no_value_channels": (_bad(v=X[..., :0]), "N, D, E >= 1"),
+    "no_channels": (_bad(q=X[..., :0], k=X[..., :0]), "at least one channel, got D=0"),
     "injective_and_normalize": (_bad(injective=True, normalize=True), "exclude each other"),
     "norm_q_alone": (_bad(normalize=True, norm_q=X), "norm_q and norm_k together"),
     "norm_k_alone": (_bad(normalize=True, norm_k=X), "norm_q and norm_k together"),

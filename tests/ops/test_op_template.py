@@ -1,5 +1,6 @@
 """Every op folder follows one template: the same files, the same names, dispatch through ``pick`` with the
-kernels' ``unsupported_reason``, and a ``fused.py`` that registers the op (fake kernels included) without Triton."""
+kernels' ``unsupported_reason`` and the output shape, and a ``fused.py`` that registers the op (fake kernels
+included) without Triton."""
 
 import ast
 import importlib
@@ -38,6 +39,7 @@ def test_dispatch_is_one_pick_call_with_the_unsupported_reason(op):
     args = calls[0].args
     assert [getattr(a, "id", None) for a in args[:4]] == ["backend", args[1].id, f"{op}_reference", f"{op}_fused"]
     assert len(args) == 5 and isinstance(args[4], ast.Call) and args[4].func.id == "unsupported_reason"
+    assert "out_shape" in {kw.arg for kw in calls[0].keywords}  # empty outputs skip the kernels
 
 
 @pytest.mark.parametrize("op", OPS)

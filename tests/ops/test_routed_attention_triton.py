@@ -28,7 +28,7 @@ def _check(q, k, v, heads, n_win, topk):
 
 
 # B, H, W, C, heads, n_win, topk: region sizes 64 / 16 / 4 / 1 as at 224, a large padded region,
-# topk = 1 and topk = every region.
+# topk = 1 and topk = every region, a map smaller than the region grid with heads of 6 channels.
 SHAPES = {
     "region64_topk1": (2, 16, 16, 64, 2, 2, 1),
     "region16_topk4": (1, 12, 12, 64, 2, 3, 4),
@@ -36,6 +36,7 @@ SHAPES = {
     "region1_all": (1, 4, 4, 32, 2, 4, 16),
     "region300_padded": (1, 29, 40, 16, 1, 2, 2),
     "padded_topk_all": (2, 10, 13, 32, 2, 3, 9),
+    "map_smaller_than_grid": (1, 3, 5, 12, 2, 7, 5),
 }
 
 

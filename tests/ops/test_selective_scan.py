@@ -99,6 +99,7 @@ CASES = {
     "ragged_channels_and_states": ((1, 6, 2, 3, 11), dict(D=False, softplus=False)),  # 3 channels a group, n=3
     "n1": ((1, 3, 3, 1, 9), dict(D=False, delta_bias=False)),
     "n16": ((1, 2, 1, 16, 10), dict()),
+    "one_step": ((1, 3, 1, 2, 1), dict()),
 }
 
 
@@ -198,7 +199,6 @@ def _bad(**changes):
 BAD = {
     "u_not_3d": (_bad(u=torch.randn(2, 4)), r"u, delta of shape \(batch, d, L\)"),
     "delta_shape": (_bad(delta=torch.randn(2, 4, 6)), r"u, delta of shape \(batch, d, L\)"),
-    "empty_sequence": (_bad(u=torch.randn(2, 4, 0), delta=torch.randn(2, 4, 0)), "L >= 1"),
     "A_rows": (_bad(A=-torch.rand(3, 3)), r"A of shape \(d, n\)"),
     "B_state_width": (_bad(B=torch.randn(2, 2, 4, 5)), r"B, C of shape \(batch, g, n, L\)"),
     "C_differs_from_B": (_bad(C=torch.randn(2, 1, 3, 5)), r"B, C of shape \(batch, g, n, L\)"),

@@ -152,6 +152,7 @@ FUSED_CASES = {
     "ws8_shift4_padded": (2, 9, 12, 1, 32, 8, 4, False),
     "ws8_bias_d32": (1, 16, 8, 2, 32, 8, 0, True),
     "ws3_packed_shift1_bias": (1, 10, 7, 2, 16, 3, 1, True),  # 7 windows of 9 tokens per tile
+    "map_smaller_than_window_d6": (1, 5, 3, 2, 6, 7, 3, True),
 }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,14 +26,24 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
 
 
 def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: Callable,
-         unsupported: str | None = None) -> Callable:
+         unsupported: str | None = None, out_shape: Sequence[int] | None = None,
+         out_dtype: torch.dtype | None = None, empty: Callable | None = None) -> Callable:
     """The implementation of an op for this call: ``fused`` (Triton) or ``reference`` (PyTorch).
 
     ``unsupported`` says why the fused kernels cannot take this call (None when they can). Then an explicit
     ``backend="triton"`` is an error, and the automatic choice (and ``$VISATTN_BACKEND``) falls back to the
     reference.
+
+    ``out_shape`` is the shape of the op's output (``out_dtype`` its dtype, default ``tensor``'s). When it has no
+    elements, on any backend, the call runs ``empty`` instead: by default :func:`empty_output`, which computes
+    nothing (no kernel launch on an empty grid, no reshape of an empty tensor). An op whose reference takes empty
+    inputs and has to run anyway passes it as ``empty`` (polarized attention: its callables must still give the
+    weights they close over their zero gradients).
     """
-    if resolve_backend(backend, tensor) != "triton":
+    choice = resolve_backend(backend, tensor)
+    if out_shape is not None and math.prod(out_shape) == 0:
+        return empty or functools.partial(empty_output, tuple(out_shape), out_dtype or tensor.dtype, tensor.device)
+    if choice != "triton":
         return reference
     if unsupported:
         if backend == "triton":
@@ -40,9 +52,19 @@ def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: 
     return fused
 
 
+def empty_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *args, **kwargs) -> torch.Tensor:
+    """The zero-element output of an op called with ``args`` and ``kwargs``, in the autograd graph of each tensor
+    among them that requires grad: their gradients are zeros of their own shape and dtype."""
+    out = torch.zeros(shape, dtype=dtype, device=device)
+    for t in (*args, *kwargs.values()):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            out = out + t[None][:0].sum()  # a zero-element view of t: adds nothing, passes back zeros
+    return out
+
+
 def check_qkv_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> None:
     """One-line errors for attention inputs that are not (B, H, W, C_qk), (B, H, W, C_qk), (B, H, W, C_v) maps
-    of one dtype and device with channels divisible by ``num_heads``."""
+    of one dtype and device with C_qk >= 1 and channels divisible by ``num_heads``."""
     if q.dim() != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
         raise ValueError(
             f"expected q, k of shape (B, H, W, C_qk) and v of shape (B, H, W, C_v), "
@@ -51,6 +73,8 @@ def check_qkv_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads:
     if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
         raise ValueError(f"q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} "
                          f"on {q.device}/{k.device}/{v.device}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"q and k need at least one channel, got C_qk={q.shape[-1]}")
     if num_heads < 1 or q.shape[-1] % num_heads or v.shape[-1] % num_heads:
         raise ValueError(
             f"channels {q.shape[-1]} (qk) and {v.shape[-1]} (v) must be divisible by num_heads={num_heads}"

@@ -23,7 +23,7 @@ import torch
 
 from .._backend import pick
 from .fused import guided_filter_fused, unsupported_reason
-from .reference import guided_filter_reference
+from .reference import guided_filter_reference, output_dtype
 
 __all__ = ["attention_guided_filter", "guided_filter", "check_guided_filter_args"]
 
@@ -50,8 +50,8 @@ def check_guided_filter_args(guide_lowres: torch.Tensor, target_lowres: torch.Te
         raise ValueError(f"weights {shapes[2]} must be (B={b}, 1 or {c_y}, {h}, {w})")
     if guide_highres.shape[:2] != (b, c):
         raise ValueError(f"guide_highres {shapes[3]} must be (B={b}, C={c}, H, W) like guide_lowres {shapes[0]}")
-    if 0 in (h, w) or 0 in guide_highres.shape[2:]:
-        raise ValueError(f"empty maps: guide_lowres {shapes[0]}, guide_highres {shapes[3]}")
+    if 0 in (h, w):
+        raise ValueError(f"empty low-res maps: guide_lowres {shapes[0]}")
     tensors = (guide_lowres, target_lowres, weights, guide_highres)
     # under autocast, maps of mixed floating dtypes are expected (say a float32 norm output next to a half conv's)
     one_dtype = len({t.dtype for t in tensors}) == 1 or _autocast(guide_lowres)
@@ -84,11 +84,12 @@ def attention_guided_filter(guide_lowres: torch.Tensor, target_lowres: torch.Ten
     automatically).
 
     Returns:
-        (B, max(C, C_y), H, W) ``A F + b``, dtype of the inputs (their promoted dtype under autocast).
+        (B, C_y, H, W) ``A F + b``, dtype of the inputs (their promoted dtype under autocast).
     """
     check_guided_filter_args(guide_lowres, target_lowres, weights, guide_highres, radius, eps)
-    impl = pick(backend, guide_lowres, guided_filter_reference, guided_filter_fused,
-                unsupported_reason(guide_lowres, target_lowres, weights, guide_highres))
+    tensors = (guide_lowres, target_lowres, weights, guide_highres)
+    impl = pick(backend, guide_lowres, guided_filter_reference, guided_filter_fused, unsupported_reason(*tensors),
+                out_shape=(*target_lowres.shape[:2], *guide_highres.shape[2:]), out_dtype=output_dtype(*tensors))
     return impl(guide_lowres, target_lowres, weights, guide_highres, radius, float(eps))
 
 

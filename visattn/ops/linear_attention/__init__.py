@@ -23,8 +23,8 @@ def check_linear_attention_args(q, k, v, injective, normalize, norm_q, norm_k) -
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"expected q, k of shape (B, H, N, D) and v of shape (B, H, N, E), "
                          f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if min(q.shape[2:]) < 1 or v.shape[-1] < 1:
-        raise ValueError(f"need N, D, E >= 1, got N={q.shape[2]}, D={q.shape[3]}, E={v.shape[3]}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"q and k need at least one channel, got D={q.shape[-1]}")
     if injective and normalize:
         raise ValueError("injective and normalize exclude each other: pick one")
     if (norm_q is None) != (norm_k is None):
@@ -74,5 +74,6 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         (B, H, N, E), dtype of q. Gradients reach q, k, v, norm_q and norm_k.
     """
     check_linear_attention_args(q, k, v, injective, normalize, norm_q, norm_k)
-    impl = pick(backend, q, linear_attention_reference, linear_attention_fused, unsupported_reason(q, v))
+    impl = pick(backend, q, linear_attention_reference, linear_attention_fused, unsupported_reason(q, v),
+                out_shape=(*q.shape[:3], v.shape[-1]))
     return impl(q, k, v, scale, injective, normalize, norm_q, norm_k, eps)

@@ -74,9 +74,11 @@ def polarized_attention(x: torch.Tensor, channel_query: torch.Tensor, channel_tr
         backend: ``"torch"``, ``"triton"`` or None (Triton for CUDA tensors; ``$VISATTN_BACKEND`` overrides).
 
     Returns:
-        (B, C, H, W) in x's dtype; gradients for x, the weights and whatever the transforms close over.
+        (B, C, H, W) in x's dtype; gradients for x, the weights and whatever the transforms close over (zeros for
+        an empty x, on either backend).
     """
     check_polarized_attention_args(x, channel_query, channel_transform, spatial_transform, layout, spatial,
                                    spatial_value)
-    impl = pick(backend, x, polarized_attention_reference, polarized_attention_fused, unsupported_reason(x))
+    impl = pick(backend, x, polarized_attention_reference, polarized_attention_fused, unsupported_reason(x),
+                out_shape=x.shape, empty=polarized_attention_reference)
     return impl(x, channel_query, channel_transform, spatial_transform, layout, spatial, spatial_value)

@@ -22,8 +22,6 @@ def unsupported_reason(x: torch.Tensor) -> str | None:
     """Why the fused kernels cannot take these inputs (None when they can)."""
     if x.dtype not in DTYPES:
         return f"the triton backend takes float32, float16 or bfloat16, got {x.dtype}"
-    if x.numel() == 0:
-        return f"the triton backend takes non-empty maps, got {tuple(x.shape)}"
     return None
 
 

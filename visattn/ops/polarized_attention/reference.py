@@ -8,9 +8,9 @@ import torch
 
 
 def _pool(flat: torch.Tensor, w_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x softmax_N(w_q x), GAP(x)) of a (B, C, N) map, each (B, C)."""
+    """(x softmax_N(w_q x), GAP(x)) of a (B, C, N) map, each (B, C); both 0 for an empty map (N = 0)."""
     p = torch.einsum("c,bcn->bn", w_q.to(flat.dtype), flat).softmax(-1)
-    return torch.bmm(flat, p.unsqueeze(-1)).squeeze(-1), flat.mean(-1)
+    return torch.bmm(flat, p.unsqueeze(-1)).squeeze(-1), flat.sum(-1) / max(flat.shape[-1], 1)
 
 
 def _softmax_logits(flat: torch.Tensor, w_a: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,6 @@ def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_head
     """
     check_routed_attention_args(q, k, v, num_heads, n_win, topk)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    region_idx = route_regions(q, k, n_win, topk, scale)
-    impl = pick(backend, q, routed_attention_reference, routed_attention_fused,
-                unsupported_reason(q, v, num_heads))
-    return impl(q, k, v, region_idx, num_heads, n_win, scale)
+    impl = pick(backend, q, routed_attention_reference, routed_attention_fused, unsupported_reason(q, v, num_heads),
+                out_shape=(*q.shape[:3], v.shape[-1]))
+    return impl(q, k, v, route_regions(q, k, n_win, topk, scale), num_heads, n_win, scale)

@@ -9,9 +9,12 @@ import torch.nn.functional as F
 def region_means(x: torch.Tensor, n_win: int) -> torch.Tensor:
     """Mean of each of the n_win x n_win regions of a map zero-padded at the bottom/right to a multiple of n_win.
 
-    x: (B, H, W, C), any H, W. Returns (B, n_win**2, C), regions in row-major order.
+    x: (B, H, W, C), any H, W (an empty map is all padding: every mean is 0). Returns (B, n_win**2, C), regions in
+    row-major order.
     """
     b, h, w, c = x.shape
+    if h == 0 or w == 0:
+        return x.new_zeros(b, n_win * n_win, c)
     rh, rw = -(-h // n_win), -(-w // n_win)
     means = F.avg_pool2d(x.permute(0, 3, 1, 2), (rh, rw), ceil_mode=True, divisor_override=rh * rw)
     means = F.pad(means, (0, n_win - means.shape[-1], 0, n_win - means.shape[-2]))

@@ -19,9 +19,8 @@ __all__ = ["selective_scan"]
 
 def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias) -> None:
     """Raise a one-line ValueError for shapes, groups, dtypes or devices that cannot work."""
-    if u.dim() != 3 or u.shape[-1] < 1 or delta.shape != u.shape:
-        raise ValueError(f"expected u, delta of shape (batch, d, L) with L >= 1, got {tuple(u.shape)}, "
-                         f"{tuple(delta.shape)}")
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"expected u, delta of shape (batch, d, L), got {tuple(u.shape)}, {tuple(delta.shape)}")
     batch, d, length = u.shape
     if A.dim() != 2 or A.shape[0] != d:
         raise ValueError(f"expected A of shape (d, n) = ({d}, n), got {tuple(A.shape)}")
@@ -49,7 +48,8 @@ def check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias) -> None:
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
                    delta_softplus: bool = False, backend: str | None = None) -> torch.Tensor:
-    """Selective scan over sequences of length L, every step computed in float32.
+    """Selective scan over sequences of length L, every step computed in float32 (float64 u in float64 on the torch
+    backend).
 
     Per channel c, with h_0 = 0 and dt = delta + delta_bias (softplus'd if ``delta_softplus``):
     h_t = exp(dt_t A_c) h_{t-1} + dt_t B_t u_t,  y_t = sum_n C_t h_t + D_c u_t,  then y = y silu(z).
@@ -68,5 +68,5 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         y: (batch, d, L), dtype of u.
     """
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
-    impl = pick(backend, u, selective_scan_reference, selective_scan_fused, unsupported_reason(u, A))
+    impl = pick(backend, u, selective_scan_reference, selective_scan_fused, unsupported_reason(u, A), out_shape=u.shape)
     return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

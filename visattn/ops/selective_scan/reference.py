@@ -11,7 +11,7 @@ def selective_scan_reference(
     D: torch.Tensor | None = None, z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
 ) -> torch.Tensor:
-    """S6 scan, one step at a time in float32.
+    """S6 scan, one step at a time in float32 (float64 when u is float64).
 
     u, delta: (batch, d, L); A: (d, n); B, C: (batch, g, n, L), channel c reading group c // (d // g);
     D, delta_bias: (d,) or None; z: (batch, d, L) or None. With h_0 = 0 and dt = softplus?(delta + delta_bias):
@@ -23,23 +23,24 @@ def selective_scan_reference(
     batch, d, length = u.shape
     n = A.shape[1]
     per_group = d // B.shape[1]
-    u32, dt = u.float(), delta.float()
+    acc = torch.promote_types(u.dtype, torch.float32)
+    u_, dt = u.to(acc), delta.to(acc)
     if delta_bias is not None:
-        dt = dt + delta_bias.float()[:, None]
+        dt = dt + delta_bias.to(acc)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    B32 = B.float().repeat_interleave(per_group, dim=1)
-    C32 = C.float().repeat_interleave(per_group, dim=1)
-    decay = torch.exp(dt[:, :, None, :] * A.float()[None, :, :, None])
-    drive = (dt * u32)[:, :, None, :] * B32
-    h = u32.new_zeros(batch, d, n)
+    B_ = B.to(acc).repeat_interleave(per_group, dim=1)
+    C_ = C.to(acc).repeat_interleave(per_group, dim=1)
+    decay = torch.exp(dt[:, :, None, :] * A.to(acc)[None, :, :, None])
+    drive = (dt * u_)[:, :, None, :] * B_
+    h = u_.new_zeros(batch, d, n)
     ys = []
     for t in range(length):
         h = decay[..., t] * h + drive[..., t]
-        ys.append((h * C32[..., t]).sum(-1))
+        ys.append((h * C_[..., t]).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
-        y = y + D.float()[:, None] * u32
+        y = y + D.to(acc)[:, None] * u_
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(acc))
     return y.to(u.dtype)

@@ -200,7 +200,7 @@ class Tiling:
         self.groups = B.shape[1]
         self.dg = self.dim // self.groups
         self.block_l = block_l
-        self.block_n = triton.next_power_of_2(self.n)
+        self.block_n = triton.next_power_of_2(max(self.n, 1))
         self.block_d = min(triton.next_power_of_2(self.dg), max(1, TILE // (self.block_n * block_l)))
         self.n_dblocks = triton.cdiv(self.dg, self.block_d)
         self.n_chunks = triton.cdiv(self.L, block_l)

@@ -33,6 +33,8 @@ def check_sparse_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     if not q.dtype == k.dtype == v.dtype or not q.device == k.device == v.device:
         raise ValueError(f"q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} "
                          f"on {q.device}/{k.device}/{v.device}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"q and k need at least one channel, got D={q.shape[-1]}")
     b, h, n_q, _ = q.shape
     if (indices.dim() != 4 or indices.shape[0] != b or indices.shape[1] not in (1, h) or indices.shape[2] != n_q
             or indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool):
@@ -69,5 +71,6 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices:
     """
     check_sparse_attention_args(q, k, v, indices, dense_keys, normalize)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    impl = pick(backend, q, sparse_attention_reference, sparse_attention_fused, unsupported_reason(q, v))
+    impl = pick(backend, q, sparse_attention_reference, sparse_attention_fused, unsupported_reason(q, v),
+                out_shape=(*q.shape[:3], v.shape[-1]))
     return impl(q, k, v, indices, dense_keys, normalize, scale)

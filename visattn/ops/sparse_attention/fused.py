@@ -41,8 +41,6 @@ def unsupported_reason(q: torch.Tensor, v: torch.Tensor) -> str | None:
         return f"the triton backend takes float32, float16 or bfloat16, got {q.dtype}"
     if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         return f"the triton backend takes head widths D, D_v <= {MAX_HEAD_DIM}, got D={q.shape[-1]}, D_v={v.shape[-1]}"
-    if 0 in (q.shape[2], v.shape[2], q.shape[-1], v.shape[-1]):
-        return f"the triton backend takes non-empty tokens and heads, got q {tuple(q.shape)}, v {tuple(v.shape)}"
     return None
 
 

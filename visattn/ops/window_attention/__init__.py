@@ -70,5 +70,5 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_head
     check_window_attention_args(q, k, v, num_heads, window_size, shift, rel_pos_bias)
     scale = (q.shape[-1] // num_heads) ** -0.5 if scale is None else scale
     impl = pick(backend, q, window_attention_reference, window_attention_fused,
-                unsupported_reason(q, v, num_heads, window_size))
+                unsupported_reason(q, v, num_heads, window_size), out_shape=(*q.shape[:3], v.shape[-1]))
     return impl(q, k, v, rel_pos_bias, num_heads, window_size, shift, scale)
