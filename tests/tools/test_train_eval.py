@@ -165,8 +165,10 @@ def test_medical_bad_input_gives_one_line_errors(vessel_folder, tmp_path):
     assert_one_line_error(tool("eval.py", "--task", "medical-seg", "--checkpoint", str(tmp_path / "cls.pth")),
                           "is a classification checkpoint, not medical-seg")
     torch.save({"task": "medical-seg", "model": "herseg", "state_dict": {}}, tmp_path / "seg.pth")
-    assert_one_line_error(tool("eval.py", "--checkpoint", str(tmp_path / "seg.pth")),
+    assert_one_line_error(tool("eval.py", "--task", "classification", "--checkpoint", str(tmp_path / "seg.pth")),
                           "is a medical-seg checkpoint, not classification; pass --task medical-seg")
+    assert_one_line_error(tool("eval.py", "--checkpoint", str(tmp_path / "seg.pth")),  # scored as its own task
+                          "seg.pth lacks dataset, inference, scale", "not a checkpoint tools/train.py --task medical")
 
 
 def test_medical_torchrun_two_processes(tmp_path):

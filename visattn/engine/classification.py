@@ -147,6 +147,7 @@ class ClassificationTask(Task):
     default_data = DIGITS
     score = "val_top1"
     panels = PANELS
+    eval_keys = ("num_classes", "img_size", "data_cfg", "classes")
     shared_help = {"data": "folder with train/ and val/ class folders (default: the built-in digits)",
                    "img_size": "input size"}
 

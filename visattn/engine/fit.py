@@ -71,7 +71,7 @@ class TrainConfig:
     warmup_epochs: int = 5
     min_lr: float = 1e-6
     clip_grad: float | None = 5.0
-    workers: int = 4
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # DataLoader processes
     seed: int = 0
     device: str | None = None
     amp: bool = True
@@ -97,6 +97,7 @@ class Task(ABC):
     distributed_eval: ClassVar[bool] = True  # every rank evaluates (and the task sums over ranks), else rank 0 only
     worker_init_fn = None  # for the training DataLoader's workers (a staticmethod)
     shared_help: ClassVar[dict[str, str]] = {}  # --help of shared options (by dest) this task reads its own way
+    eval_keys: ClassVar[tuple[str, ...]] = ()  # what its evaluation reads from a checkpoint beyond the common keys
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -133,6 +134,10 @@ class Task(ABC):
         task = ckpt.get("task", DEFAULT_TASK)
         if task != cls.name:
             raise UserError(f"{path} is a {task} checkpoint, not {cls.name}; pass --task {task}")
+        missing = [k for k in ("model", "dataset", *cls.eval_keys) if k not in ckpt]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}: it is not a checkpoint tools/train.py --task "
+                            f"{cls.name} wrote")
         return ckpt
 
     @abstractmethod

@@ -327,6 +327,7 @@ class MedicalTask(Task):
     default_data = SYNTHETIC
     score = "val_dice"
     panels = PANELS
+    eval_keys = ("inference", "scale", "mean", "std", "threshold", "fov_loss")
     distributed_eval = False
     worker_init_fn = staticmethod(seed_worker_augmentation)
     shared_help = {"data": "image/mask folder with train/ (or training/) and val/ (or test/) splits, DRIVE layout or "

@@ -246,6 +246,8 @@ class ReIDTask(Task):
     default_data = SYNTHETIC
     score = "val_mAP"
     panels = PANELS
+    eval_keys = ("num_classes", "reid", "loss", "input_size", "layout", "distinct_cameras", "metric", "rerank",
+                 "flip_test")
     distributed_eval = False
     shared_help = {"data": "re-id root: Market-1501 (bounding_box_train/, query/, bounding_box_test/), MSMT17 list "
                            "files, train|query|gallery/<pid>/<cam>_*.jpg or CSV files; default: the built-in "
