@@ -369,6 +369,10 @@ def fit(task: Task) -> dict[str, Any]:
             train_loss_sum, train_seen = all_reduce_sum([loss_sum, seen], device)
             eval_model = ema.module if ema is not None else model
             metrics = task.evaluate(eval_model, device) if task.distributed_eval or is_main else None
+            bad = _non_finite(model.state_dict()) or (_non_finite(ema.module.state_dict()) if ema else None)
+            if bad:  # every rank holds the same weights, so every rank stops here
+                raise UserError(f"the weights became non-finite in epoch {epoch + 1} ({bad}); nothing was saved "
+                                f"over them, {_last_good(cfg)}; lower --lr or clip gradients")
             if is_main:
                 scalars = {"train_loss": train_loss_sum / train_seen, **task.val_scalars(metrics),
                            "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - started}
@@ -382,10 +386,6 @@ def fit(task: Task) -> dict[str, Any]:
                         "history": log.history + [{"epoch": epoch + 1, **scalars}]}
                 if ema is not None:
                     ckpt["state_dict_ema"] = ema.module.state_dict()
-                bad = _non_finite(ckpt["state_dict"]) or _non_finite(ckpt.get("state_dict_ema", {}))
-                if bad:
-                    raise UserError(f"the weights became non-finite in epoch {epoch + 1} ({bad}); nothing was "
-                                    f"saved over them, {_last_good(cfg)}; lower --lr or clip gradients")
                 if improved:  # best first: last.pth is the commit point a resume starts from
                     atomic_save(ckpt, os.path.join(cfg.output, "best.pth"))
                 atomic_save(ckpt, os.path.join(cfg.output, "last.pth"))
