@@ -23,13 +23,30 @@ def _is_segmentation(name: str) -> bool:
     return name in SEGMENTATION
 
 
-def _smallest_per_family() -> list[str]:
-    families: dict[str, list[str]] = {}
-    for name in MODELS:
-        families.setdefault(model_entrypoint(name).__module__, []).append(name)
+def _model_classes_and_sizes() -> dict[str, tuple[type, int]]:
     with torch.device("meta"):
-        return [min(names, key=lambda n: sum(p.numel() for p in timm.create_model(n).parameters()))
-                for names in families.values()]
+        models = {name: timm.create_model(name) for name in MODELS}
+    return {name: (type(model), sum(p.numel() for p in model.parameters())) for name, model in models.items()}
+
+
+CLASSES_AND_SIZES = _model_classes_and_sizes()
+
+
+def _smallest(group) -> list[str]:
+    """The smallest model of each group of models with the same ``group(name)``."""
+    groups: dict[object, list[str]] = {}
+    for name in MODELS:
+        groups.setdefault(group(name), []).append(name)
+    return [min(names, key=lambda n: CLASSES_AND_SIZES[n][1]) for names in groups.values()]
+
+
+def _smallest_per_family() -> list[str]:
+    return _smallest(lambda name: model_entrypoint(name).__module__)
+
+
+def _smallest_per_class() -> list[str]:
+    """One model per model class (a family module may hold two: InLine-DeiT and -Swin, PSA HRNet and ResNet)."""
+    return _smallest(lambda name: CLASSES_AND_SIZES[name][0])
 
 
 def test_every_family_is_registered_with_a_kind():
@@ -217,3 +234,96 @@ def test_pretrained_adapts_the_stem_and_drops_a_resized_head(name, in_chans, tmp
     with torch.no_grad():
         out = model.eval()(x)
     assert out.shape[:2] == (1, 3)
+
+
+def _bad_inputs(channels: int) -> dict[str, torch.Tensor]:
+    return {"3-D": torch.empty(channels, SIZE, SIZE), "5-D": torch.empty(1, 1, channels, SIZE, SIZE),
+            "wrong channels": torch.empty(1, channels + 1, SIZE, SIZE),
+            "uint8": torch.empty(1, channels, SIZE, SIZE, dtype=torch.uint8)}
+
+
+def test_a_bad_input_is_a_one_line_error_naming_the_layout_before_any_computation(name):
+    model = timm.create_model(name, device="meta").eval()
+    backbone = timm.create_model(name, device="meta", features_only=True).eval()
+    called = []
+    for net in (model, backbone):
+        for module_name, module in net.named_modules():
+            if module_name:
+                module.register_forward_pre_hook(lambda module, args, n=module_name: called.append(n))
+    layout = rf"^{type(model).__name__} expects (floating-point )?\(B, {model.in_chans}, H, W\) images, got "
+    for case, x in _bad_inputs(model.in_chans).items():
+        got = re.escape(str(x.dtype) if case == "uint8" else f"shape {tuple(x.shape)}")
+        for call in (model, model.forward_features, model.forward_intermediates, backbone):
+            with pytest.raises(ValueError, match=layout + got) as err:
+                call(x.to("meta"))
+            assert "\n" not in str(err.value), case
+    assert not called, f"ran before the input check: {called[:3]}"
+
+
+def _shapes(out) -> list[tuple[int, ...]]:
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    return [shape for item in out for shape in _shapes(item)]
+
+
+@pytest.mark.parametrize("class_model", _smallest_per_class())
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(class_model):
+    model = timm.create_model(class_model, num_classes=3).eval()
+    empty = torch.randn(0, model.in_chans, SIZE, SIZE)
+    shaped = timm.create_model(class_model, num_classes=3, device="meta").eval()  # one image's shapes, no compute
+    one = torch.empty(1, model.in_chans, SIZE, SIZE, device="meta")
+    with torch.no_grad():
+        for call in ("forward_features", "forward_intermediates"):
+            expected = [(0, *shape[1:]) for shape in _shapes(getattr(shaped, call)(one))]
+            assert _shapes(getattr(model, call)(empty)) == expected, call
+    logits = (0, 3, SIZE, SIZE) if _is_segmentation(class_model) else (0, 3)
+    for training in (False, True):
+        model.train(training).zero_grad()
+        buffers = {n: b.clone() for n, b in model.named_buffers() if b.is_floating_point()}
+        x = empty.clone().requires_grad_()
+        out = model(x)
+        outs = out if isinstance(out, tuple) else (out,)  # FSG-Net's deep supervision in training
+        assert _shapes(outs) == [logits] * len(outs)
+        aux = getattr(model, "aux_loss", None)  # TCPA's matching loss: zero, not the NaN of a mean over no tokens
+        loss = sum(o.sum() for o in outs) + (aux if aux is not None else 0)
+        assert loss.item() == 0
+        loss.backward()
+        assert x.grad.shape == x.shape
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        nonzero = [n for n, g in grads.items() if g is not None and g.any()]
+        assert not nonzero, f"non-zero (or NaN) gradients from an empty batch: {nonzero[:3]}"
+        if training:
+            unused = _without_output_gradient(model, grads)
+            assert not unused, f"no gradient from an empty batch: {unused[:3]}"
+        changed = [n for n, b in buffers.items() if not torch.equal(model.get_buffer(n), b)]
+        assert not changed, f"an empty batch changed {changed[:3]}"  # e.g. BatchNorm running statistics
+    backbone = timm.create_model(class_model, features_only=True).eval()
+    with torch.no_grad():
+        maps = backbone(empty)
+    assert _shapes(maps) == [(0, c, SIZE // r, SIZE // r) for c, r in zip(backbone.feature_info.channels(),
+                                                                          backbone.feature_info.reduction(),
+                                                                          strict=True)]
+
+
+@pytest.mark.parametrize("class_model", _smallest_per_class())
+def test_channels_last_and_tiny_inputs(class_model):
+    # float64: HRNet's logits reach 1e2 to 1e8 at initialisation, and the float32 noise of another conv algorithm
+    # grows with them past any tolerance
+    model = timm.create_model(class_model, dtype=torch.float64).eval()
+    x = torch.randn(1, model.in_chans, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), out, rtol=1e-7,
+                                   atol=1e-7 * max(1.0, out.abs().max().item()))
+        for side in (1, 8):  # works, or says the minimum size, and that size works
+            try:
+                tiny = model(torch.randn(1, model.in_chans, side, side, dtype=torch.float64))
+            except ValueError as err:
+                found = re.fullmatch(rf"input {side}x{side} is too small for {type(model).__name__}: both sides must "
+                                     rf"be at least (\d+) pixels", str(err))
+                assert found, str(err)
+                side = int(found.group(1))
+                tiny = model(torch.randn(1, model.in_chans, side, side, dtype=torch.float64))
+            assert tiny.shape == ((1, model.num_classes, side, side) if _is_segmentation(class_model)
+                                  else (1, model.num_classes))
+            assert torch.isfinite(tiny).all()

@@ -99,7 +99,7 @@ def test_padding_does_not_reach_the_top_left_crop_when_the_size_is_a_multiple_of
     x = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x[..., :48, :64]))
-    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"^HerSeg expects \(B, 3, H, W\) images, got shape \(3, 48, 64\)$"):
         model(torch.randn(3, 48, 64))
 
 

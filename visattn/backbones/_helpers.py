@@ -33,13 +33,20 @@ def rename_keys(state_dict: dict, rules: Sequence[tuple[str, str | Callable[[re.
     return out
 
 
-def check_input_size(x: torch.Tensor, min_size: int, model_name: str) -> None:
-    """Raise a one-line error when an NCHW input is smaller than the model's total stride."""
+def check_images(model: nn.Module, x: torch.Tensor, min_size: int = 1) -> None:
+    """One-line ValueError, before any computation, unless ``x`` is a floating-point (B, ``model.in_chans``, H, W)
+    batch with both sides at least ``min_size`` pixels. An empty batch (B = 0) is valid."""
+    name = type(model).__name__
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != model.in_chans:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} expects (B, {model.in_chans}, H, W) images, got {got}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} expects floating-point (B, {model.in_chans}, H, W) images, got {x.dtype}: convert "
+                         f"(and normalise) them first")
     h, w = x.shape[-2:]
     if h < min_size or w < min_size:
-        raise ValueError(
-            f"input {h}x{w} is too small for {model_name}: both sides must be at least {min_size} pixels"
-        )
+        unit = "pixel" if min_size == 1 else "pixels"
+        raise ValueError(f"input {h}x{w} is too small for {name}: both sides must be at least {min_size} {unit}")
 
 
 def pretrained_file(variant: str, tag: str, url: str | None = None) -> str:

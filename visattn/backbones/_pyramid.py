@@ -10,7 +10,7 @@ from timm.layers import ClassifierHead, calculate_drop_path_rates, get_device_dt
 from timm.models._features import feature_take_indices
 
 from ..blocks import maybe_checkpoint
-from ._helpers import check_input_size, init_linear_weights
+from ._helpers import check_images, init_linear_weights
 from ._loader import PretrainedMixin
 
 
@@ -45,19 +45,21 @@ def pyramid_stages(depths: Sequence[int], dims: Sequence[int], drop_path_rate: f
 
 class PyramidModel(PretrainedMixin, nn.Module):
     """Base class of the pyramid families: ``stem``, then ``stages`` (stage i at stride ``stem_stride * 2**i`` with
-    ``dims[i]`` channels), ``norm`` on the last stage's map and a timm ClassifierHead. Subclasses build the stem,
-    stages and norm and set ``channels_last`` when their stages work on (B, H, W, C) maps; features leave the model
-    as NCHW either way. The base adds the head, ``feature_info`` and the weight initialisation."""
+    ``dims[i]`` channels), ``norm`` on the last stage's map and a timm ClassifierHead. Subclasses build the stem
+    (taking ``in_chans`` channels), stages and norm and set ``channels_last`` when their stages work on (B, H, W, C)
+    maps; features leave the model as NCHW either way. The base adds the head, ``feature_info``, the weight
+    initialisation and the input check (:func:`check_images`, at least the last stage's stride per side)."""
 
     channels_last = False
 
     _init_weights = staticmethod(init_linear_weights)
 
     def __init__(self, stem: nn.Module, stages: list[PyramidStage], norm: nn.Module, dims: Sequence[int],
-                 num_classes: int = 1000, global_pool: str = "avg", drop_rate: float = 0.0, stem_stride: int = 4,
-                 device=None, dtype=None):
+                 in_chans: int, num_classes: int = 1000, global_pool: str = "avg", drop_rate: float = 0.0,
+                 stem_stride: int = 4, device=None, dtype=None):
         super().__init__()
-        self.num_classes, self.global_pool, self.drop_rate = num_classes, global_pool, drop_rate
+        self.in_chans, self.num_classes = in_chans, num_classes
+        self.global_pool, self.drop_rate = global_pool, drop_rate
         self.num_features = self.head_hidden_size = dims[-1]
         self.stem = stem
         self.stages = nn.Sequential(*stages)
@@ -110,7 +112,7 @@ class PyramidModel(PretrainedMixin, nn.Module):
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; features are 'NCHW'")
-        check_input_size(x, self.min_input_size, type(self).__name__)
+        check_images(self, x, self.min_input_size)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
@@ -140,7 +142,7 @@ class PyramidModel(PretrainedMixin, nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.min_input_size, type(self).__name__)
+        check_images(self, x, self.min_input_size)
         return self._nchw(self.norm(self.stages(self.stem(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

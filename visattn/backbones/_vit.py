@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import resample_abs_pos_embed
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 
 from ..blocks import maybe_checkpoint
+from ._helpers import check_images
 from ._loader import PretrainedMixin
 
 
@@ -34,7 +36,24 @@ class GridViT(PretrainedMixin, VisionTransformer):
     def no_weight_decay(self) -> set[str]:
         return {name for name in ("pos_embed", "cls_token", "reg_token") if getattr(self, name, None) is not None}
 
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's, with the patch grid flattened by its sizes: timm's ``view(B, -1, C)`` cannot flatten an empty
+        batch. ``x``: (B, H, W, C) (dynamic size, the position embedding resampled to H x W) or (B, N, C)."""
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        pos_embed = self.pos_embed
+        if x.dim() == 4 and pos_embed is not None:
+            pos_embed = resample_abs_pos_embed(pos_embed, new_size=x.shape[1:3], old_size=self.patch_embed.grid_size,
+                                               num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens)
+        x = x.flatten(1, 2) if x.dim() == 4 else x
+        if pos_embed is None:
+            return torch.cat([*prefix, x], dim=1) if prefix else x
+        if self.no_embed_class:
+            x = x + pos_embed
+        x = torch.cat([*prefix, x], dim=1) if prefix else x
+        return self.pos_drop(x if self.no_embed_class else x + pos_embed)
+
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        check_images(self, x)
         x = self.patch_embed(x)
         size = tuple(x.shape[1:3]) if x.dim() == 4 else self.patch_embed.grid_size
         return self.norm_pre(self._pos_embed(x)), size
@@ -78,7 +97,7 @@ class GridViT(PretrainedMixin, VisionTransformer):
         prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
         intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
         if output_fmt == "NCHW":
-            intermediates = [y.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+            intermediates = [y.reshape(b, h, w, y.shape[-1]).permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if output_dict:
             out = {"image_intermediates": intermediates}
             if return_prefix_tokens and self.num_prefix_tokens:

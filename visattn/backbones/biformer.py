@@ -110,8 +110,8 @@ class BiFormer(PyramidModel):
             depths, dims, drop_path_rate, lambda cin, cout: ConvBnDownsample(cin, cout, **dd),
             lambda i, j, dpr: BiFormerBlock(dims[i], dims[i] // head_dim, n_win, topks[i], mlp_ratio, dpr,
                                             full_attn_heads, **dd))
-        super().__init__(stem, stages, nn.BatchNorm2d(dims[-1], **dd), dims, num_classes, global_pool, drop_rate,
-                         **dd)
+        super().__init__(stem, stages, nn.BatchNorm2d(dims[-1], **dd), dims, in_chans, num_classes, global_pool,
+                         drop_rate, **dd)
 
 
 # Official layout -> ours, first match wins.

@@ -31,7 +31,7 @@ from timm.models._features import feature_take_indices
 
 from ..blocks import maybe_checkpoint
 from ..ops.guided_filter import attention_guided_filter
-from ._helpers import create_model
+from ._helpers import check_images, create_model
 from ._loader import PretrainedMixin, checkpoint_filter
 
 __all__ = ["FSGNet", "checkpoint_filter_fn"]
@@ -277,10 +277,6 @@ class FSGNet(PretrainedMixin, nn.Module):
 
     # --- forward -------------------------------------------------------------------------------------------------
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"FSGNet expects (B, {self.in_chans}, H, W) images, got shape {tuple(x.shape)}")
-
     def _encode(self, x: torch.Tensor, levels: int) -> list[torch.Tensor]:
         """The first ``levels`` encoder outputs: (B, 2C, H, W), (B, 4C, H/2, W/2), (B, 8C, H/4, W/4),
         (B, 8C, H/8, W/8) (each level the floor half of the one above)."""
@@ -303,7 +299,7 @@ class FSGNet(PretrainedMixin, nn.Module):
         run unless ``intermediates_only``. ``norm`` changes nothing (no final norm)."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; features are 'NCHW'")
-        self._check(x)
+        check_images(self, x)
         take_indices, max_index = feature_take_indices(self._levels, indices)
         feats = self._encode(self._pad(x), max_index + 1 if stop_early else self._levels)
         intermediates = [feats[i] for i in take_indices]
@@ -311,7 +307,7 @@ class FSGNet(PretrainedMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> the deepest encoder map (B, 8C, H/8, W/8), after the spatial attention."""
-        self._check(x)
+        check_images(self, x)
         return self._encode(self._pad(x), self._levels)[-1]
 
     def _guided_level(self, level: int, skip: torch.Tensor, deeper: torch.Tensor, g: torch.Tensor):
@@ -339,7 +335,7 @@ class FSGNet(PretrainedMixin, nn.Module):
     def forward(self, x: torch.Tensor):
         """Eval: (B, num_classes, H, W) logits. Training: the logits of the three decoder levels (main, 1/2, 1/4),
         each upsampled to (H, W); the loss is their mean (deep supervision, as the official training)."""
-        self._check(x)
+        check_images(self, x)
         height, width = x.shape[-2:]
         feats = self._encode(self._pad(x), self._levels)
         if not self._has_decoder:

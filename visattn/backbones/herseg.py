@@ -25,7 +25,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..blocks import DualGatedLinearAttentionBlock, PromptFreeMaskDecoder, maybe_checkpoint
-from ._helpers import create_model, init_linear_weights
+from ._helpers import check_images, create_model, init_linear_weights
 from ._loader import PretrainedMixin, checkpoint_filter
 
 __all__ = ["HerSeg", "checkpoint_filter_fn"]
@@ -90,7 +90,7 @@ class HerSeg(PretrainedMixin, nn.Module):
                  decoder_depth: int = 2, decoder_heads: int = 8, num_mask_tokens: int = 3, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.num_classes = num_classes
+        self.num_classes, self.in_chans = num_classes, in_chans
         self.num_features = decoder_dim
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, PATCH, PATCH, **dd)
@@ -144,8 +144,7 @@ class HerSeg(PretrainedMixin, nn.Module):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W), zero-padded to multiples of 16 -> (B, embed_dim, ceil(H / 16), ceil(W / 16))."""
-        if x.dim() != 4:
-            raise ValueError(f"HerSeg expects (B, C, H, W) images, got shape {tuple(x.shape)}")
+        check_images(self, x)
         pad_h, pad_w = -x.shape[-2] % PATCH, -x.shape[-1] % PATCH
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
@@ -191,8 +190,8 @@ class HerSeg(PretrainedMixin, nn.Module):
         return self.neck(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
         masks = self.mask_decoder(self.forward_features(x))
+        height, width = x.shape[-2:]
         padded = (height + -height % PATCH, width + -width % PATCH)
         masks = F.interpolate(masks, size=padded, mode="bilinear", align_corners=False)
         return masks[..., :height, :width]

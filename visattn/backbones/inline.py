@@ -168,7 +168,8 @@ class InLineSwin(PyramidModel):
             lambda i, j, dpr: InLineSwinBlock(dims[i], num_heads[i], inline=j < inline_depths[i],
                                               window_size=window_size, shift=j % 2 == 1, inline_window=inline_window,
                                               mlp_ratio=mlp_ratio, drop_path=dpr, **dd))
-        super().__init__(stem, stages, nn.LayerNorm(dims[-1], **dd), dims, num_classes, global_pool, drop_rate, **dd)
+        super().__init__(stem, stages, nn.LayerNorm(dims[-1], **dd), dims, in_chans, num_classes, global_pool,
+                         drop_rate, **dd)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -95,7 +95,8 @@ class LaMamba(PyramidModel):
             lambda i, j, dpr: LaMambaBlock(dims[i], dims[i] // head_dim, window_size, shift=j % 2 == 1,
                                            mlp_ratio=mlp_ratio, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=dpr,
                                            **dd))
-        super().__init__(stem, stages, nn.LayerNorm(dims[-1], **dd), dims, num_classes, global_pool, drop_rate, **dd)
+        super().__init__(stem, stages, nn.LayerNorm(dims[-1], **dd), dims, in_chans, num_classes, global_pool,
+                         drop_rate, **dd)
 
 
 def _cfg(**kwargs) -> dict:

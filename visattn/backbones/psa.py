@@ -39,7 +39,7 @@ from timm.models.hrnet import HighResolutionModule, HighResolutionNet, Sequentia
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..blocks import PolarizedSelfAttention, maybe_checkpoint
-from ._helpers import create_model
+from ._helpers import check_images, create_model
 from ._loader import PretrainedMixin, checkpoint_filter
 
 __all__ = ["PSABasicBlock", "PSABottleneck", "PSAHRNet", "PSAResNet"]
@@ -260,6 +260,10 @@ class PSAHRNet(PretrainedMixin, HighResolutionNet):
     def _trunk_pruned(self) -> bool:
         return isinstance(self.layer1, nn.Identity)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(self, x)
+        return super().forward_features(x)
+
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
         """Features of the stem (index 0, stride 2) and of the four branches (indices 1-4, strides 4-32; through
@@ -267,6 +271,7 @@ class PSAHRNet(PretrainedMixin, HighResolutionNet):
         features (as ``forward_features``) when it is complete, else the deepest branch output computed."""
         if output_fmt != "NCHW":
             raise ValueError("PSA HRNet intermediates are NCHW")
+        check_images(self, x)
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         intermediates = []
         x = self.act1(self.bn1(self.conv1(x)))
@@ -340,6 +345,15 @@ class PSAResNet(PretrainedMixin, ResNet):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(self, x)
+        return super().forward_features(x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        """timm's ResNet ``forward_intermediates`` after the input check."""
+        check_images(self, x)
+        return super().forward_intermediates(x, *args, **kwargs)
 
 
 # Official segmentation checkpoint (network/ocrnet.py MscaleOCR: backbone.*, ocr.*, scale_attn.*) -> ours.

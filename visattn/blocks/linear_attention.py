@@ -54,6 +54,9 @@ class InjectiveLinearAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, n, c)
         kernels = self.residual(x.mean(dim=1).unsqueeze(-1)).reshape(b * c, 1, 3, 3)
         v_map = qkv[:, prefix:, 2].reshape(b, h, w, c).permute(0, 3, 1, 2).reshape(1, b * c, h, w)
-        local = F.conv2d(v_map, kernels, padding=1, groups=b * c).reshape(b, c, h * w).transpose(1, 2)
+        if b:
+            local = F.conv2d(v_map, kernels, padding=1, groups=b * c).reshape(b, c, h * w).transpose(1, 2)
+        else:  # conv2d takes no zero groups; the empty local term stays in the kernels' graph (zero gradients)
+            local = x.new_zeros(0, h * w, c) + kernels.sum()
         out = torch.cat([out[:, :prefix], out[:, prefix:] + local], dim=1) if prefix else out + local
         return self.proj(out)

@@ -70,9 +70,9 @@ class SS2D(nn.Module):
         proj = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = proj.split([self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        length = h * w
+        length, channels = h * w, self.directions * self.d_inner
         y = selective_scan(
-            xs.reshape(b, -1, length), dts.reshape(b, -1, length), -torch.exp(self.A_logs.float()),
+            xs.reshape(b, channels, length), dts.reshape(b, channels, length), -torch.exp(self.A_logs.float()),
             bs.contiguous(), cs.contiguous(), self.Ds.float(), delta_bias=self.dt_projs_bias.float().flatten(),
             delta_softplus=True, backend=self.backend,
         )

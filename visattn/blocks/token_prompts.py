@@ -80,10 +80,11 @@ class TokenCoordinatedPrompts(nn.Module):
         return (self.top_k if self.matching == "token" else self.pool_size) * self.prompt_len
 
     def prompt_tokens(self, layer: int, batch: int) -> torch.Tensor:
-        """Z of ``layer``: (batch, 2 M Lp, D) while prompt dropout is active, else (1, 2 M Lp, D)."""
+        """Z of ``layer``: (batch, 2 M Lp, D) while prompt dropout is active on a non-empty batch, else
+        (1, 2 M Lp, D)."""
         d = self.cls_prompts.shape[-1]
         z = torch.cat([self.cls_prompts[layer].reshape(-1, d), self.image_prompts[layer].reshape(-1, d)])
-        dropping = self.training and self.prompt_drop.p > 0
+        dropping = self.training and self.prompt_drop.p > 0 and batch > 0
         z = self.prompt_drop(z.expand(batch, -1, -1)) if dropping else z.unsqueeze(0)
         if self.fourier:
             spectrum = torch.fft.fft(torch.fft.fft(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1), dim=-2)
@@ -91,13 +92,15 @@ class TokenCoordinatedPrompts(nn.Module):
         return z
 
     def _select(self, x: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pool entries (B, T, k) of tokens x (B, T, D) against keys (M, D), and their mean 1 - cos."""
+        """Pool entries (B, T, k) of tokens x (B, T, D) against keys (M, D), and their mean 1 - cos (0 for no
+        tokens)."""
         sim = F.normalize(x, dim=-1) @ F.normalize(keys, dim=-1).t()
         if self.random and self.training:
             chosen = torch.rand(sim.shape, device=sim.device).argsort(dim=-1)[..., : self.top_k]
         else:
             chosen = sim.topk(self.top_k, dim=-1).indices
-        return chosen, (1 - sim.gather(-1, chosen)).mean()
+        dist = 1 - sim.gather(-1, chosen)
+        return chosen, dist.mean() if dist.numel() else dist.sum()
 
     def match(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Key indices of the prompts each query attends, and the matching loss d_l (None for R-TCPA).
