@@ -68,3 +68,20 @@ def test_metric_files_are_strict_json_with_nan_as_null(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"dice": None, "history": [{"auc": None, "epoch": 1}], "pair": [1.5, 2]}
+
+
+def test_atomic_writes_give_a_new_file_the_umask_mode_and_keep_an_existing_files(tmp_path):
+    import os
+
+    from visattn.engine.checkpoint import atomic_write_json
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_json({"a": 1}, str(tmp_path / "new.json"))
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "kept.json").write_text("{}")
+        os.chmod(tmp_path / "kept.json", 0o640)
+        atomic_write_json({"a": 2}, str(tmp_path / "kept.json"))
+        assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)

@@ -13,7 +13,6 @@ import functools
 import io
 import math
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -385,8 +384,6 @@ def write_text(path: str, text: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        if os.path.exists(path):
-            shutil.copymode(path, tmp)
 
     atomic_write(path, write)
 

@@ -16,7 +16,8 @@ from ..errors import UserError
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place (with the mode the file
+    had, or a new file's)."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -26,6 +27,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode(path))  # mkstemp's 0600 would hide the file from the user's group
         os.replace(tmp, path)
     except BaseException as err:
         if os.path.exists(tmp):
@@ -33,6 +35,15 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         if isinstance(err, OSError) and err.errno is not None:  # a full disk, a read-only folder
             raise UserError(f"cannot write {path}: {err.strerror}") from err
         raise
+
+
+def _file_mode(path: str) -> int:
+    """The mode of the file at ``path`` when there is one, else what the umask gives a new file."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_save(obj: Any, path: str) -> None:
