@@ -104,9 +104,9 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
     chosen = known.task
     checkpoint = known.resume or known.checkpoint
     if chosen is None and checkpoint and os.path.isfile(checkpoint):
-        from visattn.engine.checkpoint import checkpoint_task
+        from visattn.engine.checkpoint import peek_checkpoint
 
-        chosen = checkpoint_task(checkpoint)  # a run is continued or scored as the task that wrote it
+        chosen = (peek_checkpoint(checkpoint) or {}).get("task")  # continued or scored as the task that wrote it
     chosen = chosen if chosen in TASKS else DEFAULT_TASK  # the full parser reports an unknown task
     p = ToolParser(description=doc,
                    epilog=f"tasks: {', '.join(TASKS)}; `--task NAME --help` lists a task's own options")

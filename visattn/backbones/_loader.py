@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 __all__ = ["LoadResult", "PretrainedMixin", "checkpoint_classes", "checkpoint_filter", "load_pretrained",
            "match_classifier", "read_checkpoint", "read_file"]
@@ -110,7 +110,7 @@ def _read_failure(path: str, err: Exception) -> str:
         head = f.read(4)
     text = str(err)
     if path.endswith(".safetensors"):
-        return f"not a complete safetensors file ({text.splitlines()[0] if text else type(err).__name__})"
+        return f"not a complete safetensors file ({first_line(err)})"
     if head == b"PK\x03\x04" and "zip archive" in text:
         return "the file is cut off or damaged (an incomplete torch.save archive)"
     unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
@@ -120,7 +120,7 @@ def _read_failure(path: str, err: Exception) -> str:
                 f"unpickle; save the weights alone with torch.save(model.state_dict(), path)")
     if head != b"PK\x03\x04" and head[:1] != b"\x80":
         return "not a PyTorch (torch.save) or safetensors file"
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first_line(err)
 
 
 def read_checkpoint(source: str | os.PathLike | Mapping) -> dict:

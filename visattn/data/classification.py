@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import UserError
-from .images import IMAGE_EXTENSIONS, READ_ERRORS, error_text, load_rgb, read_problems
+from ..errors import UserError, first_line
+from .images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, read_problems
 
 
 class ImageFolderDataset(Dataset):
@@ -70,7 +70,7 @@ class ImageFolderDataset(Dataset):
                 img = load_rgb(path)
             except READ_ERRORS as err:
                 self.failed.add(j)
-                warnings.warn(f"skipping unreadable image {path}: {error_text(err)}", stacklevel=2)
+                warnings.warn(f"skipping unreadable image {path}: {first_line(err)}", stacklevel=2)
                 continue
             return (self.transform(img) if self.transform else img), label
         raise UserError(f"no image of class {self.classes[self.samples[index][1]]!r} under {self.root} can be read")

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import first_line
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 # What PIL raises for a damaged file, at open, verify or decode time.
 READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, UnidentifiedImageError)
@@ -17,12 +19,6 @@ def load_rgb(path: str) -> Image.Image:
     """Open an image file and convert it to RGB (grayscale, palette and RGBA inputs included)."""
     with Image.open(path) as img:
         return img.convert("RGB")
-
-
-def error_text(err: BaseException) -> str:
-    """The first line of an error's message (its type when the message is empty)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _jpeg_complete(path: str) -> bool:
@@ -44,7 +40,7 @@ def read_problem(path: str) -> str | None:
             with Image.open(path) as img:
                 img.load()
     except READ_ERRORS as err:
-        return error_text(err)
+        return first_line(err)
     return None
 
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, get_worker_info
 
-from ..errors import UserError
-from .images import IMAGE_EXTENSIONS, read_problem
+from ..errors import UserError, first_line
+from .images import IMAGE_EXTENSIONS, READ_ERRORS, read_problem
 
 SYNTHETIC = "synthetic-vessels"
 SYNTHETIC_DEFAULTS = {"size": 192, "train": 32, "val": 6, "seed": 0}
@@ -47,17 +47,13 @@ class SegSample:
     fov: str | None = None
 
 
-def _error(path: str, err: Exception) -> UserError:
-    return UserError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
-
-
 def _open(path: str) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
         return img
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise _error(path, err) from None
+    except READ_ERRORS as err:
+        raise UserError(f"cannot read {path}: {first_line(err)}") from None
 
 
 def _checked_size(path: str) -> tuple[int, int]:

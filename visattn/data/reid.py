@@ -36,8 +36,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..errors import UserError
-from .images import IMAGE_EXTENSIONS, READ_ERRORS, error_text, load_rgb, read_problems
+from ..errors import UserError, first_line
+from .images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, read_problems
 
 LAYOUTS = ("auto", "market1501", "msmt17", "csv", "folders")
 SPLITS = ("train", "query", "gallery")
@@ -333,7 +333,7 @@ class ReIDImageSet(Dataset):
                 image = load_rgb(item.path)
             except READ_ERRORS as err:
                 self.failed.add(item.path)
-                warnings.warn(f"skipping unreadable image {item.path}: {error_text(err)}", stacklevel=2)
+                warnings.warn(f"skipping unreadable image {item.path}: {first_line(err)}", stacklevel=2)
                 continue
             return self.transform(image), item.pid, item.camid
         raise UserError(f"none of the {len(self.items)} images of the set can be read (first: {self.items[0].path})")

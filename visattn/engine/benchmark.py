@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import list_models
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .checkpoint import atomic_write
 
 PATHS = {"reference": "torch", "fused": "triton"}  # path -> $VISATTN_BACKEND
@@ -252,8 +252,7 @@ def bench_model(name: str, backend: str, device: str | torch.device = "cuda", *,
 
 def one_line_error(err: BaseException) -> str:
     """``Type: first line of the message``."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
 
 
 def cuda_runs(paths: Sequence[str], compile: bool) -> list[tuple[str, str]]:

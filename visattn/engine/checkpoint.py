@@ -81,11 +81,11 @@ def load_checkpoint_file(path: str) -> dict:
     return ckpt
 
 
-def checkpoint_task(path: str) -> str | None:
-    """The task a visattn training checkpoint names (memory-mapped, so a large file costs little); None when the
-    file cannot be read or names none."""
+def peek_checkpoint(path: str) -> dict | None:
+    """A checkpoint's contents memory-mapped, to read its fields without loading its tensors; None when the file
+    cannot be read that way (the tools' own reading reports a damaged or foreign file)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a damaged or foreign file: the tool's own reading reports it
+    except Exception:
         return None
-    return ckpt.get("task") if isinstance(ckpt, dict) else None
+    return ckpt if isinstance(ckpt, dict) else None

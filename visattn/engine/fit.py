@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..backbones._loader import load_pretrained
 from ..errors import UserError
-from .checkpoint import atomic_save, load_checkpoint_file
+from .checkpoint import atomic_save, load_checkpoint_file, peek_checkpoint
 from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
 from .loop import NonFiniteLoss, train_one_epoch
 from .models import check_model_input
@@ -222,9 +222,12 @@ def _resume_checkpoint(task: Task) -> dict | None:
 def resumed_config(path: str, config: type[TrainConfig]) -> dict[str, Any]:
     """The options of the run ``path`` (a last.pth) was written by, as ``config``'s fields (empty for a checkpoint
     that does not hold them), to continue that run; ``resume`` and ``overwrite`` are not carried over."""
-    saved = load_checkpoint_file(path).get("config") or {}
+    saved = (peek_checkpoint(path) or load_checkpoint_file(path)).get("config") or {}
     fields = {f.name for f in dataclasses.fields(config)} - {"resume", "overwrite"}
     return {k: v for k, v in saved.items() if k in fields}
+
+
+RUN_FILES = ("last.pth", "best.pth", "metrics.json", "curves.png", "tensorboard")
 
 
 def free_run_folder(folder: str) -> str:
@@ -234,9 +237,6 @@ def free_run_folder(folder: str) -> str:
         number += 1
         candidate = f"{folder}{number}"
     return candidate
-
-
-RUN_FILES = ("last.pth", "best.pth", "metrics.json", "curves.png", "tensorboard")
 
 
 def claim_output(cfg: TrainConfig, is_main: bool) -> None:

@@ -8,7 +8,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -25,22 +25,25 @@ def build_model(name: str, **kwargs) -> nn.Module:
         raise UserError(f"cannot build {name} with {kwargs}: {err}") from None
 
 
-def check_model_input(model: nn.Module, size: int, name: str, expected_shape: tuple[int, ...] | None = None,
-                      need: str = "") -> None:
-    """Run one blank (1, 3, size, size) image through ``model`` so that an input it cannot take fails before
-    training; with ``expected_shape`` the output must have that shape (``need`` says why, in the error)."""
+def check_model_input(model: nn.Module, size: int | tuple[int, int], name: str,
+                      expected_shape: tuple[int, ...] | None = None, need: str = "") -> None:
+    """Run one blank (1, 3, H, W) image (``size``: H = W, or (H, W)) through ``model`` so that an input it cannot
+    take fails before training; with ``expected_shape`` the output must have that shape (``need`` says why, in the
+    error)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    shown = str(size) if isinstance(size, int) else f"{h}x{w}"
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
-    except (ValueError, RuntimeError) as err:
-        raise UserError(f"image size {size} does not work with {name}: {str(err).splitlines()[0]}") from None
+            out = model(torch.zeros(1, 3, h, w, device=next(model.parameters()).device))
+    except (ValueError, RuntimeError, AssertionError) as err:
+        raise UserError(f"image size {shown} does not work with {name}: {first_line(err)}") from None
     finally:
         model.train(was_training)
     if expected_shape is None:
         return
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if shape != tuple(expected_shape):
-        raise UserError(f"{name} returns {shape} for a (1, 3, {size}, {size}) image; "
+        raise UserError(f"{name} returns {shape} for a (1, 3, {h}, {w}) image; "
                         f"{need or f'expected {tuple(expected_shape)}'}")

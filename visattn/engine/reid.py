@@ -31,6 +31,7 @@ from .checkpoint import atomic_write, atomic_write_json
 from .distributed import barrier, pick_device
 from .fit import Task, TrainConfig, fit
 from .loop import autocast
+from .models import check_model_input
 from .options import fraction, non_negative_float, non_negative_int, number, numbers, positive_float, probability
 from .reid_metrics import distance_matrix, evaluate_ranking, rerank_features
 from .reid_model import REID_ATTENTION, ReIDLoss, ReIDModel
@@ -316,20 +317,11 @@ class ReIDTask(Task):
         size = tuple(cfg.input_size)
         train_set = ReIDImageSet(data.train, reid_train_transform(size, pad=cfg.pad, flip=cfg.flip_prob,
                                                                   erasing=cfg.erasing))
-        self.query_set = ReIDImageSet(data.query, reid_eval_transform(size))
-        self.gallery_set = ReIDImageSet(data.gallery, reid_eval_transform(size))
+        self.query_set, self.gallery_set = eval_sets(data, size)
         return model, train_set
 
     def check_input(self, model: nn.Module) -> None:
-        cfg = self.cfg
-        h, w = cfg.input_size
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, 3, h, w, device=next(model.parameters()).device))
-        except (RuntimeError, ValueError, AssertionError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"--model {cfg.model} cannot take {h}x{w} inputs: {first}; change --input-size") from None
+        check_model_input(model, tuple(self.cfg.input_size), self.cfg.model)
 
     def train_loader(self, dataset: Dataset, device: torch.device, rank: int, world_size: int) -> DataLoader:
         cfg = self.cfg
@@ -382,6 +374,12 @@ def train(cfg: ReIDConfig) -> dict[str, Any]:
     return fit(ReIDTask(cfg))
 
 
+def eval_sets(data: ReIDData, size: tuple[int, int]) -> tuple[ReIDImageSet, ReIDImageSet]:
+    """The query and gallery images of ``data`` at ``size`` (H, W), as evaluation sees them."""
+    transform = reid_eval_transform(size)
+    return ReIDImageSet(data.query, transform), ReIDImageSet(data.gallery, transform)
+
+
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, output: str | None = None,
                         device: str | None = None, workers: int = 0, metric: str | None = None,
                         rerank: bool | None = None, flip: bool | None = None) -> dict[str, Any]:
@@ -401,8 +399,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, output: str | 
                     name=f"checkpoint {checkpoint} (trained as {ckpt['model']})")
     model.to(dev)
     size = tuple(ckpt["input_size"])
-    q_set = ReIDImageSet(dataset.query, reid_eval_transform(size))
-    g_set = ReIDImageSet(dataset.gallery, reid_eval_transform(size))
+    q_set, g_set = eval_sets(dataset, size)
     q = extract_features(model, q_set, dev, workers=workers, flip=flip)
     g = extract_features(model, g_set, dev, workers=workers, flip=flip)
     result, dist = retrieval_metrics(q, g, dataset.query, dataset.gallery, metric, rerank, dev)
