@@ -22,6 +22,8 @@ SHARED = importlib.import_module("visattn.ops._triton")
 def _jit_functions(module):
     for value in vars(module).values():
         if isinstance(value, triton.runtime.jit.KernelInterface):  # JITFunction, or InterpretedFunction on CPU
+            while isinstance(value.fn, triton.runtime.jit.KernelInterface):  # autotuned: the jitted kernel inside
+                value = value.fn
             yield value
 
 

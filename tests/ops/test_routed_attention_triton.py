@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
 from tests.ops._compare import assert_matches_reference
-from visattn.ops.routed_attention import routed_attention
+from visattn.ops.routed_attention import route_regions, routed_attention
 from visattn.ops.routed_attention import triton as kernels
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=3e-3, rtol=3e-3),
@@ -34,6 +34,7 @@ SHAPES = {
     "region16_topk4": (1, 12, 12, 64, 2, 3, 4),
     "region4_topk16": (1, 10, 10, 32, 1, 5, 16),
     "region1_all": (1, 4, 4, 32, 2, 4, 16),
+    "region1_64_per_tile": (1, 8, 8, 16, 1, 8, 6),  # a packed tile of 64 regions: the int64 bit masks' top bit
     "region300_padded": (1, 29, 40, 16, 1, 2, 2),
     "padded_topk_all": (2, 10, 13, 32, 2, 3, 9),
     "map_smaller_than_grid": (1, 3, 5, 12, 2, 7, 5),
@@ -112,7 +113,10 @@ def test_flop_counter_sees_the_fused_op():
     with FlopCounterMode(display=False) as counter:
         routed_attention(q, k, v, 2, 4, 3, backend="triton").sum().backward()
     by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
-    assert by_op["visattn.routed_attention_backward"] == 2.5 * by_op["visattn.routed_attention"]
+    attention_macs = 2 * 16 * 4 * (3 * 4) * (32 + 32)  # B, regions, tokens per region, attended keys, C_qk + C_v
+    routing_macs = 2 * 16 * 16 * 32
+    assert by_op["visattn.routed_attention"] == 2 * (attention_macs + routing_macs)
+    assert by_op["visattn.routed_attention_backward"] == 5 * attention_macs
 
 
 def test_torch_compile_traces_the_fused_op():
@@ -123,3 +127,66 @@ def test_torch_compile_traces_the_fused_op():
 
     compiled = torch.compile(f, fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
+
+
+ROUTING_SHAPES = {"region16": (2, 12, 12, 32, 3, 4), "padded": (2, 10, 13, 24, 3, 9), "grid_larger_than_map":
+                  (1, 3, 5, 12, 7, 5), "one_region": (1, 6, 6, 16, 1, 1), "many_regions": (1, 16, 16, 8, 16, 20)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", ROUTING_SHAPES.values(), ids=ROUTING_SHAPES.keys())
+def test_fused_routing_equals_the_reference_routing(shape, dtype):
+    b, h, w, c, n_win, topk = shape
+    q, k = (torch.randn(b, h, w, c, dtype=dtype, device=DEVICE) for _ in range(2))
+    idx = kernels.route(q, k, n_win, topk, c ** -0.5)[0]
+    torch.testing.assert_close(idx, route_regions(q, k, n_win, topk, c ** -0.5), rtol=0, atol=0)
+
+
+def test_fused_routing_breaks_ties_by_lowest_region_index():
+    q = torch.randn(1, 8, 8, 16, device=DEVICE)
+    k = torch.ones_like(q)  # every key region scores the same
+    idx = kernels.route(q, k, 4, 5, 0.25)[0]
+    assert idx.tolist() == [[[0, 1, 2, 3, 4]] * 16]
+    torch.testing.assert_close(idx, route_regions(q, k, 4, 5, 0.25), rtol=0, atol=0)
+
+
+def _plan_links(lists, bits, counts, n_tiles, group, regions):
+    """The (row region, listed region) links a plan encodes: row region t*G + g links to list item j when bit g of
+    its mask is set."""
+    links = torch.zeros(lists.shape[0], regions, regions, dtype=torch.bool)
+    for b in range(lists.shape[0]):
+        for t in range(n_tiles):
+            for item, mask in zip(lists[b, t, :counts[b, t]].tolist(), bits[b, t, :counts[b, t]].tolist()):
+                assert mask != 0, "a listed region links to no region of its tile"
+                for g in range(group):
+                    if mask >> g & 1:
+                        links[b, t * group + g, item] = True
+    return links
+
+
+@pytest.mark.parametrize("block_m", [64, 16])
+@pytest.mark.parametrize("shape", [(2, 12, 12, 16, 2, 3, 4), (1, 8, 8, 16, 1, 4, 5), (1, 14, 14, 16, 2, 7, 16),
+                                   (1, 8, 8, 16, 1, 8, 6)])
+def test_forward_and_key_plans_encode_the_routing(monkeypatch, shape, block_m):
+    monkeypatch.setattr(kernels, "BLOCK_M", block_m)
+    b, h, w, c, heads, n_win, topk = shape
+    q, k = (torch.randn(b, h, w, c, device=DEVICE) for _ in range(2))
+    tiling = kernels.Tiling(q, k, heads, n_win)
+    idx, *plan = kernels.route(q, k, n_win, topk, c ** -0.5)
+    routed = torch.zeros(b, tiling.S2, tiling.S2, dtype=torch.bool).scatter_(2, idx.cpu(), True)
+    fwd = _plan_links(*(t.cpu() for t in plan), tiling.n_tiles, tiling.G, tiling.S2)
+    assert torch.equal(fwd, routed)
+    key = _plan_links(*(t.cpu() for t in kernels._key_plan(idx, tiling)), tiling.n_tiles, tiling.G, tiling.S2)
+    assert torch.equal(key, routed.transpose(1, 2))
+    lists, _, counts = plan
+    for row, n in zip(lists.flatten(0, 1)[:tiling.n_tiles].tolist(), counts.flatten()[:tiling.n_tiles].tolist()):
+        assert row[:n] == sorted(row[:n])  # region order: key tiles are read in memory order
+
+
+def test_backward_reuses_the_forward_plan(monkeypatch):
+    calls = []
+    route = kernels._route
+    monkeypatch.setattr(kernels, "_route", lambda *args: calls.append(1) or route(*args))
+    q, k, v = _inputs(1, 8, 8, 32, torch.float32)
+    routed_attention(q, k, v, 2, 4, 3, backend="triton").sum().backward()
+    assert len(calls) == 1

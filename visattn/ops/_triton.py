@@ -8,11 +8,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 
 import torch
 import triton
 import triton.language as tl
+
+# Kernels run under Triton's interpreter (CPU tensors, the tests): autotuning does not run there.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 # exp(x) = exp2(x log2(e)): kernels run their softmax in base 2. A constexpr, so kernels may read it;
 # host code reads ``LOG2E.value``.
@@ -55,3 +59,25 @@ def on_tensor_device(launcher: Callable) -> Callable:
 
     guarded.device_guarded = True
     return guarded
+
+
+def autotune(configs: Sequence[triton.Config], key: Sequence[str]) -> Callable:
+    """Decorator of a jitted kernel: ``triton.autotune`` over ``configs`` (warps, stages, constexpr tile sizes),
+    benchmarked once per value of the ``key`` arguments; under the interpreter the first config, fixed.
+
+    Launch the result as ``kernel[grid](*args, **meta)`` without the tuned parameters. Tuned kernels must be safe to
+    run several times (they only write their outputs), which the benchmarking does on the first call.
+    """
+    if not INTERPRETED:
+        return triton.autotune(configs=list(configs), key=list(key))
+    return functools.partial(_FixedConfig, config=configs[0])
+
+
+class _FixedConfig(triton.runtime.KernelInterface):
+    """A jitted kernel launched with one fixed config (what :func:`autotune` gives under the interpreter)."""
+
+    def __init__(self, fn: triton.runtime.KernelInterface, config: triton.Config):
+        self.fn, self.config = fn, config
+
+    def run(self, *args, **kwargs):
+        return self.fn.run(*args, **self.config.all_kwargs(), **kwargs)

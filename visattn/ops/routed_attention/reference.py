@@ -25,13 +25,15 @@ def region_means(x: torch.Tensor, n_win: int) -> torch.Tensor:
 def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale: float) -> torch.Tensor:
     """Region-level routing: I^r = topk((s * Q^r) (K^r)^T), with Q^r, K^r the region means of q, k.
 
-    q, k: (B, H, W, C_qk), any H, W (zero-padded regions). Returns int64 indices (B, n_win**2, topk): for each
-    query region, the key regions it attends to. No gradient flows through the routing, as in the official code.
+    q, k: (B, H, W, C_qk), any H, W (zero-padded regions). The means keep the maps' dtype; the scores are float32
+    and equal scores are taken lowest region index first (a stable order, which the fused kernels share). Returns
+    int64 indices (B, n_win**2, topk): for each query region, the key regions it attends to. No gradient flows
+    through the routing, as in the official code.
     """
-    q_r = region_means(q, n_win)
-    k_r = region_means(k, n_win)
+    q_r = region_means(q, n_win).float()
+    k_r = region_means(k, n_win).float()
     logits = (q_r * scale) @ k_r.transpose(-2, -1)
-    return torch.topk(logits, k=topk, dim=-1).indices
+    return logits.sort(dim=-1, descending=True, stable=True).indices[..., :topk]
 
 
 def to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
@@ -50,7 +52,13 @@ def from_regions(x: torch.Tensor, n_win: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, h, w, c)
 
 
-def routed_attention_reference(
+def routed_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, n_win: int,
+                               topk: int, scale: float) -> torch.Tensor:
+    """Bi-level routing attention: :func:`route_regions`, then :func:`attend_routed_regions`."""
+    return attend_routed_regions(q, k, v, route_regions(q, k, n_win, topk, scale), num_heads, n_win, scale)
+
+
+def attend_routed_regions(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region_idx: torch.Tensor, num_heads: int, n_win: int,
     scale: float,
 ) -> torch.Tensor:
