@@ -156,7 +156,8 @@ def _plan_links(lists, bits, counts, n_tiles, group, regions):
     links = torch.zeros(lists.shape[0], regions, regions, dtype=torch.bool)
     for b in range(lists.shape[0]):
         for t in range(n_tiles):
-            for item, mask in zip(lists[b, t, :counts[b, t]].tolist(), bits[b, t, :counts[b, t]].tolist()):
+            n = counts[b, t]
+            for item, mask in zip(lists[b, t, :n].tolist(), bits[b, t, :n].tolist(), strict=True):
                 assert mask != 0, "a listed region links to no region of its tile"
                 for g in range(group):
                     if mask >> g & 1:
@@ -179,7 +180,8 @@ def test_forward_and_key_plans_encode_the_routing(monkeypatch, shape, block_m):
     key = _plan_links(*(t.cpu() for t in kernels._key_plan(idx, tiling)), tiling.n_tiles, tiling.G, tiling.S2)
     assert torch.equal(key, routed.transpose(1, 2))
     lists, _, counts = plan
-    for row, n in zip(lists.flatten(0, 1)[:tiling.n_tiles].tolist(), counts.flatten()[:tiling.n_tiles].tolist()):
+    tiles = slice(0, tiling.n_tiles)
+    for row, n in zip(lists[:, tiles].flatten(0, 1).tolist(), counts[:, tiles].flatten().tolist(), strict=True):
         assert row[:n] == sorted(row[:n])  # region order: key tiles are read in memory order
 
 

@@ -38,8 +38,9 @@ def routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_head
                      scale: float | None = None, backend: str | None = None) -> torch.Tensor:
     """Bi-level routing attention over channels-last maps.
 
-    Per head, with S x S regions and Q^r, K^r the region means of q, k (in the maps' dtype): I^r = topk((s Q^r)(K^r)^T)
-    in float32, lowest region index first among equal scores (no gradient), then O_i = softmax(s q_i K_g^T) V_g, K_g and V_g the tokens of the regions I^r[region(i)].
+    Per head, with S x S regions and Q^r, K^r the region means of q, k (in the maps' dtype):
+    I^r = topk((s Q^r)(K^r)^T) in float32, lowest region index first among equal scores (no gradient), then
+    O_i = softmax(s q_i K_g^T) V_g, K_g and V_g the tokens of the regions I^r[region(i)].
 
     Args:
         q, k: (B, H, W, C_qk) queries and keys; v: (B, H, W, C_v) values; one floating dtype (float32, float16
