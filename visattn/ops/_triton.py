@@ -61,12 +61,18 @@ def on_tensor_device(launcher: Callable) -> Callable:
     return guarded
 
 
+# Warps and pipeline stages tried by autotuned kernels whose tile sizes are fixed by their launcher (the first is the
+# interpreter's).
+WARP_STAGE_CONFIGS = tuple(triton.Config({}, num_warps=w, num_stages=s)
+                           for w, s in ((4, 2), (4, 1), (4, 3), (8, 2), (8, 3)))
+
+
 def autotune(configs: Sequence[triton.Config], key: Sequence[str]) -> Callable:
     """Decorator of a jitted kernel: ``triton.autotune`` over ``configs`` (warps, stages, constexpr tile sizes),
     benchmarked once per value of the ``key`` arguments; under the interpreter the first config, fixed.
 
     Launch the result as ``kernel[grid](*args, **meta)`` without the tuned parameters. Tuned kernels must be safe to
-    run several times (they only write their outputs), which the benchmarking does on the first call.
+    run several times (they only write their outputs, no atomics), which the benchmarking does on the first call.
     """
     if not INTERPRETED:
         return triton.autotune(configs=list(configs), key=list(key))

@@ -24,7 +24,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import LOG2E, autotune, dot_precision, head_tile, on_tensor_device, strides
+from .._triton import (
+    LOG2E,
+    WARP_STAGE_CONFIGS,
+    autotune,
+    dot_precision,
+    head_tile,
+    on_tensor_device,
+    strides,
+)
 
 # Query rows per tile (the plan depends on it: regions smaller than BLOCK_M are packed BLOCK_M // R to a tile, at most
 # 64 so a tile's regions fit the bits of an int64) and key columns per step. 64 x 64 keeps a tile's q, k, v and
@@ -35,7 +43,6 @@ BLOCK_N = 64
 MEANS_BLOCK_T = 32
 MEANS_BLOCK_C = 64
 
-ATTENTION_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 1), (4, 3), (8, 2), (8, 3))]
 ATTENTION_KEY = ["R", "G", "D_QK", "D_V", "PACKED"]
 
 
@@ -216,7 +223,7 @@ def _key_block(q, q_local, q_rows, K, V, lst, bits_lst, n0, n_items, b, h, sk_b,
     return k, v, s, _attends(q_local, q_rows, k_bits, k_valid, PACKED)
 
 
-@autotune(ATTENTION_CONFIGS, ATTENTION_KEY)
+@autotune(WARP_STAGE_CONFIGS, ATTENTION_KEY)
 @triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE, LISTS, BITS, COUNTS,
@@ -252,7 +259,7 @@ def _fwd_kernel(
     tl.store(LSE + pid_bh.to(tl.int64) * H * W + q_lin, m_i + tl.log2(l_i), mask=q_rows)
 
 
-@autotune(ATTENTION_CONFIGS, ATTENTION_KEY)
+@autotune(WARP_STAGE_CONFIGS, ATTENTION_KEY)
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V, O, DO, DQ, LSE, DELTA, LISTS, BITS, COUNTS,
@@ -287,7 +294,7 @@ def _bwd_dq_kernel(
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=dq_mask)
 
 
-@autotune(ATTENTION_CONFIGS, ATTENTION_KEY)
+@autotune(WARP_STAGE_CONFIGS, ATTENTION_KEY)
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, LISTS, BITS, COUNTS,

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import on_tensor_device
+from .._triton import WARP_STAGE_CONFIGS, autotune, on_tensor_device
 
 # Elements of one (BLOCK_D, n, BLOCK_L) tile: sets BLOCK_D so a tile's live tensors stay in registers. BLOCK_L,
 # the chunk length, comes from the caller (:mod:`.fused` owns it: it sets the shape of the saved states).
@@ -87,6 +87,8 @@ def _chunk(U, DELTA, B, C, A_, bias, b, grp, ch, c_mask, offs_n, n_mask, l0, L,
     return offs_l, l_mask, cl, u, raw, dt, Bt, Ct, a, bb
 
 
+@autotune(WARP_STAGE_CONFIGS, ["dg", "BLOCK_D", "BLOCK_N", "BLOCK_L", "HAS_D", "HAS_Z", "HAS_BIAS",
+                               "SOFTPLUS"])
 @triton.jit
 def _fwd_kernel(
     U, DELTA, A, B, C, D, Z, BIAS, Y, STATES,
@@ -211,10 +213,9 @@ class Tiling:
     def sizes(self) -> tuple:
         return (self.dim, self.L, self.n, self.dg, self.n_dblocks, self.n_chunks)
 
-    def meta(self, D, z, delta_bias, delta_softplus: bool, num_warps: int) -> dict:
+    def meta(self, D, z, delta_bias, delta_softplus: bool) -> dict:
         return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                    SOFTPLUS=delta_softplus, BLOCK_D=self.block_d, BLOCK_N=self.block_n, BLOCK_L=self.block_l,
-                    num_warps=num_warps)
+                    SOFTPLUS=delta_softplus, BLOCK_D=self.block_d, BLOCK_N=self.block_n, BLOCK_L=self.block_l)
 
 
 def _params(A, D, delta_bias, fallback):
@@ -234,7 +235,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block_l):
     _fwd_kernel[tiling.grid()](
         u, delta, A, B, C, D_, zz, bias, y, states,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *zz.stride(),
-        *tiling.sizes(), **tiling.meta(D, z, delta_bias, delta_softplus, num_warps=4),
+        *tiling.sizes(), **tiling.meta(D, z, delta_bias, delta_softplus),
     )
     return y, states
 
@@ -259,7 +260,7 @@ def backward(grad_y, u, delta, A, B, C, D, z, delta_bias, states, delta_softplus
     _bwd_kernel[tiling.grid()](
         u, delta, A, B, C, D_, zz, bias, grad_y, states, du, ddelta, dz, dB, dC, dA, dD, dbias,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *zz.stride(), *grad_y.stride(),
-        *tiling.sizes(), **tiling.meta(D, z, delta_bias, delta_softplus, num_warps=8),
+        *tiling.sizes(), **tiling.meta(D, z, delta_bias, delta_softplus), num_warps=8,
     )
     return (du, ddelta, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.sum(0),
             None if z is None else dz, None if delta_bias is None else dbias.sum(0))

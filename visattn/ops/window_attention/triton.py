@@ -18,7 +18,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import LOG2E, dot_precision, head_tile, on_tensor_device, strides
+from .._triton import (
+    LOG2E,
+    WARP_STAGE_CONFIGS,
+    autotune,
+    dot_precision,
+    head_tile,
+    on_tensor_device,
+    strides,
+)
 from .reference import relative_position_index
 
 # Token rows per tile: a whole 7 x 7 (49 tokens) or 8 x 8 window, or several smaller windows.
@@ -62,6 +70,7 @@ def _tile_ptrs(X, b, s_b, s_h, s_w, y, x, c0, c):
     return X + b * s_b + (y * s_h + x * s_w)[:, None] + c0 + c[None, :]
 
 
+@autotune(WARP_STAGE_CONFIGS, ["WS", "G", "D_QK", "D_V", "HAS_BIAS"])
 @triton.jit
 def _fwd_kernel(
     Q, K, V, BIAS, O, LSE,
@@ -169,8 +178,10 @@ class Tiling:
 
     def meta(self, has_bias: bool) -> dict:
         return dict(D_QK=self.d_qk, D_V=self.d_v, BD_QK=self.bd_qk, BD_V=self.bd_v, WS=self.ws, G=self.G,
-                    BLOCK=BLOCK, HAS_BIAS=has_bias, PRECISION=self.precision,
-                    num_warps=4 if max(self.bd_qk, self.bd_v) <= 64 else 8)
+                    BLOCK=BLOCK, HAS_BIAS=has_bias, PRECISION=self.precision)
+
+    def backward_warps(self) -> int:
+        return 4 if max(self.bd_qk, self.bd_v) <= 64 else 8
 
 
 @on_tensor_device
@@ -210,7 +221,7 @@ def backward(q, k, v, out, lse, grad_out, rel_pos_bias, num_heads, window_size, 
         *strides(q), *strides(k), *strides(v), *strides(out), *strides(grad_out),
         *strides(dq), *strides(dk), *strides(dv),
         *tiling.args(), tiling.n_tiles, scale * LOG2E.value, scale,
-        **tiling.meta(has_bias=rel_pos_bias is not None), BIAS_GRAD=bias_grad,
+        **tiling.meta(has_bias=rel_pos_bias is not None), BIAS_GRAD=bias_grad, num_warps=tiling.backward_warps(),
     )
     if not bias_grad:
         return dq, dk, dv, q.new_empty(0)
