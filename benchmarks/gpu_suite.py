@@ -6,9 +6,11 @@
 
 1. ``pytest tests/ops`` with ``VISATTN_TEST_DEVICE=cuda`` (fused kernels against the reference, bf16 included).
 2. Each op at its models' shapes, fused kernels against the reference: routed attention (BiFormer; also
-   dense SDPA over the same tokens), selective scan and window attention (LaMamba-T), linear attention
-   (InLine-Swin-T, HER-Seg at 1024), sparse attention (ViT token counts at 25% density, random and clustered
-   key sets; also dense SDPA over the same tokens, forward and forward+backward); forward and
+   dense SDPA over the same tokens, and FlexAttention, compiled, with a BlockMask from the same routing: the kernel
+   alone with a prebuilt mask and end to end with routing and mask build, forward and forward+backward, compile
+   time, peak memory, which of fused and flex wins per shape), selective scan and window attention (LaMamba-T),
+   linear attention (InLine-Swin-T, HER-Seg at 1024), sparse attention (ViT token counts at 25% density, random
+   and clustered key sets; also dense SDPA over the same tokens, forward and forward+backward); forward and
    forward+backward time, achieved GB/s, ratio to the memory floor (one read of the inputs and one write of
    the output at the measured copy bandwidth), peak memory.
 3. Models end to end with the reference and the fused path in the same run, timed by the functions
@@ -92,6 +94,7 @@ CLASSIFIER_SETTING = (224, 128, 64)
 # segmentation networks: (input side, inference batch, training batch)
 SEGMENTATION_MODELS = {"herseg": (1024, 8, 4), "fsgnet": (608, 4, 4)}
 DEVICE = "cuda"
+FLEX = True  # time FlexAttention next to routed attention (--skip-flex: its compilations take minutes)
 
 
 def cuda_time(fn, warmup: int = 3, repeat: int = 10) -> float:
@@ -174,7 +177,104 @@ def bench_routed(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     _time_op(row, lambda be: routed_attention(q, k, v, heads, n_win, topk, backend=be), (q, k, v), grad)
     qh, kh, vh = (t.detach().reshape(b, h * w, heads, c // heads).transpose(1, 2) for t in (q, k, v))
     row["sdpa_fwd_ms"] = cuda_time(lambda: F.scaled_dot_product_attention(qh, kh, vh))
+    if FLEX:
+        time_routed_flex(row, q, k, v, grad, heads, n_win, topk)
     return row
+
+
+def _allow_recompiles(limit: int = 64) -> None:
+    """Each routed shape compiles flex_attention again (forward, and forward with grad): past dynamo's default
+    limit of 8 per function it would silently fall back to the unfused eager path."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
+
+
+def time_routed_flex(row: dict, q, k, v, grad, heads: int, n_win: int, topk: int) -> None:
+    """FlexAttention (compiled, benchmarks/routed_flex.py) on the same maps and routing as the fused op:
+    "kernel" times flex_attention alone on region-major inputs with a prebuilt BlockMask; "e2e" adds what a call
+    must do, like the fused op's times: routing, the BlockMask build (the mask depends on the data, so every forward
+    rebuilds it) and the permutes in and out. A measurement that fails (e.g. a block size the installed torch cannot
+    compile) is left out ("–" in the report) and its reason kept in ``flex_errors``."""
+    from benchmarks.routed_flex import (
+        region_layout,
+        routed_attention_flex,
+        routed_block_mask,
+        routed_flex_kernel,
+        to_flex,
+    )
+    from visattn.ops.routed_attention import route_regions, routed_attention
+
+    _allow_recompiles()
+    h, w = q.shape[1:3]
+    scale = q.shape[-1] ** -0.5
+    lay = region_layout(h, w, n_win)
+    row["flex_layout"] = f"R={lay.tokens}" + (f"→{lay.padded}" if lay.padded != lay.tokens else "") + (
+        f", {lay.group}/block" if lay.group > 1 else "")
+    errors = row["flex_errors"] = {}  # reason -> the measurements it stopped
+
+    def measure(key: str, fn) -> bool:
+        try:
+            row[key] = fn()
+            return True
+        except Exception as exc:  # recorded per measurement: the rest of the row and of the suite go on
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
+            if reason not in errors:
+                print(f"flex {row['shape']}: {key} FAILED {reason}", flush=True)
+            errors.setdefault(reason, []).append(key)
+            return False
+
+    with torch.no_grad():
+        idx = route_regions(q, k, n_win, topk, scale)
+        qf, kf, vf = (to_flex(t.detach(), n_win, heads) for t in (q, k, v))
+        leaves = tuple(t.clone().requires_grad_() for t in (qf, kf, vf))  # same strides as e2e's
+        out_grad = torch.randn(*qf.shape[:3], vf.shape[-1], device=qf.device, dtype=qf.dtype)
+    if not measure("flex_mask", lambda: routed_block_mask(idx, n_win, h, w)):
+        return
+    mask = row.pop("flex_mask")
+
+    def max_err() -> float:
+        with torch.no_grad():
+            reference = routed_attention(q, k, v, heads, n_win, topk, backend="torch")
+            return (e2e_fwd().float() - reference.float()).abs().max().item()
+
+    def kernel_fwd():
+        with torch.no_grad():
+            return routed_flex_kernel(qf, kf, vf, mask, scale)
+
+    def kernel_fwd_bwd():
+        return torch.autograd.grad(routed_flex_kernel(*leaves, mask, scale), leaves, out_grad)
+
+    def e2e():
+        return routed_attention_flex(q, k, v, route_regions(q, k, n_win, topk, scale), heads, n_win, scale)
+
+    def e2e_fwd():
+        with torch.no_grad():
+            return e2e()
+
+    def e2e_fwd_bwd():
+        return torch.autograd.grad(e2e(), (q, k, v), grad)
+
+    def first_call_s(fn) -> float:  # mostly compilation
+        start = time.perf_counter()
+        fn()
+        if DEVICE != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    measure("flex_mask_ms", lambda: cuda_time(lambda: routed_block_mask(idx, n_win, h, w)))
+    if measure("flex_compile_s", lambda: first_call_s(kernel_fwd)):  # a failed compilation is not retried
+        measure("flex_fwd_ms", lambda: cuda_time(kernel_fwd))
+        measure("flex_e2e_fwd_ms", lambda: cuda_time(e2e_fwd))
+        measure("flex_max_err", max_err)
+    if measure("flex_bwd_compile_s", lambda: first_call_s(kernel_fwd_bwd)):
+        measure("flex_fwdbwd_ms", lambda: cuda_time(kernel_fwd_bwd))
+        measure("flex_e2e_fwdbwd_ms", lambda: cuda_time(e2e_fwd_bwd))
+        measure("flex_peak_gb", lambda: peak_gb(e2e_fwd_bwd, DEVICE))
+    print(f"flex {row['shape']}: fwd kernel {row.get('flex_fwd_ms')} ms, e2e {row.get('flex_e2e_fwd_ms')} ms; fwd+bwd "
+          f"kernel {row.get('flex_fwdbwd_ms')} ms, e2e {row.get('flex_e2e_fwdbwd_ms')} ms", flush=True)
 
 
 def bench_scan(stage, bandwidth: float, batch: int = 64, dtype=torch.bfloat16) -> dict:
@@ -353,6 +453,52 @@ def profile_routed() -> str:
     ])
 
 
+def _num(value, fmt: str = ".3f") -> str:
+    return "–" if value is None or value != value else format(value, fmt)
+
+
+def flex_markdown(ops: list[dict]) -> list[str]:
+    """The routed-attention rows against FlexAttention: a table, then which one wins per shape."""
+    rows = [r for r in ops if r["op"] == "routed attention" and "flex_errors" in r]
+    if not rows:
+        return []
+    lines = ["Routed attention against FlexAttention, bf16 (ms): flex = `torch.compile(flex_attention)` with a "
+             "BlockMask from the same routing (layout: R region tokens, padded to a multiple of 16 or packed several "
+             "regions to a 16-token block; benchmarks/routed_flex.py); kernel = flex_attention alone on "
+             "region-major inputs with a prebuilt mask; e2e = routing + mask build + permutes + kernel, like the "
+             "fused times; compile = seconds of the first forward, first forward+backward (when one fails, that "
+             "direction is not timed: –); max err = largest |flex e2e - reference| in bf16:", "",
+             "| shape | flex layout | fused fwd | flex fwd, kernel | flex mask build | flex fwd, e2e | fused fwd+bwd | "
+             "flex fwd+bwd, kernel | flex fwd+bwd, e2e | fused peak GB | flex peak GB | flex compile s | "
+             "flex max err |", "|" + "---|" * 13]
+    verdicts, failures = [], []
+    for r in rows:
+        times = [_num(r.get(key)) for key in ("triton_fwd_ms", "flex_fwd_ms", "flex_mask_ms", "flex_e2e_fwd_ms",
+                                              "triton_fwdbwd_ms", "flex_fwdbwd_ms", "flex_e2e_fwdbwd_ms")]
+        compile_s = f"{_num(r.get('flex_compile_s'), '.0f')}, {_num(r.get('flex_bwd_compile_s'), '.0f')}"
+        lines.append("| " + " | ".join([r["shape"], r["flex_layout"], *times, _num(r.get("triton_peak_gb"), ".2f"),
+                                         _num(r.get("flex_peak_gb"), ".2f"), compile_s,
+                                         _num(r.get("flex_max_err"), ".3g")]) + " |")
+        wins, ratios = [], []
+        for label, ours, key in (("forward", "triton_fwd_ms", "flex_e2e_fwd_ms"),
+                                 ("forward+backward", "triton_fwdbwd_ms", "flex_e2e_fwdbwd_ms")):
+            if r.get(key) is None:
+                wins.append(f"flex failed the {label}")
+                continue
+            ratio = r[key] / r[ours]
+            wins.append(f"{'fused' if ratio > 1 else 'flex'} wins the {label}")
+            ratios.append(f"{label} {ratio:.2f}x")
+        kernel = [f"{label} {r[key] / r[ours]:.2f}x" for label, ours, key in (
+            ("forward", "triton_fwd_ms", "flex_fwd_ms"), ("forward+backward", "triton_fwdbwd_ms", "flex_fwdbwd_ms"))
+            if r.get(key) is not None]
+        detail = "; ".join(part for part in (
+            "flex e2e / fused: " + ", ".join(ratios) if ratios else "",
+            "flex kernel alone / fused: " + ", ".join(kernel) if kernel else "") if part)
+        verdicts.append(f"- {r['shape']}: {', '.join(wins)}" + (f" ({detail})" if detail else ""))
+        failures += [f"- {r['shape']}: {', '.join(keys)}: {reason}" for reason, keys in r["flex_errors"].items()]
+    return lines + [""] + verdicts + [""] + (["FlexAttention failures:", ""] + failures + [""] if failures else [])
+
+
 def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command: str) -> str:
     lines = [f"## {env['card']} — {env['date']}", "",
              f"torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}; measured copy bandwidth "
@@ -381,6 +527,7 @@ def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command
                 f"{r['torch_peak_gb']:.2f} | {r['triton_peak_gb']:.2f} | {ms(r.get('torch_graph_fwd_ms'))} | "
                 f"{ms(graph)} | {graph_floor} | {ms(r.get('sdpa_fwdbwd_ms'))} | {sdpa_ratio} |")
         lines.append("")
+        lines += flex_markdown(ops)
     if models:
         lines += ["Models, bf16 autocast: classifiers at 224 (inference batch 128, training batch 64 with an AdamW "
                   "step); segmentation networks at their native size (herseg: 1024, inference batch 8, training "
@@ -444,6 +591,8 @@ def main() -> int:
                                                    "sparsifiner_deit_small", "deit_small_patch16_224",
                                                    "tcpa_vit_base_patch16_224", "vit_base_patch16_224",
                                                    "fsgnet", "hrnet_w18_psa", "hrnet_w18_psa_s", "resnet50_psa"])
+    p.add_argument("--skip-flex", action="store_true",
+                   help="skip the FlexAttention comparator of routed attention (it compiles every shape)")
     p.add_argument("--skip-reid", action="store_true", help="skip the re-id configurations (benchmarks/reid_cost.py)")
     p.add_argument("--compile", action="store_true",
                    help="time the classifiers under torch.compile instead of eagerly")
@@ -453,6 +602,8 @@ def main() -> int:
     p.add_argument("--time-limit", type=float, default=float("inf"),
                    help="seconds; op and model cases that would start later are skipped, the report is still written")
     args = p.parse_args()
+    global FLEX
+    FLEX = not args.skip_flex
     if not torch.cuda.is_available():
         print("error: benchmarks/gpu_suite.py needs a CUDA device", file=sys.stderr)
         return 2

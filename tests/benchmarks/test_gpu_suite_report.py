@@ -18,19 +18,35 @@ def test_report_has_every_table_and_the_ratios():
                                   for k in ("fwd_ms", "fwdbwd_ms", "peak_gb")}}
     op["triton_fwd_ms"] = 0.02
     op["triton_graph_fwd_ms"] = 0.015
+    op.update(flex_layout="R=64", flex_fwd_ms=0.01, flex_mask_ms=0.2, flex_e2e_fwd_ms=0.25, flex_fwdbwd_ms=0.5,
+              flex_e2e_fwdbwd_ms=0.8, flex_peak_gb=2.0, flex_compile_s=12.0, flex_bwd_compile_s=30.0,
+              flex_max_err=0.0078, flex_errors={})
+    failed = {**op, "shape": "T/S stage 3 @224", "flex_layout": "R=4, 4/block", "flex_fwdbwd_ms": None,
+              "flex_e2e_fwdbwd_ms": None, "flex_peak_gb": None, "flex_bwd_compile_s": None,
+              "flex_errors": {"InductorError: no valid config": ["flex_bwd_compile_s"]}}
     models = [{"model": "biformer_tiny", "backend": "torch", "infer_img_s": 1000.0, "train_img_s": 300.0,
                "train_peak_gb": 6.0},
               {"model": "biformer_tiny", "backend": "triton", "infer_img_s": 3500.0, "train_img_s": 700.0,
                "train_peak_gb": 2.5}]
     scan = {**op, "op": "selective scan", "shape": "LaMamba-T stage 1 @224"}
     del scan["sdpa_fwd_ms"]
-    report = gpu_suite.markdown(env, "passed: 40 passed", [op, scan], models, "python benchmarks/gpu_suite.py")
+    report = gpu_suite.markdown(env, "passed: 40 passed", [op, scan, failed], models, "python benchmarks/gpu_suite.py")
     assert "## Card X — 2026-01-01" in report and "torch 2.11, Triton 3.6" in report
     row = "| routed attention | T/S stage 1 @224 | 64x56x56x64 | 1.000 | 0.020 | 50.0x | 0.500 | 2.0x | 1500 |"
     assert row in report
     assert "| 1.00 | 1.00 | – | 0.015 | 1.5x |" in report  # graph columns: no reference graph, fused 1.5x floor
     assert "| selective scan | LaMamba-T stage 1 @224 | 64x56x56x64 | 1.000 | 0.020 | 50.0x | – | 2.0x |" in report
     assert "| biformer_tiny | fused | 3500 | 700 | 2.50 |" in report
+    # FlexAttention next to the fused op: kernel alone, mask build, end to end; who wins; what failed
+    assert "| T/S stage 1 @224 | R=64 | 0.020 | 0.010 | 0.200 | 0.250 | 1.000 | 0.500 | 0.800 | 1.00 | 2.00 | " \
+        "12, 30 | 0.0078 |" in report
+    assert "- T/S stage 1 @224: fused wins the forward, flex wins the forward+backward (flex e2e / fused: forward " \
+        "12.50x, forward+backward 0.80x; flex kernel alone / fused: forward 0.50x, forward+backward 0.50x)" in report
+    assert "| T/S stage 3 @224 | R=4, 4/block | 0.020 | 0.010 | 0.200 | 0.250 | 1.000 | – | – | 1.00 | – | 12, – |" \
+        in report
+    assert "- T/S stage 3 @224: fused wins the forward, flex failed the forward+backward" in report
+    assert "- T/S stage 3 @224: flex_bwd_compile_s: InductorError: no valid config" in report
+    assert report.count("LaMamba-T stage 1 @224") == 1  # only routed attention is compared with flex
     assert "inference 3.50x, training 2.33x, training peak memory 0.42x" in report
 
 
@@ -44,6 +60,10 @@ def test_op_benchmarks_run_end_to_end(monkeypatch):
     for row in rows:
         assert row["triton_fwd_ms"] > 0 and row["torch_fwdbwd_ms"] > 0 and row["fused_gbs"] > 0
     assert "sdpa_fwd_ms" in rows[0]
+    flex = rows[0]  # eager flex on the CPU: forward only (torch has no flex backward on CPU), failures recorded
+    assert flex["flex_fwd_ms"] > 0 and flex["flex_e2e_fwd_ms"] > 0 and flex["flex_mask_ms"] > 0
+    assert flex["flex_max_err"] < 0.05
+    assert "flex_fwdbwd_ms" in flex or any("flex_bwd_compile_s" in keys for keys in flex["flex_errors"].values())
     env = {"card": "cpu", "date": "d", "torch": "t", "triton": "x", "cuda": None, "bandwidth": 100.0}
     assert "| window attention | LaMamba-T tiny @224 |" in gpu_suite.markdown(env, "skipped", rows, [], "cmd")
     assert "| linear attention | tiny normalize | 1x36x32, 4h, normalize |" in gpu_suite.markdown(
