@@ -19,9 +19,12 @@
    token at a time, so LaMamba models are timed on the fused path only. Sparsifiner-DeiT-S and TCPA-ViT-B run
    next to timm's dense DeiT-S and ViT-B/16 (timed once: no visattn op). Segmentation networks at their native
    sizes (HER-Seg 1024 x 1024, FSG-Net 608 x 608 at batch 4, the setting of the official anchor), with training
-   memory per image. ``--compile`` times the classifiers under torch.compile (eager training on a slow host is
-   bounded by launch overhead).
-4. ``--profile``: profiler tables for the routed-attention op and a biformer_tiny training step (printed only).
+   memory per image. Classifiers' inference also captured in a CUDA graph (GPU time without launch overhead; capture
+   fails on a host synchronisation). ``--compile`` adds the classifiers under torch.compile next to eager. Then the
+   targets: the fused path against the official models (anchors measured on the same card and settings) and
+   against the reference path.
+4. ``--profile``: profiler tables for the routed-attention op, a biformer_tiny training step, and inference of
+   inline_deit_tiny and herseg on both paths (printed, and written to ``$OUT/profile.txt`` when set).
 """
 
 from __future__ import annotations
@@ -93,6 +96,18 @@ DENSE_BASELINES = ("deit_small_patch16_224", "vit_base_patch16_224")
 CLASSIFIER_SETTING = (224, 128, 64)
 # segmentation networks: (input side, inference batch, training batch)
 SEGMENTATION_MODELS = {"herseg": (1024, 8, 4), "fsgnet": (608, 4, 4)}
+# The official models on the same card and settings (H200, torch 2.11, bf16 autocast, eager; inference batch 128,
+# training batch 64 with an AdamW step, 224 x 224; ../shared/reference/README.md): infer img/s, train img/s, train
+# peak GB.
+OFFICIAL = {"biformer_tiny": (3231, 804, 5.94), "biformer_small": (1544, 358, 11.62),
+            "biformer_base": (1072, 323, 17.59), "inline_deit_tiny": (9601, 971, 1.44),
+            "inline_swin_tiny": (5216, 820, 4.38)}
+# Speed targets of the fused path: against the official model (inference and training img/s at least, training
+# peak memory at most; None: none) and, for models without an official anchor, against our reference path.
+OFFICIAL_TARGETS = {"biformer_tiny": (3.0, 2.0, 0.5), "biformer_small": (3.0, 2.0, None),
+                    "biformer_base": (3.0, 2.0, None), "inline_deit_tiny": (1.5, 1.5, None),
+                    "inline_swin_tiny": (1.5, 1.5, None)}
+REFERENCE_TARGETS = {"herseg": (1.5, 1.5)}
 DEVICE = "cuda"
 FLEX = True  # time FlexAttention next to routed attention (--skip-flex: its compilations take minutes)
 
@@ -123,22 +138,33 @@ def run_op_tests() -> str:
     return f"{'passed' if result.returncode == 0 else 'FAILED'}: {tail}"
 
 
+def _synchronize() -> None:
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
+
+
+def capture(fn) -> torch.cuda.CUDAGraph:
+    """``fn()`` captured in a CUDA graph after three warm-up calls on a side stream (which also run any autotuning);
+    raises what capture raises (a host synchronisation inside ``fn``, for one)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def graph_time(fn) -> float | None:
     """Median milliseconds of ``fn()`` captured in a CUDA graph and replayed: GPU time without launch overhead
     (None on the CPU, or when capture fails)."""
     if DEVICE == "cpu":
         return None
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return cuda_time(graph.replay)
+        return cuda_time(capture(fn).replay)
     except Exception as exc:  # some reference paths cannot be captured; the table shows "–"
         print(f"CUDA graph capture failed: {exc!r}", flush=True)
         return None
@@ -389,7 +415,8 @@ def bench_polarized(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
 def model_row(name: str, backend: str, compile: bool = False, warmup: int = 3, repeat: int = 10) -> dict:
     """A model's line of the report: a segmentation network at its native size (with its training memory per
     image), a classifier at :data:`CLASSIFIER_SETTING`, eager or compiled (which removes most launch overhead: eager
-    training on a slow host is bounded by the CPU)."""
+    training on a slow host is bounded by the CPU). An eager classifier's line also has its inference captured in a
+    CUDA graph (GPU time without launch overhead; capture fails on any host synchronisation)."""
     if name in SEGMENTATION_MODELS:
         size, infer_batch, train_batch = SEGMENTATION_MODELS[name]
         label, compile = f"{name} @{size}", False
@@ -399,7 +426,35 @@ def model_row(name: str, backend: str, compile: bool = False, warmup: int = 3, r
         label = f"{name} (compiled)" if compile else name
     result = bench_model(name, backend, DEVICE, size=size, infer_batch=infer_batch, train_batch=train_batch,
                          compile=compile, warmup=warmup, repeat=repeat)
-    return {"model": label, "backend": backend, **result}
+    row = {"model": label, "name": name, "backend": backend, "compiled": compile, **result}
+    if name not in SEGMENTATION_MODELS and not compile:
+        row["graph_infer_img_s"], row["graph_error"] = graph_inference(name, backend, infer_batch, size)
+    return row
+
+
+def graph_inference(name: str, backend: str, batch: int, size: int) -> tuple[float | None, str | None]:
+    """Inference img/s of ``name`` (bf16 autocast) captured in a CUDA graph and replayed, or None and why capture
+    failed (neither on the CPU, where only the tests run it)."""
+    import timm
+
+    import visattn  # noqa: F401
+
+    if DEVICE == "cpu":
+        return None, None
+    with forced_backend(backend):
+        torch.manual_seed(0)
+        model = timm.create_model(name).to(DEVICE).eval()
+        x = torch.randn(batch, 3, size, size, device=DEVICE)
+
+        def infer():
+            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, cache_enabled=False):
+                return model(x)
+
+        try:
+            graph = capture(infer)
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
+        return batch / cuda_time(graph.replay) * 1e3, None
 
 
 def bench_reid(label: str, config: dict, backend: str, infer_batch: int = 256, train_batch: int = 64,
@@ -451,6 +506,43 @@ def profile_routed() -> str:
         "biformer_tiny training step, batch 64:",
         step_prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20),
     ])
+
+
+# (model, input side, inference batch) whose fused and reference inference the profile compares
+PROFILED_INFERENCE = (("inline_deit_tiny", 224, 128), ("herseg", 1024, 8))
+
+
+def profile_inference() -> str:
+    """Where inference time goes on each path (sorted by GPU time): the models of :data:`PROFILED_INFERENCE`, whose
+    fused path must beat its reference end to end as its ops do alone."""
+    import timm
+    from torch.profiler import ProfilerActivity, profile
+
+    import visattn  # noqa: F401
+
+    tables = []
+    for name, size, batch in PROFILED_INFERENCE:
+        for backend in ("torch", "triton"):
+            with forced_backend(backend):
+                model = timm.create_model(name).to(DEVICE).eval()
+                x = torch.randn(batch, 3, size, size, device=DEVICE)
+
+                def infer(model=model, x=x):
+                    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+                        return model(x)
+
+                for _ in range(3):
+                    infer()
+                _synchronize()
+                with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if DEVICE != "cpu" else [])],
+                             ) as prof:
+                    infer()
+                    _synchronize()
+            path = "reference" if backend == "torch" else "fused"
+            sort = "self_cuda_time_total" if DEVICE != "cpu" else "self_cpu_time_total"
+            tables += [f"{name} inference, batch {batch} at {size}, {path} path:",
+                       prof.key_averages().table(sort_by=sort, row_limit=20)]
+    return "\n".join(tables)
 
 
 def _num(value, fmt: str = ".3f") -> str:
@@ -532,11 +624,16 @@ def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command
         lines += ["Models, bf16 autocast: classifiers at 224 (inference batch 128, training batch 64 with an AdamW "
                   "step); segmentation networks at their native size (herseg: 1024, inference batch 8, training "
                   "batch 4, BCE loss):", "",
-                  "| model | path | infer img/s | train img/s | train peak GB |", "|---|---|---|---|---|"]
+                  "| model | path | infer img/s | train img/s | train peak GB | infer img/s, CUDA graph |",
+                  "|---|---|---|---|---|---|"]
         for r in models:
             path = "reference" if r["backend"] == "torch" else "fused"
             lines.append(f"| {r['model']} | {path} | {r['infer_img_s']:.0f} | {r['train_img_s']:.0f} | "
-                         f"{r['train_peak_gb']:.2f} |")
+                         f"{r['train_peak_gb']:.2f} | {_num(r.get('graph_infer_img_s'), '.0f')} |")
+        failed = [f"- {r['model']} ({'reference' if r['backend'] == 'torch' else 'fused'}): {r['graph_error']}"
+                  for r in models if r.get("graph_error")]
+        if failed:
+            lines += ["", "CUDA graph capture failed:", *failed]
         for r in models:
             if "peak_gb_per_image" in r:
                 path = "reference" if r["backend"] == "torch" else "fused"
@@ -553,7 +650,65 @@ def markdown(env: dict, tests: str, ops: list[dict], models: list[dict], command
                              f"training {fused['train_img_s'] / ref['train_img_s']:.2f}x, training peak memory "
                              f"{fused['train_peak_gb'] / ref['train_peak_gb']:.2f}x")
         lines.append("")
+        lines += targets_markdown(models)
     return "\n".join(lines) + "\n"
+
+
+def _ratio(a, b) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def _verdict(checks: list[tuple[float | None, float, bool]]) -> str:
+    """"yes" when every (value, target, at_least) check holds, "no" when one fails, "–" when one was not measured."""
+    if any(value is None for value, _, _ in checks):
+        return "–"
+    return "yes" if all(value >= t if at_least else value <= t for value, t, at_least in checks) else "no"
+
+
+_SPEED_KEYS = ("infer_img_s", "train_img_s", "train_peak_gb")
+
+
+def _speed_text(r: dict | None) -> str:
+    return "–" if r is None else f"{r['infer_img_s']:.0f} / {r['train_img_s']:.0f}, {r['train_peak_gb']:.2f}"
+
+
+def _speed_ratios(fused: dict, other: dict | None) -> tuple:
+    """fused / other for inference, training and training peak memory, and their text."""
+    if other is None:
+        return None, None, None, "–"
+    values = tuple(_ratio(fused[key], other[key]) for key in _SPEED_KEYS)
+    return (*values, f"{values[0]:.2f}x / {values[1]:.2f}x / {values[2]:.2f}x")
+
+
+def targets_markdown(models: list[dict]) -> list[str]:
+    """The speed targets: each eager model's fused path against the official model (anchors measured on the same
+    card and settings: :data:`OFFICIAL`) and against our reference path."""
+    eager = {(r["name"], r["backend"]): r for r in models if "name" in r and not r.get("compiled")}
+    lines = ["Targets (eager, bf16): fused against the official model (measured on the same card with the same "
+             "settings) and against the reference path; infer / train img/s, train peak GB:", "",
+             "| model | fused | reference | official | fused / official | fused / reference | target | met |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = 0
+    for name in dict.fromkeys(n for n, _ in eager):
+        fused, ref = eager.get((name, "triton")), eager.get((name, "torch"))
+        if fused is None or (name not in OFFICIAL_TARGETS and name not in REFERENCE_TARGETS):
+            continue
+        official = dict(zip(_SPEED_KEYS, OFFICIAL[name], strict=True)) if name in OFFICIAL else None
+        o_infer, o_train, o_mem, o_text = _speed_ratios(fused, official)
+        r_infer, r_train, _, r_text = _speed_ratios(fused, ref)
+        if name in OFFICIAL_TARGETS:
+            infer_t, train_t, mem_t = OFFICIAL_TARGETS[name]
+            checks = [(o_infer, infer_t, True), (o_train, train_t, True)] + \
+                ([(o_mem, mem_t, False)] if mem_t is not None else [])
+            target = f"official x{infer_t:g} / x{train_t:g}" + (f", memory <= x{mem_t:g}" if mem_t else "")
+        else:
+            infer_t, train_t = REFERENCE_TARGETS[name]
+            checks = [(r_infer, infer_t, True), (r_train, train_t, True)]
+            target = f"reference x{infer_t:g} / x{train_t:g}"
+        lines.append(f"| {fused['model']} | {_speed_text(fused)} | {_speed_text(ref)} | {_speed_text(official)} | "
+                     f"{o_text} | {r_text} | {target} | {_verdict(checks)} |")
+        rows += 1
+    return lines + [""] if rows else []
 
 
 RESULTS_HEADER = "# GPU results\n\nWritten by `benchmarks/gpu_suite.py`; newest first.\n\n"
@@ -595,9 +750,10 @@ def main() -> int:
                    help="skip the FlexAttention comparator of routed attention (it compiles every shape)")
     p.add_argument("--skip-reid", action="store_true", help="skip the re-id configurations (benchmarks/reid_cost.py)")
     p.add_argument("--compile", action="store_true",
-                   help="time the classifiers under torch.compile instead of eagerly")
+                   help="also time the classifiers under torch.compile (eager numbers stay the headline)")
     p.add_argument("--profile", action="store_true",
-                   help="print profiles of the fused routed-attention op and a biformer_tiny training step")
+                   help="print profiles of the fused routed-attention op, a biformer_tiny training step and both "
+                        "paths' inference of inline_deit_tiny and herseg (also $OUT/profile.txt)")
     p.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "RESULTS.md"))
     p.add_argument("--time-limit", type=float, default=float("inf"),
                    help="seconds; op and model cases that would start later are skipped, the report is still written")
@@ -659,15 +815,19 @@ def main() -> int:
     for name in args.models:
         backends = (("triton",) if name.startswith(FUSED_ONLY) else
                     ("torch",) if name in DENSE_BASELINES else ("torch", "triton"))
-        for backend in backends:
-            row = attempt(f"{name} [{backend}]",
-                          lambda name=name, backend=backend: model_row(name, backend, compile=args.compile))
-            if row is None:
-                continue
-            models.append(row)
-            print(f"{name} [{backend}]: {row['infer_img_s']:.0f} / {row['train_img_s']:.0f} img/s, "
-                  f"{row['train_peak_gb']:.2f} GB ({time.time() - started:.0f} s)", flush=True)
-            report()
+        modes = (False, True) if args.compile and name not in SEGMENTATION_MODELS else (False,)
+        for compiled in modes:
+            for backend in backends:
+                label = f"{name} [{backend}{', compiled' if compiled else ''}]"
+                row = attempt(label, lambda name=name, backend=backend, compiled=compiled:
+                              model_row(name, backend, compile=compiled))
+                if row is None:
+                    continue
+                models.append(row)
+                print(f"{label}: {row['infer_img_s']:.0f} / {row['train_img_s']:.0f} img/s, "
+                      f"{row['train_peak_gb']:.2f} GB, CUDA graph {row.get('graph_infer_img_s')} img/s "
+                      f"({time.time() - started:.0f} s)", flush=True)
+                report()
     if not args.skip_reid:
         from benchmarks.reid_cost import REID_CONFIGS
 
@@ -682,8 +842,12 @@ def main() -> int:
                     report()
     report()
     if args.profile:
-        table = attempt("routed-attention profile", profile_routed)
-        print(table or "", flush=True)
+        text = "\n".join(t for t in (attempt("routed-attention profile", profile_routed),
+                                      attempt("inference profile", profile_inference)) if t)
+        print(text, flush=True)
+        if os.environ.get("OUT"):
+            with open(os.path.join(os.environ["OUT"], "profile.txt"), "w") as f:
+                f.write(text)
     print(markdown(env, tests, ops, models, command))
     if errors:
         return 1

@@ -24,10 +24,15 @@ def test_report_has_every_table_and_the_ratios():
     failed = {**op, "shape": "T/S stage 3 @224", "flex_layout": "R=4, 4/block", "flex_fwdbwd_ms": None,
               "flex_e2e_fwdbwd_ms": None, "flex_peak_gb": None, "flex_bwd_compile_s": None,
               "flex_errors": {"InductorError: no valid config": ["flex_bwd_compile_s"]}}
-    models = [{"model": "biformer_tiny", "backend": "torch", "infer_img_s": 1000.0, "train_img_s": 300.0,
-               "train_peak_gb": 6.0},
-              {"model": "biformer_tiny", "backend": "triton", "infer_img_s": 3500.0, "train_img_s": 700.0,
-               "train_peak_gb": 2.5}]
+    models = [{"model": "biformer_tiny", "name": "biformer_tiny", "backend": "torch", "infer_img_s": 1000.0,
+               "train_img_s": 300.0, "train_peak_gb": 6.0, "graph_infer_img_s": None,
+               "graph_error": "RuntimeError: operation not permitted when stream is capturing"},
+              {"model": "biformer_tiny", "name": "biformer_tiny", "backend": "triton", "infer_img_s": 3500.0,
+               "train_img_s": 700.0, "train_peak_gb": 2.5, "graph_infer_img_s": 5000.0, "graph_error": None},
+              {"model": "herseg @1024", "name": "herseg", "backend": "torch", "infer_img_s": 300.0,
+               "train_img_s": 40.0, "train_peak_gb": 1.4},
+              {"model": "herseg @1024", "name": "herseg", "backend": "triton", "infer_img_s": 600.0,
+               "train_img_s": 64.0, "train_peak_gb": 1.2}]
     scan = {**op, "op": "selective scan", "shape": "LaMamba-T stage 1 @224"}
     del scan["sdpa_fwd_ms"]
     report = gpu_suite.markdown(env, "passed: 40 passed", [op, scan, failed], models, "python benchmarks/gpu_suite.py")
@@ -36,7 +41,13 @@ def test_report_has_every_table_and_the_ratios():
     assert row in report
     assert "| 1.00 | 1.00 | – | 0.015 | 1.5x |" in report  # graph columns: no reference graph, fused 1.5x floor
     assert "| selective scan | LaMamba-T stage 1 @224 | 64x56x56x64 | 1.000 | 0.020 | 50.0x | – | 2.0x |" in report
-    assert "| biformer_tiny | fused | 3500 | 700 | 2.50 |" in report
+    assert "| biformer_tiny | fused | 3500 | 700 | 2.50 | 5000 |" in report
+    assert "- biformer_tiny (reference): RuntimeError: operation not permitted when stream is capturing" in report
+    # targets: against the official anchors (3231 / 804, 5.94) and against the reference path
+    assert "| biformer_tiny | 3500 / 700, 2.50 | 1000 / 300, 6.00 | 3231 / 804, 5.94 | 1.08x / 0.87x / 0.42x | " \
+        "3.50x / 2.33x / 0.42x | official x3 / x2, memory <= x0.5 | no |" in report
+    assert "| herseg @1024 | 600 / 64, 1.20 | 300 / 40, 1.40 | – | – | 2.00x / 1.60x / 0.86x | reference x1.5 / x1.5 " \
+        "| yes |" in report
     # FlexAttention next to the fused op: kernel alone, mask build, end to end; who wins; what failed
     assert "| T/S stage 1 @224 | R=64 | 0.020 | 0.010 | 0.200 | 0.250 | 1.000 | 0.500 | 0.800 | 1.00 | 2.00 | " \
         "12, 30 | 0.0078 |" in report
@@ -103,7 +114,7 @@ def test_model_benchmark_runs_end_to_end(monkeypatch):
     monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
     monkeypatch.setattr(gpu_suite, "CLASSIFIER_SETTING", (32, 2, 2))
     row = gpu_suite.model_row("mambaout_femto", "torch", warmup=0, repeat=1)
-    assert row["model"] == "mambaout_femto" and row["backend"] == "torch"
+    assert row["model"] == "mambaout_femto" and row["backend"] == "torch" and row["graph_infer_img_s"] is None
     assert row["infer_img_s"] > 0 and row["train_img_s"] > 0
 
 
@@ -111,3 +122,11 @@ def test_reid_benchmark_runs_end_to_end(monkeypatch):
     monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
     row = gpu_suite.bench_reid("plain", {}, "torch", infer_batch=1, train_batch=2, warmup=0, repeat=1)
     assert row["model"] == "re-id: plain @256x128" and row["infer_img_s"] > 0 and row["train_img_s"] > 0
+
+
+def test_inference_profile_runs_on_both_paths(monkeypatch):
+    monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_suite, "PROFILED_INFERENCE", (("inline_deit_tiny", 32, 1),))
+    text = gpu_suite.profile_inference()
+    assert "inline_deit_tiny inference, batch 1 at 32, reference path:" in text
+    assert "inline_deit_tiny inference, batch 1 at 32, fused path:" in text and "aten::linear" in text
