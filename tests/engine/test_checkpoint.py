@@ -25,6 +25,27 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
 
+def test_atomic_save_on_a_full_disk_is_a_one_line_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    atomic_save({"epoch": 1}, str(path))
+
+    def full_disk(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
+    full = r"cannot write .*last\.pth: torch\.save could not write the file \(\d+ MiB free"
+    with pytest.raises(UserError, match=full):
+        atomic_save({"epoch": 2}, str(path))
+    monkeypatch.setattr(ckpt_mod.torch, "save", lambda obj, f: (_ for _ in ()).throw(RuntimeError("another bug")))
+    with pytest.raises(RuntimeError, match="another bug"):
+        atomic_save({"epoch": 2}, str(path))
+    monkeypatch.undo()
+    assert torch.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
 def test_strict_load_names_missing_unexpected_and_reshaped_keys():
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     state = {"0.weight": torch.zeros(3, 4), "0.bias": torch.zeros(5), "2.weight": torch.zeros(1)}

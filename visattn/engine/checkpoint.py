@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +49,17 @@ def _file_mode(path: str) -> int:
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: str) -> None:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            if "PytorchStreamWriter" not in str(err) and "unexpected pos" not in str(err):
+                raise
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(tmp))).free
+            raise UserError(f"cannot write {path}: torch.save could not write the file ({free / 2**20:.0f} MiB free "
+                            "on its disk); free some space or choose another --output") from err
+
+    atomic_write(path, save)
 
 
 def json_safe(value: Any) -> Any:
