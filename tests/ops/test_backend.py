@@ -48,3 +48,33 @@ def test_an_empty_output_runs_neither_implementation_but_empty(monkeypatch):
     assert pick("triton", x, reference, fused, out_shape=(0,), empty=reference)() == "reference"
     with pytest.raises(ValueError, match="unknown backend 'cuda'"):
         pick("cuda", x, reference, fused, out_shape=(0, 2))
+
+
+def _float64_calls():
+    """One float64 call of each op with the kernels forced: (name, call)."""
+    from visattn.ops.guided_filter import attention_guided_filter
+    from visattn.ops.routed_attention import routed_attention
+    from visattn.ops.selective_scan import selective_scan
+    from visattn.ops.sparse_attention import sparse_attention
+    from visattn.ops.window_attention import window_attention
+
+    f64 = dict(dtype=torch.float64)
+    maps = [torch.randn(1, 4, 4, 8, **f64) for _ in range(3)]
+    u = torch.randn(1, 4, 6, **f64)
+    bc = torch.randn(1, 1, 2, 6, **f64)
+    q = torch.randn(1, 2, 5, 4, **f64)
+    x, a = torch.randn(1, 1, 4, 4, **f64), torch.randn(1, 2, 4, 4, **f64)
+    return {
+        "routed": lambda: routed_attention(*maps, 2, 2, 1, backend="triton"),
+        "window": lambda: window_attention(*maps, 2, 2, 0, None, backend="triton"),
+        "scan": lambda: selective_scan(u, u, -torch.rand(4, 2), bc, bc, backend="triton"),
+        "sparse": lambda: sparse_attention(q, q, q, torch.zeros(1, 1, 5, 2, dtype=torch.long), backend="triton"),
+        "guided": lambda: attention_guided_filter(x, a, a, torch.randn(1, 1, 8, 8, **f64), 1, 1e-2, backend="triton"),
+    }
+
+
+@pytest.mark.parametrize("op", ["routed", "window", "scan", "sparse", "guided"])
+def test_float64_is_refused_by_the_kernels_in_one_line(op):
+    with pytest.raises(ValueError, match=r"^the triton backend takes float32, float16 or bfloat16, got torch\.float64; "
+                                         r"use backend='torch'$"):
+        _float64_calls()[op]()

@@ -11,6 +11,8 @@ import torch
 
 BACKENDS = ("torch", "triton")
 ENV_VAR = "VISATTN_BACKEND"
+# What the Triton kernels compute in (float64 runs only under the interpreter, which the op tests use).
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
@@ -50,6 +52,13 @@ def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: 
             raise ValueError(f"{unsupported}; use backend='torch'")
         return reference
     return fused
+
+
+def dtype_reason(*tensors: torch.Tensor) -> str | None:
+    """Why the Triton kernels cannot take these tensors' dtypes (None when they can): an ``unsupported_reason``
+    part every op shares."""
+    bad = [t.dtype for t in tensors if t.dtype not in KERNEL_DTYPES]
+    return f"the triton backend takes float32, float16 or bfloat16, got {bad[0]}" if bad else None
 
 
 def empty_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *args, **kwargs) -> torch.Tensor:

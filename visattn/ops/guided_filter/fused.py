@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import dtype_reason
 from .._flops import register_flops
 from .reference import output_dtype
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # FLOP conventions: per low-res pixel and target channel, one add per window pixel per box sum (forward: six sums
 # and two box means; backward: the same eight again), and the pointwise work around them; per high-res element,
 # an interpolation (four weighted corners, a multiply-add each: 8) and the rest.
@@ -24,10 +24,7 @@ HIGH_BACKWARD = 8 + 2 + 1 + 2 * 4 * 2  # interpolate A, dF, dout F, scatter two 
 
 def unsupported_reason(*tensors: torch.Tensor) -> str | None:
     """Why the fused kernels cannot take these inputs (None when they can)."""
-    bad = [t.dtype for t in tensors if t.dtype not in DTYPES]
-    if bad:
-        return f"the triton backend takes float32, float16 or bfloat16, got {bad[0]}"
-    return None
+    return dtype_reason(*tensors)
 
 
 @torch.library.custom_op("visattn::guided_filter", mutates_args=())

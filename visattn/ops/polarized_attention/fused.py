@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import dtype_reason
 from .._flops import register_flops
 from .reference import apply_callables
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def unsupported_reason(x: torch.Tensor) -> str | None:
     """Why the fused kernels cannot take these inputs (None when they can)."""
-    if x.dtype not in DTYPES:
-        return f"the triton backend takes float32, float16 or bfloat16, got {x.dtype}"
-    return None
+    return dtype_reason(x)
 
 
 # gating ------------------------------------------------------------------------------------------------------

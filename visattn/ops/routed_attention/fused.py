@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import dtype_reason
 from .._flops import register_flops
 
 
@@ -89,9 +90,9 @@ register_flops(torch.ops.visattn.routed_attention_backward, _backward_flops)
 
 
 def unsupported_reason(q: torch.Tensor, v: torch.Tensor, num_heads: int) -> str | None:
-    """Why the fused kernels cannot take these inputs (None when they can): they take every call the argument
-    checks accept, any map size, region grid, top-k and head width."""
-    return None
+    """Why the fused kernels cannot take these inputs (None when they can): any call the argument checks accept in
+    float32, float16 or bfloat16 (any map size, region grid, top-k and head width)."""
+    return dtype_reason(q)
 
 
 def routed_attention_fused(q, k, v, num_heads, n_win, topk, scale):

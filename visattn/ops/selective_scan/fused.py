@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import dtype_reason
 from .._flops import register_flops
 
 # Positions per chunk of the kernels' scan. The forward saves the state at the start of every chunk, so this sets
@@ -20,9 +21,9 @@ def num_chunks(length: int) -> int:
 
 
 def unsupported_reason(u: torch.Tensor, A: torch.Tensor) -> str | None:
-    """Why the fused kernels cannot take these inputs (None when they can): they take every call the argument
-    checks accept."""
-    return None
+    """Why the fused kernels cannot take these inputs (None when they can): any call the argument checks accept in
+    float32, float16 or bfloat16."""
+    return dtype_reason(u)
 
 
 @torch.library.custom_op("visattn::selective_scan", mutates_args=())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import dtype_reason
 from .._flops import register_flops
 
 # Key columns per tile of the kernels. A query's membership in a key tile is one int64 bit word, so at most 64; the
@@ -16,7 +17,6 @@ from .._flops import register_flops
 BLOCK_N = 64
 # Widest head (D or D_v) the kernels' register tiles take (ViT heads are 64 wide).
 MAX_HEAD_DIM = 128
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def plan_key_tiles(indices: torch.Tensor, num_keys: int, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,8 +37,8 @@ def plan_key_tiles(indices: torch.Tensor, num_keys: int, block_n: int) -> tuple[
 
 def unsupported_reason(q: torch.Tensor, v: torch.Tensor) -> str | None:
     """Why the fused kernels cannot take these inputs (None when they can)."""
-    if q.dtype not in DTYPES:
-        return f"the triton backend takes float32, float16 or bfloat16, got {q.dtype}"
+    if reason := dtype_reason(q):
+        return reason
     if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         return f"the triton backend takes head widths D, D_v <= {MAX_HEAD_DIM}, got D={q.shape[-1]}, D_v={v.shape[-1]}"
     return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .._backend import dtype_reason
 from .._flops import register_flops
 
 # A window's tokens must fit one 64-row tile of the kernels.
@@ -19,6 +20,8 @@ MAX_FLOAT32_HEAD_DIM = 64
 
 def unsupported_reason(q: torch.Tensor, v: torch.Tensor, num_heads: int, window_size: int) -> str | None:
     """Why the fused kernels cannot take these inputs (None when they can)."""
+    if reason := dtype_reason(q):
+        return reason
     if window_size > MAX_WINDOW_SIZE:
         return f"the triton backend takes window_size <= {MAX_WINDOW_SIZE}, got {window_size}"
     widest = max(q.shape[-1], v.shape[-1]) // num_heads
