@@ -35,17 +35,21 @@ BLOCK_W = 64
 
 
 @triton.jit
+def _shifted(rows, cols, dy, dx, H, W):
+    """Offsets (row-major, row width W) of the tile's pixels shifted by (dy, dx), and which of them are in the map."""
+    r = rows + dy
+    c = cols + dx
+    return r[:, None] * W + c[None, :], ((r >= 0) & (r < H))[:, None] & ((c >= 0) & (c < W))[None, :]
+
+
+@triton.jit
 def _window_sums(Xb, Yb, Ab, rows, cols, H, W, RY: tl.constexpr, RX: tl.constexpr):
     """Sums over each clipped (2 RY + 1) x (2 RX + 1) window of a, a x, a y, a^2 x y, a^2 x^2, a^2 x (float32)."""
     zero = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.float32)
     s_a, s_ax, s_ay, s_a2xy, s_a2x2, s_a2x = zero, zero, zero, zero, zero, zero
     for dy in range(-RY, RY + 1):
-        r = rows + dy
-        r_ok = (r >= 0) & (r < H)
         for dx in range(-RX, RX + 1):
-            c = cols + dx
-            m = r_ok[:, None] & ((c >= 0) & (c < W))[None, :]
-            offs = r[:, None] * W + c[None, :]
+            offs, m = _shifted(rows, cols, dy, dx, H, W)
             x = tl.load(Xb + offs, mask=m, other=0.0).to(tl.float32)
             y = tl.load(Yb + offs, mask=m, other=0.0).to(tl.float32)
             a = tl.where(m, tl.abs(tl.load(Ab + offs, mask=m, other=0.0).to(tl.float32)) + FLOOR, 0.0)
@@ -105,14 +109,10 @@ def _box_mean_kernel(SRC_A, SRC_B, DST_A, DST_B, H, W, RY: tl.constexpr, RX: tl.
     s_a = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     s_b = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
     for dy in range(-RY, RY + 1):
-        r = rows + dy
-        r_ok = (r >= 0) & (r < H)
         for dx in range(-RX, RX + 1):
-            c = cols + dx
-            m = r_ok[:, None] & ((c >= 0) & (c < W))[None, :]
-            src = base + r[:, None] * W + c[None, :]
-            s_a += tl.load(SRC_A + src, mask=m, other=0.0)
-            s_b += tl.load(SRC_B + src, mask=m, other=0.0)
+            src, m = _shifted(rows, cols, dy, dx, H, W)
+            s_a += tl.load(SRC_A + base + src, mask=m, other=0.0)
+            s_b += tl.load(SRC_B + base + src, mask=m, other=0.0)
     n = _window_count(rows, cols, H, W, RY, RX)
     tl.store(DST_A + base + offs, s_a / n, mask=mask)
     tl.store(DST_B + base + offs, s_b / n, mask=mask)
