@@ -69,7 +69,7 @@ ROUTED_SHAPES = [
 # LaMamba-T at 224, batch 64: (name, side, channels, heads)
 LAMAMBA_T_STAGES = [("stage 1", 56, 96, 3), ("stage 2", 28, 192, 6), ("stage 3", 14, 384, 12), ("stage 4", 7, 768, 24)]
 # (name, batch, side, channels, heads, mode): InLine-Swin-T's InLine stages at 224 (injective) and HER-Seg's
-# DLA stages at 1024 (normalized, RoPE'd numerator)
+# DLA stages at 1024 (normalized, ELU + 1 features and the 2-D RoPE'd numerator inside the op, as the block calls it)
 LINEAR_SHAPES = [
     ("InLine-Swin-T stage 1 @224", 64, 56, 96, 3, "injective"),
     ("InLine-Swin-T stage 2 @224", 64, 28, 192, 6, "injective"),
@@ -341,13 +341,13 @@ def bench_window(stage, bandwidth: float, batch: int = 64, dtype=torch.bfloat16)
 
 def bench_linear(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     """Linear attention on (B, N, C) projections read as (B, heads, N, d) views, as the blocks call it."""
+    from visattn.blocks.dual_gated_attention import rope_2d_angles
     from visattn.ops.linear_attention import linear_attention
 
     name, b, side, c, heads, mode = shape
     n, d = side * side, c // heads
-    maps = [torch.randn(b, n, c, device=DEVICE, dtype=dtype, requires_grad=True)
-            for _ in range(5 if mode == "normalize" else 3)]
-    q, k, v, *norms = (t.view(b, n, heads, d).transpose(1, 2) for t in maps)
+    maps = [torch.randn(b, n, c, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3)]
+    q, k, v = (t.view(b, n, heads, d).transpose(1, 2) for t in maps)
     grad = torch.randn(b, heads, n, d, device=DEVICE, dtype=dtype)
     nbytes = (len(maps) + 1) * maps[0].numel() * maps[0].element_size()
     row = {"op": "linear attention", "shape": name, "tokens": f"{b}x{n}x{c}, {heads}h, {mode}", "bytes": nbytes,
@@ -355,7 +355,8 @@ def bench_linear(shape, bandwidth: float, dtype=torch.bfloat16) -> dict:
     if mode == "injective":
         kwargs = dict(scale=d ** -0.5 / n, injective=True)
     else:
-        kwargs = dict(scale=1.0 / n, normalize=True, norm_q=norms[0], norm_k=norms[1])
+        rope = rope_2d_angles(side, side, c, 1e4, DEVICE)
+        kwargs = dict(scale=1.0 / n, normalize=True, feature_map="elu+1", rope=rope)
     _time_op(row, lambda be: linear_attention(q, k, v, backend=be, **kwargs), tuple(maps), grad)
     return row
 

@@ -126,6 +126,18 @@ def test_pretrained_without_a_file_is_a_clear_error(tmp_path, monkeypatch):
         timm.create_model("herseg", pretrained=True)
 
 
+def test_fused_model_matches_reference_model(monkeypatch):
+    model = timm.create_model("herseg", embed_dim=32, depths=(1, 1, 2, 1), num_heads=(2, 2, 4, 8), decoder_dim=32,
+                              decoder_heads=2).eval()
+    x = torch.randn(1, 3, 48, 80)  # a 3 x 5 token map; heads of 16, 8 and 4 channels
+    outputs = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("VISATTN_BACKEND", backend)
+        with torch.no_grad():
+            outputs[backend] = model(x)
+    torch.testing.assert_close(outputs["triton"], outputs["torch"], atol=1e-4, rtol=1e-4)
+
+
 def test_every_parameter_gets_a_gradient_and_checkpointing_recomputes_the_decoder_too():
     model = _randomized().train()
     x = torch.randn(2, 3, 32, 48)

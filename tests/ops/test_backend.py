@@ -53,6 +53,7 @@ def test_an_empty_output_runs_neither_implementation_but_empty(monkeypatch):
 def _float64_calls():
     """One float64 call of each op with the kernels forced: (name, call)."""
     from visattn.ops.guided_filter import attention_guided_filter
+    from visattn.ops.linear_attention import linear_attention
     from visattn.ops.routed_attention import routed_attention
     from visattn.ops.selective_scan import selective_scan
     from visattn.ops.sparse_attention import sparse_attention
@@ -69,11 +70,12 @@ def _float64_calls():
         "window": lambda: window_attention(*maps, 2, 2, 0, None, backend="triton"),
         "scan": lambda: selective_scan(u, u, -torch.rand(4, 2), bc, bc, backend="triton"),
         "sparse": lambda: sparse_attention(q, q, q, torch.zeros(1, 1, 5, 2, dtype=torch.long), backend="triton"),
+        "linear": lambda: linear_attention(q, q, q, 0.5, backend="triton"),
         "guided": lambda: attention_guided_filter(x, a, a, torch.randn(1, 1, 8, 8, **f64), 1, 1e-2, backend="triton"),
     }
 
 
-@pytest.mark.parametrize("op", ["routed", "window", "scan", "sparse", "guided"])
+@pytest.mark.parametrize("op", ["routed", "window", "scan", "sparse", "linear", "guided"])
 def test_float64_is_refused_by_the_kernels_in_one_line(op):
     with pytest.raises(ValueError, match=r"^the triton backend takes float32, float16 or bfloat16, got torch\.float64; "
                                          r"use backend='torch'$"):

@@ -4,6 +4,7 @@ against the reference (under Triton's interpreter on CPU tensors in CI, on the G
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
@@ -17,38 +18,60 @@ TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=4e-3,
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE != "cpu" else [])
 MODES = {"plain": {}, "injective": {"injective": True}, "normalize": {"normalize": True},
          "normalize_separate": {"normalize": True, "separate": True}}
+# phi = ELU + 1 and rotary tables applied inside the op; the first is HER-Seg's attention
+FEATURE_MODES = {"normalize_elu_rope": {"normalize": True, "feature_map": "elu+1", "rope": True},
+                 "normalize_separate_rope": {"normalize": True, "separate": True, "rope": True},
+                 "injective_rope": {"injective": True, "rope": True},
+                 "plain_elu": {"feature_map": "elu+1"}}
 
 
 def _inputs(b, h, n, d, e, mode, dtype=torch.float32, device=DEVICE, heads_inside_tokens=False):
     """Keyword arguments of linear_attention for ``mode``, tensors as leaves that require grad.
 
-    Normalizing modes get positive features (as after phi) and scale 1 / N; the others scale (N D)^-1/2, so
-    every output is O(1). With ``heads_inside_tokens`` q, k, v (and the norms) are (B, N, H, C) maps viewed
-    as (B, H, N, C), the way attention blocks pass them.
+    Normalizing modes get positive features (as after phi, or raw values with the op's ``feature_map``) and scale
+    1 / N; the others scale (N D)^-1/2, or (N D)^-1 with a feature map, so every output is O(1). With
+    ``heads_inside_tokens`` q, k, v (and the norms) are (B, N, H, C) maps viewed as (B, H, N, C), the way attention
+    blocks pass them. ``rope`` modes get (cos, sin) tables of random angles, (N, H D / 2) float32.
     """
-    positive = mode.get("normalize", False)
+    positive = mode.get("normalize", False) and "feature_map" not in mode
 
     def leaf(width, features=False):
         t = torch.rand(b, n, h, width) + 0.1 if features else torch.randn(b, n, h, width)
         t = t.to(device, dtype).transpose(1, 2)
         return (t if heads_inside_tokens else t.contiguous()).requires_grad_()
 
-    separate = mode.get("separate", False)
-    return dict(q=leaf(d, positive), k=leaf(d, positive), v=leaf(e), scale=1 / n if positive else (n * d) ** -0.5,
-                injective=mode.get("injective", False), normalize=positive,
-                norm_q=leaf(d, True) if separate else None, norm_k=leaf(d, True) if separate else None)
+    normalize, separate = mode.get("normalize", False), mode.get("separate", False)
+    angles = 6.3 * torch.rand(n, h * d // 2, device=device)
+    scale = 1 / n if normalize else 1 / (n * d) if "feature_map" in mode else (n * d) ** -0.5  # positive q.k ~ d
+    return dict(q=leaf(d, positive), k=leaf(d, positive), v=leaf(e), scale=scale,
+                injective=mode.get("injective", False), normalize=normalize,
+                norm_q=leaf(d, True) if separate else None, norm_k=leaf(d, True) if separate else None,
+                feature_map=mode.get("feature_map"), rope=(angles.cos(), angles.sin()) if mode.get("rope") else None)
 
 
 def _leaves(args):
     return {name: args[name] for name in ("q", "k", "v", "norm_q", "norm_k") if args[name] is not None}
 
 
-def dense_linear_attention(q, k, v, scale, injective, normalize, norm_q, norm_k, eps=1e-6):
-    """O = W V with the explicit (N x N) weights: W_ij = scale q_i . k_j, or scale q_i . (k_j - mean k) + 1 / N
-    (injective), or divided by mean_j qn_i . kn_j + eps (normalize)."""
+def _rotate_complex(x, cos, sin):
+    """Channel pairs of (B, H, N, D) heads as complex numbers times exp(i angle), angles of (N, H D / 2) tables."""
+    b, h, n, d = x.shape
+    turn = torch.complex(cos, sin).to(torch.complex128).reshape(n, h, d // 2).transpose(0, 1)
+    z = torch.view_as_complex(x.double().reshape(b, h, n, d // 2, 2).contiguous()) * turn
+    return torch.view_as_real(z).reshape(b, h, n, d).to(x.dtype)
+
+
+def dense_linear_attention(q, k, v, scale, injective, normalize, norm_q, norm_k, eps=1e-6, feature_map=None,
+                           rope=None):
+    """O = W V with the explicit (N x N) weights of features q' = phi(q), k' = phi(k) and their rotations q~, k~:
+    W_ij = scale q~_i . k~_j, or scale q~_i . (k~_j - mean k~) + 1 / N (injective), or divided by
+    mean_j qn_i . kn_j + eps (normalize; qn = norm_q or q', kn = norm_k or k')."""
+    if feature_map is not None:
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+    q_rot, k_rot = (q, k) if rope is None else (_rotate_complex(t, *rope) for t in (q, k))
     if injective:
-        k = k - k.mean(-2, keepdim=True)
-    weights = scale * q @ k.transpose(-2, -1) + (1 / q.shape[-2] if injective else 0)
+        k_rot = k_rot - k_rot.mean(-2, keepdim=True)
+    weights = scale * q_rot @ k_rot.transpose(-2, -1) + (1 / q.shape[-2] if injective else 0)
     if normalize:
         qn = q if norm_q is None else norm_q
         kn = k if norm_k is None else norm_k
@@ -56,9 +79,9 @@ def dense_linear_attention(q, k, v, scale, injective, normalize, norm_q, norm_k,
     return weights @ v
 
 
-@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("mode", (MODES | FEATURE_MODES).values(), ids=(MODES | FEATURE_MODES).keys())
 def test_reference_matches_dense_weights(mode):
-    args = _inputs(2, 3, 13, 5, 7, mode, torch.float64, device="cpu")
+    args = _inputs(2, 3, 13, 6, 7, mode, torch.float64, device="cpu")
     out = linear_attention(**args, backend="torch")
     expected = dense_linear_attention(**args)
     assert out.shape == (2, 3, 13, 7) and out.dtype == torch.float64
@@ -108,6 +131,23 @@ FUSED_CASES = {
 @pytest.mark.parametrize("case", FUSED_CASES.values(), ids=FUSED_CASES.keys())
 def test_fused_forward_and_gradients_match_the_reference(case, mode, dtype):
     _check(_inputs(*case, mode, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", FEATURE_MODES.values(), ids=FEATURE_MODES.keys())
+@pytest.mark.parametrize("case", [(2, 3, 50, 8, 8), (1, 2, 197, 16, 24), (1, 6, 70, 4, 4), (1, 1, 40, 128, 72)],
+                         ids=["d8", "e_differs_n197", "d4_six_heads", "d128"])
+def test_fused_feature_map_and_rope_match_the_reference(case, mode, dtype):
+    _check(_inputs(*case, mode, dtype, heads_inside_tokens=True))
+
+
+def test_rope_tables_are_constants():
+    args = _inputs(1, 2, 9, 4, 4, FEATURE_MODES["normalize_elu_rope"])
+    angles = torch.rand(9, 4, device=DEVICE, requires_grad=True)
+    args["rope"] = (angles.cos(), angles.sin())
+    for backend in ("torch", "triton"):
+        out = linear_attention(**args, backend=backend)
+        assert torch.autograd.grad(out.sum(), angles, allow_unused=True) == (None,)
 
 
 @pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
@@ -232,6 +272,12 @@ BAD = {
     "device": (_bad(k=X.to("meta")), "k is on meta"),
     "triton_width": ({**_bad(), "v": torch.randn(1, 2, 6, 129, device=DEVICE), "backend": "triton"},
                      "D, E <= 128"),
+    "feature_map": (_bad(feature_map="relu"), "unknown feature_map 'relu'"),
+    "rope_odd_width": (_bad(q=X[..., :3], k=X[..., :3], rope=(X[0, 0, :, :3], X[0, 0, :, :3])), "even head width"),
+    "rope_table_shape": (_bad(rope=(X[0, 0, :, :3], X[0, 0, :, :3])),
+                         r"rope cos table of shape \(N, H \* D / 2\) = \(6, 4\)"),
+    "rope_integer": (_bad(rope=(X[0, 0, :, :4], X[0, 0, :, :4].long())), "floating-point rope sin"),
+    "rope_not_a_pair": (_bad(rope=(X[0, 0, :, :4],)), r"\(cos, sin\) pair"),
 }
 
 

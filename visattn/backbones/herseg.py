@@ -25,6 +25,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..blocks import DualGatedLinearAttentionBlock, PromptFreeMaskDecoder, maybe_checkpoint
+from ..blocks.dual_gated_attention import rope_2d_angles
 from ._helpers import check_images, create_model, init_linear_weights
 from ._loader import PretrainedMixin, checkpoint_filter
 
@@ -32,6 +33,7 @@ __all__ = ["HerSeg", "checkpoint_filter_fn"]
 
 MODEL_KIND = "segmentation"
 PATCH = 16
+ROPE_BASE = 10000.0
 
 
 class _ConvBN(nn.Sequential):
@@ -63,7 +65,8 @@ class MBConv(nn.Module):
 
 
 class _Stage(nn.Module):
-    """Blocks on a (B, C, h, w) map -> same; ``tokens``: blocks that run on its (B, h*w, C) tokens and the grid."""
+    """Blocks on a (B, C, h, w) map -> same; ``tokens``: dual-gated attention blocks that run on its (B, h*w, C)
+    tokens, the grid and the 2-D RoPE tables, computed once for all of them."""
 
     def __init__(self, blocks: list[nn.Module], tokens: bool):
         super().__init__()
@@ -73,7 +76,7 @@ class _Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        grid = (h, w) if self.tokens else ()
+        grid = (h, w, rope_2d_angles(h, w, c, ROPE_BASE, x.device)) if self.tokens else ()
         if self.tokens:
             x = x.flatten(2).transpose(1, 2)
         for block in self.blocks:
@@ -97,7 +100,8 @@ class HerSeg(PretrainedMixin, nn.Module):
         # linear in depth from 0 over all blocks, as the official code; the MBConv blocks take no drop path
         rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         layers = [_Stage([MBConv(embed_dim, mlp_ratio, **dd) for _ in range(depths[0])], tokens=False)]
-        layers += [_Stage([DualGatedLinearAttentionBlock(embed_dim, num_heads[i], mlp_ratio, rates[i][j], **dd)
+        layers += [_Stage([DualGatedLinearAttentionBlock(embed_dim, num_heads[i], mlp_ratio, rates[i][j],
+                                                         rope_base=ROPE_BASE, **dd)
                            for j in range(depths[i])], tokens=True) for i in range(1, len(depths))]
         self.layers = nn.ModuleList(layers)
         self.feature_info = [dict(num_chs=embed_dim, num_chs_norm=decoder_dim, reduction=PATCH, module=f"layers.{i}")

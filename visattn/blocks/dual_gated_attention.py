@@ -9,7 +9,9 @@ With U = LN(X) of a (B, N = H x W, C) token map and phi = ELU + 1:
     O += DWConv3x3(V)                                 LePE
     X <- X + W_o (O * G);  X <- X + MLP(LN(X))
 
-The 2-D rotary embedding is computed for the map it is given, so a model is not tied to one input size.
+phi and the rotary embedding run inside the linear-attention op (``feature_map="elu+1"``, ``rope``): phi(Q),
+phi(K) and their rotated copies are never materialised. The 2-D rotary embedding is computed for the map it is
+given, so a model is not tied to one input size.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
 from ..ops.linear_attention import linear_attention
+from ..ops.linear_attention.reference import rotate_pairs
 
-__all__ = ["DualGatedLinearAttention", "DualGatedLinearAttentionBlock", "rope_2d"]
+__all__ = ["DualGatedLinearAttention", "DualGatedLinearAttentionBlock", "rope_2d", "rope_2d_angles"]
 
 
 def rope_2d_angles(height: int, width: int, channels: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,15 +60,17 @@ def rope_2d(x: torch.Tensor, height: int, width: int, base: float = 10000.0,
     if n != height * width:
         raise ValueError(f"rope_2d needs (B, {height} * {width}, C) tokens, got {tuple(x.shape)}")
     cos, sin = angles if angles is not None else rope_2d_angles(height, width, c, base, x.device)
-    pairs = x.float().reshape(b, n, c // 2, 2)
-    re, im = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
-    return rotated.reshape(b, n, c).to(x.dtype)
+    rotated = rotate_pairs(x.float().view(b, n, 1, c).transpose(1, 2), cos, sin)
+    return rotated.transpose(1, 2).reshape(b, n, c).to(x.dtype)
 
 
 class DualGatedLinearAttention(nn.Module):
     """The token mixer of the DLA block: phi(Q), phi(K) from one linear, the bottleneck value path, RoPE in the
-    numerator only, the mean-key normaliser and LePE. Input and output (B, N, C) with N = H x W."""
+    numerator only, the mean-key normaliser and LePE. Input and output (B, N, C) with N = H x W.
+
+    Q and K reach the op as head views of the W_qk output (phi and RoPE applied in its kernels), V as a head view
+    of W_down's; its output is already (B, N, C) memory, and the LePE conv reads V as a channels-last map: no copies.
+    """
 
     def __init__(self, dim: int, num_heads: int, qk_bias: bool = True, value_ratio: float = 0.25,
                  rope_base: float = 10000.0, device=None, dtype=None):
@@ -80,19 +85,22 @@ class DualGatedLinearAttention(nn.Module):
         self.down_proj = nn.Linear(int(dim * value_ratio), dim, **dd)
         self.lepe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
 
-    def forward(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, height: int, width: int,
+                angles: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``angles``: :func:`rope_2d_angles` of this grid, width and ``rope_base``, for blocks on one grid to share
+        (computed when None)."""
         b, n, c = u.shape
         heads, head_dim = self.num_heads, c // self.num_heads
-        q, k = (F.elu(t) + 1.0 for t in self.qk(u).chunk(2, dim=-1))
+        q, k = self.qk(u).chunk(2, dim=-1)
         v = self.down_proj(F.silu(self.up_proj(u)))
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(b, n, heads, head_dim).transpose(1, 2)
+            return t.view(b, n, heads, head_dim).transpose(1, 2)
 
-        angles = rope_2d_angles(height, width, c, self.rope_base, u.device)
-        q_rot, k_rot = rope_2d(q, height, width, angles=angles), rope_2d(k, height, width, angles=angles)
-        out = linear_attention(split(q_rot), split(k_rot), split(v), 1.0 / n, normalize=True,
-                               norm_q=split(q), norm_k=split(k), eps=1e-6)
+        if angles is None:
+            angles = rope_2d_angles(height, width, c, self.rope_base, u.device)
+        out = linear_attention(split(q), split(k), split(v), 1.0 / n, normalize=True, eps=1e-6, feature_map="elu+1",
+                               rope=angles)
         out = out.transpose(1, 2).reshape(b, n, c)
         lepe = self.lepe(v.transpose(1, 2).reshape(b, c, height, width))
         return out + lepe.flatten(2).transpose(1, 2)
@@ -113,8 +121,10 @@ class DualGatedLinearAttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, height: int, width: int,
+                angles: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``angles``: as :meth:`DualGatedLinearAttention.forward`'s."""
         u = self.norm1(x)
         gate = F.silu(self.act_proj(u))
-        x = x + self.drop_path(self.out_proj(self.attn(u, height, width) * gate))
+        x = x + self.drop_path(self.out_proj(self.attn(u, height, width, angles) * gate))
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -48,12 +48,13 @@ class InjectiveLinearAttention(nn.Module):
         prefix = n - h * w
         if prefix < 0:
             raise ValueError(f"{n} tokens cannot hold a {h}x{w} grid")
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
-        out = linear_attention(q, k, v, self.scale / n, injective=True, backend=self.backend)
+        # unbind, not three selects: backward stacks dq, dk, dv into one (B, N, 3, H, d) gradient in one pass
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).unbind(2)
+        out = linear_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale / n,
+                               injective=True, backend=self.backend)
         out = out.transpose(1, 2).reshape(b, n, c)
         kernels = self.residual(x.mean(dim=1).unsqueeze(-1)).reshape(b * c, 1, 3, 3)
-        v_map = qkv[:, prefix:, 2].reshape(b, h, w, c).permute(0, 3, 1, 2).reshape(1, b * c, h, w)
+        v_map = v[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2).reshape(1, b * c, h, w)
         if b:
             local = F.conv2d(v_map, kernels, padding=1, groups=b * c).reshape(b, c, h * w).transpose(1, 2)
         else:  # conv2d takes no zero groups; the empty local term stays in the kernels' graph (zero gradients)

@@ -31,8 +31,21 @@ def strides(t: torch.Tensor) -> tuple[int, int, int]:
 
 
 def head_tile(width: int) -> int:
-    """Channels of a head's tile: ``width`` rounded up to a power of two, at least 16 (``tl.dot``'s minimum)."""
-    return max(16, triton.next_power_of_2(width))
+    """Channels of a head's tile: ``width`` rounded up to a power of two, at least 16 (``tl.dot``'s minimum).
+
+    Host arithmetic of every launch is plain Python: Triton's ``next_power_of_2`` and ``cdiv`` are jit-aware
+    wrappers that cost microseconds per call."""
+    return max(16, next_power_of_2(width))
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), in plain Python (see :func:`head_tile`)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of non-negative ints, in plain Python (see :func:`head_tile`)."""
+    return -(-a // b)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import on_tensor_device
+from .._triton import cdiv, next_power_of_2, on_tensor_device
 from .reference import WEIGHT_FLOOR, box_mean, output_dtype, window_count
 
 FLOOR = tl.constexpr(WEIGHT_FLOOR)
@@ -205,9 +205,9 @@ class Tiling:
 
     @staticmethod
     def _blocks(h: int, w: int) -> tuple[int, int, int]:
-        bw = min(BLOCK_W, triton.next_power_of_2(w))
-        bh = min(max(1, BLOCK_H * BLOCK_W // 4 // bw), triton.next_power_of_2(h))
-        return bh, bw, triton.cdiv(h, bh) * triton.cdiv(w, bw)
+        bw = min(BLOCK_W, next_power_of_2(w))
+        bh = min(max(1, BLOCK_H * BLOCK_W // 4 // bw), next_power_of_2(h))
+        return bh, bw, cdiv(h, bh) * cdiv(w, bw)
 
     def meta(self, high: bool) -> dict:
         bh, bw, _ = self.high if high else self.low

@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+FEATURE_MAPS = ("elu+1",)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of (B, H, N, D) heads: channel pair (x_2j, x_2j+1) of head h at token n goes to
+    (x_2j c - x_2j+1 s, x_2j s + x_2j+1 c), c, s = cos, sin[n, h D / 2 + j] of (N, H D / 2) tables."""
+    b, h, n, d = x.shape
+    cos, sin = (t.to(x.dtype).reshape(n, h, d // 2).transpose(0, 1) for t in (cos, sin))
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
 
 
 def linear_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, injective: bool, normalize: bool,
     norm_q: torch.Tensor | None, norm_k: torch.Tensor | None, eps: float,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None, feature_map: str | None = None,
 ) -> torch.Tensor:
     """Key-value state, then a per-query read-out, in float32 (float64 stays float64).
 
-    q, k: (B, H, N, D); v: (B, H, N, E); norm_q, norm_k: (B, H, N, D) or None. With S = sum_j k_j^T v_j:
+    q, k: (B, H, N, D); v: (B, H, N, E); norm_q, norm_k: (B, H, N, D) or None; rope: (cos, sin) tables, each
+    (N, H D / 2), or None. With q' = phi(q), k' = phi(k) (phi = ELU + 1 for ``feature_map="elu+1"``, else the
+    identity), q~ = R q', k~ = R k' (:func:`rotate_pairs` with ``rope``, else the identity) and
+    S = sum_j k~_j^T v_j:
 
-        plain:      O_i = scale q_i S
-        injective:  O_i = scale q_i sum_j (k_j - mean k)^T v_j + mean v
-        normalize:  O_i = scale q_i S / (qn_i . mean_j kn_j + eps),  qn = norm_q or q, kn = norm_k or k
+        plain:      O_i = scale q~_i S
+        injective:  O_i = scale q~_i sum_j (k~_j - mean k~)^T v_j + mean v
+        normalize:  O_i = scale q~_i S / (qn_i . mean_j kn_j + eps),  qn = norm_q or q', kn = norm_k or k'
 
     Returns (B, H, N, E) in q's dtype.
     """
     acc = torch.promote_types(q.dtype, torch.float32)
     q_, k_, v_ = (t.to(acc) for t in (q, k, v))
+    if feature_map is not None:
+        q_, k_ = F.elu(q_) + 1.0, F.elu(k_) + 1.0
+    qr, kr = (q_, k_) if rope is None else (rotate_pairs(t, *(r.detach() for r in rope)) for t in (q_, k_))
     if injective:
-        k_ = k_ - k_.mean(-2, keepdim=True)
-    out = scale * (q_ @ (k_.transpose(-2, -1) @ v_))
+        kr = kr - kr.mean(-2, keepdim=True)
+    out = scale * (qr @ (kr.transpose(-2, -1) @ v_))
     if injective:
         out = out + v_.mean(-2, keepdim=True)
     if normalize:

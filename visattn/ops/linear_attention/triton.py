@@ -14,6 +14,9 @@ dk_j = v_j dS^T, dv_j = k_j dS (centred k, v and + sum g / N when injective), d 
 
 Every (B, H, N, C) tensor is read and written through its four strides, so transposed views need no copy.
 Heads narrower than 16 channels, or not a power of two, are padded to one with masks (tl.dot needs 16).
+The feature map phi (ELU + 1) and the rotary embedding R of q and k are applied to the tiles as they are loaded,
+and their gradients (phi', R^T) to the gradient tiles before they are stored: neither phi(q) nor R phi(q) is ever
+written to memory.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import dot_precision, head_tile, on_tensor_device
+from .._triton import cdiv, dot_precision, head_tile, on_tensor_device
 
 # Token rows per tile when the state tile holds at most 64 x 64 channels; half as many above that.
 BLOCK_N = 64
@@ -49,6 +52,46 @@ def _load(X, bh, H, s_b, s_h, s_n, s_c, rows, N, C: tl.constexpr, BC: tl.constex
     """The tile of :func:`_tile` in float32, zero outside the tensor."""
     ptrs, mask = _tile(X, bh, H, s_b, s_h, s_n, s_c, rows, N, C, BC)
     return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_features(X, bh, H, s_b, s_h, s_n, s_c, rows, N, C: tl.constexpr, BC: tl.constexpr, ELU: tl.constexpr):
+    """(raw tile, phi(raw tile)) in float32, both zero outside the tensor; phi = ELU + 1 when ``ELU``, else the
+    identity."""
+    ptrs, mask = _tile(X, bh, H, s_b, s_h, s_n, s_c, rows, N, C, BC)
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    features = x
+    if ELU:
+        features = tl.where(mask, tl.where(x > 0, x + 1.0, tl.exp(x)), 0.0)
+    return x, features
+
+
+@triton.jit
+def _feature_grad(grad, x, ELU: tl.constexpr):
+    """The gradient with respect to the raw tile ``x`` of ``grad`` with respect to phi(x): phi' = 1 (x > 0) or
+    exp(x) for ELU + 1."""
+    if ELU:
+        grad = grad * tl.where(x > 0, 1.0, tl.exp(x))
+    return grad
+
+
+@triton.jit
+def _rotate(x, COS, SIN, bh, H, rows, N, D: tl.constexpr, BD: tl.constexpr, ROPE: tl.constexpr,
+            INVERSE: tl.constexpr):
+    """Channel pairs (a, b) = (x_2j, x_2j+1) of a (rows x BD) tile of head ``bh % H`` rotated to
+    (a c - b s, a s + b c), with c, s = COS, SIN[row, h D / 2 + j] of contiguous (N, H D / 2) tables; by minus the
+    angles (R^T) when ``INVERSE``; ``x`` itself unless ``ROPE``."""
+    if ROPE:
+        pairs = tl.arange(0, BD // 2)
+        offsets = rows[:, None] * (H * (D // 2)) + (bh % H) * (D // 2) + pairs[None, :]
+        mask = (rows[:, None] < N) & (pairs[None, :] < D // 2)
+        cos = tl.load(COS + offsets, mask=mask, other=0.0)
+        sin = tl.load(SIN + offsets, mask=mask, other=0.0)
+        if INVERSE:
+            sin = -sin
+        a, b = tl.split(tl.reshape(x, (x.shape[0], BD // 2, 2)))
+        x = tl.reshape(tl.join(a * cos - b * sin, a * sin + b * cos), (x.shape[0], BD))
+    return x
 
 
 @triton.jit
@@ -115,42 +158,49 @@ def _normalizer(qn, key_mean, eps, rows, N):
 
 @triton.jit
 def _state_kernel(
-    K, V, KN, STATE,
+    K, V, KN, COS, SIN, STATE,
     sk_b, sk_h, sk_n, sk_c, sv_b, sv_h, sv_n, sv_c, skn_b, skn_h, skn_n, skn_c,
     N, H, n_blocks, blocks_per_split,
     D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
-    SEPARATE_KN: tl.constexpr, PRECISION: tl.constexpr,
+    NORMALIZE: tl.constexpr, SEPARATE_KN: tl.constexpr, ELU: tl.constexpr, ROPE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    """Sums over split ``program_id(0)``'s token blocks, packed: S (D x E), sum of kn (D), sum of v (E)."""
+    """Sums over split ``program_id(0)``'s token blocks, packed: S = sum k~^T v (D x E), sum of kn (D; kn = norm_k,
+    k' = phi(k) when normalizing, else k~ = R k', whose mean injective attention subtracts), sum of v (E)."""
     bh = tl.program_id(1)
     state, key_sum, value_sum = _zero_sums(BD, BE)
     first, end = _split_blocks(blocks_per_split, n_blocks)
     for blk in range(first, end):
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _load(K, bh, H, sk_b, sk_h, sk_n, sk_c, rows, N, D, BD)
+        _, k = _load_features(K, bh, H, sk_b, sk_h, sk_n, sk_c, rows, N, D, BD, ELU)
+        k_rot = _rotate(k, COS, SIN, bh, H, rows, N, D, BD, ROPE, False)
         v = _load(V, bh, H, sv_b, sv_h, sv_n, sv_c, rows, N, E, BE)
-        state = tl.dot(tl.trans(k), v, state, input_precision=PRECISION)
+        state = tl.dot(tl.trans(k_rot), v, state, input_precision=PRECISION)
         if SEPARATE_KN:
             key_sum += tl.sum(_load(KN, bh, H, skn_b, skn_h, skn_n, skn_c, rows, N, D, BD), 0)
-        else:
+        elif NORMALIZE:
             key_sum += tl.sum(k, 0)
+        else:
+            key_sum += tl.sum(k_rot, 0)
         value_sum += tl.sum(v, 0)
     _store_packed(STATE, tl.program_id(0) * tl.num_programs(1) + bh, state, key_sum, value_sum, D, E, BD, BE)
 
 
 @triton.jit
 def _readout_kernel(
-    Q, QN, STATE, O, N, H, scale, eps,
+    Q, QN, COS, SIN, STATE, O, N, H, scale, eps,
     sq_b, sq_h, sq_n, sq_c, sqn_b, sqn_h, sqn_n, sqn_c, so_b, so_h, so_n, so_c,
     D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
-    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_QN: tl.constexpr, PRECISION: tl.constexpr,
+    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_QN: tl.constexpr, ELU: tl.constexpr,
+    ROPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """O_i = scale q_i S' (+ mean v when injective, / z_i when normalizing) for one block of tokens."""
+    """O_i = scale q~_i S' (+ mean v when injective, / z_i when normalizing) for one block of tokens."""
     bh = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     state, key_mean, value_mean = _readout_state(STATE, bh, N, D, E, BD, BE, INJECTIVE)
-    q = _load(Q, bh, H, sq_b, sq_h, sq_n, sq_c, rows, N, D, BD)
-    out = tl.dot(q, state, input_precision=PRECISION) * scale
+    _, q = _load_features(Q, bh, H, sq_b, sq_h, sq_n, sq_c, rows, N, D, BD, ELU)
+    q_rot = _rotate(q, COS, SIN, bh, H, rows, N, D, BD, ROPE, False)
+    out = tl.dot(q_rot, state, input_precision=PRECISION) * scale
     if INJECTIVE:
         out += value_mean[None, :]
     if NORMALIZE:
@@ -163,17 +213,19 @@ def _readout_kernel(
 
 @triton.jit
 def _query_grad_kernel(
-    Q, QN, DO, STATE, DQ, DQN, DSTATE,
+    Q, QN, DO, COS, SIN, STATE, DQ, DQN, DSTATE,
     sq_b, sq_h, sq_n, sq_c, sqn_b, sqn_h, sqn_n, sqn_c, sdo_b, sdo_h, sdo_n, sdo_c,
     sdq_b, sdq_h, sdq_n, sdq_c, sdqn_b, sdqn_h, sdqn_n, sdqn_c,
     N, H, n_blocks, blocks_per_split, scale, eps,
     D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
-    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_QN: tl.constexpr, PRECISION: tl.constexpr,
+    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_QN: tl.constexpr, ELU: tl.constexpr,
+    ROPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dq (and d norm_q) of split ``program_id(0)``'s tokens, and its sums packed: dS (D x E), dm (D), sum g (E).
 
-    With r_i = g_i / z_i (g_i unless normalizing): dq_i = scale r_i S'^T (+ dz_i m when qn = q), dS = scale
-    sum_i q_i^T r_i; normalizing, dz_i = -(g_i . O_i) / z_i, d qn_i = dz_i m and dm = sum_i dz_i qn_i.
+    With r_i = g_i / z_i (g_i unless normalizing): dq'_i = scale R^T (r_i S'^T) (+ dz_i m when qn = q'),
+    dS = scale sum_i q~_i^T r_i; normalizing, dz_i = -(g_i . O_i) / z_i, d qn_i = dz_i m and dm = sum_i dz_i qn_i;
+    dq_i = phi'(q_i) dq'_i.
     """
     bh = tl.program_id(1)
     first, end = _split_blocks(blocks_per_split, n_blocks)
@@ -181,7 +233,8 @@ def _query_grad_kernel(
     dstate, dkey_mean, grad_sum = _zero_sums(BD, BE)
     for blk in range(first, end):
         rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        q = _load(Q, bh, H, sq_b, sq_h, sq_n, sq_c, rows, N, D, BD)
+        q_raw, q = _load_features(Q, bh, H, sq_b, sq_h, sq_n, sq_c, rows, N, D, BD, ELU)
+        q_rot = _rotate(q, COS, SIN, bh, H, rows, N, D, BD, ROPE, False)
         g = _load(DO, bh, H, sdo_b, sdo_h, sdo_n, sdo_c, rows, N, E, BE)
         r = g
         if NORMALIZE:
@@ -190,18 +243,20 @@ def _query_grad_kernel(
                 qn = _load(QN, bh, H, sqn_b, sqn_h, sqn_n, sqn_c, rows, N, D, BD)
             z = _normalizer(qn, key_mean, eps, rows, N)
             r = g / z[:, None]
-            out = tl.dot(q, state, input_precision=PRECISION) * scale / z[:, None]
+            out = tl.dot(q_rot, state, input_precision=PRECISION) * scale / z[:, None]
             dz = -tl.sum(r * out, 1)
             dqn = dz[:, None] * key_mean[None, :]
             dkey_mean += tl.sum(dz[:, None] * qn, 0)
         dq = tl.dot(r, tl.trans(state), input_precision=PRECISION) * scale
+        dq = _rotate(dq, COS, SIN, bh, H, rows, N, D, BD, ROPE, True)
         if NORMALIZE:
             if SEPARATE_QN:
                 _store(DQN, dqn, bh, H, sdqn_b, sdqn_h, sdqn_n, sdqn_c, rows, N, D, BD)
             else:
                 dq += dqn
+        dq = _feature_grad(dq, q_raw, ELU)
         _store(DQ, dq, bh, H, sdq_b, sdq_h, sdq_n, sdq_c, rows, N, D, BD)
-        dstate = tl.dot(tl.trans(q), r, dstate, input_precision=PRECISION)
+        dstate = tl.dot(tl.trans(q_rot), r, dstate, input_precision=PRECISION)
         grad_sum += tl.sum(g, 0)
     _store_packed(DSTATE, tl.program_id(0) * tl.num_programs(1) + bh, dstate * scale, dkey_mean, grad_sum, D, E,
                   BD, BE)
@@ -209,25 +264,29 @@ def _query_grad_kernel(
 
 @triton.jit
 def _key_grad_kernel(
-    K, V, STATE, DSTATE, DK, DV, DKN,
+    K, V, COS, SIN, STATE, DSTATE, DK, DV, DKN,
     sk_b, sk_h, sk_n, sk_c, sv_b, sv_h, sv_n, sv_c, sdk_b, sdk_h, sdk_n, sdk_c, sdv_b, sdv_h, sdv_n, sdv_c,
     sdkn_b, sdkn_h, sdkn_n, sdkn_c,
     N, H,
     D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr, BLOCK_N: tl.constexpr,
-    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_KN: tl.constexpr, PRECISION: tl.constexpr,
+    INJECTIVE: tl.constexpr, NORMALIZE: tl.constexpr, SEPARATE_KN: tl.constexpr, ELU: tl.constexpr,
+    ROPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dk_j = v_j dS^T, dv_j = k_j dS (k, v centred and dv_j + sum g / N when injective), d kn_j = dm / N."""
+    """dk'_j = R^T (v_j dS^T), dv_j = k~_j dS (k~, v centred and dv_j + sum g / N when injective), d kn_j = dm / N;
+    dk_j = phi'(k_j) dk'_j."""
     bh = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dstate, dkey_mean, grad_sum = _load_packed(DSTATE, bh, D, E, BD, BE)
-    k = _load(K, bh, H, sk_b, sk_h, sk_n, sk_c, rows, N, D, BD)
+    k_raw, k = _load_features(K, bh, H, sk_b, sk_h, sk_n, sk_c, rows, N, D, BD, ELU)
+    k_rot = _rotate(k, COS, SIN, bh, H, rows, N, D, BD, ROPE, False)
     v = _load(V, bh, H, sv_b, sv_h, sv_n, sv_c, rows, N, E, BE)
     if INJECTIVE:
         _, key_mean, value_mean = _readout_state(STATE, bh, N, D, E, BD, BE, False)
-        k -= key_mean[None, :]
+        k_rot -= key_mean[None, :]
         v -= value_mean[None, :]
     dk = tl.dot(v, tl.trans(dstate), input_precision=PRECISION)
-    dv = tl.dot(k, dstate, input_precision=PRECISION)
+    dk = _rotate(dk, COS, SIN, bh, H, rows, N, D, BD, ROPE, True)
+    dv = tl.dot(k_rot, dstate, input_precision=PRECISION)
     if INJECTIVE:
         dv += grad_sum[None, :] / N
     if NORMALIZE:
@@ -236,6 +295,7 @@ def _key_grad_kernel(
             _store(DKN, dkn, bh, H, sdkn_b, sdkn_h, sdkn_n, sdkn_c, rows, N, D, BD)
         else:
             dk += dkn
+    dk = _feature_grad(dk, k_raw, ELU)
     _store(DK, dk, bh, H, sdk_b, sdk_h, sdk_n, sdk_c, rows, N, D, BD)
     _store(DV, dv, bh, H, sdv_b, sdv_h, sdv_n, sdv_c, rows, N, E, BE)
 
@@ -258,12 +318,12 @@ class Tiling:
         self.block_n = BLOCK_N // 2 if self.bd * self.be > 64 * 64 else BLOCK_N
         # float32 registers of a program's token tiles and state: 4 warps up to the 64 x 64 case's 3 * 64 * 64
         self.num_warps = 4 if self.block_n * (self.bd + self.be) + self.bd * self.be <= 3 * 64 * 64 else 8
-        self.n_blocks = triton.cdiv(self.N, self.block_n)
+        self.n_blocks = cdiv(self.N, self.block_n)
         heads, target = self.B * self.H, PROGRAMS_PER_SM * _sm_count(q.device)
-        wanted = triton.cdiv(target, heads) if heads < target else 1
+        wanted = cdiv(target, heads) if heads < target else 1
         splits = max(1, min(wanted, self.n_blocks // SPLIT_MIN_BLOCKS))
-        self.blocks_per_split = triton.cdiv(self.n_blocks, splits)
-        self.splits = triton.cdiv(self.n_blocks, self.blocks_per_split)
+        self.blocks_per_split = cdiv(self.n_blocks, splits)
+        self.splits = cdiv(self.n_blocks, self.blocks_per_split)
         # tiles are upcast to float32 (the float32 state would overflow half); half values are exact in tf32
         self.precision = dot_precision(q.dtype)
 
@@ -282,50 +342,60 @@ class Tiling:
                     num_warps=self.num_warps, **flags)
 
 
+def _rope_tables(q: torch.Tensor, rope_cos: torch.Tensor | None, rope_sin: torch.Tensor | None) -> tuple:
+    """The kernels' COS and SIN pointers: the tables, or q (never read) without a rotary embedding."""
+    return (q, q) if rope_cos is None else (rope_cos, rope_sin)
+
+
 @on_tensor_device
-def forward(q, k, v, norm_q, norm_k, scale, injective, normalize, eps, out):
+def forward(q, k, v, norm_q, norm_k, rope_cos, rope_sin, scale, injective, normalize, feature_map, eps, out):
     """Launch the state and read-out kernels, writing the output into ``out`` (B, H, N, E), q's dtype, any
-    strides. Returns the float32 sums S = sum_j k_j^T v_j, sum_j kn_j (kn = norm_k or k), sum_j v_j, packed per
-    head: (B, H, D E + D + E)."""
+    strides. Returns the float32 sums S = sum_j k~_j^T v_j, sum_j kn_j (kn = norm_k, k' when normalizing, else
+    k~), sum_j v_j, packed per head: (B, H, D E + D + E)."""
     tiling = Tiling(q, v)
+    cos, sin = _rope_tables(q, rope_cos, rope_sin)
+    features = dict(ELU=feature_map == "elu+1", ROPE=rope_cos is not None)
     key_like = k if norm_k is None else norm_k
     sums = tiling.packed_sums(q)
     _state_kernel[(tiling.splits, tiling.B * tiling.H)](
-        k, v, key_like, sums,
+        k, v, key_like, cos, sin, sums,
         *k.stride(), *v.stride(), *key_like.stride(),
         tiling.N, tiling.H, tiling.n_blocks, tiling.blocks_per_split,
-        **tiling.meta(SEPARATE_KN=norm_k is not None),
+        **tiling.meta(NORMALIZE=normalize, SEPARATE_KN=norm_k is not None, **features),
     )
     state = tiling.fold(sums)
     query_like = q if norm_q is None else norm_q
     _readout_kernel[(tiling.n_blocks, tiling.B * tiling.H)](
-        q, query_like, state, out, tiling.N, tiling.H, scale, eps,
+        q, query_like, cos, sin, state, out, tiling.N, tiling.H, scale, eps,
         *q.stride(), *query_like.stride(), *out.stride(),
-        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=norm_q is not None),
+        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=norm_q is not None, **features),
     )
     return state
 
 
 @on_tensor_device
-def backward(grad_out, q, k, v, norm_q, state, scale, injective, normalize, separate_norms, eps):
+def backward(grad_out, q, k, v, norm_q, rope_cos, rope_sin, state, scale, injective, normalize, separate_norms,
+             feature_map, eps):
     """Launch the query- and key-side gradient kernels. Returns (dq, dk, dv, d norm_q, d norm_k), the last two
-    None unless ``separate_norms``."""
+    None unless ``separate_norms``; dq, dk, dv laid out like q, k, v."""
     tiling = Tiling(q, v)
+    cos, sin = _rope_tables(q, rope_cos, rope_sin)
+    features = dict(ELU=feature_map == "elu+1", ROPE=rope_cos is not None)
     query_like = norm_q if separate_norms else q
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dnorm_q, dnorm_k = (torch.empty_like(q), torch.empty_like(k)) if separate_norms else (dq, dk)
     dsums = tiling.packed_sums(q)
     _query_grad_kernel[(tiling.splits, tiling.B * tiling.H)](
-        q, query_like, grad_out, state, dq, dnorm_q, dsums,
+        q, query_like, grad_out, cos, sin, state, dq, dnorm_q, dsums,
         *q.stride(), *query_like.stride(), *grad_out.stride(), *dq.stride(), *dnorm_q.stride(),
         tiling.N, tiling.H, tiling.n_blocks, tiling.blocks_per_split, scale, eps,
-        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=separate_norms),
+        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_QN=separate_norms, **features),
     )
     _key_grad_kernel[(tiling.n_blocks, tiling.B * tiling.H)](
-        k, v, state, tiling.fold(dsums), dk, dv, dnorm_k,
+        k, v, cos, sin, state, tiling.fold(dsums), dk, dv, dnorm_k,
         *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), *dnorm_k.stride(),
         tiling.N, tiling.H,
-        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_KN=separate_norms),
+        **tiling.meta(INJECTIVE=injective, NORMALIZE=normalize, SEPARATE_KN=separate_norms, **features),
     )
     if not separate_norms:
         return dq, dk, dv, None, None

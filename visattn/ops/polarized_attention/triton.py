@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import dot_precision, on_tensor_device
+from .._triton import cdiv, dot_precision, next_power_of_2, on_tensor_device
 
 BLOCK_N = 128  # positions per tile (the contiguous axis) in the pooling and gating kernels
 BLOCK_C = 16  # channels per tile there
@@ -234,13 +234,13 @@ class Tiling:
     def __init__(self, x: torch.Tensor, rows: int = 0):
         self.B, self.C, self.N = x.shape
         self.J = rows
-        self.block_c, self.block_n = BLOCK_C, min(BLOCK_N, max(16, triton.next_power_of_2(self.N)))
-        self.n_tiles = triton.cdiv(self.N, self.block_n)
-        self.c_tiles = triton.cdiv(self.C, self.block_c)
+        self.block_c, self.block_n = BLOCK_C, min(BLOCK_N, max(16, next_power_of_2(self.N)))
+        self.n_tiles = cdiv(self.N, self.block_n)
+        self.c_tiles = cdiv(self.C, self.block_c)
         self.dot_n = DOT_BLOCK_N
         self.chunk = CHUNK_TILES * DOT_BLOCK_N
-        self.dot_n_tiles, self.n_chunks = triton.cdiv(self.N, self.dot_n), triton.cdiv(self.N, self.chunk)
-        self.j_tiles = triton.cdiv(max(rows, 1), DOT_BLOCK_J)
+        self.dot_n_tiles, self.n_chunks = cdiv(self.N, self.dot_n), cdiv(self.N, self.chunk)
+        self.j_tiles = cdiv(max(rows, 1), DOT_BLOCK_J)
         self.precision = dot_precision(x.dtype)
 
     def meta(self, sequential: bool) -> dict:

@@ -28,8 +28,10 @@ from .._triton import (
     LOG2E,
     WARP_STAGE_CONFIGS,
     autotune,
+    cdiv,
     dot_precision,
     head_tile,
+    next_power_of_2,
     on_tensor_device,
     strides,
 )
@@ -374,7 +376,7 @@ def _route(q: torch.Tensor, k: torch.Tensor, tiling: Tiling, topk: int, scale: f
     b, c = q.shape[0], q.shape[-1]
     means_q = torch.empty(b, tiling.S2, c, dtype=q.dtype, device=q.device)
     means_k = torch.empty_like(means_q)
-    _region_means_kernel[(b * tiling.S2, triton.cdiv(c, MEANS_BLOCK_C))](
+    _region_means_kernel[(b * tiling.S2, cdiv(c, MEANS_BLOCK_C))](
         q, k, means_q, means_k, *strides(q), *strides(k), tiling.H, tiling.W, c, tiling.n_win, tiling.rh,
         tiling.rw, tiling.R, tiling.S2, BLOCK_T=MEANS_BLOCK_T, BLOCK_C=MEANS_BLOCK_C,
     )
@@ -382,7 +384,7 @@ def _route(q: torch.Tensor, k: torch.Tensor, tiling: Tiling, topk: int, scale: f
     lists, bits, counts = tiling.empty_plan(q.device)
     _route_kernel[(tiling.n_tiles, b)](
         means_q, means_k, region_idx, lists, bits, counts, c, tiling.S2, topk, tiling.G, scale,
-        GP=max(16, triton.next_power_of_2(tiling.G)), S2P=max(16, triton.next_power_of_2(tiling.S2)),
+        GP=max(16, next_power_of_2(tiling.G)), S2P=max(16, next_power_of_2(tiling.S2)),
         BLOCK_C=min(64, head_tile(c)),
     )
     return region_idx, lists, bits, counts
@@ -395,7 +397,7 @@ def _key_plan(region_idx: torch.Tensor, tiling: Tiling) -> tuple[torch.Tensor, t
     lists, bits, counts = tiling.empty_plan(region_idx.device)
     _key_plan_kernel[(tiling.n_tiles, tiling.B)](
         region_idx, lists, bits, counts, tiling.S2, topk, tiling.G,
-        TP=triton.next_power_of_2(topk), S2P=max(16, triton.next_power_of_2(tiling.S2)),
+        TP=next_power_of_2(topk), S2P=max(16, next_power_of_2(tiling.S2)),
     )
     return lists, bits, counts
 

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import WARP_STAGE_CONFIGS, autotune, on_tensor_device
+from .._triton import WARP_STAGE_CONFIGS, autotune, cdiv, next_power_of_2, on_tensor_device
 
 # Elements of one (BLOCK_D, n, BLOCK_L) tile: sets BLOCK_D so a tile's live tensors stay in registers. BLOCK_L,
 # the chunk length, comes from the caller (:mod:`.fused` owns it: it sets the shape of the saved states).
@@ -202,10 +202,10 @@ class Tiling:
         self.groups = B.shape[1]
         self.dg = self.dim // self.groups
         self.block_l = block_l
-        self.block_n = triton.next_power_of_2(max(self.n, 1))
-        self.block_d = min(triton.next_power_of_2(self.dg), max(1, TILE // (self.block_n * block_l)))
-        self.n_dblocks = triton.cdiv(self.dg, self.block_d)
-        self.n_chunks = triton.cdiv(self.L, block_l)
+        self.block_n = next_power_of_2(max(self.n, 1))
+        self.block_d = min(next_power_of_2(self.dg), max(1, TILE // (self.block_n * block_l)))
+        self.n_dblocks = cdiv(self.dg, self.block_d)
+        self.n_chunks = cdiv(self.L, block_l)
 
     def grid(self) -> tuple[int, int]:
         return (self.batch, self.groups * self.n_dblocks)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import LOG2E, dot_precision, head_tile, on_tensor_device, strides
+from .._triton import LOG2E, cdiv, dot_precision, head_tile, on_tensor_device, strides
 
 # Query rows per tile. With the 64 key columns of the plan, a tile's q, k, v and accumulators stay in registers for
 # head widths up to 128 (fused.MAX_HEAD_DIM) with 4 warps.
@@ -232,7 +232,7 @@ class Tiling:
         self.n_k, self.d_v = k.shape[2], v.shape[-1]
         self.bd, self.bd_v = head_tile(self.d), head_tile(self.d_v)
         self.block_m, self.block_n = BLOCK_M, block_n
-        self.n_q_tiles = triton.cdiv(self.n_q, self.block_m)
+        self.n_q_tiles = cdiv(self.n_q, self.block_m)
         self.n_k_tiles = offsets.shape[-1] - 1
         self.norm_all = normalize == "all"
         # tiles below this key are visited whatever the indices: every tile for "all" (the normaliser), else the
