@@ -171,18 +171,19 @@ class ReIDModel(nn.Module):
 def batch_hard_triplet_loss(features: torch.Tensor, pids: torch.Tensor, margin: float | None = 0.3) -> torch.Tensor:
     """Batch-hard triplet loss on features (B, D): per anchor the farthest positive and nearest negative in
     euclidean distance, mean of relu(d_ap - d_an + margin) (softplus(d_ap - d_an) for ``margin=None``); anchors
-    without a positive or a negative are left out."""
+    without a positive or a negative are left out (0 when none is left). No host sync: the anchors are masked, not
+    selected."""
     f = features.float()
     dist = torch.cdist(f, f).clamp_min(1e-12)
     same = pids[:, None] == pids[None, :]
     eye = torch.eye(len(pids), dtype=torch.bool, device=pids.device)
     positive, negative = same & ~eye, ~same
     ok = positive.any(1) & negative.any(1)
-    if not ok.any():
-        return f.sum() * 0.0
-    d_ap = torch.where(positive, dist, float("-inf")).amax(1)[ok]
-    d_an = torch.where(negative, dist, float("inf")).amin(1)[ok]
-    return F.softplus(d_ap - d_an).mean() if margin is None else F.relu(d_ap - d_an + margin).mean()
+    d_ap = torch.where(positive, dist, 0.0).amax(1)
+    d_an = torch.where(negative, dist, float("inf")).amin(1)
+    gap = torch.where(ok, d_ap - d_an, 0.0)  # finite everywhere: the left-out anchors pass back zero gradients
+    losses = F.softplus(gap) if margin is None else F.relu(gap + margin)
+    return (losses * ok).sum() / ok.sum().clamp_min(1)
 
 
 class CenterLoss(nn.Module):
@@ -199,7 +200,8 @@ class CenterLoss(nn.Module):
 
 class ReIDLoss(nn.Module):
     """CE (label smoothing) on the logits + triplet_weight x batch-hard triplet on the pre-BN features
-    (+ center_weight x centre loss); in float32. Returns (total, {"ce", "triplet", "center"} floats)."""
+    (+ center_weight x centre loss); in float32. Returns (total, {"ce", "triplet", "center"} detached 0-d tensors,
+    left on the device so that a step need not wait for them)."""
 
     def __init__(self, num_classes: int, dim: int, label_smoothing: float = 0.1, margin: float | None = 0.3,
                  triplet_weight: float = 1.0, center_weight: float = 0.0):
@@ -212,9 +214,9 @@ class ReIDLoss(nn.Module):
         ce = F.cross_entropy(logits.float(), pids, label_smoothing=self.label_smoothing)
         triplet = batch_hard_triplet_loss(features, pids, self.margin)
         total = ce + self.triplet_weight * triplet
-        parts = {"ce": float(ce.detach()), "triplet": float(triplet.detach())}
+        parts = {"ce": ce.detach(), "triplet": triplet.detach()}
         if self.center is not None:
             center = self.center(features, pids)
             total = total + self.center_weight * center
-            parts["center"] = float(center.detach())
+            parts["center"] = center.detach()
         return total, parts

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 FEATURE_MAPS = ("elu+1",)
+
+
+def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    """ELU(x) + 1 = x + 1 for x > 0, exp(x) otherwise: positive features. Written with ``where`` because
+    ``F.elu``'s backward on a transposed head view breaks aot_autograd's stride prediction."""
+    return torch.where(x > 0, x + 1.0, torch.exp(torch.clamp(x, max=0.0)))
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -38,7 +43,7 @@ def linear_attention_reference(
     acc = torch.promote_types(q.dtype, torch.float32)
     q_, k_, v_ = (t.to(acc) for t in (q, k, v))
     if feature_map is not None:
-        q_, k_ = F.elu(q_) + 1.0, F.elu(k_) + 1.0
+        q_, k_ = elu_plus_one(q_), elu_plus_one(k_)
     qr, kr = (q_, k_) if rope is None else (rotate_pairs(t, *(r.detach() for r in rope)) for t in (q_, k_))
     if injective:
         kr = kr - kr.mean(-2, keepdim=True)
