@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
+from tests.backbones._compare import assert_fused_matches_reference
 from tests.tools.test_convert import convert
 
 
@@ -130,12 +131,7 @@ def test_fused_model_matches_reference_model(monkeypatch):
     model = timm.create_model("herseg", embed_dim=32, depths=(1, 1, 2, 1), num_heads=(2, 2, 4, 8), decoder_dim=32,
                               decoder_heads=2).eval()
     x = torch.randn(1, 3, 48, 80)  # a 3 x 5 token map; heads of 16, 8 and 4 channels
-    outputs = {}
-    for backend in ("torch", "triton"):
-        monkeypatch.setenv("VISATTN_BACKEND", backend)
-        with torch.no_grad():
-            outputs[backend] = model(x)
-    torch.testing.assert_close(outputs["triton"], outputs["torch"], atol=1e-4, rtol=1e-4)
+    assert_fused_matches_reference(model, x, monkeypatch)
 
 
 def test_every_parameter_gets_a_gradient_and_checkpointing_recomputes_the_decoder_too():

@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import visattn  # noqa: F401
+from tests.backbones._compare import assert_fused_matches_reference
 from visattn.backbones.inline import InLineSwinBlock
 
 # Official README rows: params (M) and MACs (G) at each model's training size, as counted on the official code.
@@ -119,12 +120,7 @@ _SMALL = {
 def test_fused_model_matches_reference_model(name, monkeypatch):
     model = timm.create_model(name, num_classes=3, **_SMALL[name]).eval()
     x = torch.randn(1, 3, 40, 36)  # Swin stage maps 10x9 (edge windows), 5x5, 3x3, 2x2; DeiT 3x3 after padding
-    outputs = {}
-    for backend in ("torch", "triton"):
-        monkeypatch.setenv("VISATTN_BACKEND", backend)
-        with torch.no_grad():
-            outputs[backend] = model(x)
-    torch.testing.assert_close(outputs["triton"], outputs["torch"], atol=1e-4, rtol=1e-4)
+    assert_fused_matches_reference(model, x, monkeypatch)
 
 
 def test_any_input_size():

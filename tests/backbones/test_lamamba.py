@@ -4,6 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import visattn  # noqa: F401
+from tests.backbones._compare import assert_fused_matches_reference
 from visattn.blocks import SS2D, WindowAttention
 from visattn.blocks.ss2d import cross_merge, cross_scan
 
@@ -59,12 +60,7 @@ def test_window_attention_shifts_only_maps_larger_than_a_window():
 def test_fused_model_matches_reference_model(monkeypatch):
     model = timm.create_model("lamamba_tiny", depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_classes=3).eval()
     x = torch.randn(1, 3, 40, 36)  # stage maps 10x9, 5x5, 3x3, 2x2: padded windows everywhere
-    outputs = {}
-    for backend in ("torch", "triton"):
-        monkeypatch.setenv("VISATTN_BACKEND", backend)
-        with torch.no_grad():
-            outputs[backend] = model(x)
-    torch.testing.assert_close(outputs["triton"], outputs["torch"], atol=1e-4, rtol=1e-4)
+    assert_fused_matches_reference(model, x, monkeypatch)
 
 
 def test_any_input_size():

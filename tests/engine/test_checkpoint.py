@@ -8,38 +8,27 @@ from visattn.engine.checkpoint import atomic_save, load_checkpoint_file
 from visattn.errors import UserError
 
 
-def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    path = tmp_path / "last.pth"
-    atomic_save({"epoch": 1}, str(path))
-
-    def crash(obj, f):
+def _half_written_save(error: BaseException):
+    """A torch.save that writes part of the file, then raises ``error``."""
+    def save(obj, f):
         with open(f, "wb") as fh:
             fh.write(b"half a checkpoint")
-        raise KeyboardInterrupt
+        raise error
 
-    monkeypatch.setattr(ckpt_mod.torch, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_save({"epoch": 2}, str(path))
-    monkeypatch.undo()
-    assert torch.load(path)["epoch"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+    return save
 
 
-def test_atomic_save_on_a_full_disk_is_a_one_line_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, raised, message", [
+    (KeyboardInterrupt(), KeyboardInterrupt, ""),
+    (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"), UserError,
+     r"cannot write .*last\.pth: torch\.save could not write the file \(\d+ MiB free"),  # a full disk
+    (RuntimeError("another bug"), RuntimeError, "another bug"),
+], ids=["interrupted", "full_disk", "other_error"])
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch, error, raised, message):
     path = tmp_path / "last.pth"
     atomic_save({"epoch": 1}, str(path))
-
-    def full_disk(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"half")
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
-
-    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
-    full = r"cannot write .*last\.pth: torch\.save could not write the file \(\d+ MiB free"
-    with pytest.raises(UserError, match=full):
-        atomic_save({"epoch": 2}, str(path))
-    monkeypatch.setattr(ckpt_mod.torch, "save", lambda obj, f: (_ for _ in ()).throw(RuntimeError("another bug")))
-    with pytest.raises(RuntimeError, match="another bug"):
+    monkeypatch.setattr(ckpt_mod.torch, "save", _half_written_save(error))
+    with pytest.raises(raised, match=message):
         atomic_save({"epoch": 2}, str(path))
     monkeypatch.undo()
     assert torch.load(path)["epoch"] == 1
