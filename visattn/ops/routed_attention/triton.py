@@ -49,18 +49,22 @@ ATTENTION_KEY = ["R", "G", "D_QK", "D_V", "PACKED"]
 
 
 @triton.jit
+def _token_yx(reg, tok, n_win, rh, rw):
+    """Region ``reg``, token ``tok`` (row-major inside the region) -> its (y, x) in the padded map."""
+    return (reg // n_win) * rh + tok // rw, (reg % n_win) * rw + tok % rw
+
+
+@triton.jit
 def _token_pos(reg, tok, n_win, rh, rw, H, W):
-    """Region ``reg``, token ``tok`` (row-major inside the region) -> (inside the unpadded map, y * W + x)."""
-    y = (reg // n_win) * rh + tok // rw
-    x = (reg % n_win) * rw + tok % rw
+    """Region ``reg``, token ``tok`` -> (inside the unpadded map, y * W + x)."""
+    y, x = _token_yx(reg, tok, n_win, rh, rw)
     return (y < H) & (x < W), y * W + x
 
 
 @triton.jit
 def _token_offsets(reg, tok, n_win, rh, rw, s_h, s_w):
     """Offsets of region ``reg``'s tokens ``tok`` in a channels-last map with row and column strides s_h, s_w."""
-    y = (reg // n_win) * rh + tok // rw
-    x = (reg % n_win) * rw + tok % rw
+    y, x = _token_yx(reg, tok, n_win, rh, rw)
     return y * s_h + x * s_w
 
 
