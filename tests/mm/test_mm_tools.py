@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from tests.mm.synthetic import make_coco
-from tests.mm.test_det_seg_pipelines import DET, _det_cfg
+from tests.mm.synthetic import make_ade, make_coco
+from tests.mm.test_det_seg_pipelines import DET, SEG, _det_cfg, _seg_cfg
 from tests.tools._runs import ROOT, assert_one_line_error, tool
 from visattn.errors import UserError
-from visattn.mm.runner import train
+from visattn.mm.runner import build_runner, train
 
 
 def test_train_then_eval_a_detection_config(tmp_path):
@@ -27,6 +27,18 @@ def test_train_then_eval_a_detection_config(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert "coco/bbox_mAP" in metrics
+
+
+def test_runners_in_one_process_log_into_their_own_folders(tmp_path):
+    make_ade(str(tmp_path / "ade"))
+    first, second = (build_runner(_seg_cfg(SEG[0], tmp_path / name, tmp_path / "ade")) for name in ("a", "b"))
+    assert first.experiment_name != second.experiment_name
+    for runner, name in ((first, "a"), (second, "b")):
+        save_dir = runner.visualizer._vis_backends["LocalVisBackend"]._save_dir
+        assert save_dir.startswith(str(tmp_path / name)), save_dir
+        log_files = [h.baseFilename for h in runner.logger.handlers if hasattr(h, "baseFilename")]
+        assert log_files and all(f.startswith(str(tmp_path / name)) for f in log_files), log_files
+        assert runner.message_hub.instance_name == runner.experiment_name
 
 
 def test_config_errors_are_one_line(tmp_path):

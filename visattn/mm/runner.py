@@ -4,8 +4,10 @@ run for detection and segmentation."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import importlib
+import itertools
 import os
 import re
 
@@ -104,9 +106,26 @@ def load_config(path: str, work_dir: str | None = None, cfg_options: dict | None
     return cfg
 
 
+_runners_built = itertools.count()
+
+
 def build_runner(cfg):
+    """mmengine's Runner for ``cfg``, with names of its own for the logger, message hub and visualizer.
+
+    mmengine keeps those as process-wide instances keyed by name: the experiment name is the config's name and the
+    second it was built, and mmdet/mmseg configs call every visualizer ``'visualizer'``. A second runner in one
+    process (train, then test, in a notebook) would reuse the first one's and write its logs and visualisations
+    into the first run's folder, so every runner after the first gets a numbered name.
+    """
     from mmengine.runner import Runner
 
+    number = next(_runners_built)
+    if number:
+        cfg = copy.deepcopy(cfg)
+        stem = os.path.splitext(os.path.basename(cfg.filename or "run"))[0]
+        cfg.experiment_name = f"{cfg.get('experiment_name') or stem}-{number}"
+        if cfg.get("visualizer") is not None and cfg.visualizer.get("name"):
+            cfg.visualizer.name = f"{cfg.visualizer.name}-{number}"
     return Runner.from_cfg(cfg)
 
 
