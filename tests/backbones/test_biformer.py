@@ -5,10 +5,11 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import visattn  # noqa: F401
+from visattn.backbones import biformer
 
 # Published parameters (M) and MACs (G) at 224x224.
-PUBLISHED = {"biformer_tiny": (13.14, 2.22), "biformer_small": (25.54, 4.46), "biformer_base": (56.80, 9.76)}
+PUBLISHED = {"biformer_tiny": (13.14, 2.22), "biformer_small": (25.54, 4.46), "biformer_base": (56.80, 9.76),
+             "biformer_stl": (28.4, 4.6), "biformer_stl_nchw": (28.4, 4.6)}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -40,11 +41,30 @@ _TO_OFFICIAL = [
 ]
 
 
-def official_state_dict(model) -> dict:
+# BiFormer-STL's two official layouts: ``biformer_stl.py`` (legacy BRA) and ``biformer_stl_nchw.py`` (1x1
+# convolutions for every linear layer of the blocks).
+_STL_TO_OFFICIAL = [
+    (r"^stem\.conv\.", "downsample_layers.0.0."),
+    (r"^stem\.norm\.", "downsample_layers.0.1."),
+    (r"^stages\.(\d)\.downsample\.norm\.", r"downsample_layers.\1.0."),
+    (r"^stages\.(\d)\.downsample\.conv\.", r"downsample_layers.\1.1."),
+    (r"\.mlp\.fc1\.", ".mlp.0."),
+    (r"\.mlp\.fc2\.", ".mlp.2."),
+    (r"^head\.fc\.", "head."),
+]
+_STL_LEGACY_ATTENTION = [(r"^(stages\.[012]\..*)\.attn\.qkv\.", r"\1.attn.qkv.qkv."),
+                         (r"^(stages\.[012]\..*)\.attn\.proj\.", r"\1.attn.wo.")]
+_STL_NCHW_ATTENTION = [(r"^(stages\.[012]\..*)\.attn\.qkv\.", r"\1.attn.qkv_linear."),
+                       (r"^(stages\.[012]\..*)\.attn\.proj\.", r"\1.attn.output_linear.")]
+
+
+def official_state_dict(model, rules=_TO_OFFICIAL, conv1x1: bool = False) -> dict:
     out = {}
     for key, value in model.state_dict().items():
-        for pattern, repl in _TO_OFFICIAL:
+        for pattern, repl in rules:
             key = re.sub(pattern, repl, key)
+        if conv1x1 and key.startswith("stages.") and value.dim() == 2:
+            value = value[:, :, None, None]
         out[key] = value.clone()
     return out
 
@@ -77,6 +97,40 @@ def test_official_checkpoint_loads_through_pretrained(tmp_path):
         torch.testing.assert_close(loaded(x), source(x))
 
 
+@pytest.mark.parametrize("name", ["biformer_stl", "biformer_stl_nchw"])
+def test_official_stl_checkpoints_load_through_pretrained(name, tmp_path):
+    nchw = name.endswith("nchw")
+    source = _randomized(name)
+    official = official_state_dict(source, _STL_TO_OFFICIAL + (_STL_NCHW_ATTENTION if nchw else _STL_LEGACY_ATTENTION),
+                                   conv1x1=nchw)
+    assert len(official) == 201
+    qkv = "stages.0.blocks.0.attn." + ("qkv_linear.weight" if nchw else "qkv.qkv.weight")
+    assert official[qkv].shape == ((96 * 3, 96, 1, 1) if nchw else (96 * 3, 96))
+    expected = {"downsample_layers.0.1.running_var", "downsample_layers.3.1.weight", "stages.2.blocks.5.mlp.2.bias",
+                "stages.3.blocks.1.attn.qkv.weight", "stages.3.blocks.1.attn.lepe.weight", "norm.weight", "head.bias"}
+    assert expected <= set(official)
+    assert not any("pos_embed" in key for key in official)
+    path = tmp_path / f"{name}_in1k.pth"
+    torch.save({"model": official}, path)
+    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x))
+
+
+def test_stl_layouts_differ_only_in_the_stage4_lepe_source():
+    legacy, nchw = (timm.create_model(name) for name in ("biformer_stl", "biformer_stl_nchw"))
+    assert legacy.state_dict().keys() == nchw.state_dict().keys()
+    assert {b.attn.lepe_source for b in legacy.stages[3].blocks} == {"input"}
+    assert {b.attn.lepe_source for b in nchw.stages[3].blocks} == {"value"}
+    assert legacy.stages[0].blocks[0].pos_embed is None and isinstance(legacy.stem, biformer.PatchStem)
+
+
+def test_an_unknown_layout_is_a_construction_error():
+    with pytest.raises(ValueError, match="layout='stl' is not one of"):
+        timm.create_model("biformer_tiny", layout="stl")
+
+
 def test_raw_official_state_dict_loads_from_the_variant_named_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     source = _randomized("biformer_tiny")
@@ -95,9 +149,10 @@ def test_pretrained_cfg_names_the_official_source():
     assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["input_size"] == (3, 224, 224)
 
 
-@pytest.mark.parametrize("size", [(256, 256), (320, 480), (100, 150)])
-def test_any_input_size(size):
-    model = timm.create_model("biformer_tiny", features_only=True).eval()
+@pytest.mark.parametrize("size", [(256, 256), (320, 480), (100, 150), (102, 97)])
+@pytest.mark.parametrize("name", ["biformer_tiny", "biformer_stl"])
+def test_any_input_size(name, size):
+    model = timm.create_model(name, features_only=True).eval()
     with torch.no_grad():
         maps = model(torch.randn(1, 3, *size))
     for feat, stride in zip(maps, (4, 8, 16, 32), strict=True):

@@ -28,13 +28,20 @@ def test_bra_rejects_heads_that_do_not_divide_dim():
         BiLevelRoutingAttention(16, 3, n_win=2, topk=1)
 
 
-def test_lepe_attention_matches_its_equation():
-    dim, heads = 16, 4
-    block = LePEAttention(dim, heads).double()
+@pytest.mark.parametrize("lepe_source", ["input", "value"])
+def test_lepe_attention_matches_its_equation(lepe_source):
+    dim, heads = 16, 2
+    block = LePEAttention(dim, heads, lepe_source=lepe_source).double()
     x = torch.randn(2, 3, 5, dim, dtype=torch.float64)
     q, k, v = block.qkv(x).reshape(2, 15, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
     attn = ((q @ k.transpose(-2, -1)) / (dim // heads) ** 0.5).softmax(-1) @ v
     attn = attn.transpose(1, 2).reshape(2, 3, 5, dim)
-    lepe = block.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # positional term on the input, not on V
+    source = x if lepe_source == "input" else v.transpose(1, 2).reshape(2, 3, 5, dim)
+    lepe = block.lepe(source.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     torch.testing.assert_close(block(x), block.proj(attn + lepe))
     assert block.qkv.bias is None
+
+
+def test_lepe_attention_rejects_an_unknown_lepe_source():
+    with pytest.raises(ValueError, match="lepe_source='v' is not 'input' or 'value'"):
+        LePEAttention(16, 2, lepe_source="v")

@@ -6,6 +6,9 @@ with bi-level routing attention (BRA) in stages 1-3 (n_win x n_win regions, top-
 query region, head_dim 32) and global attention with LePE (8 heads) in stage 4. BatchNorm convolution
 stem and downsampling, and a BatchNorm2d before the pooled classifier.
 
+BiFormer-STL, the paper's Swin-Tiny-layout model, puts the same attention in Swin-T's frame: a 4x4 patch stem,
+BatchNorm + 2x2 convolution patch merging, no DWConv3x3 term, depths 2-2-6-2, dims 96-768, MLP ratio 4.
+
 Parameters, MACs and top-1 of each variant: README's model table (the one place they are written, checked by
 tests/test_model_table.py).
 """
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
@@ -31,18 +35,20 @@ __all__ = ["BiFormer"]
 class BiFormerBlock(nn.Module):
     """X = X + DWConv3x3(X); X = X + DropPath(Attn(LN(X))); X = X + DropPath(MLP(LN(X))).
 
-    ``topk=None`` selects global LePE attention with ``full_attn_heads`` heads; otherwise routed attention.
+    ``topk=None`` selects global LePE attention with ``full_attn_heads`` heads (its LePE term on the attention's
+    ``lepe_source``); otherwise routed attention. ``pos_embed=False`` drops the DWConv3x3 term (BiFormer-STL).
     Shapes: (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, dim: int, num_heads: int, n_win: int, topk: int | None, mlp_ratio: float = 3.0,
-                 drop_path: float = 0.0, full_attn_heads: int = 8, device=None, dtype=None):
+                 drop_path: float = 0.0, full_attn_heads: int = 8, pos_embed: bool = True,
+                 lepe_source: str = "input", device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd) if pos_embed else None
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         if topk is None:
-            self.attn = LePEAttention(dim, num_heads=full_attn_heads, **dd)
+            self.attn = LePEAttention(dim, num_heads=full_attn_heads, lepe_source=lepe_source, **dd)
         else:
             self.attn = BiLevelRoutingAttention(dim, num_heads=num_heads, n_win=n_win, topk=topk, **dd)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
@@ -50,7 +56,9 @@ class BiFormerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x + self.pos_embed(x)).permute(0, 2, 3, 1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x)
+        x = x.permute(0, 2, 3, 1)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x.permute(0, 3, 1, 2)
@@ -84,6 +92,41 @@ class Stem(nn.Module):
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the bottom and right of a (B, C, H, W) map to sides that are multiples of ``multiple``."""
+    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+class PatchStem(nn.Module):
+    """Conv4x4 stride 4 + BatchNorm (BiFormer-STL): (B, C_in, H, W) -> (B, C, ceil(H/4), ceil(W/4)); sides that
+    are not multiples of 4 are zero-padded first (the official stem drops the remainder)."""
+
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 4, stride=4, device=device, dtype=dtype)
+        self.norm = nn.BatchNorm2d(out_chs, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(_pad_to_multiple(x, 4)))
+
+
+class PatchMerging(nn.Module):
+    """BatchNorm + Conv2x2 stride 2 (BiFormer-STL): (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2)); an odd
+    side is zero-padded after the norm."""
+
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_chs, device=device, dtype=dtype)
+        self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(_pad_to_multiple(self.norm(x), 2))
+
+
+_LAYOUTS = {"biformer": (Stem, ConvBnDownsample, True), "swin": (PatchStem, PatchMerging, False)}
+
+
 class BiFormer(PyramidModel):
     """BiFormer classifier and backbone.
 
@@ -93,23 +136,30 @@ class BiFormer(PyramidModel):
         head_dim: channels per head in routed stages (heads = dim // head_dim).
         n_win: regions per side in routed stages; inputs of any size are padded per block.
         full_attn_heads: heads of the global-attention stages (8 in the official code).
+        layout: ``'biformer'`` (overlapping 3x3 convolution stem and downsampling, a DWConv3x3 term in every
+            block) or ``'swin'`` (BiFormer-STL: 4x4 patch stem, BatchNorm + 2x2 convolution merging, no DWConv3x3).
+        lepe_source: what the global-attention stages' LePE convolves: ``'input'`` (the attention input, as the
+            official models) or ``'value'`` (V, as the official BiFormer-STL-nchw).
     """
 
     def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (64, 128, 256, 512),
                  topks: Sequence[int | None] = (1, 4, 16, None), head_dim: int = 32, n_win: int = 7,
-                 mlp_ratio: float = 3.0, full_attn_heads: int = 8, in_chans: int = 3, num_classes: int = 1000,
-                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None,
-                 dtype=None):
+                 mlp_ratio: float = 3.0, full_attn_heads: int = 8, layout: str = "biformer",
+                 lepe_source: str = "input", in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg",
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None, dtype=None):
         if not len(depths) == len(dims) == len(topks):
             raise ValueError(f"depths, dims and topks need one entry per stage, got {depths}, {dims}, {topks}")
         if any(dim % head_dim for dim, topk in zip(dims, topks, strict=True) if topk is not None):
             raise ValueError(f"dims {tuple(dims)} of routed stages must be multiples of head_dim={head_dim}")
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout={layout!r} is not one of {sorted(_LAYOUTS)}")
+        stem_cls, downsample_cls, pos_embed = _LAYOUTS[layout]
         dd = dict(device=device, dtype=dtype)
-        stem = Stem(in_chans, dims[0], **dd)
+        stem = stem_cls(in_chans, dims[0], **dd)
         stages = pyramid_stages(
-            depths, dims, drop_path_rate, lambda cin, cout: ConvBnDownsample(cin, cout, **dd),
+            depths, dims, drop_path_rate, lambda cin, cout: downsample_cls(cin, cout, **dd),
             lambda i, j, dpr: BiFormerBlock(dims[i], dims[i] // head_dim, n_win, topks[i], mlp_ratio, dpr,
-                                            full_attn_heads, **dd))
+                                            full_attn_heads, pos_embed, lepe_source, **dd))
         super().__init__(stem, stages, nn.BatchNorm2d(dims[-1], **dd), dims, in_chans, num_classes, global_pool,
                          drop_rate, **dd)
 
@@ -129,18 +179,36 @@ _OFFICIAL_RENAMES = [
     (r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."),
     (r"^head\.", "head.fc."),
 ]
+# BiFormer-STL (``biformer_stl.py`` and ``biformer_stl_nchw.py``, whose 1x1 convolutions are our linears) -> ours.
+_OFFICIAL_STL_RENAMES = [
+    (r"^downsample_layers\.0\.0\.", "stem.conv."),
+    (r"^downsample_layers\.0\.1\.", "stem.norm."),
+    (r"^downsample_layers\.(\d+)\.0\.", r"stages.\1.downsample.norm."),
+    (r"^downsample_layers\.(\d+)\.1\.", r"stages.\1.downsample.conv."),
+    (r"\.attn\.(qkv\.qkv|qkv_linear)\.", ".attn.qkv."),
+    (r"\.attn\.(wo|output_linear)\.", ".attn.proj."),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.2\.", ".mlp.fc2."),
+    (r"^head\.", "head.fc."),
+]
 
 
 @checkpoint_filter(BiFormer)
 def checkpoint_filter_fn(state_dict: dict, model: BiFormer) -> dict:
-    """Map an official BiFormer checkpoint (weights under ``model`` or a raw state dict) onto visattn keys.
+    """Map an official BiFormer or BiFormer-STL checkpoint (weights under ``model`` or a raw state dict) onto
+    visattn keys; 1x1 convolution weights of the nchw layout become linear weights.
 
     A state dict already in visattn's layout is returned unchanged.
     """
     state_dict = state_dict.get("model", state_dict)
     if "downsample_layers.0.0.weight" not in state_dict:
         return state_dict
-    return rename_keys(state_dict, _OFFICIAL_RENAMES)
+    if not isinstance(model.stem, PatchStem):
+        return rename_keys(state_dict, _OFFICIAL_RENAMES)
+    targets = model.state_dict()
+    renamed = rename_keys(state_dict, _OFFICIAL_STL_RENAMES)
+    return {k: v.flatten(1) if v.dim() == 4 and k in targets and targets[k].dim() == 2 else v
+            for k, v in renamed.items()}
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
@@ -160,6 +228,8 @@ default_cfgs = generate_default_cfgs({
     "biformer_tiny.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChHEOoGkgwgQzEDlM")),
     "biformer_small.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChHDyM-x9KWRBZ832")),
     "biformer_base.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChHI_XPhoadjaNxtO")),
+    "biformer_stl.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChSf-m7ujkvx9lIQ1"), first_conv="stem.conv"),
+    "biformer_stl_nchw.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChWYrKbWbMgqd2Ai0"), first_conv="stem.conv"),
 })
 
 
@@ -186,3 +256,18 @@ def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-B: depths 4-4-18-4, dims 96-768."""
     args = dict(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768), topks=(1, 4, 16, None))
     return _create_biformer("biformer_base", pretrained, **dict(args, **kwargs))
+
+
+_STL = dict(depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), topks=(1, 4, 16, None), mlp_ratio=4.0, layout="swin")
+
+
+@register_model
+def biformer_stl(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-STL: BRA in Swin-T's layout, depths 2-2-6-2, dims 96-768."""
+    return _create_biformer("biformer_stl", pretrained, **dict(_STL, **kwargs))
+
+
+@register_model
+def biformer_stl_nchw(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-STL-nchw: BiFormer-STL whose stage-4 LePE convolves V (the official refactored model)."""
+    return _create_biformer("biformer_stl_nchw", pretrained, **dict(_STL, lepe_source="value", **kwargs))
