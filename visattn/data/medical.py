@@ -476,7 +476,7 @@ def cutmix(sample, other, box) -> tuple[np.ndarray, np.ndarray, np.ndarray, tupl
 
 def normalize(rgb: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32, ``(x / 255 - mean) / std``."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1).div_(255.0)  # astype copies: read-only inputs work
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
