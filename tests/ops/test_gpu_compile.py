@@ -1,0 +1,60 @@
+"""Every Triton kernel compiles for an sm_90 GPU (H100 / H200), as the models launch it, on this GPU-less machine.
+
+Each case runs ``tests/ops/_gpu_compile.py`` in a process of its own (kernels defined without the interpreter): one
+model class forward and backward, each kernel launch compiled to a cubin by this environment's Triton and ptxas with
+the specialisation a GPU launch would use, every config of an autotuned kernel, and the compiled kernel's shared
+memory checked against the card's. The interpreter the other op tests run under accepts code the compiler rejects;
+this catches it before a GPU session. The op tests on a real GPU (``benchmarks/gpu_suite.py``) remain the check of
+results and of the GPU machine's own Triton version.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import triton
+
+from tests.ops.test_kernel_globals import KERNEL_MODULES, OPS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Model -> the ops all of whose kernels it launches (together, every op). Each model class runs in bfloat16, the
+# models' GPU dtype; the ops' own models run in float32 too (full-precision dots, twice the shared memory).
+MODELS = {
+    "biformer_tiny": ("routed_attention",),
+    "lamamba_tiny": ("selective_scan", "window_attention"),
+    "herseg": ("linear_attention",),
+    "sparsifiner_deit_small": ("sparse_attention",),
+    "hrnet_w18_psa_s": ("polarized_attention",),
+    "fsgnet": ("guided_filter",),
+    "inline_deit_tiny": (),
+    "inline_swin_tiny": (),
+    "hrnet_w18_psa": (),
+    "tcpa_vit_base_patch16_224": (),
+}
+CASES = [(m, "bfloat16") for m in MODELS] + [(m, "float32") for m, ops in MODELS.items() if ops]
+
+
+def test_the_cases_cover_every_op():
+    assert sorted(op for ops in MODELS.values() for op in ops) == sorted(OPS)
+
+
+def _kernels(op: str) -> set[str]:
+    """``<op>.<name>`` of the kernels (jitted ``*_kernel`` functions, autotuned or not) an op's module defines."""
+    module = KERNEL_MODULES[OPS.index(op)]
+    return {f"{op}.{name}" for name, value in vars(module).items()
+            if name.endswith("_kernel") and isinstance(value, triton.runtime.jit.KernelInterface)}
+
+
+@pytest.mark.parametrize(("model", "dtype"), CASES, ids=[f"{m}-{d}" for m, d in CASES])
+def test_kernels_compile_for_sm90(model, dtype):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "VISATTN_BACKEND")}
+    result = subprocess.run([sys.executable, "-m", "tests.ops._gpu_compile", model, dtype], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    lines = result.stdout.splitlines()
+    failures = [line for line in lines if line.startswith("FAIL")]
+    assert result.returncode == 0 and not failures, "\n".join(failures) or result.stderr[-3000:]
+    compiled = {line.split()[1] for line in lines if line.startswith("ok ")}
+    for op in MODELS[model]:
+        missing = _kernels(op) - compiled
+        assert not missing, f"{model} did not launch {sorted(missing)}"
