@@ -55,15 +55,20 @@ class Recorder:
     def __init__(self):
         self.results: dict[tuple[str, str], str | None] = {}
 
-    def compile(self, fn: JITFunction, args, kwargs, label: str) -> str | None:
-        key = (kernel_name(fn), label)
+    def compile(self, fn: JITFunction, args, kwargs, label: str, tuned: bool = False) -> str | None:
+        """Compile one launch; its failure reason or None. A tuned config over the card's shared memory is recorded
+        as skipped, not failed (the autotuner skips it on the GPU), but still returns its reason."""
         try:
             kernel = _COMPILE(fn, *args, grid=(1,), warmup=True, **kwargs)
             shared = kernel.metadata.shared
             reason = None if shared <= MAX_SHARED_BYTES else f"needs {shared} bytes of shared memory"
         except Exception as err:  # a compiler error of any kind is the finding
             reason = "".join(traceback.format_exception_only(err)).strip().splitlines()[-1][:300]
-        self.results.setdefault(key, reason)
+            shared = None
+        if tuned and reason and shared is not None:
+            self.results.setdefault((kernel_name(fn), f"{label} (skipped by the autotuner: {reason})"), None)
+        else:
+            self.results.setdefault((kernel_name(fn), label), reason)
         return reason
 
     def install(self) -> None:
@@ -77,7 +82,7 @@ class Recorder:
             failures = []
             for config in tuner.configs:
                 merged = {**kwargs, **config.all_kwargs()}
-                failures.append(recorder.compile(fn, args, merged, _variant(fn, args, merged)))
+                failures.append(recorder.compile(fn, args, merged, _variant(fn, args, merged), tuned=True))
             if all(failures):
                 recorder.results[(kernel_name(fn), _variant(fn, args, kwargs) + " [every config]")] = failures[0]
 
