@@ -8,10 +8,11 @@ OUT ?= runs/demo
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/gpu-triton.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev,mm]'
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/gpu-triton -r requirements/gpu-triton.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

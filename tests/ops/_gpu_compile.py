@@ -24,6 +24,7 @@ os.environ["VISATTN_BACKEND"] = "triton"
 os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="visattn-gpu-compile-"))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
@@ -124,6 +125,7 @@ def main(argv: list[str]) -> int:
     out = model(x)
     out = out[0] if isinstance(out, tuple | list) else out
     out.float().sum().backward()
+    print(f"triton {triton.__version__} from {os.path.dirname(triton.__file__)}")
     for (kernel, variant), reason in sorted(recorder.results.items()):
         print(f"{'FAIL' if reason else 'ok'} {kernel} {variant}" + (f": {reason}" if reason else ""))
     if not recorder.results:
