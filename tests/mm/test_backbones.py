@@ -43,6 +43,13 @@ def test_multiscale_outputs_with_output_norms():
     assert plain.out_norms is None and [o.shape[1] for o in outs] == [128, 512]
 
 
+def test_stl_arch_gives_swin_layout_features_of_any_size():
+    backbone = BiFormerBackbone(arch="stl", n_win=4).eval()
+    feats = backbone(torch.randn(1, 3, 102, 70))
+    assert backbone.out_channels == [96, 192, 384, 768]
+    assert [f.shape[-2:] for f in feats] == [(26, 18), (13, 9), (7, 5), (4, 3)]
+
+
 def test_frozen_stages_and_norm_eval():
     backbone = BiFormerBackbone(arch="tiny", n_win=4, frozen_stages=1, norm_eval=True)
     backbone.train()

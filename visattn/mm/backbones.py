@@ -108,7 +108,7 @@ class BiFormerBackbone(VisattnBackbone):
     """BiFormer for detection and segmentation (official settings: n_win 16 for COCO, 8 for ADE20K at 512).
 
     Args:
-        arch: 'tiny', 'small' or 'base'.
+        arch: 'tiny', 'small', 'base', 'stl' or 'stl_nchw'.
         n_win: regions per side; inputs of any size are padded per block and cropped back.
         topks: routed regions per stage (None = global attention), default (1, 4, 16, None).
         drop_path_rate: stochastic depth, linear over blocks.
