@@ -43,6 +43,9 @@ CASES = {
     # 6 x 6 tokens: the InLine windows leave remainders, the shifted softmax windows pad
     "InLineSwin": ("inline_swin_tiny", dict(depths=(2, 1), num_heads=(1, 2), inline_depths=(1, 0), embed_dim=16,
                                             window_size=4, inline_window=4), 24),
+    # 36 x 28 image: padded patch embeddings and resampled position tables at every stage
+    "InLinePVT": ("inline_pvt_tiny", dict(depths=(1, 1), dims=(16, 32), num_heads=(1, 2), mlp_ratios=(2, 2),
+                                          img_size=32), 36),
     # 3 x 3 tokens: the shifted windows pad
     "LaMamba": ("lamamba_tiny", dict(depths=(2, 1), dims=(16, 16), head_dim=16, window_size=2), 12),
     "PSAHRNet": ("hrnet_w18_psa_s", dict(model_cfg=_HRNET_CFG), 32),

@@ -17,20 +17,40 @@ PUBLISHED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_params_and_macs_match_the_paper(name, monkeypatch):
-    monkeypatch.setenv("VISATTN_BACKEND", "triton")  # meta tensors run the fused ops' fake kernels: nothing computes
-    params, macs, size = PUBLISHED[name]
+# InLine-PVT's README rows (M params, G MACs, 224), to their one decimal. The large row is the official code's count:
+# the checkpoint trained with it (depths 3-8-27-3) holds 51.15 M parameters, where the README says 50.2 M / 10.2 G.
+PUBLISHED_PVT = {"inline_pvt_tiny": (12.0, 2.0), "inline_pvt_small": (21.6, 3.9), "inline_pvt_medium": (37.6, 6.9),
+                 "inline_pvt_large": (51.2, 10.1)}
+
+
+def _count(name: str, size: int) -> tuple[float, float, set[str]]:
+    """(M parameters, G MACs, ops counted) of ``name`` at size x size, on the meta device."""
     with torch.device("meta"):
         model = timm.create_model(name).eval()
         x = torch.randn(1, 3, size, size)
     with FlopCounterMode(display=False) as counter:
         model(x)
     counts = {str(op) for op in counter.get_flop_counts()["Global"]}
+    return sum(p.numel() for p in model.parameters()) / 1e6, counter.get_total_flops() / 2e9, counts
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PVT))
+def test_pvt_params_and_macs_match_the_paper(name, monkeypatch):
+    monkeypatch.setenv("VISATTN_BACKEND", "triton")
+    params, macs, counts = _count(name, 224)
+    assert "visattn.linear_attention" in counts and "visattn.window_attention" not in counts
+    assert (round(params, 1), round(macs, 1)) == PUBLISHED_PVT[name]
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_params_and_macs_match_the_paper(name, monkeypatch):
+    monkeypatch.setenv("VISATTN_BACKEND", "triton")  # meta tensors run the fused ops' fake kernels: nothing computes
+    params, macs, size = PUBLISHED[name]
+    counted_params, counted_macs, counts = _count(name, size)
     assert "visattn.linear_attention" in counts
     assert ("visattn.window_attention" in counts) == name.startswith("inline_swin")
-    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params, rel=0.01)
-    assert counter.get_total_flops() / 2e9 == pytest.approx(macs, rel=0.01)
+    assert counted_params == pytest.approx(params, rel=0.01)
+    assert counted_macs == pytest.approx(macs, rel=0.01)
 
 
 def _randomized(name: str, **kwargs):
@@ -81,6 +101,64 @@ def test_official_swin_checkpoint_loads_through_pretrained(tmp_path):
         torch.testing.assert_close(loaded.eval()(x), source(x))
 
 
+# The official PVT layout (models/inline_pvt.py): per-stage patch_embed{i}/pos_embed{i}/block{i}, separate q and kv
+# linears, written independently of the package's converter.
+_PVT_TO_OFFICIAL = [
+    (r"^stem\.pos_embed$", "pos_embed1"),
+    (r"^stem\.", "patch_embed1."),
+    (r"^stages\.(\d)\.downsample\.pos_embed$", lambda m: f"pos_embed{int(m.group(1)) + 1}"),
+    (r"^stages\.(\d)\.downsample\.", lambda m: f"patch_embed{int(m.group(1)) + 1}."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.", lambda m: f"block{int(m.group(1)) + 1}.{m.group(2)}."),
+    (r"^head\.fc\.", "head."),
+]
+_PVT_NARROW = dict(depths=(1, 2, 1, 1), dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4))
+
+
+def official_pvt_state_dict(model) -> dict:
+    out = {}
+    for key, value in model.state_dict().items():
+        for pattern, repl in _PVT_TO_OFFICIAL:
+            key = re.sub(pattern, repl, key)
+        if ".attn.qkv." in key:
+            dim = value.shape[0] // 3
+            out[key.replace(".qkv.", ".q.")] = value[:dim].clone()
+            out[key.replace(".qkv.", ".kv.")] = value[dim:].clone()
+        else:
+            out[key] = value.clone()
+    return out
+
+
+@pytest.mark.parametrize("img_size", [224, 64])
+def test_official_pvt_checkpoint_loads_through_pretrained(img_size, tmp_path):
+    source = _randomized("inline_pvt_tiny", **_PVT_NARROW)
+    official = official_pvt_state_dict(source)
+    assert official["pos_embed1"].shape == (1, 56 * 56, 16) and official["pos_embed4"].shape == (1, 49, 64)
+    assert official["block2.1.attn.q.weight"].shape == (32, 32) and official["block2.1.attn.kv.bias"].shape == (64,)
+    assert official["block3.0.attn.residual.2.weight"].shape == (9 * 48, 16, 1)
+    assert {"patch_embed4.proj.weight", "patch_embed1.norm.bias", "block4.0.mlp.fc2.weight", "head.weight"} <= set(
+        official)
+    assert not any(k.startswith("norm.") or ".qkv." in k for k in official)
+    path = tmp_path / "inline_pvt_tiny_in1k.pth"
+    torch.save({"model": official}, path)
+    loaded = timm.create_model("inline_pvt_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                               img_size=img_size, **_PVT_NARROW).eval()
+    assert loaded.stages[3].downsample.pos_embed.shape == (1, (img_size // 32) ** 2, 64)
+    x = torch.randn(2, 3, 64, 64)  # the 224 tables resampled per call (source) or once by the filter (64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x))
+
+
+def test_pvt_resamples_position_tables_bilinearly_for_other_grids():
+    model = timm.create_model("inline_pvt_tiny", **_PVT_NARROW).eval()
+    embed = model.stages[1].downsample
+    x = torch.randn(1, 40, 30, 16)
+    table = embed.pos_embed.view(1, 28, 28, 32).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(table, size=(20, 15), mode="bilinear").permute(0, 2, 3, 1)
+    tokens = embed.norm(embed.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    torch.testing.assert_close(embed(x), tokens + expected)
+    assert model.no_weight_decay() == {"stem.pos_embed"} | {f"stages.{i}.downsample.pos_embed" for i in (1, 2, 3)}
+
+
 def test_official_deit_checkpoint_loads_at_another_size(tmp_path):
     source = _randomized("inline_deit_tiny")  # official keys are timm ViT keys plus blocks.j.attn.residual.*
     official = {k: v.clone() for k, v in source.state_dict().items()}
@@ -113,6 +191,7 @@ _SMALL = {
     "inline_swin_tiny": dict(depths=(1, 2, 1, 1), num_heads=(1, 2, 4, 8), embed_dim=32, inline_depths=(1, 2, 1, 0),
                              inline_window=4),
     "inline_deit_tiny": dict(depth=2, embed_dim=64, num_heads=2),
+    "inline_pvt_tiny": _PVT_NARROW,
 }
 
 
@@ -126,10 +205,13 @@ def test_fused_model_matches_reference_model(name, monkeypatch):
 def test_any_input_size():
     swin = timm.create_model("inline_swin_tiny", features_only=True).eval()
     deit = timm.create_model("inline_deit_tiny", features_only=True, out_indices=(5, 11)).eval()
+    pvt = timm.create_model("inline_pvt_tiny", features_only=True).eval()
     with torch.no_grad():
         swin_maps = swin(torch.randn(1, 3, 60, 90))
         deit_maps = deit(torch.randn(1, 3, 50, 70))
+        pvt_maps = pvt(torch.randn(1, 3, 60, 90))
     assert [m.shape[1:] for m in swin_maps] == [(96, 15, 23), (192, 8, 12), (384, 4, 6), (768, 2, 3)]
+    assert [m.shape[1:] for m in pvt_maps] == [(64, 15, 23), (128, 8, 12), (320, 4, 6), (512, 2, 3)]
     assert [m.shape[1:] for m in deit_maps] == [(192, 4, 5)] * 2
 
 

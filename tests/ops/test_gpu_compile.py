@@ -32,6 +32,7 @@ MODELS = {
     "fsgnet": ("guided_filter",),
     "inline_deit_tiny": (),
     "inline_swin_tiny": (),
+    "inline_pvt_tiny": (),
     "hrnet_w18_psa": (),
     "tcpa_vit_base_patch16_224": (),
 }

@@ -8,9 +8,13 @@ in two host architectures:
 - ``inline_swin_*``: Swin, whose first n blocks of each stage are InLine over 56 x 56-token windows (global at
   224) and the rest Swin's 7 x 7 shifted-window softmax attention with a relative position bias. The official
   attention-type strings IIIS / IISS / IIMS2 are ``inline_depths`` (2, 2, 6, 0) / (2, 2, 0, 0) / (2, 2, 2, 0).
+- ``inline_pvt_*``: PVT (v1), every block InLine over all tokens of its stage (the official ``attn_type='IIII'``
+  with no spatial reduction): per stage a PxP patch embedding with LayerNorm and a learned position table (resampled
+  bilinearly for other grids), no final norm, token-mean pooling.
 
-Any input size works: DeiT pads the image to a multiple of 16 and resamples its position embedding; Swin pads to
-a multiple of 4, pads odd maps before patch merging, and splits maps larger than 56 tokens per side into 56 x 56
+Any input size works: DeiT pads the image to a multiple of 16 and resamples its position embedding; PVT pads each
+patch embedding's input to a multiple of its patch and resamples its position tables; Swin pads to a multiple of 4,
+pads odd maps before patch merging, and splits maps larger than 56 tokens per side into 56 x 56
 windows anchored at the top-left plus smaller edge windows, each attending over its real tokens only. Unlike the
 official code, InLine windows are never shifted (it rolls them by 28 tokens in odd blocks of maps larger than
 56 without masking, a case its released models never meet).
@@ -30,6 +34,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
@@ -41,7 +46,7 @@ from ._loader import checkpoint_filter
 from ._pyramid import PyramidModel, pyramid_stages
 from ._vit import GridViT
 
-__all__ = ["InLineDeiT", "InLineSwin"]
+__all__ = ["InLineDeiT", "InLinePVT", "InLineSwin"]
 
 
 class InLineViTBlock(nn.Module):
@@ -106,21 +111,22 @@ def window_apply(x: torch.Tensor, window: int, fn: Callable[[torch.Tensor], torc
 class InLineSwinBlock(nn.Module):
     """X = X + DropPath(Attn(LN(X))); X = X + DropPath(MLP(LN(X))) on (B, H, W, C) maps.
 
-    Attn is InLine inside ``inline_window``-sided windows when ``inline``, else Swin's (shifted) window softmax
-    attention with a relative position bias in ``window_size`` windows.
+    Attn is InLine inside ``inline_window``-sided windows (over the whole map when None) when ``inline``, else
+    Swin's (shifted) window softmax attention with a relative position bias in ``window_size`` windows.
     """
 
     def __init__(self, dim: int, num_heads: int, inline: bool, window_size: int = 7, shift: bool = False,
-                 inline_window: int = 56, mlp_ratio: float = 4.0, drop_path: float = 0.0, device=None, dtype=None):
+                 inline_window: int | None = 56, mlp_ratio: float = 4.0, drop_path: float = 0.0, eps: float = 1e-5,
+                 device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.inline_window = inline_window
-        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.norm1 = nn.LayerNorm(dim, eps=eps, **dd)
         if inline:
             self.attn = InjectiveLinearAttention(dim, num_heads, **dd)
         else:
             self.attn = WindowAttention(dim, num_heads, window_size, shift, **dd)
-        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=eps, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -130,7 +136,9 @@ class InLineSwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(x)
-        if isinstance(self.attn, InjectiveLinearAttention):
+        if isinstance(self.attn, InjectiveLinearAttention) and self.inline_window is None:
+            y = self._inline(y)
+        elif isinstance(self.attn, InjectiveLinearAttention):
             y = window_apply(y, self.inline_window, self._inline)
         else:
             y = self.attn(y)
@@ -177,6 +185,78 @@ class InLineSwin(PyramidModel):
         return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
 
 
+class PVTPatchEmbed(nn.Module):
+    """PVT's patch embedding and its stage's position table: ConvPxP stride P, LayerNorm, + pos_embed.
+
+    The table (1, H0*W0, C) belongs to the ``grid`` (H0, W0) of the model's input size and is resampled bilinearly
+    (as the official code) for other grids; inputs whose sides P does not divide are zero-padded first.
+    Shapes: (B, C_in, H, W), or (B, H, W, C_in) when ``channels_last_in`` -> (B, ceil(H/P), ceil(W/P), C).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, patch: int, grid: tuple[int, int], channels_last_in: bool,
+                 device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.patch, self.grid, self.channels_last_in = patch, tuple(grid), channels_last_in
+        self.proj = nn.Conv2d(in_chs, out_chs, patch, stride=patch, **dd)
+        self.norm = nn.LayerNorm(out_chs, **dd)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], out_chs, **dd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last_in:
+            x = x.permute(0, 3, 1, 2)
+        pad_h, pad_w = -x.shape[-2] % self.patch, -x.shape[-1] % self.patch
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.norm(self.proj(x).permute(0, 2, 3, 1))
+        h, w = x.shape[1:3]
+        pos = self.pos_embed.view(1, *self.grid, -1)
+        if (h, w) != self.grid:
+            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(h, w), mode="bilinear").permute(0, 2, 3, 1)
+        return x + pos
+
+
+class InLinePVT(PyramidModel):
+    """InLine-PVT classifier and backbone: PVT v1 with InLine attention over each stage's whole map.
+
+    Args:
+        depths, dims, num_heads, mlp_ratios: per stage.
+        img_size: the input size the position tables are laid out for (224; other sizes resample them).
+    """
+
+    channels_last = True
+
+    def __init__(self, depths: Sequence[int] = (2, 2, 2, 2), dims: Sequence[int] = (64, 128, 320, 512),
+                 num_heads: Sequence[int] = (2, 4, 10, 16), mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+                 img_size: int | tuple[int, int] = 224, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = "avg", drop_rate: float = 0.0, drop_path_rate: float = 0.0, device=None,
+                 dtype=None):
+        if not len(depths) == len(dims) == len(num_heads) == len(mlp_ratios):
+            raise ValueError(f"depths, dims, num_heads and mlp_ratios need one entry per stage, got {depths}, "
+                             f"{dims}, {num_heads}, {mlp_ratios}")
+        dd = dict(device=device, dtype=dtype)
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+
+        def grid(stride: int) -> tuple[int, int]:
+            return -(-size[0] // stride), -(-size[1] // stride)
+
+        stem = PVTPatchEmbed(in_chans, dims[0], 4, grid(4), channels_last_in=False, **dd)
+        strides = iter(4 * 2 ** i for i in range(1, len(dims)))
+        stages = pyramid_stages(
+            depths, dims, drop_path_rate,
+            lambda cin, cout: PVTPatchEmbed(cin, cout, 2, grid(next(strides)), channels_last_in=True, **dd),
+            lambda i, j, dpr: InLineSwinBlock(dims[i], num_heads[i], inline=True, inline_window=None,
+                                              mlp_ratio=mlp_ratios[i], drop_path=dpr, eps=1e-6, **dd))
+        super().__init__(stem, stages, nn.Identity(), dims, in_chans, num_classes, global_pool, drop_rate, **dd)
+        for embed in [stem] + [stage.downsample for stage in self.stages[1:]]:
+            nn.init.trunc_normal_(embed.pos_embed, std=0.02)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The position tables."""
+        return {name for name, _ in self.named_parameters() if name.endswith("pos_embed")}
+
+
 # Official Swin layout -> ours, first match wins.
 _SWIN_RENAMES = [
     (r"^patch_embed\.", "stem."),
@@ -186,11 +266,44 @@ _SWIN_RENAMES = [
 ]
 
 
-@checkpoint_filter(InLineDeiT, InLineSwin)
+# Official PVT layout -> ours (q and kv are joined into qkv by the filter), first match wins.
+_PVT_RENAMES = [
+    (r"^patch_embed1\.", "stem."),
+    (r"^pos_embed1$", "stem.pos_embed"),
+    (r"^patch_embed(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}.downsample."),
+    (r"^pos_embed(\d)$", lambda m: f"stages.{int(m.group(1)) - 1}.downsample.pos_embed"),
+    (r"^block(\d)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}."),
+    (r"^head\.", "head.fc."),
+]
+
+
+def _pvt_filter(state_dict: dict, model: InLinePVT) -> dict:
+    """Official InLine-PVT keys -> ours: each attention's q and kv linears become one qkv linear ([q; k; v] rows),
+    and position tables laid out for another input size are resampled to the model's."""
+    renamed = rename_keys(state_dict, _PVT_RENAMES)
+    out = {}
+    for key, value in renamed.items():
+        if ".attn.kv." in key:
+            continue
+        if ".attn.q." in key:
+            key, value = key.replace(".attn.q.", ".attn.qkv."), torch.cat([value, renamed[key.replace(".q.", ".kv.")]])
+        out[key] = value
+    embeds = {"stem.pos_embed": model.stem}
+    embeds.update({f"stages.{i}.downsample.pos_embed": s.downsample for i, s in enumerate(model.stages) if i})
+    for key, embed in embeds.items():
+        pos = out.get(key)
+        if pos is not None and pos.shape != embed.pos_embed.shape:
+            out[key] = resample_abs_pos_embed(pos, new_size=embed.grid, num_prefix_tokens=0, interpolation="bilinear",
+                                              antialias=False)
+    return out
+
+
+@checkpoint_filter(InLineDeiT, InLineSwin, InLinePVT)
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official InLine checkpoint (weights under ``model`` or a raw state dict) onto visattn keys.
 
-    DeiT keys are already ours: only the position embedding is resampled when the grid differs. Swin: stages
+    DeiT keys are already ours: only the position embedding is resampled when the grid differs. PVT: see
+    :func:`_pvt_filter`. Swin: stages
     renamed, patch merging moved to the start of the next stage, relative position bias tables transposed to
     (heads, (2 ws - 1)**2), and the ``relative_position_index`` / ``attn_mask`` buffers dropped (ours are built
     per call). A state dict already in visattn's layout passes through.
@@ -202,6 +315,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
             state_dict = dict(state_dict, pos_embed=resample_abs_pos_embed(
                 pos, new_size=model.patch_embed.grid_size, num_prefix_tokens=model.num_prefix_tokens))
         return state_dict
+    if isinstance(model, InLinePVT):
+        return _pvt_filter(state_dict, model) if "patch_embed1.proj.weight" in state_dict else state_dict
     if "patch_embed.proj.weight" not in state_dict:
         return state_dict
     kept = {k: v for k, v in state_dict.items() if not k.endswith(("relative_position_index", "attn_mask"))}
@@ -234,6 +349,10 @@ default_cfgs = generate_default_cfgs({
     "inline_swin_tiny.in1k": _cfg(_TSINGHUA.format("32810869fcc34410966b")),
     "inline_swin_small.in1k": _cfg(_TSINGHUA.format("e9657fd247c04c7cb1a1")),
     "inline_swin_base.in1k": _cfg(_TSINGHUA.format("bf23564bb64c420aafe1")),
+    "inline_pvt_tiny.in1k": _cfg(_TSINGHUA.format("90ac52b1555b401eb5e6")),
+    "inline_pvt_small.in1k": _cfg(_TSINGHUA.format("1ab953b2479d433080a3")),
+    "inline_pvt_medium.in1k": _cfg(_TSINGHUA.format("a72aec31e6084bc0a280")),
+    "inline_pvt_large.in1k": _cfg(_TSINGHUA.format("efd91318ba964f01b288")),
 })
 
 
@@ -283,3 +402,31 @@ def inline_swin_base(pretrained: bool = False, **kwargs) -> InLineSwin:
     """InLine-Swin-B (IIMS2): depths 2-2-18-2, dims 128-1024."""
     args = dict(depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), inline_depths=(2, 2, 2, 0), embed_dim=128)
     return _create_swin("inline_swin_base", pretrained, dict(args, **kwargs))
+
+
+def _create_pvt(variant: str, pretrained: bool, depths: tuple[int, ...], kwargs: dict) -> InLinePVT:
+    return create_model(InLinePVT, variant, pretrained, dict(dict(depths=depths), **kwargs))
+
+
+@register_model
+def inline_pvt_tiny(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """InLine-PVT-T: depths 2-2-2-2, dims 64-512."""
+    return _create_pvt("inline_pvt_tiny", pretrained, (2, 2, 2, 2), kwargs)
+
+
+@register_model
+def inline_pvt_small(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """InLine-PVT-S: depths 3-4-6-3, dims 64-512."""
+    return _create_pvt("inline_pvt_small", pretrained, (3, 4, 6, 3), kwargs)
+
+
+@register_model
+def inline_pvt_medium(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """InLine-PVT-M: depths 3-4-18-3, dims 64-512."""
+    return _create_pvt("inline_pvt_medium", pretrained, (3, 4, 18, 3), kwargs)
+
+
+@register_model
+def inline_pvt_large(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """InLine-PVT-L: depths 3-8-27-3, dims 64-512."""
+    return _create_pvt("inline_pvt_large", pretrained, (3, 8, 27, 3), kwargs)
