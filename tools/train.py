@@ -44,6 +44,8 @@ def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
     p.add_argument("--init", help="start from these weights: a checkpoint file (e.g. an earlier run's best.pth)")
     p.add_argument("--img-size", type=positive_int, help=task.shared_help.get("img_size", "input size"))
     p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--eval-every", type=positive_int, metavar="N",
+                   help="evaluate (and consider for best.pth) every N epochs and after the last (default 1)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--weight-decay", type=non_negative_float)

@@ -85,6 +85,27 @@ def test_fit_tracks_the_lowest_score_saves_checkpoints_and_resumes(tmp_path, cap
         fit(ToyRegression(_config(tmp_path, model="mlp", resume=str(tmp_path / "last.pth"))))
 
 
+def test_eval_every_evaluates_on_its_epochs_and_the_last_only(tmp_path, capsys):
+    evaluated = []
+
+    class Counting(ToyRegression):
+        def evaluate(self, model, device):
+            evaluated.append(True)
+            return super().evaluate(model, device)
+
+    result = fit(Counting(_config(tmp_path, epochs=5, eval_every=2)))
+    assert len(evaluated) == 3
+    history = result["history"]
+    assert [h["epoch"] for h in history if "val_mse" in h] == [2, 4, 5]
+    assert all("train_loss" in h and "lr" in h for h in history)
+    lowest = min((h for h in history if "val_mse" in h), key=lambda h: h["val_mse"])
+    assert result["best"] == {"epoch": lowest["epoch"], "val_mse": lowest["val_mse"]}
+    assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == lowest["epoch"] - 1
+    out = capsys.readouterr().out
+    assert "epoch 1/5: train loss" in out and "not evaluated (every 2)" in out and "epoch 5/5" in out
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
 def test_load_checkpoint_names_the_task_of_another_tasks_checkpoint(tmp_path):
     torch.save({"task": "medical-seg", "state_dict": {}}, tmp_path / "seg.pth")
     with pytest.raises(UserError, match="is a medical-seg checkpoint, not toy; pass --task medical-seg$"):

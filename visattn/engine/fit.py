@@ -64,6 +64,7 @@ class TrainConfig:
     init: str | None = None  # weights to start from: a checkpoint (e.g. an earlier run's best.pth) or state dict
     img_size: int = 224
     epochs: int = 100
+    eval_every: int = 1  # evaluate every this many epochs, and after the last
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -368,15 +369,17 @@ def fit(task: Task) -> dict[str, Any]:
                 raise UserError(f"{err}; {_last_good(cfg)}; lower --lr or clip gradients (--clip-grad)") from None
             train_loss_sum, train_seen = all_reduce_sum([loss_sum, seen], device)
             eval_model = ema.module if ema is not None else model
-            metrics = task.evaluate(eval_model, device) if task.distributed_eval or is_main else None
+            evaluating = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            metrics = task.evaluate(eval_model, device) if evaluating and (task.distributed_eval or is_main) else None
             bad = _non_finite(model.state_dict()) or (_non_finite(ema.module.state_dict()) if ema else None)
             if bad:  # every rank holds the same weights, so every rank stops here
                 raise UserError(f"the weights became non-finite in epoch {epoch + 1} ({bad}); nothing was saved "
                                 f"over them, {_last_good(cfg)}; lower --lr or clip gradients")
             if is_main:
-                scalars = {"train_loss": train_loss_sum / train_seen, **task.val_scalars(metrics),
+                scalars = {"train_loss": train_loss_sum / train_seen,
+                           **(task.val_scalars(metrics) if evaluating else {}),
                            "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - started}
-                improved = _improves(scalars[task.score], best[task.score], task.higher_is_better)
+                improved = evaluating and _improves(scalars[task.score], best[task.score], task.higher_is_better)
                 if improved:
                     best = {"epoch": epoch + 1,
                             **{k: v for k, v in scalars.items() if k.startswith("val_") and k != "val_loss"}}
@@ -390,8 +393,8 @@ def fit(task: Task) -> dict[str, Any]:
                     atomic_save(ckpt, os.path.join(cfg.output, "best.pth"))
                 atomic_save(ckpt, os.path.join(cfg.output, "last.pth"))
                 log.log(epoch + 1, scalars, best)
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {scalars['train_loss']:.4f}, "
-                      f"{task.epoch_line(metrics, scalars)}", flush=True)
+                result = task.epoch_line(metrics, scalars) if evaluating else f"not evaluated (every {cfg.eval_every})"
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {scalars['train_loss']:.4f}, {result}", flush=True)
             barrier()
         if log is not None:
             log.close()

@@ -39,14 +39,16 @@ class RunLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        epochs = [h["epoch"] for h in self.history]
         fig, axes = plt.subplots(1, len(self.panels), figsize=(5 * len(self.panels), 4), squeeze=False)
         for ax, (title, ylabel, keys) in zip(axes[0], self.panels, strict=True):
-            for key in keys:
-                ax.plot(epochs, [h.get(key, float("nan")) for h in self.history], marker="o", label=key)
+            for key in keys:  # a key an epoch lacks (validation between --eval-every epochs) is left out
+                points = [(h["epoch"], h[key]) for h in self.history if key in h]
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker="o", label=key)
             ax.set(xlabel="epoch", ylabel=ylabel, title=title)
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.lines:
+                ax.legend()
         fig.tight_layout()
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
