@@ -43,6 +43,9 @@ CASES = {
     # 6 x 6 tokens: the InLine windows leave remainders, the shifted softmax windows pad
     "InLineSwin": ("inline_swin_tiny", dict(depths=(2, 1), num_heads=(1, 2), inline_depths=(1, 0), embed_dim=16,
                                             window_size=4, inline_window=4), 24),
+    # 44 x 44 image: maps 11, 6, 3, 2: padded stripes of 2 in stage 3
+    "InLineCSwin": ("inline_cswin_tiny", dict(depths=(1, 1, 1, 1), embed_dim=8, num_heads=(1, 2, 2, 2), split=2),
+                    44),
     # 36 x 28 image: padded patch embeddings and resampled position tables at every stage
     "InLinePVT": ("inline_pvt_tiny", dict(depths=(1, 1), dims=(16, 32), num_heads=(1, 2), mlp_ratios=(2, 2),
                                           img_size=32), 36),

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import visattn  # noqa: F401
 from tests.backbones._compare import assert_fused_matches_reference
-from visattn.backbones.inline import InLineSwinBlock
+from visattn.backbones.inline import CSwinBranch, InLineSwinBlock
 
 # Official README rows: params (M) and MACs (G) at each model's training size, as counted on the official code.
 PUBLISHED = {
@@ -32,6 +32,20 @@ def _count(name: str, size: int) -> tuple[float, float, set[str]]:
         model(x)
     counts = {str(op) for op in counter.get_flop_counts()["Global"]}
     return sum(p.numel() for p in model.parameters()) / 1e6, counter.get_total_flops() / 2e9, counts
+
+
+# InLine-CSwin's README MACs (G, 224) and the official code's parameter count (M), which its checkpoints hold: the
+# README's 25 / 43 / 96 M are not what models/inline_cswin.py builds.
+PUBLISHED_CSWIN = {"inline_cswin_tiny": (20.6, 4.3), "inline_cswin_small": (33.0, 6.8),
+                   "inline_cswin_base": (73.4, 14.9)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_CSWIN))
+def test_cswin_params_and_macs_match_the_official_code(name, monkeypatch):
+    monkeypatch.setenv("VISATTN_BACKEND", "triton")
+    params, macs, counts = _count(name, 224)
+    assert "visattn.linear_attention" in counts
+    assert (round(params, 1), round(macs, 1)) == PUBLISHED_CSWIN[name]
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PVT))
@@ -159,6 +173,65 @@ def test_pvt_resamples_position_tables_bilinearly_for_other_grids():
     assert model.no_weight_decay() == {"stem.pos_embed"} | {f"stages.{i}.downsample.pos_embed" for i in (1, 2, 3)}
 
 
+# The official CSWin layout (models/inline_cswin.py), written independently of the package's converter.
+_CSWIN_TO_OFFICIAL = [
+    (r"^stem\.conv\.", "stage1_conv_embed.0."),
+    (r"^stem\.norm\.", "stage1_conv_embed.2."),
+    (r"^stages\.(\d)\.downsample\.", r"merge\1."),
+    (r"^stages\.(\d)\.blocks\.(\d+)\.", lambda m: f"stage{int(m.group(1)) + 1}.{m.group(2)}."),
+    (r"^head\.fc\.", "head."),
+]
+_CSWIN_NARROW = dict(depths=(1, 1, 2, 1), embed_dim=16, num_heads=(1, 2, 4, 8))
+
+
+def test_official_cswin_checkpoint_loads_through_pretrained(tmp_path):
+    source = _randomized("inline_cswin_tiny", **_CSWIN_NARROW)
+    official = {}
+    for key, value in source.state_dict().items():
+        for pattern, repl in _CSWIN_TO_OFFICIAL:
+            key = re.sub(pattern, repl, key)
+        official[key] = value.clone()
+    assert official["stage1_conv_embed.0.weight"].shape == (16, 3, 7, 7)
+    assert official["merge3.conv.weight"].shape == (128, 64, 3, 3)
+    assert official["stage1.0.attns.0.residual.2.weight"].shape == (9 * 16, 16, 1)
+    assert official["stage3.1.attns.1.get_v.weight"].shape == (32, 1, 3, 3)  # two stripe branches of 32 channels
+    assert not any(k.startswith("stage3") and "residual" in k for k in official)
+    assert {"stage4.0.attns.0.get_v.bias", "stage2.0.qkv.bias", "norm.weight", "head.weight"} <= set(official)
+    assert not any(k.startswith("stage4.0.attns.1") for k in official)
+    path = tmp_path / "inline_cswin_tiny_in1k.pth"
+    torch.save({"model": official}, path)
+    loaded = timm.create_model("inline_cswin_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                               **_CSWIN_NARROW).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x))
+
+
+@pytest.mark.parametrize("mode", ["vertical", "horizontal", "global"])
+def test_cswin_stripes_attend_within_their_real_tokens_only(mode):
+    branch = CSwinBranch(8, 2, mode, split=4, inline=False).double()
+    q, k, v = (torch.randn(2, 9, 10, 8, dtype=torch.float64) for _ in range(3))
+    bands = {"vertical": [(slice(None), slice(c, c + 4)) for c in (0, 4, 8)],
+             "horizontal": [(slice(r, r + 4), slice(None)) for r in (0, 4, 8)],
+             "global": [(slice(None), slice(None))]}[mode]
+    expected = torch.empty_like(q)
+    for rows, cols in bands:  # each stripe alone: its real tokens, its LePE with zeros outside it
+        qs, ks, vs = (t[:, rows, cols] for t in (q, k, v))
+        b, h, w, c = qs.shape
+        heads = [t.reshape(b, h * w, 2, 4).transpose(1, 2) for t in (qs, ks, vs)]
+        attn = ((heads[0] @ heads[1].transpose(-1, -2)) / 2.0).softmax(-1) @ heads[2]
+        lepe = branch.get_v(vs.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        expected[:, rows, cols] = attn.transpose(1, 2).reshape(b, h, w, c) + lepe
+    torch.testing.assert_close(branch(q, k, v, None), expected)
+
+
+def test_cswin_inline_branches_are_global_only():
+    with pytest.raises(ValueError, match="InLine branches attend over the whole map"):
+        CSwinBranch(8, 2, "vertical", split=4, inline=True)
+    with pytest.raises(ValueError, match=r"attn_types \(of 'I' and 'S'\) need one entry per stage"):
+        timm.create_model("inline_cswin_tiny", attn_types="IIXS")
+
+
 def test_official_deit_checkpoint_loads_at_another_size(tmp_path):
     source = _randomized("inline_deit_tiny")  # official keys are timm ViT keys plus blocks.j.attn.residual.*
     official = {k: v.clone() for k, v in source.state_dict().items()}
@@ -192,6 +265,7 @@ _SMALL = {
                              inline_window=4),
     "inline_deit_tiny": dict(depth=2, embed_dim=64, num_heads=2),
     "inline_pvt_tiny": _PVT_NARROW,
+    "inline_cswin_tiny": dict(_CSWIN_NARROW, split=3),
 }
 
 
@@ -206,10 +280,13 @@ def test_any_input_size():
     swin = timm.create_model("inline_swin_tiny", features_only=True).eval()
     deit = timm.create_model("inline_deit_tiny", features_only=True, out_indices=(5, 11)).eval()
     pvt = timm.create_model("inline_pvt_tiny", features_only=True).eval()
+    cswin = timm.create_model("inline_cswin_tiny", features_only=True).eval()
     with torch.no_grad():
         swin_maps = swin(torch.randn(1, 3, 60, 90))
         deit_maps = deit(torch.randn(1, 3, 50, 70))
         pvt_maps = pvt(torch.randn(1, 3, 60, 90))
+        cswin_maps = cswin(torch.randn(1, 3, 60, 90))
+    assert [m.shape[1:] for m in cswin_maps] == [(64, 15, 23), (128, 8, 12), (256, 4, 6), (512, 2, 3)]
     assert [m.shape[1:] for m in swin_maps] == [(96, 15, 23), (192, 8, 12), (384, 4, 6), (768, 2, 3)]
     assert [m.shape[1:] for m in pvt_maps] == [(64, 15, 23), (128, 8, 12), (320, 4, 6), (512, 2, 3)]
     assert [m.shape[1:] for m in deit_maps] == [(192, 4, 5)] * 2

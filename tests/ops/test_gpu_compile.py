@@ -33,6 +33,7 @@ MODELS = {
     "inline_deit_tiny": (),
     "inline_swin_tiny": (),
     "inline_pvt_tiny": (),
+    "inline_cswin_tiny": (),
     "hrnet_w18_psa": (),
     "tcpa_vit_base_patch16_224": (),
 }

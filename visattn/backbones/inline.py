@@ -8,6 +8,11 @@ in two host architectures:
 - ``inline_swin_*``: Swin, whose first n blocks of each stage are InLine over 56 x 56-token windows (global at
   224) and the rest Swin's 7 x 7 shifted-window softmax attention with a relative position bias. The official
   attention-type strings IIIS / IISS / IIMS2 are ``inline_depths`` (2, 2, 6, 0) / (2, 2, 0, 0) / (2, 2, 2, 0).
+- ``inline_cswin_*``: CSWin, whose InLine stages (the official ``IISS``: stages 1-2) attend over their whole map
+  and whose softmax stages attend within cross-shaped stripes (stage 3: half the heads in vertical stripes of 7
+  columns, half in horizontal stripes of 7 rows; stage 4: the whole map), every branch with CSWin's LePE term
+  (a 3x3 depthwise convolution of V inside its window) and the InLine branches with InLine's predicted residual,
+  whose kernels come from the mean of the block's input (before its norm), as the official code.
 - ``inline_pvt_*``: PVT (v1), every block InLine over all tokens of its stage (the official ``attn_type='IIII'``
   with no spatial reduction): per stage a PxP patch embedding with LayerNorm and a learned position table (resampled
   bilinearly for other grids), no final norm, token-mean pooling.
@@ -41,12 +46,13 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
 from ..blocks import InjectiveLinearAttention, WindowAttention
+from ..ops.linear_attention import linear_attention
 from ._helpers import create_model, rename_keys
 from ._loader import checkpoint_filter
 from ._pyramid import PyramidModel, pyramid_stages
 from ._vit import GridViT
 
-__all__ = ["InLineDeiT", "InLinePVT", "InLineSwin"]
+__all__ = ["InLineCSwin", "InLineDeiT", "InLinePVT", "InLineSwin"]
 
 
 class InLineViTBlock(nn.Module):
@@ -185,6 +191,166 @@ class InLineSwin(PyramidModel):
         return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
 
 
+def _stripes(x: torch.Tensor, mode: str, split: int) -> tuple[torch.Tensor, tuple]:
+    """(B, H, W, C) -> (B * n, wh, ww, C) windows: the whole map (``'global'``), or vertical stripes H x ``split``
+    (``'vertical'``) or horizontal ones ``split`` x W (``'horizontal'``), the split side zero-padded to a multiple
+    of ``split``. Returns the windows and what :func:`_unstripe` needs."""
+    b, h, w, c = x.shape
+    if mode == "global":
+        return x, (b, h, w, 1, 1)
+    if mode == "vertical":
+        x = F.pad(x, (0, 0, 0, -w % split))
+        n = x.shape[2] // split
+        return x.reshape(b, h, n, split, c).transpose(1, 2).reshape(b * n, h, split, c), (b, h, w, 1, n)
+    x = F.pad(x, (0, 0, 0, 0, 0, -h % split))
+    n = x.shape[1] // split
+    return x.reshape(b * n, split, w, c), (b, h, w, n, 1)
+
+
+def _unstripe(windows: torch.Tensor, layout: tuple) -> torch.Tensor:
+    """Inverse of :func:`_stripes`: the (B, H, W, C) map, padding dropped."""
+    b, h, w, n_rows, n_cols = layout
+    _, wh, ww, c = windows.shape
+    x = windows.reshape(b, n_rows, n_cols, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, n_rows * wh, n_cols * ww, c)
+    return x[:, :h, :w]
+
+
+class CSwinBranch(nn.Module):
+    """One attention branch of a CSWin block on (B, H, W, C) q, k, v maps of its channels, in ``mode`` windows.
+
+    Per window (N tokens): O = Attn(Q, K, V) + DWConv3x3(V), the LePE convolution zero outside the window. Attn is
+    softmax(Q K^T / sqrt(d)) V over the window's real tokens, or, with ``inline``, InLine's injective linear
+    attention plus its residual DWConv3x3_w(V) with kernels w predicted from ``x_mean`` (B, C), the mean of the
+    block's input (InLine windows are the whole map).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mode: str, split: int, inline: bool, device=None, dtype=None):
+        super().__init__()
+        if inline and mode != "global":
+            raise ValueError("InLine branches attend over the whole map (mode='global')")
+        dd = dict(device=device, dtype=dtype)
+        self.num_heads, self.mode, self.split, self.inline = num_heads, mode, split, inline
+        self.scale = (dim // num_heads) ** -0.5
+        self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        if inline:
+            self.residual = nn.Sequential(
+                nn.Conv1d(dim, dim, 1, groups=num_heads, **dd), nn.GELU(),
+                nn.Conv1d(dim, 9 * dim, 1, groups=num_heads, **dd),
+            )
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = x.shape
+        return x.reshape(n, h * w, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = q.shape
+        (q, layout), (k, _), (v, _) = (_stripes(t, self.mode, self.split) for t in (q, k, v))
+        n, wh, ww, _ = q.shape
+        v_map = v.permute(0, 3, 1, 2)
+        lepe = self.get_v(v_map).permute(0, 2, 3, 1)
+        if self.inline:
+            out = linear_attention(self._heads(q), self._heads(k), self._heads(v), self.scale / (wh * ww),
+                                   injective=True)
+            out = out.transpose(1, 2).reshape(n, wh, ww, c)
+            kernels = self.residual(x_mean.unsqueeze(-1)).reshape(b * c, 1, 3, 3)
+            if b:
+                local = F.conv2d(v_map.reshape(1, b * c, wh, ww), kernels, padding=1, groups=b * c)
+            else:  # conv2d takes no zero groups; the empty term stays in the kernels' graph (zero gradients)
+                local = v_map + kernels.sum()
+            out = out + local.reshape(n, c, wh, ww).permute(0, 2, 3, 1)
+        else:
+            mask = None
+            if (layout[3] * wh, layout[4] * ww) != (h, w):  # padded stripes: their padding is no key
+                rows = torch.arange(layout[3] * wh, device=q.device).view(layout[3], wh, 1) < h
+                cols = torch.arange(layout[4] * ww, device=q.device).view(layout[4], 1, ww) < w
+                valid = (rows[:, None] & cols[None]).reshape(-1, wh * ww)
+                mask = valid.repeat(b, 1)[:, None, None, :]
+            out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=mask)
+            out = out.transpose(1, 2).reshape(n, wh, ww, c)
+        return _unstripe(out + lepe, layout)
+
+
+class InLineCSwinBlock(nn.Module):
+    """X = X + DropPath(W_o [branches](LN(X) W_qkv)); X = X + DropPath(MLP(LN(X))) on (B, H, W, C) maps.
+
+    One branch over the whole map (``stripes=False``) or two over half the channels and heads each, in vertical and
+    horizontal stripes of ``split`` tokens (CSWin's cross-shaped windows); see :class:`CSwinBranch`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, inline: bool, stripes: bool, split: int = 7,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.qkv = nn.Linear(dim, 3 * dim, **dd)
+        modes = ("vertical", "horizontal") if stripes else ("global",)
+        width, heads = dim // len(modes), num_heads // len(modes)
+        self.attns = nn.ModuleList(CSwinBranch(width, heads, mode, split, inline, **dd) for mode in modes)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_mean = x.mean(dim=(1, 2))
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        parts = zip(*(t.chunk(len(self.attns), dim=-1) for t in (q, k, v, x_mean)), strict=True)
+        y = torch.cat([attn(*part) for attn, part in zip(self.attns, parts, strict=True)], dim=-1)
+        x = x + self.drop_path(self.proj(y))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ConvLNEmbed(nn.Module):
+    """Conv k x k stride s (padding k // 2 - 1 for the stem, 1 for merging) + LayerNorm: (B, C_in, H, W) or
+    (B, H, W, C_in) -> (B, ceil(H/s), ceil(W/s), C). The stem pads sides to a multiple of 4 first (the official stem
+    drops a remainder)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stem: bool, device=None, dtype=None):
+        super().__init__()
+        self.stem = stem
+        kernel, stride, padding = (7, 4, 2) if stem else (3, 2, 1)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride, padding, device=device, dtype=dtype)
+        self.norm = nn.LayerNorm(out_chs, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem:
+            x = F.pad(x, (0, -x.shape[-1] % 4, 0, -x.shape[-2] % 4))
+        else:
+            x = x.permute(0, 3, 1, 2)
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class InLineCSwin(PyramidModel):
+    """InLine-CSwin classifier and backbone.
+
+    Args:
+        depths, num_heads: per stage; dims are ``embed_dim * 2**i``.
+        attn_types: per stage, ``'I'`` (InLine over the whole map) or ``'S'`` (CSWin softmax attention: stripes of
+            ``split`` tokens, except over the whole map in the last stage), the official ``ATTN_TYPE`` string.
+    """
+
+    channels_last = True
+
+    def __init__(self, depths: Sequence[int] = (2, 4, 18, 1), num_heads: Sequence[int] = (2, 4, 8, 16),
+                 embed_dim: int = 64, attn_types: str = "IISS", split: int = 7, mlp_ratio: float = 4.0,
+                 in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg", drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, device=None, dtype=None):
+        if not len(depths) == len(num_heads) == len(attn_types) or set(attn_types) - {"I", "S"}:
+            raise ValueError(f"depths, num_heads and attn_types (of 'I' and 'S') need one entry per stage, got "
+                             f"{depths}, {num_heads}, {attn_types!r}")
+        dd = dict(device=device, dtype=dtype)
+        dims = [embed_dim * 2 ** i for i in range(len(depths))]
+        last = len(depths) - 1
+        stem = ConvLNEmbed(in_chans, dims[0], stem=True, **dd)
+        stages = pyramid_stages(
+            depths, dims, drop_path_rate, lambda cin, cout: ConvLNEmbed(cin, cout, stem=False, **dd),
+            lambda i, j, dpr: InLineCSwinBlock(dims[i], num_heads[i], inline=attn_types[i] == "I",
+                                               stripes=attn_types[i] == "S" and i != last, split=split,
+                                               mlp_ratio=mlp_ratio, drop_path=dpr, **dd))
+        super().__init__(stem, stages, nn.LayerNorm(dims[-1], **dd), dims, in_chans, num_classes, global_pool,
+                         drop_rate, **dd)
+
+
 class PVTPatchEmbed(nn.Module):
     """PVT's patch embedding and its stage's position table: ConvPxP stride P, LayerNorm, + pos_embed.
 
@@ -298,12 +464,22 @@ def _pvt_filter(state_dict: dict, model: InLinePVT) -> dict:
     return out
 
 
-@checkpoint_filter(InLineDeiT, InLineSwin, InLinePVT)
+# Official CSWin layout -> ours, first match wins (block and branch keys are ours already).
+_CSWIN_RENAMES = [
+    (r"^stage1_conv_embed\.0\.", "stem.conv."),
+    (r"^stage1_conv_embed\.2\.", "stem.norm."),
+    (r"^merge(\d)\.", r"stages.\1.downsample."),
+    (r"^stage(\d)\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}."),
+    (r"^head\.", "head.fc."),
+]
+
+
+@checkpoint_filter(InLineDeiT, InLineSwin, InLinePVT, InLineCSwin)
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Map an official InLine checkpoint (weights under ``model`` or a raw state dict) onto visattn keys.
 
     DeiT keys are already ours: only the position embedding is resampled when the grid differs. PVT: see
-    :func:`_pvt_filter`. Swin: stages
+    :func:`_pvt_filter`. CSWin: stem, merging and stage prefixes renamed. Swin: stages
     renamed, patch merging moved to the start of the next stage, relative position bias tables transposed to
     (heads, (2 ws - 1)**2), and the ``relative_position_index`` / ``attn_mask`` buffers dropped (ours are built
     per call). A state dict already in visattn's layout passes through.
@@ -317,6 +493,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         return state_dict
     if isinstance(model, InLinePVT):
         return _pvt_filter(state_dict, model) if "patch_embed1.proj.weight" in state_dict else state_dict
+    if isinstance(model, InLineCSwin):
+        return rename_keys(state_dict, _CSWIN_RENAMES) if "stage1_conv_embed.0.weight" in state_dict else state_dict
     if "patch_embed.proj.weight" not in state_dict:
         return state_dict
     kept = {k: v for k, v in state_dict.items() if not k.endswith(("relative_position_index", "attn_mask"))}
@@ -349,6 +527,9 @@ default_cfgs = generate_default_cfgs({
     "inline_swin_tiny.in1k": _cfg(_TSINGHUA.format("32810869fcc34410966b")),
     "inline_swin_small.in1k": _cfg(_TSINGHUA.format("e9657fd247c04c7cb1a1")),
     "inline_swin_base.in1k": _cfg(_TSINGHUA.format("bf23564bb64c420aafe1")),
+    "inline_cswin_tiny.in1k": _cfg(_TSINGHUA.format("49fa2ecc543647c4b970"), first_conv="stem.conv"),
+    "inline_cswin_small.in1k": _cfg(_TSINGHUA.format("59f4e65f776f4052b93c"), first_conv="stem.conv"),
+    "inline_cswin_base.in1k": _cfg(_TSINGHUA.format("91e17121df284ae38521"), first_conv="stem.conv"),
     "inline_pvt_tiny.in1k": _cfg(_TSINGHUA.format("90ac52b1555b401eb5e6")),
     "inline_pvt_small.in1k": _cfg(_TSINGHUA.format("1ab953b2479d433080a3")),
     "inline_pvt_medium.in1k": _cfg(_TSINGHUA.format("a72aec31e6084bc0a280")),
@@ -430,3 +611,26 @@ def inline_pvt_medium(pretrained: bool = False, **kwargs) -> InLinePVT:
 def inline_pvt_large(pretrained: bool = False, **kwargs) -> InLinePVT:
     """InLine-PVT-L: depths 3-8-27-3, dims 64-512."""
     return _create_pvt("inline_pvt_large", pretrained, (3, 8, 27, 3), kwargs)
+
+
+def _create_cswin(variant: str, pretrained: bool, args: dict, kwargs: dict) -> InLineCSwin:
+    return create_model(InLineCSwin, variant, pretrained, dict(args, **kwargs))
+
+
+@register_model
+def inline_cswin_tiny(pretrained: bool = False, **kwargs) -> InLineCSwin:
+    """InLine-CSwin-T (IISS): depths 2-4-18-1, dims 64-512."""
+    return _create_cswin("inline_cswin_tiny", pretrained, dict(depths=(2, 4, 18, 1)), kwargs)
+
+
+@register_model
+def inline_cswin_small(pretrained: bool = False, **kwargs) -> InLineCSwin:
+    """InLine-CSwin-S (IISS): depths 3-6-29-2, dims 64-512."""
+    return _create_cswin("inline_cswin_small", pretrained, dict(depths=(3, 6, 29, 2)), kwargs)
+
+
+@register_model
+def inline_cswin_base(pretrained: bool = False, **kwargs) -> InLineCSwin:
+    """InLine-CSwin-B (IISS): depths 3-6-29-2, dims 96-768."""
+    args = dict(depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), embed_dim=96)
+    return _create_cswin("inline_cswin_base", pretrained, args, kwargs)
