@@ -190,7 +190,7 @@ def test_cuda_timing_runs_on_the_cpu_and_skips_lamambas_reference_path():
 def test_model_patterns_and_the_published_table(tmp_path):
     zoo = bench.zoo_models(bench.read_published(tool.PUBLISHED))
     assert set(bench.select_models(["inline_*_tiny", "biformer_tiny", "inline_deit_tiny"], zoo)) == {
-        "inline_deit_tiny", "inline_swin_tiny", "biformer_tiny"}
+        "inline_deit_tiny", "inline_swin_tiny", "inline_pvt_tiny", "inline_cswin_tiny", "biformer_tiny"}
     assert bench.select_models(["deit_small_patch16_224"], zoo) == ["deit_small_patch16_224"]  # a timm baseline
     with pytest.raises(UserError, match="matches no model"):
         bench.select_models(["deit_*"], zoo)
