@@ -63,7 +63,10 @@ def _dense_inline(block, x, h, w):
     logits = (c // heads) ** -0.5 / n * q @ k.transpose(-2, -1)
     weights = logits - logits.mean(-1, keepdim=True) + 1 / n  # a_ij = (s/N) q_i.k_j - mean_j(...) + 1/N
     out = (weights @ v).transpose(1, 2).reshape(b, n, c)
-    kernels = block.residual(x.mean(1).unsqueeze(-1)).reshape(b, c, 3, 3)
+    predicted = x.mean(1).unsqueeze(-1)
+    for layer in block.residual:  # the predictor's Conv1d, GELU, Conv1d applied one by one
+        predicted = layer(predicted)
+    kernels = predicted.reshape(b, c, 3, 3)
     v_map = F.pad(v.transpose(1, 2).reshape(b, n, c)[:, prefix:].reshape(b, h, w, c), (0, 0, 1, 1, 1, 1))
     local = sum(kernels[:, None, None, :, dy, dx] * v_map[:, dy:dy + h, dx:dx + w]
                 for dy in range(3) for dx in range(3))

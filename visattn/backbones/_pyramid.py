@@ -30,16 +30,15 @@ class PyramidStage(nn.Module):
         return x
 
 
-def pyramid_stages(depths: Sequence[int], dims: Sequence[int], drop_path_rate: float,
-                   downsample: Callable[[int, int], nn.Module],
+def pyramid_stages(depths: Sequence[int], drop_path_rate: float, downsample: Callable[[int], nn.Module],
                    block: Callable[[int, int, float], nn.Module]) -> list[PyramidStage]:
-    """Stage i: ``downsample(dims[i - 1], dims[i])`` (none before stage 0) and the blocks ``block(i, j, drop_path)``
-    for j < depths[i], the drop-path rate rising linearly from 0 to ``drop_path_rate`` over all blocks."""
+    """Stage i: ``downsample(i)`` into it (none before stage 0) and the blocks ``block(i, j, drop_path)`` for
+    j < depths[i], the drop-path rate rising linearly from 0 to ``drop_path_rate`` over all blocks."""
     rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
     stages = []
     for i, depth in enumerate(depths):
         blocks = [block(i, j, rates[i][j]) for j in range(depth)]
-        stages.append(PyramidStage(downsample(dims[i - 1], dims[i]) if i else nn.Identity(), blocks))
+        stages.append(PyramidStage(downsample(i) if i else nn.Identity(), blocks))
     return stages
 
 

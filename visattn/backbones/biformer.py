@@ -19,13 +19,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import BiLevelRoutingAttention, LePEAttention
-from ._helpers import create_model, rename_keys
+from ._helpers import create_model, pad_to_multiple, rename_keys
 from ._loader import checkpoint_filter
 from ._pyramid import PyramidModel, pyramid_stages
 
@@ -92,12 +91,6 @@ class Stem(nn.Module):
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad the bottom and right of a (B, C, H, W) map to sides that are multiples of ``multiple``."""
-    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
-
-
 class PatchStem(nn.Module):
     """Conv4x4 stride 4 + BatchNorm (BiFormer-STL): (B, C_in, H, W) -> (B, C, ceil(H/4), ceil(W/4)); sides that
     are not multiples of 4 are zero-padded first (the official stem drops the remainder)."""
@@ -108,7 +101,7 @@ class PatchStem(nn.Module):
         self.norm = nn.BatchNorm2d(out_chs, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(_pad_to_multiple(x, 4)))
+        return self.norm(self.conv(pad_to_multiple(x, 4)))
 
 
 class PatchMerging(nn.Module):
@@ -121,7 +114,7 @@ class PatchMerging(nn.Module):
         self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(_pad_to_multiple(self.norm(x), 2))
+        return self.conv(pad_to_multiple(self.norm(x), 2))
 
 
 _LAYOUTS = {"biformer": (Stem, ConvBnDownsample, True), "swin": (PatchStem, PatchMerging, False)}
@@ -157,7 +150,7 @@ class BiFormer(PyramidModel):
         dd = dict(device=device, dtype=dtype)
         stem = stem_cls(in_chans, dims[0], **dd)
         stages = pyramid_stages(
-            depths, dims, drop_path_rate, lambda cin, cout: downsample_cls(cin, cout, **dd),
+            depths, drop_path_rate, lambda i: downsample_cls(dims[i - 1], dims[i], **dd),
             lambda i, j, dpr: BiFormerBlock(dims[i], dims[i] // head_dim, n_win, topks[i], mlp_ratio, dpr,
                                             full_attn_heads, pos_embed, lepe_source, **dd))
         super().__init__(stem, stages, nn.BatchNorm2d(dims[-1], **dd), dims, in_chans, num_classes, global_pool,

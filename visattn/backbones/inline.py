@@ -45,9 +45,9 @@ from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
-from ..blocks import InjectiveLinearAttention, WindowAttention
+from ..blocks import InjectiveLinearAttention, PredictedLocalResidual, WindowAttention
 from ..ops.linear_attention import linear_attention
-from ._helpers import create_model, rename_keys
+from ._helpers import create_model, pad_to_multiple, rename_keys
 from ._loader import checkpoint_filter
 from ._pyramid import PyramidModel, pyramid_stages
 from ._vit import GridViT
@@ -178,7 +178,7 @@ class InLineSwin(PyramidModel):
         stem = PatchEmbed(None, 4, in_chans, embed_dim, norm_layer=nn.LayerNorm, output_fmt="NHWC",
                           strict_img_size=False, dynamic_img_pad=True, **dd)
         stages = pyramid_stages(
-            depths, dims, drop_path_rate, lambda cin, cout: PatchMerging(cin, cout, **dd),
+            depths, drop_path_rate, lambda i: PatchMerging(dims[i - 1], dims[i], **dd),
             lambda i, j, dpr: InLineSwinBlock(dims[i], num_heads[i], inline=j < inline_depths[i],
                                               window_size=window_size, shift=j % 2 == 1, inline_window=inline_window,
                                               mlp_ratio=mlp_ratio, drop_path=dpr, **dd))
@@ -233,10 +233,7 @@ class CSwinBranch(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.get_v = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
         if inline:
-            self.residual = nn.Sequential(
-                nn.Conv1d(dim, dim, 1, groups=num_heads, **dd), nn.GELU(),
-                nn.Conv1d(dim, 9 * dim, 1, groups=num_heads, **dd),
-            )
+            self.residual = PredictedLocalResidual(dim, num_heads, **dd)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         n, h, w, c = x.shape
@@ -252,12 +249,7 @@ class CSwinBranch(nn.Module):
             out = linear_attention(self._heads(q), self._heads(k), self._heads(v), self.scale / (wh * ww),
                                    injective=True)
             out = out.transpose(1, 2).reshape(n, wh, ww, c)
-            kernels = self.residual(x_mean.unsqueeze(-1)).reshape(b * c, 1, 3, 3)
-            if b:
-                local = F.conv2d(v_map.reshape(1, b * c, wh, ww), kernels, padding=1, groups=b * c)
-            else:  # conv2d takes no zero groups; the empty term stays in the kernels' graph (zero gradients)
-                local = v_map + kernels.sum()
-            out = out + local.reshape(n, c, wh, ww).permute(0, 2, 3, 1)
+            out = out + self.residual(v_map, x_mean).permute(0, 2, 3, 1)
         else:
             mask = None
             if (layout[3] * wh, layout[4] * ww) != (h, w):  # padded stripes: their padding is no key
@@ -313,10 +305,7 @@ class ConvLNEmbed(nn.Module):
         self.norm = nn.LayerNorm(out_chs, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stem:
-            x = F.pad(x, (0, -x.shape[-1] % 4, 0, -x.shape[-2] % 4))
-        else:
-            x = x.permute(0, 3, 1, 2)
+        x = pad_to_multiple(x, 4) if self.stem else x.permute(0, 3, 1, 2)
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
 
 
@@ -343,7 +332,7 @@ class InLineCSwin(PyramidModel):
         last = len(depths) - 1
         stem = ConvLNEmbed(in_chans, dims[0], stem=True, **dd)
         stages = pyramid_stages(
-            depths, dims, drop_path_rate, lambda cin, cout: ConvLNEmbed(cin, cout, stem=False, **dd),
+            depths, drop_path_rate, lambda i: ConvLNEmbed(dims[i - 1], dims[i], stem=False, **dd),
             lambda i, j, dpr: InLineCSwinBlock(dims[i], num_heads[i], inline=attn_types[i] == "I",
                                                stripes=attn_types[i] == "S" and i != last, split=split,
                                                mlp_ratio=mlp_ratio, drop_path=dpr, **dd))
@@ -371,10 +360,7 @@ class PVTPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last_in:
             x = x.permute(0, 3, 1, 2)
-        pad_h, pad_w = -x.shape[-2] % self.patch, -x.shape[-1] % self.patch
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        x = self.norm(self.proj(x).permute(0, 2, 3, 1))
+        x = self.norm(self.proj(pad_to_multiple(x, self.patch)).permute(0, 2, 3, 1))
         h, w = x.shape[1:3]
         pos = self.pos_embed.view(1, *self.grid, -1)
         if (h, w) != self.grid:
@@ -407,10 +393,9 @@ class InLinePVT(PyramidModel):
             return -(-size[0] // stride), -(-size[1] // stride)
 
         stem = PVTPatchEmbed(in_chans, dims[0], 4, grid(4), channels_last_in=False, **dd)
-        strides = iter(4 * 2 ** i for i in range(1, len(dims)))
         stages = pyramid_stages(
-            depths, dims, drop_path_rate,
-            lambda cin, cout: PVTPatchEmbed(cin, cout, 2, grid(next(strides)), channels_last_in=True, **dd),
+            depths, drop_path_rate,
+            lambda i: PVTPatchEmbed(dims[i - 1], dims[i], 2, grid(4 * 2 ** i), channels_last_in=True, **dd),
             lambda i, j, dpr: InLineSwinBlock(dims[i], num_heads[i], inline=True, inline_window=None,
                                               mlp_ratio=mlp_ratios[i], drop_path=dpr, eps=1e-6, **dd))
         super().__init__(stem, stages, nn.Identity(), dims, in_chans, num_classes, global_pool, drop_rate, **dd)
@@ -537,13 +522,14 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _create(model_cls: type, variant: str, pretrained: bool, args: dict, kwargs: dict) -> nn.Module:
+    """``variant`` of ``model_cls`` with its architecture ``args``, which the caller's ``kwargs`` override."""
+    return create_model(model_cls, variant, pretrained, dict(args, **kwargs))
+
+
 def _create_deit(variant: str, pretrained: bool, img_size: int, kwargs: dict) -> InLineDeiT:
-    kwargs = dict(dict(img_size=img_size, patch_size=16, depth=12, out_indices=3), **kwargs)
-    return create_model(InLineDeiT, variant, pretrained, kwargs)
-
-
-def _create_swin(variant: str, pretrained: bool, kwargs: dict) -> InLineSwin:
-    return create_model(InLineSwin, variant, pretrained, kwargs)
+    return _create(InLineDeiT, variant, pretrained, dict(img_size=img_size, patch_size=16, depth=12, out_indices=3),
+                   kwargs)
 
 
 @register_model
@@ -568,69 +554,61 @@ def inline_deit_base(pretrained: bool = False, **kwargs) -> InLineDeiT:
 def inline_swin_tiny(pretrained: bool = False, **kwargs) -> InLineSwin:
     """InLine-Swin-T (IIIS): depths 2-2-6-2, dims 96-768."""
     args = dict(depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), inline_depths=(2, 2, 6, 0))
-    return _create_swin("inline_swin_tiny", pretrained, dict(args, **kwargs))
+    return _create(InLineSwin, "inline_swin_tiny", pretrained, args, kwargs)
 
 
 @register_model
 def inline_swin_small(pretrained: bool = False, **kwargs) -> InLineSwin:
     """InLine-Swin-S (IISS): depths 2-2-18-2, dims 96-768."""
     args = dict(depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), inline_depths=(2, 2, 0, 0))
-    return _create_swin("inline_swin_small", pretrained, dict(args, **kwargs))
+    return _create(InLineSwin, "inline_swin_small", pretrained, args, kwargs)
 
 
 @register_model
 def inline_swin_base(pretrained: bool = False, **kwargs) -> InLineSwin:
     """InLine-Swin-B (IIMS2): depths 2-2-18-2, dims 128-1024."""
     args = dict(depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), inline_depths=(2, 2, 2, 0), embed_dim=128)
-    return _create_swin("inline_swin_base", pretrained, dict(args, **kwargs))
-
-
-def _create_pvt(variant: str, pretrained: bool, depths: tuple[int, ...], kwargs: dict) -> InLinePVT:
-    return create_model(InLinePVT, variant, pretrained, dict(dict(depths=depths), **kwargs))
+    return _create(InLineSwin, "inline_swin_base", pretrained, args, kwargs)
 
 
 @register_model
 def inline_pvt_tiny(pretrained: bool = False, **kwargs) -> InLinePVT:
     """InLine-PVT-T: depths 2-2-2-2, dims 64-512."""
-    return _create_pvt("inline_pvt_tiny", pretrained, (2, 2, 2, 2), kwargs)
+    return _create(InLinePVT, "inline_pvt_tiny", pretrained, dict(depths=(2, 2, 2, 2)), kwargs)
 
 
 @register_model
 def inline_pvt_small(pretrained: bool = False, **kwargs) -> InLinePVT:
     """InLine-PVT-S: depths 3-4-6-3, dims 64-512."""
-    return _create_pvt("inline_pvt_small", pretrained, (3, 4, 6, 3), kwargs)
+    return _create(InLinePVT, "inline_pvt_small", pretrained, dict(depths=(3, 4, 6, 3)), kwargs)
 
 
 @register_model
 def inline_pvt_medium(pretrained: bool = False, **kwargs) -> InLinePVT:
     """InLine-PVT-M: depths 3-4-18-3, dims 64-512."""
-    return _create_pvt("inline_pvt_medium", pretrained, (3, 4, 18, 3), kwargs)
+    return _create(InLinePVT, "inline_pvt_medium", pretrained, dict(depths=(3, 4, 18, 3)), kwargs)
 
 
 @register_model
 def inline_pvt_large(pretrained: bool = False, **kwargs) -> InLinePVT:
     """InLine-PVT-L: depths 3-8-27-3, dims 64-512."""
-    return _create_pvt("inline_pvt_large", pretrained, (3, 8, 27, 3), kwargs)
-
-
-def _create_cswin(variant: str, pretrained: bool, args: dict, kwargs: dict) -> InLineCSwin:
-    return create_model(InLineCSwin, variant, pretrained, dict(args, **kwargs))
+    return _create(InLinePVT, "inline_pvt_large", pretrained, dict(depths=(3, 8, 27, 3)), kwargs)
 
 
 @register_model
 def inline_cswin_tiny(pretrained: bool = False, **kwargs) -> InLineCSwin:
     """InLine-CSwin-T (IISS): depths 2-4-18-1, dims 64-512."""
-    return _create_cswin("inline_cswin_tiny", pretrained, dict(depths=(2, 4, 18, 1)), kwargs)
+    return _create(InLineCSwin, "inline_cswin_tiny", pretrained, dict(depths=(2, 4, 18, 1)), kwargs)
 
 
 @register_model
 def inline_cswin_small(pretrained: bool = False, **kwargs) -> InLineCSwin:
     """InLine-CSwin-S (IISS): depths 3-6-29-2, dims 64-512."""
-    return _create_cswin("inline_cswin_small", pretrained, dict(depths=(3, 6, 29, 2)), kwargs)
+    return _create(InLineCSwin, "inline_cswin_small", pretrained, dict(depths=(3, 6, 29, 2)), kwargs)
 
 
 @register_model
 def inline_cswin_base(pretrained: bool = False, **kwargs) -> InLineCSwin:
     """InLine-CSwin-B (IISS): depths 3-6-29-2, dims 96-768."""
     args = dict(depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), embed_dim=96)
-    return _create_cswin("inline_cswin_base", pretrained, args, kwargs)
+    return _create(InLineCSwin, "inline_cswin_base", pretrained, args, kwargs)

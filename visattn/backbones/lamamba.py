@@ -91,7 +91,7 @@ class LaMamba(PyramidModel):
         dd = dict(device=device, dtype=dtype)
         stem = ConvLnDown(in_chans, dims[0], 4, 4, nchw_in=True, **dd)
         stages = pyramid_stages(
-            depths, dims, drop_path_rate, lambda cin, cout: ConvLnDown(cin, cout, 3, 2, **dd),
+            depths, drop_path_rate, lambda i: ConvLnDown(dims[i - 1], dims[i], 3, 2, **dd),
             lambda i, j, dpr: LaMambaBlock(dims[i], dims[i] // head_dim, window_size, shift=j % 2 == 1,
                                            mlp_ratio=mlp_ratio, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=dpr,
                                            **dd))

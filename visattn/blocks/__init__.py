@@ -3,7 +3,7 @@
 from ._checkpoint import maybe_checkpoint
 from .attention import LePEAttention
 from .dual_gated_attention import DualGatedLinearAttention, DualGatedLinearAttentionBlock
-from .linear_attention import InjectiveLinearAttention
+from .linear_attention import InjectiveLinearAttention, PredictedLocalResidual
 from .mask_decoder import PromptFreeMaskDecoder, TwoWayTransformer
 from .polarized_attention import PolarizedSelfAttention
 from .routing_attention import BiLevelRoutingAttention
@@ -14,5 +14,5 @@ from .window_attention import WindowAttention
 
 __all__ = ["SS2D", "BiLevelRoutingAttention", "ConnectivityPredictor", "DualGatedLinearAttention",
            "DualGatedLinearAttentionBlock", "InjectiveLinearAttention", "LePEAttention", "PolarizedSelfAttention",
-           "PromptFreeMaskDecoder", "PromptedAttention", "SparsifinerAttention", "TokenCoordinatedPrompts",
-           "TwoWayTransformer", "WindowAttention", "maybe_checkpoint"]
+           "PredictedLocalResidual", "PromptFreeMaskDecoder", "PromptedAttention", "SparsifinerAttention",
+           "TokenCoordinatedPrompts", "TwoWayTransformer", "WindowAttention", "maybe_checkpoint"]

@@ -9,6 +9,28 @@ import torch.nn.functional as F
 from ..ops.linear_attention import linear_attention
 
 
+class PredictedLocalResidual(nn.Sequential):
+    """InLine's local residual: a per-sample depthwise 3x3 convolution (zero padded) whose kernels are predicted from
+    a (B, C) context m (the mean of the attention's or block's input tokens):
+
+        w = Conv1d(C, 9C, 1, groups=heads)(GELU(Conv1d(C, C, 1, groups=heads)(m))),  out = DWConv3x3_w(V)
+
+    Keeps the official ``residual.{0,2}`` parameter layout. Shapes: v_map (B, C, H, W), context (B, C) -> v_map's.
+    """
+
+    def __init__(self, dim: int, num_heads: int, device=None, dtype=None):
+        dd = dict(device=device, dtype=dtype)
+        super().__init__(nn.Conv1d(dim, dim, 1, groups=num_heads, **dd), nn.GELU(),
+                         nn.Conv1d(dim, 9 * dim, 1, groups=num_heads, **dd))
+
+    def forward(self, v_map: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = v_map.shape
+        kernels = super().forward(context.unsqueeze(-1)).reshape(b * c, 1, 3, 3)
+        if not b:  # conv2d takes no zero groups; the empty term stays in the kernels' graph (zero gradients)
+            return v_map + kernels.sum()
+        return F.conv2d(v_map.reshape(1, b * c, h, w), kernels, padding=1, groups=b * c).view(b, c, h, w)
+
+
 class InjectiveLinearAttention(nn.Module):
     """InLine attention over N = P + H*W tokens (P prefix tokens such as a class token, then an H x W grid).
 
@@ -17,12 +39,9 @@ class InjectiveLinearAttention(nn.Module):
         a_ij = (s/N) q_i . k_j - mean_j[(s/N) q_i . k_j] + 1/N              (rows sum to 1, may be negative)
         O_i  = sum_j a_ij v_j = (s/N) q_i (sum_j k_j^T v_j - N k_mean^T v_mean) + v_mean,
 
-    the second (linear-time, O(N d^2)) form being what runs. The local residual adds, for grid tokens only, a
-    per-sample depthwise 3x3 conv (zero padded) of the V map whose kernels are predicted from the mean of all N
-    input tokens X (prefix tokens included, as the official DeiT):
-
-        w = Conv1d(C, 9C, 1, groups=heads)(GELU(Conv1d(C, C, 1, groups=heads)(mean_j X_j)))
-        Y = W_o (O + DWConv3x3_w(V))
+    the second (linear-time, O(N d^2)) form being what runs. The local residual (:class:`PredictedLocalResidual`)
+    adds, for grid tokens only, a per-sample DWConv3x3_w of the V map whose kernels w are predicted from the mean of
+    all N input tokens X (prefix tokens included, as the official DeiT): Y = W_o (O + DWConv3x3_w(V)).
 
     Shapes: x (B, P + H*W, C) with ``size=(H, W)`` -> (B, P + H*W, C). Any H, W.
     """
@@ -36,10 +55,7 @@ class InjectiveLinearAttention(nn.Module):
         self.num_heads, self.backend = num_heads, backend
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
-        self.residual = nn.Sequential(
-            nn.Conv1d(dim, dim, 1, groups=num_heads, **dd), nn.GELU(),
-            nn.Conv1d(dim, 9 * dim, 1, groups=num_heads, **dd),
-        )
+        self.residual = PredictedLocalResidual(dim, num_heads, **dd)
         self.proj = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -53,11 +69,7 @@ class InjectiveLinearAttention(nn.Module):
         out = linear_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale / n,
                                injective=True, backend=self.backend)
         out = out.transpose(1, 2).reshape(b, n, c)
-        kernels = self.residual(x.mean(dim=1).unsqueeze(-1)).reshape(b * c, 1, 3, 3)
-        v_map = v[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2).reshape(1, b * c, h, w)
-        if b:
-            local = F.conv2d(v_map, kernels, padding=1, groups=b * c).reshape(b, c, h * w).transpose(1, 2)
-        else:  # conv2d takes no zero groups; the empty local term stays in the kernels' graph (zero gradients)
-            local = x.new_zeros(0, h * w, c) + kernels.sum()
+        v_map = v[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2)
+        local = self.residual(v_map, x.mean(dim=1)).reshape(b, c, h * w).transpose(1, 2)
         out = torch.cat([out[:, :prefix], out[:, prefix:] + local], dim=1) if prefix else out + local
         return self.proj(out)

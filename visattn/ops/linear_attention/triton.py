@@ -342,9 +342,12 @@ class Tiling:
                     num_warps=self.num_warps, **flags)
 
 
-def _rope_tables(q: torch.Tensor, rope_cos: torch.Tensor | None, rope_sin: torch.Tensor | None) -> tuple:
-    """The kernels' COS and SIN pointers: the tables, or q (never read) without a rotary embedding."""
-    return (q, q) if rope_cos is None else (rope_cos, rope_sin)
+def _feature_args(q: torch.Tensor, rope_cos: torch.Tensor | None, rope_sin: torch.Tensor | None,
+                  feature_map: str | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The kernels' COS and SIN pointers (the tables, or q, never read, without a rotary embedding) and their ELU
+    and ROPE flags."""
+    cos, sin = (q, q) if rope_cos is None else (rope_cos, rope_sin)
+    return cos, sin, dict(ELU=feature_map == "elu+1", ROPE=rope_cos is not None)
 
 
 @on_tensor_device
@@ -353,8 +356,7 @@ def forward(q, k, v, norm_q, norm_k, rope_cos, rope_sin, scale, injective, norma
     strides. Returns the float32 sums S = sum_j k~_j^T v_j, sum_j kn_j (kn = norm_k, k' when normalizing, else
     k~), sum_j v_j, packed per head: (B, H, D E + D + E)."""
     tiling = Tiling(q, v)
-    cos, sin = _rope_tables(q, rope_cos, rope_sin)
-    features = dict(ELU=feature_map == "elu+1", ROPE=rope_cos is not None)
+    cos, sin, features = _feature_args(q, rope_cos, rope_sin, feature_map)
     key_like = k if norm_k is None else norm_k
     sums = tiling.packed_sums(q)
     _state_kernel[(tiling.splits, tiling.B * tiling.H)](
@@ -379,8 +381,7 @@ def backward(grad_out, q, k, v, norm_q, rope_cos, rope_sin, state, scale, inject
     """Launch the query- and key-side gradient kernels. Returns (dq, dk, dv, d norm_q, d norm_k), the last two
     None unless ``separate_norms``; dq, dk, dv laid out like q, k, v."""
     tiling = Tiling(q, v)
-    cos, sin = _rope_tables(q, rope_cos, rope_sin)
-    features = dict(ELU=feature_map == "elu+1", ROPE=rope_cos is not None)
+    cos, sin, features = _feature_args(q, rope_cos, rope_sin, feature_map)
     query_like = norm_q if separate_norms else q
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dnorm_q, dnorm_k = (torch.empty_like(q), torch.empty_like(k)) if separate_norms else (dq, dk)

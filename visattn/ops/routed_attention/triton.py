@@ -344,7 +344,7 @@ class Tiling:
     def __init__(self, q: torch.Tensor, v: torch.Tensor, num_heads: int, n_win: int):
         b, h, w, c_qk = q.shape
         self.B, self.H, self.W, self.n_win = b, h, w, n_win
-        self.rh, self.rw = -(-h // n_win), -(-w // n_win)
+        self.rh, self.rw = cdiv(h, n_win), cdiv(w, n_win)
         self.R = self.rh * self.rw
         self.S2 = n_win * n_win
         self.num_heads = num_heads
@@ -352,8 +352,8 @@ class Tiling:
         self.bd_qk, self.bd_v = head_tile(self.d_qk), head_tile(self.d_v)
         self.block_m, self.block_n = BLOCK_M, BLOCK_N
         self.G = max(1, self.block_m // self.R)
-        self.n_sub = 1 if self.G > 1 else -(-self.R // self.block_m)
-        self.n_tiles = -(-self.S2 // self.G)
+        self.n_sub = 1 if self.G > 1 else cdiv(self.R, self.block_m)
+        self.n_tiles = cdiv(self.S2, self.G)
         self.precision = dot_precision(q.dtype)
 
     def empty_plan(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
