@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/gpu-triton.tx
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/train.py --output $(OUT) --overwrite
+	$(PY) tools/train.py --demo --output $(OUT) --overwrite
 	$(PY) tools/eval.py --checkpoint $(OUT)/best.pth
 	@echo "checkpoint: $(OUT)/best.pth  curves: $(OUT)/curves.png  metrics: $(OUT)/metrics.json"
 

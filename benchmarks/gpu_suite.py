@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The one prepared GPU run: op tests on CUDA, op timings, model throughput; writes benchmarks/RESULTS.md.
 
-    PYTHONUNBUFFERED=1 python benchmarks/gpu_suite.py            # everything, a few minutes on an H100/H200
-    python benchmarks/gpu_suite.py --skip-tests --models biformer_tiny
+    PYTHONUNBUFFERED=1 python -m benchmarks.gpu_suite            # everything, a few minutes on an H100/H200
+    python -m benchmarks.gpu_suite --skip-tests --models biformer_tiny
 
 1. ``pytest tests/ops`` with ``VISATTN_TEST_DEVICE=cuda`` (fused kernels against the reference, bf16 included).
 2. Each op at its models' shapes, fused kernels against the reference: routed attention (BiFormer; also
@@ -36,13 +36,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from visattn.engine.benchmark import (  # noqa: E402
+from visattn.benchmark import (
     FUSED_ONLY,
     bench_model,
     forced_backend,
@@ -51,6 +48,8 @@ from visattn.engine.benchmark import (  # noqa: E402
     time_ms,
     training_step,
 )
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name, batch, H, W (attention map), channels, heads, n_win, topk
 ROUTED_SHAPES = [
@@ -113,7 +112,7 @@ FLEX = True  # time FlexAttention next to routed attention (--skip-flex: its com
 
 
 def cuda_time(fn, warmup: int = 3, repeat: int = 10) -> float:
-    """Median milliseconds of ``fn()`` on the suite's device (:func:`visattn.engine.benchmark.time_ms`); on the CPU,
+    """Median milliseconds of ``fn()`` on the suite's device (:func:`visattn.benchmark.time_ms`); on the CPU,
     where only the tests run it, one run without warm-up."""
     return time_ms(fn, DEVICE, *((0, 1) if DEVICE == "cpu" else (warmup, repeat)))
 
@@ -467,10 +466,10 @@ def bench_reid(label: str, config: dict, backend: str, infer_batch: int = 256, t
     with forced_backend(backend):
         torch.manual_seed(0)
         model = build(config).to(DEVICE)
-        result = throughput(model, model, torch.rand(infer_batch, 3, *INPUT, device=DEVICE),
+        result = throughput(model, torch.rand(infer_batch, 3, *INPUT, device=DEVICE),
                             torch.rand(train_batch, 3, *INPUT, device=DEVICE),
-                            torch.randint(0, 751, (train_batch,), device=DEVICE),
-                            lambda out, y: F.cross_entropy(out[0], y), warmup, repeat)
+                            torch.randint(0, 751, (train_batch,), device=DEVICE), F.cross_entropy,
+                            warmup=warmup, repeat=repeat)
     return {"model": f"re-id: {label} @256x128", "backend": backend, **result}
 
 
@@ -492,7 +491,7 @@ def profile_routed() -> str:
             routed_attention(q, k, v, 8, 7, 16)
         torch.cuda.synchronize()
     model = timm.create_model("biformer_tiny").to(DEVICE)
-    train_step = training_step(model, model, F.cross_entropy)
+    train_step = training_step(model, F.cross_entropy)
     x, y = torch.randn(64, 3, 224, 224, device=DEVICE), torch.randint(0, 1000, (64,), device=DEVICE)
 
     for _ in range(2):
@@ -772,7 +771,7 @@ def main() -> int:
            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
            "bandwidth": copy_bandwidth()}
     print(f"{env['card']}: copy bandwidth {env['bandwidth']:.0f} GB/s", flush=True)
-    command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
+    command = "python -m benchmarks.gpu_suite " + " ".join(sys.argv[1:])
     tests = "skipped" if args.skip_tests else run_op_tests()
     print(f"op tests: {tests} ({time.time() - started:.0f} s)", flush=True)
     ops, models, errors = [], [], []

@@ -3,7 +3,7 @@
 network against the plain baseline (parameters, MACs at 256x128, latency at batch 1), and the time of the
 retrieval evaluation on a Market-1501-sized problem (3,368 queries x 15,913 gallery).
 
-    .venv/bin/python benchmarks/reid_cost.py [--output benchmarks/REID.md]
+    .venv/bin/python -m benchmarks.reid_cost [--output benchmarks/REID.md]
 
 benchmarks/gpu_suite.py times the same configurations on a GPU (``REID_CONFIGS``).
 """
@@ -22,7 +22,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 # (label, ReIDModel arguments beyond the backbone): where the cheap attention goes in the ResNet-50 BoT network
 REID_CONFIGS = [
@@ -36,7 +35,7 @@ INPUT = (256, 128)
 
 
 def build(config: dict, device="cpu"):
-    from visattn.engine.reid_model import ReIDModel
+    from visattn.tasks.reid.model import ReIDModel
 
     with torch.device(device):
         return ReIDModel("resnet50", num_classes=751, **config).eval()
@@ -69,7 +68,7 @@ def latency_ms(model, batch: int = 1, repeat: int = 10) -> float:
 
 def evaluation_seconds() -> tuple[float, float]:
     """Seconds of evaluate_ranking on a random Market-sized problem, and its mAP (a sanity value)."""
-    from visattn.engine import evaluate_ranking
+    from visattn.tasks.reid import evaluate_ranking
 
     g = torch.Generator().manual_seed(0)
     q, n = 3368, 15913
@@ -111,7 +110,7 @@ def main() -> int:
     for row in rows:
         lines.append(f"| {row['label']} | {row['params']:.2f} | {row['macs']:.3f} | {row['ms']:.1f} | "
                      f"{row['ms'] / base['ms']:.2f}x |")
-    lines += ["", f"Retrieval evaluation (`visattn.engine.evaluate_ranking`, same-camera removal, mAP, CMC, mINP) "
+    lines += ["", f"Retrieval evaluation (`visattn.tasks.reid.evaluate_ranking`, same-camera removal, mAP, CMC, mINP) "
                   f"on a random 3,368 x 15,913 distance matrix: **{seconds:.2f} s**.", ""]
     from visattn.engine.checkpoint import atomic_write
 

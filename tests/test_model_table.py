@@ -7,7 +7,7 @@ import os
 import pytest
 
 import visattn
-from visattn.engine import benchmark as bench
+from visattn import benchmark as bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")

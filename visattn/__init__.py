@@ -4,7 +4,7 @@
 """
 
 from . import backbones
-from .backbones._loader import load_pretrained
+from .weights import load_pretrained
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn
 from tests.conftest import DEVICE
-from visattn.engine.reid_model import ReIDLoss, ReIDModel
+from visattn.contract import TrainOutput
+from visattn.engine.loop import TrainingForward
+from visattn.tasks.reid.model import ReIDLoss, ReIDModel
 
 ON_CPU = pytest.mark.skipif(DEVICE != "cpu", reason="the Triton kernels run under the interpreter on CPU only")
 
@@ -156,10 +158,13 @@ def _train_step(model: torch.nn.Module, forward, x: torch.Tensor, check: context
     torch.manual_seed(0)
     with check:
         out = forward(x)
-        outs = out if isinstance(out, tuple) else (out,)  # FSG-Net's deep supervision
-        loss = sum(o.square().mean() for o in outs)
-        aux = getattr(model, "aux_loss", None)  # TCPA's matching loss
-        torch.autograd.backward(loss if aux is None else loss + aux)
+        if isinstance(out, TrainOutput):  # the model's training forward: every prediction and its own losses
+            outs = out.predictions()
+            loss = sum(o.square().mean() for o in outs) + sum(out.aux_losses.values())
+        else:
+            outs = [out]
+            loss = out
+        torch.autograd.backward(loss)
     return [o.detach() for o in outs], {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -184,10 +189,10 @@ def test_compiled_training_step_matches_eager(case, monkeypatch):
     model, x = _build(case)
     model.train()
     monkeypatch.setenv("VISATTN_BACKEND", "triton")
-    _train_step(model, model, x, NoHostSync())
+    _train_step(model, TrainingForward(model), x, NoHostSync())
     monkeypatch.setenv("VISATTN_BACKEND", "torch")
-    eager_outs, eager_grads = _train_step(model, model, x, NoHostSync())
-    outs, grads = _train_step(model, _compiled(model), x, contextlib.nullcontext())
+    eager_outs, eager_grads = _train_step(model, TrainingForward(model), x, NoHostSync())
+    outs, grads = _train_step(model, _compiled(TrainingForward(model)), x, contextlib.nullcontext())
     torch.testing.assert_close(outs, eager_outs)
     assert grads.keys() == eager_grads.keys()
     for name, grad in grads.items():
@@ -203,7 +208,8 @@ def test_compiled_reid_training_step_matches_eager():
     images, pids = torch.rand(4, 3, 64, 32), torch.tensor([0, 0, 1, 2])
 
     def step(x):
-        return criterion(*model(x), pids)[0]
+        out = model.forward_train(x)
+        return sum(criterion(out.output, out.extras["features"], pids).values())
 
     model.train()
     eager_loss, eager_grads = _train_step(model, step, images, NoHostSync())

@@ -11,6 +11,7 @@ import torch
 from timm.models import model_entrypoint
 
 import visattn
+from visattn.contract import forward_train
 
 MODELS = visattn.list_models()
 SEGMENTATION = visattn.list_models(kind="segmentation")
@@ -164,8 +165,8 @@ def test_grad_checkpointing_recomputes_every_block_and_keeps_the_gradients(name)
         calls.clear()
         model.zero_grad()
         torch.manual_seed(0)  # the same drop-path draws in both runs
-        out = model(x)
-        sum(o.square().mean() for o in (out if isinstance(out, tuple) else (out,))).backward()  # deep supervision
+        out = forward_train(model, x)
+        (sum(o.square().mean() for o in out.predictions()) + sum(out.aux_losses.values())).backward()
         return dict(calls), {n: p.grad for n, p in model.named_parameters()}
 
     plain_calls, plain = step()
@@ -281,11 +282,11 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(class_model):
         model.train(training).zero_grad()
         buffers = {n: b.clone() for n, b in model.named_buffers() if b.is_floating_point()}
         x = empty.clone().requires_grad_()
-        out = model(x)
-        outs = out if isinstance(out, tuple) else (out,)  # FSG-Net's deep supervision in training
+        out = forward_train(model, x)
+        outs = out.predictions()
         assert _shapes(outs) == [logits] * len(outs)
-        aux = getattr(model, "aux_loss", None)  # TCPA's matching loss: zero, not the NaN of a mean over no tokens
-        loss = sum(o.sum() for o in outs) + (aux if aux is not None else 0)
+        # auxiliary losses (TCPA's matching) are zero, not the NaN of a mean over no tokens
+        loss = sum(o.sum() for o in outs) + sum(out.aux_losses.values())
         assert loss.item() == 0
         loss.backward()
         assert x.grad.shape == x.shape

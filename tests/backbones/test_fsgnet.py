@@ -73,8 +73,15 @@ def test_samples_of_a_batch_are_independent():
 @pytest.mark.parametrize("name", ["fsgnet", "fsgnet_nogrm"])
 def test_training_returns_the_three_deep_supervision_logits(name):
     model = _randomized(name).train()
-    outs = model(torch.randn(2, 3, 35, 42))
-    assert isinstance(outs, tuple) and [o.shape for o in outs] == [(2, 1, 35, 42)] * 3
+    x = torch.randn(2, 3, 35, 42)
+    torch.manual_seed(0)
+    out = model.forward_train(x)
+    assert list(out.aux_outputs) == ["level2", "level3"]
+    outs = out.predictions()
+    assert [o.shape for o in outs] == [(2, 1, 35, 42)] * 3
+    torch.manual_seed(0)  # the same DropBlock draws
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), out.output)  # forward is the main logits in training too
     sum(o.square().mean() for o in outs).backward()
     assert not [n for n, p in model.named_parameters() if p.grad is None]
 
@@ -140,7 +147,7 @@ def test_trains_and_predicts_under_half_autocast(dtype):
     torch.testing.assert_close(got, expected, atol=0.05, rtol=0)
     model.train()
     with torch.autocast("cpu", dtype=dtype):
-        outs = model(x)
-    sum(o.float().square().mean() for o in outs).backward()
+        out = model.forward_train(x)
+    sum(o.float().square().mean() for o in (out.output, *out.aux_outputs.values())).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)

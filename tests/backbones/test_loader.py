@@ -10,8 +10,8 @@ from timm.models import adapt_input_conv
 
 import visattn
 from tests.backbones.test_biformer import official_state_dict
-from visattn.backbones._loader import checkpoint_filter, family_filter, read_checkpoint
 from visattn.errors import UserError
+from visattn.weights import checkpoint_filter, family_filter, read_state_dict
 
 KWARGS = dict(depths=(1, 1, 2, 1), dims=(32, 64, 128, 256), n_win=2, topks=(1, 2, 4, None))
 
@@ -126,9 +126,9 @@ def test_official_weights_scheme_reads_the_cached_download(tmp_path, monkeypatch
     visattn.load_pretrained(target, "visattn://biformer_tiny")
     _same_outputs(target, source, torch.randn(1, 3, 64, 64))
     with pytest.raises(UserError, match="unknown model 'biformr_tiny'"):
-        read_checkpoint("visattn://biformr_tiny")
+        read_state_dict("visattn://biformr_tiny")
     with pytest.raises(UserError, match="lamamba_tiny has no published weights"):
-        read_checkpoint("visattn://lamamba_tiny")
+        read_state_dict("visattn://lamamba_tiny")
 
 
 @pytest.mark.parametrize("content, message", [(None, "does not exist"), (b"not a checkpoint", "cannot read"),
@@ -140,7 +140,7 @@ def test_unreadable_sources_are_one_line_errors(tmp_path, content, message):
     elif content is not None:
         torch.save(content, path)
     with pytest.raises(UserError, match=message) as info:
-        read_checkpoint(path)
+        read_state_dict(path)
     assert "\n" not in str(info.value)
 
 

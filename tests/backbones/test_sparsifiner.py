@@ -111,10 +111,12 @@ def test_training_phases_set_gradients_and_attention():
     x = torch.randn(2, 3, 64, 64)
     model.set_training_phase("reconstruct")
     assert {n for n, p in model.named_parameters() if p.requires_grad} == predictor
-    extras = model.train()(x, return_extras=True)
+    out = model.train().forward_train(x)
+    extras = out.extras
     assert [a.shape for a in extras["attention"]] == [(2, 2, 17, 17)] * 2
     assert [a.shape for a in extras["approx"]] == [(2, 2, 16, 17)] * 2
-    assert extras["tokens"].shape == (2, 16, 64) and extras["logits"].shape == (2, 1000)
+    assert extras["tokens"].shape == (2, 16, 64) and out.output.shape == (2, 1000)
+    assert out.stats["keep_ratio"].item() == 1.0  # dense while reconstructing
     torch.testing.assert_close(extras["attention"][0].sum(-1), torch.ones(2, 2, 17))
     loss = sum(F.mse_loss(a, t[:, :, 1:], reduction="sum") for a, t in zip(extras["approx"], extras["attention"],
                                                                             strict=True))
@@ -124,15 +126,17 @@ def test_training_phases_set_gradients_and_attention():
         dense = timm.create_model("sparsifiner_deit_small", keep_rate=1.0, **SMALL).eval()
         dense.load_state_dict(model.state_dict())
         torch.testing.assert_close(model(x), dense(x))  # reconstructing: dense attention in training
-        sparse = model.eval()(x, return_extras=True)  # and sparse in eval
-        assert "attention" not in sparse
-        torch.testing.assert_close(model(x), sparse["logits"])
-        assert not torch.allclose(sparse["logits"], dense(x))
+        sparse = model.eval().forward_train(x)  # and sparse in eval
+        assert "attention" not in sparse.extras
+        torch.testing.assert_close(model(x), sparse.output)
+        assert not torch.allclose(sparse.output, dense(x))
+        # 17 tokens: the class query attends all 17 keys, each patch query ceil(0.25 * 17) = 5
+        assert sparse.stats["keep_ratio"].item() == pytest.approx((17 + 16 * 5) / 17**2)
     model.set_training_phase("distill")
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == predictor
     with torch.no_grad():
-        assert "attention" not in model.train()(x, return_extras=True)
-        torch.testing.assert_close(model(x), sparse["logits"])  # sparse in training too
+        assert "attention" not in model.train().forward_train(x).extras
+        torch.testing.assert_close(model(x), sparse.output)  # sparse in training too
     model.set_training_phase(None)
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="phase='joint'; use 'reconstruct', 'distill' or None"):
@@ -146,7 +150,7 @@ def test_grad_checkpointing_keeps_the_reconstruction_gradients():
 
     def grads():
         model.zero_grad()
-        extras = model(x, return_extras=True)
+        extras = model.forward_train(x).extras
         sum(F.mse_loss(a, t[:, :, 1:]) for a, t in zip(extras["approx"], extras["attention"], strict=True)).backward()
         return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
@@ -175,7 +179,7 @@ def test_the_approximation_uses_the_predictor_formula():
     model = _randomized().double()  # float64: no near-tied coefficients
     x = torch.randn(1, 3, 80, 80, dtype=torch.float64)
     with torch.no_grad():
-        extras = model(x, return_extras=True)
+        extras = model.forward_train(x).extras
         tokens = model._pos_embed(model.patch_embed(x))
         attn = model.blocks[0].attn
         q, k, _ = attn.qkv(model.blocks[0].norm1(tokens)).reshape(1, 26, 3, 2, 32).permute(2, 0, 3, 1, 4)

@@ -51,12 +51,14 @@ def test_forward_and_matching_loss_match_the_official_model(matching, fourier):
     with torch.no_grad():
         expected, dist = official_forward(model, x)
         torch.testing.assert_close(model.eval()(x), expected)
-        assert model.aux_loss is None
+        assert model.forward_train(x).aux_losses == {}  # no matching loss in evaluation
         torch.testing.assert_close(model.train()(x), expected)  # the backbone stays in eval mode
+        out = model.forward_train(x)
+    torch.testing.assert_close(out.output, expected)
     if matching == "token":
-        torch.testing.assert_close(model.aux_loss, 0.5 * dist)
+        torch.testing.assert_close(out.aux_losses["matching"], 0.5 * dist)
     else:
-        assert model.aux_loss is None and dist is None
+        assert out.aux_losses == {} and dist is None
 
 
 def official_state_dict(model: TCPAViT) -> dict:
@@ -133,8 +135,9 @@ def test_only_prompts_and_head_train_and_the_backbone_stays_bit_identical():
     assert not any(m.training for n, m in model.named_modules() if n.startswith(("blocks", "patch_embed", "norm")))
     assert model.prompts.training and model.head.training
     for _ in range(3):
-        loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 3]))
-        (loss + model.aux_loss).backward()
+        out = model.forward_train(torch.randn(2, 3, 32, 32))
+        loss = torch.nn.functional.cross_entropy(out.output, torch.tensor([0, 3]))
+        (loss + out.aux_losses["matching"]).backward()
         optimizer.step()
         optimizer.zero_grad()
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
@@ -150,8 +153,10 @@ def test_grad_checkpointing_keeps_outputs_aux_loss_and_gradients():
     def step():
         model.zero_grad()
         torch.manual_seed(0)  # the same prompt dropout in both runs
-        (model(x).square().mean() + model.aux_loss).backward()
-        return model.aux_loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        out = model.forward_train(x)
+        (out.output.square().mean() + out.aux_losses["matching"]).backward()
+        return out.aux_losses["matching"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                     if p.requires_grad}
 
     plain_loss, plain = step()
     model.set_grad_checkpointing(True)

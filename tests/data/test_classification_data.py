@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visattn.data.classification import DigitsDataset, ImageFolderDataset
 from visattn.errors import UserError
+from visattn.tasks.classification.data import DigitsDataset, ImageFolderDataset
 
 
 def _write(path, mode):

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from visattn.data.medical import (
+from visattn.errors import UserError
+from visattn.tasks.medical.data import (
     FSGNET_AUGMENTATION,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,7 +26,6 @@ from visattn.data.medical import (
     seed_worker_augmentation,
     write_folder,
 )
-from visattn.errors import UserError
 
 
 def _pattern(h, w, seed):
@@ -228,7 +228,7 @@ def test_eval_items_keep_original_resolution_targets():
 
 
 def test_importing_the_medical_modules_loads_no_heavy_dependencies():
-    probe = ("import json, sys; import visattn.data.medical, visattn.engine.medical_metrics; "
+    probe = ("import json, sys; import visattn.tasks.medical.data, visattn.tasks.medical.metrics; "
              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
              "{'albumentations', 'cv2', 'scipy', 'sklearn'})))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

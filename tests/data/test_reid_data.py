@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from visattn.data.reid import (
+from visattn.errors import UserError
+from visattn.tasks.reid.data import (
     PKBatchSampler,
     ReIDImageSet,
     ReIDItem,
@@ -19,7 +20,6 @@ from visattn.data.reid import (
     reid_train_transform,
     write_synthetic_reid,
 )
-from visattn.errors import UserError
 
 
 def _jpg(path, value=128):

@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from visattn import load_pretrained
 from visattn.engine import checkpoint as ckpt_mod
-from visattn.engine.checkpoint import atomic_save, load_checkpoint_file
+from visattn.engine.checkpoint import atomic_save, read_training_checkpoint
 from visattn.errors import UserError
 
 
@@ -49,23 +49,23 @@ def test_strict_load_names_missing_unexpected_and_reshaped_keys():
 
 def test_load_checkpoint_file_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        load_checkpoint_file(str(tmp_path / "nope.pth"))
+        read_training_checkpoint(str(tmp_path / "nope.pth"))
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(UserError, match=r"empty.pth is empty \(0 bytes\): its write was cut off"):
-        load_checkpoint_file(str(tmp_path / "empty.pth"))
+        read_training_checkpoint(str(tmp_path / "empty.pth"))
     (tmp_path / "junk.pth").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(UserError, match="cannot read checkpoint .*junk.pth: not a PyTorch .* or safetensors file$"):
-        load_checkpoint_file(str(tmp_path / "junk.pth"))
+        read_training_checkpoint(str(tmp_path / "junk.pth"))
     torch.save({"state_dict": {"w": torch.ones(3)}}, tmp_path / "whole.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:300])
     with pytest.raises(UserError, match="cut.pth: the file is cut off or damaged"):
-        load_checkpoint_file(str(tmp_path / "cut.pth"))
+        read_training_checkpoint(str(tmp_path / "cut.pth"))
     torch.save({"state_dict": {}, "module": nn.Linear(2, 2)}, tmp_path / "pickled.pth")
     with pytest.raises(UserError, match=r"holds Python objects \(torch.nn.modules.linear.Linear\) beyond tensors"):
-        load_checkpoint_file(str(tmp_path / "pickled.pth"))
+        read_training_checkpoint(str(tmp_path / "pickled.pth"))
     torch.save({"model": {}}, tmp_path / "official.pth")
     with pytest.raises(UserError, match="not a visattn training checkpoint"):
-        load_checkpoint_file(str(tmp_path / "official.pth"))
+        read_training_checkpoint(str(tmp_path / "official.pth"))
 
 
 def test_metric_files_are_strict_json_with_nan_as_null(tmp_path):

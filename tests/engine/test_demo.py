@@ -1,6 +1,6 @@
 """The built-in default job: the small BiFormer on scikit-learn's digits must pass 90% validation top-1."""
 
-from visattn.engine.classification import ClassificationConfig, evaluate_checkpoint, train
+from visattn.tasks.classification.task import ClassificationConfig, evaluate_checkpoint, train
 
 
 def test_demo_reaches_90_percent_and_eval_reproduces_it(tmp_path):
@@ -18,9 +18,9 @@ def test_reid_demo_ranks_far_above_chance(tmp_path, monkeypatch):
     same protocol on the same query and gallery."""
     import numpy as np
 
-    from visattn.engine import evaluate_ranking
-    from visattn.engine.reid import ReIDConfig, open_data
-    from visattn.engine.reid import train as train_reid
+    from visattn.tasks.reid import evaluate_ranking
+    from visattn.tasks.reid.task import ReIDConfig, open_data
+    from visattn.tasks.reid.task import train as train_reid
 
     monkeypatch.setenv("VISATTN_CACHE", str(tmp_path / "cache"))
     best = train_reid(ReIDConfig.demo(str(tmp_path / "run")))["best"]

@@ -7,10 +7,11 @@ import timm
 import torch
 from PIL import Image
 
-from visattn.engine import distill
-from visattn.engine.classification import ClassificationConfig, ClassificationTask, carve_split
 from visattn.engine.fit import fit, trainable_summary
+from visattn.engine.loop import TrainingForward
 from visattn.errors import UserError
+from visattn.tasks.classification import distill
+from visattn.tasks.classification.task import ClassificationConfig, ClassificationTask, carve_split
 
 VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 SPARSIFINER = dict(VIT, patch_size=4, img_size=32)
@@ -103,7 +104,7 @@ def test_bad_distillation_options_are_one_line_errors(folder, tmp_path):
         _config(folder, tmp_path, val_split=1.5)
     task = ClassificationTask(_config(folder, tmp_path, model="vit_tiny_patch16_224", model_kwargs=TEACHER,
                                       phase="reconstruct"))
-    with pytest.raises(UserError, match="connectivity predictors"):
+    with pytest.raises(UserError, match="has no such training phase; it declares no training phases"):
         task.build(torch.device("cpu"), 0, 1)
 
 
@@ -130,12 +131,18 @@ def test_phase_one_against_a_teacher_and_phase_two_with_distillation(folder, tmp
                                            model_kwargs=SPARSIFINER, phase="reconstruct", teacher=str(path),
                                            epochs=1)))
     assert np.isfinite(first["history"][0]["train_loss"])
+    assert first["history"][0]["keep_ratio"] == 1.0  # reconstructing: every block attends densely
     start = str(tmp_path / "run" / "last.pth")
     cfg = _config(folder, tmp_path, model="sparsifiner_deit_small", model_kwargs=SPARSIFINER, phase="distill",
                   teacher=str(path), init=start, epochs=1, output=str(tmp_path / "phase2"))
     task = ClassificationTask(cfg)
     second = fit(task)
-    assert np.isfinite(second["history"][0]["train_loss"])
+    row = second["history"][0]
+    assert np.isfinite(row["train_loss"])
+    assert row["ce"] + row["kd"] + row["token_mse"] == pytest.approx(row["train_loss"], rel=1e-4)
+    # sparse in the distillation phase: N = 1 + 8 * 8 tokens, the class query attends all, each patch query
+    # ceil(0.25 N) = 17 keys
+    assert row["keep_ratio"] == pytest.approx((65 + 64 * 17) / 65**2)
     before = torch.load(start, weights_only=True)["state_dict"]
     after = torch.load(tmp_path / "phase2" / "last.pth", weights_only=True)["state_dict"]
     predictors = [k for k in before if ".mask_predictor." in k]
@@ -171,13 +178,17 @@ def test_a_models_auxiliary_loss_is_added(folder, tmp_path):
     task = ClassificationTask(_config(folder, tmp_path, model="tcpa_vit_base_patch16_224", model_kwargs=kwargs))
     model, train_set = task.build(torch.device("cpu"), 0, 1)
     batch = next(iter(torch.utils.data.DataLoader(train_set, batch_size=4)))
-    model.train()
+    net = TrainingForward(model).train()
     torch.manual_seed(0)
-    loss, _ = task.compute_loss(model, batch, torch.device("cpu"))
+    step = task.compute_loss(net, batch, torch.device("cpu"))
     torch.manual_seed(0)
-    plain = task.criterion(model(batch[0]), batch[1])
-    torch.testing.assert_close(loss, plain + model.aux_loss)
-    assert model.aux_loss > 0
+    out = model.forward_train(batch[0])
+    plain = task.criterion(out.output, batch[1])
+    matching = out.aux_losses["matching"]
+    assert matching > 0
+    torch.testing.assert_close(step.loss, plain + matching)
+    torch.testing.assert_close(step.parts["matching"], matching)
+    torch.testing.assert_close(step.parts["ce"], plain)
 
 
 def test_prompt_options_on_a_model_without_prompts_are_one_line_errors():

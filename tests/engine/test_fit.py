@@ -9,7 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from visattn.engine.fit import TASKS, Task, TrainConfig, fit, free_run_folder, get_task, resumed_config
+import visattn.tasks  # noqa: F401  (registers the tasks)
+from visattn.contract import TrainOutput
+from visattn.engine.fit import fit, free_run_folder, resumed_config
+from visattn.engine.task import TASKS, Step, Task, TrainConfig, get_task, register_task
 from visattn.errors import UserError
 
 
@@ -37,7 +40,8 @@ class ToyRegression(Task):
 
     def compute_loss(self, net, batch, device):
         x, y = (t.to(device) for t in batch)
-        return F.mse_loss(net(x), y), len(x)
+        out = net(x)
+        return Step.from_parts({"mse": F.mse_loss(out.output, y), **out.aux_losses}, len(x), out.stats)
 
     @torch.no_grad()
     def evaluate(self, model, device):
@@ -112,8 +116,9 @@ def test_load_checkpoint_names_the_task_of_another_tasks_checkpoint(tmp_path):
         ToyRegression.load_checkpoint(str(tmp_path / "seg.pth"))
 
 
-@pytest.mark.parametrize("name", list(TASKS))
-def test_every_registered_task_resolves_to_its_class(name):
+@pytest.mark.parametrize("name", ["classification", "medical-seg", "reid"])
+def test_every_task_is_registered_and_resolves_to_its_class(name):
+    assert name in TASKS
     task = get_task(name)
     assert issubclass(task, Task) and task.name == name and issubclass(task.config, TrainConfig)
 
@@ -149,8 +154,8 @@ class NaNInEpoch2(ToyRegression):
     epoch = 1
 
     def compute_loss(self, net, batch, device):
-        loss, count = super().compute_loss(net, batch, device)
-        return (loss * float("nan") if self.epoch == 2 else loss), count
+        step = super().compute_loss(net, batch, device)
+        return Step(step.loss * float("nan") if self.epoch == 2 else step.loss, step.samples)
 
     def evaluate(self, model, device):
         self.epoch += 1
@@ -185,3 +190,84 @@ def test_same_seed_same_run_and_another_seed_another(tmp_path):
             for name, seed in (("a", 5), ("b", 5), ("c", 6))]
     losses = [[h["train_loss"] for h in run] for run in runs]
     assert losses[0] == losses[1] != losses[2]
+
+
+class ContractLinear(nn.Linear):
+    """A model using the whole model-training contract: an auxiliary loss, a statistic, the per-epoch hook."""
+
+    def __init__(self):
+        super().__init__(3, 1)
+        self.epochs_started = []
+
+    def set_epoch(self, epoch):
+        self.epochs_started.append(epoch)
+
+    def forward_train(self, x):
+        out = self(x)
+        return TrainOutput(out, aux_losses={"penalty": 0.1 * self.weight.square().sum()},
+                           stats={"mean_output": out.detach().mean()})
+
+
+class ContractTask(ToyRegression):
+    def build(self, device, rank, world_size):
+        linear, data = super().build(device, rank, world_size)
+        self.model = ContractLinear()
+        return self.model, data
+
+
+def test_named_loss_parts_and_statistics_reach_history_tensorboard_and_curves(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    task = ContractTask(_config(tmp_path, epochs=2))
+    history = fit(task)["history"]
+    assert task.model.epochs_started == [0, 1]
+    for entry in history:
+        assert {"mse", "penalty", "mean_output"} <= set(entry)
+        assert entry["mse"] + entry["penalty"] == pytest.approx(entry["train_loss"], rel=1e-5)
+    saved = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["penalty"] for h in saved] == [h["penalty"] for h in history]
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert {"mse", "penalty", "mean_output", "train_loss", "val_mse"} <= set(events.Tags()["scalars"])
+
+
+def test_curves_get_one_panel_per_logged_quantity_with_integer_epoch_ticks(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from visattn.engine.run_log import RunLog
+
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    log = RunLog(str(tmp_path), [], {}, (("loss", "loss", ("train_loss", "val_loss")),))
+    log.log(1, {"train_loss": 1.0, "val_loss": 2.0, "keep_ratio": 0.3, "matching": 0.1, "lr": 1e-3}, {})
+    log.log(2, {"train_loss": 0.5, "val_loss": 1.0, "keep_ratio": 0.3, "matching": 0.2, "lr": 1e-3}, {})
+    log.close()
+    axes = [ax for ax in saved[-1].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["loss", "keep_ratio", "matching"]
+    ticks = axes[1].xaxis.get_major_locator().tick_values(1, 2)
+    assert all(float(t).is_integer() for t in ticks)
+
+
+def test_a_reserved_name_for_a_loss_part_is_refused():
+    with pytest.raises(ValueError, match="'train_loss' is reserved"):
+        TrainOutput(torch.zeros(1), aux_losses={"train_loss": torch.zeros(())})
+    with pytest.raises(ValueError, match="'val_dice' is reserved"):
+        TrainOutput(torch.zeros(1), stats={"val_dice": torch.zeros(())})
+
+
+def test_piped_output_gets_progress_lines_inside_each_epoch(tmp_path, capsys):
+    fit(ToyRegression(_config(tmp_path, epochs=2, batch_size=4, log_interval=5)))
+    out = capsys.readouterr().out.splitlines()
+    for epoch in (1, 2):
+        lines = [line for line in out if line.startswith(f"train epoch {epoch}/2  step ")]
+        assert [line.split()[4] for line in lines] == ["5/16", "10/16", "15/16", "16/16"]
+        assert all(" loss " in line and " lr " in line and "img/s" in line and " eta " in line for line in lines)
+        end = out.index(next(line for line in out if line.startswith(f"epoch {epoch}/2:")))
+        assert out.index(lines[-1]) < end
+
+
+def test_register_task_refuses_a_second_task_of_the_same_name():
+    class Again(ToyRegression):
+        name = "classification"
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_task(Again)

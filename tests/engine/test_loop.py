@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from visattn.engine.loop import NonFiniteLoss, train_one_epoch
+from visattn.engine.task import Step
 
 
 class Recorder:
@@ -35,11 +36,12 @@ def test_one_pass_steps_schedules_clips_and_averages_per_sample():
         x, y = batch
         loss = torch.nn.functional.mse_loss(net(x), y)
         losses.append((loss.item(), len(x)))
-        return loss, len(x)
+        return Step(loss, len(x), {"twice": 2 * loss})
 
-    loss_sum, seen = train_one_epoch(model, model, loader, optimizer, scheduler, compute_loss, epoch=1, epochs=3,
+    loss_sum, seen, parts = train_one_epoch(model, model, loader, optimizer, scheduler, compute_loss, epoch=1, epochs=3,
                                      clip_grad=1e-3, ema=ema, show_progress=False)
     assert seen == 5 and loss_sum == pytest.approx(sum(v * n for v, n in losses))
+    assert parts == {"twice": pytest.approx(2 * loss_sum)}  # per-sample sums, as the loss
     assert scheduler.calls == [4, 5, 6] and ema.calls == ["ema"] * 3  # epoch 1 of 3 batches: steps 4..6
     assert 0 < (model.weight - before).norm() <= 3 * 0.1 * 1e-3 + 1e-9  # clipped to norm 1e-3 per step
 
@@ -49,6 +51,6 @@ def test_a_non_finite_loss_names_the_epoch_and_step_and_updates_nothing():
     before = model.weight.detach().clone()
     with pytest.raises(NonFiniteLoss, match="the loss is nan at epoch 1, step 1$"):
         train_one_epoch(model, model, loader, optimizer, Recorder(),
-                        lambda net, batch: (net(batch[0]).sum() * float("nan"), 2), epoch=0, epochs=1,
+                        lambda net, batch: Step(net(batch[0]).sum() * float("nan"), 2), epoch=0, epochs=1,
                         clip_grad=None, show_progress=False)
     assert torch.equal(model.weight, before)

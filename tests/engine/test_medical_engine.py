@@ -10,7 +10,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from visattn.data.medical import (
+from visattn.contract import TrainOutput
+from visattn.engine.fit import train_pass
+from visattn.engine.loop import TrainingForward
+from visattn.errors import UserError
+from visattn.tasks.medical.data import (
     FSGNET_AUGMENTATION,
     IMAGENET_MEAN,
     Augmentation,
@@ -18,8 +22,7 @@ from visattn.data.medical import (
     SegmentationTrainSet,
     SyntheticVessels,
 )
-from visattn.engine.fit import train_pass
-from visattn.engine.medical import (
+from visattn.tasks.medical.task import (
     Inference,
     MedicalConfig,
     MedicalTask,
@@ -32,7 +35,6 @@ from visattn.engine.medical import (
     predict_logits,
     train,
 )
-from visattn.errors import UserError
 
 # HER-Seg cut down to run in seconds on a CPU (the released model is embed_dim 96, depths 2/2/6/2).
 HERSEG_SMALL = {"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2], "decoder_dim": 32,
@@ -166,7 +168,7 @@ def test_evaluate_maps_predictions_to_the_original_resolution_and_writes_pngs(tm
 
 
 def test_overlay_colours_true_false_and_missed_vessels(tmp_path):
-    from visattn.engine.medical import save_prediction
+    from visattn.tasks.medical.task import save_prediction
 
     rgb = np.full((2, 3, 3), 100, np.uint8)
     mask = np.array([[1, 1, 0], [0, 0, 0]], bool)
@@ -193,7 +195,8 @@ def test_a_small_conv_net_learns_the_synthetic_vessels():
             pass
 
     for epoch in range(cfg.epochs):
-        train_pass(MedicalTask(cfg), model, model, loader, optimizer, Constant(), torch.device("cpu"), epoch, False)
+        train_pass(MedicalTask(cfg), TrainingForward(model), model, loader, optimizer, Constant(), torch.device("cpu"),
+                   epoch, False)
     val = SegmentationEvalSet(SyntheticVessels(2, 64, seed=1))
     result = evaluate(model, val, torch.device("cpu"), Inference("sliding", tile=32))
     assert result["pooled"]["auc"] > 0.9 and result["pooled"]["dice"] > 0.5
@@ -228,25 +231,29 @@ def test_train_resume_and_evaluate_herseg(tmp_path):
 
 
 class DeepSupervision(nn.Module):
-    """Three logit maps in training (main first), the main one in eval: FSG-Net's contract."""
+    """A logit map from ``forward``, two more as deep-supervision outputs in training: FSG-Net's contract."""
 
     def __init__(self):
         super().__init__()
         self.heads = nn.ModuleList(nn.Conv2d(3, 1, 1) for _ in range(3))
 
     def forward(self, x):
-        outs = tuple(head(x) for head in self.heads)
-        return outs if self.training else outs[0]
+        return self.heads[0](x)
+
+    def forward_train(self, x):
+        return TrainOutput(self(x), aux_outputs={"coarse": self.heads[1](x), "coarser": self.heads[2](x)})
 
 
 def test_the_loss_of_a_deep_supervision_network_averages_its_outputs():
     task = MedicalTask(MedicalConfig(output="unused", amp=False))
     net = DeepSupervision().train()
     images, masks = torch.randn(2, 3, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
-    loss, count = task.compute_loss(net, (images, masks, torch.ones_like(masks)), torch.device("cpu"))
-    expected = sum(bce_dice_loss(out, masks, torch.ones_like(masks)) for out in net(images)) / 3
-    assert count == 2
-    torch.testing.assert_close(loss, expected)
+    step = task.compute_loss(TrainingForward(net), (images, masks, torch.ones_like(masks)), torch.device("cpu"))
+    each = [bce_dice_loss(head(images), masks, torch.ones_like(masks)) for head in net.heads]
+    assert step.samples == 2
+    torch.testing.assert_close(step.loss, sum(each) / 3)
+    assert step.parts.keys() == {"bce_dice_main", "bce_dice_coarse", "bce_dice_coarser"}
+    torch.testing.assert_close(step.parts["bce_dice_coarser"], each[2] / 3)
 
 
 def test_train_fsgnet_with_deep_supervision(tmp_path):
@@ -254,7 +261,12 @@ def test_train_fsgnet_with_deep_supervision(tmp_path):
                         model_kwargs={"base_c": 8, "depths": [1, 1, 1, 1]}, data=TINY_DATA, img_size=32, epochs=1,
                         batch_size=2, workers=0, inference="padded")
     result = train(cfg)
-    assert math.isfinite(result["history"][0]["train_loss"]) and "val_dice" in result["history"][0]
+    row = result["history"][0]
+    assert math.isfinite(row["train_loss"]) and "val_dice" in row
+    parts = ("bce_dice_main", "bce_dice_level2", "bce_dice_level3")
+    assert sum(row[k] for k in parts) == pytest.approx(row["train_loss"], rel=1e-5)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][0]
+    assert all(saved[k] == row[k] for k in parts)
 
 
 def test_the_fsgnet_recipe_sets_the_augmentation_and_explicit_values_win():
@@ -336,7 +348,12 @@ def test_train_fsgnet_with_the_official_recipe(tmp_path):
                         model_kwargs={"base_c": 8, "depths": [1, 1, 1, 1]}, data=TINY_DATA, img_size=32, epochs=1,
                         batch_size=4, workers=0, inference="padded", pad_to=64)
     result = train(cfg)
-    assert math.isfinite(result["history"][0]["train_loss"]) and "val_dice" in result["history"][0]
+    row = result["history"][0]
+    assert math.isfinite(row["train_loss"]) and "val_dice" in row
+    parts = ("bce_dice_main", "bce_dice_level2", "bce_dice_level3")
+    assert sum(row[k] for k in parts) == pytest.approx(row["train_loss"], rel=1e-5)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][0]
+    assert all(saved[k] == row[k] for k in parts)
     ckpt = torch.load(tmp_path / "run" / "best.pth", map_location="cpu", weights_only=False)
     assert ckpt["augmentation"] == dataclasses.asdict(FSGNET_AUGMENTATION)
     assert tuple(ckpt["mean"]) == IMAGENET_MEAN and ckpt["inference"]["pad_to"] == 64

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from visattn.engine.medical_metrics import (
+from visattn.tasks.medical.metrics import (
     SegmentationMetrics,
     boundary,
     confusion_counts,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from visattn.engine.reid_metrics import distance_matrix, evaluate_ranking, k_reciprocal_rerank, rerank_features
+from visattn.tasks.reid.metrics import distance_matrix, evaluate_ranking, k_reciprocal_rerank, rerank_features
 
 
 def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from visattn.engine.reid_model import REID_ATTENTION, CenterLoss, GeM, ReIDLoss, ReIDModel, batch_hard_triplet_loss
+from visattn.tasks.reid.model import REID_ATTENTION, CenterLoss, GeM, ReIDLoss, ReIDModel, batch_hard_triplet_loss
 
 SMALL_BIFORMER = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "n_win": 2, "topks": [1, 2, 4, None],
                   "head_dim": 16}
@@ -17,7 +17,8 @@ SMALL_BIFORMER = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "n_win": 2,
 def test_training_and_test_outputs(name, kwargs, dim):
     model = ReIDModel(name, num_classes=7, model_kwargs=kwargs)
     x = torch.rand(4, 3, 64, 32)
-    logits, features = model.train()(x)
+    out = model.train().forward_train(x)
+    logits, features = out.output, out.extras["features"]
     assert logits.shape == (4, 7) and features.shape == (4, dim) and model.feature_dim == dim
     logits.sum().backward()
     test = model.eval()(x)
@@ -72,8 +73,7 @@ def test_inserted_attention_starts_as_identity_and_learns(attn):
     with torch.no_grad():
         model.backbone.layer3[1].gate.fill_(0.5)
     model.train()
-    logits, _ = model(x)
-    logits.sum().backward()
+    model.forward_train(x).output.sum().backward()
     assert model.backbone.layer3[1].attention.conv_q_right.weight.grad.abs().sum() > 0
 
 
@@ -127,8 +127,9 @@ def test_center_and_total_loss():
     torch.testing.assert_close(center(f, pids), ((f - center.centers[pids]) ** 2).sum(1).mean() / 2)
     loss = ReIDLoss(3, 4, center_weight=0.5)
     logits = torch.randn(5, 3)
-    total, parts = loss(logits, f, pids)
-    assert set(parts) == {"ce", "triplet", "center"}
-    assert all(not part.requires_grad and part.dim() == 0 for part in parts.values())
-    torch.testing.assert_close(total.detach(), parts["ce"] + parts["triplet"] + 0.5 * parts["center"])
+    parts = loss(logits, f, pids)
+    assert set(parts) == {"ce", "triplet", "center"} and all(part.dim() == 0 for part in parts.values())
+    torch.testing.assert_close(parts["ce"], F.cross_entropy(logits, pids, label_smoothing=0.1))
+    torch.testing.assert_close(parts["triplet"], batch_hard_triplet_loss(f, pids, 0.3))
+    torch.testing.assert_close(parts["center"], 0.5 * loss.center(f, pids))
     assert ReIDLoss(3, 4).center is None

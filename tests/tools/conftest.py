@@ -27,7 +27,7 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def vessel_folder(tmp_path_factory):
     """Generic layout with FOV masks: train/ and test/ (no val/: evaluation falls back to test/)."""
-    from visattn.data.medical import SyntheticVessels, write_folder
+    from visattn.tasks.medical.data import SyntheticVessels, write_folder
 
     root = tmp_path_factory.mktemp("vessels")
     write_folder(SyntheticVessels(3, 64, seed=0), str(root), "train")
@@ -37,7 +37,7 @@ def vessel_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reid_folder(tmp_path_factory):
-    from visattn.data.reid import write_synthetic_reid
+    from visattn.tasks.reid.data import write_synthetic_reid
 
     return write_synthetic_reid(str(tmp_path_factory.mktemp("reid") / "market"), num_train_ids=8, num_test_ids=4,
                                 num_cameras=2, size=(64, 32))

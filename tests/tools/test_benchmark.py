@@ -1,8 +1,7 @@
-"""tools/benchmark.py and visattn.engine.benchmark on the CPU: counts, latency, the CSV / Markdown / plot, error
+"""tools/benchmark.py and visattn.benchmark on the CPU: counts, latency, the CSV / Markdown / plot, error
 rows, one-line option errors and the README tables."""
 
 import csv
-import importlib.util
 import math
 import os
 import re
@@ -15,16 +14,12 @@ import pytest
 import timm
 import torch
 
-from visattn.engine import benchmark as bench
+from visattn import benchmark as bench
+from visattn.cli import benchmark as tool
+from visattn.cli import run as run_tool
 from visattn.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import _cli  # noqa: E402
-
-spec = importlib.util.spec_from_file_location("benchmark_tool", os.path.join(ROOT, "tools", "benchmark.py"))
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
 
 FAKE_COUNTS = {"input_size": (224, 224), "params": 1_000_000, "trainable_params": 500_000, "macs": 2.5e9}
 
@@ -43,7 +38,7 @@ def _meta_params(name):
 def _run_tool(argv, capsys):
     """The tool's main as its command line runs it: (exit code, last line on stderr)."""
     with pytest.raises(SystemExit) as exit_info:
-        _cli.run(lambda: tool.main(argv))
+        run_tool(lambda: tool.main(argv))
     err = capsys.readouterr().err.strip().splitlines()
     return exit_info.value.code, err[-1] if err else ""
 

@@ -89,14 +89,9 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
 
 
 def test_an_error_raised_in_a_dataloader_worker_is_reported_as_its_own_one_line():
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        from _cli import one_line
-    finally:
-        sys.path.pop(0)
     from torch.utils.data import DataLoader, Dataset
 
-    from visattn.errors import UserError
+    from visattn.errors import UserError, first_line
 
     class Broken(Dataset):
         def __len__(self):
@@ -108,4 +103,4 @@ def test_an_error_raised_in_a_dataloader_worker_is_reported_as_its_own_one_line(
     with pytest.raises(UserError) as err:
         next(iter(DataLoader(Broken(), num_workers=1)))
     assert "Original Traceback" in str(err.value)
-    assert one_line(err.value) == "cannot read /data/x.png: image file is truncated"
+    assert first_line(err.value) == "cannot read /data/x.png: image file is truncated"

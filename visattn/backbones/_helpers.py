@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 
@@ -11,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, get_pretrained_cfg
+
+from ..weights import pretrained_file
 
 
 def init_linear_weights(module: nn.Module) -> None:
@@ -54,24 +55,6 @@ def check_images(model: nn.Module, x: torch.Tensor, min_size: int = 1) -> None:
     if h < min_size or w < min_size:
         unit = "pixel" if min_size == 1 else "pixels"
         raise ValueError(f"input {h}x{w} is too small for {name}: both sides must be at least {min_size} {unit}")
-
-
-def pretrained_file(variant: str, tag: str, url: str | None = None) -> str:
-    """Local path of a model's official checkpoint, downloaded once to a name of its own.
-
-    Official checkpoints served from share links all end in the same path segment (``.../content``), so a
-    URL-named cache would store every variant under one file name. The file is
-    ``$TORCH_HOME/hub/checkpoints/<variant>_<tag>.pth``; ``url`` defaults to the pretrained cfg's.
-    """
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", f"{variant}_{tag}.pth")
-    if not os.path.exists(cached):
-        cfg = get_pretrained_cfg(f"{variant}.{tag}")
-        url = url or (cfg.url if cfg is not None else None)
-        if not url:
-            raise ValueError(f"{variant}.{tag} has no official checkpoint URL")
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
-        torch.hub.download_url_to_file(url, cached, progress=True)
-    return cached
 
 
 def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:

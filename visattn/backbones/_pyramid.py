@@ -10,8 +10,8 @@ from timm.layers import ClassifierHead, calculate_drop_path_rates, get_device_dt
 from timm.models._features import feature_take_indices
 
 from ..blocks import maybe_checkpoint
+from ..weights import PretrainedMixin
 from ._helpers import check_images, init_linear_weights
-from ._loader import PretrainedMixin
 
 
 class PyramidStage(nn.Module):

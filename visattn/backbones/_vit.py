@@ -9,8 +9,8 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 
 from ..blocks import maybe_checkpoint
+from ..weights import PretrainedMixin
 from ._helpers import check_images
-from ._loader import PretrainedMixin
 
 
 class GridViT(PretrainedMixin, VisionTransformer):

@@ -24,8 +24,8 @@ from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import BiLevelRoutingAttention, LePEAttention
+from ..weights import checkpoint_filter
 from ._helpers import create_model, pad_to_multiple, rename_keys
-from ._loader import checkpoint_filter
 from ._pyramid import PyramidModel, pyramid_stages
 
 __all__ = ["BiFormer"]

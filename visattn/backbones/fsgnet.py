@@ -30,9 +30,10 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..blocks import maybe_checkpoint
+from ..contract import TrainOutput
 from ..ops.guided_filter import attention_guided_filter
+from ..weights import PretrainedMixin, checkpoint_filter
 from ._helpers import check_images, create_model
-from ._loader import PretrainedMixin, checkpoint_filter
 
 __all__ = ["FSGNet", "checkpoint_filter_fn"]
 
@@ -332,21 +333,31 @@ class FSGNet(PretrainedMixin, nn.Module):
             up1 = self.up_residual_conv1(up2)
         return up1, up2, up3
 
-    def forward(self, x: torch.Tensor):
-        """Eval: (B, num_classes, H, W) logits. Training: the logits of the three decoder levels (main, 1/2, 1/4),
-        each upsampled to (H, W); the loss is their mean (deep supervision, as the official training)."""
+    def _levels_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The logits of the decoder levels (main, 1/2, 1/4; only the main one without the decoder), each
+        (B, num_classes, H, W) at the input's size."""
         check_images(self, x)
         height, width = x.shape[-2:]
         feats = self._encode(self._pad(x), self._levels)
         if not self._has_decoder:
-            return feats[-1]
+            return (feats[-1],)
         up1, up2, up3 = self._decode(feats)
         size = up1.shape[-2:]
         main = self.output_layer1(up1)[..., :height, :width]
         if not self.training:
-            return main
+            return (main,)
         return (main, self.output_layer2(_up(up2, size))[..., :height, :width],
                 self.output_layer3(_up(up3, size))[..., :height, :width])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes, H, W) logits."""
+        return self._levels_logits(x)[0]
+
+    def forward_train(self, x: torch.Tensor) -> TrainOutput:
+        """The logits with the two coarser decoder levels' logits, upsampled to (H, W), as the deep-supervision
+        outputs ``level2`` and ``level3`` (the official training averages the loss over all three)."""
+        main, *coarse = self._levels_logits(x)
+        return TrainOutput(main, aux_outputs=dict(zip(("level2", "level3"), coarse, strict=False)))
 
 
 @checkpoint_filter(FSGNet)

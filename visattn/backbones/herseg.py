@@ -26,8 +26,8 @@ from timm.models._features import feature_take_indices
 
 from ..blocks import DualGatedLinearAttentionBlock, PromptFreeMaskDecoder, maybe_checkpoint
 from ..blocks.dual_gated_attention import rope_2d_angles
+from ..weights import PretrainedMixin, checkpoint_filter
 from ._helpers import check_images, create_model, init_linear_weights
-from ._loader import PretrainedMixin, checkpoint_filter
 
 __all__ = ["HerSeg", "checkpoint_filter_fn"]
 

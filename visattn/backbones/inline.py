@@ -47,8 +47,8 @@ from timm.models.swin_transformer import PatchMerging
 
 from ..blocks import InjectiveLinearAttention, PredictedLocalResidual, WindowAttention
 from ..ops.linear_attention import linear_attention
+from ..weights import checkpoint_filter
 from ._helpers import create_model, pad_to_multiple, rename_keys
-from ._loader import checkpoint_filter
 from ._pyramid import PyramidModel, pyramid_stages
 from ._vit import GridViT
 

@@ -39,8 +39,8 @@ from timm.models.hrnet import HighResolutionModule, HighResolutionNet, Sequentia
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..blocks import PolarizedSelfAttention, maybe_checkpoint
+from ..weights import PretrainedMixin, checkpoint_filter
 from ._helpers import check_images, create_model
-from ._loader import PretrainedMixin, checkpoint_filter
 
 __all__ = ["PSABasicBlock", "PSABottleneck", "PSAHRNet", "PSAResNet"]
 

@@ -8,7 +8,8 @@ attends densely (:class:`visattn.blocks.SparsifinerAttention`).
 Training, as the official recipe (from DeiT-S, 50 epochs): ``set_training_phase("reconstruct")`` trains only the
 predictors to reconstruct the dense attention (the backbone is frozen and attends densely, so its own attention is
 the target), then ``set_training_phase("distill")`` trains the backbone with sparse attention against a dense
-teacher (logits and last-layer patch tokens). ``forward(x, return_extras=True)`` gives what those losses need.
+teacher (logits and last-layer patch tokens). ``forward_train`` (the model-training contract, :mod:`visattn.contract`)
+gives what those losses need and the statistic ``keep_ratio``.
 
 Any input size works: the image is padded to a multiple of 16, and the position embedding and the predictors'
 token projections are resampled to the token grid.
@@ -34,13 +35,13 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import SparsifinerAttention, maybe_checkpoint
+from ..contract import TrainOutput
+from ..weights import checkpoint_filter
 from ._helpers import create_model
-from ._loader import checkpoint_filter
 from ._vit import GridViT
 
 __all__ = ["SparsifinerViT"]
 
-PHASES = ("reconstruct", "distill", None)
 
 
 class SparsifinerBlock(nn.Module):
@@ -91,8 +92,9 @@ class SparsifinerViT(GridViT):
 
     block_fn = SparsifinerBlock
     addon_keys = r"\.mask_predictor\."  # the predictors a plain DeiT checkpoint lacks
-    # Parameters only the auxiliary losses train (through ``return_extras``): no gradient reaches them from the logits.
+    # Parameters only the reconstruction loss trains: no gradient reaches them from the logits.
     aux_loss_keys = addon_keys
+    training_phases = ("reconstruct", "distill")
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16,
                  keep_rate: float = 0.25, basis_threshold: float = 0.02, coef_topk: int = 8,
@@ -108,7 +110,7 @@ class SparsifinerViT(GridViT):
     def set_training_phase(self, phase: str | None) -> None:
         """``"reconstruct"``: only the predictors train (``requires_grad``), on dense attention in training;
         ``"distill"``: all but the predictors train, on sparse attention; None: everything trains, sparse."""
-        if phase not in PHASES:
+        if phase is not None and phase not in self.training_phases:
             raise ValueError(f"phase={phase!r}; use 'reconstruct', 'distill' or None")
         for name, param in self.named_parameters():
             param.requires_grad_(phase is None or (phase == "reconstruct") == bool(re.search(self.aux_loss_keys, name)))
@@ -116,29 +118,32 @@ class SparsifinerViT(GridViT):
             if isinstance(module, SparsifinerAttention):
                 module.reconstruct = phase == "reconstruct"
 
-    def forward(self, x: torch.Tensor, return_extras: bool = False):
-        """Logits (B, classes); with ``return_extras`` the dict the Sparsifiner losses use:
+    def forward_train(self, x: torch.Tensor) -> TrainOutput:
+        """Logits (B, classes), the statistic ``keep_ratio`` and the extras the Sparsifiner losses read:
 
-        - ``logits``: (B, classes);
+        - ``keep_ratio``: the fraction of the N x N query-key pairs the blocks attend, averaged over blocks:
+          (N + (N - 1) ceil(rho N)) / N^2 for sparse attention, 1 for a block attending densely (reconstructing);
         - ``tokens``: the final normed patch tokens (B, H*W, C);
         - ``approx``: per block, the predictor's approximate attention of the patch queries (B, heads, H*W, N);
         - ``attention``: per block, the dense attention probabilities (B, heads, N, N), only while
           reconstructing in training (the phase-1 target).
         """
-        if not return_extras:
-            return super().forward(x)
         x, size = self._embed(x)
-        approx, attention = [], []
+        approx, attention, kept = [], [], []
+        n = x.shape[1]
         for block in self.blocks:
             x, block_approx, probs = maybe_checkpoint(block, x, size, True, enabled=self.grad_checkpointing)
             approx.append(block_approx)
+            dense = block.attn.reconstruct and block.attn.training
+            kept.append(1.0 if dense else (n + (n - 1) * block.attn.mask_predictor.budget(n)) / n**2)
             if probs is not None:
                 attention.append(probs)
         x = self.norm(x)
-        extras = {"logits": self.forward_head(x), "tokens": x[:, self.num_prefix_tokens:], "approx": approx}
+        extras = {"tokens": x[:, self.num_prefix_tokens:], "approx": approx}
         if attention:
             extras["attention"] = attention
-        return extras
+        keep_ratio = torch.tensor(sum(kept) / len(kept), device=x.device)
+        return TrainOutput(self.forward_head(x), stats={"keep_ratio": keep_ratio}, extras=extras)
 
 
 _PREDICTOR_PROJECTIONS = ("mask_predictor.proj_n", "mask_predictor.proj_back_n")

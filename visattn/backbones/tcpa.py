@@ -7,8 +7,9 @@ similarity of the block's input token with the pools' keys. Only the prompts, th
 Defaults are the released VFPT-TCPA scripts: M = 18 entries per pool, Lp = 1, k = 10, Fourier-transformed prompts
 (VFPT), prompt dropout 0.1, matching loss weight lambda = 0.01 and random matching for the first 10 epochs.
 
-Training: in training mode the forward leaves lambda * sum_l d_l in ``model.aux_loss`` (the classification task adds
-it to the loss); ``set_epoch(epoch)`` switches random matching on for ``epoch < random_topk_epochs``. Not
+Training (the model-training contract, :mod:`visattn.contract`): ``forward_train`` returns the logits with the
+matching loss lambda * sum_l d_l as the auxiliary loss ``matching``; ``set_epoch(epoch)`` switches random matching on
+for ``epoch < random_topk_epochs``. Not
 implemented: the official options the released scripts do not use (ADVP, SimAM, random prompt noise) and the
 convolutional input prompter (``--IPrompt``) that the CUB script adds.
 
@@ -36,8 +37,9 @@ from timm.layers import DropPath, LayerScale, Mlp, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import PromptedAttention, TokenCoordinatedPrompts, maybe_checkpoint
+from ..contract import TrainOutput
+from ..weights import checkpoint_filter
 from ._helpers import create_model, rename_keys
-from ._loader import checkpoint_filter
 from ._vit import GridViT
 
 __all__ = ["TCPAViT"]
@@ -85,7 +87,7 @@ class TCPAViT(GridViT):
         pool_size: M entries per pool; prompt_len: Lp tokens per entry; top_k: k entries per token (k <= M).
         matching: ``"token"`` (T-TCPA, per-token top-k and the matching loss) or ``"role"`` (R-TCPA).
         fourier: Fourier-transform the prompts (VFPT-TCPA).
-        match_loss_weight: lambda of the matching loss in ``aux_loss``.
+        match_loss_weight: lambda of the matching loss (``forward_train``'s auxiliary loss ``matching``).
         prompt_drop_rate: dropout on the prompt tokens.
         random_topk_epochs: ``set_epoch`` uses random matching for the epochs before this one.
         **kwargs: timm's VisionTransformer arguments; exactly one prefix token (the class token).
@@ -110,7 +112,6 @@ class TCPAViT(GridViT):
             device=self.cls_token.device, dtype=self.cls_token.dtype)
         self.match_loss_weight = match_loss_weight
         self.random_topk_epochs = random_topk_epochs
-        self.aux_loss: torch.Tensor | None = None
         for name, param in self.named_parameters():
             param.requires_grad_(name.startswith(("prompts.", "head.")))
         self.train(self.training)
@@ -138,20 +139,31 @@ class TCPAViT(GridViT):
         return dict(stem=r"^cls_token|reg_token|pos_embed|patch_embed|norm_pre",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^prompts\.", (99999,))])
 
-    def _run_blocks(self, x: torch.Tensor, size: tuple[int, int], blocks, take_indices=(),
-                    norm: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """:class:`GridViT`'s block loop, each block with its layer's prompts and key indices; records
-        ``aux_loss`` = lambda * sum_l d_l in training with token matching, else None."""
-        intermediates, losses = [], []
+    def _run_prompted(self, x: torch.Tensor, blocks, take_indices=(),
+                      norm: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
+        """:class:`GridViT`'s block loop, each block with its layer's prompts and key indices; also returns each
+        layer's matching distance d_l (None where the layer does not match by token in training)."""
+        intermediates, distances = [], []
         for i, block in enumerate(blocks):
-            prompts, indices, loss = self.prompts(i, x)
-            losses.append(loss)
+            prompts, indices, distance = self.prompts(i, x)
+            distances.append(distance)
             x = maybe_checkpoint(block, x, prompts, indices, enabled=self.grad_checkpointing)
             if i in take_indices:
                 intermediates.append(self.norm(x) if norm else x)
-        matched = self.training and self.prompts.matching == "token" and losses
-        self.aux_loss = self.match_loss_weight * torch.stack(losses).sum() if matched else None
-        return x, intermediates
+        return x, intermediates, distances
+
+    def _run_blocks(self, x: torch.Tensor, size: tuple[int, int], blocks, take_indices=(),
+                    norm: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self._run_prompted(x, blocks, take_indices, norm)[:2]
+
+    def forward_train(self, x: torch.Tensor) -> TrainOutput:
+        """Logits (B, classes) and, in training with token matching, the auxiliary loss ``matching`` =
+        lambda * sum_l d_l."""
+        x, _ = self._embed(x)
+        x, _, distances = self._run_prompted(x, self.blocks)
+        matched = [d for d in distances if d is not None]
+        aux = {"matching": self.match_loss_weight * torch.stack(matched).sum()} if self.training and matched else {}
+        return TrainOutput(self.forward_head(self.norm(x)), aux_losses=aux)
 
 
 # Official layout (models/VFPT_TCPA.py, models/TCPA.py) -> ours, first match wins.

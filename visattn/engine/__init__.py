@@ -1,7 +1,3 @@
-"""One training engine (:mod:`.fit`) and its tasks (classification, medical segmentation, person re-id), the model
-builder, checkpoints and run logging for tools/train.py and eval.py; :func:`evaluate_ranking` scores re-id
-retrieval."""
-
-from .reid_metrics import evaluate_ranking
-
-__all__ = ["evaluate_ranking"]
+"""What every task runs on: the training engine (:mod:`.fit`, :mod:`.loop`), the task interface and registry
+(:mod:`.task`), checkpoints, distributed set-up, progress, the run log, the model builder and the option types of the
+command lines. The tasks themselves live in :mod:`visattn.tasks`."""

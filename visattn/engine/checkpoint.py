@@ -1,5 +1,5 @@
 """Atomic checkpoint and metric files, and reading visattn training checkpoints (weights load through
-:func:`visattn.load_pretrained`)."""
+:func:`visattn.weights.load_pretrained`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..weights import read_file
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -82,21 +83,11 @@ def atomic_write_json(obj: Any, path: str) -> None:
     atomic_write(path, write)
 
 
-def load_checkpoint_file(path: str) -> dict:
-    """Load a visattn training checkpoint, with a clear error for a missing or unreadable file."""
-    from ..backbones._loader import read_file
-
-    ckpt = read_file(path)
+def read_training_checkpoint(path: str, mmap: bool = False) -> dict:
+    """A visattn training checkpoint (``tools/train.py``'s ``last.pth`` / ``best.pth``), read by
+    :func:`visattn.weights.read_file`, with a clear error for a file that is not one; ``mmap``: mapped, to read its
+    fields without loading its tensors."""
+    ckpt = read_file(path, mmap=mmap)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a visattn training checkpoint (no 'state_dict'); convert it first")
     return ckpt
-
-
-def peek_checkpoint(path: str) -> dict | None:
-    """A checkpoint's contents memory-mapped, to read its fields without loading its tensors; None when the file
-    cannot be read that way (the tools' own reading reports a damaged or foreign file)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None
-    return ckpt if isinstance(ckpt, dict) else None

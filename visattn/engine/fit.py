@@ -5,7 +5,10 @@ unless resumed or overwritten; stale temporary files of a killed run are removed
 only), checks that the model takes the input, builds timm's optimizer and per-step cosine schedule, wraps the model
 in DDP, trains with the shared pass (bf16 autocast, finite-loss check, clipping, EMA), evaluates on every rank or on
 rank 0 as the task says, tracks the best score, writes ``best.pth`` / ``last.pth`` atomically (never non-finite
-weights) and logs each epoch to TensorBoard, ``metrics.json`` and ``curves.png``.
+weights) and logs each epoch to TensorBoard, ``metrics.json`` and ``curves.png``: the training loss, the named parts
+and statistics of the task's steps (the model-training contract, :mod:`visattn.contract`), the validation scalars.
+The model trains through its training forward (:func:`visattn.contract.forward_train`) and its per-epoch hook; the
+engine knows no family. Progress inside each epoch goes to the terminal or, piped, to periodic lines.
 
 Every epoch reseeds torch, NumPy and Python's generators from (seed, epoch, rank) and its DataLoader workers start
 afresh, so a run repeats, and a run killed at any point and resumed from ``last.pth`` ends as the uninterrupted one.
@@ -16,191 +19,35 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import importlib
 import math
 import os
 import random
 import shutil
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
-from ..backbones._loader import load_pretrained
+from ..contract import start_epoch
 from ..errors import UserError
-from .checkpoint import atomic_save, load_checkpoint_file, peek_checkpoint
+from ..weights import load_pretrained
+from .checkpoint import atomic_save, read_training_checkpoint
 from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
-from .loop import NonFiniteLoss, train_one_epoch
-from .models import check_model_input
+from .loop import NonFiniteLoss, TrainingForward, train_one_epoch
 from .run_log import RunLog
-
-# --task NAME -> "module:class" of its Task, imported on demand.
-TASKS = {"classification": "visattn.engine.classification:ClassificationTask",
-         "medical-seg": "visattn.engine.medical:MedicalTask",
-         "reid": "visattn.engine.reid:ReIDTask"}
-DEFAULT_TASK = "classification"  # also the task of checkpoints that do not name one
-
-
-def get_task(name: str) -> type[Task]:
-    """The Task class registered as ``name``."""
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-@dataclass
-class TrainConfig:
-    """What every task's training reads; a task's config subclasses it with its own defaults and fields."""
-
-    output: str
-    data: str | None = None  # None = the task's built-in data
-    model: str = ""
-    model_kwargs: dict = field(default_factory=dict)
-    pretrained: bool = False
-    init: str | None = None  # weights to start from: a checkpoint (e.g. an earlier run's best.pth) or state dict
-    img_size: int = 224
-    epochs: int = 100
-    eval_every: int = 1  # evaluate every this many epochs, and after the last
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    opt: str = "adamw"
-    warmup_epochs: int = 5
-    min_lr: float = 1e-6
-    clip_grad: float | None = 5.0
-    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # DataLoader processes
-    seed: int = 0
-    device: str | None = None
-    amp: bool = True
-    deterministic: bool = False  # deterministic GPU algorithms (CPU runs repeat anyway)
-    resume: str | None = None
-    overwrite: bool = False  # replace the run ``output`` holds
-
-
-class Task(ABC):
-    """A task's own parts; one instance serves one run of :func:`fit` and keeps what evaluation needs.
-
-    Per run fit calls ``build`` and ``check_input``; per batch ``compute_loss``; per epoch ``evaluate``,
-    ``val_scalars``, ``checkpoint_extra`` and ``epoch_line``. The tools call ``add_train_arguments``,
-    ``add_eval_arguments``, ``summary`` and ``run_eval``.
-    """
-
-    name: ClassVar[str]  # --task NAME, and the "task" of its checkpoints and metrics.json
-    config: ClassVar[type[TrainConfig]]
-    default_data: ClassVar[str]  # the dataset name recorded when cfg.data is None
-    score: ClassVar[str]  # the val_* scalar that picks best.pth
-    higher_is_better: ClassVar[bool] = True
-    panels: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]]  # curves.png: (title, y label, scalar keys)
-    distributed_eval: ClassVar[bool] = True  # every rank evaluates (and the task sums over ranks), else rank 0 only
-    worker_init_fn = None  # for the training DataLoader's workers (a staticmethod)
-    shared_help: ClassVar[dict[str, str]] = {}  # --help of shared options (by dest) this task reads its own way
-    eval_keys: ClassVar[tuple[str, ...]] = ()  # what its evaluation reads from a checkpoint beyond the common keys
-
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-
-    @property
-    def dataset(self) -> str:
-        return self.cfg.data or self.default_data
-
-    @property
-    def ema_decay(self) -> float | None:
-        """Keep an EMA of the weights with this decay (evaluated and saved as ``state_dict_ema``); None = off."""
-        return None
-
-    @staticmethod
-    def add_train_arguments(parser) -> None:
-        """This task's own ``tools/train.py`` options (dests named as the config's fields; no defaults); none
-        by default."""
-        return None
-
-    @staticmethod
-    def add_eval_arguments(parser) -> None:
-        """This task's own ``tools/eval.py`` options (no defaults); none by default."""
-        return None
-
-    @classmethod
-    @abstractmethod
-    def run_eval(cls, args) -> str:
-        """Score ``args.checkpoint`` as ``tools/eval.py`` asks; returns the text to print."""
-
-    @classmethod
-    def load_checkpoint(cls, path: str) -> dict:
-        """A training checkpoint of this task; another task's checkpoint is a one-line error naming its --task."""
-        ckpt = load_checkpoint_file(path)
-        task = ckpt.get("task", DEFAULT_TASK)
-        if task != cls.name:
-            raise UserError(f"{path} is a {task} checkpoint, not {cls.name}; pass --task {task}")
-        missing = [k for k in ("model", "dataset", *cls.eval_keys) if k not in ckpt]
-        if missing:
-            raise UserError(f"{path} lacks {', '.join(missing)}: it is not a checkpoint tools/train.py --task "
-                            f"{cls.name} wrote")
-        return ckpt
-
-    @abstractmethod
-    def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
-        """The model (on the CPU, through :func:`~visattn.engine.models.build_model`) and the training set;
-        keeps the validation data for :meth:`evaluate` and whatever :meth:`compute_loss` needs."""
-
-    def check_input(self, model: nn.Module) -> None:
-        """Fail before training on an input size the model cannot take."""
-        check_model_input(model, self.cfg.img_size, self.cfg.model)
-
-    @abstractmethod
-    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
-        """Move ``batch`` to ``device``, run ``net`` (maybe the DDP wrapper) under autocast; (loss, samples)."""
-
-    @abstractmethod
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
-        """Validation metrics of ``model``."""
-
-    @abstractmethod
-    def val_scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
-        """The per-epoch ``val_*`` scalars; all but ``val_loss`` are kept in ``best``."""
-
-    def train_loader(self, dataset: Dataset, device: torch.device, rank: int, world_size: int) -> DataLoader:
-        """The training DataLoader: shuffled batches of ``cfg.batch_size``, sharded under torchrun."""
-        cfg = self.cfg
-        return make_loader(dataset, cfg.batch_size, cfg.workers, True, world_size, device, self.worker_init_fn)
-
-    def schedule(self) -> dict[str, Any]:
-        """Arguments of timm's ``create_scheduler_v2`` (stepped per update): per-step cosine down to ``min_lr`` after
-        a warm-up from lr / 100 by default."""
-        return {"sched": "cosine", "min_lr": self.cfg.min_lr}
-
-    def checkpoint_extra(self) -> dict[str, Any]:
-        """What a checkpoint holds beyond the common fields, to rebuild the model and its data for evaluation."""
-        return {}
-
-    @abstractmethod
-    def epoch_line(self, metrics: dict[str, Any], scalars: dict[str, float]) -> str:
-        """The end of the per-epoch line, after ``epoch E/N: train loss L, ``."""
-
-    @abstractmethod
-    def summary(self, best: dict[str, Any]) -> str:
-        """The line ``tools/train.py`` prints at the end."""
-
-
-def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, world_size: int,
-                device: torch.device, worker_init_fn=None) -> DataLoader:
-    """A DataLoader sharded over the processes under torchrun; a training one shuffles and drops a last
-    incomplete batch."""
-    sampler = DistributedSampler(dataset, shuffle=train) if world_size > 1 else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda",
-                      drop_last=train and len(dataset) > batch_size, worker_init_fn=worker_init_fn)
+from .task import Task, TrainConfig
 
 
 def train_pass(task: Task, train_model: nn.Module, model: nn.Module, loader: DataLoader, optimizer, scheduler,
-               device: torch.device, epoch: int, show_progress: bool, ema=None) -> tuple[float, int]:
-    """One training pass over ``loader`` with the task's loss step; returns (loss sum, samples)."""
+               device: torch.device, epoch: int, show_progress: bool, ema=None) -> tuple[float, int, dict[str, float]]:
+    """One training pass over ``loader`` with the task's loss step; returns (loss sum, samples, part sums)."""
     return train_one_epoch(train_model, model, loader, optimizer, scheduler,
                            functools.partial(task.compute_loss, device=device), epoch=epoch,
-                           epochs=task.cfg.epochs, clip_grad=task.cfg.clip_grad, ema=ema, show_progress=show_progress)
+                           epochs=task.cfg.epochs, clip_grad=task.cfg.clip_grad, ema=ema, show_progress=show_progress,
+                           log_interval=task.cfg.log_interval)
 
 
 def _resume_checkpoint(task: Task) -> dict | None:
@@ -208,7 +55,7 @@ def _resume_checkpoint(task: Task) -> dict | None:
     cfg = task.cfg
     if not cfg.resume:
         return None
-    ckpt = load_checkpoint_file(cfg.resume)
+    ckpt = read_training_checkpoint(cfg.resume)
     task_name, model = ckpt.get("task"), ckpt.get("model")
     if (task_name, model) != (task.name, cfg.model):
         raise UserError(f"{cfg.resume} was trained as {task_name} / {model!r}, not {task.name} / {cfg.model!r}; "
@@ -223,7 +70,7 @@ def _resume_checkpoint(task: Task) -> dict | None:
 def resumed_config(path: str, config: type[TrainConfig]) -> dict[str, Any]:
     """The options of the run ``path`` (a last.pth) was written by, as ``config``'s fields (empty for a checkpoint
     that does not hold them), to continue that run; ``resume`` and ``overwrite`` are not carried over."""
-    saved = (peek_checkpoint(path) or load_checkpoint_file(path)).get("config") or {}
+    saved = read_training_checkpoint(path, mmap=True).get("config") or {}
     fields = {f.name for f in dataclasses.fields(config)} - {"resume", "overwrite"}
     return {k: v for k, v in saved.items() if k in fields}
 
@@ -330,7 +177,7 @@ def fit(task: Task) -> dict[str, Any]:
                                            **schedule)
         ema = ModelEmaV3(model, decay=task.ema_decay) if task.ema_decay else None
         # -1 is below every score tracked so far (accuracy, Dice), as in checkpoints written before.
-        start_epoch, history = 0, []
+        first_epoch, history = 0, []
         best = {"epoch": -1, task.score: -1.0 if task.higher_is_better else math.inf}
         if resume is not None:
             load_pretrained(model, resume["state_dict"], strict=True, name=f"checkpoint {cfg.resume}")
@@ -338,13 +185,13 @@ def fit(task: Task) -> dict[str, Any]:
             scheduler.load_state_dict(resume["scheduler"])
             if ema is not None and "state_dict_ema" in resume:
                 ema.module.load_state_dict(resume["state_dict_ema"])
-            start_epoch, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
+            first_epoch, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
 
-        train_model = model
+        train_model = TrainingForward(model)
         if world_size > 1:
-            # parameters trained by a loss of their own (aux_loss_keys) may get no gradient in a step
+            # parameters only an auxiliary loss trains (the contract's aux_loss_keys) may get no gradient in a step
             train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None,
+                train_model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=bool(getattr(model, "aux_loss_keys", None)))
         common = {"task": task.name, "model": cfg.model, "model_kwargs": cfg.model_kwargs}
         config = dataclasses.asdict(cfg)
@@ -352,22 +199,23 @@ def fit(task: Task) -> dict[str, Any]:
         if is_main:
             os.makedirs(cfg.output, exist_ok=True)
             log = RunLog(cfg.output, history, {**common, "dataset": task.dataset, "config": config}, task.panels,
-                         start_epoch)
+                         first_epoch)
 
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
             seed_epoch(cfg.seed, epoch, rank)
             for sampler in (train_loader.sampler, train_loader.batch_sampler):  # reshuffle shards / PK batches
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
-            if hasattr(model, "set_epoch"):  # models whose training changes with the epoch (TCPA's random matching)
-                model.set_epoch(epoch)
+            start_epoch(model, epoch)
             started = time.time()
             try:
-                loss_sum, seen = train_pass(task, train_model, model, train_loader, optimizer, scheduler, device,
-                                            epoch, is_main, ema)
+                loss_sum, seen, part_sums = train_pass(task, train_model, model, train_loader, optimizer, scheduler,
+                                                       device, epoch, is_main, ema)
             except NonFiniteLoss as err:
                 raise UserError(f"{err}; {_last_good(cfg)}; lower --lr or clip gradients (--clip-grad)") from None
-            train_loss_sum, train_seen = all_reduce_sum([loss_sum, seen], device)
+            names = sorted(part_sums)  # every rank's step names the same parts
+            train_loss_sum, train_seen, *part_totals = all_reduce_sum([loss_sum, seen, *(part_sums[n] for n in names)],
+                                                                      device)
             eval_model = ema.module if ema is not None else model
             evaluating = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             metrics = task.evaluate(eval_model, device) if evaluating and (task.distributed_eval or is_main) else None
@@ -377,6 +225,7 @@ def fit(task: Task) -> dict[str, Any]:
                                 f"over them, {_last_good(cfg)}; lower --lr or clip gradients")
             if is_main:
                 scalars = {"train_loss": train_loss_sum / train_seen,
+                           **{name: total / train_seen for name, total in zip(names, part_totals, strict=True)},
                            **(task.val_scalars(metrics) if evaluating else {}),
                            "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - started}
                 improved = evaluating and _improves(scalars[task.score], best[task.score], task.higher_is_better)

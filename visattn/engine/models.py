@@ -12,9 +12,8 @@ from ..errors import UserError, first_line
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """timm.create_model with one-line errors for an unknown name (with close matches) or bad arguments."""
-    import visattn  # noqa: F401  (registers the visattn models)
-
+    """timm.create_model with one-line errors for an unknown name (with close matches) or bad arguments (importing
+    any ``visattn`` module has registered the visattn models)."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() or visattn.list_models()"

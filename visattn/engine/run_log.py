@@ -1,4 +1,5 @@
-"""Per-epoch metrics to TensorBoard, metrics.json and a PNG of the curves."""
+"""Per-epoch metrics to TensorBoard, metrics.json and a PNG of the curves: the task's panels, then one panel for each
+other logged quantity (the named loss parts and statistics of the model-training contract)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ class RunLog:
 
     def __init__(self, output: str, history: list[dict], meta: dict,
                  panels: tuple[tuple[str, str, tuple[str, ...]], ...], start_epoch: int = 0):
-        """``panels``: (title, y-axis label, history keys) of each panel in curves.png; a resumed run
+        """``panels``: (title, y-axis label, history keys) of the task's panels in curves.png; a resumed run
         (``start_epoch`` > 0) drops TensorBoard events of the epochs it trains again."""
         from torch.utils.tensorboard import SummaryWriter
 
@@ -38,9 +39,16 @@ class RunLog:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
-        fig, axes = plt.subplots(1, len(self.panels), figsize=(5 * len(self.panels), 4), squeeze=False)
-        for ax, (title, ylabel, keys) in zip(axes[0], self.panels, strict=True):
+        panels = [*self.panels, *((key, key, (key,)) for key in self.extra_keys())]
+        columns = min(len(panels), 3)
+        rows = -(-len(panels) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        for ax, (title, ylabel, keys) in zip(axes.flat, panels, strict=False):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             for key in keys:  # a key an epoch lacks (validation between --eval-every epochs) is left out
                 points = [(h["epoch"], h[key]) for h in self.history if key in h]
                 if points:
@@ -52,6 +60,12 @@ class RunLog:
         fig.tight_layout()
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
+
+    def extra_keys(self) -> list[str]:
+        """The logged quantities no task panel shows, in the order they first appear (epoch, lr and epoch time
+        aside)."""
+        shown = {key for _, _, keys in self.panels for key in keys} | {"epoch", "lr", "epoch_seconds"}
+        return list(dict.fromkeys(k for h in self.history for k in h if k not in shown))
 
     def close(self) -> None:
         self.writer.close()

@@ -90,7 +90,7 @@ class VisattnBackbone(BaseModule):
     def init_weights(self) -> None:
         if self.pretrained is None:
             return
-        from ..backbones._loader import load_pretrained
+        from ..weights import load_pretrained
 
         path = self.pretrained["checkpoint"]
         result = load_pretrained(self.model, path)

@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..blocks import PolarizedSelfAttention
-from .models import build_model
+from ...blocks import PolarizedSelfAttention
+from ...contract import TrainOutput
+from ...engine.models import build_model
 
 __all__ = ["REID_ATTENTION", "CenterLoss", "GeM", "ReIDLoss", "ReIDModel", "batch_hard_triplet_loss"]
 
@@ -158,14 +159,16 @@ class ReIDModel(nn.Module):
             raise ValueError(f"GeM pooling needs a feature map; {self.backbone_name} gives tokens {tuple(f.shape)}")
         return self.backbone.forward_head(f, pre_logits=True)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The test embedding: BNNeck features (B, D) of images in [0, 1]."""
+        return self.bottleneck(self.features(x))
+
+    def forward_train(self, x: torch.Tensor) -> TrainOutput:
+        """Identity logits (B, classes) of the BNNeck features (the BNNeck features themselves without a
+        classifier), with the pre-BN features (B, D) the metric losses use as ``extras["features"]``."""
         f = self.features(x)
         f_bn = self.bottleneck(f)
-        if not self.training:
-            return f_bn
-        if self.classifier is None:
-            return f
-        return self.classifier(f_bn), f
+        return TrainOutput(self.classifier(f_bn) if self.classifier is not None else f_bn, extras={"features": f})
 
 
 def batch_hard_triplet_loss(features: torch.Tensor, pids: torch.Tensor, margin: float | None = 0.3) -> torch.Tensor:
@@ -200,8 +203,8 @@ class CenterLoss(nn.Module):
 
 class ReIDLoss(nn.Module):
     """CE (label smoothing) on the logits + triplet_weight x batch-hard triplet on the pre-BN features
-    (+ center_weight x centre loss); in float32. Returns (total, {"ce", "triplet", "center"} detached 0-d tensors,
-    left on the device so that a step need not wait for them)."""
+    (+ center_weight x centre loss); in float32. Returns the terms as they enter the loss, {"ce", "triplet"
+    [, "center"]} 0-d tensors whose sum is the loss."""
 
     def __init__(self, num_classes: int, dim: int, label_smoothing: float = 0.1, margin: float | None = 0.3,
                  triplet_weight: float = 1.0, center_weight: float = 0.0):
@@ -210,13 +213,9 @@ class ReIDLoss(nn.Module):
         self.triplet_weight, self.center_weight = triplet_weight, center_weight
         self.center = CenterLoss(num_classes, dim) if center_weight > 0 else None
 
-    def forward(self, logits: torch.Tensor, features: torch.Tensor, pids: torch.Tensor):
-        ce = F.cross_entropy(logits.float(), pids, label_smoothing=self.label_smoothing)
-        triplet = batch_hard_triplet_loss(features, pids, self.margin)
-        total = ce + self.triplet_weight * triplet
-        parts = {"ce": ce.detach(), "triplet": triplet.detach()}
+    def forward(self, logits: torch.Tensor, features: torch.Tensor, pids: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = {"ce": F.cross_entropy(logits.float(), pids, label_smoothing=self.label_smoothing),
+                 "triplet": self.triplet_weight * batch_hard_triplet_loss(features, pids, self.margin)}
         if self.center is not None:
-            center = self.center(features, pids)
-            total = total + self.center_weight * center
-            parts["center"] = center.detach()
-        return total, parts
+            parts["center"] = self.center_weight * self.center(features, pids)
+        return parts

@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..backbones._loader import as_is, load_pretrained, match_classifier, read_checkpoint, read_file
-from ..errors import UserError
-from .models import build_model
+from ...engine.models import build_model
+from ...errors import UserError
+from ...weights import as_is, load_pretrained, match_classifier, read_file, read_state_dict
 
 PHASES = ("reconstruct", "distill")
 
@@ -41,7 +41,7 @@ def load_teacher(spec: str, teacher_model: str | None, num_classes: int) -> nn.M
             kwargs = ckpt.get("model_kwargs", {}) if name == ckpt["model"] else {}
             state = ckpt.get("state_dict_ema") or ckpt["state_dict"]
         elif teacher_model:
-            name, kwargs, state = teacher_model, {}, read_checkpoint(ckpt)
+            name, kwargs, state = teacher_model, {}, read_state_dict(ckpt)
         else:
             raise UserError(f"--teacher {spec} holds bare weights; name their model with --teacher-model NAME")
         teacher = build_model(name, **kwargs)

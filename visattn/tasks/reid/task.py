@@ -16,8 +16,24 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..backbones._loader import load_pretrained
-from ..data.reid import (
+from ...engine.checkpoint import atomic_write, atomic_write_json
+from ...engine.distributed import barrier
+from ...engine.fit import fit
+from ...engine.loop import autocast
+from ...engine.models import check_model_input
+from ...engine.options import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    number,
+    numbers,
+    positive_float,
+    probability,
+)
+from ...engine.progress import Progress
+from ...engine.task import Step, Task, TrainConfig, register_task
+from ...errors import UserError
+from .data import (
     PKBatchSampler,
     ReIDData,
     ReIDImageSet,
@@ -26,15 +42,8 @@ from ..data.reid import (
     reid_train_transform,
     write_synthetic_reid,
 )
-from ..errors import UserError
-from .checkpoint import atomic_write, atomic_write_json
-from .distributed import barrier, pick_device
-from .fit import Task, TrainConfig, fit
-from .loop import autocast
-from .models import check_model_input
-from .options import fraction, non_negative_float, non_negative_int, number, numbers, positive_float, probability
-from .reid_metrics import distance_matrix, evaluate_ranking, rerank_features
-from .reid_model import REID_ATTENTION, ReIDLoss, ReIDModel
+from .metrics import distance_matrix, evaluate_ranking, rerank_features
+from .model import REID_ATTENTION, ReIDLoss, ReIDModel
 
 TASK = "reid"
 SYNTHETIC = "synthetic-reid"
@@ -167,13 +176,15 @@ def extract_features(model: nn.Module, dataset: ReIDImageSet, device: torch.devi
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     feats = []
-    for images, _, _ in loader:
+    bar = Progress(loader, "features")
+    for images, _, _ in bar:
         images = images.to(device, non_blocking=True)
         with autocast(device, amp):
             f = model(images).float()
             if flip:
                 f = (f + model(images.flip(-1)).float()) / 2
         feats.append(f.cpu())
+        bar.update(len(images))
     return torch.cat(feats)
 
 
@@ -239,6 +250,7 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
             "mINP": float(result["mINP"])}
 
 
+@register_task
 class ReIDTask(Task):
     """Person re-id: a ReIDModel trained on PK batches, scored by retrieval of the query set in the gallery."""
 
@@ -318,7 +330,13 @@ class ReIDTask(Task):
         train_set = ReIDImageSet(data.train, reid_train_transform(size, pad=cfg.pad, flip=cfg.flip_prob,
                                                                   erasing=cfg.erasing))
         self.query_set, self.gallery_set = eval_sets(data, size)
+        self.criterion = model.criterion
         return model, train_set
+
+    @classmethod
+    def rebuild_model(cls, ckpt: dict, model_name: str | None = None) -> nn.Module:
+        return build_reid_model(model_name or ckpt["model"], ckpt["num_classes"], ckpt["reid"], ckpt["loss"],
+                                ckpt.get("model_kwargs", {}) if model_name in (None, ckpt["model"]) else {})
 
     def check_input(self, model: nn.Module) -> None:
         check_model_input(model, tuple(self.cfg.input_size), self.cfg.model)
@@ -334,14 +352,14 @@ class ReIDTask(Task):
         return {"sched": "multistep", "decay_milestones": list(cfg.milestones), "decay_rate": cfg.gamma,
                 "warmup_lr": cfg.lr * cfg.warmup_factor}
 
-    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
+    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> Step:
+        """The re-id loss's terms (``ce``, ``triplet``, ``center``) on the identity logits and pre-BN features."""
         images, pids, _ = batch
         images, pids = images.to(device, non_blocking=True), pids.to(device, non_blocking=True)
         with autocast(device, self.cfg.amp):
-            logits, features = net(images)
-        criterion = net.module.criterion if hasattr(net, "module") else net.criterion
-        loss, _ = criterion(logits, features, pids)
-        return loss, images.shape[0]
+            out = net(images)
+        parts = self.criterion(out.output, out.extras["features"], pids)
+        return Step.from_parts({**parts, **out.aux_losses}, images.shape[0], out.stats)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         cfg = self.cfg
@@ -386,18 +404,12 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, output: str | 
     """Rebuild a re-id checkpoint's model and score the query set of ``data`` (default: the training data) against
     its gallery; writes ``metrics.json``, ``ranking.png`` and ``features.safetensors`` under ``output`` (default
     ``<checkpoint folder>/eval``). Options left None take the training run's values."""
-    ckpt = ReIDTask.load_checkpoint(checkpoint)
+    model, ckpt, dev = ReIDTask.model_from_checkpoint(checkpoint, device)
     data_name = data if data is not None else ckpt["dataset"]
     metric = metric or ckpt["metric"]
     rerank = ckpt["rerank"] if rerank is None else rerank
     flip = ckpt["flip_test"] if flip is None else flip
     dataset = open_data(data_name, ckpt["layout"], ckpt["distinct_cameras"])
-    dev = pick_device(device)
-    model = build_reid_model(ckpt["model"], ckpt["num_classes"], ckpt["reid"], ckpt["loss"],
-                             ckpt.get("model_kwargs", {}))
-    load_pretrained(model, ckpt["state_dict"], strict=True,
-                    name=f"checkpoint {checkpoint} (trained as {ckpt['model']})")
-    model.to(dev)
     size = tuple(ckpt["input_size"])
     q_set, g_set = eval_sets(dataset, size)
     q = extract_features(model, q_set, dev, workers=workers, flip=flip)

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +23,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from ..backbones._loader import load_pretrained
-from ..data.medical import (
+from ...engine.checkpoint import atomic_write, atomic_write_json, json_safe
+from ...engine.fit import fit
+from ...engine.loop import autocast
+from ...engine.models import build_model, check_model_input
+from ...engine.options import non_negative_int, numbers, open_fraction, positive_float, positive_int, probability
+from ...engine.progress import Progress
+from ...engine.task import Step, Task, TrainConfig, register_task
+from ...errors import UserError
+from .data import (
     FSGNET_AUGMENTATION,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -38,14 +43,7 @@ from ..data.medical import (
     open_source,
     seed_worker_augmentation,
 )
-from ..errors import UserError
-from .checkpoint import atomic_write, atomic_write_json, json_safe
-from .distributed import pick_device
-from .fit import Task, TrainConfig, fit
-from .loop import autocast
-from .medical_metrics import SegmentationMetrics, restore_original
-from .models import build_model, check_model_input
-from .options import non_negative_int, numbers, open_fraction, positive_float, positive_int, probability
+from .metrics import SegmentationMetrics, restore_original
 
 TASK = "medical-seg"
 DEMO_MODEL = "herseg"
@@ -260,7 +258,7 @@ def save_prediction(folder: str, name: str, rgb: np.ndarray, prob: np.ndarray, p
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: SegmentationEvalSet, device: torch.device, settings: Inference,
              threshold: float = 0.5, amp: bool = True, workers: int = 0, predictions: str | None = None,
-             fov_loss: bool = False, progress: bool = False) -> dict[str, Any]:
+             fov_loss: bool = False) -> dict[str, Any]:
     """Score whole images at their original resolution; write PNGs to ``predictions`` when given.
 
     Returns ``{"region": "fov" | "image", "loss", "pooled", "per_image", "images", "count", "threshold"}``, plus
@@ -273,8 +271,8 @@ def evaluate(model: nn.Module, dataset: SegmentationEvalSet, device: torch.devic
     whole = SegmentationMetrics(threshold) if has_fov else None  # FOV datasets also get whole-image numbers
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_item)
     loss_sum = 0.0
-    show = progress and sys.stderr.isatty()
-    for item in tqdm(loader, desc="eval", total=len(dataset), leave=False, disable=not show):
+    bar = Progress(loader, "eval", total=len(dataset), interval=10)
+    for item in bar:
         mask, fov = item["mask"], item["fov"]
         logits = predict_logits(model, item["image"][None].to(device), settings, amp)
         logits = restore_original(logits, (0, 0, *logits.shape[-2:]), mask.shape)  # undo the dataset's scale
@@ -288,6 +286,7 @@ def evaluate(model: nn.Module, dataset: SegmentationEvalSet, device: torch.devic
             whole.update(prob, mask, name=item["name"])
         if predictions is not None:
             save_prediction(predictions, item["name"], item["rgb"], prob, prob >= threshold, mask)
+        bar.update(1)
     result = {"region": "fov" if has_fov else "image", **inside.compute(), "loss": loss_sum / len(dataset)}
     if whole is not None:
         full = whole.compute()
@@ -319,6 +318,7 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@register_task
 class MedicalTask(Task):
     """Binary segmentation of whole images (retinal vessels): crops for training, whole images for validation."""
 
@@ -402,6 +402,11 @@ class MedicalTask(Task):
                                           args.tile, args.device, args.workers, threshold=args.threshold,
                                           pad_to=args.pad_to))
 
+    @classmethod
+    def rebuild_model(cls, ckpt: dict, model_name: str | None = None) -> nn.Module:
+        return build_model(model_name or ckpt["model"], num_classes=1,
+                           **(ckpt.get("model_kwargs", {}) if model_name in (None, ckpt["model"]) else {}))
+
     def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
         cfg = self.cfg
         model = build_model(cfg.model, pretrained=cfg.pretrained, num_classes=1, **cfg.model_kwargs)
@@ -419,15 +424,18 @@ class MedicalTask(Task):
         for size in sorted({self.cfg.img_size, inference_size(self.settings)}):
             check_model_output(model, size, self.cfg.model)
 
-    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
-        """BCE + Dice over the crop (inside the FOV with ``fov_loss``), averaged over a deep-supervision network's
-        outputs (FSG-Net returns its three in training, the main one first)."""
+    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> Step:
+        """BCE + Dice over the crop (inside the FOV with ``fov_loss``), averaged over the output and a
+        deep-supervision network's ``aux_outputs`` (FSG-Net's two coarser decoder levels): parts ``bce_dice_main``
+        and ``bce_dice_<name>``, each as it enters that mean; plus the model's own auxiliary losses."""
         images, masks, fovs = (t.to(device, non_blocking=True) for t in batch)
         with autocast(device, self.cfg.amp):
-            logits = net(images)
+            out = net(images)
         region = fovs if self.cfg.fov_loss else torch.ones_like(masks)
-        outputs = logits if isinstance(logits, tuple | list) else (logits,)
-        return sum(bce_dice_loss(out, masks, region) for out in outputs) / len(outputs), images.shape[0]
+        outputs = {"main": out.output, **out.aux_outputs}
+        parts = {f"bce_dice_{name}": bce_dice_loss(logits, masks, region) / len(outputs)
+                 for name, logits in outputs.items()}
+        return Step.from_parts({**parts, **out.aux_losses}, images.shape[0], out.stats)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         cfg = self.cfg
@@ -477,24 +485,18 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str | N
     validation split), write ``metrics.json`` and the prediction PNGs under ``output``
     (default: ``<checkpoint folder>/eval_<split>``); ``pad_to`` replaces the stored canvas size.
     Returns the metrics with ``"output"`` added."""
-    ckpt = MedicalTask.load_checkpoint(checkpoint)
+    model, ckpt, dev = MedicalTask.model_from_checkpoint(checkpoint, device)
     data = data if data is not None else ckpt["dataset"]
     split = split or "val"
     stored = ckpt["inference"]
     settings = Inference(inference or stored["mode"], tile or stored["tile"], stored["overlap"],
                          stored["pad_multiple"], stored["batch_size"],
                          stored.get("pad_to", 0) if pad_to is None else pad_to)
-    dev = pick_device(device)
-    model = build_model(ckpt["model"], num_classes=1, **ckpt.get("model_kwargs", {}))
-    load_pretrained(model, ckpt["state_dict"], strict=True,
-                    name=f"checkpoint {checkpoint} (trained as {ckpt['model']})")
-    model.to(dev)
     check_model_output(model, inference_size(settings), ckpt["model"])
     dataset = SegmentationEvalSet(open_source(data, split), ckpt["scale"], ckpt["mean"], ckpt["std"])
     output = output or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{split}")
     result = evaluate(model, dataset, dev, settings, ckpt["threshold"] if threshold is None else threshold,
-                      workers=workers, predictions=os.path.join(output, "predictions"), fov_loss=ckpt["fov_loss"],
-                      progress=True)
+                      workers=workers, predictions=os.path.join(output, "predictions"), fov_loss=ckpt["fov_loss"])
     result = {"checkpoint": os.path.abspath(checkpoint), "model": ckpt["model"], "dataset": data, "split": split,
               "inference": dataclasses.asdict(settings), **result}
     atomic_write_json(result, os.path.join(output, "metrics.json"))

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from timm.models import get_pretrained_cfg
 
-from ..errors import UserError, first_line
+from .errors import UserError, first_line
 
 __all__ = ["LoadResult", "PretrainedMixin", "checkpoint_classes", "checkpoint_filter", "load_pretrained",
-           "match_classifier", "read_checkpoint", "read_file"]
+           "match_classifier", "read_state_dict", "read_file"]
 
 SCHEME = "visattn://"
 _logger = logging.getLogger(__name__)
@@ -68,11 +69,6 @@ def _official_weights(name: str) -> dict:
     """``visattn://<model>[.<tag>]``: the model's official weights as its pretrained cfg names them (a URL,
     downloaded once to a name of its own, or a Hugging Face hub id)."""
     import timm
-    from timm.models import get_pretrained_cfg
-
-    import visattn  # noqa: F401  (registers the visattn models)
-
-    from ._helpers import pretrained_file
 
     model, _, tag = name.partition(".")
     if not timm.is_model(model):
@@ -87,9 +83,28 @@ def _official_weights(name: str) -> dict:
     return load_state_dict_from_hf(cfg.hf_hub_id)
 
 
-def read_file(path: str):
+def pretrained_file(variant: str, tag: str, url: str | None = None) -> str:
+    """Local path of a model's official checkpoint, downloaded once to a name of its own.
+
+    Official checkpoints served from share links all end in the same path segment (``.../content``), so a
+    URL-named cache would store every variant under one file name. The file is
+    ``$TORCH_HOME/hub/checkpoints/<variant>_<tag>.pth``; ``url`` defaults to the pretrained cfg's.
+    """
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", f"{variant}_{tag}.pth")
+    if not os.path.exists(cached):
+        cfg = get_pretrained_cfg(f"{variant}.{tag}")
+        url = url or (cfg.url if cfg is not None else None)
+        if not url:
+            raise ValueError(f"{variant}.{tag} has no official checkpoint URL")
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        torch.hub.download_url_to_file(url, cached, progress=True)
+    return cached
+
+
+def read_file(path: str, mmap: bool = False):
     """``path`` loaded on the CPU (tensors and plain containers only; safetensors by extension), with one-line
-    errors for a missing, empty, cut-off or foreign file."""
+    errors for a missing, empty, cut-off or foreign file: visattn's one checkpoint reader. ``mmap``: map a torch zip
+    file instead of reading it, to look at its fields without loading its tensors (other files are read)."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
     if os.path.getsize(path) == 0:
@@ -99,7 +114,9 @@ def read_file(path: str):
             from safetensors.torch import load_file
 
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except Exception as err:  # torch and safetensors raise many types for a damaged file
         raise UserError(f"cannot read checkpoint {path}: {_read_failure(path, err)}") from None
 
@@ -123,7 +140,7 @@ def _read_failure(path: str, err: Exception) -> str:
     return first_line(err)
 
 
-def read_checkpoint(source: str | os.PathLike | Mapping) -> dict:
+def read_state_dict(source: str | os.PathLike | Mapping) -> dict:
     """The state dict held by ``source`` (a file, a URL, ``visattn://<model>[.<tag>]`` or a dict), on the CPU, with
     training containers (``state_dict``, ``model``, ``module``) and a DDP ``module.`` prefix removed."""
     if isinstance(source, Mapping):
@@ -185,7 +202,7 @@ def checkpoint_classes(model: nn.Module, state: Mapping) -> int | None:
 def match_classifier(model: nn.Module, source: str | os.PathLike | Mapping) -> dict:
     """The state dict of ``source`` in ``model``'s layout (family filter applied), with ``model``'s classifier reset
     to the checkpoint's classes where they differ (converting or evaluating a fine-tuned checkpoint)."""
-    state = read_checkpoint(source)
+    state = read_state_dict(source)
     fn = family_filter(model)
     state = fn(state, model) if fn is not None else state
     classes = checkpoint_classes(model, state)
@@ -239,7 +256,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, *, st
     :class:`UserError` naming the keys; ``name`` describes the source in messages.
     """
     name = name or _describe(source)
-    state = read_checkpoint(source)
+    state = read_state_dict(source)
     fn = filter_fn or family_filter(model)
     if fn is not None:
         state = fn(state, model)

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import UserError, first_line
-from .images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, read_problems
+from ...errors import UserError, first_line
+from ..images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, read_problems
 
 
 class ImageFolderDataset(Dataset):

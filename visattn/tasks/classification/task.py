@@ -2,32 +2,32 @@
 
 The task's parts: image-folder or built-in digits datasets (optionally a validation split carved from the
 training images, for model selection that never sees the test split), the classifier (``num_classes`` from the
-class folders), the cross-entropy step (label smoothing, or soft targets after mixup/cutmix) plus the model's own
-auxiliary loss (``model.aux_loss``, e.g. TCPA's prompt matching) and, with a teacher, distillation and
-Sparsifiner's training phases (:mod:`.distill`), top-1 / top-5 evaluation summed over every process,
-``val_top1`` as the score.
+class folders), the loss step: cross-entropy ``ce`` (label smoothing, or soft targets after mixup/cutmix) plus the
+model's own auxiliary losses (the model-training contract's ``aux_losses``, e.g. TCPA's ``matching``) and, with a
+teacher, distillation ``kd`` and the training phases of models that declare them (:mod:`.distill`:
+``reconstruction``, ``token_mse``); top-1 / top-5 evaluation summed over every process, ``val_top1`` as the score.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
-from ..backbones._loader import load_pretrained
-from ..errors import UserError
-from .distributed import all_reduce_sum, pick_device
-from .fit import Task, TrainConfig, fit, make_loader
-from .loop import autocast
-from .models import build_model
-from .options import fraction, non_negative_float, open_fraction, positive_int
+from ...contract import forward_train
+from ...engine.distributed import all_reduce_sum
+from ...engine.fit import fit
+from ...engine.loop import autocast
+from ...engine.models import build_model
+from ...engine.options import fraction, non_negative_float, open_fraction, positive_int
+from ...engine.progress import Progress
+from ...engine.task import Step, Task, TrainConfig, make_loader, register_task
+from ...errors import UserError
 
 DIGITS = "digits"
 # The built-in default: a small BiFormer (one block per stage but two in stage 3, half the channels,
@@ -53,7 +53,7 @@ class ClassificationConfig(TrainConfig):
     val_split: float | None = None  # carve this fraction of train/ (per class) as the validation split
     teacher: str | None = None  # timm model name or checkpoint file of a frozen teacher
     teacher_model: str | None = None  # the model of a --teacher file of bare weights
-    phase: str | None = None  # Sparsifiner's training phase: "reconstruct" or "distill"
+    phase: str | None = None  # a training phase the model declares (Sparsifiner: "reconstruct" or "distill")
     distill_weight: float = 0.5  # KL(teacher || student) weight
     token_weight: float = 0.5  # patch-token MSE weight (distill phase)
     recon_weight: float = 0.01  # attention-reconstruction weight (reconstruct phase)
@@ -99,7 +99,7 @@ def build_dataset(data: str | None, split: str, img_size: int, data_cfg: dict, c
     ``eval_transform``); ``data=None`` gives the built-in digits."""
     from timm.data import create_transform
 
-    from ..data.classification import DigitsDataset, ImageFolderDataset
+    from .data import DigitsDataset, ImageFolderDataset
 
     training = split == "train" and not eval_transform
     common = dict(input_size=(3, img_size, img_size), mean=data_cfg["mean"], std=data_cfg["std"],
@@ -118,12 +118,12 @@ def build_dataset(data: str | None, split: str, img_size: int, data_cfg: dict, c
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
-             progress: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over ``loader`` (summed across processes)."""
     model.eval()
     totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, top-1 hits, top-5 hits, count
-    for images, targets in tqdm(loader, desc="eval", leave=False, disable=not (progress and sys.stderr.isatty())):
+    bar = Progress(loader, "eval")
+    for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(images)
@@ -135,10 +135,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
         totals[1] += hits[:, 0].sum().item()
         totals[2] += hits.any(dim=1).sum().item()
         totals[3] += targets.numel()
+        bar.update(targets.numel())
     loss, top1, top5, count = all_reduce_sum(totals, device)
     return {"loss": loss / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "count": count}
 
 
+@register_task
 class ClassificationTask(Task):
     """Image classification: ``--data`` folder with train/ and val/ class folders, or the built-in digits."""
 
@@ -191,6 +193,14 @@ class ClassificationTask(Task):
         return (f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
                 f"({int(metrics['count'])} images)\n" + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
 
+    @classmethod
+    def rebuild_model(cls, ckpt: dict, model_name: str | None = None) -> nn.Module:
+        name = model_name or ckpt["model"]
+        if not name:
+            raise UserError("the checkpoint does not name its model; pass --model")
+        kwargs = ckpt.get("model_kwargs", {}) if name == ckpt["model"] else {}
+        return build_model(name, num_classes=ckpt["num_classes"], **kwargs)
+
     def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
         from timm.data import Mixup, resolve_data_config
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -213,9 +223,10 @@ class ClassificationTask(Task):
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if cfg.phase is not None:
-            if not hasattr(model, "set_training_phase"):
-                raise UserError(f"--phase {cfg.phase} trains a model with connectivity predictors (sparsifiner_*); "
-                                f"{cfg.model} has none")
+            phases = getattr(model, "training_phases", ())
+            if cfg.phase not in phases:
+                has = f"its phases are {', '.join(phases)}" if phases else "it declares no training phases"
+                raise UserError(f"--phase {cfg.phase}: {cfg.model} has no such training phase; {has}")
             model.set_training_phase(cfg.phase)
         self.teacher = None
         if cfg.teacher:
@@ -242,42 +253,39 @@ class ClassificationTask(Task):
         blank = torch.zeros(1, 3, self.cfg.img_size, self.cfg.img_size, device=next(model.parameters()).device)
         model.eval()
         with torch.no_grad():
-            tokens = model(blank, return_extras=True)["tokens"]
+            tokens = forward_train(model, blank).extras.get("tokens")
         model.train()
+        if tokens is None:
+            raise UserError(f"--phase distill matches patch tokens, and {self.cfg.model}'s training forward gives none")
         teacher_tokens = teacher_outputs(self.teacher, blank)[1]
         if tokens.shape != teacher_tokens.shape:
             raise UserError(f"teacher {self.cfg.teacher} gives patch tokens {tuple(teacher_tokens.shape)}, "
                             f"{self.cfg.model} {tuple(tokens.shape)}; the token loss needs the same tokens")
 
-    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
+    def compute_loss(self, net: nn.Module, batch, device: torch.device) -> Step:
         from .distill import logit_distillation, reconstruction_loss, teacher_attention, teacher_outputs
 
         cfg = self.cfg
         images, targets = (t.to(device, non_blocking=True) for t in batch)
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)
-        model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
         with autocast(device, cfg.amp):
+            out = net(images)
+            parts = {}
             if cfg.phase == "reconstruct":
-                out = net(images, return_extras=True)
                 target = (teacher_attention(self.teacher, images) if self.teacher is not None
-                          else [a.detach() for a in out["attention"]])
-                loss = cfg.recon_weight * reconstruction_loss(out["approx"], target)
-            elif cfg.phase == "distill":
-                out = net(images, return_extras=True)
-                teacher_logits, teacher_tokens = teacher_outputs(self.teacher, images)
-                loss = (self.criterion(out["logits"], targets)
-                        + cfg.distill_weight * logit_distillation(out["logits"], teacher_logits)
-                        + cfg.token_weight * nn.functional.mse_loss(out["tokens"].float(), teacher_tokens.float()))
+                          else [a.detach() for a in out.extras["attention"]])
+                parts["reconstruction"] = cfg.recon_weight * reconstruction_loss(out.extras["approx"], target)
             else:
-                logits = net(images)
-                loss = self.criterion(logits, targets)
+                parts["ce"] = self.criterion(out.output, targets)
                 if self.teacher is not None:
-                    teacher_logits = teacher_outputs(self.teacher, images)[0]
-                    loss = loss + cfg.distill_weight * logit_distillation(logits, teacher_logits)
-            if getattr(model, "aux_loss", None) is not None:
-                loss = loss + model.aux_loss
-        return loss, images.shape[0]
+                    teacher_logits, teacher_tokens = teacher_outputs(self.teacher, images)
+                    parts["kd"] = cfg.distill_weight * logit_distillation(out.output, teacher_logits)
+                    if cfg.phase == "distill":
+                        parts["token_mse"] = cfg.token_weight * nn.functional.mse_loss(out.extras["tokens"].float(),
+                                                                                       teacher_tokens.float())
+            parts.update(out.aux_losses)
+        return Step.from_parts(parts, images.shape[0], out.stats)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, Any]:
         return evaluate(model, self.val_loader, device, self.cfg.amp)
@@ -306,17 +314,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, model_name: st
                         batch_size: int = 64, workers: int = 4, device: str | None = None,
                         use_ema: bool = True) -> dict[str, float]:
     """Rebuild the model a checkpoint was trained as and score it on the validation split."""
-    ckpt = ClassificationTask.load_checkpoint(checkpoint)
-    name = model_name or ckpt.get("model")
-    if not name:
-        raise UserError(f"{checkpoint} does not name its model; pass --model")
-    dev = pick_device(device)
-    kwargs = ckpt.get("model_kwargs", {}) if name == ckpt.get("model") else {}
-    model = build_model(name, num_classes=ckpt["num_classes"], **kwargs)
-    state = ckpt["state_dict_ema"] if use_ema and "state_dict_ema" in ckpt else ckpt["state_dict"]
-    load_pretrained(model, state, strict=True, name=f"checkpoint {checkpoint} (trained as {ckpt.get('model')})")
-    model.to(dev)
+    model, ckpt, dev = ClassificationTask.model_from_checkpoint(checkpoint, device, use_ema, model_name)
     dataset = data if data is not None else (None if ckpt.get("dataset") == DIGITS else ckpt.get("dataset"))
     val_set = build_dataset(dataset, "val", ckpt["img_size"], ckpt["data_cfg"], classes=list(ckpt["classes"]))
     loader = make_loader(val_set, batch_size, workers, False, 1, dev)
-    return evaluate(model, loader, dev, progress=True)
+    return evaluate(model, loader, dev)

@@ -23,9 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import list_models
-from ..errors import UserError, first_line
-from .checkpoint import atomic_write
+from . import list_models
+from .engine.checkpoint import atomic_write
+from .engine.loop import TrainingForward
+from .errors import UserError, first_line
 
 PATHS = {"reference": "torch", "fused": "triton"}  # path -> $VISATTN_BACKEND
 MODES = ("eager", "compiled")
@@ -173,18 +174,21 @@ def inference_ms(model: nn.Module, run: Callable, x: torch.Tensor, warmup: int =
     return time_ms(infer, x.device, warmup, repeat)
 
 
-def training_step(model: nn.Module, run: Callable, loss_fn: Callable,
+def training_step(model: nn.Module, loss_fn: Callable, compile: bool = False,
                   amp_dtype: torch.dtype | None = torch.bfloat16) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """``step(x, y)``: one AdamW step on ``loss_fn(run(x), y)`` under autocast to ``amp_dtype``, the loss in float32
-    (``run`` may return a tuple of outputs, as deep supervision does); frozen parameters stay out of the optimizer."""
+    """``step(x, y)``: one AdamW step through the model's training forward (:class:`TrainingForward`, compiled with
+    ``compile``) under autocast to ``amp_dtype``: ``loss_fn(output, y)`` in float32, averaged with the
+    deep-supervision outputs', plus the model's own auxiliary losses; frozen parameters stay out of the optimizer."""
     model.train()
+    run = TrainingForward(model)
+    run = torch.compile(run) if compile else run
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = run(x)
-        out = tuple(o.float() for o in out) if isinstance(out, tuple | list) else out.float()
-        loss = loss_fn(out, y)
+        outputs = out.predictions()
+        loss = sum(loss_fn(o.float(), y) for o in outputs) / len(outputs) + sum(out.aux_losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -192,18 +196,12 @@ def training_step(model: nn.Module, run: Callable, loss_fn: Callable,
     return step
 
 
-def segmentation_loss(out: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy of a network's logit maps (FSG-Net returns several in training) against a mask."""
-    outs = out if isinstance(out, tuple | list) else (out,)
-    return sum(F.binary_cross_entropy_with_logits(o, target) for o in outs) / len(outs)
-
-
-def throughput(model: nn.Module, run: Callable, infer_x: torch.Tensor, train_x: torch.Tensor, train_y: torch.Tensor,
-               loss_fn: Callable, warmup: int = 3, repeat: int = 10) -> dict:
-    """Inference and training img/s of ``run`` (bf16 autocast, an AdamW step per training batch) and the peak memory
-    of one training step (GB; NaN off CUDA)."""
-    infer_ms = inference_ms(model, run, infer_x, warmup, repeat)
-    step = training_step(model, run, loss_fn)
+def throughput(model: nn.Module, infer_x: torch.Tensor, train_x: torch.Tensor, train_y: torch.Tensor,
+               loss_fn: Callable, compile: bool = False, warmup: int = 3, repeat: int = 10) -> dict:
+    """Inference and training img/s of ``model`` (compiled with ``compile``; bf16 autocast, an AdamW step per
+    training batch, see :func:`training_step`) and the peak memory of one training step (GB; NaN off CUDA)."""
+    infer_ms = inference_ms(model, torch.compile(model) if compile else model, infer_x, warmup, repeat)
+    step = training_step(model, loss_fn, compile)
     step(train_x, train_y)  # the optimizer's state exists before the peak is taken
     peak = peak_gb(lambda: step(train_x, train_y), train_x.device)
     train_ms = time_ms(lambda: step(train_x, train_y), train_x.device, warmup, repeat)
@@ -232,14 +230,13 @@ def bench_model(name: str, backend: str, device: str | torch.device = "cuda", *,
         torch.manual_seed(0)
         model = timm.create_model(name).to(device)
         hw = (size, size) if size else tuple(model.pretrained_cfg["input_size"][1:])
-        run = torch.compile(model) if compile else model
-        loss_fn = segmentation_loss if kind == "segmentation" else F.cross_entropy
+        loss_fn = F.binary_cross_entropy_with_logits if kind == "segmentation" else F.cross_entropy
         try:
             x, y = _batch(kind, train_batch, hw, model.num_classes, device)
-            result = throughput(model, run, torch.randn(infer_batch, 3, *hw, device=device), x, y, loss_fn,
+            result = throughput(model, torch.randn(infer_batch, 3, *hw, device=device), x, y, loss_fn, compile,
                                 warmup, repeat)
             if kind == "segmentation" and train_batch > 1:
-                step = training_step(model, run, loss_fn)
+                step = training_step(model, loss_fn, compile)
                 one = _batch(kind, 1, hw, model.num_classes, device)
                 step(*one)
                 result["peak_gb_batch1"] = peak_gb(lambda: step(*one), device)
@@ -248,11 +245,6 @@ def bench_model(name: str, backend: str, device: str | torch.device = "cuda", *,
             if compile:
                 torch._dynamo.reset()
     return result
-
-
-def one_line_error(err: BaseException) -> str:
-    """``Type: first line of the message``."""
-    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
 
 
 def cuda_runs(paths: Sequence[str], compile: bool) -> list[tuple[str, str]]:
@@ -276,7 +268,7 @@ def benchmark_row(name: str, *, latency: bool = True, runs: Sequence[tuple[str, 
     try:
         counts = count_model(name)
     except Exception as err:  # one model's failure is its row's, the run goes on
-        return {**row, "error": f"count: {one_line_error(err)}"}
+        return {**row, "error": f"count: {first_line(err, with_type=True)}"}
     row.update(counts)
     stages: list[tuple[str, Callable[[], dict]]] = []
     if latency:
@@ -295,7 +287,7 @@ def benchmark_row(name: str, *, latency: bool = True, runs: Sequence[tuple[str, 
         try:
             row.update(measure())
         except Exception as err:
-            errors.append(f"{stage}: {one_line_error(err)}")
+            errors.append(f"{stage}: {first_line(err, with_type=True)}")
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

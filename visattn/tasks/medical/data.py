@@ -25,8 +25,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, get_worker_info
 
-from ..errors import UserError, first_line
-from .images import IMAGE_EXTENSIONS, READ_ERRORS, read_problem
+from ...errors import UserError, first_line
+from ..images import IMAGE_EXTENSIONS, READ_ERRORS, read_problem
 
 SYNTHETIC = "synthetic-vessels"
 SYNTHETIC_DEFAULTS = {"size": 192, "train": 32, "val": 6, "seed": 0}

@@ -1,4 +1,5 @@
-"""Shared command-line plumbing for the tools: repo on sys.path, one-line errors, JSON arguments, per-task options."""
+"""The command-line tools (`visattn-train`, `visattn-eval`, `visattn-benchmark`, `visattn-convert`; `tools/*.py` call
+them) and what they share: one-line errors, JSON arguments, per-task options."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from visattn.errors import UserError  # noqa: E402
+from ..errors import UserError, first_line
 
 # argparse's own complaints; any other "argument --x: ..." message comes from a visattn value type and starts with the
 # value, so it reads "--x VALUE: why".
@@ -91,7 +90,8 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
 
     Returns (arguments, task class).
     """
-    from visattn.engine.fit import DEFAULT_TASK, TASKS, get_task
+    from .. import tasks as _registers_the_tasks  # noqa: F401
+    from ..engine.task import DEFAULT_TASK, TASKS, get_task
 
     pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     pre.add_argument("--task")
@@ -104,9 +104,12 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
     chosen = known.task
     checkpoint = known.resume or known.checkpoint
     if chosen is None and checkpoint and os.path.isfile(checkpoint):
-        from visattn.engine.checkpoint import peek_checkpoint
+        from ..engine.checkpoint import read_training_checkpoint
 
-        chosen = (peek_checkpoint(checkpoint) or {}).get("task")  # continued or scored as the task that wrote it
+        try:  # continued or scored as the task that wrote it
+            chosen = read_training_checkpoint(checkpoint, mmap=True).get("task")
+        except UserError:
+            chosen = None  # the tool's own reading reports the file
     chosen = chosen if chosen in TASKS else DEFAULT_TASK  # the full parser reports an unknown task
     p = ToolParser(description=doc,
                    epilog=f"tasks: {', '.join(TASKS)}; `--task NAME --help` lists a task's own options")
@@ -124,15 +127,6 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
     return args, task_class
 
 
-def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line; for an error re-raised from a DataLoader worker, the worker's own."""
-    text = str(err).strip()
-    if "Original Traceback" in text:  # torch re-raises a worker's exception with the worker's traceback inside
-        text = text.splitlines()[-1].strip()
-        text = re.sub(r"^[\w.]*Error: ", "", text)
-    return " ".join(text.split()) or type(err).__name__
-
-
 def run(main: Callable[[], int | None]) -> None:
     """Run a tool's main; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 2 (with
     ``--debug``: the traceback); Ctrl-C ends with exit code 130 and no traceback."""
@@ -141,7 +135,7 @@ def run(main: Callable[[], int | None]) -> None:
     except UserError as err:
         if "--debug" in sys.argv[1:]:
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -36,8 +36,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..errors import UserError, first_line
-from .images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, read_problems
+from ...errors import UserError, first_line
+from ..images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, read_problems
 
 LAYOUTS = ("auto", "market1501", "msmt17", "csv", "folders")
 SPLITS = ("train", "query", "gallery")

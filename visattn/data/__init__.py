@@ -1,1 +1,0 @@
-"""Datasets for the tasks that OpenMMLab does not cover."""
