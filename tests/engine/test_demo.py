@@ -1,5 +1,8 @@
 """The built-in default job: the small BiFormer on scikit-learn's digits must pass 90% validation top-1."""
 
+import pytest
+
+from tests.engine._logged import assert_logged
 from visattn.tasks.classification.task import ClassificationConfig, evaluate_checkpoint, train
 
 
@@ -23,7 +26,10 @@ def test_reid_demo_ranks_far_above_chance(tmp_path, monkeypatch):
     from visattn.tasks.reid.task import train as train_reid
 
     monkeypatch.setenv("VISATTN_CACHE", str(tmp_path / "cache"))
-    best = train_reid(ReIDConfig.demo(str(tmp_path / "run")))["best"]
+    result = train_reid(ReIDConfig.demo(str(tmp_path / "run")))
+    best, last = result["best"], result["history"][-1]
+    assert last["ce"] + last["triplet"] == pytest.approx(last["train_loss"], rel=1e-4)
+    assert_logged(tmp_path / "run", ["ce", "triplet"])
     data = open_data(None, "auto", False)
     pids = [np.array([i.pid for i in s]) for s in (data.query, data.gallery)]
     cams = [np.array([i.camid for i in s]) for s in (data.query, data.gallery)]

@@ -7,6 +7,7 @@ import timm
 import torch
 from PIL import Image
 
+from tests.engine._logged import assert_logged
 from visattn.engine.fit import fit, trainable_summary
 from visattn.engine.loop import TrainingForward
 from visattn.errors import UserError
@@ -132,6 +133,7 @@ def test_phase_one_against_a_teacher_and_phase_two_with_distillation(folder, tmp
                                            epochs=1)))
     assert np.isfinite(first["history"][0]["train_loss"])
     assert first["history"][0]["keep_ratio"] == 1.0  # reconstructing: every block attends densely
+    assert_logged(tmp_path / "run", ["keep_ratio"])
     start = str(tmp_path / "run" / "last.pth")
     cfg = _config(folder, tmp_path, model="sparsifiner_deit_small", model_kwargs=SPARSIFINER, phase="distill",
                   teacher=str(path), init=start, epochs=1, output=str(tmp_path / "phase2"))
@@ -143,6 +145,7 @@ def test_phase_one_against_a_teacher_and_phase_two_with_distillation(folder, tmp
     # sparse in the distillation phase: N = 1 + 8 * 8 tokens, the class query attends all, each patch query
     # ceil(0.25 N) = 17 keys
     assert row["keep_ratio"] == pytest.approx((65 + 64 * 17) / 65**2)
+    assert_logged(tmp_path / "phase2", ["ce", "kd", "token_mse", "keep_ratio"])
     before = torch.load(start, weights_only=True)["state_dict"]
     after = torch.load(tmp_path / "phase2" / "last.pth", weights_only=True)["state_dict"]
     predictors = [k for k in before if ".mask_predictor." in k]
@@ -166,7 +169,9 @@ def test_prompt_tuning_trains_prompts_and_head_and_leaves_the_backbone_bit_ident
                   init=str(tmp_path / "start.pth"), val_split=0.2, epochs=2, lr=1e-2)
     result = fit(ClassificationTask(cfg))
     assert "trainable" in capsys.readouterr().out
-    assert np.isfinite(result["history"][-1]["train_loss"])
+    row = result["history"][-1]
+    assert np.isfinite(row["train_loss"]) and row["ce"] + row["matching"] == pytest.approx(row["train_loss"], rel=1e-4)
+    assert_logged(tmp_path / "run", ["ce", "matching"])
     end = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["state_dict"]
     trained = {k for k in start if not torch.equal(start[k], end[k])}
     assert trained and all(k.startswith(("prompts.", "head.")) for k in trained), sorted(trained)[:5]

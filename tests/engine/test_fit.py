@@ -271,3 +271,18 @@ def test_register_task_refuses_a_second_task_of_the_same_name():
 
     with pytest.raises(ValueError, match="registered twice"):
         register_task(Again)
+
+
+@pytest.mark.parametrize("task_name", ["classification", "medical-seg", "reid"])
+def test_a_model_given_without_data_keeps_the_demo_recipe_and_says_so(task_name, tmp_path, capsys):
+    from visattn.engine.fit import assemble_config
+
+    task = get_task(task_name)
+    demo, full = task.config.demo(""), task.config(output="")
+    config = assemble_config(task, {"model": "resnet18", "output": str(tmp_path / "a")})
+    assert config.model == "resnet18" and config.epochs == demo.epochs and config.lr == demo.lr
+    assert f"{task_name} demo recipe: resnet18 on" in capsys.readouterr().out
+    config = assemble_config(task, {"model": "resnet18", "data": "x", "output": str(tmp_path / "b")})
+    assert config.epochs == full.epochs and config.lr == full.lr and capsys.readouterr().out == ""
+    config = assemble_config(task, {"data": "x", "output": str(tmp_path / "c")}, demo=True)
+    assert config.epochs == demo.epochs and config.data == "x"

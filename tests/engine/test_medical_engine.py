@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from tests.engine._logged import assert_logged
 from visattn.contract import TrainOutput
 from visattn.engine.fit import train_pass
 from visattn.engine.loop import TrainingForward
@@ -265,8 +266,7 @@ def test_train_fsgnet_with_deep_supervision(tmp_path):
     assert math.isfinite(row["train_loss"]) and "val_dice" in row
     parts = ("bce_dice_main", "bce_dice_level2", "bce_dice_level3")
     assert sum(row[k] for k in parts) == pytest.approx(row["train_loss"], rel=1e-5)
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][0]
-    assert all(saved[k] == row[k] for k in parts)
+    assert_logged(tmp_path / "run", parts)
 
 
 def test_the_fsgnet_recipe_sets_the_augmentation_and_explicit_values_win():
@@ -352,8 +352,7 @@ def test_train_fsgnet_with_the_official_recipe(tmp_path):
     assert math.isfinite(row["train_loss"]) and "val_dice" in row
     parts = ("bce_dice_main", "bce_dice_level2", "bce_dice_level3")
     assert sum(row[k] for k in parts) == pytest.approx(row["train_loss"], rel=1e-5)
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][0]
-    assert all(saved[k] == row[k] for k in parts)
+    assert_logged(tmp_path / "run", parts)
     ckpt = torch.load(tmp_path / "run" / "best.pth", map_location="cpu", weights_only=False)
     assert ckpt["augmentation"] == dataclasses.asdict(FSGNET_AUGMENTATION)
     assert tuple(ckpt["mean"]) == IMAGENET_MEAN and ckpt["inference"]["pad_to"] == 64

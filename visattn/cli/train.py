@@ -17,7 +17,6 @@ Multi-GPU: ``torchrun --nproc_per_node N tools/train.py ...`` (add ``--launcher 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ..engine.options import (
@@ -29,8 +28,6 @@ from ..engine.options import (
     positive_int,
 )
 from . import is_config, json_dict, mm_parser, parse_task_args, run
-
-DEFAULT_OUTPUT = "runs/train"
 
 
 def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
@@ -86,25 +83,10 @@ def main(argv=None) -> int:
     if is_config(argv):
         return main_config(argv)
     args, task_class = parse_task_args(argv, __doc__, add_shared_arguments, "train")
-    from ..engine.fit import fit, free_run_folder, resumed_config
+    from ..engine.fit import assemble_config, fit
 
-    config = task_class.config
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("task", "debug", "demo")}
-    demo = bool(args.demo) or (args.data is None and not args.resume)
-    base = vars(config.demo("") if demo else config(output=""))
-    if demo:
-        recipe = config(**{**base, **given, "output": ""})
-        print(f"{task_class.name} demo recipe: {recipe.model} on {recipe.data or task_class.default_data}, "
-              f"{recipe.epochs} epochs"
-              + ("" if args.demo else "; pass --data DIR to train on your own data"), flush=True)
-    if args.resume:  # the run's own options, then what the command line gives again
-        base.update(resumed_config(args.resume, config))
-        given.setdefault("output", os.path.dirname(os.path.abspath(args.resume)))
-    else:
-        given.setdefault("output", free_run_folder(DEFAULT_OUTPUT))
-    if given.get("clip_grad") == 0:
-        given["clip_grad"] = None
-    task = task_class(config(**{**base, **given}))
+    given = {k: v for k, v in vars(args).items() if k not in ("task", "debug", "demo")}
+    task = task_class(assemble_config(task_class, given, bool(args.demo)))
     print(task.summary(fit(task)["best"]))
     return 0
 

@@ -75,6 +75,34 @@ def resumed_config(path: str, config: type[TrainConfig]) -> dict[str, Any]:
     return {k: v for k, v in saved.items() if k in fields}
 
 
+DEFAULT_OUTPUT = "runs/train"
+
+
+def assemble_config(task_class: type[Task], given: dict[str, Any], demo: bool = False) -> TrainConfig:
+    """The config of a run from the options given (the config's field names; None: not given): the task's demo
+    recipe with ``demo`` or when neither data nor a run to resume is given (said in one line, so that a model given
+    on the command line never switches recipes unannounced), else the task's full recipe; a resumed run's own
+    options under those given again; ``output`` the resumed run's folder, else the first free runs/trainN."""
+    config = task_class.config
+    given = {k: v for k, v in given.items() if v is not None}
+    resume = given.get("resume")
+    demo = demo or ("data" not in given and not resume)
+    base = vars(config.demo("") if demo else config(output=""))
+    if demo:
+        recipe = config(**{**base, **given, "output": ""})
+        print(f"{task_class.name} demo recipe: {recipe.model} on {recipe.data or task_class.default_data}, "
+              f"{recipe.epochs} epochs" + ("" if "data" in given else "; pass --data DIR to train on your own data"),
+              flush=True)
+    if resume:
+        base.update(resumed_config(resume, config))
+        given.setdefault("output", os.path.dirname(os.path.abspath(resume)))
+    else:
+        given.setdefault("output", free_run_folder(DEFAULT_OUTPUT))
+    if given.get("clip_grad") == 0:
+        given["clip_grad"] = None
+    return config(**{**base, **given})
+
+
 RUN_FILES = ("last.pth", "best.pth", "metrics.json", "curves.png", "tensorboard")
 
 
