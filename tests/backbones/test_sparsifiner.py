@@ -139,6 +139,8 @@ def test_training_phases_set_gradients_and_attention():
         torch.testing.assert_close(model(x), sparse.output)  # sparse in training too
     model.set_training_phase(None)
     assert all(p.requires_grad for p in model.parameters())
+    with torch.no_grad():  # no loss reads the approximation outside the reconstruction phase: it is not returned
+        assert "approx" not in model.train().forward_train(x).extras
     with pytest.raises(ValueError, match="phase='joint'; use 'reconstruct', 'distill' or None"):
         model.set_training_phase("joint")
 

@@ -124,7 +124,9 @@ class SparsifinerViT(GridViT):
         - ``keep_ratio``: the fraction of the N x N query-key pairs the blocks attend, averaged over blocks:
           (N + (N - 1) ceil(rho N)) / N^2 for sparse attention, 1 for a block attending densely (reconstructing);
         - ``tokens``: the final normed patch tokens (B, H*W, C);
-        - ``approx``: per block, the predictor's approximate attention of the patch queries (B, heads, H*W, N);
+        - ``approx``: per block, the predictor's approximate attention of the patch queries (B, heads, H*W, N), in
+          evaluation and while reconstructing in training (outside that phase no loss reads it, and an output no
+          loss reads would leave DDP waiting for the predictors' gradients);
         - ``attention``: per block, the dense attention probabilities (B, heads, N, N), only while
           reconstructing in training (the phase-1 target).
         """
@@ -139,7 +141,9 @@ class SparsifinerViT(GridViT):
             if probs is not None:
                 attention.append(probs)
         x = self.norm(x)
-        extras = {"tokens": x[:, self.num_prefix_tokens:], "approx": approx}
+        extras = {"tokens": x[:, self.num_prefix_tokens:]}
+        if attention or not self.training or any(block.attn.reconstruct for block in self.blocks):
+            extras["approx"] = approx
         if attention:
             extras["attention"] = attention
         keep_ratio = torch.tensor(sum(kept) / len(kept), device=x.device)
