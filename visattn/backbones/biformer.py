@@ -23,8 +23,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
-from ..blocks import BiLevelRoutingAttention, LePEAttention
-from ._helpers import create_model, pad_to_multiple, rename_keys
+from ..blocks import BiLevelRoutingAttention, LePEAttention, pad_to_multiple
+from ._helpers import create_model, rename_keys
 from ._loader import checkpoint_filter
 from ._pyramid import PyramidModel, pyramid_stages
 

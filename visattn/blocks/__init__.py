@@ -8,11 +8,14 @@ from .mask_decoder import PromptFreeMaskDecoder, TwoWayTransformer
 from .polarized_attention import PolarizedSelfAttention
 from .routing_attention import BiLevelRoutingAttention
 from .sparse_attention import ConnectivityPredictor, SparsifinerAttention
+from .spatial import pad_to_multiple, stripe_partition, stripe_reverse, window_apply
 from .ss2d import SS2D
+from .stripe_attention import StripeAttention
 from .token_prompts import PromptedAttention, TokenCoordinatedPrompts
 from .window_attention import WindowAttention
 
 __all__ = ["SS2D", "BiLevelRoutingAttention", "ConnectivityPredictor", "DualGatedLinearAttention",
            "DualGatedLinearAttentionBlock", "InjectiveLinearAttention", "LePEAttention", "PolarizedSelfAttention",
            "PredictedLocalResidual", "PromptFreeMaskDecoder", "PromptedAttention", "SparsifinerAttention",
-           "TokenCoordinatedPrompts", "TwoWayTransformer", "WindowAttention", "maybe_checkpoint"]
+           "StripeAttention", "TokenCoordinatedPrompts", "TwoWayTransformer", "WindowAttention", "maybe_checkpoint",
+           "pad_to_multiple", "stripe_partition", "stripe_reverse", "window_apply"]
