@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
-from ..blocks import StripeAttention, pad_to_multiple
+from ..blocks import ConvDownsample, StripeAttention
 from ._helpers import rename_keys
 from ._inline import TSINGHUA_URL, create_inline, inline_cfg
 from ._loader import checkpoint_filter
@@ -59,23 +59,6 @@ class InLineCSwinBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class ConvLNEmbed(nn.Module):
-    """Conv k x k stride s (padding k // 2 - 1 for the stem, 1 for merging) + LayerNorm: (B, C_in, H, W) or
-    (B, H, W, C_in) -> (B, ceil(H/s), ceil(W/s), C). The stem pads sides to a multiple of 4 first (the official stem
-    drops a remainder)."""
-
-    def __init__(self, in_chs: int, out_chs: int, stem: bool, device=None, dtype=None):
-        super().__init__()
-        self.stem = stem
-        kernel, stride, padding = (7, 4, 2) if stem else (3, 2, 1)
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride, padding, device=device, dtype=dtype)
-        self.norm = nn.LayerNorm(out_chs, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_to_multiple(x, 4) if self.stem else x.permute(0, 3, 1, 2)
-        return self.norm(self.conv(x).permute(0, 2, 3, 1))
-
-
 class InLineCSwin(PyramidModel):
     """InLine-CSwin classifier and backbone.
 
@@ -97,9 +80,13 @@ class InLineCSwin(PyramidModel):
         dd = dict(device=device, dtype=dtype)
         dims = [embed_dim * 2 ** i for i in range(len(depths))]
         last = len(depths) - 1
-        stem = ConvLNEmbed(in_chans, dims[0], stem=True, **dd)
+        # conv7x7/4 (padding 2) + LN on sides padded to a multiple of 4 (the official stem drops a remainder)
+        stem = ConvDownsample(in_chans, dims[0], 7, 4, 2, norm_layer=nn.LayerNorm, pad_multiple=4, output_fmt="NHWC",
+                              **dd)
         stages = pyramid_stages(
-            depths, drop_path_rate, lambda i: ConvLNEmbed(dims[i - 1], dims[i], stem=False, **dd),
+            depths, drop_path_rate,
+            lambda i: ConvDownsample(dims[i - 1], dims[i], 3, 2, 1, norm_layer=nn.LayerNorm, input_fmt="NHWC",
+                                     output_fmt="NHWC", **dd),
             lambda i, j, dpr: InLineCSwinBlock(dims[i], num_heads[i], inline=attn_types[i] == "I",
                                                stripes=attn_types[i] == "S" and i != last, split=split,
                                                mlp_ratio=mlp_ratio, drop_path=dpr, **dd))

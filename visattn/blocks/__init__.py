@@ -2,6 +2,7 @@
 
 from ._checkpoint import maybe_checkpoint
 from .attention import LePEAttention
+from .downsample import ConvDownsample
 from .dual_gated_attention import DualGatedLinearAttention, DualGatedLinearAttentionBlock
 from .linear_attention import InjectiveLinearAttention, PredictedLocalResidual
 from .mask_decoder import PromptFreeMaskDecoder, TwoWayTransformer
@@ -14,7 +15,7 @@ from .stripe_attention import StripeAttention
 from .token_prompts import PromptedAttention, TokenCoordinatedPrompts
 from .window_attention import WindowAttention
 
-__all__ = ["SS2D", "BiLevelRoutingAttention", "ConnectivityPredictor", "DualGatedLinearAttention",
+__all__ = ["SS2D", "BiLevelRoutingAttention", "ConnectivityPredictor", "ConvDownsample", "DualGatedLinearAttention",
            "DualGatedLinearAttentionBlock", "InjectiveLinearAttention", "LePEAttention", "PolarizedSelfAttention",
            "PredictedLocalResidual", "PromptFreeMaskDecoder", "PromptedAttention", "SparsifinerAttention",
            "StripeAttention", "TokenCoordinatedPrompts", "TwoWayTransformer", "WindowAttention", "maybe_checkpoint",
