@@ -220,7 +220,7 @@ class PSAHRNet(PretrainedMixin, HighResolutionNet):
 
     Args:
         cfg: timm's HRNet architecture (``timm.models.hrnet.cfg_cls[...]``).
-        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s).
+        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s), or ``"p"`` / ``"s"``.
         psa_form: ``"official"`` (the released code) or ``"paper"`` (the paper's equations).
         upsample: how the fuse layers upsample lower-resolution branches: ``"nearest"`` (timm's HRNet, its
             ImageNet weights) or ``"bilinear"`` (the official HRNetV2 segmentation code, mmseg's HRNet).
@@ -345,9 +345,10 @@ class PSAResNet(PretrainedMixin, ResNet):
     """timm's ResNet with PSA (``deattn``) in every Bottleneck after the 3x3 conv.
 
     Args:
-        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s).
+        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s), or ``"p"`` / ``"s"``.
         psa_form: ``"official"`` or ``"paper"``.
-        **kwargs: timm's ResNet arguments (``block`` is the PSA Bottleneck).
+        **kwargs: timm's ResNet arguments (``block`` is timm's Bottleneck, made a :class:`PSABottleneck` by
+            :func:`insert_psa`).
     """
 
     addon_keys = r"\.deattn\."
