@@ -48,6 +48,7 @@ from visattn.benchmark import (
     time_ms,
     training_step,
 )
+from visattn.ops.polarized_attention import LAYOUTS as PSA_LAYOUTS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +88,7 @@ SPARSE_SHAPES = [
 # (name, batch, channels, height, width, layout): PSA blocks of HRNet-W48 (OCRNet, Cityscapes 512x1024 crops)
 POLARIZED_SHAPES = [
     (f"HRNet-W48 branch {i} {layout}", 2, 48 << i, 128 >> i, 256 >> i, layout)
-    for i in range(4) for layout in ("parallel", "sequential")
+    for i in range(4) for layout in PSA_LAYOUTS
 ]
 # timm's dense models that visattn's sparse ones are measured against in the same run (no visattn op inside)
 DENSE_BASELINES = ("deit_small_patch16_224", "vit_base_patch16_224")

@@ -5,8 +5,19 @@ import torch.nn as nn
 from timm.models.hrnet import cfg_cls
 
 import visattn
-from visattn.backbones.psa import PSAHRNet, PSAResNet
+from visattn.backbones import psa
+from visattn.backbones.psa import (
+    PSAAfter,
+    PSABasicBlock,
+    PSABottleneck,
+    PSAHRNet,
+    PSAResNet,
+    hrnet_psa_variant,
+    insert_psa,
+    psa_name,
+)
 from visattn.blocks import PolarizedSelfAttention
+from visattn.blocks.polarized_attention import resolve_layout
 from visattn.errors import UserError
 
 HRNETS = ["hrnet_w18_psa", "hrnet_w32_psa", "hrnet_w48_psa", "hrnet_w18_psa_s", "hrnet_w32_psa_s", "hrnet_w48_psa_s"]
@@ -270,3 +281,56 @@ def test_paper_form_builds_on_both_backbones():
     assert {m.form for m in hr.modules() if isinstance(m, PolarizedSelfAttention)} == {"paper"}
     assert {(m.form, m.layout) for m in rn.modules() if isinstance(m, PolarizedSelfAttention)} == {
         ("paper", "sequential")}
+
+
+def test_layout_and_variant_names_are_the_papers():
+    assert [resolve_layout(name) for name in ("p", "s", "parallel", "sequential")] == [
+        "parallel", "sequential", "parallel", "sequential"]
+    with pytest.raises(ValueError, match="layout='x'; use one of parallel, sequential"):
+        resolve_layout("x")
+    registered = {n for n in visattn.list_models() if n.startswith("hrnet_")}
+    assert registered == {hrnet_psa_variant(w, layout) for w in ("w18", "w32", "w48") for layout in ("p", "s")}
+    assert hrnet_psa_variant("w48", "sequential") == "hrnet_w48_psa_s" and psa_name("parallel") == "psa_p"
+
+
+def _resnet_stage() -> nn.Sequential:
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", num_classes=0).layer2.eval()
+
+
+def test_insert_psa_after_blocks_is_gated_and_starts_as_identity():
+    stage, plain = _resnet_stage(), _resnet_stage()
+    assert insert_psa(stage, [1], placement="after", layout="s", backend="torch") == [1]
+    assert isinstance(stage[1], PSAAfter) and isinstance(stage[0], type(plain[0]))
+    assert {k.split(".")[1] for k in stage.state_dict() if k.startswith("1.")} == {"block", "attention", "gate"}
+    assert stage[1].attention.channels == 128 and stage[1].attention.backend == "torch"
+    x = torch.randn(2, 64, 16, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(stage(x), plain(x), rtol=0, atol=0)  # g = 0
+        stage[1].gate.fill_(0.25)
+        y = plain(x)
+        torch.testing.assert_close(stage(x), y + 0.25 * (stage[1].attention(y) - y))
+
+
+def test_insert_psa_inside_runs_psa_before_the_last_conv():
+    stage, plain = _resnet_stage(), _resnet_stage()
+    insert_psa(stage, layout="p")
+    assert all(isinstance(b, PSABasicBlock) and b.deattn.channels == b.conv1.out_channels for b in stage)
+    assert set(stage.state_dict()) - set(plain.state_dict()) == {k for k in stage.state_dict() if ".deattn." in k}
+    for block in stage:
+        block.deattn = nn.Identity()
+    x = torch.randn(2, 64, 16, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(stage(x), plain(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="placement='inside' takes timm's BasicBlock or Bottleneck, got PSAAfter"):
+        insert_psa(nn.Sequential(PSAAfter(plain[0], PolarizedSelfAttention(128))))
+    with pytest.raises(ValueError, match="placement='before'; use one of inside, after"):
+        insert_psa(plain, placement="before")
+
+
+def test_no_private_method_of_timm_is_overridden():
+    """The PSA classes override timm's public methods only, so timm's private helpers may change freely."""
+    for cls in (PSAHRNet, PSAResNet, PSABasicBlock, PSABottleneck, psa._PSAModule):
+        timm_bases = [base for base in cls.__mro__[1:] if base.__module__.startswith("timm.")]
+        own = {name for name in vars(cls) if name.startswith("_") and not name.startswith("__")}
+        assert not {name for name in own if any(name in vars(base) for base in timm_bases)}, cls

@@ -10,6 +10,12 @@ PSA (:class:`visattn.blocks.PolarizedSelfAttention`) inserted into timm's own ba
 - ResNet-50 (timm's ``ResNet``): after the 3x3 conv (conv2-BN-ReLU) of every Bottleneck, before conv3. The paper's
   ResNet placement was not released; this is visattn's choice, by analogy with the HRNet BasicBlock.
 
+Both are timm's model with PSA put into its blocks by :func:`insert_psa` (``placement="inside"``), the one way
+visattn puts PSA into a ResNet; re-id's ``--attn psa_p|psa_s`` uses it with ``placement="after"`` (a gated PSA after
+whole blocks). The layouts and their short names are :mod:`visattn.blocks.polarized_attention`'s ``LAYOUTS`` and
+``LAYOUT_SHORT_NAMES``; :func:`psa_name` and :func:`hrnet_psa_variant` spell the names built from them. No private
+method of timm's classes is overridden.
+
 Both use the official form of the block (``psa_form="official"``: the official code's softmax placement and
 ``conv_up``; ``"paper"`` gives the paper's equations). Everything else is timm's model: its stem, stages, heads
 and features; any input size works wherever timm's model does (HRNet: any size, fused branches are resized by the
@@ -28,48 +34,46 @@ it has no classification head, so use a model without one (``head=""``, as the m
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models.hrnet import HighResolutionModule, HighResolutionNet, SequentialList, cfg_cls
+from timm.models.hrnet import HighResolutionModule, HighResolutionNet, cfg_cls
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..blocks import PolarizedSelfAttention, maybe_checkpoint
+from ..blocks.polarized_attention import LAYOUT_SHORT_NAMES, LAYOUTS, resolve_layout
 from ..weights import PretrainedMixin, checkpoint_filter
 from ._helpers import check_images, create_model
 
-__all__ = ["PSABasicBlock", "PSABottleneck", "PSAHRNet", "PSAResNet"]
+__all__ = ["PLACEMENTS", "PSAAfter", "PSABasicBlock", "PSABottleneck", "PSAHRNet", "PSAResNet", "hrnet_psa_variant",
+           "insert_psa", "psa_name"]
 
-LAYOUTS = {"p": "parallel", "s": "sequential", "parallel": "parallel", "sequential": "sequential"}
+PLACEMENTS = ("inside", "after")
 
 
-def _layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown PSA layout {layout!r}; use 'parallel' or 'sequential'")
-    return LAYOUTS[layout]
+def psa_name(layout: str) -> str:
+    """The paper's name of PSA in ``layout``: ``"psa_p"`` (parallel) or ``"psa_s"`` (sequential)."""
+    return f"psa_{LAYOUT_SHORT_NAMES[resolve_layout(layout)]}"
+
+
+def hrnet_psa_variant(width: str, layout: str) -> str:
+    """The registered HRNet variant of ``width`` (``"w18"``, ...) with PSA in ``layout``: ``hrnet_w18_psa``
+    (parallel) or ``hrnet_w18_psa_s`` (sequential)."""
+    return f"hrnet_{width}_psa{'_s' if resolve_layout(layout) == 'sequential' else ''}"
 
 
 class PSABasicBlock(BasicBlock):
-    """timm's ResNet/HRNet BasicBlock with PSA after conv1-BN-ReLU (the official HRNet ``BasicBlock``):
+    """timm's ResNet/HRNet BasicBlock with PSA (``deattn``) after conv1-BN-ReLU (the official HRNet
+    ``BasicBlock``), made from a BasicBlock by :func:`insert_psa`:
 
     y = ReLU(x' + BN(conv2(PSA(ReLU(BN(conv1(x))))))), x' = x or downsample(x).
-
-    The layout and form are class attributes (HRNet builds its blocks as ``block_type(inplanes, planes, stride,
-    downsample)``); :func:`psa_block` makes the subclass for each pair.
     """
 
-    psa_layout = "parallel"
-    psa_form = "official"
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 device=None, dtype=None, **kwargs):
-        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)
-        self.deattn = PolarizedSelfAttention(self.conv1.out_channels, layout=self.psa_layout, form=self.psa_form,
-                                             device=device, dtype=dtype)
+    deattn: PolarizedSelfAttention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -85,19 +89,13 @@ class PSABasicBlock(BasicBlock):
 
 
 class PSABottleneck(Bottleneck):
-    """timm's ResNet Bottleneck with PSA after the 3x3 conv (conv2-BN-ReLU), before conv3 (visattn's placement):
+    """timm's ResNet Bottleneck with PSA (``deattn``) after the 3x3 conv (conv2-BN-ReLU), before conv3 (visattn's
+    placement), made from a Bottleneck by :func:`insert_psa`:
 
     y = ReLU(x' + BN(conv3(PSA(ReLU(BN(conv2(ReLU(BN(conv1(x)))))))))).
     """
 
-    psa_layout = "parallel"
-    psa_form = "official"
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 device=None, dtype=None, **kwargs):
-        super().__init__(inplanes, planes, stride, downsample, device=device, dtype=dtype, **kwargs)
-        self.deattn = PolarizedSelfAttention(self.conv2.out_channels, layout=self.psa_layout, form=self.psa_form,
-                                             device=device, dtype=dtype)
+    deattn: PolarizedSelfAttention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -113,26 +111,63 @@ class PSABottleneck(Bottleneck):
         return self.act3(x + shortcut)
 
 
-@functools.cache
-def psa_block(base: type, layout: str, form: str) -> type:
-    """The subclass of ``base`` (:class:`PSABasicBlock` or :class:`PSABottleneck`) with PSA in ``layout`` and
-    ``form`` (one class per combination, so models built alike share their block class)."""
-    layout = _layout(layout)
-    if form not in ("official", "paper"):
-        raise ValueError(f"unknown PSA form {form!r}; use 'official' or 'paper'")
-    return type(f"{base.__name__}_{layout}_{form}", (base,), dict(psa_layout=layout, psa_form=form,
-                                                                 __module__=__name__))
+class PSAAfter(nn.Module):
+    """A residual block B followed by PSA, blended in by a learnable gate g (0 at start):
+
+    y = B(x), out = y + g (PSA(y) - y), so a pretrained network is unchanged when PSA is added.
+    Shapes: B's, (B, C_in, H, W) -> (B, C, H', W'), PSA on its C output channels.
+    """
+
+    def __init__(self, block: nn.Module, attention: PolarizedSelfAttention):
+        super().__init__()
+        self.block, self.attention = block, attention
+        self.gate = nn.Parameter(torch.zeros((), device=attention.conv_q_right.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return y + self.gate.to(y.dtype) * (self.attention(y) - y)
 
 
-def _reset_psa(model: nn.Module) -> None:
-    """The backbones' own initialisation (Kaiming fan-out on every conv) also reaches the PSA convs: give them back
-    the block's initialisation."""
-    for module in model.modules():
-        if isinstance(module, PolarizedSelfAttention):
-            for part in module.modules():
-                if part is not module and hasattr(part, "reset_parameters"):
-                    part.reset_parameters()
-            module.reset_parameters()
+_WITH_PSA_INSIDE = {BasicBlock: PSABasicBlock, Bottleneck: PSABottleneck}
+
+
+def _output_channels(block: nn.Module) -> int:
+    """C of a residual block's (B, C, H, W) output: its last conv's (conv3, else conv2, else the last one)."""
+    last = getattr(block, "conv3", None) or getattr(block, "conv2", None)
+    return (last or [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1]).out_channels
+
+
+def insert_psa(stage: nn.Sequential, blocks: Sequence[int] | None = None, *, placement: str = "inside",
+               layout: str = "parallel", form: str = "official", backend: str | None = None) -> list[int]:
+    """Put PSA into residual blocks of ``stage``, in place: the blocks ``blocks`` (indices, all when None) of a
+    ResNet stage (``layerN``) or an HRNet branch, an ``nn.Sequential`` of residual blocks on (B, C, H, W) maps.
+
+    ``placement="inside"``: timm's BasicBlock / Bottleneck becomes :class:`PSABasicBlock` / :class:`PSABottleneck`
+    (its parameters, plus PSA as ``deattn`` on the C = conv1 / conv2 output channels before the next conv: the
+    official HRNet placement and ``resnet50_psa``'s). ``placement="after"``: any block B becomes
+    :class:`PSAAfter` (B under ``block``, PSA under ``attention`` on B's output channels, the gate ``gate``:
+    re-id's placement). PSA is :class:`visattn.blocks.PolarizedSelfAttention` in ``layout`` and ``form`` at its own
+    initialisation, on the block's device and dtype; ``backend`` goes to its op. Returns the indices changed.
+    Shapes: each block keeps its (B, C_in, H, W) -> (B, C_out, H', W').
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement={placement!r}; use one of {', '.join(PLACEMENTS)}")
+    indices = list(range(len(stage))) if blocks is None else list(blocks)
+    for i in indices:
+        block = stage[i]
+        weight = next(block.parameters())
+        dd = dict(backend=backend, device=weight.device, dtype=weight.dtype)
+        if placement == "after":
+            stage[i] = PSAAfter(block, PolarizedSelfAttention(_output_channels(block), layout, form, **dd))
+            continue
+        psa_cls = _WITH_PSA_INSIDE.get(type(block))
+        if psa_cls is None:
+            raise ValueError(f"placement='inside' takes timm's BasicBlock or Bottleneck, got {type(block).__name__}")
+        channels = (block.conv1 if psa_cls is PSABasicBlock else block.conv2).out_channels
+        attention = PolarizedSelfAttention(channels, layout, form, **dd)
+        block.__class__ = psa_cls  # the same module and state, with the forward that runs deattn
+        block.deattn = attention
+    return indices
 
 
 class CheckpointSequential(nn.Sequential):
@@ -148,7 +183,8 @@ class CheckpointSequential(nn.Sequential):
 
 
 class _PSAModule(HighResolutionModule):
-    """timm's HighResolutionModule whose branches checkpoint per block and whose fusion takes any input size.
+    """timm's HighResolutionModule whose fusion takes any input size (:class:`PSAHRNet` gives its modules this
+    class, and branches that checkpoint per block).
 
     ``upsample="nearest"`` (timm's, as its ImageNet weights were trained): a lower-resolution branch upsampled by
     its fixed factor is cropped to the higher-resolution branch where the sizes were not divisible (the stride-2
@@ -158,12 +194,6 @@ class _PSAModule(HighResolutionModule):
     """
 
     upsample = "nearest"
-
-    def _make_one_branch(self, branch_index, block_type, num_blocks, num_channels, stride=1, device=None,
-                         dtype=None):
-        branch = super()._make_one_branch(branch_index, block_type, num_blocks, num_channels, stride,
-                                          device=device, dtype=dtype)
-        return CheckpointSequential(*branch)
 
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.num_branches == 1:
@@ -190,7 +220,7 @@ class PSAHRNet(PretrainedMixin, HighResolutionNet):
 
     Args:
         cfg: timm's HRNet architecture (``timm.models.hrnet.cfg_cls[...]``).
-        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s).
+        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s), or ``"p"`` / ``"s"``.
         psa_form: ``"official"`` (the released code) or ``"paper"`` (the paper's equations).
         upsample: how the fuse layers upsample lower-resolution branches: ``"nearest"`` (timm's HRNet, its
             ImageNet weights) or ``"bilinear"`` (the official HRNetV2 segmentation code, mmseg's HRNet).
@@ -207,30 +237,19 @@ class PSAHRNet(PretrainedMixin, HighResolutionNet):
                  upsample: str = "nearest", **kwargs):
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
-        self._psa_block_type = psa_block(PSABasicBlock, psa_layout, psa_form)  # read by _make_stage
+        if any(cfg[f"stage{n}"]["block_type"] != "BASIC" for n in (2, 3, 4)):
+            raise ValueError("PSA HRNet stages 2-4 are BasicBlock stages")
+        self.psa_layout, self.psa_form = resolve_layout(psa_layout), psa_form
         super().__init__(cfg, **kwargs)
-        for module in self.modules():
-            if isinstance(module, _PSAModule):
-                module.upsample = upsample
+        for module in (*self.stage2, *self.stage3, *self.stage4):
+            module.__class__ = _PSAModule  # timm's module and state, with the fusion that takes any size
+            module.upsample = upsample
+            for i, branch in enumerate(module.branches):
+                module.branches[i] = CheckpointSequential(*branch)
+                insert_psa(module.branches[i], layout=self.psa_layout, form=psa_form)
         self.upsample = upsample
-        self.psa_layout = self._psa_block_type.psa_layout
-        self.psa_form = psa_form
         self.layer1 = CheckpointSequential(*self.layer1)
         self.grad_checkpointing = False
-        _reset_psa(self)
-
-    def _make_stage(self, layer_config, num_in_chs, multi_scale_output=True, device=None, dtype=None):
-        """timm's stage with PSA BasicBlocks (a Bottleneck stage stays as it is) and checkpointing branches."""
-        if layer_config["block_type"] != "BASIC":
-            raise ValueError("PSA HRNet stages 2-4 are BasicBlock stages")
-        modules = []
-        for i in range(layer_config["num_modules"]):
-            modules.append(_PSAModule(
-                layer_config["num_branches"], self._psa_block_type, layer_config["num_blocks"], num_in_chs,
-                layer_config["num_channels"], layer_config["fuse_method"],
-                multi_scale_output or i < layer_config["num_modules"] - 1, device=device, dtype=dtype))
-            num_in_chs = modules[-1].get_num_in_chs()
-        return SequentialList(*modules), num_in_chs
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -326,9 +345,10 @@ class PSAResNet(PretrainedMixin, ResNet):
     """timm's ResNet with PSA (``deattn``) in every Bottleneck after the 3x3 conv.
 
     Args:
-        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s).
+        psa_layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s), or ``"p"`` / ``"s"``.
         psa_form: ``"official"`` or ``"paper"``.
-        **kwargs: timm's ResNet arguments (``block`` is the PSA Bottleneck).
+        **kwargs: timm's ResNet arguments (``block`` is timm's Bottleneck, made a :class:`PSABottleneck` by
+            :func:`insert_psa`).
     """
 
     addon_keys = r"\.deattn\."
@@ -336,11 +356,11 @@ class PSAResNet(PretrainedMixin, ResNet):
     def __init__(self, psa_layout: str = "parallel", psa_form: str = "official", **kwargs):
         if "block" in kwargs:
             raise ValueError("PSA ResNet builds its own blocks (PSA Bottlenecks)")
-        block = psa_block(PSABottleneck, psa_layout, psa_form)
-        super().__init__(block=block, **kwargs)
-        self.psa_layout = block.psa_layout
-        self.psa_form = psa_form
-        _reset_psa(self)
+        layout = resolve_layout(psa_layout)
+        super().__init__(block=Bottleneck, **kwargs)
+        self.psa_layout, self.psa_form = layout, psa_form
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            insert_psa(stage, layout=self.psa_layout, form=psa_form)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -396,8 +416,8 @@ _HRNET_WEIGHTS = {
 }
 
 default_cfgs = generate_default_cfgs({
-    **{f"hrnet_{width}_psa{suffix}.{tag}": _cfg(cfg)
-       for width, (tag, cfg) in _HRNET_WEIGHTS.items() for suffix in ("", "_s")},
+    **{f"{hrnet_psa_variant(width, layout)}.{tag}": _cfg(cfg)
+       for width, (tag, cfg) in _HRNET_WEIGHTS.items() for layout in LAYOUTS},
     "resnet50_psa.a1_in1k": _cfg(
         dict(hf_hub_id="timm/resnet50.a1_in1k", crop_pct=0.95, test_crop_pct=1.0, test_input_size=(3, 288, 288),
              interpolation="bicubic", classifier="fc",
@@ -416,7 +436,7 @@ def _create_hrnet(width: str, layout: str, pretrained: bool, kwargs: dict) -> PS
         if location not in ("incre", ""):
             raise ValueError(f"feature_location must be 'incre' or '', got {location!r}")
         kwargs["head"] = location
-    variant = f"hrnet_{width}_psa{'_s' if layout == 'sequential' else ''}"
+    variant = hrnet_psa_variant(width, layout)
     args = dict(model_cfg=cfg_cls[f"hrnet_{width}"], psa_layout=layout, out_indices=(0, 1, 2, 3, 4))
     return create_model(PSAHRNet, variant, pretrained, dict(args, **kwargs), tag=_HRNET_WEIGHTS[width][0])
 

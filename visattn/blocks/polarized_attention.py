@@ -44,12 +44,22 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.polarized_attention import polarized_attention
+from ..ops.polarized_attention import LAYOUTS, polarized_attention
 
-__all__ = ["PolarizedSelfAttention"]
+__all__ = ["FORMS", "LAYOUTS", "LAYOUT_SHORT_NAMES", "PolarizedSelfAttention", "resolve_layout"]
 
-LAYOUTS = ("parallel", "sequential")
 FORMS = ("official", "paper")
+LAYOUT_SHORT_NAMES = {"parallel": "p", "sequential": "s"}  # the paper's PSA_p and PSA_s
+
+
+def resolve_layout(layout: str) -> str:
+    """The layout (one of ``LAYOUTS``: ``"parallel"``, ``"sequential"``) named in full or by its short name
+    (``"p"``, ``"s"``); a one-line ValueError otherwise."""
+    full = {short: name for name, short in LAYOUT_SHORT_NAMES.items()}.get(layout, layout)
+    if full not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}; use one of {', '.join(LAYOUTS)} (or "
+                         f"{', '.join(LAYOUT_SHORT_NAMES.values())})")
+    return full
 
 
 class PolarizedSelfAttention(nn.Module):
@@ -57,16 +67,16 @@ class PolarizedSelfAttention(nn.Module):
 
     Args:
         channels: C, at least 2 (at least 8 for the official sequential form, whose bottleneck is C // 8 wide).
-        layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s).
+        layout: ``"parallel"`` (PSA_p) or ``"sequential"`` (PSA_s), or the short names ``"p"``, ``"s"``.
         form: ``"official"`` (network/PSA.py, its parameter names and shapes) or ``"paper"`` (the paper's
             equations; the same names plus ``norm``, the LayerNorm over C, and a biased ``conv_up``).
         backend: passed to the op (None: Triton for CUDA tensors, the PyTorch reference otherwise).
     """
 
-    def __init__(self, channels: int, layout: str = "parallel", form: str = "official", device=None, dtype=None):
+    def __init__(self, channels: int, layout: str = "parallel", form: str = "official", backend: str | None = None,
+                 device=None, dtype=None):
         super().__init__()
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout={layout!r}; use one of {', '.join(LAYOUTS)}")
+        layout = resolve_layout(layout)
         if form not in FORMS:
             raise ValueError(f"form={form!r}; use one of {', '.join(FORMS)}")
         min_channels = 8 if (form, layout) == ("official", "sequential") else 2
@@ -76,7 +86,7 @@ class PolarizedSelfAttention(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.channels, self.layout, self.form = channels, layout, form
         self.inner = inner = channels // 2
-        self.backend: str | None = None
+        self.backend = backend
         self.conv_q_right = nn.Conv2d(channels, 1, 1, bias=False, **dd)
         self.conv_v_right = nn.Conv2d(channels, inner, 1, bias=False, **dd)
         if form == "paper":

@@ -12,6 +12,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d
 
+from ..backbones.psa import hrnet_psa_variant
+from ..blocks.polarized_attention import LAYOUTS
 from ..errors import UserError
 
 
@@ -185,7 +187,7 @@ class PSAHRNetBackbone(VisattnBackbone):
 
     def __init__(self, arch: str = "w48", layout: str = "sequential", upsample: str = "bilinear",
                  out_indices: Sequence[int] = (1, 2, 3, 4), norm_eval: bool = False, init_cfg: dict | None = None):
-        if layout not in ("sequential", "parallel"):
-            raise UserError(f"layout must be 'sequential' or 'parallel', got {layout!r}")
-        name = f"hrnet_{arch}_psa{'_s' if layout == 'sequential' else ''}"
+        if layout not in LAYOUTS:
+            raise UserError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+        name = hrnet_psa_variant(arch, layout)
         super().__init__(name, out_indices, -1, norm_eval, False, dict(head="", upsample=upsample), init_cfg)

@@ -3,24 +3,20 @@ re-id losses (CE with label smoothing, batch-hard triplet, centre loss)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ...blocks import PolarizedSelfAttention
+from ...backbones.psa import insert_psa, psa_name
+from ...blocks.polarized_attention import LAYOUTS
 from ...contract import TrainOutput
 from ...engine.models import build_model
 
 __all__ = ["REID_ATTENTION", "CenterLoss", "GeM", "ReIDLoss", "ReIDModel", "batch_hard_triplet_loss"]
 
-# Attention blocks the re-id model can insert: channels -> module on (B, C, H, W) maps of any size.
-REID_ATTENTION: dict[str, Callable[[int], nn.Module]] = {
-    "psa_p": lambda c: PolarizedSelfAttention(c, layout="parallel"),  # PSA_p, official form
-    "psa_s": lambda c: PolarizedSelfAttention(c, layout="sequential"),  # PSA_s, official form
-}
+# Attention the re-id model can insert after ResNet blocks: name -> PSA layout (official form), psa_p and psa_s.
+REID_ATTENTION: dict[str, str] = {psa_name(layout): layout for layout in LAYOUTS}
 
 
 class GeM(nn.Module):
@@ -33,26 +29,6 @@ class GeM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.float().clamp_min(self.eps).pow(self.p).mean((2, 3)).pow(1.0 / self.p)
-
-
-class AttentionAfter(nn.Module):
-    """A residual block followed by an attention block A, blended in by a learnable gate g (0 at start):
-    y = B(x), out = y + g (A(y) - y), so a pretrained network is unchanged when the attention is added."""
-
-    def __init__(self, block: nn.Module, attention: nn.Module):
-        super().__init__()
-        self.block, self.attention = block, attention
-        self.gate = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return y + self.gate.to(y.dtype) * (self.attention(y) - y)
-
-
-def _out_channels(block: nn.Module) -> int:
-    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
-    last = getattr(block, "conv3", None) or getattr(block, "conv2", None) or convs[-1]
-    return last.out_channels
 
 
 def _block_indices(spec: str, count: int, stage: int) -> list[int]:
@@ -77,7 +53,8 @@ class ReIDModel(nn.Module):
     map is pooled (average or GeM; ViT tokens through timm's own head pooling) to f (B, D); BNNeck: f_bn = BN(f)
     with a frozen zero bias, logits = W f_bn (no bias). Training returns (logits, f) (CE on the logits, triplet on
     f); evaluation returns f_bn. ``last_stride=1`` removes the stride of a ResNet's last stage; ``attn`` inserts
-    REID_ATTENTION blocks after the chosen bottlenecks (``attn_blocks``) of stages ``attn_at`` (1-4) of a ResNet.
+    REID_ATTENTION after the chosen bottlenecks (``attn_blocks``) of stages ``attn_at`` (1-4) of a ResNet, gated
+    (:func:`visattn.backbones.psa.insert_psa` with ``placement="after"``).
     """
 
     def __init__(self, backbone: str, num_classes: int, pretrained: bool = False, pooling: str = "avg",
@@ -136,9 +113,9 @@ class ReIDModel(nn.Module):
             if stage not in (1, 2, 3, 4):
                 raise ValueError(f"attn_at: stages are 1-4, got {stage}")
             layer = getattr(self.backbone, f"layer{stage}")
-            for i in _block_indices(blocks, len(layer), stage):
-                layer[i] = AttentionAfter(layer[i], REID_ATTENTION[attn](_out_channels(layer[i])))
-                self.attention_at.append(f"layer{stage}.{i}")
+            indices = insert_psa(layer, _block_indices(blocks, len(layer), stage), placement="after",
+                                 layout=REID_ATTENTION[attn])
+            self.attention_at += [f"layer{stage}.{i}" for i in indices]
 
     def describe(self) -> str:
         pool = "GeM" if self.pool is not None else "average"
