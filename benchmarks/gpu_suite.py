@@ -40,15 +40,15 @@ import torch
 import torch.nn.functional as F
 
 from visattn.benchmark import (
-    FUSED_ONLY,
     bench_model,
     forced_backend,
+    fused_only,
     peak_gb,
     throughput,
     time_ms,
     training_step,
 )
-from visattn.ops.polarized_attention import LAYOUTS as PSA_LAYOUTS  # noqa: E402
+from visattn.ops.polarized_attention import LAYOUTS as PSA_LAYOUTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -814,7 +814,7 @@ def main() -> int:
                   f"floor {row['floor_ms']:.3f} ms ({time.time() - started:.0f} s)", flush=True)
             report()
     for name in args.models:
-        backends = (("triton",) if name.startswith(FUSED_ONLY) else
+        backends = (("triton",) if fused_only(name) else
                     ("torch",) if name in DENSE_BASELINES else ("torch", "triton"))
         modes = (False, True) if args.compile and name not in SEGMENTATION_MODELS else (False,)
         for compiled in modes:

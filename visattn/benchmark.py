@@ -30,8 +30,6 @@ from .errors import UserError, first_line
 
 PATHS = {"reference": "torch", "fused": "triton"}  # path -> $VISATTN_BACKEND
 MODES = ("eager", "compiled")
-# LaMamba's reference selective scan runs one token at a time: on a GPU only the fused path is timed
-FUSED_ONLY = ("lamamba_",)
 # (inference, training) batch on CUDA; segmentation networks run at their native 608-1024 px
 BATCHES = {"classification": (128, 64), "segmentation": (4, 4)}
 METRICS = ("infer_img_s", "train_img_s", "train_peak_gb")
@@ -148,6 +146,13 @@ def peak_gb(fn: Callable[[], object], device: str | torch.device = "cuda") -> fl
     fn()
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - base) / 1e9
+
+
+def fused_only(name: str) -> bool:
+    """Whether a GPU benchmark times only ``name``'s fused path: its class sets ``benchmark_fused_only`` when its
+    reference path is too slow to time (a sequential scan)."""
+    with torch.device("meta"):
+        return bool(getattr(timm.create_model(name), "benchmark_fused_only", False))
 
 
 def cpu_latency_ms(name: str, warmup: int = 2, repeat: int = 5) -> float:
@@ -274,7 +279,7 @@ def benchmark_row(name: str, *, latency: bool = True, runs: Sequence[tuple[str, 
     if latency:
         stages.append(("cpu", lambda: {"cpu_latency_ms": cpu_latency_ms(name, warmup, repeat)}))
     for path, mode in runs:
-        if path == "reference" and name.startswith(FUSED_ONLY):
+        if path == "reference" and fused_only(name):
             continue
 
         def bench(path=path, mode=mode) -> dict:

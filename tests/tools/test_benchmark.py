@@ -198,3 +198,9 @@ def test_model_patterns_and_the_published_table(tmp_path):
         bench.read_published(str(bad))
     with pytest.raises(UserError, match="no row for"):
         bench.readme_models({"biformer_tiny": {"top1": "81.4", "notes": ""}})
+
+
+def test_a_model_whose_reference_path_is_sequential_is_timed_fused_only():
+    assert bench.fused_only("lamamba_tiny") and not bench.fused_only("biformer_tiny")
+    row = bench.benchmark_row("lamamba_tiny", latency=False, runs=[("reference", "eager")], device="cpu")
+    assert "error" not in row and row["params"] > 0 and not any(key.startswith("reference_") for key in row)
