@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.fused import run_both_backends
-from visattn.backbones import biformer
+from visattn.blocks import ConvDownsample
 
 # Published parameters (M) and MACs (G) at 224x224.
 PUBLISHED = {"biformer_tiny": (13.14, 2.22), "biformer_small": (25.54, 4.46), "biformer_base": (56.80, 9.76),
@@ -128,7 +128,7 @@ def test_stl_layouts_differ_only_in_the_stage4_lepe_source():
     assert legacy.state_dict().keys() == nchw.state_dict().keys()
     assert {b.attn.lepe_source for b in legacy.stages[3].blocks} == {"input"}
     assert {b.attn.lepe_source for b in nchw.stages[3].blocks} == {"value"}
-    assert legacy.stages[0].blocks[0].pos_embed is None and isinstance(legacy.stem, biformer.PatchStem)
+    assert legacy.stages[0].blocks[0].pos_embed is None and isinstance(legacy.stem, ConvDownsample)
 
 
 def test_an_unknown_layout_is_a_construction_error():

@@ -45,7 +45,7 @@ def _smallest_per_family() -> list[str]:
 
 
 def _smallest_per_class() -> list[str]:
-    """One model per model class (a family module may hold two: InLine-DeiT and -Swin, PSA HRNet and ResNet)."""
+    """One model per model class (a family module may hold two: PSA HRNet and ResNet)."""
     return _smallest(lambda name: CLASSES_AND_SIZES[name][0])
 
 

@@ -7,7 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import visattn  # noqa: F401
 from tests.backbones._compare import assert_fused_matches_reference
-from visattn.backbones.inline import CSwinBranch, InLineSwinBlock
+from visattn.backbones._inline import InLineMapBlock
+from visattn.blocks import StripeAttention
 
 # Official README rows: params (M) and MACs (G) at each model's training size, as counted on the official code.
 PUBLISHED = {
@@ -209,7 +210,7 @@ def test_official_cswin_checkpoint_loads_through_pretrained(tmp_path):
 
 @pytest.mark.parametrize("mode", ["vertical", "horizontal", "global"])
 def test_cswin_stripes_attend_within_their_real_tokens_only(mode):
-    branch = CSwinBranch(8, 2, mode, split=4, inline=False).double()
+    branch = StripeAttention(8, 2, mode, split=4, inline=False).double()
     q, k, v = (torch.randn(2, 9, 10, 8, dtype=torch.float64) for _ in range(3))
     bands = {"vertical": [(slice(None), slice(c, c + 4)) for c in (0, 4, 8)],
              "horizontal": [(slice(r, r + 4), slice(None)) for r in (0, 4, 8)],
@@ -227,7 +228,7 @@ def test_cswin_stripes_attend_within_their_real_tokens_only(mode):
 
 def test_cswin_inline_branches_are_global_only():
     with pytest.raises(ValueError, match="InLine branches attend over the whole map"):
-        CSwinBranch(8, 2, "vertical", split=4, inline=True)
+        StripeAttention(8, 2, "vertical", split=4, inline=True)
     with pytest.raises(ValueError, match=r"attn_types \(of 'I' and 'S'\) need one entry per stage"):
         timm.create_model("inline_cswin_tiny", attn_types="IIXS")
 
@@ -248,7 +249,7 @@ def test_official_deit_checkpoint_loads_at_another_size(tmp_path):
 
 
 def test_inline_windows_attend_over_their_real_tokens_only():
-    block = InLineSwinBlock(16, 2, inline=True, inline_window=4).double().eval()
+    block = InLineMapBlock(16, 2, inline=True, inline_window=4).double().eval()
     x = torch.randn(2, 6, 7, 16, dtype=torch.float64)  # windows 4x4, 4x3, 2x4, 2x3 from the top-left
     y = block.norm1(x)
     attn = torch.zeros_like(x)

@@ -1,15 +1,31 @@
-"""timm-registered backbone families, one file each. Importing this module registers them all."""
+"""timm-registered backbone families, one file each (InLine: one per host architecture). Importing this module
+registers them all."""
 
-from . import biformer, fsgnet, herseg, inline, lamamba, psa, sparsifiner, tcpa
+from . import (
+    biformer,
+    fsgnet,
+    herseg,
+    inline_cswin,
+    inline_deit,
+    inline_pvt,
+    inline_swin,
+    lamamba,
+    psa,
+    sparsifiner,
+    tcpa,
+)
 from .biformer import BiFormer
 from .fsgnet import FSGNet
 from .herseg import HerSeg
-from .inline import InLineCSwin, InLineDeiT, InLinePVT, InLineSwin
+from .inline_cswin import InLineCSwin
+from .inline_deit import InLineDeiT
+from .inline_pvt import InLinePVT
+from .inline_swin import InLineSwin
 from .lamamba import LaMamba
 from .psa import PSAHRNet, PSAResNet
 from .sparsifiner import SparsifinerViT
 from .tcpa import TCPAViT
 
 __all__ = ["BiFormer", "FSGNet", "HerSeg", "InLineCSwin", "InLineDeiT", "InLinePVT", "InLineSwin", "LaMamba",
-           "PSAHRNet", "PSAResNet", "SparsifinerViT", "TCPAViT", "biformer", "fsgnet", "herseg", "inline", "lamamba",
-           "psa", "sparsifiner", "tcpa"]
+           "PSAHRNet", "PSAResNet", "SparsifinerViT", "TCPAViT", "biformer", "fsgnet", "herseg", "inline_cswin",
+           "inline_deit", "inline_pvt", "inline_swin", "lamamba", "psa", "sparsifiner", "tcpa"]

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, get_pretrained_cfg
 
@@ -32,12 +31,6 @@ def rename_keys(state_dict: dict, rules: Sequence[tuple[str, str | Callable[[re.
                 break
         out[key] = value
     return out
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad the bottom and right of a (B, C, H, W) map to sides that are multiples of ``multiple``."""
-    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 
 def check_images(model: nn.Module, x: torch.Tensor, min_size: int = 1) -> None:

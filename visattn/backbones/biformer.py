@@ -15,6 +15,7 @@ tests/test_model_table.py).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -23,8 +24,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
-from ..blocks import BiLevelRoutingAttention, LePEAttention
-from ._helpers import create_model, pad_to_multiple, rename_keys
+from ..blocks import BiLevelRoutingAttention, ConvDownsample, LePEAttention
+from ._helpers import create_model, rename_keys
 from ._loader import checkpoint_filter
 from ._pyramid import PyramidModel, pyramid_stages
 
@@ -63,18 +64,6 @@ class BiFormerBlock(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class ConvBnDownsample(nn.Module):
-    """Conv3x3 stride 2 + BatchNorm: (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))."""
-
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, device=device, dtype=dtype)
-        self.norm = nn.BatchNorm2d(out_chs, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
-
-
 class Stem(nn.Module):
     """Two Conv3x3 stride 2 with BatchNorm and a GELU between: (B, 3, H, W) -> (B, C, H/4, W/4)."""
 
@@ -91,33 +80,13 @@ class Stem(nn.Module):
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
-class PatchStem(nn.Module):
-    """Conv4x4 stride 4 + BatchNorm (BiFormer-STL): (B, C_in, H, W) -> (B, C, ceil(H/4), ceil(W/4)); sides that
-    are not multiples of 4 are zero-padded first (the official stem drops the remainder)."""
-
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, 4, stride=4, device=device, dtype=dtype)
-        self.norm = nn.BatchNorm2d(out_chs, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(pad_to_multiple(x, 4)))
-
-
-class PatchMerging(nn.Module):
-    """BatchNorm + Conv2x2 stride 2 (BiFormer-STL): (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2)); an odd
-    side is zero-padded after the norm."""
-
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
-        super().__init__()
-        self.norm = nn.BatchNorm2d(in_chs, device=device, dtype=dtype)
-        self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(pad_to_multiple(self.norm(x), 2))
-
-
-_LAYOUTS = {"biformer": (Stem, ConvBnDownsample, True), "swin": (PatchStem, PatchMerging, False)}
+# layout -> (stem, downsampler, DWConv3x3 position term), each module built as f(in_chs, out_chs, device, dtype)
+_LAYOUTS = {
+    "biformer": (Stem, functools.partial(ConvDownsample, kernel=3, stride=2, padding=1), True),  # conv3x3/2 + BN
+    "swin": (functools.partial(ConvDownsample, kernel=4, stride=4, pad_multiple=4),  # conv4x4/4 + BN
+             functools.partial(ConvDownsample, kernel=2, stride=2, norm_first=True, pad_multiple=2),  # BN + conv2x2/2
+             False),
+}
 
 
 class BiFormer(PyramidModel):
@@ -196,7 +165,7 @@ def checkpoint_filter_fn(state_dict: dict, model: BiFormer) -> dict:
     state_dict = state_dict.get("model", state_dict)
     if "downsample_layers.0.0.weight" not in state_dict:
         return state_dict
-    if not isinstance(model.stem, PatchStem):
+    if isinstance(model.stem, Stem):
         return rename_keys(state_dict, _OFFICIAL_RENAMES)
     targets = model.state_dict()
     renamed = rename_keys(state_dict, _OFFICIAL_STL_RENAMES)

@@ -24,7 +24,7 @@ from timm.layers import LayerNorm2d, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..blocks import DualGatedLinearAttentionBlock, PromptFreeMaskDecoder, maybe_checkpoint
+from ..blocks import DualGatedLinearAttentionBlock, PromptFreeMaskDecoder, maybe_checkpoint, pad_to_multiple
 from ..blocks.dual_gated_attention import rope_2d_angles
 from ._helpers import check_images, create_model, init_linear_weights
 from ._loader import PretrainedMixin, checkpoint_filter
@@ -150,10 +150,7 @@ class HerSeg(PretrainedMixin, nn.Module):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W), zero-padded to multiples of 16 -> (B, embed_dim, ceil(H / 16), ceil(W / 16))."""
         check_images(self, x)
-        pad_h, pad_w = -x.shape[-2] % PATCH, -x.shape[-1] % PATCH
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return self.patch_embed.proj(x)
+        return self.patch_embed.proj(pad_to_multiple(x, PATCH))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):

@@ -23,12 +23,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
-from ..blocks import SS2D, WindowAttention
+from ..blocks import SS2D, ConvDownsample, WindowAttention
 from ._helpers import create_model
 from ._pyramid import PyramidModel, pyramid_stages
 
@@ -56,27 +55,6 @@ class LaMambaBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm3(x)))
 
 
-class ConvLnDown(nn.Module):
-    """Conv (kernel k, stride s) + LN: (B, H, W, C_in), or NCHW when ``nchw_in``, -> (B, ceil(H/s), ceil(W/s), C_out).
-
-    A patchify conv (k = s) zero-pads the bottom/right to a multiple of s; a 3x3/2 conv pads by 1.
-    """
-
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, nchw_in: bool = False, device=None,
-                 dtype=None):
-        super().__init__()
-        self.nchw_in, self.stride, self.patchify = nchw_in, stride, kernel == stride
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride=stride, padding=0 if self.patchify else kernel // 2,
-                              device=device, dtype=dtype)
-        self.norm = nn.LayerNorm(out_chs, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x if self.nchw_in else x.permute(0, 3, 1, 2)
-        if self.patchify:
-            x = F.pad(x, (0, -x.shape[-1] % self.stride, 0, -x.shape[-2] % self.stride))
-        return self.norm(self.conv(x).permute(0, 2, 3, 1))
-
-
 class LaMamba(PyramidModel):
     """LaMamba classifier and backbone (visattn's adaptation of LaMamba-Diff's block)."""
 
@@ -89,9 +67,12 @@ class LaMamba(PyramidModel):
         if len(depths) != len(dims) or any(dim % head_dim for dim in dims):
             raise ValueError(f"need one depth per stage and dims divisible by head_dim={head_dim}: {depths}, {dims}")
         dd = dict(device=device, dtype=dtype)
-        stem = ConvLnDown(in_chans, dims[0], 4, 4, nchw_in=True, **dd)
+        stem = ConvDownsample(in_chans, dims[0], 4, 4, norm_layer=nn.LayerNorm, pad_multiple=4, output_fmt="NHWC",
+                              **dd)
         stages = pyramid_stages(
-            depths, drop_path_rate, lambda i: ConvLnDown(dims[i - 1], dims[i], 3, 2, **dd),
+            depths, drop_path_rate,
+            lambda i: ConvDownsample(dims[i - 1], dims[i], 3, 2, 1, norm_layer=nn.LayerNorm, input_fmt="NHWC",
+                                     output_fmt="NHWC", **dd),
             lambda i, j, dpr: LaMambaBlock(dims[i], dims[i] // head_dim, window_size, shift=j % 2 == 1,
                                            mlp_ratio=mlp_ratio, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=dpr,
                                            **dd))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..ops.routed_attention import check_routing_args, routed_attention
+from .spatial import pad_to_multiple
 
 
 class BiLevelRoutingAttention(nn.Module):
@@ -37,14 +37,12 @@ class BiLevelRoutingAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1:3]
-        pad_h, pad_w = -h % self.n_win, -w % self.n_win
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        x = pad_to_multiple(x, self.n_win, channels_last=True)
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
         out = routed_attention(q, k, v, self.num_heads, self.n_win, self.topk, self.scale, self.backend)
         out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out = self.proj(out)
-        if pad_h or pad_w:
+        if out.shape[1:3] != (h, w):
             out = out[:, :h, :w].contiguous()
         return out
 
