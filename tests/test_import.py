@@ -6,11 +6,15 @@ _PROBE = """
 import json, sys, time
 import torch, timm
 before = set(sys.modules)
+timm_models = set(timm.list_models())
 start = time.perf_counter()
 import visattn
 elapsed = time.perf_counter() - start
 new = sorted(set(sys.modules) - before)
-print(json.dumps({"seconds": elapsed, "new": new, "models": visattn.list_models()}))
+ours = visattn.list_models(include_test=True)
+print(json.dumps({"seconds": elapsed, "new": new, "models": visattn.list_models(),
+                  "test_models": visattn.list_models(include_test="only"),
+                  "shadowed": sorted(timm_models & set(ours))}))
 """
 
 
@@ -21,4 +25,5 @@ def test_import_is_fast_light_and_registers_models():
     heavy = [m for m in probe["new"] if m.split(".")[0] in {"mmdet", "mmseg", "mmengine", "albumentations", "triton"}
              or m.endswith(".triton")]
     assert heavy == []
-    assert "biformer_tiny" in probe["models"]
+    assert "biformer_tiny" in probe["models"] and "test_biformer" in probe["test_models"]
+    assert probe["shadowed"] == []  # no visattn name replaces one of timm's (test_<family> included)

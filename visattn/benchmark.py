@@ -46,7 +46,7 @@ README_HEADERS = {
 
 @functools.cache
 def _segmentation_models() -> frozenset[str]:
-    return frozenset(list_models(kind="segmentation"))
+    return frozenset(list_models(kind="segmentation", include_test=True))
 
 
 def model_kind(name: str) -> str:

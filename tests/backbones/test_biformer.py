@@ -5,6 +5,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tests.fused import run_both_backends
 from visattn.blocks import ConvDownsample
 
 # Published parameters (M) and MACs (G) at 224x224.
@@ -84,7 +85,9 @@ def _randomized(name: str):
 def test_official_checkpoint_loads_through_pretrained(tmp_path):
     source = _randomized("biformer_tiny")
     official = official_state_dict(source)
-    assert len(official) == 264
+    # stem 2 convs + 2 BNs (14), 3 downsamplings conv + BN (21), 12 routed blocks of 16 tensors (pos_embed, 2 norms,
+    # qkv, wo and lepe weight + bias, 2 MLP layers), 2 global ones of 15 (a bias-free qkv), final BN + head (7)
+    assert len(official) == 14 + 21 + 12 * 16 + 2 * 15 + 7
     assert "stages.0.0.attn.qkv.qkv.bias" in official and "stages.3.0.attn.qkv.bias" not in official
     assert official["stages.0.0.attn.qkv.qkv.weight"].shape == (64 * 3, 64)
     expected = {"downsample_layers.0.4.running_var", "stages.2.7.attn.lepe.weight", "norm.weight", "head.bias"}
@@ -103,7 +106,9 @@ def test_official_stl_checkpoints_load_through_pretrained(name, tmp_path):
     source = _randomized(name)
     official = official_state_dict(source, _STL_TO_OFFICIAL + (_STL_NCHW_ATTENTION if nchw else _STL_LEGACY_ATTENTION),
                                    conv1x1=nchw)
-    assert len(official) == 201
+    # patch stem and 3 mergings conv + BN (28), 10 routed blocks of 14 tensors (no pos_embed), 2 global of 13,
+    # final BN + head (7)
+    assert len(official) == 28 + 10 * 14 + 2 * 13 + 7
     qkv = "stages.0.blocks.0.attn." + ("qkv_linear.weight" if nchw else "qkv.qkv.weight")
     assert official[qkv].shape == ((96 * 3, 96, 1, 1) if nchw else (96 * 3, 96))
     expected = {"downsample_layers.0.1.running_var", "downsample_layers.3.1.weight", "stages.2.blocks.5.mlp.2.bias",
@@ -174,13 +179,14 @@ def test_fused_path_matches_the_reference_path(monkeypatch):
     kwargs = dict(depths=(1, 1, 2, 1), dims=(32, 64, 128, 256), n_win=4, num_classes=5)
     model = timm.create_model("biformer_tiny", **kwargs)
     x = torch.randn(2, 3, 80, 72)  # stage maps 20x18, 10x9, 5x5: padded regions at every routed stage
-    results = {}
-    for backend in ("torch", "triton"):
-        monkeypatch.setenv("VISATTN_BACKEND", backend)
+
+    def run():
         model.zero_grad()
         out = model(x)
         out.square().sum().backward()
-        results[backend] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    results = run_both_backends(run, monkeypatch)
     torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-4, rtol=1e-4)
     for name, grad in results["torch"][1].items():
         torch.testing.assert_close(results["triton"][1][name], grad, atol=1e-4, rtol=1e-3, msg=name)

@@ -151,3 +151,16 @@ def test_trains_and_predicts_under_half_autocast(dtype):
     sum(o.float().square().mean() for o in (out.output, *out.aux_outputs.values())).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ["test_fsgnet", "test_fsgnet_nogrm"])
+def test_head_hidden_size_is_the_width_of_the_features_the_classifier_reads(name):
+    model = timm.create_model(name, num_classes=3).eval()
+    read = []
+    model.get_classifier().register_forward_pre_hook(lambda module, args: read.append(args[0].shape[1]))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        model(x)
+        assert read == [model.head_hidden_size] and model.head_hidden_size == 4  # base_c
+        model.prune_intermediate_layers([0, 1, 2, 3], prune_head=True)  # forward then returns the encoder's map
+        assert model(x).shape[1] == model.head_hidden_size == 32  # 8 base_c

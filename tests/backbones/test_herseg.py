@@ -58,7 +58,8 @@ def test_size_as_published():
     assert count(("patch_embed", "layers")) == pytest.approx(0.96e6, rel=0.01)  # encoder 0.96 M
     assert count(("neck",)) == pytest.approx(0.62e6, rel=0.01)  # neck 0.62 M
     # decoder 1.95 M in the released layout, of which two hypernetwork MLPs (0.28 M) never reach the output
-    assert count(("mask_decoder",)) + 2 * 139808 == pytest.approx(1.95e6, rel=0.01)
+    hypernetwork = 2 * (256 * 256 + 256) + 256 * 32 + 32  # Linear 256-256-256-32
+    assert count(("mask_decoder",)) + 2 * hypernetwork == pytest.approx(1.95e6, rel=0.01)
     with torch.device("meta"):
         meta = timm.create_model("herseg").eval()
         with FlopCounterMode(display=False) as counter:
@@ -160,3 +161,16 @@ def test_at_least_one_class():
     model = timm.create_model("herseg")
     with pytest.raises(ValueError, match="num_classes >= 1"):
         model.reset_classifier(0)
+
+
+def test_head_hidden_size_is_the_width_of_the_features_the_classifier_reads():
+    model = timm.create_model("test_herseg", num_classes=3).eval()
+    read = []
+    decoder = model.mask_decoder
+    decoder.output_upscaling.register_forward_hook(lambda module, args, out: read.append(out.shape[1]))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        assert read == [model.head_hidden_size] == [decoder.output_hypernetworks_mlps[0].layers[-1].out_features] == [4]
+        model.prune_intermediate_layers([0, 1, 2, 3], prune_head=True)  # forward then returns the embedding
+        assert model(x).shape[1] == model.head_hidden_size == 32  # decoder_dim

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.blocks.test_linear_attention_blocks import assert_fused_path_is_lean
+from tests.fused import run_both_backends
 from visattn.blocks.dual_gated_attention import (
     DualGatedLinearAttention,
     DualGatedLinearAttentionBlock,
@@ -81,12 +82,13 @@ def test_attention_matches_the_dense_formula(height, width, heads):
 def test_fused_backend_matches_the_reference_forward_and_backward(heads, monkeypatch):
     attn = DualGatedLinearAttention(16, heads)
     u = torch.randn(2, 5 * 3, 16, requires_grad=True)
-    results = {}
-    for backend in ("torch", "triton"):
-        monkeypatch.setenv("VISATTN_BACKEND", backend)
+
+    def run():
         out = attn(u, 5, 3)
         (gu,) = torch.autograd.grad(out.square().sum(), u)
-        results[backend] = out.detach(), gu
+        return out.detach(), gu
+
+    results = run_both_backends(run, monkeypatch)
     for fused, ref in zip(results["triton"], results["torch"], strict=True):
         torch.testing.assert_close(fused, ref, atol=1e-4, rtol=1e-4)
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from tests.fused import run_both_backends
 from visattn.blocks import InjectiveLinearAttention
 
 # aten ops that only move or fill memory: the fused path may run none that the reference path does not
@@ -95,15 +96,16 @@ def test_prefix_tokens_get_no_local_term():
     assert not torch.allclose(shifted[:, 1:], y[:, 1:])
 
 
-def test_fused_backend_matches_the_reference_forward_and_backward():
+def test_fused_backend_matches_the_reference_forward_and_backward(monkeypatch):
     block = InjectiveLinearAttention(32, 2)
     x = torch.randn(2, 1 + 12, 32, requires_grad=True)
-    results = {}
-    for backend in ("torch", "triton"):
-        block.backend = backend
+
+    def run():
         out = block(x, (3, 4))
         (gx,) = torch.autograd.grad(out.square().sum(), x)
-        results[backend] = out.detach(), gx
+        return out.detach(), gx
+
+    results = run_both_backends(run, monkeypatch)
     for fused, ref in zip(results["triton"], results["torch"], strict=True):
         torch.testing.assert_close(fused, ref, atol=1e-4, rtol=1e-4)
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.fused import run_both_backends
 from visattn.blocks import PolarizedSelfAttention
 
 CASES = [(layout, form) for layout in ("parallel", "sequential") for form in ("official", "paper")]
@@ -165,16 +166,16 @@ def test_wrong_input_channels():
 
 
 @pytest.mark.parametrize("layout,form", CASES)
-def test_the_fused_gating_matches_the_reference_in_the_block(layout, form):
+def test_the_fused_gating_matches_the_reference_in_the_block(layout, form, monkeypatch):
     """The block on the Triton op (the interpreter on CPU) gives the reference's output and gradients."""
     block = _randomised(PolarizedSelfAttention(16, layout, form))
     x = torch.randn(2, 16, 5, 3, requires_grad=True)
-    outs, grads = [], []
-    for backend in ("torch", "triton"):
-        block.backend = backend
+
+    def run():
         out = block(x)
-        outs.append(out)
-        grads.append(torch.autograd.grad(out.square().sum(), [x, *block.parameters()]))
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads[1], grads[0], strict=True):
+        return out.detach(), torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+
+    results = run_both_backends(run, monkeypatch)
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-5, rtol=1e-5)
+    for got, want in zip(results["triton"][1], results["torch"][1], strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

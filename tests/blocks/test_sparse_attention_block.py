@@ -4,6 +4,7 @@ import pytest
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from tests.fused import run_both_backends
 from visattn.blocks import ConnectivityPredictor, SparsifinerAttention
 
 
@@ -116,15 +117,16 @@ def test_reconstruction_in_training_is_dense_with_the_full_basis():
     torch.testing.assert_close(approx, official_approx(attn.mask_predictor, q, k, (3, 3)))
 
 
-def test_fused_backend_matches_the_reference_forward_and_backward():
+def test_fused_backend_matches_the_reference_forward_and_backward(monkeypatch):
     attn = SparsifinerAttention(32, 2, grid=(3, 4), reduce_n_factor=2, coef_topk=3).eval()
     x = torch.randn(2, 13, 32, requires_grad=True)
-    results = {}
-    for backend in ("torch", "triton"):
-        attn.backend = backend
+
+    def run():
         out = attn(x, (3, 4))
         (gx,) = torch.autograd.grad(out.square().sum(), x)
-        results[backend] = out.detach(), gx
+        return out.detach(), gx
+
+    results = run_both_backends(run, monkeypatch)
     for fused, ref in zip(results["triton"], results["torch"], strict=True):
         torch.testing.assert_close(fused, ref, atol=1e-4, rtol=1e-4)
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from visattn.ops._backend import pick
 
@@ -24,12 +25,20 @@ def test_cpu_tensors_run_the_reference_unless_triton_is_asked_for(monkeypatch):
     assert pick("torch", x, reference, fused)() == "reference"
 
 
-def test_calls_the_kernels_do_not_cover_fall_back_unless_triton_is_explicit(monkeypatch):
+def test_calls_the_kernels_do_not_cover_fall_back_only_when_the_choice_is_automatic(monkeypatch):
+    monkeypatch.delenv("VISATTN_BACKEND", raising=False)
+    with FakeTensorMode():  # a CUDA tensor on a machine without a GPU: the automatic choice is Triton
+        on_gpu = torch.empty(1, device="cuda")
+    assert pick(None, on_gpu, reference, fused)() == "fused"
+    assert pick(None, on_gpu, reference, fused, unsupported="too wide")() == "reference"
     x = torch.zeros(1)
-    monkeypatch.setenv("VISATTN_BACKEND", "triton")
-    assert pick(None, x, reference, fused, unsupported="too wide")() == "reference"
     with pytest.raises(ValueError, match="^too wide; use backend='torch'$"):
         pick("triton", x, reference, fused, unsupported="too wide")
+    monkeypatch.setenv("VISATTN_BACKEND", "triton")
+    for tensor in (x, on_gpu):  # forced by the environment: an error, never the reference in the kernels' place
+        with pytest.raises(ValueError, match=r"^too wide; \$VISATTN_BACKEND=triton forces the kernels: unset it or "
+                                             r"set it to torch$"):
+            pick(None, tensor, reference, fused, unsupported="too wide")
     assert pick("torch", x, reference, fused, unsupported="too wide")() == "reference"
 
 
@@ -50,8 +59,8 @@ def test_an_empty_output_runs_neither_implementation_but_empty(monkeypatch):
         pick("cuda", x, reference, fused, out_shape=(0, 2))
 
 
-def _float64_calls():
-    """One float64 call of each op with the kernels forced: (name, call)."""
+def _float64_calls(backend: str | None = "triton"):
+    """One float64 call of each op with ``backend``: (name, call)."""
     from visattn.ops.guided_filter import attention_guided_filter
     from visattn.ops.linear_attention import linear_attention
     from visattn.ops.routed_attention import routed_attention
@@ -66,17 +75,21 @@ def _float64_calls():
     q = torch.randn(1, 2, 5, 4, **f64)
     x, a = torch.randn(1, 1, 4, 4, **f64), torch.randn(1, 2, 4, 4, **f64)
     return {
-        "routed": lambda: routed_attention(*maps, 2, 2, 1, backend="triton"),
-        "window": lambda: window_attention(*maps, 2, 2, 0, None, backend="triton"),
-        "scan": lambda: selective_scan(u, u, -torch.rand(4, 2), bc, bc, backend="triton"),
-        "sparse": lambda: sparse_attention(q, q, q, torch.zeros(1, 1, 5, 2, dtype=torch.long), backend="triton"),
-        "linear": lambda: linear_attention(q, q, q, 0.5, backend="triton"),
-        "guided": lambda: attention_guided_filter(x, a, a, torch.randn(1, 1, 8, 8, **f64), 1, 1e-2, backend="triton"),
+        "routed": lambda: routed_attention(*maps, 2, 2, 1, backend=backend),
+        "window": lambda: window_attention(*maps, 2, 2, 0, None, backend=backend),
+        "scan": lambda: selective_scan(u, u, -torch.rand(4, 2), bc, bc, backend=backend),
+        "sparse": lambda: sparse_attention(q, q, q, torch.zeros(1, 1, 5, 2, dtype=torch.long), backend=backend),
+        "linear": lambda: linear_attention(q, q, q, 0.5, backend=backend),
+        "guided": lambda: attention_guided_filter(x, a, a, torch.randn(1, 1, 8, 8, **f64), 1, 1e-2, backend=backend),
     }
 
 
 @pytest.mark.parametrize("op", ["routed", "window", "scan", "sparse", "linear", "guided"])
-def test_float64_is_refused_by_the_kernels_in_one_line(op):
+def test_float64_is_refused_by_the_kernels_in_one_line(op, monkeypatch):
     with pytest.raises(ValueError, match=r"^the triton backend takes float32, float16 or bfloat16, got torch\.float64; "
                                          r"use backend='torch'$"):
         _float64_calls()[op]()
+    monkeypatch.setenv("VISATTN_BACKEND", "triton")
+    with pytest.raises(ValueError, match=r"^the triton backend takes float32, float16 or bfloat16, got torch\.float64; "
+                                         r"\$VISATTN_BACKEND=triton forces the kernels: unset it or set it to torch$"):
+        _float64_calls(backend=None)[op]()

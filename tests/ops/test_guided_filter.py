@@ -93,12 +93,15 @@ def test_half_inputs_are_computed_in_float32(dtype):
     torch.testing.assert_close(out.double(), expected, rtol=torch.finfo(dtype).eps, atol=1e-3)
 
 
-def test_float64_falls_back_to_the_reference_or_fails_in_one_line(monkeypatch):
+def test_float64_fails_in_one_line_when_the_kernels_are_forced(monkeypatch):
     x, y, a, hr = (t.double() for t in _inputs(1, 2, 6, 6, 12, 12))
     with pytest.raises(ValueError, match=r"float32, float16 or bfloat16, got torch.float64; use backend='torch'$"):
         attention_guided_filter(x, y, a, hr, backend="triton")
     monkeypatch.setenv("VISATTN_BACKEND", "triton")
-    torch.testing.assert_close(attention_guided_filter(x, y, a, hr), guided_filter_reference(x, y, a, hr, 2, 1e-2))
+    with pytest.raises(ValueError, match=r"got torch.float64; \$VISATTN_BACKEND=triton forces the kernels"):
+        attention_guided_filter(x, y, a, hr)
+    torch.testing.assert_close(attention_guided_filter(x, y, a, hr, backend="torch"),
+                               guided_filter_reference(x, y, a, hr, 2, 1e-2))
 
 
 def test_meta_tensors_give_the_output_shape():
@@ -273,4 +276,4 @@ def test_mixed_dtypes_under_autocast_compute_in_float32(backend):
         out = attention_guided_filter(**leaves, backend=backend)
     assert out.dtype == torch.float32
     ref = attention_guided_filter(**ref_leaves, backend="torch")
-    assert_matches_reference(out, ref, leaves, FUSED_TOL[torch.float16], ref_leaves)
+    assert_matches_reference(out, ref, leaves, FUSED_TOL[torch.float16], ref_leaves, fused=backend == "triton")

@@ -96,14 +96,15 @@ def test_bad_arguments_are_clear_errors(args, kwargs, match):
         sparse_attention(*args, **kwargs)
 
 
-def test_unsupported_inputs_fall_back_or_fail_in_one_line(monkeypatch):
+def test_unsupported_inputs_fail_in_one_line_when_the_kernels_are_forced(monkeypatch):
     q, k, v = (t.detach().double() for t in _qkv(1, 2, 5, 5, 4, 4))
     idx = _indices(1, 2, 5, 5, 2)
     assert fused.unsupported_reason(q, v) is not None
     with pytest.raises(ValueError, match="float32, float16 or bfloat16.*use backend='torch'"):
         sparse_attention(q, k, v, idx, backend="triton")
     monkeypatch.setenv("VISATTN_BACKEND", "triton")
-    torch.testing.assert_close(sparse_attention(q, k, v, idx), sparse_attention(q, k, v, idx, backend="torch"))
+    with pytest.raises(ValueError, match=r"float32, float16 or bfloat16.*\$VISATTN_BACKEND=triton forces"):
+        sparse_attention(q, k, v, idx)
     wide = torch.zeros(1, 1, 2, fused.MAX_HEAD_DIM + 1)
     assert "D_v" in fused.unsupported_reason(wide[..., :4], wide)
 

@@ -192,6 +192,8 @@ default_cfgs = generate_default_cfgs({
     "biformer_base.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChHI_XPhoadjaNxtO")),
     "biformer_stl.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChSf-m7ujkvx9lIQ1"), first_conv="stem.conv"),
     "biformer_stl_nchw.in1k": _cfg(url=_ONEDRIVE.format("s!AkBbczdRlZvChWYrKbWbMgqd2Ai0"), first_conv="stem.conv"),
+    "test_biformer": _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
+    "test_biformer_stl": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), first_conv="stem.conv"),
 })
 
 
@@ -233,3 +235,22 @@ def biformer_stl(pretrained: bool = False, **kwargs) -> BiFormer:
 def biformer_stl_nchw(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-STL-nchw: BiFormer-STL whose stage-4 LePE convolves V (the official refactored model)."""
     return _create_biformer("biformer_stl_nchw", pretrained, **dict(_STL, lepe_source="value", **kwargs))
+
+
+_TEST = dict(depths=(1, 1, 1, 1), dims=(16, 32, 32, 64), topks=(1, 2, 4, None), head_dim=16, n_win=2,
+             full_attn_heads=2)
+
+
+@register_model
+def test_biformer(pretrained: bool = False, **kwargs) -> BiFormer:
+    """Tiny BiFormer for tests: one block per stage, dims 16-64; routed attention over 2x2 regions (top-1, 2, 4; one
+    and two heads) in stages 1-3, global LePE attention in stage 4."""
+    return _create_biformer("test_biformer", pretrained, **dict(_TEST, **kwargs))
+
+
+@register_model
+def test_biformer_stl(pretrained: bool = False, **kwargs) -> BiFormer:
+    """Tiny BiFormer-STL for tests: :func:`test_biformer` in the Swin layout (patch stem, patch merging, no
+    DWConv3x3), its stage-4 LePE on V (the nchw model's)."""
+    return _create_biformer("test_biformer_stl", pretrained,
+                            **dict(_TEST, mlp_ratio=4.0, layout="swin", lepe_source="value", **kwargs))

@@ -189,6 +189,7 @@ class FSGNet(PretrainedMixin, nn.Module):
         self.guided_refinement = guided_refinement
         self.radius, self.eps = radius, eps
         self.num_features = 8 * base_c
+        self.head_hidden_size = base_c  # the per-pixel features the 1 x 1 classifier reads
         c = base_c
 
         def convnexts(dim: int, depth: int) -> list[nn.Module]:
@@ -274,6 +275,7 @@ class FSGNet(PretrainedMixin, nn.Module):
                     setattr(self, name, None)
             self._has_decoder = False
             self.num_classes = 0
+            self.head_hidden_size = self.feature_info[max_index]["num_chs"]  # forward returns the last level
         return take_indices
 
     # --- forward -------------------------------------------------------------------------------------------------
@@ -390,7 +392,10 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({"fsgnet.untrained": _cfg(), "fsgnet_nogrm.untrained": _cfg()})
+default_cfgs = generate_default_cfgs({
+    "fsgnet.untrained": _cfg(), "fsgnet_nogrm.untrained": _cfg(),
+    "test_fsgnet": _cfg(input_size=(3, 32, 32)), "test_fsgnet_nogrm": _cfg(input_size=(3, 32, 32)),
+})
 
 
 @register_model
@@ -405,3 +410,19 @@ def fsgnet(pretrained: bool = False, **kwargs) -> FSGNet:
 def fsgnet_nogrm(pretrained: bool = False, **kwargs) -> FSGNet:
     """FSG-Net without the guided refinement (the official ``FSGNet_noGRM`` ablation), 16.85 M parameters."""
     return create_model(FSGNet, "fsgnet_nogrm", pretrained, dict(kwargs, guided_refinement=False), tag="untrained")
+
+
+_TEST = dict(base_c=4, depths=(1, 1, 1, 1))
+
+
+@register_model
+def test_fsgnet(pretrained: bool = False, **kwargs) -> FSGNet:
+    """Tiny FSG-Net for tests: base width 4, one ConvNeXt block per level, the guided refinement at every decoder
+    level."""
+    return create_model(FSGNet, "test_fsgnet", pretrained, dict(_TEST, **kwargs), tag="")
+
+
+@register_model
+def test_fsgnet_nogrm(pretrained: bool = False, **kwargs) -> FSGNet:
+    """Tiny FSG-Net without the guided refinement (:func:`test_fsgnet`'s widths, the noGRM decoder)."""
+    return create_model(FSGNet, "test_fsgnet_nogrm", pretrained, dict(_TEST, **kwargs, guided_refinement=False), tag="")

@@ -95,6 +95,7 @@ class HerSeg(PretrainedMixin, nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.num_classes, self.in_chans = num_classes, in_chans
         self.num_features = decoder_dim
+        self.head_hidden_size = decoder_dim // 8  # the upscaled per-pixel embedding the class hypernetworks read
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, PATCH, PATCH, **dd)
         # linear in depth from 0 over all blocks, as the official code; the MBConv blocks take no drop path
@@ -181,6 +182,7 @@ class HerSeg(PretrainedMixin, nn.Module):
         if prune_head:
             self.mask_decoder = nn.Identity()
             self.num_classes = 0
+            self.head_hidden_size = self.num_features  # forward returns the upsampled embedding
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +240,7 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({"herseg.untrained": _cfg()})
+default_cfgs = generate_default_cfgs({"herseg.untrained": _cfg(), "test_herseg": _cfg(input_size=(3, 64, 64))})
 
 
 @register_model
@@ -247,3 +249,12 @@ def herseg(pretrained: bool = False, **kwargs) -> HerSeg:
     an official-layout or visattn checkpoint given as ``pretrained_cfg_overlay=dict(file=PATH)`` (no weights are
     published for download)."""
     return create_model(HerSeg, "herseg", pretrained, kwargs, tag="untrained")
+
+
+@register_model
+def test_herseg(pretrained: bool = False, **kwargs) -> HerSeg:
+    """Tiny HER-Seg for tests: dim 32, one block per stage (an MBConv stage, then three dual-gated linear attention
+    stages of 2 heads), a one-layer mask decoder of 32 dims with 2 mask tokens."""
+    args = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2), decoder_dim=32, decoder_depth=1,
+                decoder_heads=2, num_mask_tokens=2)
+    return create_model(HerSeg, "test_herseg", pretrained, dict(args, **kwargs), tag="")

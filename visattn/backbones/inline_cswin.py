@@ -120,6 +120,7 @@ default_cfgs = generate_default_cfgs({
     "inline_cswin_tiny.in1k": _cfg(TSINGHUA_URL.format("49fa2ecc543647c4b970")),
     "inline_cswin_small.in1k": _cfg(TSINGHUA_URL.format("59f4e65f776f4052b93c")),
     "inline_cswin_base.in1k": _cfg(TSINGHUA_URL.format("91e17121df284ae38521")),
+    "test_inline_cswin": inline_cfg(first_conv="stem.conv", input_size=(3, 64, 64), pool_size=(2, 2)),
 })
 
 
@@ -140,3 +141,11 @@ def inline_cswin_base(pretrained: bool = False, **kwargs) -> InLineCSwin:
     """InLine-CSwin-B (IISS): depths 3-6-29-2, dims 96-768."""
     args = dict(depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), embed_dim=96)
     return create_inline(InLineCSwin, "inline_cswin_base", pretrained, args, kwargs)
+
+
+@register_model
+def test_inline_cswin(pretrained: bool = False, **kwargs) -> InLineCSwin:
+    """Tiny InLine-CSwin for tests: one block per stage, dims 8-64 (IISS): InLine over the map in stages 1-2,
+    stripes of 3 (padded at 64x64) in stage 3, global attention in stage 4."""
+    args = dict(depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), embed_dim=8, split=3)
+    return create_inline(InLineCSwin, "test_inline_cswin", pretrained, args, kwargs)

@@ -83,6 +83,7 @@ default_cfgs = generate_default_cfgs({
     "inline_deit_tiny.in1k": _cfg(TSINGHUA_URL.format("1d6b8191ad6d4114b291"), 224),
     "inline_deit_small.in1k": _cfg(TSINGHUA_URL.format("2f3898b07e9247f3beb3"), 288),
     "inline_deit_base.in1k": _cfg(TSINGHUA_URL.format("10bdd726d4b0435eb34e"), 448),
+    "test_inline_deit": _cfg("", 64),
 })
 
 
@@ -107,3 +108,9 @@ def inline_deit_small(pretrained: bool = False, **kwargs) -> InLineDeiT:
 def inline_deit_base(pretrained: bool = False, **kwargs) -> InLineDeiT:
     """InLine-DeiT-B @448: 384 dims, 12 heads, 12 blocks."""
     return _create("inline_deit_base", pretrained, 448, dict(dict(embed_dim=384, num_heads=12), **kwargs))
+
+
+@register_model
+def test_inline_deit(pretrained: bool = False, **kwargs) -> InLineDeiT:
+    """Tiny InLine-DeiT for tests: 4 blocks of 32 dims and 2 heads on a 4x4 patch grid (64x64)."""
+    return _create("test_inline_deit", pretrained, 64, dict(dict(embed_dim=32, num_heads=2, depth=4), **kwargs))

@@ -138,6 +138,7 @@ default_cfgs = generate_default_cfgs({
     "inline_pvt_small.in1k": inline_cfg(TSINGHUA_URL.format("1ab953b2479d433080a3")),
     "inline_pvt_medium.in1k": inline_cfg(TSINGHUA_URL.format("a72aec31e6084bc0a280")),
     "inline_pvt_large.in1k": inline_cfg(TSINGHUA_URL.format("efd91318ba964f01b288")),
+    "test_inline_pvt": inline_cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
 })
 
 
@@ -163,3 +164,11 @@ def inline_pvt_medium(pretrained: bool = False, **kwargs) -> InLinePVT:
 def inline_pvt_large(pretrained: bool = False, **kwargs) -> InLinePVT:
     """InLine-PVT-L: depths 3-8-27-3, dims 64-512."""
     return create_inline(InLinePVT, "inline_pvt_large", pretrained, dict(depths=(3, 8, 27, 3)), kwargs)
+
+
+@register_model
+def test_inline_pvt(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """Tiny InLine-PVT for tests: one block per stage, dims 16-64, MLP ratio 2, position tables for 64x64."""
+    args = dict(depths=(1, 1, 1, 1), dims=(16, 32, 32, 64), num_heads=(1, 2, 2, 4), mlp_ratios=(2, 2, 2, 2),
+                img_size=64)
+    return create_inline(InLinePVT, "test_inline_pvt", pretrained, args, kwargs)

@@ -97,6 +97,7 @@ default_cfgs = generate_default_cfgs({
     "inline_swin_tiny.in1k": inline_cfg(TSINGHUA_URL.format("32810869fcc34410966b")),
     "inline_swin_small.in1k": inline_cfg(TSINGHUA_URL.format("e9657fd247c04c7cb1a1")),
     "inline_swin_base.in1k": inline_cfg(TSINGHUA_URL.format("bf23564bb64c420aafe1")),
+    "test_inline_swin": inline_cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
 })
 
 
@@ -119,3 +120,13 @@ def inline_swin_base(pretrained: bool = False, **kwargs) -> InLineSwin:
     """InLine-Swin-B (IIMS2): depths 2-2-18-2, dims 128-1024."""
     args = dict(depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), inline_depths=(2, 2, 2, 0), embed_dim=128)
     return create_inline(InLineSwin, "inline_swin_base", pretrained, args, kwargs)
+
+
+@register_model
+def test_inline_swin(pretrained: bool = False, **kwargs) -> InLineSwin:
+    """Tiny InLine-Swin for tests: depths 2-1-1-1, dims 8-64 of 8-channel heads; InLine then shifted softmax
+    windows in stage 1, InLine in stages 2-3, softmax windows in stage 4; windows of 3 (InLine's leave remainders,
+    the softmax ones pad, at 64x64)."""
+    args = dict(depths=(2, 1, 1, 1), num_heads=(1, 2, 4, 8), inline_depths=(1, 1, 1, 0), embed_dim=8, window_size=3,
+                inline_window=3)
+    return create_inline(InLineSwin, "test_inline_swin", pretrained, args, kwargs)

@@ -93,7 +93,10 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({f"lamamba_{v}": _cfg() for v in ("tiny", "small", "base")})
+default_cfgs = generate_default_cfgs({
+    **{f"lamamba_{v}": _cfg() for v in ("tiny", "small", "base")},
+    "test_lamamba": _cfg(input_size=(3, 32, 32), pool_size=(1, 1)),
+})
 
 
 def _create_lamamba(variant: str, pretrained: bool = False, **kwargs) -> LaMamba:
@@ -119,3 +122,12 @@ def lamamba_base(pretrained: bool = False, **kwargs) -> LaMamba:
     """LaMamba-B (visattn's adaptation): depths 2-2-12-2, dims 128-1024, near Swin-B's cost."""
     return _create_lamamba("lamamba_base", pretrained,
                            **dict(dict(depths=(2, 2, 12, 2), dims=(128, 256, 512, 1024)), **kwargs))
+
+
+@register_model
+def test_lamamba(pretrained: bool = False, **kwargs) -> LaMamba:
+    """Tiny LaMamba for tests: depths 2-1-1-1 (a plain and a shifted window block in stage 1), dims 16-32, one or two
+    heads, 3x3 windows (padded maps at every stage of a 32x32 input)."""
+    return _create_lamamba("test_lamamba", pretrained,
+                           **dict(dict(depths=(2, 1, 1, 1), dims=(16, 16, 32, 32), head_dim=16, window_size=3),
+                                  **kwargs))

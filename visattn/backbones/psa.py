@@ -423,10 +423,17 @@ default_cfgs = generate_default_cfgs({
              interpolation="bicubic", classifier="fc",
              license="apache-2.0 (PSA code and timm's ResNet-50 A1 weights)",
              notes=("timm's ImageNet ResNet-50 (A1 recipe) weights; the PSA modules are untrained",))),
+    **{name: _cfg(dict(input_size=(3, 64, 64), pool_size=(2, 2), custom_load=False, notes=()), **head)
+       for name, head in (("test_hrnet_psa", {}), ("test_resnet_psa", dict(classifier="fc")))},
 })
 
 
 def _create_hrnet(width: str, layout: str, pretrained: bool, kwargs: dict) -> PSAHRNet:
+    return _build_hrnet(hrnet_psa_variant(width, layout), cfg_cls[f"hrnet_{width}"], layout, pretrained, kwargs,
+                        _HRNET_WEIGHTS[width][0])
+
+
+def _build_hrnet(variant: str, model_cfg: dict, layout: str, pretrained: bool, kwargs: dict, tag: str) -> PSAHRNet:
     """``features_only`` takes timm's HRNet ``feature_location``: ``"incre"`` (default) or ``""`` (the raw branch
     outputs, HRNetV2's features)."""
     location = kwargs.pop("feature_location", None)
@@ -436,9 +443,8 @@ def _create_hrnet(width: str, layout: str, pretrained: bool, kwargs: dict) -> PS
         if location not in ("incre", ""):
             raise ValueError(f"feature_location must be 'incre' or '', got {location!r}")
         kwargs["head"] = location
-    variant = hrnet_psa_variant(width, layout)
-    args = dict(model_cfg=cfg_cls[f"hrnet_{width}"], psa_layout=layout, out_indices=(0, 1, 2, 3, 4))
-    return create_model(PSAHRNet, variant, pretrained, dict(args, **kwargs), tag=_HRNET_WEIGHTS[width][0])
+    args = dict(model_cfg=model_cfg, psa_layout=layout, out_indices=(0, 1, 2, 3, 4))
+    return create_model(PSAHRNet, variant, pretrained, dict(args, **kwargs), tag=tag)
 
 
 @register_model
@@ -483,3 +489,28 @@ def resnet50_psa(pretrained: bool = False, **kwargs) -> PSAResNet:
     """ResNet-50 (timm's, 3-4-6-3 Bottlenecks) with parallel PSA after the 3x3 conv of every Bottleneck."""
     args = dict(layers=(3, 4, 6, 3), out_indices=(0, 1, 2, 3, 4))
     return create_model(PSAResNet, "resnet50_psa", pretrained, dict(args, **kwargs), tag="a1_in1k")
+
+
+# HRNet's layout (a Bottleneck stage 1, then 2, 3, 4 branches of BasicBlocks) with one block per branch, 8-64 channels
+_TEST_HRNET = dict(
+    stem_width=64,  # timm's HRNet feature_info assumes a 64-channel stem
+    stage1=dict(num_modules=1, num_branches=1, block_type="BOTTLENECK", num_blocks=(1,), num_channels=(8,),
+                fuse_method="SUM"),
+    **{f"stage{n}": dict(num_modules=1, num_branches=n, block_type="BASIC", num_blocks=(1,) * n,
+                         num_channels=(8, 16, 32, 64)[:n], fuse_method="SUM") for n in (2, 3, 4)},
+)
+
+
+@register_model
+def test_hrnet_psa(pretrained: bool = False, **kwargs) -> PSAHRNet:
+    """Tiny PSA HRNet for tests: one parallel-PSA BasicBlock per branch (8-64 channels), timm's classification head."""
+    return _build_hrnet("test_hrnet_psa", _TEST_HRNET, "parallel", pretrained, kwargs, tag="")
+
+
+@register_model
+def test_resnet_psa(pretrained: bool = False, **kwargs) -> PSAResNet:
+    """Tiny PSA ResNet for tests: one Bottleneck per stage (8-64 channels) with sequential PSA (the other layout than
+    :func:`test_hrnet_psa`'s)."""
+    args = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8, psa_layout="sequential",
+                out_indices=(0, 1, 2, 3, 4))
+    return create_model(PSAResNet, "test_resnet_psa", pretrained, dict(args, **kwargs), tag="")

@@ -184,6 +184,12 @@ default_cfgs = generate_default_cfgs({
         "paper_name": "Sparsifiner: Learning Sparse Instance-Dependent Attention for Efficient Vision Transformers",
         "origin_url": "https://github.com/lim142857/Sparsifiner",
     },
+    "test_sparsifiner": {
+        "url": "", "num_classes": 1000, "input_size": (3, 64, 64), "pool_size": None, "crop_pct": 0.875,
+        "interpolation": "bicubic", "fixed_input_size": False, "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed.proj", "classifier": "head",
+        "license": "apache-2.0", "paper_ids": "arXiv:2303.13755",
+    },
 })
 
 
@@ -192,3 +198,11 @@ def sparsifiner_deit_small(pretrained: bool = False, **kwargs) -> SparsifinerViT
     """Sparsifiner-DeiT-S @224: 384 dims, 6 heads, 12 blocks, 25% of the keys per patch query."""
     args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, out_indices=3)
     return create_model(SparsifinerViT, "sparsifiner_deit_small", pretrained, dict(args, **kwargs), tag="fb_in1k")
+
+
+@register_model
+def test_sparsifiner(pretrained: bool = False, **kwargs) -> SparsifinerViT:
+    """Tiny Sparsifiner for tests: 4 blocks of 32 dims and 2 heads on a 4x4 patch grid (64x64), 8 basis vectors."""
+    args = dict(img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=2, reduce_n_factor=2, coef_topk=4,
+                out_indices=3)
+    return create_model(SparsifinerViT, "test_sparsifiner", pretrained, dict(args, **kwargs), tag="")

@@ -207,6 +207,12 @@ default_cfgs = generate_default_cfgs({
         "paper_name": "Token Coordinated Prompt Attention is Needed for Visual Prompting",
         "origin_url": "https://github.com/zhoujiahuan1991/ICML2025-TCPA",
     },
+    "test_tcpa": {
+        "url": "", "num_classes": 1000, "input_size": (3, 64, 64), "pool_size": None, "crop_pct": 0.9,
+        "interpolation": "bicubic", "fixed_input_size": False, "mean": IMAGENET_INCEPTION_MEAN,
+        "std": IMAGENET_INCEPTION_STD, "first_conv": "patch_embed.proj", "classifier": "head",
+        "paper_ids": "arXiv:2505.02406",
+    },
 })
 
 
@@ -219,3 +225,11 @@ def tcpa_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> TCPAViT:
     """VFPT-TCPA on ViT-B/16 @224: 768 dims, 12 heads, 12 blocks; 2 x 18 prompts per layer, top-10 per token."""
     args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
     return _create("tcpa_vit_base_patch16_224", pretrained, dict(args, **kwargs))
+
+
+@register_model
+def test_tcpa(pretrained: bool = False, **kwargs) -> TCPAViT:
+    """Tiny TCPA for tests: 4 blocks of 32 dims and 2 heads on a 4x4 patch grid (64x64); pools of 4 prompts, top-2
+    per token."""
+    args = dict(img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=2, pool_size=4, top_k=2, out_indices=3)
+    return create_model(TCPAViT, "test_tcpa", pretrained, dict(args, **kwargs), tag="")

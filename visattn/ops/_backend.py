@@ -32,9 +32,9 @@ def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: 
          out_dtype: torch.dtype | None = None, empty: Callable | None = None) -> Callable:
     """The implementation of an op for this call: ``fused`` (Triton) or ``reference`` (PyTorch).
 
-    ``unsupported`` says why the fused kernels cannot take this call (None when they can). Then an explicit
-    ``backend="triton"`` is an error, and the automatic choice (and ``$VISATTN_BACKEND``) falls back to the
-    reference.
+    ``unsupported`` says why the fused kernels cannot take this call (None when they can). Then forcing the kernels
+    (``backend="triton"``, or ``$VISATTN_BACKEND=triton`` with no argument) is a one-line error, and the automatic
+    choice (Triton for CUDA tensors) falls back to the reference.
 
     ``out_shape`` is the shape of the op's output (``out_dtype`` its dtype, default ``tensor``'s). When it has no
     elements, on any backend, the call runs ``empty`` instead: by default :func:`empty_output`, which computes
@@ -50,6 +50,8 @@ def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: 
     if unsupported:
         if backend == "triton":
             raise ValueError(f"{unsupported}; use backend='torch'")
+        if backend is None and os.environ.get(ENV_VAR) == "triton":
+            raise ValueError(f"{unsupported}; ${ENV_VAR}=triton forces the kernels: unset it or set it to torch")
         return reference
     return fused
 

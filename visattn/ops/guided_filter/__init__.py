@@ -80,8 +80,8 @@ def attention_guided_filter(guide_lowres: torch.Tensor, target_lowres: torch.Ten
 
     All inputs share one floating dtype and device (under autocast the dtypes may differ: the output then has
     their promoted dtype). Computed in float32 (float64 inputs in float64; the triton
-    backend takes float32, float16 and bfloat16 and falls back to the reference for float64 when picked
-    automatically).
+    backend takes float32, float16 and bfloat16: float64 runs the reference when the backend is picked
+    automatically and is an error when the kernels are forced).
 
     Returns:
         (B, C_y, H, W) ``A F + b``, dtype of the inputs (their promoted dtype under autocast).
