@@ -88,7 +88,7 @@ def assemble_config(task_class: type[Task], given: dict[str, Any], demo: bool = 
     resume = given.get("resume")
     demo = demo or ("data" not in given and not resume)
     base = vars(config.demo("") if demo else config(output=""))
-    if demo:
+    if demo and int(os.environ.get("RANK", "0")) == 0:  # said once under torchrun
         recipe = config(**{**base, **given, "output": ""})
         print(f"{task_class.name} demo recipe: {recipe.model} on {recipe.data or task_class.default_data}, "
               f"{recipe.epochs} epochs" + ("" if "data" in given else "; pass --data DIR to train on your own data"),
