@@ -14,7 +14,7 @@
    forward+backward time, achieved GB/s, ratio to the memory floor (one read of the inputs and one write of
    the output at the measured copy bandwidth), peak memory.
 3. Models end to end with the reference and the fused path in the same run, timed by the functions
-   tools/benchmark.py uses (visattn/engine/benchmark.py): inference img/s (batch 128, bf16 autocast), training
+   tools/benchmark.py uses (visattn/benchmark.py): inference img/s (batch 128, bf16 autocast), training
    img/s (batch 64, AdamW step, bf16 autocast), training peak memory. LaMamba's reference path runs its scan one
    token at a time, so LaMamba models are timed on the fused path only. Sparsifiner-DeiT-S and TCPA-ViT-B run
    next to timm's dense DeiT-S and ViT-B/16 (timed once: no visattn op). Segmentation networks at their native

@@ -1,7 +1,7 @@
 """Every family compiles whole and never makes the host wait for the device, so that it runs under
 ``torch.compile(fullgraph=True)`` and can be captured in a CUDA graph.
 
-One small variant per model class (and the re-id network with its loss), compiled with ``aot_eager`` (no C++
+The tiny test variant of each model class (and the re-id network with its loss), compiled with ``aot_eager`` (no C++
 compiler) against eager: evaluation on the Triton kernels (the interpreter on CPU; the references' evaluation is
 test_conformance's, compiled by inductor), a training step on the references. ``fullgraph=True`` turns any graph
 break into an error. Dynamo sees the registered ops as opaque, so every eager run goes through :class:`NoHostSync`,
@@ -20,45 +20,32 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn
 from tests.conftest import DEVICE
+from tests.fused import FusedOps
 from visattn.contract import TrainOutput
 from visattn.engine.loop import TrainingForward
 from visattn.tasks.reid.model import ReIDLoss, ReIDModel
 
 ON_CPU = pytest.mark.skipif(DEVICE != "cpu", reason="the Triton kernels run under the interpreter on CPU only")
 
-_HRNET_CFG = dict(
-    stem_width=16,
-    stage1=dict(num_modules=1, num_branches=1, block_type="BOTTLENECK", num_blocks=(1,), num_channels=(8,),
-                fuse_method="SUM"),
-    **{f"stage{n}": dict(num_modules=1, num_branches=n, block_type="BASIC", num_blocks=(1,) * n,
-                         num_channels=(8, 16, 32, 64)[:n], fuse_method="SUM") for n in (2, 3, 4)},
-)
-
-# model class -> (a variant, the arguments that shrink it, the input side)
+# model class -> (its test variant, the input side: small, as the interpreter runs every kernel program on the CPU)
 CASES = {
-    "BiFormer": ("biformer_tiny", dict(depths=(1, 1, 1, 1), dims=(32, 32, 64, 64), topks=(1, 2, 4, None), n_win=2,
-                                       full_attn_heads=2), 32),
-    "FSGNet": ("fsgnet", dict(base_c=1, depths=(1, 1, 1, 1)), 8),
-    "HerSeg": ("herseg", dict(embed_dim=32, depths=(1, 1), num_heads=(2, 2), decoder_dim=32, decoder_depth=1,
-                              decoder_heads=2, num_mask_tokens=2), 32),
-    "InLineDeiT": ("inline_deit_tiny", dict(img_size=32, embed_dim=48, depth=1, num_heads=3), 32),
-    # 6 x 6 tokens: the InLine windows leave remainders, the shifted softmax windows pad
-    "InLineSwin": ("inline_swin_tiny", dict(depths=(2, 1), num_heads=(1, 2), inline_depths=(1, 0), embed_dim=16,
-                                            window_size=4, inline_window=4), 24),
-    # 44 x 44 image: maps 11, 6, 3, 2: padded stripes of 2 in stage 3
-    "InLineCSwin": ("inline_cswin_tiny", dict(depths=(1, 1, 1, 1), embed_dim=8, num_heads=(1, 2, 2, 2), split=2),
-                    44),
-    # 36 x 28 image: padded patch embeddings and resampled position tables at every stage
-    "InLinePVT": ("inline_pvt_tiny", dict(depths=(1, 1), dims=(16, 32), num_heads=(1, 2), mlp_ratios=(2, 2),
-                                          img_size=32), 36),
-    # 3 x 3 tokens: the shifted windows pad
-    "LaMamba": ("lamamba_tiny", dict(depths=(2, 1), dims=(16, 16), head_dim=16, window_size=2), 12),
-    "PSAHRNet": ("hrnet_w18_psa_s", dict(model_cfg=_HRNET_CFG), 32),
-    "PSAResNet": ("resnet50_psa", dict(layers=(1, 1, 1, 1)), 32),
-    "SparsifinerViT": ("sparsifiner_deit_small", dict(img_size=48, embed_dim=64, depth=1, num_heads=2,
-                                                      reduce_n_factor=2, coef_topk=4), 48),
-    "TCPAViT": ("tcpa_vit_base_patch16_224", dict(img_size=32, embed_dim=64, depth=1, num_heads=2, pool_size=4,
-                                                  top_k=2), 32),
+    "BiFormer": ("test_biformer", 32),
+    "FSGNet": ("test_fsgnet", 8),
+    "HerSeg": ("test_herseg", 32),
+    "InLineDeiT": ("test_inline_deit", 32),
+    # 8 x 8 tokens: the InLine windows of 3 leave remainders, the shifted softmax windows pad
+    "InLineSwin": ("test_inline_swin", 32),
+    # maps 8, 4, 2, 1: padded stripes of 3 in stage 3
+    "InLineCSwin": ("test_inline_cswin", 32),
+    # 36 x 36 image: padded patch embeddings and resampled position tables at every stage
+    "InLinePVT": ("test_inline_pvt", 36),
+    # 8 x 8 and 4 x 4 tokens: windows of 3 pad, shifted in stage 2
+    "LaMamba": ("test_lamamba", 32),
+    "PSAHRNet": ("test_hrnet_psa", 32),
+    "PSAResNet": ("test_resnet_psa", 32),
+    # 2 x 2 patches: position embedding and predictor projections resampled from the 4 x 4 grid
+    "SparsifinerViT": ("test_sparsifiner", 32),
+    "TCPAViT": ("test_tcpa", 32),
 }
 
 _aten = torch.ops.aten
@@ -135,13 +122,14 @@ def test_every_family_and_model_class_has_a_case():
     classes = {name for name in visattn.backbones.__all__ if isinstance(getattr(visattn.backbones, name), type)}
     assert classes == set(CASES)
     families = {model_entrypoint(name).__module__ for name in visattn.list_models()}
-    assert families == {model_entrypoint(name).__module__ for name, _, _ in CASES.values()}
+    assert families == {model_entrypoint(name).__module__ for name, _ in CASES.values()}
+    assert {type(timm.create_model(name, device="meta")).__name__ for name, _ in CASES.values()} == set(CASES)
 
 
 def _build(case: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    name, kwargs, side = CASES[case]
+    name, side = CASES[case]
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=3, **kwargs)
+    model = timm.create_model(name, num_classes=3)
     return model, torch.randn(2, model.in_chans, side, side)
 
 
@@ -176,21 +164,23 @@ def test_compiled_evaluation_matches_eager(case, monkeypatch):
     model, x = _build(case)
     model.eval()
     with torch.no_grad():
-        with NoHostSync():
+        with NoHostSync(), FusedOps() as ops:
             eager = model(x)
+        assert ops.ran, "no visattn:: op ran: the evaluation was not on the Triton kernels"
         torch.testing.assert_close(_compiled(model)(x), eager)
 
 
 @ON_CPU
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_compiled_training_step_matches_eager(case, monkeypatch):
-    """On the references, eager checked for host syncs; and eagerly on the Triton kernels, for host syncs only (the
-    kernels' backward included)."""
+    """On the references in float64 (compiled code reorders sums), eager checked for host syncs; and eagerly on the
+    Triton kernels, for host syncs only (the kernels' backward included)."""
     model, x = _build(case)
     model.train()
     monkeypatch.setenv("VISATTN_BACKEND", "triton")
     _train_step(model, TrainingForward(model), x, NoHostSync())
     monkeypatch.setenv("VISATTN_BACKEND", "torch")
+    model, x = model.double(), x.double()
     eager_outs, eager_grads = _train_step(model, TrainingForward(model), x, NoHostSync())
     outs, grads = _train_step(model, _compiled(TrainingForward(model)), x, contextlib.nullcontext())
     torch.testing.assert_close(outs, eager_outs)

@@ -161,6 +161,6 @@ def test_head_hidden_size_is_the_width_of_the_features_the_classifier_reads(name
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         model(x)
-        assert read == [model.head_hidden_size] and model.head_hidden_size == 4  # base_c
+        assert read == [model.head_hidden_size] and model.head_hidden_size == 2  # base_c
         model.prune_intermediate_layers([0, 1, 2, 3], prune_head=True)  # forward then returns the encoder's map
-        assert model(x).shape[1] == model.head_hidden_size == 32  # 8 base_c
+        assert model(x).shape[1] == model.head_hidden_size == 16  # 8 base_c

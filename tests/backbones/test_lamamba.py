@@ -94,3 +94,11 @@ def test_any_input_size():
     with torch.no_grad():
         maps = model(torch.randn(1, 3, 100, 150))
     assert [m.shape[1:] for m in maps] == [(96, 25, 38), (192, 13, 19), (384, 7, 10), (768, 4, 5)]
+
+
+def test_forcing_the_kernels_where_they_do_not_apply_fails_instead_of_comparing_the_reference_with_itself(
+        monkeypatch):
+    model = timm.create_model("test_lamamba", window_size=9).eval()  # the kernels take windows up to 8
+    with pytest.raises(ValueError, match=r"^the triton backend takes window_size <= 8, got 9; \$VISATTN_BACKEND=triton "
+                                         r"forces the kernels: unset it or set it to torch$"):
+        assert_fused_matches_reference(model, torch.randn(1, 3, 32, 32), monkeypatch)

@@ -1,4 +1,7 @@
-"""Every shipped detection and segmentation config: build, train 2 iterations, evaluate, reload and resume.
+"""Every shipped detection and segmentation config: build, train 2 iterations and evaluate; a config built on none
+of the others (its ``_base_`` files are mmdet's / mmseg's) also saves, reloads and resumes. A config derived from
+another shipped one changes its backbone (and the neck's channels), not the run: its base's run covers the
+checkpoint, reload and resume path it shares.
 
 Runs on CPU with the mmcv stand-in ops; mmdet and mmseg are required (an import failure fails the test)."""
 
@@ -97,6 +100,36 @@ def ade_root(tmp_path_factory):
     return root
 
 
+def _derived(path: str) -> bool:
+    """Whether the config's ``_base_`` is another shipped config (``'./<name>.py'``)."""
+    return re.search(r"^_base_ = \['\./[^']+\.py'\]", open(path).read(), re.MULTILINE) is not None
+
+
+def _train_and_evaluate(cfg_fn, path, tmp_path, data_root, metric_keys):
+    cfg = cfg_fn(path, tmp_path / "run", data_root)
+    cfg.train_cfg.val_interval = cfg.train_cfg.max_iters + 1  # evaluated once, below
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=-1, save_last=False)
+    runner = mm_runner.build_runner(cfg)
+    runner.train()
+    assert runner.iter == 2
+    metrics = runner.val()
+    for key in metric_keys:
+        assert key in metrics, f"{key} not in {sorted(metrics)}"
+    assert not list((tmp_path / "run").glob("*.pth"))
+
+
+def _run(cfg_fn, path, tmp_path, data_root, metric_keys):
+    run = _train_and_evaluate if _derived(path) else _train_test_resume
+    run(cfg_fn, path, tmp_path, data_root, metric_keys)
+
+
+def test_derived_configs_are_told_apart_from_base_configs():
+    derived = {os.path.basename(p) for p in DET + SEG + CITYSCAPES if _derived(p)}
+    assert "mask-rcnn_biformer-b_fpn_1x_coco.py" in derived and "mask-rcnn_biformer-s_fpn_1x_coco.py" not in derived
+    assert "ocrnet_hrnetv2-w48-psa_p_4xb2-40k_cityscapes-512x1024.py" in derived
+    assert "ocrnet_hrnetv2-w18-psa_s_4xb4-160k_ade20k-512x512.py" not in derived  # its base is mmseg's
+
+
 def _train_test_resume(cfg_fn, path, tmp_path, data_root, metric_keys):
     cfg = cfg_fn(path, tmp_path / "run", data_root)
     runner = mm_runner.build_runner(cfg)
@@ -124,12 +157,12 @@ def _train_test_resume(cfg_fn, path, tmp_path, data_root, metric_keys):
 @pytest.mark.parametrize("path", DET, ids=os.path.basename)
 def test_detection_config(path, tmp_path, coco_root):
     keys = ["coco/bbox_mAP"] + (["coco/segm_mAP"] if "mask-rcnn" in path else [])
-    _train_test_resume(_det_cfg, path, tmp_path, coco_root, keys)
+    _run(_det_cfg, path, tmp_path, coco_root, keys)
 
 
 @pytest.mark.parametrize("path", SEG, ids=os.path.basename)
 def test_segmentation_config(path, tmp_path, ade_root):
-    _train_test_resume(_seg_cfg, path, tmp_path, ade_root, ["mIoU"])
+    _run(_seg_cfg, path, tmp_path, ade_root, ["mIoU"])
 
 
 def _make_cityscapes(root: str, images: int = 2, size: tuple[int, int] = (64, 96)) -> None:
@@ -164,4 +197,4 @@ def cityscapes_root(tmp_path_factory):
 
 @pytest.mark.parametrize("path", CITYSCAPES, ids=os.path.basename)
 def test_cityscapes_segmentation_config(path, tmp_path, cityscapes_root):
-    _train_test_resume(_seg_cfg, path, tmp_path, cityscapes_root, ["mIoU"])
+    _run(_seg_cfg, path, tmp_path, cityscapes_root, ["mIoU"])

@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from tests.fused import run_both_backends
+from tests.ops._compare import assert_matches_reference
 from visattn.ops._backend import pick
 
 
@@ -93,3 +95,11 @@ def test_float64_is_refused_by_the_kernels_in_one_line(op, monkeypatch):
     with pytest.raises(ValueError, match=r"^the triton backend takes float32, float16 or bfloat16, got torch\.float64; "
                                          r"\$VISATTN_BACKEND=triton forces the kernels: unset it or set it to torch$"):
         _float64_calls(backend=None)[op]()
+
+
+def test_a_fused_comparison_in_which_no_fused_op_runs_fails(monkeypatch):
+    layer = torch.nn.Linear(4, 4)  # no visattn op: both backends run the same code
+    with pytest.raises(AssertionError, match="no visattn:: op ran with VISATTN_BACKEND=triton"):
+        run_both_backends(lambda: layer(torch.randn(2, 4)), monkeypatch)
+    with pytest.raises(AssertionError, match="the fused path did not run"):
+        assert_matches_reference(layer(torch.randn(2, 4, requires_grad=True)), torch.zeros(2, 4), {}, {})

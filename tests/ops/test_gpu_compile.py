@@ -59,9 +59,19 @@ def _kernels(op: str) -> set[str]:
             if name.endswith("_kernel") and isinstance(value, triton.runtime.jit.KernelInterface)}
 
 
+@pytest.fixture(scope="session")
+def triton_cache(tmp_path_factory):
+    """One Triton cache for every case (and xdist worker): a kernel variant that several models launch with the same
+    specialisation compiles once. Entries are keyed by the Triton version, so each Triton still compiles its own."""
+    path = tmp_path_factory.getbasetemp().parent / "gpu-compile-triton-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.mark.parametrize(("model", "dtype", "triton_"), CASES, ids=[f"{m}-{d}-{t}-triton" for m, d, t in CASES])
-def test_kernels_compile_for_sm90(model, dtype, triton_):
+def test_kernels_compile_for_sm90(model, dtype, triton_, triton_cache):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "VISATTN_BACKEND", "PYTHONPATH")}
+    env["TRITON_CACHE_DIR"] = str(triton_cache)
     if triton_ == "gpu":
         env["PYTHONPATH"] = GPU_TRITON
     size = [str(SIZES[model])] if model in SIZES else []

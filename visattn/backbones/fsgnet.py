@@ -412,12 +412,12 @@ def fsgnet_nogrm(pretrained: bool = False, **kwargs) -> FSGNet:
     return create_model(FSGNet, "fsgnet_nogrm", pretrained, dict(kwargs, guided_refinement=False), tag="untrained")
 
 
-_TEST = dict(base_c=4, depths=(1, 1, 1, 1))
+_TEST = dict(base_c=2, depths=(1, 1, 1, 1))
 
 
 @register_model
 def test_fsgnet(pretrained: bool = False, **kwargs) -> FSGNet:
-    """Tiny FSG-Net for tests: base width 4, one ConvNeXt block per level, the guided refinement at every decoder
+    """Tiny FSG-Net for tests: base width 2, one ConvNeXt block per level, the guided refinement at every decoder
     level."""
     return create_model(FSGNet, "test_fsgnet", pretrained, dict(_TEST, **kwargs), tag="")
 

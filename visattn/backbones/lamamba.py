@@ -126,8 +126,8 @@ def lamamba_base(pretrained: bool = False, **kwargs) -> LaMamba:
 
 @register_model
 def test_lamamba(pretrained: bool = False, **kwargs) -> LaMamba:
-    """Tiny LaMamba for tests: depths 2-1-1-1 (a plain and a shifted window block in stage 1), dims 16-32, one or two
+    """Tiny LaMamba for tests: depths 1-2-1-1 (a plain and a shifted window block in stage 2), dims 16-32, one or two
     heads, 3x3 windows (padded maps at every stage of a 32x32 input)."""
     return _create_lamamba("test_lamamba", pretrained,
-                           **dict(dict(depths=(2, 1, 1, 1), dims=(16, 16, 32, 32), head_dim=16, window_size=3),
+                           **dict(dict(depths=(1, 2, 1, 1), dims=(16, 16, 32, 32), head_dim=16, window_size=3),
                                   **kwargs))

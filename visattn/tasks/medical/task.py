@@ -4,7 +4,7 @@ The model is any timm model that ``timm.create_model(name, num_classes=1)`` buil
 (B, 1, H, W) per-pixel logits for a (B, 3, H, W) input (default: ``herseg``). Training uses augmented random
 crops and the loss BCE + soft Dice over every pixel of the crop (or, with ``fov_loss``, inside the FOV only).
 Validation (on rank 0) and evaluation run whole images through sliding-window or padded inference, map the
-logits back to the original resolution, and score them with :mod:`visattn.engine.medical_metrics` inside the
+logits back to the original resolution, and score them with :mod:`visattn.tasks.medical.metrics` inside the
 FOV (and over the whole image when FOV masks exist); pooled Dice picks ``best.pth``.
 """
 
@@ -116,7 +116,7 @@ class MedicalConfig(TrainConfig):
     pad_multiple: int = 32
     pad_to: int = 0  # padded inference: pad to at least this square canvas (0 = just the multiple)
     threshold: float = 0.5
-    # Training augmentation (see visattn.data.medical.Augmentation); None = the recipe's value, else the default.
+    # Training augmentation (see visattn.tasks.medical.data.Augmentation); None = the recipe's value, else the default.
     recipe: str | None = None  # "fsgnet": FSG-Net's official augmentation and ImageNet normalisation
     hflip_prob: float | None = None
     vflip_prob: float | None = None
