@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..weights import load_pretrained
 from .checkpoint import read_training_checkpoint
 from .distributed import pick_device
-from .models import check_model_input
+from .models import build_model, check_model_input
 
 TASKS: dict[str, type[Task]] = {}  # --task NAME -> its Task class, filled by @register_task
 DEFAULT_TASK = "classification"  # also the task of checkpoints that do not name one
@@ -152,8 +152,11 @@ class Task(ABC):
     @classmethod
     def rebuild_model(cls, ckpt: dict, model_name: str | None = None) -> nn.Module:
         """The model a checkpoint of this task was trained as (``model_name``: another model to load its weights
-        into), on the CPU, untrained."""
-        raise NotImplementedError
+        into), on the CPU, untrained: by default the timm model it names, with its model arguments and its
+        ``num_classes``."""
+        name = model_name or ckpt["model"]
+        kwargs = ckpt.get("model_kwargs", {}) if name == ckpt["model"] else {}
+        return build_model(name, **({"num_classes": ckpt["num_classes"]} if "num_classes" in ckpt else {}), **kwargs)
 
     @classmethod
     def model_from_checkpoint(cls, path: str, device: str | None = None, use_ema: bool = True,

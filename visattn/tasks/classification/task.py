@@ -193,14 +193,6 @@ class ClassificationTask(Task):
         return (f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
                 f"({int(metrics['count'])} images)\n" + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
 
-    @classmethod
-    def rebuild_model(cls, ckpt: dict, model_name: str | None = None) -> nn.Module:
-        name = model_name or ckpt["model"]
-        if not name:
-            raise UserError("the checkpoint does not name its model; pass --model")
-        kwargs = ckpt.get("model_kwargs", {}) if name == ckpt["model"] else {}
-        return build_model(name, num_classes=ckpt["num_classes"], **kwargs)
-
     def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
         from timm.data import Mixup, resolve_data_config
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy

@@ -402,11 +402,6 @@ class MedicalTask(Task):
                                           args.tile, args.device, args.workers, threshold=args.threshold,
                                           pad_to=args.pad_to))
 
-    @classmethod
-    def rebuild_model(cls, ckpt: dict, model_name: str | None = None) -> nn.Module:
-        return build_model(model_name or ckpt["model"], num_classes=1,
-                           **(ckpt.get("model_kwargs", {}) if model_name in (None, ckpt["model"]) else {}))
-
     def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
         cfg = self.cfg
         model = build_model(cfg.model, pretrained=cfg.pretrained, num_classes=1, **cfg.model_kwargs)
