@@ -60,10 +60,14 @@ def _kernels(op: str) -> set[str]:
 
 
 @pytest.fixture(scope="session")
-def triton_cache(tmp_path_factory):
-    """One Triton cache for every case (and xdist worker): a kernel variant that several models launch with the same
-    specialisation compiles once. Entries are keyed by the Triton version, so each Triton still compiles its own."""
-    path = tmp_path_factory.getbasetemp().parent / "gpu-compile-triton-cache"
+def triton_cache(request, tmp_path_factory):
+    """One Triton cache for every case and xdist worker, kept in pytest's cache folder between runs: a kernel
+    variant compiles once, for every model that launches it with the same specialisation, until its source, its
+    specialisation or the compiler changes (Triton's cache key holds them all, the Triton version included; a
+    compilation that fails is never cached). Without pytest's cache plugin, one folder for the run."""
+    if getattr(request.config, "cache", None) is not None:
+        return request.config.cache.mkdir("gpu-compile-triton")
+    path = tmp_path_factory.getbasetemp().parent / "gpu-compile-triton"
     path.mkdir(exist_ok=True)
     return path
 

@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
+from tests.fused import fused_ops_in_graph
 from tests.ops._compare import assert_matches_reference
 from visattn.ops.routed_attention import route_regions, routed_attention
 from visattn.ops.routed_attention import triton as kernels
@@ -77,6 +78,7 @@ def test_strided_views_from_a_fused_projection():
     q, k, v = qkv.split(32, dim=-1)  # views with a channel stride of 1 and a row stride of 96
     ref = routed_attention(q, k, v, 2, 2, 2, backend="torch")
     out = routed_attention(q, k, v, 2, 2, 2, backend="triton")
+    assert fused_ops_in_graph(out) and not fused_ops_in_graph(ref)
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
     (g_ref,) = torch.autograd.grad(ref.sum(), qkv)
     (g_out,) = torch.autograd.grad(out.sum(), qkv)

@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
+from tests.fused import fused_ops_in_graph
 from tests.ops._compare import assert_matches_reference
 from visattn.ops.sparse_attention import fused, sparse_attention
 from visattn.ops.sparse_attention import triton as kernels
@@ -178,6 +179,7 @@ def test_strided_views_from_a_fused_projection():
     for normalize in NORMALIZATIONS:
         ref = sparse_attention(q, kt.transpose(-2, -1), v, idx, normalize=normalize, backend="torch")
         out = sparse_attention(q, kt.transpose(-2, -1), v, idx, normalize=normalize, backend="triton")
+        assert fused_ops_in_graph(out) and not fused_ops_in_graph(ref)
         torch.testing.assert_close(out, ref, **TOL[torch.float32])
         grad = torch.randn_like(ref)
         for g_out, g_ref in zip(torch.autograd.grad(out, (qkv, kt), grad), torch.autograd.grad(ref, (qkv, kt), grad),

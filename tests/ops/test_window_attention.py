@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import DEVICE
+from tests.fused import fused_ops_in_graph
 from visattn.ops.window_attention import triton as kernels
 from visattn.ops.window_attention import window_attention
 
@@ -134,7 +135,7 @@ def _check(q, k, v, table, heads, ws, shift):
     table32 = None if table is None else table.detach().float().requires_grad_(table.requires_grad)
     ref = window_attention(*upcast, heads, ws, shift, table32, backend="torch")
     out = window_attention(q, k, v, heads, ws, shift, table, backend="triton")
-    assert out.dtype == q.dtype
+    assert out.dtype == q.dtype and fused_ops_in_graph(out) and not fused_ops_in_graph(ref)
     tol = TOL[q.dtype]
     torch.testing.assert_close(out.float(), ref, **tol)
     grad = torch.randn_like(ref)
@@ -174,7 +175,9 @@ def test_inputs_the_kernels_do_not_cover_run_the_reference_unless_triton_is_aske
     with pytest.raises(ValueError, match="float32 heads of at most 64 channels, got 128"):
         window_attention(q, q, q, 1, 7, backend="triton")
     monkeypatch.setattr("visattn.ops._backend.resolve_backend", lambda backend, tensor: backend or "triton")
-    torch.testing.assert_close(window_attention(q, q, q, 1, 7), window_attention(q, q, q, 1, 7, backend="torch"))
+    fallback = window_attention(q.requires_grad_(), q, q, 1, 7)
+    assert not fused_ops_in_graph(fallback)  # the automatic choice ran the reference
+    torch.testing.assert_close(fallback, window_attention(q, q, q, 1, 7, backend="torch"))
     torch.testing.assert_close(window_attention(q, q, q, 2, 12), window_attention(q, q, q, 2, 12, backend="torch"))
 
 
@@ -200,6 +203,7 @@ def test_fused_strided_views_from_a_fused_projection():
     q, k, v = qkv.split(32, dim=-1)  # views with a channel stride of 1 and a row stride of 96
     ref = window_attention(q, k, v, 2, 8, 4, backend="torch")
     out = window_attention(q, k, v, 2, 8, 4, backend="triton")
+    assert fused_ops_in_graph(out) and not fused_ops_in_graph(ref)
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
     (g_ref,) = torch.autograd.grad(ref.sum(), qkv)
     (g_out,) = torch.autograd.grad(out.sum(), qkv)
