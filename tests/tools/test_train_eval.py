@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.tools._runs import REID, SEG_SMALL, SMALL, assert_one_line_error, tool, torchrun_train
+from tests.tools._runs import REID, SEG_SMALL, SMALL, assert_one_line_error, script, tool, torchrun_train
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_resume_continues_where_training_stopped(trained_run, tmp_path):
 
 def test_eval_prints_top1_and_top5(trained_run):
     out, _, _ = trained_run
-    result = tool("eval.py", "--checkpoint", str(out / "best.pth"), "--workers", "0")
+    result = script("eval.py", "--checkpoint", str(out / "best.pth"), "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert "top-1" in result.stdout and "top-5" in result.stdout
     metrics = json.loads(result.stdout.strip().splitlines()[-1])

@@ -31,7 +31,7 @@ from ...errors import UserError
 
 DIGITS = "digits"
 # The built-in default: a small BiFormer (one block per stage but two in stage 3, half the channels,
-# 4x4 regions) on scikit-learn's digits upsampled to 64x64.
+# 4x4 regions) on scikit-learn's digits upsampled to 32x32.
 DEMO_MODEL = "biformer_tiny"
 DEMO_MODEL_KWARGS = {"depths": [1, 1, 2, 1], "dims": [32, 64, 128, 256], "n_win": 4}
 PANELS = (("loss", "loss", ("train_loss", "val_loss")),
@@ -73,7 +73,7 @@ class ClassificationConfig(TrainConfig):
     @classmethod
     def demo(cls, output: str) -> ClassificationConfig:
         """The built-in default run: a few minutes on 2 CPU cores, above 90% validation top-1."""
-        return cls(output=output, model=DEMO_MODEL, model_kwargs=dict(DEMO_MODEL_KWARGS), img_size=64, epochs=12,
+        return cls(output=output, model=DEMO_MODEL, model_kwargs=dict(DEMO_MODEL_KWARGS), img_size=32, epochs=12,
                    batch_size=32, lr=2e-3, warmup_epochs=1, smoothing=0.1, workers=0)
 
 
