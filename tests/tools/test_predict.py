@@ -283,6 +283,14 @@ def test_bad_inputs_are_one_line_errors(checkpoints, tmp_path, case, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_predictor_of_another_kind_names_the_one_to_use(checkpoints):
+    with pytest.raises(UserError, match="is a reid model; Classifier takes classification models "
+                                        r"\(use FeatureExtractor\)"):
+        Classifier(checkpoints["reid"])
+    with pytest.raises(UserError, match="is a classification model; Segmenter takes segmentation models"):
+        Segmenter(checkpoints["cls"])
+
+
 def test_the_tools_script_runs_the_command(tmp_path):
     result = tool("predict.py", "no_such_model", str(tmp_path), "--output", str(tmp_path / "out"))
     assert_one_line_error(result, "no images found in")

@@ -37,8 +37,9 @@ class ImageFileSet(Dataset):
 class Predictor:
     """A model opened for one kind of prediction.
 
-    ``source``: a training checkpoint, a timm model name (with ``weights`` or ``pretrained``) or an
-    :class:`~visattn.tasks.opened.OpenedModel`; a model of another kind than :attr:`kinds` is a one-line error.
+    ``source``: a training checkpoint, a timm model name (with ``weights``, ``pretrained``, ``model_kwargs``) or an
+    :class:`~visattn.tasks.opened.OpenedModel` (used as it is: the opening arguments are for a source to open); a
+    model of another kind than :attr:`kinds` is a one-line error naming the predictor of its kind.
     ``batch_size`` images go through the model at a time (bf16 autocast on a GPU with ``amp``).
     """
 

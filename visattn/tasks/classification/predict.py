@@ -62,8 +62,9 @@ def class_names(opened: OpenedModel, num_classes: int) -> list[str]:
 
 
 class Classifier(Predictor):
-    """Top-``topk`` classes of images: ``classifier(images) -> list[Prediction]``; :meth:`logits` of a preprocessed
-    batch. See :class:`~visattn.tasks.prediction.Predictor` for the model arguments."""
+    """Top-``topk`` classes of images (at most all the classes): ``classifier(images) -> list[Prediction]``;
+    :meth:`logits` of a preprocessed batch. See :class:`~visattn.tasks.prediction.Predictor` for the model
+    arguments."""
 
     kinds = ("classification",)
 

@@ -113,6 +113,7 @@ class Segmenter(Predictor):
         return torch.sigmoid(logits)[0, 0].cpu().numpy()
 
     def segment(self, rgb: np.ndarray) -> Segmentation:
+        """The :class:`Segmentation` of one (H, W, 3) uint8 image."""
         prob = self.probability(rgb)
         return Segmentation(prob, prob >= self.threshold)
 
