@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -79,6 +80,17 @@ def atomic_write_json(obj: Any, path: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(json_safe(obj), f, indent=2, allow_nan=False)
+
+    atomic_write(path, write)
+
+
+def atomic_write_csv(path: str, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file of ``header`` and ``rows`` at ``path``, atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
 
     atomic_write(path, write)
 

@@ -231,8 +231,10 @@ def predict_logits(model: nn.Module, image: torch.Tensor, settings: Inference, a
     return restore_original(total / count, box, box[2:])
 
 
-def _overlay(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The image with true positives green, false positives red and missed vessels (false negatives) blue."""
+def _overlay(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray | None, alpha: float = 0.6) -> np.ndarray:
+    """The image with true positives green, false positives red and missed vessels (false negatives) blue; without
+    a ground-truth ``mask``, the predicted vessels green."""
+    mask = pred if mask is None else mask
     colours = np.zeros_like(rgb)
     colours[pred & mask] = (0, 255, 0)
     colours[pred & ~mask] = (255, 0, 0)
@@ -248,8 +250,9 @@ def _save_png(array: np.ndarray, path: str) -> None:
 
 
 def save_prediction(folder: str, name: str, rgb: np.ndarray, prob: np.ndarray, pred: np.ndarray,
-                    mask: np.ndarray) -> None:
-    """``NAME_prob.png`` (probability x 255), ``NAME_pred.png`` (0/255) and ``NAME_overlay.png``."""
+                    mask: np.ndarray | None = None) -> None:
+    """``NAME_prob.png`` (probability x 255), ``NAME_pred.png`` (0/255) and ``NAME_overlay.png`` (against the
+    ground-truth ``mask`` when given), all (H, W) as ``rgb`` (H, W, 3)."""
     _save_png((prob * 255).round().astype(np.uint8), os.path.join(folder, f"{name}_prob.png"))
     _save_png(pred.astype(np.uint8) * 255, os.path.join(folder, f"{name}_pred.png"))
     _save_png(_overlay(rgb, pred, mask), os.path.join(folder, f"{name}_overlay.png"))
