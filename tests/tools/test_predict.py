@@ -11,7 +11,7 @@ import timm
 import torch
 from PIL import Image
 
-from tests.tools._runs import assert_one_line_error, tool
+from tests.tools._runs import assert_one_line_error, script
 from visattn.cli.predict import main
 from visattn.errors import UserError
 from visattn.tasks.classification.predict import Classifier
@@ -292,5 +292,5 @@ def test_a_predictor_of_another_kind_names_the_one_to_use(checkpoints):
 
 
 def test_the_tools_script_runs_the_command(tmp_path):
-    result = tool("predict.py", "no_such_model", str(tmp_path), "--output", str(tmp_path / "out"))
+    result = script("predict.py", "no_such_model", str(tmp_path), "--output", str(tmp_path / "out"))
     assert_one_line_error(result, "no images found in")
