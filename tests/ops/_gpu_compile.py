@@ -9,9 +9,13 @@ The interpreter the op tests run under is lenient where Triton's compiler is not
 so the kernels are also compiled as a GPU would compile them. A model runs forward and backward on CPU tensors with
 ``VISATTN_BACKEND=triton``; a stand-in driver reports an sm_90 (H100/H200) target, and every launch compiles its
 kernel through ``JITFunction.run`` (the specialisation a GPU launch would use, down to the cubin by ptxas) instead of
-running it. An autotuned kernel compiles each of its configs. A variant fails when it does not compile or needs more
-shared memory than the card has; an autotuned kernel fails when none of its configs fits. Kernels write nothing, so
-outputs are garbage: only the launches matter.
+running it. An autotuned kernel compiles each of its configs at its first launch in each dtype: the first config
+to the cubin, the others through Triton's own passes to LLVM IR, where their shared memory is known; their PTX and
+ptxas stages are left out, because a config that fails there (``PTXASError``, ``OutOfResources``) is dropped by the
+autotuner on the GPU, while a failure in Triton's passes would stop the run. At its later launches (other group
+counts, head sizes, strides) configs compile in order until one fits. A variant fails when it does not
+compile or needs more shared memory than the card has; an autotuned kernel fails when none of its configs fits.
+Kernels write nothing, so outputs are garbage: only the launches matter.
 
 Which kernels launch, and with what, is decided by visattn's launchers, not by Triton, so a run records each launch
 (kernel, argument dtypes and 16-byte alignment, integer and compile-time values) and a replay under another Triton
@@ -21,9 +25,12 @@ Which kernels launch, and with what, is decided by visattn's launchers, not by T
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import importlib
 import json
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -60,6 +67,42 @@ class CompileOnlyDriver:
 _COMPILE = JITFunction.run  # with warmup=True: specialise and compile, do not launch
 
 
+class ThroughLLIR:
+    """Triton's ``add_stages_inspection_hook``: while :attr:`active`, the PTX and cubin stages are stand-ins (the
+    kernel's name only) and compilations go to a cache folder of their own, so that a full compilation never finds
+    a stand-in; asked with no arguments (Triton 3.8's cache key), the mode."""
+
+    active = False
+
+    def __call__(self, *args):
+        mode = "through-llir" if self.active else "full"
+        if not args:
+            return mode, hashlib.sha256(mode.encode()).hexdigest()
+        _backend, stages, *_ = args
+        if self.active:
+            stages["ptx"] = _name_only
+            stages["cubin"] = lambda src, metadata: b""
+        return None
+
+    @contextlib.contextmanager
+    def enabled(self):
+        cache = triton.knobs.cache.dir
+        self.active, triton.knobs.cache.dir = True, os.path.join(cache, "through-llir")
+        try:
+            yield
+        finally:
+            self.active, triton.knobs.cache.dir = False, cache
+
+
+def _name_only(llir: str, metadata: dict) -> str:
+    """The PTX stage's one duty the compiled kernel's metadata needs: the kernel's name."""
+    metadata["name"] = re.search(r"define [^@]*@([\w.$]+)\(", llir).group(1)
+    return ""
+
+
+THROUGH_LLIR = ThroughLLIR()
+
+
 class Recorder:
     """Launches become compilations: ``results`` maps (model, dtype, kernel, variant) to None or the reason it
     fails; ``launches`` keeps each distinct launch, encoded for a replay."""
@@ -68,13 +111,17 @@ class Recorder:
         self.results: dict[tuple[str, str, str, str], str | None] = {}
         self.launches: list[dict] = []
         self._seen: set[str] = set()
+        self.tuned: set[tuple[JITFunction, str]] = set()  # (kernel, dtype) of the autotuned launches so far
         self.model = self.dtype = ""
 
-    def compile(self, fn: JITFunction, args, kwargs, label: str, tuned: bool = False) -> str | None:
-        """Compile one launch; its failure reason or None. A tuned config over the card's shared memory is recorded
-        as skipped, not failed (the autotuner skips it on the GPU), but still returns its reason."""
+    def compile(self, fn: JITFunction, args, kwargs, label: str, tuned: bool = False,
+                through_llir: bool = False) -> str | None:
+        """Compile one launch (``through_llir``: to LLVM IR only); its failure reason or None. A tuned config over
+        the card's shared memory is recorded as skipped, not failed (the autotuner skips it on the GPU), but still
+        returns its reason."""
         try:
-            kernel = _COMPILE(fn, *args, grid=(1,), warmup=True, **kwargs)
+            with THROUGH_LLIR.enabled() if through_llir else contextlib.nullcontext():
+                kernel = _COMPILE(fn, *args, grid=(1,), warmup=True, **kwargs)
             shared = kernel.metadata.shared
             reason = None if shared <= MAX_SHARED_BYTES else f"needs {shared} bytes of shared memory"
         except Exception as err:  # a compiler error of any kind is the finding
@@ -89,7 +136,7 @@ class Recorder:
     def record(self, fn: JITFunction, args, kwargs) -> None:
         launch = {"module": fn.__module__, "kernel": fn.__name__, "args": [_encode(a) for a in args],
                   "kwargs": {k: _encode(v) for k, v in kwargs.items()}, "model": self.model, "dtype": self.dtype}
-        key = json.dumps({k: v for k, v in launch.items() if k != "model"}, sort_keys=True)
+        key = json.dumps(launch, sort_keys=True)
         if key not in self._seen:
             self._seen.add(key)
             self.launches.append(launch)
@@ -104,15 +151,21 @@ class Recorder:
         def tuned_run(tuner, *args, grid=None, warmup=False, **kwargs):
             fn = tuner.fn
             recorder.record(fn, args, kwargs)
+            first_launch = (fn, recorder.dtype) not in recorder.tuned
+            recorder.tuned.add((fn, recorder.dtype))
             failures = []
-            for config in tuner.configs:
+            for i, config in enumerate(tuner.configs):
                 merged = {**kwargs, **config.all_kwargs()}
-                failures.append(recorder.compile(fn, args, merged, _variant(fn, args, merged), tuned=True))
+                label = _variant(fn, args, merged) + (" (through LLIR)" if i else "")
+                failures.append(recorder.compile(fn, args, merged, label, tuned=True, through_llir=i > 0))
+                if not first_launch and failures[-1] is None:
+                    break
             if all(failures):
                 key = (recorder.model, recorder.dtype, kernel_name(fn), _variant(fn, args, kwargs) + " [every config]")
                 recorder.results[key] = failures[0]
 
         driver.set_active(CompileOnlyDriver())
+        triton.knobs.runtime.add_stages_inspection_hook = THROUGH_LLIR
         JITFunction.run = run
         Autotuner.run = tuned_run
 

@@ -2,7 +2,8 @@
 
 Each case runs ``tests/ops/_gpu_compile.py`` in a process of its own (kernels defined without the interpreter): a group
 of model classes forward and backward, each kernel launch compiled to a cubin with the specialisation a GPU launch would
-use, every config of an autotuned kernel, and the compiled kernel's shared memory checked against the card's. The
+use, the configs of an autotuned kernel as ``_gpu_compile``'s docstring says, and the compiled kernel's shared memory
+checked against the card's. The
 interpreter the other op tests run under accepts code the compiler rejects; this catches it before a GPU session.
 Kernels compile with this environment's Triton and with the GPU machine's (``requirements/gpu-triton.txt``, which
 ``make`` installs in ``<venv>/gpu-triton``): the second compiles the launches the first recorded, without running the
