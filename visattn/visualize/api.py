@@ -1,0 +1,164 @@
+"""``visualize``: the pictures of what one model does with one image, written to a folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..contract import INSPECTION_KINDS, InspectionMap, inspect
+from ..engine.checkpoint import atomic_write_json
+from ..errors import UserError, first_line
+from ..tasks.images import load_rgb, read_problem
+from ..tasks.opened import OpenedModel, open_model
+from .draw import Scene, draw_gradcam, draw_kind
+from .gradcam import grad_cam, module_of
+
+GRADCAM = "gradcam"
+PICTURES = (*INSPECTION_KINDS, GRADCAM)
+
+
+@dataclass
+class Visualization:
+    """What :func:`visualize` wrote: ``files`` (one PNG per picture, then ``summary.json``) and ``summary`` (the
+    numbers behind the pictures, as written to ``summary.json``)."""
+
+    files: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def input_spec(opened: OpenedModel, img_size: int | None = None) -> tuple[tuple[int, int], tuple, tuple]:
+    """(input (H, W), mean, std) an opened model takes its images at: ``img_size``, else its checkpoint's training
+    size, else its data config's; the checkpoint's normalisation, else its data config's (a re-id network
+    normalises its [0, 1] input itself)."""
+    ckpt, config = opened.checkpoint, opened.data_config
+    if img_size:
+        size = (img_size, img_size)
+    elif "input_size" in ckpt:
+        size = tuple(ckpt["input_size"])
+    elif "img_size" in ckpt:
+        size = (ckpt["img_size"], ckpt["img_size"])
+    else:
+        size = tuple(config["input_size"][1:])
+    if opened.kind == "reid":
+        return size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    source = ckpt if "mean" in ckpt else ckpt.get("data_cfg") or config
+    return size, tuple(source["mean"]), tuple(source["std"])
+
+
+def class_label(opened: OpenedModel, index: int) -> str:
+    """The name of class ``index``: the checkpoint's class names, ImageNet's for a 1000-class zoo model, else
+    ``class <index>``."""
+    classes = opened.checkpoint.get("classes")
+    if classes and index < len(classes):
+        return f"{classes[index]} ({index})"
+    if not opened.checkpoint and getattr(opened.model, "num_classes", 0) == 1000:
+        from timm.data import ImageNetInfo
+
+        return f"{ImageNetInfo().index_to_description(index).split(',')[0]} ({index})"
+    return f"class {index}"
+
+
+def _check_image(image: str) -> None:
+    if not os.path.isfile(image):
+        raise UserError(f"{image}: no such image file")
+    problem = read_problem(image)
+    if problem:
+        raise UserError(f"{image} is not an image we can read ({problem}); give a JPEG, PNG, BMP, TIFF or WebP file")
+
+
+def _check_query(query: Sequence[int] | None, size: tuple[int, int]) -> tuple[int, int]:
+    """The query pixel (row, column): ``query``, else the image centre; a one-line error outside the image."""
+    h, w = size
+    if query is None:
+        return h // 2, w // 2
+    y, x = query
+    if not (0 <= y < h and 0 <= x < w):
+        raise UserError(f"--query {y},{x} lies outside the {h}x{w} image (rows 0-{h - 1}, columns 0-{w - 1}); give "
+                        "Y,X inside it")
+    return y, x
+
+
+def _under(name: str, layers: Sequence[str]) -> bool:
+    base = name.split("#")[0]
+    return any(base == layer or base.startswith(f"{layer}.") for layer in layers)
+
+
+def visualize(source: str, image: str, output: str, *, query: Sequence[int] | None = None,
+              layers: Sequence[str] = (), pictures: Sequence[str] = (), weights: str | None = None,
+              pretrained: bool = False, model_kwargs: dict | None = None, device: str | None = None,
+              img_size: int | None = None) -> Visualization:
+    """Draw what the model ``source`` (a training checkpoint or a model name, as
+    :func:`visattn.tasks.opened.open_model` opens it) does with ``image``: one PNG per picture in ``output``, and
+    ``summary.json`` with the numbers behind them.
+
+    Args:
+        query: the pixel (row, column) of the original image the query-following pictures look at (the centre by
+            default).
+        layers: module names; only the layers under them are drawn, and Grad-CAM is taken on their outputs
+            (default: every layer; Grad-CAM on the model's last map).
+        pictures: of :data:`PICTURES`; default every one the model offers: those of its ``inspect`` maps (the
+            model-training contract) and Grad-CAM for a classifier.
+        img_size: the side the image is resized to (default: the checkpoint's training size, else the model's).
+    """
+    unknown = [p for p in pictures if p not in PICTURES]
+    if unknown:
+        raise UserError(f"--picture {unknown[0]}: no such picture; use {', '.join(PICTURES)}")
+    _check_image(image)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserError(f"--output {output} is a file; give a folder for the pictures")
+    picture = load_rgb(image)
+    pixel = _check_query(query, (picture.height, picture.width))
+    fraction = ((pixel[0] + 0.5) / picture.height, (pixel[1] + 0.5) / picture.width)
+    opened = open_model(source, weights=weights, pretrained=pretrained, model_kwargs=model_kwargs, device=device)
+    model = opened.model
+    for layer in layers:
+        module_of(model, layer)
+    (h, w), mean, std = input_spec(opened, img_size)
+    shown = np.asarray(picture.resize((w, h), Image.Resampling.BICUBIC))
+    x = torch.from_numpy(shown.copy()).permute(2, 0, 1).float().div(255)
+    x = ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None].to(opened.device)
+    try:
+        found = inspect(model, x, fraction)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"{opened.name} cannot take the {h}x{w} input: {first_line(err)}; try --img-size") from None
+    maps = {name: m for name, m in (found.maps if found else {}).items() if not layers or _under(name, layers)}
+    by_kind: dict[str, dict[str, InspectionMap]] = {}
+    for name, m in maps.items():
+        by_kind.setdefault(m.kind, {})[name] = m
+    offered = [k for k in INSPECTION_KINDS if k in by_kind] + ([GRADCAM] if opened.kind == "classification" else [])
+    missing = [p for p in pictures if p not in offered]
+    if missing:
+        under = f" under --layer {', '.join(layers)}" if layers else ""
+        raise UserError(f"{opened.name} has no {missing[0]} picture{under}; it offers "
+                        f"{', '.join(offered) or 'none'}")
+    if not offered:
+        raise UserError(f"{opened.name} offers no picture{' under --layer ' + ', '.join(layers) if layers else ''}: "
+                        f"no layer shows attention and its output is not class logits")
+    caption = f"{opened.name} on {os.path.basename(image)} at {w}x{h}, query at pixel {pixel[0]},{pixel[1]}"
+    result = Visualization(summary={"model": opened.name, "image": image, "input_size": [h, w],
+                                    "query": {"pixel": list(pixel), "fraction": list(fraction)}, "pictures": {}})
+    chosen = list(pictures or offered)
+    cams = grad_cam(model, x, layers) if GRADCAM in chosen else None  # before any file: its errors write nothing
+    top = None
+    if opened.kind == "classification" and found is not None and found.output.dim() == 2:
+        top = class_label(opened, int(found.output[0].argmax()))
+    for kind in chosen:
+        path = os.path.join(output, f"{kind}.png")
+        if kind == GRADCAM:
+            numbers = draw_gradcam(cams, Scene(shown, fraction, caption), class_label(opened, cams[0].targets[0]),
+                                   path)
+        else:
+            numbers = draw_kind(kind, by_kind[kind], Scene(shown, fraction, caption + (f"; top class {top}" if top
+                                                                                       else "")), path)
+        result.summary["pictures"][kind] = {"file": os.path.basename(path), "layers": numbers}
+        result.files.append(path)
+    path = os.path.join(output, "summary.json")
+    atomic_write_json(result.summary, path)
+    result.files.append(path)
+    return result
