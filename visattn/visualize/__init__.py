@@ -8,7 +8,7 @@ timm classifier.
 - :mod:`.draw`: one drawing per kind, never per family.
 """
 
-from .api import PICTURES, Visualization, input_spec, visualize
+from .api import PICTURES, Visualization, input_spec, model_input, visualize
 from .gradcam import GradCAM, grad_cam
 
-__all__ = ["PICTURES", "GradCAM", "Visualization", "grad_cam", "input_spec", "visualize"]
+__all__ = ["PICTURES", "GradCAM", "Visualization", "grad_cam", "input_spec", "model_input", "visualize"]

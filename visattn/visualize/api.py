@@ -89,6 +89,30 @@ def _under(name: str, layers: Sequence[str]) -> bool:
     return any(base == layer or base.startswith(f"{layer}.") for layer in layers)
 
 
+def model_input(opened: OpenedModel, picture: Image.Image, img_size: int | None = None
+                ) -> tuple[np.ndarray, torch.Tensor]:
+    """The image as the model takes it: (H, W, 3) uint8 resized to :func:`input_spec`'s size (what the pictures are
+    drawn over), and (1, 3, H, W) normalised on the model's device."""
+    (h, w), mean, std = input_spec(opened, img_size)
+    shown = np.array(picture.resize((w, h), Image.Resampling.BICUBIC))
+    x = torch.from_numpy(shown).permute(2, 0, 1).float().div(255)
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return shown, x[None].to(opened.device)
+
+
+def _choose(opened: OpenedModel, by_kind: dict, pictures: Sequence[str], layers: Sequence[str]) -> list[str]:
+    """The pictures to draw: ``pictures``, else every one the model offers; a one-line error for one it does not."""
+    offered = [k for k in INSPECTION_KINDS if k in by_kind] + ([GRADCAM] if opened.kind == "classification" else [])
+    under = f" under --layer {', '.join(layers)}" if layers else ""
+    missing = [p for p in pictures if p not in offered]
+    if missing:
+        raise UserError(f"{opened.name} has no {missing[0]} picture{under}; it offers {', '.join(offered) or 'none'}")
+    if not offered:
+        raise UserError(f"{opened.name} offers no picture{under}: no layer shows attention and its output is not "
+                        "class logits")
+    return list(pictures or offered)
+
+
 def visualize(source: str, image: str, output: str, *, query: Sequence[int] | None = None,
               layers: Sequence[str] = (), pictures: Sequence[str] = (), weights: str | None = None,
               pretrained: bool = False, model_kwargs: dict | None = None, device: str | None = None,
@@ -116,46 +140,33 @@ def visualize(source: str, image: str, output: str, *, query: Sequence[int] | No
     pixel = _check_query(query, (picture.height, picture.width))
     fraction = ((pixel[0] + 0.5) / picture.height, (pixel[1] + 0.5) / picture.width)
     opened = open_model(source, weights=weights, pretrained=pretrained, model_kwargs=model_kwargs, device=device)
-    model = opened.model
     for layer in layers:
-        module_of(model, layer)
-    (h, w), mean, std = input_spec(opened, img_size)
-    shown = np.asarray(picture.resize((w, h), Image.Resampling.BICUBIC))
-    x = torch.from_numpy(shown.copy()).permute(2, 0, 1).float().div(255)
-    x = ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None].to(opened.device)
+        module_of(opened.model, layer)
+    shown, x = model_input(opened, picture, img_size)
     try:
-        found = inspect(model, x, fraction)
+        found = inspect(opened.model, x, fraction)
     except (ValueError, RuntimeError) as err:
-        raise UserError(f"{opened.name} cannot take the {h}x{w} input: {first_line(err)}; try --img-size") from None
-    maps = {name: m for name, m in (found.maps if found else {}).items() if not layers or _under(name, layers)}
+        raise UserError(f"{opened.name} cannot take the {x.shape[-2]}x{x.shape[-1]} input: {first_line(err)}; try "
+                        "--img-size") from None
     by_kind: dict[str, dict[str, InspectionMap]] = {}
-    for name, m in maps.items():
-        by_kind.setdefault(m.kind, {})[name] = m
-    offered = [k for k in INSPECTION_KINDS if k in by_kind] + ([GRADCAM] if opened.kind == "classification" else [])
-    missing = [p for p in pictures if p not in offered]
-    if missing:
-        under = f" under --layer {', '.join(layers)}" if layers else ""
-        raise UserError(f"{opened.name} has no {missing[0]} picture{under}; it offers "
-                        f"{', '.join(offered) or 'none'}")
-    if not offered:
-        raise UserError(f"{opened.name} offers no picture{' under --layer ' + ', '.join(layers) if layers else ''}: "
-                        f"no layer shows attention and its output is not class logits")
-    caption = f"{opened.name} on {os.path.basename(image)} at {w}x{h}, query at pixel {pixel[0]},{pixel[1]}"
-    result = Visualization(summary={"model": opened.name, "image": image, "input_size": [h, w],
-                                    "query": {"pixel": list(pixel), "fraction": list(fraction)}, "pictures": {}})
-    chosen = list(pictures or offered)
-    cams = grad_cam(model, x, layers) if GRADCAM in chosen else None  # before any file: its errors write nothing
-    top = None
+    for name, m in (found.maps if found else {}).items():
+        if not layers or _under(name, layers):
+            by_kind.setdefault(m.kind, {})[name] = m
+    chosen = _choose(opened, by_kind, pictures, layers)
+    cams = grad_cam(opened.model, x, layers) if GRADCAM in chosen else None  # before any file: its errors write none
+    caption = f"{opened.name} on {os.path.basename(image)} at {x.shape[-1]}x{x.shape[-2]}, query at pixel " \
+              f"{pixel[0]},{pixel[1]}"
     if opened.kind == "classification" and found is not None and found.output.dim() == 2:
-        top = class_label(opened, int(found.output[0].argmax()))
+        caption += f"; top class {class_label(opened, int(found.output[0].argmax()))}"
+    result = Visualization(summary={"model": opened.name, "image": image, "input_size": list(shown.shape[:2]),
+                                    "query": {"pixel": list(pixel), "fraction": list(fraction)}, "pictures": {}})
+    scene = Scene(shown, fraction, caption)
     for kind in chosen:
         path = os.path.join(output, f"{kind}.png")
         if kind == GRADCAM:
-            numbers = draw_gradcam(cams, Scene(shown, fraction, caption), class_label(opened, cams[0].targets[0]),
-                                   path)
+            numbers = draw_gradcam(cams, scene, class_label(opened, cams[0].targets[0]), path)
         else:
-            numbers = draw_kind(kind, by_kind[kind], Scene(shown, fraction, caption + (f"; top class {top}" if top
-                                                                                       else "")), path)
+            numbers = draw_kind(kind, by_kind[kind], scene, path)
         result.summary["pictures"][kind] = {"file": os.path.basename(path), "layers": numbers}
         result.files.append(path)
     path = os.path.join(output, "summary.json")

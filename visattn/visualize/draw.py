@@ -104,7 +104,7 @@ def _draw_routing(axes, scene: Scene, name: str, m: InspectionMap) -> None:
         row, col = divmod(region, s)
         ax.text((col + 0.5) * rw * cx, (row + 0.5) * rh * cy, str(rank), ha="center", va="center", fontsize=8,
                 color="black", clip_on=True)
-    ax.add_patch(box(m.data["query_region"], fill=False, edgecolor="red", linewidth=2.2))
+    ax.add_patch(box(m.data["query_region"], fill=False, edgecolor="magenta", linewidth=2.5))
     _mark_query(ax, scene)
     h, w = scene.size
     ax.set_xlim(0, w)
@@ -114,7 +114,7 @@ def _draw_routing(axes, scene: Scene, name: str, m: InspectionMap) -> None:
 def _routing_legend(plt) -> list:
     from matplotlib.patches import Patch
 
-    return [_query_handle(plt), Patch(fill=False, edgecolor="red", linewidth=2, label="query's region"),
+    return [_query_handle(plt), Patch(fill=False, edgecolor="magenta", linewidth=2, label="query's region"),
             Patch(facecolor="gold", alpha=0.45, label="routed regions (rank)")]
 
 
@@ -131,20 +131,23 @@ def _draw_kept(axes, scene: Scene, name: str, m: InspectionMap) -> None:
     title = f"{name}\nkeep ratio {float(m.data['keep_ratio']):.3f}"
     if prefix:
         title += f"; class token kept by {int(counts[0])}/{heads} heads"
-    _overlay(axes[0], scene, counts[prefix:].view(h, w).numpy(), title, "heads keeping the key",
-             _discrete("viridis", heads), -0.5, heads + 0.5, ticks=range(heads + 1))
+    grid = counts[prefix:].view(h, w).numpy()
+    _overlay(axes[0], scene, np.where(grid > 0, grid, np.nan), title, "heads keeping the key (none: no colour)",
+             _discrete("viridis", heads), 0.5, heads + 0.5, ticks=range(1, heads + 1))
 
 
-def _discrete(cmap: str, top: int):
+def _discrete(cmap: str, colours: int):
     import matplotlib
 
-    return matplotlib.colormaps[cmap].resampled(top + 1)
+    return matplotlib.colormaps[cmap].resampled(colours)
 
 
 def _keep_ratio_panel(ax, maps: dict[str, InspectionMap]) -> None:
     ratios = [float(m.data["keep_ratio"]) for m in maps.values()]
-    ax.barh(range(len(ratios)), ratios, color="tab:blue")
-    ax.set_yticks(range(len(ratios)), list(maps), fontsize=7)
+    ax.barh(range(len(ratios)), ratios, color="lightsteelblue")
+    for i, name in enumerate(maps):  # names inside the panel: a long one never leaves the figure
+        ax.text(0.01, i, name, va="center", fontsize=7)
+    ax.set_yticks([])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of query-key pairs attended", fontsize=8)
