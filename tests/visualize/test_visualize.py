@@ -1,8 +1,7 @@
 """visattn-visualize: a PNG per picture for each family, summary.json, Grad-CAM where the answer is known, one-line
-errors; in process through the Python API and the CLI's main, once through the shim."""
+errors; in process through the Python API and the command line, once through the script."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -11,9 +10,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from tests.tools._runs import tool
-from visattn.cli.visualize import console, main
-from visattn.errors import UserError
+from tests.tools._runs import assert_one_line_error, script, tool
 from visattn.visualize import grad_cam, visualize
 from visattn.visualize.draw import spread
 from visattn.visualize.gradcam import as_map
@@ -141,7 +138,7 @@ def test_gradcam_reshapes_vit_tokens_and_channels_last_maps(photo):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["test_biformer", "{bad}"], "is not an image we can read"),
+    (["test_biformer", "{bad}"], "cannot read {bad}: cannot identify image file"),
     (["test_biformer", "{photo}", "--query", "48,3"], "--query 48,3 lies outside the 48x60 image"),
     (["test_biformer", "{photo}", "--query", "3"], "--query 3: expected Y,X"),
     (["resnet18", "{photo}", "--picture", "routing"], "resnet18 has no routing picture; it offers gradcam"),
@@ -149,32 +146,21 @@ def test_gradcam_reshapes_vit_tokens_and_channels_last_maps(photo):
     (["test_biformer", "{photo}", "--picture", "routes"], "--picture routes: no such picture"),
     (["test_biformer", "{photo}", "--layer", "stages.9"], "--layer stages.9: the model has no such module"),
     (["test_hrnet_psa", "{photo}", "--layer", "stage2"], "--layer stage2 gives a list, not a feature map"),
+    (["test_biformer", "{photo}", "--output", "{photo}"], "--output {photo} is a file"),
 ])
-def test_bad_inputs_are_one_line_errors(argv, fragment, photo, tmp_path, capsys):
+def test_bad_inputs_are_one_line_errors_that_write_nothing(argv, fragment, photo, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    argv = [a.format(bad=bad, photo=photo) for a in argv] + ["--output", str(tmp_path / "out"), "--device", "cpu"]
-    if fragment.startswith("--query 3:"):
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
-        return
-    with pytest.raises(UserError, match="^" + r"[^\n]*" + fragment.replace("(", r"\(").replace(")", r"\)")):
-        main(argv)
+    argv = [a.format(bad=bad, photo=photo) for a in argv]
+    result = tool("visualize.py", *argv, *([] if "--output" in argv else ["--output", tmp_path / "out"]),
+                  "--device", "cpu")
+    assert_one_line_error(result, fragment.format(bad=bad, photo=photo))
     assert not (tmp_path / "out").exists()
 
 
-def test_the_command_prints_a_one_line_error(photo, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["visattn-visualize", "test_tcpa", photo, "--output", photo])
-    with pytest.raises(SystemExit) as exit_info:
-        console()
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err == f"error: --output {photo} is a file; give a folder for the pictures\n"
-
-
-def test_the_shim_runs_the_command(photo, tmp_path):
-    result = tool("visualize.py", "test_tcpa", photo, "--output", str(tmp_path), "--picture", "prompt_usage",
-                  "--device", "cpu")
+def test_the_tools_script_runs_the_command(photo, tmp_path):
+    result = script("visualize.py", "test_tcpa", photo, "--output", str(tmp_path), "--picture", "prompt_usage",
+                    "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["wrote", str(tmp_path / "prompt_usage.png"), "wrote",
                                      str(tmp_path / "summary.json")]

@@ -14,7 +14,8 @@ from PIL import Image
 from ..contract import INSPECTION_KINDS, InspectionMap, inspect
 from ..engine.checkpoint import atomic_write_json
 from ..errors import UserError, first_line
-from ..tasks.images import load_rgb, read_problem
+from ..tasks.classification.predict import class_names
+from ..tasks.images import as_rgb
 from ..tasks.opened import OpenedModel, open_model
 from .draw import Scene, draw_gradcam, draw_kind
 from .gradcam import grad_cam, module_of
@@ -51,25 +52,10 @@ def input_spec(opened: OpenedModel, img_size: int | None = None) -> tuple[tuple[
     return size, tuple(source["mean"]), tuple(source["std"])
 
 
-def class_label(opened: OpenedModel, index: int) -> str:
-    """The name of class ``index``: the checkpoint's class names, ImageNet's for a 1000-class zoo model, else
-    ``class <index>``."""
-    classes = opened.checkpoint.get("classes")
-    if classes and index < len(classes):
-        return f"{classes[index]} ({index})"
-    if not opened.checkpoint and getattr(opened.model, "num_classes", 0) == 1000:
-        from timm.data import ImageNetInfo
-
-        return f"{ImageNetInfo().index_to_description(index).split(',')[0]} ({index})"
-    return f"class {index}"
-
-
-def _check_image(image: str) -> None:
-    if not os.path.isfile(image):
-        raise UserError(f"{image}: no such image file")
-    problem = read_problem(image)
-    if problem:
-        raise UserError(f"{image} is not an image we can read ({problem}); give a JPEG, PNG, BMP, TIFF or WebP file")
+def class_label(opened: OpenedModel, index: int, num_classes: int) -> str:
+    """``name (index)`` of an output class: its short name (to the first comma) as the predictor names it
+    (:func:`~visattn.tasks.classification.predict.class_names`)."""
+    return f"{class_names(opened, num_classes)[index].split(',')[0]} ({index})"
 
 
 def _check_query(query: Sequence[int] | None, size: tuple[int, int]) -> tuple[int, int]:
@@ -133,10 +119,9 @@ def visualize(source: str, image: str, output: str, *, query: Sequence[int] | No
     unknown = [p for p in pictures if p not in PICTURES]
     if unknown:
         raise UserError(f"--picture {unknown[0]}: no such picture; use {', '.join(PICTURES)}")
-    _check_image(image)
+    picture = as_rgb(image)
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserError(f"--output {output} is a file; give a folder for the pictures")
-    picture = load_rgb(image)
     pixel = _check_query(query, (picture.height, picture.width))
     fraction = ((pixel[0] + 0.5) / picture.height, (pixel[1] + 0.5) / picture.width)
     opened = open_model(source, weights=weights, pretrained=pretrained, model_kwargs=model_kwargs, device=device)
@@ -157,14 +142,14 @@ def visualize(source: str, image: str, output: str, *, query: Sequence[int] | No
     caption = f"{opened.name} on {os.path.basename(image)} at {x.shape[-1]}x{x.shape[-2]}, query at pixel " \
               f"{pixel[0]},{pixel[1]}"
     if opened.kind == "classification" and found is not None and found.output.dim() == 2:
-        caption += f"; top class {class_label(opened, int(found.output[0].argmax()))}"
+        caption += f"; top class {class_label(opened, int(found.output[0].argmax()), found.output.shape[1])}"
     result = Visualization(summary={"model": opened.name, "image": image, "input_size": list(shown.shape[:2]),
                                     "query": {"pixel": list(pixel), "fraction": list(fraction)}, "pictures": {}})
     scene = Scene(shown, fraction, caption)
     for kind in chosen:
         path = os.path.join(output, f"{kind}.png")
         if kind == GRADCAM:
-            numbers = draw_gradcam(cams, scene, class_label(opened, cams[0].targets[0]), path)
+            numbers = draw_gradcam(cams, scene, class_label(opened, cams[0].targets[0], cams[0].classes), path)
         else:
             numbers = draw_kind(kind, by_kind[kind], scene, path)
         result.summary["pictures"][kind] = {"file": os.path.basename(path), "layers": numbers}

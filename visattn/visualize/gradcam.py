@@ -29,12 +29,13 @@ FINAL = "forward_features"  # the layer name of the default map
 @dataclass
 class GradCAM:
     """Grad-CAM of one layer: ``cam`` (B, h, w) float32 >= 0 on the layer's grid, for the classes ``targets`` whose
-    logits are ``scores`` (one per image)."""
+    logits are ``scores`` (one per image) of the model's ``classes`` outputs."""
 
     layer: str
     cam: torch.Tensor
     targets: list[int]
     scores: list[float]
+    classes: int
 
 
 def module_of(model: nn.Module, name: str) -> nn.Module:
@@ -115,7 +116,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layers: Sequence[str] = (),
         prefix = getattr(model, "num_prefix_tokens", 0)
         a, g = (as_map(t.detach().float(), image, channels, prefix) for t in (out, grad))
         cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1).clamp_min(0)
-        results.append(GradCAM(name, cam, chosen.tolist(), scores.detach().tolist()))
+        results.append(GradCAM(name, cam, chosen.tolist(), scores.detach().tolist(), logits.shape[1]))
     return results
 
 
