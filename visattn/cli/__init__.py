@@ -1,5 +1,6 @@
-"""The command-line tools (`visattn-train`, `visattn-eval`, `visattn-benchmark`, `visattn-convert`; `tools/*.py` call
-them) and what they share: one-line errors, JSON arguments, per-task options."""
+"""The command-line tools (`visattn-train`, `visattn-eval`, `visattn-benchmark`, `visattn-convert`,
+`visattn-visualize`; `tools/*.py` call them) and what they share: one-line errors, JSON arguments, per-task
+options."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...backbones.psa import insert_psa, psa_name
 from ...blocks.polarized_attention import LAYOUTS
-from ...contract import TrainOutput
+from ...contract import Inspectable, TrainOutput
 from ...engine.models import build_model
 
 __all__ = ["REID_ATTENTION", "CenterLoss", "GeM", "ReIDLoss", "ReIDModel", "batch_hard_triplet_loss"]
@@ -46,7 +46,7 @@ def _block_indices(spec: str, count: int, stage: int) -> list[int]:
     return indices
 
 
-class ReIDModel(nn.Module):
+class ReIDModel(Inspectable, nn.Module):
     """Re-id network on any visattn or timm backbone (``num_classes=0`` features), BoT style.
 
     Images in [0, 1] (B, 3, H, W) are normalised inside (the backbone's mean/std, else ImageNet's); the backbone's
