@@ -44,10 +44,9 @@ GPU_TRITON = os.path.join(sys.prefix, "gpu-triton")
 # Two halves of about equal compile work, each a process per Triton: the environment's runs the models (bfloat16,
 # and float32 for the ops' own models) and records their launches; the GPU machine's compiles the bfloat16 ones.
 GROUPS = {
-    "routed-psa-vit": ("biformer_tiny", "hrnet_w18_psa_s", "hrnet_w18_psa", "tcpa_vit_base_patch16_224",
-                       "inline_deit_tiny", "inline_swin_tiny"),
-    "scan-window-linear-filter": ("lamamba_tiny", "herseg", "sparsifiner_deit_small", "fsgnet", "inline_pvt_tiny",
-                                  "inline_cswin_tiny"),
+    "routed-psa-filter-vit": ("biformer_tiny", "hrnet_w18_psa_s", "hrnet_w18_psa", "fsgnet",
+                              "tcpa_vit_base_patch16_224", "inline_deit_tiny", "inline_swin_tiny"),
+    "scan-window-linear": ("lamamba_tiny", "herseg", "sparsifiner_deit_small", "inline_pvt_tiny", "inline_cswin_tiny"),
 }
 
 
