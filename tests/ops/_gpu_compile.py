@@ -37,6 +37,7 @@ import traceback
 
 os.environ.pop("TRITON_INTERPRET", None)
 os.environ["VISATTN_BACKEND"] = "triton"
+os.environ["TRITON_DISABLE_LINE_INFO"] = "1"  # source locations in the binary: debug data, no code, a tenth of the time
 if "TRITON_CACHE_DIR" not in os.environ:
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="visattn-gpu-compile-")
 
