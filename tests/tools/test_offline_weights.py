@@ -53,7 +53,7 @@ def test_a_dead_url_or_a_bad_hash_says_so(failure, reason, tmp_path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailable) as err:
         pretrained_file("biformer_stl", "in1k")
-    assert f"biformer_stl from https://api.onedrive.com/" in str(err.value) and reason in str(err.value)
+    assert "biformer_stl from https://api.onedrive.com/" in str(err.value) and reason in str(err.value)
     assert not (tmp_path / "hub" / "checkpoints" / "biformer_stl_in1k.pth").exists()
 
 

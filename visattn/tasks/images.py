@@ -29,11 +29,11 @@ MODE_CONVERSIONS = {
     "L": "grayscale, copied to the 3 channels",
     "1": "1-bit, copied to the 3 channels",
     "P": "palette, its colours",
-    "PA": "palette with alpha, its colours (alpha dropped)",
-    "LA": "grayscale with alpha, copied to the 3 channels (alpha dropped)",
-    "La": "grayscale with alpha, copied to the 3 channels (alpha dropped)",
-    "RGBA": "alpha dropped (transparent pixels keep their stored colour)",
-    "RGBa": "alpha dropped (transparent pixels keep their stored colour)",
+    "PA": "palette with alpha, its colours, alpha dropped",
+    "LA": "grayscale with alpha, copied to the 3 channels, alpha dropped",
+    "La": "grayscale with alpha, copied to the 3 channels, alpha dropped",
+    "RGBA": "alpha dropped: transparent pixels keep their stored colour",
+    "RGBa": "alpha dropped: transparent pixels keep their stored colour",
     "RGBX": "padding channel dropped",
     "CMYK": "CMYK, converted without a colour profile",
     "YCbCr": "YCbCr, converted to RGB",
@@ -69,7 +69,7 @@ def mode_notice(modes: dict[str, str], where: str) -> str | None:
     if not others:
         return None
     shown = "; ".join(f"{n} {mode} ({MODE_CONVERSIONS.get(mode, 'converted by PIL')})"
-                      for mode, n in sorted(others.items(), key=lambda item: -item[1]))
+                      for mode, n in sorted(others.items(), key=lambda item: (-item[1], item[0])))
     return f"images under {where} read as RGB: {shown}" + (f"; {counts['RGB']} RGB" if counts.get("RGB") else "")
 
 

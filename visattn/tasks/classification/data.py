@@ -35,9 +35,10 @@ class ImageFolderDataset(Dataset):
             raise UserError(f"no class folders in {root}; put each class's images in root/<class>/")
         missing, extra = [c for c in self.classes if c not in folders], [c for c in folders if c not in self.classes]
         if missing or extra:
-            said = [f"lacks {_listed(missing)}" if missing else "", f"has {_listed(extra)} besides" if extra else ""]
-            raise UserError(f"{root} {' and '.join(filter(None, said))} the training split's classes; every split "
-                            f"needs the same class folders ({len(self.classes)} in training)")
+            said = [f"lacks the training split's {_listed(missing)}" if missing else "",
+                    f"has {_listed(extra)}, which the training split lacks" if extra else ""]
+            raise UserError(f"{root} {' and '.join(filter(None, said))}: every split needs the same class folders "
+                            f"({len(self.classes)} in training)")
         found: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
             for dirpath, _, files in sorted(os.walk(os.path.join(root, name))):

@@ -520,8 +520,9 @@ def seed_worker_augmentation(worker_id: int) -> None:
 
 
 def _warn_about_small_images(source, crop: int, scale: float) -> None:
-    """One warning when training images (after ``scale``) are smaller than the ``crop``: their crops are zero-padded."""
-    sizes = [scaled_size(h, w, scale) for h, w in source.sizes]
+    """One warning when training images (after ``scale``) are smaller than the ``crop``: their crops are zero-padded
+    (sources that give their ``sizes``: the folders and the synthetic vessels)."""
+    sizes = [scaled_size(h, w, scale) for h, w in getattr(source, "sizes", ())]
     small = [(h, w) for h, w in sizes if h < crop or w < crop]
     if not small:
         return
