@@ -10,7 +10,9 @@ or reshaped backbone key is a one-line :class:`~visattn.errors.UserError` naming
 from random weights), while a classifier head that is absent or sized for other classes keeps its
 initialisation, with a warning. So do the modules a family adds to a pretrained backbone (Sparsifiner's
 connectivity predictors, TCPA's prompts), named by the model's ``addon_keys`` pattern, when a plain backbone
-checkpoint lacks them.
+checkpoint lacks them. Published weights that cannot be fetched (no network, a dead URL, a bad hash) are a
+one-line :class:`WeightsUnavailable` naming the model, the URL or hub file, the file they are looked up at first and
+a way to load a local file instead.
 """
 
 from __future__ import annotations

@@ -576,6 +576,8 @@ def write_synthetic_reid(root: str, num_train_ids: int = 32, num_test_ids: int =
         raise UserError(f"{root} exists and is not a synthetic re-id set; choose an empty or new folder")
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
+    print(f"writing the synthetic re-id set ({num_train_ids + num_test_ids} identities, {num_cameras} cameras) to "
+          f"{root}, once", flush=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(root))}.tmp-")
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
