@@ -237,6 +237,11 @@ def test_an_empty_prediction_is_counted_and_left_out_of_hd95_instead_of_pinning_
     only_empty.update(np.zeros((40, 40)), square)
     r = only_empty.compute()
     assert r["empty_predictions"] == 1 and math.isnan(r["pooled"]["hd95"]) and math.isnan(r["per_image"]["hd95"])
+    from visattn.tasks.medical.task import MedicalTask
+
+    line = MedicalTask.epoch_line(None, {**r, "loss": 0.5, "region": "fov"}, {"epoch_seconds": 2.0})
+    assert line.endswith("HD95 nan px (fov, pooled; 1 empty prediction left out; 2.0 s)")
+    assert MedicalTask.val_scalars(None, {**r, "loss": 0.5})["val_empty_predictions"] == 1
 
 
 def test_restore_original_removes_padding_and_resizing():

@@ -317,8 +317,8 @@ def evaluate(model: nn.Module, dataset: SegmentationEvalSet, device: torch.devic
 
 
 def _empty_note(count: int) -> str:
-    """`` (2 empty predictions left out)``: the images HD95 cannot score, after its value; '' for none."""
-    return f" ({count} empty prediction{'s' if count != 1 else ''} left out)" if count else ""
+    """``2 empty predictions left out`` (of HD95: the images it cannot score); '' for none."""
+    return f"{count} empty prediction{'s' if count != 1 else ''} left out" if count else ""
 
 
 def _item(item):
@@ -333,8 +333,9 @@ def report(result: dict[str, Any]) -> str:
              ("auc", "AUC"))
 
     def row(metrics: dict, empty: int) -> str:
+        note = _empty_note(empty)
         return "  ".join(f"{label} {metrics[key]:.4f}" for key, label in names) + f"  HD95 {metrics['hd95']:.2f} px" \
-            + _empty_note(empty)
+            + (f" ({note})" if note else "")
 
     lines = [f"{result['count']} images ({result['split']}), {region}, threshold {result['threshold']}:",
              f"  pooled     {row(result['pooled'], result['empty_predictions'])}",
@@ -489,14 +490,16 @@ class MedicalTask(Task):
 
     def epoch_line(self, metrics: dict[str, Any], scalars: dict[str, float]) -> str:
         pooled = metrics["pooled"]
+        empty = _empty_note(metrics["empty_predictions"])
         return (f"val loss {metrics['loss']:.4f}, Dice {pooled['dice']:.4f}, AUC {pooled['auc']:.4f}, HD95 "
-                f"{pooled['hd95']:.2f} px{_empty_note(metrics['empty_predictions'])} ({metrics['region']}, pooled; "
+                f"{pooled['hd95']:.2f} px ({metrics['region']}, pooled{'; ' + empty if empty else ''}; "
                 f"{scalars['epoch_seconds']:.1f} s)")
 
     def summary(self, best: dict[str, Any]) -> str:
+        empty = _empty_note(int(best.get("val_empty_predictions", 0)))
         return (f"best val Dice {best['val_dice']:.4f} (pooled; AUC {best['val_auc']:.4f}, HD95 "
-                f"{best['val_hd95']:.2f} px{_empty_note(int(best.get('val_empty_predictions', 0)))}) at epoch "
-                f"{best['epoch']}; checkpoints in {self.cfg.output}")
+                f"{best['val_hd95']:.2f} px{', ' + empty if empty else ''}) at epoch {best['epoch']}; checkpoints in "
+                f"{self.cfg.output}")
 
 
 class _RecipeAction(argparse.Action):
