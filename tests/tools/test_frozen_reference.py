@@ -120,3 +120,6 @@ def test_published_weights_are_a_source_too(images, tmp_path):
     assert ckpt["frozen"]["pretrained"] and ckpt["frozen"]["init"] is None
     model = open_model(str(tmp_path / "run" / "best.pth"), device="cpu").model
     assert torch.equal(model.patch_embed.proj.weight, torch.load(tmp_path / "published.pth")["patch_embed.proj.weight"])
+    os.remove(tmp_path / "published.pth")
+    assert_one_line_error(tool("eval.py", "--checkpoint", tmp_path / "run" / "best.pth"),
+                          f"{tmp_path / 'run' / 'best.pth'}: checkpoint {tmp_path / 'published.pth'} does not exist")
