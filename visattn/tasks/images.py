@@ -1,11 +1,13 @@
-"""Image files every task reads: the extensions, RGB loading, the cheap up-front check that finds the files a
-training run would fail on (zero-byte, random bytes, truncated JPEG or PNG), and the inputs a prediction reads
-(files, folders, globs, list files; paths, arrays or PIL images)."""
+"""Image files every task reads: the extensions, RGB loading (one conversion per image mode, said once per dataset),
+the cheap up-front check that finds the files a training run would fail on (zero-byte, random bytes, truncated JPEG
+or PNG) and reads each file's mode, and the inputs a prediction reads (files, folders, globs, list files; paths,
+arrays or PIL images)."""
 
 from __future__ import annotations
 
 import glob
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..engine.progress import Progress
 from ..errors import UserError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -20,10 +23,54 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, UnidentifiedImageError)
 
 
+# How an image of each PIL mode becomes the RGB image a model reads (RGB itself is read as it is).
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+MODE_CONVERSIONS = {
+    "L": "grayscale, copied to the 3 channels",
+    "1": "1-bit, copied to the 3 channels",
+    "P": "palette, its colours",
+    "PA": "palette with alpha, its colours, alpha dropped",
+    "LA": "grayscale with alpha, copied to the 3 channels, alpha dropped",
+    "La": "grayscale with alpha, copied to the 3 channels, alpha dropped",
+    "RGBA": "alpha dropped: transparent pixels keep their stored colour",
+    "RGBa": "alpha dropped: transparent pixels keep their stored colour",
+    "RGBX": "padding channel dropped",
+    "CMYK": "CMYK, converted without a colour profile",
+    "YCbCr": "YCbCr, converted to RGB",
+    "LAB": "Lab, converted to RGB",
+    "HSV": "HSV, converted to RGB",
+    **{mode: "16/32-bit integer grayscale, scaled by each image's maximum to 8 bits" for mode in HIGH_DEPTH[:-1]},
+    "F": "floating-point grayscale, scaled by each image's maximum to 8 bits",
+}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as an 8-bit RGB image, converted as :data:`MODE_CONVERSIONS` says: 16/32-bit and float grayscale are
+    scaled by the image's maximum (PIL's own conversion would clip every value above 255), the others by PIL."""
+    if img.mode in HIGH_DEPTH:
+        values = np.asarray(img, dtype=np.float32).clip(0, None)
+        values = values * (255.0 / max(float(values.max()), 1.0))
+        return Image.fromarray(values.round().astype(np.uint8), "L").convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Open an image file and convert it to RGB (grayscale, palette and RGBA inputs included)."""
+    """Open an image file and convert it to RGB (:func:`to_rgb`)."""
     with Image.open(path) as img:
-        return img.convert("RGB")
+        img.load()
+        return to_rgb(img)
+
+
+def mode_notice(modes: dict[str, str], where: str) -> str | None:
+    """One line on how the images' modes (``modes``: {path: PIL mode}) are converted to RGB, or None when all are
+    RGB: ``images under DIR: 12 L (grayscale, copied to the 3 channels), 3 RGBA (alpha dropped ...); 40 RGB``."""
+    counts = Counter(modes.values())
+    others = {mode: n for mode, n in counts.items() if mode != "RGB"}
+    if not others:
+        return None
+    shown = "; ".join(f"{n} {mode} ({MODE_CONVERSIONS.get(mode, 'converted by PIL')})"
+                      for mode, n in sorted(others.items(), key=lambda item: (-item[1], item[0])))
+    return f"images under {where} read as RGB: {shown}" + (f"; {counts['RGB']} RGB" if counts.get("RGB") else "")
 
 
 def _jpeg_complete(path: str) -> bool:
@@ -37,24 +84,40 @@ def _jpeg_complete(path: str) -> bool:
 def read_problem(path: str) -> str | None:
     """Why ``path`` cannot be used as an image, or None. Cheap: the header and PIL's verify() (which checks a PNG's
     chunks); a JPEG is decoded in full only when its end marker is missing (a truncated file)."""
+    return _check(path)[0]
+
+
+def _check(path: str) -> tuple[str | None, str | None]:
+    """(why ``path`` cannot be used as an image or None, its PIL mode)."""
+    mode = None
     try:
         with Image.open(path) as img:
-            fmt = img.format
+            fmt, mode = img.format, img.mode
             img.verify()
         if fmt == "JPEG" and not _jpeg_complete(path):
             with Image.open(path) as img:
                 img.load()
     except READ_ERRORS as err:
-        return first_line(err)
-    return None
+        return first_line(err), mode
+    return None, mode
 
 
-def read_problems(paths: list[str]) -> dict[str, str]:
-    """{path: why it cannot be read} for the unreadable files among ``paths`` (checked on a few threads)."""
+def read_problems(paths: list[str], modes: dict[str, str] | None = None) -> dict[str, str]:
+    """{path: why it cannot be read} for the unreadable files among ``paths`` (checked on a few threads; a check
+    that takes long, a large dataset's, reports its progress); ``modes``: filled with {path: PIL mode} of the
+    readable files."""
     workers = min(8, os.cpu_count() or 1) if len(paths) > 256 else 1
+    problems = {}
     with ThreadPoolExecutor(workers) as pool:
-        found = dict(zip(paths, pool.map(read_problem, paths), strict=True))
-    return {path: problem for path, problem in found.items() if problem}
+        checks = Progress(zip(paths, pool.map(_check, paths), strict=True), f"checking {len(paths)} image files",
+                          total=len(paths), interval=len(paths) + 1, final=False)
+        for path, (problem, mode) in checks:
+            if problem:
+                problems[path] = problem
+            elif modes is not None:
+                modes[path] = mode
+            checks.update(1)
+    return problems
 
 
 # ------------------------------------------------------------------------------------------- prediction inputs
@@ -181,7 +244,7 @@ def as_rgb(image) -> Image.Image:
         except READ_ERRORS as err:
             raise UserError(f"cannot read {image}: {first_line(err)}") from None
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     array = np.asarray(image)
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3))):
         raise UserError(f"an image array must be (H, W, 3) or (H, W) uint8, got {array.dtype} {array.shape}")
