@@ -233,23 +233,23 @@ default_cfgs = generate_default_cfgs({
 
 SMALL = dict(img_size=224, patch_size=16, embed_dim=384, depth=16, num_heads=6, mlp_ratio=3.0, skip_lam=2.0)
 MEDIUM = dict(img_size=224, patch_size=16, embed_dim=512, depth=20, num_heads=8, mlp_ratio=3.0, skip_lam=2.0)
-TINY = dict(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, mlp_ratio=3.0, skip_lam=2.0,
+TINY = dict(img_size=64, patch_size=16, embed_dim=32, depth=4, num_heads=2, mlp_ratio=3.0, skip_lam=2.0,
             stem_chs=8)
 
 
 @register_model
 def lvvit_small(pretrained: bool = False, **kwargs) -> LVViT:
     """LV-ViT-S @224: 384 dims, 6 heads, 16 blocks, MLP ratio 3, lambda 2 (26.2 M parameters)."""
-    return create_model(LVViT, "lvvit_small", pretrained, dict(SMALL, out_indices=3, **kwargs))
+    return create_model(LVViT, "lvvit_small", pretrained, dict(dict(SMALL, out_indices=3), **kwargs))
 
 
 @register_model
 def lvvit_medium(pretrained: bool = False, **kwargs) -> LVViT:
     """LV-ViT-M @224: 512 dims, 8 heads, 20 blocks, MLP ratio 3, lambda 2 (55.8 M parameters)."""
-    return create_model(LVViT, "lvvit_medium", pretrained, dict(MEDIUM, out_indices=3, **kwargs))
+    return create_model(LVViT, "lvvit_medium", pretrained, dict(dict(MEDIUM, out_indices=3), **kwargs))
 
 
 @register_model
 def test_lvvit(pretrained: bool = False, **kwargs) -> LVViT:
-    """Tiny LV-ViT for tests: 2 blocks of 32 dims and 2 heads, an 8-channel stem, on a 4x4 patch grid (64x64)."""
-    return create_model(LVViT, "test_lvvit", pretrained, dict(TINY, out_indices=1, **kwargs), tag="")
+    """Tiny LV-ViT for tests: 4 blocks of 32 dims and 2 heads, an 8-channel stem, on a 4x4 patch grid (64x64)."""
+    return create_model(LVViT, "test_lvvit", pretrained, dict(dict(TINY, out_indices=3), **kwargs), tag="")

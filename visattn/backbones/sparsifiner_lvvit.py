@@ -73,18 +73,19 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def sparsifiner_lvvit_small(pretrained: bool = False, **kwargs) -> SparsifinerLVViT:
     """Sparsifiner-LV-ViT-S @224: LV-ViT-S (384 dims, 6 heads, 16 blocks), 25% of the keys per patch query."""
-    return create_model(SparsifinerLVViT, "sparsifiner_lvvit_small", pretrained, dict(SMALL, out_indices=3, **kwargs))
+    return create_model(SparsifinerLVViT, "sparsifiner_lvvit_small", pretrained,
+                        dict(dict(SMALL, out_indices=3), **kwargs))
 
 
 @register_model
 def sparsifiner_lvvit_medium(pretrained: bool = False, **kwargs) -> SparsifinerLVViT:
     """Sparsifiner-LV-ViT-M @224: LV-ViT-M (512 dims, 8 heads, 20 blocks), 25% of the keys per patch query."""
     return create_model(SparsifinerLVViT, "sparsifiner_lvvit_medium", pretrained,
-                        dict(MEDIUM, out_indices=3, **kwargs))
+                        dict(dict(MEDIUM, out_indices=3), **kwargs))
 
 
 @register_model
 def test_sparsifiner_lvvit(pretrained: bool = False, **kwargs) -> SparsifinerLVViT:
     """Tiny Sparsifiner-LV-ViT for tests: :func:`~visattn.backbones.lvvit.test_lvvit`'s layout, 8 basis vectors."""
-    args = dict(TINY, reduce_n_factor=2, coef_topk=4, out_indices=1)
+    args = dict(TINY, reduce_n_factor=2, coef_topk=4, out_indices=3)
     return create_model(SparsifinerLVViT, "test_sparsifiner_lvvit", pretrained, dict(args, **kwargs), tag="")
