@@ -54,10 +54,10 @@ class GridViT(PretrainedMixin, VisionTransformer):
         x = torch.cat([*prefix, x], dim=1) if prefix else x
         return self.pos_drop(x if self.no_embed_class else x + pos_embed)
 
-    def train_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Final normed tokens (B, prefix + H*W, C) -> the extra ``tokens`` a family's ``forward_train`` gives
-        (what token distillation matches): the patch tokens (B, H*W, C)."""
-        return x[:, self.num_prefix_tokens:]
+    def train_extras(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Final normed tokens (B, prefix + H*W, C) -> the token extras a family's ``forward_train`` gives:
+        ``tokens`` (what token distillation matches), the patch tokens (B, H*W, C)."""
+        return {"tokens": x[:, self.num_prefix_tokens:]}
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         check_images(self, x)

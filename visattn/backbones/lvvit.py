@@ -9,8 +9,9 @@ patch token trained against the token labels.
 Output, as the official ``forward``: in evaluation the class-token logits plus half the per-class maximum over the
 patch tokens' ``aux_head`` logits, y = W_h x_cls + 0.5 max_i W_a x_i; in training the class-token logits alone (what
 the official classification loss reads). ``forward_train`` (the model-training contract, :mod:`visattn.contract`)
-gives those logits and, as the extra ``tokens``, the per-token ``aux_head`` logits (B, H*W, classes): what token
-labelling scores against its label maps, and what Sparsifiner's LV-ViT recipe distils from its dense teacher.
+gives those logits and the per-token ``aux_head`` logits (B, H*W, classes) as the extras ``token_logits`` (what
+token labelling scores) and ``tokens`` (what token distillation matches: Sparsifiner's LV-ViT recipe distils these
+logits of its dense teacher).
 
 Token labelling needs the dense label maps (NFNet-F6 scores per 14x14 cell of each ImageNet image) that the
 official repository distributes separately; visattn ships none and its classification task reads class folders
@@ -154,11 +155,14 @@ class TokenLabelingHead:
         """Normed tokens (B, 1 + H*W, C) -> the patch tokens' ``aux_head`` logits (B, H*W, classes), or None."""
         return None if self.aux_head is None else self.aux_head(x[:, self.num_prefix_tokens:])
 
-    def train_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """The extra ``tokens`` of ``forward_train``: the per-token ``aux_head`` logits (B, H*W, classes), the
-        normed patch tokens (B, H*W, C) without a classifier."""
-        tokens = self.token_logits(x)
-        return x[:, self.num_prefix_tokens:] if tokens is None else tokens
+    def train_extras(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The token extras of ``forward_train``: ``token_logits``, the per-token ``aux_head`` logits
+        (B, H*W, classes) token labelling scores, and ``tokens`` (what token distillation matches) the same logits,
+        or the normed patch tokens (B, H*W, C) without a classifier."""
+        logits = self.token_logits(x)
+        if logits is None:
+            return {"tokens": x[:, self.num_prefix_tokens:]}
+        return {"tokens": logits, "token_logits": logits}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Normed tokens (B, 1 + H*W, C) -> logits (B, classes): the class token's, plus in evaluation half the
@@ -198,9 +202,9 @@ class LVViT(TokenLabelingHead, GridViT):
             nn.init.zeros_(self.aux_head.bias)
 
     def forward_train(self, x: torch.Tensor) -> TrainOutput:
-        """``forward``'s logits and the extra ``tokens`` (:meth:`train_tokens`)."""
+        """``forward``'s logits and the token extras (:meth:`train_extras`)."""
         x = self.forward_features(x)
-        return TrainOutput(self.forward_head(x), extras={"tokens": self.train_tokens(x)})
+        return TrainOutput(self.forward_head(x), extras=self.train_extras(x))
 
 
 @checkpoint_filter(LVViT)

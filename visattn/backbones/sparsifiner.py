@@ -128,8 +128,8 @@ class SparsifinerViT(Inspectable, GridViT):
 
         - ``keep_ratio``: the fraction of the N x N query-key pairs the blocks attend, averaged over blocks:
           (N + (N - 1) ceil(rho N)) / N^2 for sparse attention, 1 for a block attending densely (reconstructing);
-        - ``tokens``: :meth:`train_tokens` (the final normed patch tokens (B, H*W, C); on LV-ViT the per-token
-          ``aux_head`` logits);
+        - ``tokens``: the final normed patch tokens (B, H*W, C) (on LV-ViT, :meth:`train_extras`: the per-token
+          ``aux_head`` logits, also as ``token_logits``);
         - ``approx``: per block, the predictor's approximate attention of the patch queries (B, heads, H*W, N), in
           evaluation and while reconstructing in training (outside that phase no loss reads it, and an output no
           loss reads would leave DDP waiting for the predictors' gradients);
@@ -146,7 +146,7 @@ class SparsifinerViT(Inspectable, GridViT):
             if probs is not None:
                 attention.append(probs)
         x = self.norm(x)
-        extras = {"tokens": self.train_tokens(x)}
+        extras = self.train_extras(x)
         if attention or not self.training or any(block.attn.reconstruct for block in self.blocks):
             extras["approx"] = approx
         if attention:
