@@ -13,10 +13,10 @@ gives those logits and the per-token ``aux_head`` logits (B, H*W, classes) as th
 token labelling scores) and ``tokens`` (what token distillation matches: Sparsifiner's LV-ViT recipe distils these
 logits of its dense teacher).
 
-Token labelling needs the dense label maps (NFNet-F6 scores per 14x14 cell of each ImageNet image) that the
+Token labelling proper needs the dense label maps (NFNet-F6 scores per 14x14 cell of each ImageNet image) that the
 official repository distributes separately; visattn ships none and its classification task reads class folders
-only, so it trains LV-ViT on the class-token loss (and distillation), as the official code's fine-tuning without
-token labelling (``--dense-weight 0``) does. MixToken (the official training-time patch mixing) is not
+only, so it scores every token's logits against its image's label (the ``token_label`` loss), which is what the
+official loss does when it is given no maps. MixToken (the official training-time patch mixing) is not
 implemented. Any input size works: the image is padded to a multiple of 16 and the position embedding resampled.
 
 Weights: the TokenLabeling release checkpoints (zihangJiang/TokenLabeling, Apache-2.0) load as they are
