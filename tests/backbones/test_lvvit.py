@@ -205,3 +205,13 @@ def test_bad_arguments_are_one_line_errors():
         timm.create_model("lvvit_small", patch_size=15, **NARROW)
     with pytest.raises(ValueError, match="do not support init_values"):
         timm.create_model("lvvit_small", init_values=1e-5, **NARROW)
+
+
+def test_sparsifiner_lvvit_shows_its_kept_keys():
+    model = _randomized("sparsifiner_lvvit_small")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        found = model.inspect(x, (0.5, 0.5))
+        torch.testing.assert_close(found.output, model(x))  # the evaluation output, aux logits included
+    assert list(found.maps) == ["blocks.0.attn", "blocks.1.attn"]
+    assert all(m.kind == "kept_keys" and m.data["keys"].shape == (1, 2, 5) for m in found.maps.values())
