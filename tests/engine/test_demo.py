@@ -40,10 +40,13 @@ def test_quick_start_runs_as_written(tmp_path, monkeypatch):
 
 def test_reid_demo_ranks_far_above_chance(tmp_path, monkeypatch):
     """The built-in re-id run (ResNet-18 from scratch on the synthetic people) against random distances under the
-    same protocol on the same query and gallery."""
+    same protocol on the same query and gallery; the prediction API's features of its best.pth score what the run's
+    evaluation scored."""
     import numpy as np
 
     from visattn.tasks.reid import evaluate_ranking
+    from visattn.tasks.reid.metrics import distance_matrix
+    from visattn.tasks.reid.predict import FeatureExtractor
     from visattn.tasks.reid.task import ReIDConfig, open_data
     from visattn.tasks.reid.task import train as train_reid
 
@@ -59,3 +62,7 @@ def test_reid_demo_ranks_far_above_chance(tmp_path, monkeypatch):
     chance = [evaluate_ranking(rng.random((len(pids[0]), len(pids[1]))), *pids, *cams) for _ in range(20)]
     assert best["val_mAP"] > 2.5 * np.mean([c["mAP"] for c in chance])
     assert best["val_rank1"] > 4 * np.mean([c["cmc"][0] for c in chance])
+    extractor = FeatureExtractor(str(tmp_path / "run" / "best.pth"), device="cpu")
+    features = [extractor([item.path for item in split]) for split in (data.query, data.gallery)]
+    predicted = evaluate_ranking(distance_matrix(*features, "euclidean").numpy(), *pids, *cams)
+    assert predicted["mAP"] == pytest.approx(best["val_mAP"], abs=1e-4)
