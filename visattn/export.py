@@ -2,13 +2,14 @@
 ``torch.export`` program (``.pt2``), each checked against the eager model.
 
 Every export traces the model's plain-PyTorch reference path (``$VISATTN_BACKEND=torch`` while tracing, so no
-Triton custom op ``visattn::*`` enters the graph) with ``torch.export`` (non-strict) on a (2, C, H, W) example,
-batch, height and width dynamic. A model whose class sets ``export_fixed_size`` (the reason, a string) is traced
-with a fixed height and width; so is one whose traced program refuses another size (torch.export turned a
-size-dependent branch into a guard). ONNX conversion is torch's dynamo exporter (``torch.onnx.export(dynamo=True)``
-from that program); when it fails, the TorchScript exporter is tried with a fixed height and width, and the note
-says so. The facts of an export (dynamic axes, notes, exporter, opset) are in the file's own metadata (ONNX
-``metadata_props``, the ``.pt2`` archive's ``extra/visattn.json``) and in :class:`Exported`.
+Triton custom op ``visattn::*`` enters the graph) with ``torch.export`` (non-strict, size-oblivious) on a
+(2, C, H, W) example, batch, height and width dynamic. A model with a module that sets ``export_fixed_size`` (the
+reason, a string) is traced with a fixed height and width; so is one whose traced program refuses a larger odd
+size (torch.export turned a size-dependent branch into a guard). ONNX conversion is torch's dynamo exporter
+(``torch.onnx.export(dynamo=True)`` from that program); when it fails, the TorchScript exporter is tried with a
+fixed height and width, and a note says so. The facts of an export (dynamic axes, notes, exporter, opset) are in
+the file's own metadata (ONNX ``metadata_props``, the ``.pt2`` archive's ``extra/visattn.json``) and in
+:class:`Exported`.
 """
 
 from __future__ import annotations
@@ -117,10 +118,10 @@ def _dtype(model: nn.Module) -> torch.dtype:
 def capture(model: nn.Module, input_size: tuple[int, int, int], dynamic: bool = True) -> Capture:
     """``torch.export`` of ``model`` (put in evaluation mode) on a (2, C, H, W) input through its reference path.
 
-    With ``dynamic``: batch, height and width dynamic; height and width fixed where the model's class sets
+    With ``dynamic``: batch, height and width dynamic; height and width fixed where a module of the model sets
     ``export_fixed_size`` or the traced program refuses another size (then re-traced, a note says why); as a last
     resort all fixed. Raises :class:`UserError` naming the op when the model cannot be traced, or when the graph
-    calls a Triton custom op (a model built with ``backend="triton"``).
+    calls a Triton custom op (code that calls a fused op itself instead of through its dispatcher).
     """
     model.eval()
     c, h, w = input_size
@@ -128,7 +129,7 @@ def capture(model: nn.Module, input_size: tuple[int, int, int], dynamic: bool = 
     notes: list[str] = []
     attempts: list[tuple[int, ...]] = [()]
     if dynamic:
-        reason = getattr(model, "export_fixed_size", None)
+        reason = next((m.export_fixed_size for m in model.modules() if getattr(m, "export_fixed_size", None)), None)
         attempts = [(0,), ()] if reason else [(0, 2, 3), (0,), ()]
         if reason:
             notes.append(f"height and width are fixed at {h}x{w}: {reason}")
@@ -136,7 +137,7 @@ def capture(model: nn.Module, input_size: tuple[int, int, int], dynamic: bool = 
     for axes in attempts:
         shapes = ({a: torch.export.Dim.DYNAMIC for a in axes},)
         try:
-            with forced_backend("torch"), torch.no_grad(), warnings.catch_warnings():
+            with forced_backend("torch"), torch.no_grad(), warnings.catch_warnings(), _size_oblivious():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
                 if axes:
@@ -155,12 +156,18 @@ def capture(model: nn.Module, input_size: tuple[int, int, int], dynamic: bool = 
     raise UserError(f"cannot trace {type(model).__name__} with torch.export: {describe_failure(error)}") from error
 
 
+def _size_oblivious():
+    """torch.export's size-oblivious reasoning for the input's sizes: a view of a padded map (a crop) is then not
+    assumed contiguous, or not, at the traced size (a guard that would fix height and width)."""
+    return torch.fx.experimental._config.patch(backed_size_oblivious=True)
+
+
 def _refuse_custom_ops(program: torch.export.ExportedProgram) -> None:
-    ops = sorted({f"{n.target.namespace}::{n.target._opname}" for n in program.graph.nodes
+    ops = sorted({n.target.name() for n in program.graph.nodes
                   if n.op == "call_function" and getattr(n.target, "namespace", None) == "visattn"})
     if ops:
-        raise UserError(f"the traced graph calls the Triton kernel op {ops[0]}: the model was built with "
-                        "backend='triton'; build it with the default backend (the export traces the reference)")
+        raise UserError(f"the traced graph calls the Triton kernel op {ops[0]}: the model calls a fused op "
+                        "itself; call the op's public function, whose reference the export traces")
 
 
 def _short(err: BaseException, limit: int = 160) -> str:
@@ -340,6 +347,7 @@ def _export_torchscript(model: nn.Module, cap: Capture, done: Exported, dynamo_e
         onnx.helper.set_model_props(proto, {META_KEY: json.dumps(done.metadata())})
         onnx.save(proto, tmp)
 
+    require("onnxruntime")  # shows whether the graph traced at one batch runs another
     try:
         batch = {"input": {0: "batch"}, "output": {0: "batch"}}
         done.dynamic_axes = batch
