@@ -37,7 +37,7 @@ DEFAULT_OPSET = 18  # torch's dynamo exporter writes 18; its version converter c
 MIN_OPSET = 17
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 EXAMPLE_BATCH = 2  # torch.export treats sizes 0 and 1 as constants: a dynamic batch is traced at 2
-OTHER_SIZE = (1, 17, 9)  # a checked or probed input is this much larger (batch, height, width) along dynamic axes
+GROWN = {2: 17, 3: 9}  # a checked or probed input is this much taller and wider (odd: a divisibility guard shows)
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 INSTALL = "pip install 'visattn[export]'"
 META_KEY = "visattn"  # ONNX metadata_props key and the .pt2 extra file (visattn.json) holding the export's facts
@@ -56,6 +56,7 @@ class Exported:
     notes: list[str] = field(default_factory=list)
     exporter: str = "torch.export"
     opset: int | None = None
+    min_batch: int = 1  # 2 where the traced program refuses a batch of 1 (a .pt2 program checks it)
 
     def metadata(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "path"}
@@ -96,6 +97,7 @@ class Capture:
     example: torch.Tensor
     axes: tuple[int, ...]
     notes: list[str]
+    min_batch: int = 1
 
 
 def example_input(input_size: tuple[int, int, int], batch: int = EXAMPLE_BATCH, seed: int = 0,
@@ -104,11 +106,9 @@ def example_input(input_size: tuple[int, int, int], batch: int = EXAMPLE_BATCH, 
     return torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def other_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
-    """``shape`` made larger along its dynamic ``axes`` by :data:`OTHER_SIZE` (odd sizes: a divisibility
-    assumption shows)."""
-    grow = dict(zip(AXIS_NAMES, OTHER_SIZE, strict=True))
-    return tuple(n + grow[a] if a in axes else n for a, n in enumerate(shape))
+def other_shape(shape: tuple[int, ...], axes: tuple[int, ...], batch: int = 1) -> tuple[int, ...]:
+    """``shape`` (B, C, H, W) along its dynamic ``axes``: ``batch`` images, :data:`GROWN` taller and wider."""
+    return tuple((batch if a == 0 else n + GROWN.get(a, 0)) if a in axes else n for a, n in enumerate(shape))
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
@@ -140,9 +140,8 @@ def capture(model: nn.Module, input_size: tuple[int, int, int], dynamic: bool = 
             with forced_backend("torch"), torch.no_grad(), warnings.catch_warnings(), _size_oblivious():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
-                if axes:
-                    probe = other_shape(tuple(x.shape), axes)
-                    program.module()(example_input(probe[1:], batch=probe[0], dtype=x.dtype, seed=1))
+                if set(axes) & {2, 3}:
+                    _run_program(program, other_shape(tuple(x.shape), axes, batch=EXAMPLE_BATCH), x.dtype)
         except Exception as err:  # noqa: BLE001 - any failure: try fewer dynamic axes, report the last one
             error = err
             if axes:
@@ -152,8 +151,22 @@ def capture(model: nn.Module, input_size: tuple[int, int, int], dynamic: bool = 
                              f"graph does not take another size ({_short(err)})")
             continue
         _refuse_custom_ops(program)
-        return Capture(program, x, axes, notes)
+        min_batch = 1
+        if 0 in axes:
+            try:
+                with forced_backend("torch"), torch.no_grad():
+                    _run_program(program, other_shape(tuple(x.shape), axes, batch=1), x.dtype)
+            except Exception as err:  # noqa: BLE001 - a guard on the batch: the program takes 2 or more
+                min_batch = 2
+                notes.append(f"the traced program refuses a batch of 1 ({_short(err)}): a .pt2 program takes "
+                             "batches of 2 or more; an ONNX graph holds no such check (--check runs batch 1)")
+        return Capture(program, x, axes, notes, min_batch)
     raise UserError(f"cannot trace {type(model).__name__} with torch.export: {describe_failure(error)}") from error
+
+
+def _run_program(program: torch.export.ExportedProgram, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Run the traced program once on a random ``shape`` input: its guards refuse a size it does not hold for."""
+    program.module()(example_input(shape[1:], batch=shape[0], dtype=dtype, seed=1))
 
 
 def _size_oblivious():
@@ -296,13 +309,14 @@ def _output_axes(cap: Capture) -> dict[int, str]:
 
 
 def export_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], opset: int = DEFAULT_OPSET,
-                dynamic: bool = True) -> Exported:
+                dynamic: bool = True, optimize: bool = True) -> Exported:
     """Write ``model`` as an ONNX file at ``path`` (atomically), traced at ``input_size`` (C, H, W).
 
     Input ``input`` (B, C, H, W), output ``output``; batch, height and width dynamic where the model allows (see
-    :func:`capture`), all fixed without ``dynamic``. torch's dynamo exporter converts the traced program; when it
-    cannot, the TorchScript exporter is tried (height and width fixed) and a note says so. An op neither can express
-    is a :class:`UserError` naming it.
+    :func:`capture`), all fixed without ``dynamic``. torch's dynamo exporter converts the traced program and, with
+    ``optimize``, onnxscript's optimizer folds it (slow on large graphs; onnxruntime optimizes a graph it loads
+    anyway); when the exporter cannot, the TorchScript exporter is tried (height and width fixed) and a note says
+    so. An op neither can express is a :class:`UserError` naming it.
     """
     require("onnx", "onnxscript")
     if opset < MIN_OPSET:
@@ -313,7 +327,7 @@ def export_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], o
         with forced_backend("torch"), _quiet_exporter() as records:
             program = torch.onnx.export(cap.program, (cap.example,), dynamo=True, opset_version=opset,
                                         input_names=["input"], output_names=["output"], verbose=False,
-                                        custom_translation_table=_translations(), optimize=True)
+                                        custom_translation_table=_translations(), optimize=optimize)
     except Exception as err:  # noqa: BLE001 - the dynamo exporter failed: try the TorchScript exporter
         return _export_torchscript(model, cap, done, err)
     written = program.model.opset_imports.get("", opset)
@@ -396,12 +410,12 @@ def _compare(model: nn.Module, run, shapes: list[tuple[int, ...]], dtype: torch.
     return Check(max_abs, max_rel, shapes)
 
 
-def check_shapes(input_size: tuple[int, int, int], axes) -> list[tuple[int, ...]]:
-    """The inputs a check runs: (2, C, H, W) at the export size and, with dynamic ``axes`` (indices or names), a
-    larger one along them."""
-    axes = tuple(a if isinstance(a, int) else {n: i for i, n in AXIS_NAMES.items()}[a] for a in axes)
+def check_shapes(input_size: tuple[int, int, int], axes, min_batch: int = 1) -> list[tuple[int, ...]]:
+    """The inputs a check runs: (2, C, H, W) at the export size and, with dynamic ``axes`` (indices), one image
+    (3 where ``min_batch`` is 2) of a larger odd size along them."""
     first = (EXAMPLE_BATCH, *input_size)
-    return [first, other_shape(first, axes)] if axes else [first]
+    axes = tuple(int(a) for a in axes)
+    return [first, other_shape(first, axes, batch=1 if min_batch == 1 else 3)] if axes else [first]
 
 
 def check_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], axes=None) -> Check:
@@ -425,17 +439,19 @@ def export_pt2(model: nn.Module, path: str, input_size: tuple[int, int, int], dy
     """Write ``model``'s ``torch.export`` program at ``path`` with ``torch.export.save`` (atomically), dynamic axes
     as in :func:`capture`; load it with ``torch.export.load(path).module()``."""
     cap = capture(model, input_size, dynamic)
-    done = Exported(path, "pt2", tuple(input_size), {"input": {a: AXIS_NAMES[a] for a in cap.axes},
-                                                     "output": _output_axes(cap)}, list(cap.notes))
+    axes = {"input": {a: AXIS_NAMES[a] for a in cap.axes}, "output": _output_axes(cap)}
+    done = Exported(path, "pt2", tuple(input_size), axes, list(cap.notes), min_batch=cap.min_batch)
     extra = {f"{META_KEY}.json": json.dumps(done.metadata())}
     atomic_write(path, lambda tmp: torch.export.save(cap.program, tmp, extra_files=extra))
     return done
 
 
 def check_pt2(model: nn.Module, path: str, input_size: tuple[int, int, int], axes=None) -> Check:
-    """Load the ``.pt2`` program and compare it with ``model`` on random inputs (:func:`check_shapes`)."""
+    """Load the ``.pt2`` program and compare it with ``model`` on random inputs (:func:`check_shapes`; ``axes``
+    default: the dynamic input axes in the file's metadata, whose batch floor it keeps)."""
+    facts = read_metadata(path)
     if axes is None:
-        axes = [int(a) for a in read_metadata(path).get("dynamic_axes", {}).get("input", {})]
+        axes = [int(a) for a in facts.get("dynamic_axes", {}).get("input", {})]
     program = torch.export.load(path).module()
     model.eval()
 
@@ -443,7 +459,7 @@ def check_pt2(model: nn.Module, path: str, input_size: tuple[int, int, int], axe
         with torch.no_grad():
             return program(x)
 
-    return _compare(model, run, check_shapes(input_size, axes), _dtype(model))
+    return _compare(model, run, check_shapes(input_size, axes, facts.get("min_batch", 1)), _dtype(model))
 
 
 def tolerance(model: nn.Module) -> float:
@@ -507,7 +523,8 @@ def _versions(fmt: str) -> dict:
 
 
 def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None = None, check: bool = False,
-                  img_size: int | None = None, opset: int | None = None, dynamic: bool = True) -> Report:
+                  img_size: int | None = None, opset: int | None = None, dynamic: bool = True,
+                  optimize: bool = True) -> Report:
     """Export an :class:`~visattn.tasks.opened.OpenedModel` to ``output``/<model>.<fmt> with <model>.json beside
     it (model, input size, preprocessing, classes when the checkpoint has them, opset, dynamic axes, notes, the
     check's differences); with ``check``, compare the file with the model on random input first."""
@@ -522,7 +539,7 @@ def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None 
     path = os.path.join(output, f"{opened.name}.{fmt}")
     model = opened.model
     if fmt == "onnx":
-        done = export_onnx(model, path, size, opset or DEFAULT_OPSET, dynamic)
+        done = export_onnx(model, path, size, opset or DEFAULT_OPSET, dynamic, optimize)
         result = check_onnx(model, path, size, done.dynamic_axes["input"]) if check else None
     else:
         done = export_pt2(model, path, size, dynamic)
@@ -537,7 +554,7 @@ def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None 
             "num_classes": fields.get("num_classes", getattr(model, "num_classes", None)),
             "classes": fields.get("classes"),
             "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in done.dynamic_axes.items()},
-            "notes": done.notes,
+            "min_batch": done.min_batch, "notes": done.notes,
             "check": None if result is None else {
                 "max_abs_diff": result.max_abs, "max_rel_diff": result.max_rel, "tolerance": limit,
                 "passed": result.max_rel <= limit, "inputs": [list(s) for s in result.shapes]},

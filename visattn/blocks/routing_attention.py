@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..ops import exported_crop
 from ..ops.routed_attention import check_routing_args, routed_attention
 from .spatial import pad_to_multiple
 
@@ -42,8 +43,8 @@ class BiLevelRoutingAttention(nn.Module):
         out = routed_attention(q, k, v, self.num_heads, self.n_win, self.topk, self.scale, self.backend)
         out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out = self.proj(out)
-        if torch.compiler.is_exporting():  # crops any size; asking whether the crop is contiguous would fix it
-            return out[:, :h, :w]
+        if torch.compiler.is_exporting():  # the exported graph crops any size
+            return exported_crop(out, h, w)
         if out.shape[1:3] != (h, w):
             out = out[:, :h, :w].contiguous()
         return out

@@ -37,12 +37,15 @@ def parse_args(argv):
     p.add_argument("--opset", type=positive_int, metavar="N",
                    help=f"ONNX opset, {MIN_OPSET} or newer (default: {DEFAULT_OPSET})")
     p.add_argument("--static", action="store_true", help="fixed batch, height and width (default: dynamic)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="skip onnxscript's graph optimizer (slow on large graphs; onnxruntime optimizes on loading)")
     p.add_argument("--weights", metavar="FILE", help="weights for a model name (any layout visattn loads)")
     p.add_argument("--pretrained", action="store_true", help="a model name with its published weights")
     p.add_argument("--model-kwargs", type=json_dict, metavar="JSON", help="extra arguments for a model name")
     args = p.parse_args(argv)
-    if args.opset is not None and args.format != "onnx":
-        raise UserError(f"--opset applies to --format onnx, not {args.format}")
+    for flag, given in (("--opset", args.opset is not None), ("--no-optimize", args.no_optimize)):
+        if given and args.format != "onnx":
+            raise UserError(f"{flag} applies to --format onnx, not {args.format}")
     if args.opset is not None and args.opset < MIN_OPSET:
         raise UserError(f"--opset {args.opset}: visattn exports opset {MIN_OPSET} or newer")
     return args
@@ -58,7 +61,8 @@ def main(argv=None) -> int:
     opened = open_model(args.source, weights=args.weights, pretrained=args.pretrained,
                         model_kwargs=args.model_kwargs, device="cpu")
     report = export_opened(opened, args.output, args.format, source=args.source, check=args.check,
-                           img_size=args.img_size, opset=args.opset, dynamic=not args.static)
+                           img_size=args.img_size, opset=args.opset, dynamic=not args.static,
+                           optimize=not args.no_optimize)
     done = report.exported
     axes = ", ".join(done.dynamic_axes["input"].values()) or "none"
     opset = f"opset {done.opset}, " if done.opset else ""

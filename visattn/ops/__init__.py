@@ -2,5 +2,6 @@
 
 from . import _flops  # noqa: F401  (registers the FLOP formulas torch.utils.flop_counter lacks)
 from ._backend import BACKENDS, forced_backend, resolve_backend
+from ._export import exported_crop
 
-__all__ = ["BACKENDS", "forced_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "exported_crop", "forced_backend", "resolve_backend"]

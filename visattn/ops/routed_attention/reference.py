@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._export import exported_crop
+
 
 def region_means(x: torch.Tensor, n_win: int) -> torch.Tensor:
     """Mean of each of the n_win x n_win regions of a map zero-padded at the bottom/right to a multiple of n_win.
@@ -97,6 +99,6 @@ def attend_routed_regions(
     out = F.scaled_dot_product_attention(q_h, gather(k_r), gather(v_r), scale=scale)
     out = out.transpose(1, 2).reshape(b, regions, tokens, c_v)
     out = from_regions(out, n_win, h, w)
-    if exporting:  # asking whether the crop is contiguous would fix the size
-        return out[:, :h_in, :w_in]
+    if exporting:
+        return exported_crop(out, h_in, w_in)
     return out[:, :h_in, :w_in].contiguous() if padded else out

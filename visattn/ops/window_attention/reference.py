@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._export import exported_crop
+
 
 def relative_position_index(window_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(ws*ws, ws*ws) int64 index into a ((2*ws-1)**2)-entry bias table for every (query, key) pair of a window.
@@ -90,6 +92,6 @@ def window_attention_reference(
     out = from_windows(out, ws, hp, wp)
     if shift:
         out = torch.roll(out, (shift, shift), (1, 2))
-    if exporting:  # asking whether the crop is contiguous would fix the size
-        return out[:, :h, :w]
+    if exporting:
+        return exported_crop(out, h, w)
     return out[:, :h, :w].contiguous() if padded else out
