@@ -55,7 +55,8 @@ class TrainOutput:
         aux_losses: loss terms the model computes itself, by name, already weighted: the task adds them to its loss.
         stats: scalar statistics to log, by name (not optimised).
         extras: tensors other losses read, by name (distillation reads ``tokens``, the final normed patch tokens
-            (B, N, C); attention reconstruction ``approx`` and ``attention``, per-block attention maps).
+            (B, N, C), on LV-ViT its per-token logits; attention reconstruction ``approx`` and ``attention``,
+            per-block attention maps; token labelling ``token_logits``, per-token class logits (B, N, classes)).
     """
 
     output: torch.Tensor

@@ -41,12 +41,17 @@ CASES = {
     "InLinePVT": ("test_inline_pvt", 36),
     # 8 x 8 and 4 x 4 tokens: windows of 3 pad, shifted in stage 2
     "LaMamba": ("test_lamamba", 32),
+    # 2 x 2 patches: the position embedding resampled from the 4 x 4 grid, BatchNorm in the stem
+    "LVViT": ("test_lvvit", 32),  # timm's dense attention: no visattn op
     "PSAHRNet": ("test_hrnet_psa", 32),
     "PSAResNet": ("test_resnet_psa", 32),
     # 2 x 2 patches: position embedding and predictor projections resampled from the 4 x 4 grid
     "SparsifinerViT": ("test_sparsifiner", 32),
+    "SparsifinerLVViT": ("test_sparsifiner_lvvit", 32),
     "TCPAViT": ("test_tcpa", 32),
 }
+
+NO_OPS = {"LVViT"}  # families that call no visattn op: their evaluation is checked for host syncs and compiled only
 
 _aten = torch.ops.aten
 # ops whose result the host must wait for: a value read back, or an output whose size depends on the data
@@ -166,7 +171,7 @@ def test_compiled_evaluation_matches_eager(case, monkeypatch):
     with torch.no_grad():
         with NoHostSync(), FusedOps() as ops:
             eager = model(x)
-        assert ops.ran, "no visattn:: op ran: the evaluation was not on the Triton kernels"
+        assert ops.ran or case in NO_OPS, "no visattn:: op ran: the evaluation was not on the Triton kernels"
         torch.testing.assert_close(_compiled(model)(x), eager)
 
 
@@ -184,9 +189,12 @@ def test_compiled_training_step_matches_eager(case, monkeypatch):
     eager_outs, eager_grads = _train_step(model, TrainingForward(model), x, NoHostSync())
     outs, grads = _train_step(model, _compiled(TrainingForward(model)), x, contextlib.nullcontext())
     torch.testing.assert_close(outs, eager_outs)
-    assert grads.keys() == eager_grads.keys()
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, eager_grads[name], msg=lambda m, name=name: f"{name}: {m}")
+    # a parameter that reaches only an extra no loss here reads (LV-ViT's aux head) has no gradient eagerly and a
+    # zero one compiled (AOT autograd gives the unused output a zero gradient)
+    assert all(not grads[name].any() for name in grads.keys() - eager_grads.keys())
+    assert eager_grads.keys() <= grads.keys()
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(grads[name], grad, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_compiled_reid_training_step_matches_eager():

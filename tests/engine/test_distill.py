@@ -204,3 +204,50 @@ def test_prompt_options_on_a_model_without_prompts_are_one_line_errors():
         build_model("vit_tiny_patch16_224", pool_size=18, top_k=10)
     with pytest.raises(UserError, match="top_k=20 must lie between 1 and pool_size=18"):
         build_model("tcpa_vit_base_patch16_224", top_k=20, device="meta")
+
+
+LVVIT = dict(VIT, img_size=32, stem_chs=8)  # a 2 x 2 token grid
+
+
+def test_lvvit_scores_every_tokens_logits_against_the_image_label(folder, tmp_path):
+    task = ClassificationTask(_config(folder, tmp_path, model="lvvit_small", model_kwargs=LVVIT,
+                                      token_label_weight=0.25))
+    model, train_set = task.build(torch.device("cpu"), 0, 1)
+    batch = next(iter(torch.utils.data.DataLoader(train_set, batch_size=4)))
+    step = task.compute_loss(TrainingForward(model).train(), batch, torch.device("cpu"))
+    out = model.forward_train(batch[0])
+    ce = torch.nn.functional.cross_entropy
+    tokens = out.extras["token_logits"]  # (4, 4 tokens, 2 classes)
+    per_token = torch.stack([ce(tokens[:, i], batch[1]) for i in range(tokens.shape[1])]).mean()
+    torch.testing.assert_close(step.parts["token_label"], 0.25 * per_token)
+    torch.testing.assert_close(step.parts["ce"], ce(out.output, batch[1]))
+    torch.testing.assert_close(step.loss, ce(out.output, batch[1]) + 0.25 * per_token)
+    off = ClassificationTask(_config(folder, tmp_path, model="lvvit_small", model_kwargs=LVVIT, token_label_weight=0))
+    off.build(torch.device("cpu"), 0, 1)
+    step = off.compute_loss(TrainingForward(model).train(), batch, torch.device("cpu"))
+    torch.testing.assert_close(step.loss, ce(out.output, batch[1]))  # the class-token CE alone
+
+
+def test_sparsifiner_lvvit_distils_the_teachers_token_logits(folder, tmp_path):
+    teacher = timm.create_model("lvvit_small", num_classes=2, **LVVIT).eval()
+    path = tmp_path / "teacher.pth"
+    torch.save({"task": "classification", "model": "lvvit_small", "model_kwargs": LVVIT, "num_classes": 2,
+                "state_dict": teacher.state_dict()}, path)
+    images = torch.randn(3, 3, 32, 32)
+    logits, tokens = distill.teacher_outputs(teacher, images)
+    with torch.no_grad():
+        features = teacher.forward_features(images)
+        torch.testing.assert_close(tokens, teacher.aux_head(features[:, 1:]))  # the aux logits, not the features
+        torch.testing.assert_close(logits, teacher(images))
+    kwargs = dict(LVVIT, reduce_n_factor=1, coef_topk=2)
+    task = ClassificationTask(_config(folder, tmp_path, model="sparsifiner_lvvit_small", model_kwargs=kwargs,
+                                      phase="distill", teacher=str(path)))
+    model, train_set = task.build(torch.device("cpu"), 0, 1)
+    task.check_input(model)  # the student's token extras match the teacher's
+    batch = next(iter(torch.utils.data.DataLoader(train_set, batch_size=4)))
+    step = task.compute_loss(TrainingForward(model).train(), batch, torch.device("cpu"))
+    # the official recipe: CE + KL + token MSE, no token-label loss in the Sparsifiner phases
+    assert set(step.parts) == {"ce", "kd", "token_mse", "keep_ratio"}
+    student = model.forward_train(batch[0]).extras["tokens"]
+    expected = torch.nn.functional.mse_loss(student, distill.teacher_outputs(task.teacher, batch[0])[1])
+    torch.testing.assert_close(step.parts["token_mse"], 0.5 * expected)

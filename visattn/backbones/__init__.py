@@ -10,8 +10,10 @@ from . import (
     inline_pvt,
     inline_swin,
     lamamba,
+    lvvit,
     psa,
     sparsifiner,
+    sparsifiner_lvvit,
     tcpa,
 )
 from .biformer import BiFormer
@@ -22,10 +24,13 @@ from .inline_deit import InLineDeiT
 from .inline_pvt import InLinePVT
 from .inline_swin import InLineSwin
 from .lamamba import LaMamba
+from .lvvit import LVViT
 from .psa import PSAHRNet, PSAResNet
 from .sparsifiner import SparsifinerViT
+from .sparsifiner_lvvit import SparsifinerLVViT
 from .tcpa import TCPAViT
 
-__all__ = ["BiFormer", "FSGNet", "HerSeg", "InLineCSwin", "InLineDeiT", "InLinePVT", "InLineSwin", "LaMamba",
-           "PSAHRNet", "PSAResNet", "SparsifinerViT", "TCPAViT", "biformer", "fsgnet", "herseg", "inline_cswin",
-           "inline_deit", "inline_pvt", "inline_swin", "lamamba", "psa", "sparsifiner", "tcpa"]
+__all__ = ["BiFormer", "FSGNet", "HerSeg", "InLineCSwin", "InLineDeiT", "InLinePVT", "InLineSwin", "LVViT", "LaMamba",
+           "PSAHRNet", "PSAResNet", "SparsifinerLVViT", "SparsifinerViT", "TCPAViT", "biformer", "fsgnet", "herseg",
+           "inline_cswin", "inline_deit", "inline_pvt", "inline_swin", "lamamba", "lvvit", "psa", "sparsifiner",
+           "sparsifiner_lvvit", "tcpa"]

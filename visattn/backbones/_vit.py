@@ -20,7 +20,8 @@ class GridViT(PretrainedMixin, VisionTransformer):
     The block loops of ``forward_features`` and ``forward_intermediates`` are ours (they pass the grid and
     checkpoint); everything else (embedding, position-embedding resampling, pooling, head, pruning) is timm's.
     Defaults to ``dynamic_img_size`` and ``dynamic_img_pad``: any input size works. Patch dropout (which breaks the
-    grid) and attention masks are not supported.
+    grid) and attention masks are not supported. A ``block_fn`` argument (the class's with options bound, say)
+    replaces the class attribute.
     """
 
     block_fn: type[nn.Module]
@@ -30,7 +31,8 @@ class GridViT(PretrainedMixin, VisionTransformer):
             raise ValueError(f"{type(self).__name__} does not support patch dropout: its blocks need the full grid")
         kwargs.setdefault("dynamic_img_size", True)
         kwargs.setdefault("dynamic_img_pad", True)
-        super().__init__(block_fn=self.block_fn, **kwargs)
+        kwargs.setdefault("block_fn", self.block_fn)
+        super().__init__(**kwargs)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -51,6 +53,11 @@ class GridViT(PretrainedMixin, VisionTransformer):
             x = x + pos_embed
         x = torch.cat([*prefix, x], dim=1) if prefix else x
         return self.pos_drop(x if self.no_embed_class else x + pos_embed)
+
+    def train_extras(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Final normed tokens (B, prefix + H*W, C) -> the token extras a family's ``forward_train`` gives:
+        ``tokens`` (what token distillation matches), the patch tokens (B, H*W, C)."""
+        return {"tokens": x[:, self.num_prefix_tokens:]}
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         check_images(self, x)

@@ -45,22 +45,27 @@ __all__ = ["SparsifinerViT"]
 
 
 class SparsifinerBlock(nn.Module):
-    """X = X + DropPath(SparsifinerAttention(LN(X), grid)); X = X + DropPath(MLP(LN(X))).
+    """X = X + DropPath(SparsifinerAttention(LN(X), grid)) / lambda; X = X + DropPath(MLP(LN(X))) / lambda.
 
-    Shapes: (B, 1 + H*W, C) -> same. Takes timm's ``block_fn`` arguments (``attn_layer`` builds the attention);
-    the options Sparsifiner lacks (qk norm, layer scale, attention dropout, ...) are errors.
+    lambda (``skip_lam``) is 1 on DeiT, 2 on LV-ViT-S/M. Shapes: (B, 1 + H*W, C) -> same. Takes timm's
+    ``block_fn`` arguments (``attn_layer`` builds the attention); the options Sparsifiner lacks (qk norm, layer
+    scale, attention dropout, ...) are errors.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  proj_bias: bool = True, proj_drop: float = 0.0, drop_path: float = 0.0,
                  norm_layer: Callable = nn.LayerNorm, act_layer: Callable = nn.GELU, mlp_layer: Callable = Mlp,
-                 attn_layer: Callable = SparsifinerAttention, device=None, dtype=None, **kwargs):
+                 attn_layer: Callable = SparsifinerAttention, skip_lam: float = 1.0, device=None, dtype=None,
+                 **kwargs):
         super().__init__()
         unsupported = [name for name in ("qk_norm", "scale_attn_norm", "scale_mlp_norm", "init_values", "attn_drop")
                        if kwargs.get(name)]
         if unsupported:
             raise ValueError(f"Sparsifiner blocks do not support {', '.join(unsupported)}")
+        if skip_lam <= 0:
+            raise ValueError(f"skip_lam={skip_lam} must be > 0")
         dd = dict(device=device, dtype=dtype)
+        self.skip_lam = skip_lam
         self.norm1 = norm_layer(dim, **dd)
         self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, proj_drop=proj_drop, **dd)
         self.norm2 = norm_layer(dim, **dd)
@@ -72,8 +77,8 @@ class SparsifinerBlock(nn.Module):
         """``return_maps``: also the attention's approximate and dense maps (see :class:`SparsifinerAttention`)."""
         y = self.attn(self.norm1(x), size, return_maps)
         y, approx, probs = y if return_maps else (y, None, None)
-        x = x + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(y) / self.skip_lam
+        x = x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
         return (x, approx, probs) if return_maps else x
 
 
@@ -113,7 +118,7 @@ class SparsifinerViT(Inspectable, GridViT):
         if phase is not None and phase not in self.training_phases:
             raise ValueError(f"phase={phase!r}; use 'reconstruct', 'distill' or None")
         for name, param in self.named_parameters():
-            param.requires_grad_(phase is None or (phase == "reconstruct") == bool(re.search(self.aux_loss_keys, name)))
+            param.requires_grad_(phase is None or (phase == "reconstruct") == bool(re.search(self.addon_keys, name)))
         for module in self.modules():
             if isinstance(module, SparsifinerAttention):
                 module.reconstruct = phase == "reconstruct"
@@ -123,7 +128,8 @@ class SparsifinerViT(Inspectable, GridViT):
 
         - ``keep_ratio``: the fraction of the N x N query-key pairs the blocks attend, averaged over blocks:
           (N + (N - 1) ceil(rho N)) / N^2 for sparse attention, 1 for a block attending densely (reconstructing);
-        - ``tokens``: the final normed patch tokens (B, H*W, C);
+        - ``tokens``: the final normed patch tokens (B, H*W, C) (on LV-ViT, :meth:`train_extras`: the per-token
+          ``aux_head`` logits, also as ``token_logits``);
         - ``approx``: per block, the predictor's approximate attention of the patch queries (B, heads, H*W, N), in
           evaluation and while reconstructing in training (outside that phase no loss reads it, and an output no
           loss reads would leave DDP waiting for the predictors' gradients);
@@ -140,7 +146,7 @@ class SparsifinerViT(Inspectable, GridViT):
             if probs is not None:
                 attention.append(probs)
         x = self.norm(x)
-        extras = {"tokens": x[:, self.num_prefix_tokens:]}
+        extras = self.train_extras(x)
         if attention or not self.training or any(block.attn.reconstruct for block in self.blocks):
             extras["approx"] = approx
         if attention:

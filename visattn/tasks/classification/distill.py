@@ -7,7 +7,8 @@ two training phases (Wei et al., CVPR 2023), usable with any student and teacher
   teacher is given: in this phase its backbone is frozen and runs dense, so it is the teacher's when the student
   starts from the teacher's weights, as in the paper).
 - ``distill`` (phase 2): the backbone trains, the predictors are frozen; loss = CE + w_kd * KL(teacher || student)
-  on the logits + w_tok * MSE of the final-normed patch tokens against the teacher's.
+  on the logits + w_tok * MSE of the token extras against the teacher's (the final-normed patch tokens; on LV-ViT
+  the per-token ``aux_head`` logits, as the official LV-ViT recipe distils them).
 - A teacher without a phase: CE + w_kd * KL for any student.
 """
 
@@ -71,9 +72,15 @@ def _check_classes(spec: str, teacher_classes: int | None, num_classes: int) -> 
 
 
 def teacher_outputs(teacher: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, patch tokens) of the teacher: ``forward_head`` of ``forward_features``, whose tokens after the
-    prefix (class token) are the patch tokens (a ViT's; for a CNN these are feature maps)."""
+    """(logits, tokens) of the teacher: the output and the extra ``tokens`` of its training forward (the
+    model-training contract) where it gives them (LV-ViT's per-token ``aux_head`` logits), else ``forward_head`` of
+    ``forward_features``, whose tokens after the prefix (class token) are the patch tokens (a ViT's; for a CNN
+    these are feature maps)."""
     with torch.no_grad():
+        if hasattr(teacher, "forward_train"):
+            out = teacher.forward_train(images)
+            if "tokens" in out.extras:
+                return out.output, out.extras["tokens"]
         features = teacher.forward_features(images)
         logits = teacher.forward_head(features)
     return logits, features[:, getattr(teacher, "num_prefix_tokens", 0):]

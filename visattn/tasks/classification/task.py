@@ -3,8 +3,10 @@
 The task's parts: image-folder or built-in digits datasets (optionally a validation split carved from the
 training images, for model selection that never sees the test split), the classifier (``num_classes`` from the
 class folders), the loss step: cross-entropy ``ce`` (label smoothing, or soft targets after mixup/cutmix) plus the
-model's own auxiliary losses (the model-training contract's ``aux_losses``, e.g. TCPA's ``matching``) and, with a
-teacher, distillation ``kd`` and the training phases of models that declare them (:mod:`.distill`:
+model's own auxiliary losses (the model-training contract's ``aux_losses``, e.g. TCPA's ``matching``), the
+token-labelling loss ``token_label`` of a model whose training forward gives per-token class logits (the extra
+``token_logits``, LV-ViT's: each token scored against its image's label, as the official loss without label maps)
+and, with a teacher, distillation ``kd`` and the training phases of models that declare them (:mod:`.distill`:
 ``reconstruction``, ``token_mse``); top-1 / top-5 evaluation summed over every process, ``val_top1`` as the score.
 """
 
@@ -57,6 +59,8 @@ class ClassificationConfig(TrainConfig):
     distill_weight: float = 0.5  # KL(teacher || student) weight
     token_weight: float = 0.5  # patch-token MSE weight (distill phase)
     recon_weight: float = 0.01  # attention-reconstruction weight (reconstruct phase)
+    # per-token CE of a model's token_logits against the image label (LV-ViT's token labelling without label maps)
+    token_label_weight: float = 1.0
 
     def __post_init__(self):
         from .distill import PHASES
@@ -181,6 +185,9 @@ class ClassificationTask(Task):
                             help="weight of the patch-token MSE (default 0.5)")
         parser.add_argument("--recon-weight", type=non_negative_float,
                             help="weight of the attention reconstruction (default 0.01)")
+        parser.add_argument("--token-label-weight", type=non_negative_float,
+                            help="weight of the per-token CE against the image label for models with a token "
+                            "classifier (LV-ViT's aux head; default 1.0, 0 = off; not in the Sparsifiner phases)")
         parser.add_argument("--smoothing", type=fraction, help="label smoothing")
         parser.add_argument("--mixup", type=non_negative_float, help="mixup alpha (0 = off)")
         parser.add_argument("--cutmix", type=non_negative_float, help="cutmix alpha (0 = off)")
@@ -278,6 +285,11 @@ class ClassificationTask(Task):
                 parts["reconstruction"] = cfg.recon_weight * reconstruction_loss(out.extras["approx"], target)
             else:
                 parts["ce"] = self.criterion(out.output, targets)
+                token_logits = out.extras.get("token_logits")
+                if token_logits is not None and cfg.phase is None and cfg.token_label_weight:
+                    n = token_logits.shape[1]  # every token scored against its image's label
+                    parts["token_label"] = cfg.token_label_weight * self.criterion(
+                        token_logits.flatten(0, 1), targets.repeat_interleave(n, dim=0))
                 if self.teacher is not None:
                     teacher_logits, teacher_tokens = teacher_outputs(self.teacher, images)
                     parts["kd"] = cfg.distill_weight * logit_distillation(out.output, teacher_logits)
