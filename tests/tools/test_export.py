@@ -25,8 +25,8 @@ from visattn.errors import UserError
 # the ViTs one block deep: tracing a graph costs about a second per block. The graphs are not run through
 # onnxscript's optimizer, which takes longer than the export on the larger ones; the checkpoint's is.
 FAMILIES = {"test_biformer": {}, "test_fsgnet": {}, "test_herseg": {}, "test_resnet_psa": {},
-            "test_inline_deit": {"depth": 1}, "test_lamamba": {}, "test_sparsifiner": {"depth": 1, "out_indices": 0},
-            "test_tcpa": {"depth": 1, "out_indices": 0}}
+            "test_inline_deit": {"depth": 1}, "test_lamamba": {}, "test_lvvit": {"depth": 1, "out_indices": 0},
+            "test_sparsifiner": {"depth": 1, "out_indices": 0}, "test_tcpa": {"depth": 1, "out_indices": 0}}
 
 
 def _model(name, **kwargs):
