@@ -11,7 +11,7 @@ OUT ?= runs/demo
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/gpu-triton.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev,mm]'
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev,mm,export]'
 	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/gpu-triton -r requirements/gpu-triton.txt
 	touch $(STAMP)
 

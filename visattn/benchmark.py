@@ -5,17 +5,15 @@ model tables rendered from the counts and ``benchmarks/published.csv``."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import difflib
 import fnmatch
 import functools
 import io
 import math
-import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import timm
 import torch
@@ -27,6 +25,7 @@ from . import list_models
 from .engine.checkpoint import atomic_write
 from .engine.loop import TrainingForward
 from .errors import UserError, first_line
+from .ops import forced_backend
 
 PATHS = {"reference": "torch", "fused": "triton"}  # path -> $VISATTN_BACKEND
 MODES = ("eager", "compiled")
@@ -80,20 +79,6 @@ def select_models(patterns: Sequence[str], zoo: Sequence[str]) -> list[str]:
 
 
 # --- counting and timing ------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def forced_backend(backend: str) -> Iterator[None]:
-    """Run the body with ``$VISATTN_BACKEND`` set to ``backend`` (``"torch"`` or ``"triton"``), then restore it."""
-    previous = os.environ.get("VISATTN_BACKEND")
-    os.environ["VISATTN_BACKEND"] = backend
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("VISATTN_BACKEND", None)
-        else:
-            os.environ["VISATTN_BACKEND"] = previous
-
 
 def count_model(name: str) -> dict:
     """Parameters (all and trainable) and MACs (FLOPs / 2) of one image at the model's pretrained input size,

@@ -52,7 +52,7 @@ class PVTPatchEmbed(nn.Module):
         x = self.norm(self.proj(pad_to_multiple(x, self.patch)).permute(0, 2, 3, 1))
         h, w = x.shape[1:3]
         pos = self.pos_embed.view(1, *self.grid, -1)
-        if (h, w) != self.grid:
+        if torch.compiler.is_exporting() or (h, w) != self.grid:  # exported: resampled, at the grid an identity
             pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(h, w), mode="bilinear").permute(0, 2, 3, 1)
         return x + pos
 

@@ -42,6 +42,9 @@ class InLineSwin(Inspectable, PyramidModel):
     """
 
     channels_last = True
+    # visattn-export traces it at one input size (see visattn.export.capture)
+    export_fixed_size = ("InLine attention runs in inline_window-sided windows plus smaller remainder windows, "
+                         "whose number and sides depend on the input size")
 
     def __init__(self, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  inline_depths: Sequence[int] = (2, 2, 6, 0), embed_dim: int = 96, window_size: int = 7,

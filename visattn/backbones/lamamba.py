@@ -61,6 +61,9 @@ class LaMamba(PyramidModel):
     channels_last = True
     # the reference selective scan runs one token at a time: a GPU benchmark times only the fused path
     benchmark_fused_only = True
+    # visattn-export traces it at one input size (see visattn.export.capture)
+    export_fixed_size = ("its window attention computes a stage map that fits in one window as that one window, "
+                         "unshifted, so the traced graph holds for the traced size")
 
     def __init__(self, depths: Sequence[int] = (2, 2, 3, 2), dims: Sequence[int] = (96, 192, 384, 768),
                  head_dim: int = 32, window_size: int = 7, mlp_ratio: float = 4.0, d_state: int = 1,

@@ -32,6 +32,10 @@ class PredictedLocalResidual(nn.Sequential):
         w = Conv1d(C, 9C, 1, groups=heads)(GELU(Conv1d(C, C, 1, groups=heads)(m))),  out = DWConv3x3_w(V)
 
     Keeps the official ``residual.{0,2}`` parameter layout. Shapes: v_map (B, C, H, W), context (B, C) -> v_map's.
+
+    Eagerly the convolution is one ``conv2d`` with B * C groups. Its group count is a shape, which an ONNX graph
+    with a dynamic batch cannot hold, so while ``torch.export`` traces (``torch.compiler.is_exporting()``) the same
+    sum runs as nine shifted products: sum_{i,j} w_ij * V_pad[i:i+H, j:j+W].
     """
 
     def __init__(self, dim: int, num_heads: int, device=None, dtype=None):
@@ -42,6 +46,9 @@ class PredictedLocalResidual(nn.Sequential):
     def forward(self, v_map: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = v_map.shape
         kernels = super().forward(context.unsqueeze(-1)).reshape(b * c, 1, 3, 3)
+        if torch.compiler.is_exporting():
+            padded, taps = F.pad(v_map, (1, 1, 1, 1)), kernels.view(b, c, 9, 1, 1)
+            return sum(taps[:, :, 3 * i + j] * padded[:, :, i:i + h, j:j + w] for i in range(3) for j in range(3))
         if not b:  # conv2d takes no zero groups; the empty term stays in the kernels' graph (zero gradients)
             return v_map + kernels.sum()
         return F.conv2d(v_map.reshape(1, b * c, h, w), kernels, padding=1, groups=b * c).view(b, c, h, w)

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..contract import InspectionMap, query_cell
+from ..ops import exported_crop
 from ..ops.routed_attention import check_routing_args, route_regions, routed_attention
 from .spatial import pad_to_multiple
 
@@ -43,6 +44,8 @@ class BiLevelRoutingAttention(nn.Module):
         out = routed_attention(q, k, v, self.num_heads, self.n_win, self.topk, self.scale, self.backend)
         out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out = self.proj(out)
+        if torch.compiler.is_exporting():  # the exported graph crops any size
+            return exported_crop(out, h, w)
         if out.shape[1:3] != (h, w):
             out = out[:, :h, :w].contiguous()
         return out

@@ -69,7 +69,7 @@ class ConnectivityPredictor(nn.Module):
 
     def _resampled(self, param: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``param`` (1 + H0*W0, K) with its patch rows resampled to an H x W grid: (1 + H*W, K)."""
-        if tuple(size) == self.grid:
+        if not torch.compiler.is_exporting() and tuple(size) == self.grid:  # exported: resampled (an identity here)
             return param
         return resample_abs_pos_embed(param[None], new_size=size, old_size=self.grid, num_prefix_tokens=1)[0]
 

@@ -14,11 +14,12 @@ STRIPE_MODES = ("global", "vertical", "horizontal")
 def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int], channels_last: bool = False) -> torch.Tensor:
     """Zero-pad the bottom and right of a map to sides that are multiples of ``multiple`` (one int for both sides,
     or (height, width)). Shapes: (B, C, H, W), or (B, H, W, C) when ``channels_last`` -> the same with padded
-    H, W; ``x`` itself when nothing is padded."""
+    H, W; ``x`` itself when nothing is padded, except while ``torch.export`` traces: then the pad (maybe by 0) is
+    always in the graph, which so takes any size."""
     mult_h, mult_w = (multiple, multiple) if isinstance(multiple, int) else multiple
     h, w = x.shape[1:3] if channels_last else x.shape[-2:]
     pad_h, pad_w = -h % mult_h, -w % mult_w
-    if not (pad_h or pad_w):
+    if not (torch.compiler.is_exporting() or pad_h or pad_w):
         return x
     return F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
 

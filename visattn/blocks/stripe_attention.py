@@ -48,9 +48,10 @@ class StripeAttention(nn.Module):
 
     def _real_keys(self, grid: tuple[int, int], window: tuple[int, int], size: tuple[int, int], batch: int,
                    device: torch.device) -> torch.Tensor | None:
-        """(B * n, 1, 1, wh * ww) mask of the windows' real tokens, or None when no window is padded."""
+        """(B * n, 1, 1, wh * ww) mask of the windows' real tokens, or None when no window is padded (always a mask
+        while torch.export traces: the graph then takes any size)."""
         (n_rows, n_cols), (wh, ww), (h, w) = grid, window, size
-        if (n_rows * wh, n_cols * ww) == (h, w):
+        if not torch.compiler.is_exporting() and (n_rows * wh, n_cols * ww) == (h, w):
             return None
         rows = torch.arange(n_rows * wh, device=device).view(n_rows, wh, 1) < h
         cols = torch.arange(n_cols * ww, device=device).view(n_cols, 1, ww) < w

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -25,6 +26,20 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
     if choice not in BACKENDS:
         raise ValueError(f"unknown backend {choice!r}; use one of {', '.join(BACKENDS)} (argument or ${ENV_VAR})")
     return choice
+
+
+@contextlib.contextmanager
+def forced_backend(backend: str) -> Iterator[None]:
+    """Run the body with ``$VISATTN_BACKEND`` set to ``backend`` (``"torch"`` or ``"triton"``), then restore it."""
+    previous = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = backend
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
 
 
 def pick(backend: str | None, tensor: torch.Tensor, reference: Callable, fused: Callable,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._export import exported_crop
+
 
 def region_means(x: torch.Tensor, n_win: int) -> torch.Tensor:
     """Mean of each of the n_win x n_win regions of a map zero-padded at the bottom/right to a multiple of n_win.
@@ -16,6 +18,10 @@ def region_means(x: torch.Tensor, n_win: int) -> torch.Tensor:
     if h == 0 or w == 0:
         return x.new_zeros(b, n_win * n_win, c)
     rh, rw = -(-h // n_win), -(-w // n_win)
+    if torch.compiler.is_exporting():  # a pooling window is no symbolic size: the same means as region sums
+        x = F.pad(x, (0, 0, 0, n_win * rw - w, 0, n_win * rh - h))
+        sums = x.view(b, n_win, rh, n_win, rw, c).sum(dim=(2, 4))
+        return (sums / (rh * rw)).flatten(1, 2)
     means = F.avg_pool2d(x.permute(0, 3, 1, 2), (rh, rw), ceil_mode=True, divisor_override=rh * rw)
     means = F.pad(means, (0, n_win - means.shape[-1], 0, n_win - means.shape[-2]))
     return means.flatten(2).transpose(1, 2)
@@ -71,7 +77,9 @@ def attend_routed_regions(
     """
     h_in, w_in = q.shape[1:3]
     pad_h, pad_w = -h_in % n_win, -w_in % n_win
-    if pad_h or pad_w:
+    exporting = torch.compiler.is_exporting()  # the exported graph pads (maybe by 0) and crops any size
+    padded = exporting or bool(pad_h or pad_w)
+    if padded:
         q, k, v = (F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))
     b, h, w, c_qk = q.shape
     c_v = v.shape[-1]
@@ -91,4 +99,6 @@ def attend_routed_regions(
     out = F.scaled_dot_product_attention(q_h, gather(k_r), gather(v_r), scale=scale)
     out = out.transpose(1, 2).reshape(b, regions, tokens, c_v)
     out = from_regions(out, n_win, h, w)
-    return out[:, :h_in, :w_in].contiguous() if pad_h or pad_w else out
+    if exporting:
+        return exported_crop(out, h_in, w_in)
+    return out[:, :h_in, :w_in].contiguous() if padded else out

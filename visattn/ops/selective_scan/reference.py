@@ -34,13 +34,32 @@ def selective_scan_reference(
     decay = torch.exp(dt[:, :, None, :] * A.to(acc)[None, :, :, None])
     drive = (dt * u_)[:, :, None, :] * B_
     h = u_.new_zeros(batch, d, n)
-    ys = []
-    for t in range(length):
-        h = decay[..., t] * h + drive[..., t]
-        ys.append((h * C_[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
+    if torch.compiler.is_exporting():
+        y = _exported_recurrence(decay, drive, C_, h)
+    else:
+        ys = []
+        for t in range(length):
+            h = decay[..., t] * h + drive[..., t]
+            ys.append((h * C_[..., t]).sum(-1))
+        y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(acc)[:, None] * u_
     if z is not None:
         y = y * F.silu(z.to(acc))
     return y.to(u.dtype)
+
+
+def _exported_recurrence(decay: torch.Tensor, drive: torch.Tensor, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The loop of :func:`selective_scan_reference` as torch's ``scan`` higher-order op, which ``torch.export``
+    keeps as one step in a loop (an ONNX ``Scan``) instead of unrolling it: the exported graph takes any length.
+    The same operations per step, so the same numbers. (batch, d, n, L) x 3, h_0 (batch, d, n) -> y (batch, d, L).
+    """
+    from torch._higher_order_ops.scan import scan  # torch's prototype scan: what torch.export and ONNX loops take
+
+    def step(h: torch.Tensor, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        decay_t, drive_t, c_t = xs
+        h = decay_t * h + drive_t
+        return h, (h * c_t).sum(-1)
+
+    _, ys = scan(step, h, tuple(t.permute(3, 0, 1, 2) for t in (decay, drive, C)))
+    return ys.permute(1, 2, 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._export import exported_crop
+
 
 def relative_position_index(window_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(ws*ws, ws*ws) int64 index into a ((2*ws-1)**2)-entry bias table for every (query, key) pair of a window.
@@ -68,7 +70,9 @@ def window_attention_reference(
     h, w = q.shape[1:3]
     ws = window_size
     pad_h, pad_w = -h % ws, -w % ws
-    if pad_h or pad_w:
+    exporting = torch.compiler.is_exporting()  # the exported graph pads (maybe by 0) and crops any size
+    padded = exporting or bool(pad_h or pad_w)
+    if padded:
         q, k, v = (F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))
     if shift:
         q, k, v = (torch.roll(t, (-shift, -shift), (1, 2)) for t in (q, k, v))
@@ -88,4 +92,6 @@ def window_attention_reference(
     out = from_windows(out, ws, hp, wp)
     if shift:
         out = torch.roll(out, (shift, shift), (1, 2))
-    return out[:, :h, :w].contiguous() if pad_h or pad_w else out
+    if exporting:
+        return exported_crop(out, h, w)
+    return out[:, :h, :w].contiguous() if padded else out
