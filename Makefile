@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/gpu-triton.tx
 demo: $(STAMP)
 	$(PY) tools/train.py --demo --output $(OUT) --overwrite
 	$(PY) tools/eval.py --checkpoint $(OUT)/best.pth
+	$(PY) tools/predict.py $(OUT)/best.pth $(OUT)/samples --output $(OUT)/predict
+	$(PY) tools/export.py $(OUT)/best.pth --output $(OUT)/export --check
+	$(PY) tools/visualize.py $(OUT)/best.pth $(OUT)/samples/digit_3.png --output $(OUT)/visualize
 	@echo "checkpoint: $(OUT)/best.pth  curves: $(OUT)/curves.png  metrics: $(OUT)/metrics.json"
+	@echo "predictions: $(OUT)/predict/predictions.csv  ONNX: $(OUT)/export  routing: $(OUT)/visualize/routing.png"
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -131,3 +131,16 @@ class DigitsDataset(Dataset):
     def __getitem__(self, index: int):
         img = Image.fromarray(self.images[index], mode="L").convert("RGB")
         return (self.transform(img) if self.transform else img), int(self.targets[index])
+
+    def write_samples(self, folder: str) -> list[str]:
+        """The first image of each class as ``folder/digit_<class>.png`` (8x8 RGB, what the model reads before its
+        transform), atomically; returns the paths."""
+        from ...engine.checkpoint import atomic_write
+
+        paths = []
+        for label, name in enumerate(self.classes):
+            index = int(np.flatnonzero(self.targets == label)[0])
+            image = Image.fromarray(self.images[index], mode="L").convert("RGB")
+            paths.append(os.path.join(folder, f"digit_{name}.png"))
+            atomic_write(paths[-1], lambda tmp, image=image: image.save(tmp, format="PNG"))
+        return paths

@@ -224,6 +224,8 @@ class ClassificationTask(Task):
             train_set, val_set = Subset(train_set, train_idx), Subset(carved, val_idx)
         else:
             val_set = build_dataset(cfg.data, "val", cfg.img_size, self.data_cfg, classes=self.classes)
+        if cfg.data is None and rank == 0:
+            self.write_digit_samples()
         self.val_loader = make_loader(val_set, cfg.batch_size, cfg.workers, False, world_size, device)
         model = build_model(cfg.model, pretrained=cfg.pretrained, num_classes=len(self.classes),
                             drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
@@ -250,6 +252,15 @@ class ClassificationTask(Task):
         else:
             self.criterion = nn.CrossEntropyLoss()
         return model, train_set
+
+    def write_digit_samples(self) -> None:
+        """One validation digit per class in ``<output>/samples/``, images to try the run's checkpoint on."""
+        from .data import DigitsDataset
+
+        folder = os.path.join(self.cfg.output, "samples")
+        paths = DigitsDataset("val").write_samples(folder)
+        print(f"wrote {len(paths)} validation digits (one per class, 8x8 PNG) to {folder}/ to try the checkpoint on "
+              f"(visattn-predict, visattn-visualize)", flush=True)
 
     def check_input(self, model: nn.Module) -> None:
         super().check_input(model)
