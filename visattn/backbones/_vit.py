@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed
+from timm.layers import DropPath, resample_abs_pos_embed
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 
 from ..blocks import maybe_checkpoint
 from ..weights import PretrainedMixin
 from ._helpers import check_images
+
+
+class ScaledResidualBlock(nn.Module):
+    """The pre-norm ViT block the ViT families share, its residual branches scaled by 1 / lambda (``skip_lam``: 1 on
+    DeiT, 2 on LV-ViT): X = X + DropPath(A(LN(X))) / lambda; X = X + DropPath(MLP(LN(X))) / lambda.
+
+    ``attn(device=..., dtype=...)`` builds the family's attention A; subclasses define ``forward``. ``options``: the
+    timm ``block_fn`` arguments the family does not take, an error when one is set (``family`` names it).
+    """
+
+    def __init__(self, family: str, dim: int, attn: Callable[..., nn.Module], mlp_ratio: float, proj_bias: bool,
+                 proj_drop: float, drop_path: float, norm_layer: Callable, act_layer: Callable, mlp_layer: Callable,
+                 skip_lam: float, unsupported: Sequence[str], options: dict, device=None, dtype=None):
+        super().__init__()
+        given = [name for name in unsupported if options.get(name)]
+        if given:
+            raise ValueError(f"{family} blocks do not support {', '.join(given)}")
+        if skip_lam <= 0:
+            raise ValueError(f"skip_lam={skip_lam} must be > 0")
+        dd = dict(device=device, dtype=dtype)
+        self.skip_lam = skip_lam
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = attn(**dd)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer,
+                             bias=proj_bias, drop=proj_drop, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
 
 class GridViT(PretrainedMixin, VisionTransformer):

@@ -32,13 +32,13 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Attention, DropPath, Mlp, resample_abs_pos_embed, to_2tuple
+from timm.layers import Attention, Mlp, resample_abs_pos_embed, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 
 from ..contract import TrainOutput
 from ..weights import checkpoint_filter
 from ._helpers import create_model
-from ._vit import GridViT
+from ._vit import GridViT, ScaledResidualBlock
 
 __all__ = ["LVViT", "LVViTBlock", "LVViTStem"]
 
@@ -100,7 +100,7 @@ class LVViTStem(nn.Module):
         return x.permute(0, 2, 3, 1) if self.output_fmt == "NHWC" else x
 
 
-class LVViTBlock(nn.Module):
+class LVViTBlock(ScaledResidualBlock):
     """X = X + DropPath(Attn(LN(X))) / lambda; X = X + DropPath(MLP(LN(X))) / lambda (lambda = ``skip_lam``).
 
     Shapes: (B, 1 + H*W, C) -> same (``size`` = (H, W) is taken for the :class:`GridViT` loop). Takes timm's
@@ -111,22 +111,11 @@ class LVViTBlock(nn.Module):
                  proj_bias: bool = True, proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  norm_layer: Callable = nn.LayerNorm, act_layer: Callable = nn.GELU, mlp_layer: Callable = Mlp,
                  skip_lam: float = 1.0, device=None, dtype=None, **kwargs):
-        super().__init__()
-        unsupported = [name for name in ("qk_norm", "scale_attn_norm", "scale_mlp_norm", "init_values")
-                       if kwargs.get(name)]
-        if unsupported:
-            raise ValueError(f"LV-ViT blocks do not support {', '.join(unsupported)}")
-        if skip_lam <= 0:
-            raise ValueError(f"skip_lam={skip_lam} must be > 0")
-        dd = dict(device=device, dtype=dtype)
-        self.skip_lam = skip_lam
-        self.norm1 = norm_layer(dim, **dd)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, attn_drop=attn_drop,
-                              proj_drop=proj_drop, **dd)
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer,
-                             bias=proj_bias, drop=proj_drop, **dd)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        attn = partial(Attention, dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, attn_drop=attn_drop,
+                       proj_drop=proj_drop)
+        super().__init__("LV-ViT", dim, attn, mlp_ratio, proj_bias, proj_drop, drop_path, norm_layer, act_layer,
+                         mlp_layer, skip_lam, ("qk_norm", "scale_attn_norm", "scale_mlp_norm", "init_values"), kwargs,
+                         device, dtype)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x))) / self.skip_lam

@@ -31,20 +31,20 @@ from functools import partial
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple
+from timm.layers import Mlp, resample_abs_pos_embed, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import SparsifinerAttention, maybe_checkpoint
 from ..contract import Inspectable, TrainOutput
 from ..weights import checkpoint_filter
 from ._helpers import create_model
-from ._vit import GridViT
+from ._vit import GridViT, ScaledResidualBlock
 
 __all__ = ["SparsifinerViT"]
 
 
 
-class SparsifinerBlock(nn.Module):
+class SparsifinerBlock(ScaledResidualBlock):
     """X = X + DropPath(SparsifinerAttention(LN(X), grid)) / lambda; X = X + DropPath(MLP(LN(X))) / lambda.
 
     lambda (``skip_lam``) is 1 on DeiT, 2 on LV-ViT-S/M. Shapes: (B, 1 + H*W, C) -> same. Takes timm's
@@ -57,21 +57,10 @@ class SparsifinerBlock(nn.Module):
                  norm_layer: Callable = nn.LayerNorm, act_layer: Callable = nn.GELU, mlp_layer: Callable = Mlp,
                  attn_layer: Callable = SparsifinerAttention, skip_lam: float = 1.0, device=None, dtype=None,
                  **kwargs):
-        super().__init__()
-        unsupported = [name for name in ("qk_norm", "scale_attn_norm", "scale_mlp_norm", "init_values", "attn_drop")
-                       if kwargs.get(name)]
-        if unsupported:
-            raise ValueError(f"Sparsifiner blocks do not support {', '.join(unsupported)}")
-        if skip_lam <= 0:
-            raise ValueError(f"skip_lam={skip_lam} must be > 0")
-        dd = dict(device=device, dtype=dtype)
-        self.skip_lam = skip_lam
-        self.norm1 = norm_layer(dim, **dd)
-        self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, proj_drop=proj_drop, **dd)
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer,
-                             bias=proj_bias, drop=proj_drop, **dd)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        attn = partial(attn_layer, dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, proj_drop=proj_drop)
+        super().__init__("Sparsifiner", dim, attn, mlp_ratio, proj_bias, proj_drop, drop_path, norm_layer, act_layer,
+                         mlp_layer, skip_lam, ("qk_norm", "scale_attn_norm", "scale_mlp_norm", "init_values",
+                                               "attn_drop"), kwargs, device, dtype)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], return_maps: bool = False):
         """``return_maps``: also the attention's approximate and dense maps (see :class:`SparsifinerAttention`)."""
