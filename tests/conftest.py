@@ -21,6 +21,53 @@ def _seed():
     torch.manual_seed(0)
 
 
+# Tests that take a minute or more, in the order they start: under ``pytest -n N`` they are dealt to the workers one
+# by one before anything else, so that the light tests fill in around them and no worker is left running a long test
+# alone at the end. Node id prefixes; the first that matches ranks a test.
+HEAVY = (
+    "tests/ops/test_gpu_compile.py::test_kernels_compile_for_sm90",
+    "tests/engine/test_demo.py::",
+    "tests/tools/test_reliability.py::test_a_run_killed",
+    "tests/mm/test_det_seg_pipelines.py::test_detection_config",
+    "tests/backbones/test_compile.py::test_compiled_training_step_matches_eager",
+    "tests/backbones/test_conformance.py::test_torch_compile_matches_eager",
+    "tests/mm/test_mm_tools.py::test_train_then_eval",
+)
+
+
+def heavy_rank(nodeid: str) -> int:
+    """The index of the first :data:`HEAVY` prefix of ``nodeid``; ``len(HEAVY)`` for a light test."""
+    return next((i for i, prefix in enumerate(HEAVY) if nodeid.startswith(prefix)), len(HEAVY))
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: heavy_rank(item.nodeid))  # stable: light tests keep pytest's order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's load scheduling, except that the heavy tests (first in the collection) are dealt one at a time,
+    round-robin, before the first chunks of light ones."""
+    from xdist.scheduler import LoadScheduling
+
+    class HeavyFirst(LoadScheduling):
+        def schedule(self):
+            collection = next(iter(self.node2collection.values()), [])
+            if (self.collection is not None or len(collection) < 4 * len(self.nodes)
+                    or not self._check_nodes_have_same_collection()):
+                return super().schedule()
+            heavy = sum(heavy_rank(nodeid) < len(HEAVY) for nodeid in collection)
+            self.collection = collection
+            self.pending[:] = range(len(collection))
+            self.maxschedchunk = self.maxschedchunk or len(collection)
+            for i in range(min(heavy, len(collection) - 2 * len(self.nodes))):
+                self._send_tests(self.nodes[i % len(self.nodes)], 1)
+            chunk = max(2, min(len(self.pending) // len(self.nodes) // 4, self.maxschedchunk))
+            for node in self.nodes:
+                self._send_tests(node, chunk)
+
+    return HeavyFirst(config, log)
+
+
 _CALL_PASSED = pytest.StashKey[bool]()
 
 

@@ -10,7 +10,9 @@ or reshaped backbone key is a one-line :class:`~visattn.errors.UserError` naming
 from random weights), while a classifier head that is absent or sized for other classes keeps its
 initialisation, with a warning. So do the modules a family adds to a pretrained backbone (Sparsifiner's
 connectivity predictors, TCPA's prompts), named by the model's ``addon_keys`` pattern, when a plain backbone
-checkpoint lacks them.
+checkpoint lacks them. Published weights that cannot be fetched (no network, a dead URL, a bad hash) are a
+one-line :class:`WeightsUnavailable` naming the model, the URL or hub file, the file they are looked up at first and
+a way to load a local file instead.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ from timm.models import get_pretrained_cfg
 
 from .errors import UserError, first_line
 
-__all__ = ["LoadResult", "PretrainedMixin", "checkpoint_classes", "checkpoint_filter", "load_pretrained",
-           "match_classifier", "read_state_dict", "read_file"]
+__all__ = ["LoadResult", "PretrainedMixin", "WeightsUnavailable", "checkpoint_classes", "checkpoint_filter",
+           "load_pretrained", "match_classifier", "published_weights", "read_state_dict", "read_file",
+           "weights_unavailable"]
 
 SCHEME = "visattn://"
 _logger = logging.getLogger(__name__)
 _FILTERS: dict[type, Callable[[dict, nn.Module], dict]] = {}
 _CONTAINERS = ("state_dict", "model", "module")
 _COUNTERS = ("num_batches_tracked",)
+FROZEN = "frozen"  # a training checkpoint's reference to the source of the frozen weights it leaves out
 
 
 def checkpoint_filter(*model_classes: type):
@@ -67,7 +71,8 @@ def family_filter(model: nn.Module) -> Callable[[dict, nn.Module], dict] | None:
 
 def _official_weights(name: str) -> dict:
     """``visattn://<model>[.<tag>]``: the model's official weights as its pretrained cfg names them (a URL,
-    downloaded once to a name of its own, or a Hugging Face hub id)."""
+    downloaded once to a name of its own, or a Hugging Face hub id); a failed download is a
+    :class:`WeightsUnavailable`."""
     import timm
 
     model, _, tag = name.partition(".")
@@ -76,11 +81,17 @@ def _official_weights(name: str) -> dict:
     cfg = get_pretrained_cfg(f"{model}.{tag}" if tag else model)
     if cfg is None or not (cfg.url or cfg.hf_hub_id):
         raise UserError(f"{SCHEME}{name}: {model} has no published weights{f' tagged {tag}' if tag else ''}")
-    if cfg.url:
-        return read_file(pretrained_file(model, cfg.tag, cfg.url))
-    from timm.models import load_state_dict_from_hf
+    try:
+        if cfg.url:
+            return read_file(pretrained_file(model, cfg.tag, cfg.url))
+        from timm.models import load_state_dict_from_hf
 
-    return load_state_dict_from_hf(cfg.hf_hub_id)
+        return load_state_dict_from_hf(cfg.hf_hub_id)
+    except Exception as err:
+        failure = weights_unavailable(name, err, local=f"a file path in place of {SCHEME}{name}")
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def pretrained_file(variant: str, tag: str, url: str | None = None) -> str:
@@ -88,17 +99,120 @@ def pretrained_file(variant: str, tag: str, url: str | None = None) -> str:
 
     Official checkpoints served from share links all end in the same path segment (``.../content``), so a
     URL-named cache would store every variant under one file name. The file is
-    ``$TORCH_HOME/hub/checkpoints/<variant>_<tag>.pth``; ``url`` defaults to the pretrained cfg's.
+    ``$TORCH_HOME/hub/checkpoints/<variant>_<tag>.pth``; ``url`` defaults to the pretrained cfg's. A failed download
+    is a :class:`WeightsUnavailable` naming the URL and this path.
     """
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", f"{variant}_{tag}.pth")
+    cached = _variant_file(variant, tag)
     if not os.path.exists(cached):
         cfg = get_pretrained_cfg(f"{variant}.{tag}")
         url = url or (cfg.url if cfg is not None else None)
         if not url:
             raise ValueError(f"{variant}.{tag} has no official checkpoint URL")
         os.makedirs(os.path.dirname(cached), exist_ok=True)
-        torch.hub.download_url_to_file(url, cached, progress=True)
+        try:
+            torch.hub.download_url_to_file(url, cached, progress=True)
+        except Exception as err:
+            if not is_download_failure(err):
+                raise
+            raise WeightsUnavailable(variant, url, cached, _why(err)) from None
     return cached
+
+
+def _variant_file(variant: str, tag: str) -> str:
+    return os.path.join(torch.hub.get_dir(), "checkpoints", f"{variant}_{tag}.pth")
+
+
+# ------------------------------------------------------------------------------------------ failed downloads
+
+PYTHON_LOCAL = "pretrained_cfg_overlay=dict(file=FILE)"
+
+
+class WeightsUnavailable(UserError):
+    """The published weights of a model could not be fetched (no network, a dead URL, a bad hash): the message names
+    the model, where the weights come from, the local path where they are looked up first (put the file there) and
+    ``local``, the way to load a local file instead."""
+
+    def __init__(self, model: str, source: str, cache: str, reason: str, local: str = PYTHON_LOCAL):
+        self.model, self.source, self.cache, self.reason, self.local = model, source, cache, reason, local
+        super().__init__(f"cannot fetch the pretrained weights of {model} from {source} ({reason}); put the file "
+                         f"at {cache}, or load a local file instead: {local}")
+
+    def instead(self, local: str) -> WeightsUnavailable:
+        """The same failure with another way to load a local file (a tool's option)."""
+        return WeightsUnavailable(self.model, self.source, self.cache, self.reason, local)
+
+    def unless_named(self, local: str) -> WeightsUnavailable:
+        """:meth:`instead` ``local``, unless a caller already named its own way (a teacher's option)."""
+        return self if self.local != PYTHON_LOCAL else self.instead(local)
+
+
+def is_download_failure(err: BaseException) -> bool:
+    """Whether ``err`` is what torch.hub, urllib or huggingface_hub raise for a download that failed: no network,
+    an HTTP error, a file missing on the hub, a hash that does not match."""
+    if isinstance(err, RuntimeError):
+        return "hash" in str(err)
+    try:
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:  # pragma: no cover - huggingface_hub is a timm dependency
+        EntryNotFoundError = OSError  # noqa: N806
+    return isinstance(err, OSError | EntryNotFoundError) and not isinstance(err, UserError)
+
+
+def _why(err: BaseException) -> str:
+    """A short reason for a failed download."""
+    from urllib.error import HTTPError, URLError
+
+    if isinstance(err, HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, URLError):
+        return f"no connection: {err.reason}"
+    if type(err).__name__ == "LocalEntryNotFoundError":
+        return "the hub cannot be reached and the file is not in its cache"
+    return first_line(err, with_type=True)
+
+
+def published_weights(name: str) -> tuple[str, str] | None:
+    """(where the published weights of the timm model ``name`` [.tag] are fetched from, the local file they are looked
+    up at first), as ``pretrained=True`` fetches them; None when the model has none. A visattn model's URL file is
+    ``$TORCH_HOME/hub/checkpoints/<variant>_<tag>.pth``; a Hugging Face hub file is in huggingface_hub's cache layout
+    (``snapshots/<revision>/<file>`` with ``refs/main`` naming the revision); another URL (timm's) is
+    ``$TORCH_HOME/hub/checkpoints/<its file name>``."""
+    import importlib.util
+
+    import timm
+
+    arch = name.partition(".")[0]
+    cfg = get_pretrained_cfg(name) if timm.is_model(arch) else None
+    if cfg is None:
+        return None
+    ours = timm.models.model_entrypoint(arch).__module__.startswith(f"{__package__}.")
+    if cfg.url and ours:
+        return cfg.url, _variant_file(arch, cfg.tag)
+    if cfg.hf_hub_id and importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub import constants
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        filename = cfg.hf_hub_filename or "model.safetensors"
+        folder = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
+        ref = os.path.join(folder, "refs", revision or "main")
+        return (f"the Hugging Face hub ({repo}, {filename})",
+                f"{os.path.join(folder, 'snapshots', 'local', filename)} with the line 'local' in {ref}")
+    if cfg.url:
+        from urllib.parse import urlparse
+
+        return cfg.url, os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(cfg.url).path))
+    return None
+
+
+def weights_unavailable(name: str, err: BaseException, local: str = PYTHON_LOCAL) -> WeightsUnavailable | None:
+    """The :class:`WeightsUnavailable` for ``err`` raised while fetching the published weights of the model ``name``,
+    or None when ``err`` is not a failed download (or the model has no published weights)."""
+    if isinstance(err, WeightsUnavailable):
+        return err.instead(local)
+    where = published_weights(name) if is_download_failure(err) else None
+    if where is None:
+        return None
+    return WeightsUnavailable(name, where[0], where[1], _why(err), local)
 
 
 def read_file(path: str, mmap: bool = False):
@@ -148,9 +262,13 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict:
     elif str(source).startswith(SCHEME):
         state = _official_weights(str(source)[len(SCHEME):])
     elif str(source).startswith(("https://", "http://")):
-        state = torch.hub.load_state_dict_from_url(str(source), map_location="cpu", weights_only=True)
+        state = _from_url(str(source))
     else:
         state = read_file(os.fspath(source))
+    if isinstance(state, Mapping) and state.get(FROZEN):
+        raise UserError(f"{_describe(source)} saves its frozen weights by reference to their source, so it does not "
+                        "hold them; open it with visattn.tasks.opened.open_model (or the tools), or write a complete "
+                        "file with tools/convert.py")
     while isinstance(state, Mapping) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         inner = next((state[k] for k in _CONTAINERS if isinstance(state.get(k), Mapping)), None)
         if inner is None:
@@ -161,6 +279,19 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict:
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return dict(state)
+
+
+def _from_url(url: str) -> dict:
+    """torch.hub's cached download of a state dict; a failed download is a :class:`WeightsUnavailable`."""
+    from urllib.parse import urlparse
+
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if not is_download_failure(err):
+            raise
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+        raise WeightsUnavailable(url, url, cache, _why(err), local="a local file path instead of the URL") from None
 
 
 def _describe(source) -> str:

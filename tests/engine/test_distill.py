@@ -166,7 +166,8 @@ def test_prompt_tuning_trains_prompts_and_head_and_leaves_the_backbone_bit_ident
     start = timm.create_model("tcpa_vit_base_patch16_224", num_classes=2, **kwargs).state_dict()
     torch.save(start, tmp_path / "start.pth")
     cfg = _config(folder, tmp_path, model="tcpa_vit_base_patch16_224", model_kwargs=kwargs,
-                  init=str(tmp_path / "start.pth"), val_split=0.2, epochs=2, lr=1e-2)
+                  init=str(tmp_path / "start.pth"), val_split=0.2, epochs=2, lr=1e-2,
+                  save_frozen=True)  # the checkpoint holds the backbone as training left it
     result = fit(ClassificationTask(cfg))
     assert "trainable" in capsys.readouterr().out
     row = result["history"][-1]

@@ -272,20 +272,21 @@ def test_train_fsgnet_with_deep_supervision(tmp_path):
 def test_the_fsgnet_recipe_sets_the_augmentation_and_explicit_values_win():
     assert MedicalConfig(output="x").augmentation() == Augmentation()  # the defaults are unchanged
     assert MedicalConfig(output="x").resolved_normalization() == "model"
-    cfg = MedicalConfig(output="x", recipe="fsgnet")
+    cfg = MedicalConfig(output="x", model="fsgnet", recipe="fsgnet")
     assert cfg.augmentation() == FSGNET_AUGMENTATION and cfg.resolved_normalization() == "imagenet"
-    cfg = MedicalConfig(output="x", recipe="fsgnet", cutmix_prob=0.5, blur_kernel=(3, 5), normalization="model")
+    cfg = MedicalConfig(output="x", model="fsgnet", recipe="fsgnet", cutmix_prob=0.5, blur_kernel=(3, 5),
+                        normalization="model")
     assert cfg.augmentation() == dataclasses.replace(FSGNET_AUGMENTATION, cutmix=0.5, blur_kernel=(3, 5))
     assert cfg.resolved_normalization() == "model"
     # tools/train.py rebuilds the config from vars(base) plus the options given: the recipe still applies.
-    rebuilt = MedicalConfig(**{**vars(MedicalConfig(output="x")), "recipe": "fsgnet"})
+    rebuilt = MedicalConfig(**{**vars(MedicalConfig(output="x")), "recipe": "fsgnet", "model": "fsgnet"})
     assert rebuilt.augmentation() == FSGNET_AUGMENTATION
 
 
 def _train_parser():
     parser = argparse.ArgumentParser(exit_on_error=False)
     for flag, kind in (("--lr", float), ("--weight-decay", float), ("--warmup-epochs", int), ("--batch-size", int),
-                       ("--img-size", int)):
+                       ("--img-size", int), ("--model", str)):
         parser.add_argument(flag, type=kind)
     MedicalTask.add_train_arguments(parser)
     return parser
@@ -293,8 +294,8 @@ def _train_parser():
 
 def test_the_recipe_switch_sets_the_official_training_values_unless_given():
     args = _train_parser().parse_args(["--recipe", "fsgnet"])
-    assert (args.recipe, args.lr, args.weight_decay, args.warmup_epochs, args.batch_size, args.img_size) == \
-        ("fsgnet", 1e-3, 0.05, 20, 4, 288)
+    assert (args.recipe, args.model, args.lr, args.weight_decay, args.warmup_epochs, args.batch_size,
+            args.img_size) == ("fsgnet", "fsgnet", 1e-3, 0.05, 20, 4, 288)
     for argv in (["--lr", "0.01", "--recipe", "fsgnet", "--img-size", "64"],
                  ["--recipe", "fsgnet", "--lr", "0.01", "--img-size", "64"]):
         args = _train_parser().parse_args(argv)

@@ -52,8 +52,7 @@ def test_empty_mask_conventions():
     assert hd95(empty, empty) == 0.0
     one = empty.copy()
     one[2:4, 2:4] = True
-    assert hd95(one, empty) == pytest.approx(math.hypot(8, 6))
-    assert hd95(empty, one) == pytest.approx(math.hypot(8, 6))
+    assert math.isnan(hd95(one, empty)) and math.isnan(hd95(empty, one))  # no distance to measure
     s = scores_from_counts(confusion_counts(empty, one))
     assert s["dice"] == 0.0 and s["sensitivity"] == 0.0
     full = np.ones((8, 6), bool)
@@ -219,6 +218,30 @@ def test_pooled_hd95_pools_boundary_distances():
     assert r["images"][0]["hd95"] == 0.0 and r["images"][1]["hd95"] == pytest.approx(6.0)
     assert r["per_image"]["hd95"] == pytest.approx(3.0)
     assert r["pooled"]["hd95"] == pytest.approx(6.0)  # over 5% of all boundary pixels are 6 px off
+
+
+def test_an_empty_prediction_is_counted_and_left_out_of_hd95_instead_of_pinning_it_to_the_diagonal():
+    square = np.zeros((40, 40), bool)
+    square[10:30, 10:30] = True
+    fov = np.ones((40, 40), bool)
+    m = SegmentationMetrics()
+    m.update(np.roll(square, 6, axis=0).astype(float), square, fov)
+    m.update(np.zeros((40, 40)), square, fov)  # vessels, nothing predicted
+    m.update(np.zeros((40, 40)), np.zeros((40, 40), bool), fov)  # nothing to find, nothing found: HD95 0
+    r = m.compute()
+    assert r["empty_predictions"] == 1 and math.isnan(r["images"][1]["hd95"]) and r["images"][2]["hd95"] == 0.0
+    assert r["pooled"]["hd95"] == pytest.approx(6.0)  # the first image's distances alone, not math.hypot(40, 40)
+    assert r["per_image"]["hd95"] == pytest.approx(3.0)  # the mean of 6 and 0
+    assert r["images"][1]["dice"] == 0.0  # the empty prediction still scores in Dice
+    only_empty = SegmentationMetrics()
+    only_empty.update(np.zeros((40, 40)), square)
+    r = only_empty.compute()
+    assert r["empty_predictions"] == 1 and math.isnan(r["pooled"]["hd95"]) and math.isnan(r["per_image"]["hd95"])
+    from visattn.tasks.medical.task import MedicalTask
+
+    line = MedicalTask.epoch_line(None, {**r, "loss": 0.5, "region": "fov"}, {"epoch_seconds": 2.0})
+    assert line.endswith("HD95 nan px (fov, pooled; 1 empty prediction left out; 2.0 s)")
+    assert MedicalTask.val_scalars(None, {**r, "loss": 0.5})["val_empty_predictions"] == 1
 
 
 def test_restore_original_removes_padding_and_resizing():

@@ -1,11 +1,13 @@
 """The re-id network on timm and visattn backbones, attention insertion, and the re-id losses."""
 
 import json
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from visattn.errors import UserError
 from visattn.tasks.reid.model import REID_ATTENTION, CenterLoss, GeM, ReIDLoss, ReIDModel, batch_hard_triplet_loss
 
 SMALL_BIFORMER = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "n_win": 2, "topks": [1, 2, 4, None],
@@ -37,7 +39,11 @@ def test_last_stride_one_doubles_the_final_map():
     maps = {s: ReIDModel("resnet18", 3, last_stride=s).backbone.forward_features(x).shape[-2:] for s in (1, 2)}
     assert maps[2] == (2, 1) and maps[1] == (4, 2)
     assert ReIDModel("resnet18", 3).last_stride_applied
-    assert not ReIDModel("biformer_tiny", 3, model_kwargs=SMALL_BIFORMER).last_stride_applied
+    with pytest.warns(UserWarning, match="last stride 1 .* does not apply to biformer_tiny: it has no ResNet last"):
+        assert not ReIDModel("biformer_tiny", 3, model_kwargs=SMALL_BIFORMER).last_stride_applied
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # --last-stride 2 asks for nothing to remove
+        assert not ReIDModel("biformer_tiny", 3, last_stride=2, model_kwargs=SMALL_BIFORMER).last_stride_applied
 
 
 def test_normalisation_is_inside_the_model():
@@ -77,21 +83,25 @@ def test_inserted_attention_starts_as_identity_and_learns(attn):
     assert model.backbone.layer3[1].attention.conv_q_right.weight.grad.abs().sum() > 0
 
 
-BAD = {"unknown": (dict(attn="senet", attn_at=(2,)), "attn='senet'; use one of"),
-       "stage": (dict(attn="psa_s", attn_at=(5,)), "stages are 1-4"),
-       "index": (dict(attn="psa_s", attn_at=(2,), attn_blocks="0,7"), "stage 2 has blocks 0..1, got 7"),
-       "no stages": (dict(attn="psa_s"), "attn needs attn_at")}
+BAD = {"unknown": (dict(attn="senet", attn_at=(2,)), "--attn senet: use one of psa_p, psa_s"),
+       "stage": (dict(attn="psa_s", attn_at=(5,)), "--attn-at 5: a ResNet's stages are 1-4, got 5"),
+       "index": (dict(attn="psa_s", attn_at=(2,), attn_blocks="0,7"),
+                 "--attn-blocks 0,7: stage 2 has blocks 0..1, so 7 does not exist"),
+       "not indices": (dict(attn="psa_s", attn_at=(2,), attn_blocks="first"), "--attn-blocks first: use all, last"),
+       "no stages": (dict(attn="psa_s"), "--attn psa_s needs --attn-at")}
 
 
 @pytest.mark.parametrize("kwargs,match", BAD.values(), ids=BAD.keys())
 def test_bad_attention_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UserError, match=match) as err:
         ReIDModel("resnet18", 3, **kwargs)
+    assert "\n" not in str(err.value)
 
 
 def test_attention_needs_a_resnet():
-    with pytest.raises(ValueError, match="needs a ResNet-like backbone"):
-        ReIDModel("biformer_tiny", 3, attn="psa_p", attn_at=(2,), model_kwargs=SMALL_BIFORMER)
+    with pytest.raises(UserError, match="--attn psa_p goes after the residual blocks of a ResNet's stages .* "
+                                        "biformer_tiny has none; use a ResNet backbone"):
+        ReIDModel("biformer_tiny", 3, attn="psa_p", attn_at=(2,), last_stride=2, model_kwargs=SMALL_BIFORMER)
 
 
 def test_a_visattn_resnet_is_a_backbone():

@@ -1,27 +1,45 @@
-"""Compile, for a GPU this machine does not have, every Triton kernel a model launches.
+"""Compile, for a GPU this machine does not have, every Triton kernel the models launch.
 
-``python -m tests.ops._gpu_compile MODEL [DTYPE [SIZE]]`` (default bfloat16 at the model's input size) prints one
-line per kernel variant and exits 1 when any fails.
+``python -m tests.ops._gpu_compile [--launches FILE] [--dtypes bfloat16,float32] MODEL[:SIZE][=DTYPE,...] ...``
+runs each model (default input size: its own) in each dtype; ``python -m tests.ops._gpu_compile --replay FILE``
+compiles the launches such a run recorded, with whichever Triton this process imports. Each prints one line per
+kernel variant (``ok`` / ``FAIL MODEL DTYPE KERNEL VARIANT: reason``) and exits 1 when any fails.
 
 The interpreter the op tests run under is lenient where Triton's compiler is not (types, layouts, shared memory),
-so the kernels are also compiled as a GPU would compile them. The model runs forward and backward on CPU tensors
-with ``VISATTN_BACKEND=triton``; a stand-in driver reports an sm_90 (H100/H200) target, and every launch compiles
-its kernel through ``JITFunction.run`` (the specialisation a GPU launch would use, down to the cubin by ptxas)
-instead of running it. An autotuned kernel compiles each of its configs. A variant fails when it does not compile
-or needs more shared memory than the card has; an autotuned kernel fails when none of its configs fits. Kernels
-write nothing, so outputs are garbage: only the launches matter.
+so the kernels are also compiled as a GPU would compile them. A model runs forward and backward on CPU tensors with
+``VISATTN_BACKEND=triton``; a stand-in driver reports an sm_90 (H100/H200) target, and every launch compiles its
+kernel through ``JITFunction.run`` (the specialisation a GPU launch would use, down to the cubin by ptxas) instead of
+running it. An autotuned kernel compiles each of its configs at its first launch in each dtype: the first config
+to the cubin, the others through Triton's own passes to LLVM IR, where their shared memory is known; their PTX and
+ptxas stages are left out, because a config that fails there (``PTXASError``, ``OutOfResources``) is dropped by the
+autotuner on the GPU, while a failure in Triton's passes would stop the run. At its later launches (other group
+counts, head sizes, strides) configs compile in order until one fits. A variant fails when it does not
+compile or needs more shared memory than the card has; an autotuned kernel fails when none of its configs fits.
+Kernels write nothing, so outputs are garbage: only the launches matter.
+
+Which kernels launch, and with what, is decided by visattn's launchers, not by Triton, so a run records each launch
+(kernel, argument dtypes and 16-byte alignment, integer and compile-time values) and a replay under another Triton
+(the GPU machine's) compiles the same launches without running the models again.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import hashlib
+import importlib
+import json
 import os
+import re
 import sys
 import tempfile
 import traceback
 
 os.environ.pop("TRITON_INTERPRET", None)
 os.environ["VISATTN_BACKEND"] = "triton"
-os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="visattn-gpu-compile-"))
+os.environ["TRITON_DISABLE_LINE_INFO"] = "1"  # source locations in the binary: debug data, no code, a tenth of the time
+if "TRITON_CACHE_DIR" not in os.environ:
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="visattn-gpu-compile-")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -50,46 +68,130 @@ class CompileOnlyDriver:
 _COMPILE = JITFunction.run  # with warmup=True: specialise and compile, do not launch
 
 
+class ThroughLLIR:
+    """Triton's ``add_stages_inspection_hook``: while :attr:`active`, the PTX and cubin stages are stand-ins (the
+    kernel's name only) and compilations go to a cache folder of their own, so that a full compilation never finds
+    a stand-in; asked with no arguments (Triton 3.8's cache key), the mode."""
+
+    active = False
+
+    def __call__(self, *args):
+        mode = "through-llir" if self.active else "full"
+        if not args:
+            return mode, hashlib.sha256(mode.encode()).hexdigest()
+        _backend, stages, *_ = args
+        if self.active:
+            stages["ptx"] = _name_only
+            stages["cubin"] = lambda src, metadata: b""
+        return None
+
+    @contextlib.contextmanager
+    def enabled(self):
+        cache = triton.knobs.cache.dir
+        self.active, triton.knobs.cache.dir = True, os.path.join(cache, "through-llir")
+        try:
+            yield
+        finally:
+            self.active, triton.knobs.cache.dir = False, cache
+
+
+def _name_only(llir: str, metadata: dict) -> str:
+    """The PTX stage's one duty the compiled kernel's metadata needs: the kernel's name."""
+    metadata["name"] = re.search(r"define [^@]*@([\w.$]+)\(", llir).group(1)
+    return ""
+
+
+THROUGH_LLIR = ThroughLLIR()
+
+
 class Recorder:
-    """Launches become compilations: ``results`` maps (kernel, variant) to None or the reason it fails."""
+    """Launches become compilations: ``results`` maps (model, dtype, kernel, variant) to None or the reason it
+    fails; ``launches`` keeps each distinct launch, encoded for a replay."""
 
     def __init__(self):
-        self.results: dict[tuple[str, str], str | None] = {}
+        self.results: dict[tuple[str, str, str, str], str | None] = {}
+        self.launches: list[dict] = []
+        self._seen: set[str] = set()
+        self.tuned: set[tuple[JITFunction, str]] = set()  # (kernel, dtype) of the autotuned launches so far
+        self.model = self.dtype = ""
 
-    def compile(self, fn: JITFunction, args, kwargs, label: str, tuned: bool = False) -> str | None:
-        """Compile one launch; its failure reason or None. A tuned config over the card's shared memory is recorded
-        as skipped, not failed (the autotuner skips it on the GPU), but still returns its reason."""
+    def compile(self, fn: JITFunction, args, kwargs, label: str, tuned: bool = False,
+                through_llir: bool = False) -> str | None:
+        """Compile one launch (``through_llir``: to LLVM IR only); its failure reason or None. A tuned config over
+        the card's shared memory is recorded as skipped, not failed (the autotuner skips it on the GPU), but still
+        returns its reason."""
         try:
-            kernel = _COMPILE(fn, *args, grid=(1,), warmup=True, **kwargs)
+            with THROUGH_LLIR.enabled() if through_llir else contextlib.nullcontext():
+                kernel = _COMPILE(fn, *args, grid=(1,), warmup=True, **kwargs)
             shared = kernel.metadata.shared
             reason = None if shared <= MAX_SHARED_BYTES else f"needs {shared} bytes of shared memory"
         except Exception as err:  # a compiler error of any kind is the finding
             reason = "".join(traceback.format_exception_only(err)).strip().splitlines()[-1][:300]
             shared = None
         if tuned and reason and shared is not None:
-            self.results.setdefault((kernel_name(fn), f"{label} (skipped by the autotuner: {reason})"), None)
-        else:
-            self.results.setdefault((kernel_name(fn), label), reason)
+            label = f"{label} (skipped by the autotuner: {reason})"
+            reason = None
+        self.results.setdefault((self.model, self.dtype, kernel_name(fn), label), reason)
         return reason
+
+    def record(self, fn: JITFunction, args, kwargs) -> None:
+        launch = {"module": fn.__module__, "kernel": fn.__name__, "args": [_encode(a) for a in args],
+                  "kwargs": {k: _encode(v) for k, v in kwargs.items()}, "model": self.model, "dtype": self.dtype}
+        key = json.dumps(launch, sort_keys=True)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.launches.append(launch)
 
     def install(self) -> None:
         recorder = self
 
         def run(fn, *args, grid, warmup=False, **kwargs):
+            recorder.record(fn, args, kwargs)
             recorder.compile(fn, args, kwargs, _variant(fn, args, kwargs))
 
         def tuned_run(tuner, *args, grid=None, warmup=False, **kwargs):
             fn = tuner.fn
+            recorder.record(fn, args, kwargs)
+            first_launch = (fn, recorder.dtype) not in recorder.tuned
+            recorder.tuned.add((fn, recorder.dtype))
             failures = []
-            for config in tuner.configs:
+            for i, config in enumerate(tuner.configs):
                 merged = {**kwargs, **config.all_kwargs()}
-                failures.append(recorder.compile(fn, args, merged, _variant(fn, args, merged), tuned=True))
+                label = _variant(fn, args, merged) + (" (through LLIR)" if i else "")
+                failures.append(recorder.compile(fn, args, merged, label, tuned=True, through_llir=i > 0))
+                if not first_launch and failures[-1] is None:
+                    break
             if all(failures):
-                recorder.results[(kernel_name(fn), _variant(fn, args, kwargs) + " [every config]")] = failures[0]
+                key = (recorder.model, recorder.dtype, kernel_name(fn), _variant(fn, args, kwargs) + " [every config]")
+                recorder.results[key] = failures[0]
 
         driver.set_active(CompileOnlyDriver())
+        triton.knobs.runtime.add_stages_inspection_hook = THROUGH_LLIR
         JITFunction.run = run
         Autotuner.run = tuned_run
+
+    def report(self) -> int:
+        """Print the results; the exit code."""
+        print(f"triton {triton.__version__} from {os.path.dirname(triton.__file__)}")
+        for (model, dtype, kernel, variant), reason in sorted(self.results.items()):
+            status = f"FAIL {model} {dtype} {kernel} {variant}: {reason}" if reason else f"ok {model} {dtype} {kernel}"
+            print(status if reason else f"{status} {variant}")
+        return 1 if any(self.results.values()) else 0
+
+
+def _encode(value):
+    """A launch argument as JSON: a tensor by its dtype and 16-byte alignment (what Triton specialises on)."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": str(value.dtype).removeprefix("torch."), "aligned": value.data_ptr() % 16 == 0}
+    return value
+
+
+def _decode(value):
+    """A stand-in for an encoded argument: a tensor of the dtype, 16-byte aligned or not, as recorded."""
+    if isinstance(value, dict) and "tensor" in value:
+        buffer = torch.empty(8, dtype=getattr(torch, value["tensor"]))
+        return buffer if value["aligned"] else buffer[1:]
+    return value
 
 
 def kernel_name(fn: JITFunction) -> str:
@@ -110,28 +212,57 @@ def _variant(fn: JITFunction, args, kwargs) -> str:
     return " ".join(parts)
 
 
-def main(argv: list[str]) -> int:
+def run_models(recorder: Recorder, models: list[str], dtypes: list[str]) -> None:
+    """Each model forward and backward in each of ``dtypes`` (``MODEL=DTYPE,...``: its own), at its input size
+    (``MODEL:SIZE``: that size)."""
     import timm
 
     import visattn  # noqa: F401
 
-    name, dtype = argv[0], getattr(torch, argv[1] if len(argv) > 1 else "bfloat16")
+    for spec in models:
+        spec, _, own_dtypes = spec.partition("=")
+        name, _, size = spec.partition(":")
+        for dtype_name in own_dtypes.split(",") if own_dtypes else dtypes:
+            recorder.model, recorder.dtype = name, dtype_name
+            dtype = getattr(torch, dtype_name)
+            model = timm.create_model(name).to(dtype).train()
+            side = int(size) if size else model.pretrained_cfg["input_size"][-1]
+            before = len(recorder.results)
+            out = model(torch.randn(1, model.in_chans, side, side, dtype=dtype))
+            out = out[0] if isinstance(out, tuple | list) else out
+            out.float().sum().backward()
+            if len(recorder.results) == before:
+                recorder.results[(name, dtype_name, "-", "no Triton kernel was launched")] = "no launch"
+
+
+def replay(recorder: Recorder, launches: list[dict]) -> None:
+    """Compile recorded launches, through the kernel objects (tuned or not) of this process's modules."""
+    for launch in launches:
+        recorder.model, recorder.dtype = launch["model"], launch["dtype"]
+        kernel = getattr(importlib.import_module(launch["module"]), launch["kernel"])
+        args = [_decode(a) for a in launch["args"]]
+        kwargs = {k: _decode(v) for k, v in launch["kwargs"].items()}
+        kernel.run(*args, grid=(1,), warmup=False, **kwargs)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="*", help="MODEL, MODEL:SIZE, MODEL=DTYPE,DTYPE or MODEL:SIZE=DTYPE")
+    p.add_argument("--dtypes", default="bfloat16", help="comma-separated, e.g. bfloat16,float32")
+    p.add_argument("--launches", help="write the distinct launches of the run to this JSON file")
+    p.add_argument("--replay", help="compile the launches of this JSON file instead of running models")
+    args = p.parse_args(argv)
     recorder = Recorder()
     recorder.install()
-    model = timm.create_model(name)
-    size = int(argv[2]) if len(argv) > 2 else model.pretrained_cfg["input_size"][-1]
-    model = model.to(dtype).train()
-    x = torch.randn(1, model.in_chans, size, size, dtype=dtype)
-    out = model(x)
-    out = out[0] if isinstance(out, tuple | list) else out
-    out.float().sum().backward()
-    print(f"triton {triton.__version__} from {os.path.dirname(triton.__file__)}")
-    for (kernel, variant), reason in sorted(recorder.results.items()):
-        print(f"{'FAIL' if reason else 'ok'} {kernel} {variant}" + (f": {reason}" if reason else ""))
-    if not recorder.results:
-        print(f"no Triton kernel was launched by {name}")
-        return 1
-    return 1 if any(recorder.results.values()) else 0
+    if args.replay:
+        with open(args.replay) as f:
+            replay(recorder, json.load(f))
+    else:
+        run_models(recorder, args.models, args.dtypes.split(","))
+    if args.launches:
+        with open(args.launches, "w") as f:
+            json.dump(recorder.launches, f)
+    return recorder.report()
 
 
 if __name__ == "__main__":

@@ -1,25 +1,21 @@
-import os
-import subprocess
-import sys
-
 import timm
 import torch
 from safetensors.torch import load_file
 
 from tests.backbones.test_biformer import _randomized, official_state_dict
-from tests.tools._runs import ROOT, assert_one_line_error
+from tests.tools._runs import assert_one_line_error, script, tool
 
 
 def convert(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return tool("convert.py", *args)
 
 
 def test_official_checkpoint_converts_to_safetensors(tmp_path):
     source = _randomized("biformer_tiny")
     torch.save({"model": official_state_dict(source)}, tmp_path / "official.pth")
     out = tmp_path / "biformer_tiny.safetensors"
-    result = convert("--model", "biformer_tiny", "--checkpoint", str(tmp_path / "official.pth"), "--output", str(out))
+    result = script("convert.py", "--model", "biformer_tiny", "--checkpoint", str(tmp_path / "official.pth"),
+                    "--output", str(out))
     assert result.returncode == 0, result.stderr
     model = timm.create_model("biformer_tiny").eval()
     model.load_state_dict(load_file(out))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.tools._runs import REID, ROOT, SEG_SMALL, SMALL, assert_one_line_error, tool
+from tests.tools._runs import REID, ROOT, SEG_SMALL, SMALL, assert_one_line_error, script, tool
 
 EPOCHS = "4"
 
@@ -39,7 +39,7 @@ def _history(folder) -> list[dict]:
 @pytest.mark.parametrize("task", ["classification", "medical-seg", "reid"])
 def test_a_run_killed_at_a_random_moment_and_resumed_ends_as_the_uninterrupted_run(task, request, tmp_path):
     args = [*_task_args(task, request), "--epochs", EPOCHS, "--workers", "2", "--seed", "7"]
-    full = tool("train.py", *args, "--output", str(tmp_path / "full"))
+    full = script("train.py", *args, "--output", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr[-2000:]
 
     killed = tmp_path / "killed"
@@ -53,7 +53,7 @@ def test_a_run_killed_at_a_random_moment_and_resumed_ends_as_the_uninterrupted_r
     process.wait()
     assert len(_history(killed)) < int(EPOCHS), "the run ended before it was killed"
 
-    resumed = tool("train.py", "--resume", str(killed / "last.pth"))  # its own options and folder
+    resumed = script("train.py", "--resume", str(killed / "last.pth"))  # its own options and folder
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _history(killed) == _history(tmp_path / "full")
     assert not [f for f in os.listdir(killed) if f.endswith(".tmp")]

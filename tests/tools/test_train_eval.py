@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.tools._runs import REID, SEG_SMALL, SMALL, assert_one_line_error, tool, torchrun_train
+from tests.tools._runs import REID, SEG_SMALL, SMALL, assert_one_line_error, script, tool, torchrun_train
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,15 @@ def trained_run(image_folder, tmp_path_factory):
 def test_training_writes_checkpoints_metrics_curves_and_tensorboard(trained_run):
     out, _, result = trained_run
     assert "skipped 1 unreadable image file(s)" in result.stderr and "corrupt.png" in result.stderr
-    assert "biformer_tiny: trainable 328,130 of 328,130 parameters (100.00%)" in result.stdout
+    description = ("biformer_tiny (model arguments: depths 1-1-1-1, dims 16-32-64-128, n_win 2, topks 1-2-4-None, "
+                   "head_dim 16)")
+    assert f"{description}: trainable 328,130 of 328,130 parameters (100.00%)" in result.stdout
     assert {"last.pth", "best.pth", "metrics.json", "curves.png", "tensorboard"} <= set(os.listdir(out))
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert metrics["model"] == "biformer_tiny" and metrics["best"]["epoch"] in (1, 2)
+    assert metrics["model_description"] == description
+    assert metrics["parameters"] == {"total": 328130, "trainable": 328130}
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tensorboard"))
     last = torch.load(out / "last.pth", weights_only=True)
@@ -50,9 +54,52 @@ def test_resume_continues_where_training_stopped(trained_run, tmp_path):
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
 
 
+def test_a_folder_holding_a_run_offers_resume_only_when_last_pth_is_there(trained_run, tmp_path):
+    out, args, _ = trained_run
+    folder = tmp_path / "held"
+    shutil.copytree(out, folder)
+    args = [a if a != str(out) else str(folder) for a in args]
+    assert_one_line_error(tool("train.py", *args), f"continue it with --resume {folder / 'last.pth'}, pick another "
+                                                   "--output, or pass --overwrite")
+    os.remove(folder / "last.pth")
+    result = tool("train.py", *args)
+    assert_one_line_error(result, f"{folder} already holds a run (best.pth, metrics.json, curves.png, tensorboard); "
+                                  "pick another --output, or pass --overwrite to replace it")
+    assert "--resume" not in result.stderr
+
+
+def test_convert_takes_model_options_and_classes_from_a_training_checkpoint(trained_run, tmp_path):
+    from safetensors import safe_open
+
+    from tests.tools._runs import SMALL
+    from visattn.tasks.opened import open_model
+
+    out, _, _ = trained_run
+    result = tool("convert.py", "--checkpoint", out / "best.pth", "--output", tmp_path / "run.safetensors")
+    assert result.returncode == 0, result.stderr
+    assert f"for biformer_tiny (classification checkpoint; model options {SMALL}, 2 classes)" in result.stdout
+    with safe_open(tmp_path / "run.safetensors", "pt") as f:
+        meta = f.metadata()
+        weights = {k: f.get_tensor(k) for k in f.keys()}
+    assert json.loads(meta["model_kwargs"]) == json.loads(SMALL) and json.loads(meta["classes"]) == ["bright", "dark"]
+    import timm
+
+    model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), **json.loads(meta["model_kwargs"]))
+    model.load_state_dict(weights)
+    evaluated = open_model(str(out / "best.pth"), device="cpu").model  # the EMA weights eval scores
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), evaluated(x))
+    assert_one_line_error(tool("convert.py", "--checkpoint", out / "best.pth", "--output", tmp_path / "x.safetensors",
+                               "--model-kwargs", "{}"), "stores the model options it was trained with", "drop --model")
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    assert_one_line_error(tool("convert.py", "--checkpoint", tmp_path / "bare.pth", "--output", tmp_path / "y"),
+                          "is not a visattn training checkpoint, so it does not name its model; pass --model NAME")
+
+
 def test_eval_prints_top1_and_top5(trained_run):
     out, _, _ = trained_run
-    result = tool("eval.py", "--checkpoint", str(out / "best.pth"), "--workers", "0")
+    result = script("eval.py", "--checkpoint", str(out / "best.pth"), "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert "top-1" in result.stdout and "top-5" in result.stdout
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
@@ -253,6 +300,14 @@ def test_reid_bad_input_gives_one_line_errors(reid_folder, tmp_path):
                           "needs 32 identities per process but the training set has 8")
     assert_one_line_error(tool("train.py", *REID, *out, "--data", reid_folder, "--fov-loss"),
                           "--fov-loss is a medical-seg option")
+    assert_one_line_error(tool("train.py", *REID, *out, "--data", reid_folder, "--attn", "psa_s", "--attn-at", "2,5"),
+                          "--attn-at 2,5: a ResNet's stages are 1-4 (layer1..layer4)")
+    assert_one_line_error(tool("train.py", *REID, *out, "--data", reid_folder, "--model", "test_biformer",
+                               "--attn", "psa_s", "--attn-at", "2", "--last-stride", "2"),
+                          "--attn psa_s goes after the residual blocks of a ResNet's stages (layer1..layer4), and "
+                          "test_biformer has none")
+    assert_one_line_error(tool("train.py", *REID, *out, "--data", reid_folder, "--attn", "psa_s", "--attn-at", "2",
+                               "--attn-blocks", "5"), "--attn-blocks 5: stage 2 has blocks 0..1, so 5 does not exist")
 
 
 def test_reid_torchrun_two_processes(reid_folder, tmp_path):

@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, get_pretrained_cfg
 
-from ..weights import pretrained_file
+from ..weights import pretrained_file, weights_unavailable
 
 
 def init_linear_weights(module: nn.Module) -> None:
@@ -61,16 +61,24 @@ def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
 
 def create_model(model_cls: type, variant: str, pretrained: bool, kwargs: dict, tag: str = "in1k"):
     """timm's ``build_model_with_cfg`` with our conventions: official weights (a URL downloaded to a variant-named
-    file, or a Hugging Face hub file) loaded by :func:`visattn.load_pretrained` (timm's ``custom_load`` hook), and
-    ``features_only`` through ``forward_intermediates``."""
+    file, or a Hugging Face hub file) loaded by :func:`visattn.load_pretrained` (timm's ``custom_load`` hook; a failed
+    download is a :class:`~visattn.weights.WeightsUnavailable`), and ``features_only`` through
+    ``forward_intermediates``."""
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    given = overlay.get("file") or overlay.get("url")
     if pretrained:
-        overlay = kwargs.get("pretrained_cfg_overlay") or {}
-        given = overlay.get("file") or overlay.get("url")
         cfg = None if given else get_pretrained_cfg(f"{variant}.{tag}")
         if given or not (cfg is not None and cfg.hf_hub_id and not cfg.url):
             resolve_pretrained_file(variant, tag, kwargs)  # a clear error when there is nothing to load
             kwargs["pretrained_cfg_overlay"]["custom_load"] = True
         # else the cfg names a hub file (custom_load="hf"): timm downloads it and calls model.load_pretrained
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(model_cls, variant, pretrained,
-                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained,
+                                    feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    except Exception as err:  # a hub file that cannot be fetched: a one-line WeightsUnavailable
+        fetched = pretrained and not given
+        failure = weights_unavailable(f"{variant}.{tag}" if tag else variant, err) if fetched else None
+        if failure is None:
+            raise
+        raise failure from None

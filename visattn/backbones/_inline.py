@@ -13,10 +13,24 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp
 
-from ..blocks import InjectiveLinearAttention, WindowAttention, window_apply
+from ..blocks import InjectiveLinearAttention, WindowAttention, window_apply, window_span
+from ..contract import InspectionMap, query_cell
 from ._helpers import create_model
 
 TSINGHUA_URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
+
+
+def inline_query_map(rows: torch.Tensor, share: torch.Tensor, grid: tuple[int, int], cell: tuple[int, int],
+                     prefix: int = 0, window: tuple[tuple[int, int], tuple[int, int]] | None = None) -> InspectionMap:
+    """The contract's ``query_attention`` map of an InLine query: ``rows`` (B, heads, P + n) its weights over the P
+    prefix tokens and the n tokens of its ``window`` ((row start, stop), (column start, stop); the whole ``grid``
+    when None), ``share`` (B,) its local residual's share."""
+    b, heads = rows.shape[:2]
+    (r0, r1), (c0, c1) = window or ((0, grid[0]), (0, grid[1]))
+    weights = rows.new_zeros(b, heads, *grid)
+    weights[:, :, r0:r1, c0:c1] = rows[:, :, prefix:].reshape(b, heads, r1 - r0, c1 - c0)
+    return InspectionMap("query_attention", {"weights": weights, "prefix_weights": rows[:, :, :prefix],
+                                             "local_share": share}, tuple(grid), cell)
 
 
 class InLineMapBlock(nn.Module):
@@ -56,6 +70,22 @@ class InLineMapBlock(nn.Module):
             y = self.attn(y)
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def inspect_forward(self, x: torch.Tensor, *, query: tuple[float, float]) -> InspectionMap | None:
+        """An InLine block's ``query_attention`` map: the query's weights over its InLine window (0 elsewhere) and
+        its local residual's share; None for a softmax window block."""
+        if not isinstance(self.attn, InjectiveLinearAttention):
+            return None
+        b, h, w, c = x.shape
+        cell = query_cell(query, (h, w))
+        if self.inline_window is None:
+            window = ((0, h), (0, w))
+        else:
+            window = tuple(window_span(p, n, self.inline_window) for p, n in zip(cell, (h, w), strict=True))
+        (r0, r1), (c0, c1) = window
+        tile = self.norm1(x)[:, r0:r1, c0:c1].reshape(b, -1, c)
+        rows, share = self.attn.query_attention(tile, (r1 - r0, c1 - c0), (cell[0] - r0) * (c1 - c0) + cell[1] - c0)
+        return inline_query_map(rows, share, (h, w), cell, window=window)
 
 
 def inline_cfg(url: str = "", **kwargs) -> dict:

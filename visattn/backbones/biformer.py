@@ -25,6 +25,7 @@ from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import BiLevelRoutingAttention, ConvDownsample, LePEAttention
+from ..contract import Inspectable
 from ..weights import checkpoint_filter
 from ._helpers import create_model, rename_keys
 from ._pyramid import PyramidModel, pyramid_stages
@@ -89,7 +90,7 @@ _LAYOUTS = {
 }
 
 
-class BiFormer(PyramidModel):
+class BiFormer(Inspectable, PyramidModel):
     """BiFormer classifier and backbone.
 
     Args:

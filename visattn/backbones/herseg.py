@@ -26,6 +26,7 @@ from timm.models._features import feature_take_indices
 
 from ..blocks import DualGatedLinearAttentionBlock, PromptFreeMaskDecoder, maybe_checkpoint, pad_to_multiple
 from ..blocks.dual_gated_attention import rope_2d_angles
+from ..contract import Inspectable
 from ..weights import PretrainedMixin, checkpoint_filter
 from ._helpers import check_images, create_model, init_linear_weights
 
@@ -84,7 +85,7 @@ class _Stage(nn.Module):
         return x.transpose(1, 2).reshape(b, c, h, w) if self.tokens else x
 
 
-class HerSeg(PretrainedMixin, nn.Module):
+class HerSeg(Inspectable, PretrainedMixin, nn.Module):
     """HER-Seg: (B, in_chans, H, W) images -> (B, num_classes, H, W) per-pixel logits."""
 
     def __init__(self, num_classes: int = 1, in_chans: int = 3, embed_dim: int = 96,

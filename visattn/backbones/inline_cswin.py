@@ -21,9 +21,10 @@ from timm.layers import DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import ConvDownsample, StripeAttention
+from ..contract import Inspectable, InspectionMap, query_cell
 from ..weights import checkpoint_filter
 from ._helpers import rename_keys
-from ._inline import TSINGHUA_URL, create_inline, inline_cfg
+from ._inline import TSINGHUA_URL, create_inline, inline_cfg, inline_query_map
 from ._pyramid import PyramidModel, pyramid_stages
 
 __all__ = ["InLineCSwin"]
@@ -58,8 +59,20 @@ class InLineCSwinBlock(nn.Module):
         x = x + self.drop_path(self.proj(y))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def inspect_forward(self, x: torch.Tensor, *, query: tuple[float, float]) -> InspectionMap | None:
+        """An InLine block's ``query_attention`` map (its one branch over the whole map): the query's weights and
+        its predicted residual's share; None for a softmax stripe block."""
+        attn = self.attns[0]
+        if not attn.inline:
+            return None
+        h, w = x.shape[1:3]
+        cell = query_cell(query, (h, w))
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        rows, share = attn.query_attention(q, k, v, x.mean(dim=(1, 2)), cell[0] * w + cell[1])
+        return inline_query_map(rows, share, (h, w), cell)
 
-class InLineCSwin(PyramidModel):
+
+class InLineCSwin(Inspectable, PyramidModel):
     """InLine-CSwin classifier and backbone.
 
     Args:

@@ -20,8 +20,9 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import InjectiveLinearAttention
+from ..contract import Inspectable, InspectionMap, query_cell
 from ..weights import checkpoint_filter
-from ._inline import TSINGHUA_URL, create_inline, inline_cfg
+from ._inline import TSINGHUA_URL, create_inline, inline_cfg, inline_query_map
 from ._vit import GridViT
 
 __all__ = ["InLineDeiT"]
@@ -54,8 +55,17 @@ class InLineViTBlock(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x), size))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def inspect_forward(self, x: torch.Tensor, size: tuple[int, int], *,
+                        query: tuple[float, float]) -> InspectionMap:
+        """The ``query_attention`` map of the query's patch token: its weights over the class token and the grid,
+        and its local residual's share."""
+        cell = query_cell(query, size)
+        prefix = x.shape[1] - size[0] * size[1]
+        rows, share = self.attn.query_attention(self.norm1(x), size, prefix + cell[0] * size[1] + cell[1])
+        return inline_query_map(rows, share, tuple(size), cell, prefix)
 
-class InLineDeiT(GridViT):
+
+class InLineDeiT(Inspectable, GridViT):
     """InLine-DeiT: timm's VisionTransformer (through :class:`GridViT`) with InLine attention in every block."""
 
     block_fn = InLineViTBlock

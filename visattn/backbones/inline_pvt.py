@@ -20,6 +20,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import pad_to_multiple
+from ..contract import Inspectable
 from ..weights import checkpoint_filter
 from ._helpers import rename_keys
 from ._inline import TSINGHUA_URL, InLineMapBlock, create_inline, inline_cfg
@@ -56,7 +57,7 @@ class PVTPatchEmbed(nn.Module):
         return x + pos
 
 
-class InLinePVT(PyramidModel):
+class InLinePVT(Inspectable, PyramidModel):
     """InLine-PVT classifier and backbone: PVT v1 with InLine attention over each stage's whole map.
 
     Args:

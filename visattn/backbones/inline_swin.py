@@ -23,6 +23,7 @@ from timm.layers import PatchEmbed
 from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
+from ..contract import Inspectable
 from ..weights import checkpoint_filter
 from ._helpers import rename_keys
 from ._inline import TSINGHUA_URL, InLineMapBlock, create_inline, inline_cfg
@@ -31,7 +32,7 @@ from ._pyramid import PyramidModel, pyramid_stages
 __all__ = ["InLineSwin"]
 
 
-class InLineSwin(PyramidModel):
+class InLineSwin(Inspectable, PyramidModel):
     """InLine-Swin classifier and backbone.
 
     Args:

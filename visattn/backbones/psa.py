@@ -46,6 +46,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..blocks import PolarizedSelfAttention, maybe_checkpoint
 from ..blocks.polarized_attention import LAYOUT_SHORT_NAMES, LAYOUTS, resolve_layout
+from ..contract import Inspectable
 from ..weights import PretrainedMixin, checkpoint_filter
 from ._helpers import check_images, create_model
 
@@ -215,7 +216,7 @@ class _PSAModule(HighResolutionModule):
         return out
 
 
-class PSAHRNet(PretrainedMixin, HighResolutionNet):
+class PSAHRNet(Inspectable, PretrainedMixin, HighResolutionNet):
     """timm's HighResolutionNet with PSA (``deattn``) in every BasicBlock of stages 2-4.
 
     Args:
@@ -341,7 +342,7 @@ class PSAHRNet(PretrainedMixin, HighResolutionNet):
         return take_indices
 
 
-class PSAResNet(PretrainedMixin, ResNet):
+class PSAResNet(Inspectable, PretrainedMixin, ResNet):
     """timm's ResNet with PSA (``deattn``) in every Bottleneck after the 3x3 conv.
 
     Args:

@@ -35,7 +35,7 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import SparsifinerAttention, maybe_checkpoint
-from ..contract import TrainOutput
+from ..contract import Inspectable, TrainOutput
 from ..weights import checkpoint_filter
 from ._helpers import create_model
 from ._vit import GridViT
@@ -77,7 +77,7 @@ class SparsifinerBlock(nn.Module):
         return (x, approx, probs) if return_maps else x
 
 
-class SparsifinerViT(GridViT):
+class SparsifinerViT(Inspectable, GridViT):
     """Sparsifiner-DeiT: timm's VisionTransformer (through :class:`GridViT`) with Sparsifiner attention.
 
     Args:
@@ -136,8 +136,7 @@ class SparsifinerViT(GridViT):
         for block in self.blocks:
             x, block_approx, probs = maybe_checkpoint(block, x, size, True, enabled=self.grad_checkpointing)
             approx.append(block_approx)
-            dense = block.attn.reconstruct and block.attn.training
-            kept.append(1.0 if dense else (n + (n - 1) * block.attn.mask_predictor.budget(n)) / n**2)
+            kept.append(block.attn.keep_ratio(n))
             if probs is not None:
                 attention.append(probs)
         x = self.norm(x)

@@ -37,7 +37,7 @@ from timm.layers import DropPath, LayerScale, Mlp, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import PromptedAttention, TokenCoordinatedPrompts, maybe_checkpoint
-from ..contract import TrainOutput
+from ..contract import Inspectable, InspectionMap, TrainOutput
 from ..weights import checkpoint_filter
 from ._helpers import create_model, rename_keys
 from ._vit import GridViT
@@ -79,8 +79,21 @@ class TCPABlock(nn.Module):
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), self.norm1(prompts), indices)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
+    def inspect_forward(self, x: torch.Tensor, prompts: torch.Tensor, indices: torch.Tensor, *,
+                        query: tuple[float, float]) -> InspectionMap:
+        """The contract's ``prompt_usage`` map: per prompt token of the layer's Z = [class pool; image pool] (the
+        layout of :meth:`~visattn.blocks.TokenCoordinatedPrompts.prompt_tokens`), the tokens whose key indices chose
+        it, each token's vote split over its K prompt keys."""
+        b, n, _ = x.shape
+        count, picks = prompts.shape[1], indices.shape[-1]
+        chosen = (indices[:, 0] - n).reshape(b, -1)
+        usage = torch.zeros(b, count, device=x.device).scatter_add_(1, chosen, torch.full(chosen.shape, 1.0 / picks,
+                                                                                          device=x.device))
+        return InspectionMap("prompt_usage", {"usage": usage, "pools": (("class", count // 2), ("image", count // 2)),
+                                              "tokens": n})
 
-class TCPAViT(GridViT):
+
+class TCPAViT(Inspectable, GridViT):
     """TCPA on timm's VisionTransformer (through :class:`GridViT`): a frozen ViT plus trainable prompts and head.
 
     Args:

@@ -9,7 +9,7 @@ from .mask_decoder import PromptFreeMaskDecoder, TwoWayTransformer
 from .polarized_attention import PolarizedSelfAttention
 from .routing_attention import BiLevelRoutingAttention
 from .sparse_attention import ConnectivityPredictor, SparsifinerAttention
-from .spatial import pad_to_multiple, stripe_partition, stripe_reverse, window_apply
+from .spatial import pad_to_multiple, stripe_partition, stripe_reverse, window_apply, window_span
 from .ss2d import SS2D
 from .stripe_attention import StripeAttention
 from .token_prompts import PromptedAttention, TokenCoordinatedPrompts
@@ -19,4 +19,4 @@ __all__ = ["SS2D", "BiLevelRoutingAttention", "ConnectivityPredictor", "ConvDown
            "DualGatedLinearAttentionBlock", "InjectiveLinearAttention", "LePEAttention", "PolarizedSelfAttention",
            "PredictedLocalResidual", "PromptFreeMaskDecoder", "PromptedAttention", "SparsifinerAttention",
            "StripeAttention", "TokenCoordinatedPrompts", "TwoWayTransformer", "WindowAttention", "maybe_checkpoint",
-           "pad_to_multiple", "stripe_partition", "stripe_reverse", "window_apply"]
+           "pad_to_multiple", "stripe_partition", "stripe_reverse", "window_apply", "window_span"]

@@ -21,8 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
+from ..contract import InspectionMap, query_cell
 from ..ops.linear_attention import linear_attention
-from ..ops.linear_attention.reference import rotate_pairs
+from ..ops.linear_attention.reference import elu_plus_one, rotate_pairs
 
 __all__ = ["DualGatedLinearAttention", "DualGatedLinearAttentionBlock", "rope_2d", "rope_2d_angles"]
 
@@ -106,6 +107,20 @@ class DualGatedLinearAttention(nn.Module):
         return out + lepe.flatten(2).transpose(1, 2)
 
 
+    def attention_rows(self, u: torch.Tensor, height: int, width: int, index: int,
+                       angles: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Row ``index`` of the linear attention :meth:`forward` runs on ``u``, written out (LePE aside):
+        a_ij = RoPE(phi(q_i)) . RoPE(phi(k_j)) / (N (phi(q_i) . mean_m phi(k_m) + 1e-6)), so O_i = sum_j a_ij v_j.
+        RoPE keeps the rows from summing to 1 exactly. (B, N, C) -> (B, heads, N) float32."""
+        b, n, c = u.shape
+        q, k = (t.float().view(b, n, self.num_heads, -1).transpose(1, 2) for t in self.qk(u).chunk(2, dim=-1))
+        q, k = elu_plus_one(q), elu_plus_one(k)
+        cos, sin = angles if angles is not None else rope_2d_angles(height, width, c, self.rope_base, u.device)
+        rotated_q, rotated_k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+        scores = (rotated_k @ rotated_q[:, :, index, :, None]).squeeze(-1) / n
+        return scores / ((q[:, :, index] * k.mean(dim=-2)).sum(-1, keepdim=True) + 1e-6)
+
+
 class DualGatedLinearAttentionBlock(nn.Module):
     """X <- X + W_o(DLA(LN X) * SiLU(W_g LN X)); X <- X + MLP(LN X). Input and output (B, H x W, C)."""
 
@@ -128,3 +143,14 @@ class DualGatedLinearAttentionBlock(nn.Module):
         gate = F.silu(self.act_proj(u))
         x = x + self.drop_path(self.out_proj(self.attn(u, height, width, angles) * gate))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def inspect_forward(self, x: torch.Tensor, height: int, width: int,
+                        angles: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+                        query: tuple[float, float]) -> InspectionMap:
+        """The contract's ``query_attention`` map of the query's token (:meth:`DualGatedLinearAttention.attention_rows`)
+        for the input :meth:`forward` ran on."""
+        cell = query_cell(query, (height, width))
+        rows = self.attn.attention_rows(self.norm1(x), height, width, cell[0] * width + cell[1], angles)
+        weights = rows.view(x.shape[0], -1, height, width)
+        return InspectionMap("query_attention", {"weights": weights, "prefix_weights": weights.new_zeros(
+            *weights.shape[:2], 0)}, (height, width), cell)

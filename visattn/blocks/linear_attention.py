@@ -8,6 +8,22 @@ import torch.nn.functional as F
 
 from ..ops.linear_attention import linear_attention
 
+__all__ = ["InjectiveLinearAttention", "PredictedLocalResidual", "injective_attention_rows", "residual_share"]
+
+
+def injective_attention_rows(q: torch.Tensor, k: torch.Tensor, scale: float, index: int) -> torch.Tensor:
+    """Row ``index`` of InLine's attention, written out: a_ij = scale q_i . (k_j - mean_j k) + 1 / N (it sums to 1;
+    ``scale`` is the op's, s / N). q, k: (B, heads, N, d) -> (B, heads, N) float32."""
+    q, k = q.float(), k.float()
+    centred = k - k.mean(dim=-2, keepdim=True)
+    return (centred @ q[:, :, index, :, None]).squeeze(-1) * scale + 1.0 / k.shape[-2]
+
+
+def residual_share(attended: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """|local| / (|attended| + |local|) per sample (L2 norms over the channels): (B, C), (B, C) -> (B,)."""
+    a, r = attended.float().norm(dim=-1), local.float().norm(dim=-1)
+    return r / (a + r).clamp_min(torch.finfo(torch.float32).tiny)
+
 
 class PredictedLocalResidual(nn.Sequential):
     """InLine's local residual: a per-sample depthwise 3x3 convolution (zero padded) whose kernels are predicted from
@@ -73,3 +89,20 @@ class InjectiveLinearAttention(nn.Module):
         local = self.residual(v_map, x.mean(dim=1)).reshape(b, c, h * w).transpose(1, 2)
         out = torch.cat([out[:, :prefix], out[:, prefix:] + local], dim=1) if prefix else out + local
         return self.proj(out)
+
+    def query_attention(self, x: torch.Tensor, size: tuple[int, int], index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What token ``index`` does in :meth:`forward` on the same input: its attention weights over the N tokens
+        (B, heads, N), which sum to 1, and the local residual's share of its output before W_o (B,) (0 for a prefix
+        token, which gets no residual)."""
+        b, n, c = x.shape
+        h, w = size
+        prefix = n - h * w
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        rows = injective_attention_rows(q, k, self.scale / n, index)
+        attended = (rows.unsqueeze(-2) @ v.float()).reshape(b, c)
+        if index < prefix:
+            return rows, torch.zeros(b, device=x.device)
+        v_map = v.transpose(1, 2)[:, prefix:].reshape(b, h, w, c).permute(0, 3, 1, 2)
+        local = self.residual(v_map, x.mean(dim=1)).flatten(2)[:, :, index - prefix]
+        return rows, residual_share(attended, local)

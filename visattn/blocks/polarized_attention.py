@@ -44,7 +44,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..contract import InspectionMap
 from ..ops.polarized_attention import LAYOUTS, polarized_attention
+from ..ops.polarized_attention.reference import apply_callables
 
 __all__ = ["FORMS", "LAYOUTS", "LAYOUT_SHORT_NAMES", "PolarizedSelfAttention", "resolve_layout"]
 
@@ -130,11 +132,27 @@ class PolarizedSelfAttention(nn.Module):
             return q
         return q @ self.conv_v_left.weight.flatten(1)  # Wv^T q
 
+    def _spatial_args(self) -> tuple[str, torch.Tensor | None]:
+        """The op's ``spatial`` form and its ``spatial_value`` W_v (C', C) (only for "softmax_before")."""
+        spatial = self.spatial_form
+        return spatial, self.conv_v_left.weight.flatten(1) if spatial == "softmax_before" else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected input (B, {self.channels}, H, W), got {tuple(x.shape)}")
-        spatial = self.spatial_form
-        spatial_value = self.conv_v_left.weight.flatten(1) if spatial == "softmax_before" else None
+        spatial, spatial_value = self._spatial_args()
         return polarized_attention(x, self.conv_q_right.weight, self._channel_logits, self._spatial_query,
                                    layout=self.layout, spatial=spatial, spatial_value=spatial_value,
                                    backend=self.backend)
+
+    def inspect_forward(self, x: torch.Tensor, *, query: tuple[float, float]) -> InspectionMap:
+        """The contract's ``gates`` map: A_ch (B, C) and A_sp (B, H, W) of :meth:`forward` on ``x`` (the op's
+        reference), combined as a sum (parallel) or a product (sequential)."""
+        b, c, h, w = x.shape
+        spatial, spatial_value = self._spatial_args()
+        flat = x.flatten(2).to(torch.promote_types(x.dtype, torch.float32))
+        channel, positions = apply_callables(flat, self.conv_q_right.weight, self._channel_logits,
+                                             self._spatial_query, self.layout, spatial, spatial_value, dtype=x.dtype)
+        combine = "product" if self.layout == "sequential" else "sum"
+        return InspectionMap("gates", {"channel": channel, "spatial": positions.view(b, h, w), "combine": combine},
+                             (h, w))

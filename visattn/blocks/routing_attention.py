@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.routed_attention import check_routing_args, routed_attention
+from ..contract import InspectionMap, query_cell
+from ..ops.routed_attention import check_routing_args, route_regions, routed_attention
 from .spatial import pad_to_multiple
 
 
@@ -45,6 +46,19 @@ class BiLevelRoutingAttention(nn.Module):
         if out.shape[1:3] != (h, w):
             out = out[:, :h, :w].contiguous()
         return out
+
+    def inspect_forward(self, x: torch.Tensor, *, query: tuple[float, float]) -> InspectionMap:
+        """The contract's ``routing`` map: the key regions every query region routes to in :meth:`forward` on ``x``
+        (the same region-level top-k, :func:`~visattn.ops.routed_attention.route_regions`), and the query's region."""
+        h, w = x.shape[1:3]
+        x = pad_to_multiple(x, self.n_win, channels_last=True)
+        q, k, _ = self.qkv(x).split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        regions = route_regions(q, k, self.n_win, self.topk, self.scale)
+        size = (x.shape[1] // self.n_win, x.shape[2] // self.n_win)
+        cell = query_cell(query, (h, w))
+        region = cell[0] // size[0] * self.n_win + cell[1] // size[1]
+        return InspectionMap("routing", {"regions": regions, "query_region": region, "n_win": self.n_win,
+                                         "region_size": size}, (h, w), cell)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}"

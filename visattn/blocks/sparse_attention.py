@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 
+from ..contract import InspectionMap, query_cell
 from ..ops.sparse_attention import sparse_attention
 
 __all__ = ["ConnectivityPredictor", "SparsifinerAttention"]
@@ -153,3 +154,26 @@ class SparsifinerAttention(nn.Module):
             out = torch.cat([F.scaled_dot_product_attention(q[:, :, :1], k, v, scale=self.scale), patches], dim=2)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
         return (out, approx, probs) if return_maps else out
+
+    def keep_ratio(self, num_tokens: int) -> float:
+        """The fraction of the N x N query-key pairs :meth:`forward` attends over N tokens: 1 while it attends
+        densely (reconstructing in training), else (N + (N - 1) ceil(rho N)) / N^2."""
+        if self.reconstruct and self.training:
+            return 1.0
+        return (num_tokens + (num_tokens - 1) * self.mask_predictor.budget(num_tokens)) / num_tokens**2
+
+    def inspect_forward(self, x: torch.Tensor, size: tuple[int, int], return_maps: bool = False, *,
+                        query: tuple[float, float]) -> InspectionMap:
+        """The contract's ``kept_keys`` map: the keys the query's patch token attends in each head in
+        :meth:`forward` on ``x`` (the predictor's same top-k; every key while attending densely), and the layer's
+        keep ratio."""
+        b, n, c = x.shape
+        q, k, _ = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        cell = query_cell(query, size)
+        if self.reconstruct and self.training:
+            keys = torch.arange(n, device=x.device).expand(b, self.num_heads, n)
+        else:
+            approx = self.mask_predictor(q, k, size)
+            keys = self.mask_predictor.connectivity(approx)[:, :, cell[0] * size[1] + cell[1]].sort(dim=-1).values
+        return InspectionMap("kept_keys", {"keys": keys, "prefix": 1, "keep_ratio": self.keep_ratio(n)},
+                             tuple(size), cell)

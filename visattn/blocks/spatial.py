@@ -30,6 +30,15 @@ def _spans(length: int, window: int) -> list[tuple[int, int, int]]:
     return spans + [(full, length, length - full)] if length > full else spans
 
 
+def window_span(position: int, length: int, window: int) -> tuple[int, int]:
+    """(start, stop) along a side of ``length`` of the :func:`window_apply` window that holds ``position``."""
+    for start, stop, side in _spans(length, window):
+        if position < stop:
+            first = start + (position - start) // side * side
+            return first, first + side
+    raise ValueError(f"position {position} lies outside a side of {length}")
+
+
 def window_apply(x: torch.Tensor, window: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Apply ``fn`` to (B * n, wh, ww, C) batches of the window x window tiles of a (B, H, W, C) map, tiled from
     the top-left; bottom and right remainders form smaller windows, so every window holds real tokens only.

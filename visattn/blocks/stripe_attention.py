@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.linear_attention import linear_attention
-from .linear_attention import PredictedLocalResidual
+from .linear_attention import PredictedLocalResidual, injective_attention_rows, residual_share
 from .spatial import STRIPE_MODES, stripe_partition, stripe_reverse
 
 
@@ -73,6 +73,19 @@ class StripeAttention(nn.Module):
             out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=mask)
             out = out.transpose(1, 2).reshape(n, wh, ww, c)
         return stripe_reverse(out + lepe, grid, (h, w))
+
+    def query_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: torch.Tensor,
+                        index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For an InLine branch (``mode='global'``): what token ``index`` (row-major) does in :meth:`forward` on the
+        same input: its attention weights over the H*W tokens (B, heads, H*W), which sum to 1, and the predicted
+        residual's share of its output beside the attention's (B,) (the LePE term aside)."""
+        if not self.inline:
+            raise ValueError("query_attention writes out InLine branches; this branch is softmax attention")
+        b, h, w, c = q.shape
+        rows = injective_attention_rows(self._heads(q), self._heads(k), self.scale / (h * w), index)
+        attended = (rows.unsqueeze(-2) @ self._heads(v).float()).reshape(b, c)
+        local = self.residual(v.permute(0, 3, 1, 2), context).flatten(2)[:, :, index]
+        return rows, residual_share(attended, local)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, split={self.split}, num_heads={self.num_heads}, inline={self.inline}"

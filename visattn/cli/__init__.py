@@ -1,5 +1,6 @@
-"""The command-line tools (`visattn-train`, `visattn-eval`, `visattn-benchmark`, `visattn-convert`; `tools/*.py` call
-them) and what they share: one-line errors, JSON arguments, per-task options."""
+"""The command-line tools (`visattn-train`, `visattn-eval`, `visattn-benchmark`, `visattn-convert`,
+`visattn-visualize`; `tools/*.py` call them) and what they share: one-line errors, JSON arguments, per-task
+options."""
 
 from __future__ import annotations
 
@@ -127,13 +128,14 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
     return args, task_class
 
 
-def run(main: Callable[[], int | None]) -> None:
-    """Run a tool's main; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 2 (with
-    ``--debug``: the traceback); Ctrl-C ends with exit code 130 and no traceback."""
+def run(main: Callable[[], int | None], argv: list[str] | None = None) -> None:
+    """Run a tool's main (``argv``: its command line, default ``sys.argv[1:]``); a :class:`UserError` becomes
+    ``error: <message>`` on stderr and exit code 2 (with ``--debug``: the traceback); Ctrl-C ends with exit code 130
+    and no traceback."""
     try:
         sys.exit(main() or 0)
     except UserError as err:
-        if "--debug" in sys.argv[1:]:
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
             raise
         print(f"error: {first_line(err)}", file=sys.stderr)
         sys.exit(2)

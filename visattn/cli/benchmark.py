@@ -93,8 +93,8 @@ def update_readme(path: str) -> int:
     return 0
 
 
-def settings(args, names: list[str]) -> str:
-    """The Markdown report's first lines: when, where, what and how."""
+def settings(args, names: list[str], argv: list[str]) -> str:
+    """The Markdown report's first lines: when, where, what and how (``argv``: the command line)."""
     import timm
     import torch
 
@@ -102,7 +102,7 @@ def settings(args, names: list[str]) -> str:
     where = torch.cuda.get_device_name() if args.device == "cuda" else cpu
     lines = [f"# visattn benchmark — {datetime.date.today().isoformat()}", "",
              f"{where}, {torch.get_num_threads()} CPU threads; torch {torch.__version__}, timm {timm.__version__}. "
-             f"Command: `{shlex.join(['python', 'tools/benchmark.py', *sys.argv[1:]])}`", "",
+             f"Command: `{shlex.join(['python', 'tools/benchmark.py', *argv])}`", "",
              f"{len(names)} models. Params and MACs (FLOPs / 2) counted on the meta device at each model's input size."]
     if not args.no_latency:
         lines.append(f"CPU ms: eager float32 forward at batch 1, reference path, median of {args.repeat} run(s) after "
@@ -115,6 +115,7 @@ def settings(args, names: list[str]) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.update_readme is not None:
         return update_readme(args.update_readme)
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     names = bench.select_models(args.models, zoo) if args.models else zoo
     runs = bench.cuda_runs(args.paths or list(bench.PATHS), args.compile) if args.device == "cuda" else []
     columns = bench.result_columns(not args.no_latency, runs)
-    preamble = settings(args, names)
+    preamble = settings(args, names, argv)
     csv_path, md_path, png_path = (os.path.join(args.output, f) for f in
                                    ("benchmark.csv", "benchmark.md", "speed_vs_macs.png"))
     rows = []

@@ -42,7 +42,9 @@ def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
     p.add_argument("--model", help=f"timm model name (default: {task.config.model})")
     p.add_argument("--model-kwargs", type=json_dict, help="JSON object of extra model arguments")
     p.add_argument("--pretrained", action="store_true", default=None)
-    p.add_argument("--init", help="start from these weights: a checkpoint file (e.g. an earlier run's best.pth)")
+    p.add_argument("--init", help="start from these weights: a checkpoint file (e.g. an earlier run's best.pth) or "
+                   "weights of the model in any layout visattn.load_pretrained reads (its published weights as a "
+                   "local file)")
     p.add_argument("--img-size", type=positive_int, help=task.shared_help.get("img_size", "input size"))
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--eval-every", type=positive_int, metavar="N",
@@ -61,6 +63,9 @@ def add_shared_arguments(p: argparse.ArgumentParser, task) -> None:
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic GPU algorithms (slower); CPU runs with one --seed repeat anyway")
     p.add_argument("--resume", help="continue a run from its last.pth (its options, unless given again)")
+    p.add_argument("--save-frozen", action="store_true", default=None,
+                   help="keep frozen weights (a frozen backbone) in the checkpoints; by default they are saved by "
+                        "reference to their source (the published weights, --init FILE and its SHA-256)")
     p.add_argument("--log-interval", type=positive_int, metavar="N",
                    help="off a terminal, a progress line every N steps and at least every 30 s (default 50)")
 

@@ -1,8 +1,11 @@
-"""Atomic checkpoint and metric files, and reading visattn training checkpoints (weights load through
-:func:`visattn.weights.load_pretrained`)."""
+"""Atomic checkpoint and metric files, reading visattn training checkpoints (weights load through
+:func:`visattn.weights.load_pretrained`), and the digests of the frozen weights a checkpoint saves by reference
+(:meth:`visattn.engine.task.Task.restore_frozen` restores them)."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import math
 import os
@@ -83,6 +86,17 @@ def atomic_write_json(obj: Any, path: str) -> None:
     atomic_write(path, write)
 
 
+def atomic_write_csv(path: str, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file of ``header`` and ``rows`` at ``path``, atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
 def read_training_checkpoint(path: str, mmap: bool = False) -> dict:
     """A visattn training checkpoint (``tools/train.py``'s ``last.pth`` / ``best.pth``), read by
     :func:`visattn.weights.read_file`, with a clear error for a file that is not one; ``mmap``: mapped, to read its
@@ -91,3 +105,33 @@ def read_training_checkpoint(path: str, mmap: bool = False) -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a visattn training checkpoint (no 'state_dict'); convert it first")
     return ckpt
+
+
+# --------------------------------------------------------------------------- frozen weights saved by reference
+
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (on the CPU, contiguous)."""
+    data = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{data.dtype} {tuple(data.shape)} ".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def without_frozen(state: dict, reference: dict | None) -> dict:
+    """``state`` without the tensors ``reference`` (a checkpoint's :data:`visattn.weights.FROZEN` entry) restores
+    from their source."""
+    if not reference:
+        return state
+    left_out = set(reference["sha256"])
+    return {k: v for k, v in state.items() if k not in left_out}

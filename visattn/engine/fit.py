@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 
 from ..contract import start_epoch
 from ..errors import UserError
-from ..weights import load_pretrained
-from .checkpoint import atomic_save, read_training_checkpoint
+from ..weights import FROZEN, WeightsUnavailable, load_pretrained
+from .checkpoint import atomic_save, read_training_checkpoint, without_frozen
 from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
 from .loop import NonFiniteLoss, TrainingForward, train_one_epoch
 from .run_log import RunLog
@@ -64,7 +64,7 @@ def _resume_checkpoint(task: Task) -> dict | None:
     if done >= cfg.epochs:
         raise UserError(f"{cfg.resume} has done {done} epochs and --epochs is {cfg.epochs}: nothing to train; "
                         f"pass --epochs above {done} to train more")
-    return ckpt
+    return type(task).restore_frozen(ckpt, cfg.resume)
 
 
 def resumed_config(path: str, config: type[TrainConfig]) -> dict[str, Any]:
@@ -88,6 +88,8 @@ def assemble_config(task_class: type[Task], given: dict[str, Any], demo: bool = 
     resume = given.get("resume")
     demo = demo or ("data" not in given and not resume)
     base = vars(config.demo("") if demo else config(output=""))
+    if demo and given.get("model", base["model"]) != base["model"] and "model_kwargs" not in given:
+        base["model_kwargs"] = {}  # the demo's reduced configuration is its own model's; another model is built as is
     if demo and int(os.environ.get("RANK", "0")) == 0:  # said once under torchrun
         recipe = config(**{**base, **given, "output": ""})
         print(f"{task_class.name} demo recipe: {recipe.model} on {recipe.data or task_class.default_data}, "
@@ -125,8 +127,10 @@ def claim_output(cfg: TrainConfig, is_main: bool) -> None:
     resuming_here = bool(cfg.resume) and os.path.isdir(folder) and os.path.samefile(
         os.path.dirname(os.path.abspath(cfg.resume)), folder)
     if held and not resuming_here and not cfg.overwrite:
-        raise UserError(f"{folder} already holds a run ({', '.join(held)}); continue it with --resume "
-                        f"{os.path.join(folder, 'last.pth')}, pick another --output, or pass --overwrite to replace it")
+        last = os.path.join(folder, "last.pth")
+        resume = f"continue it with --resume {last}, " if os.path.isfile(last) else ""
+        raise UserError(f"{folder} already holds a run ({', '.join(held)}); {resume}pick another --output, or pass "
+                        "--overwrite to replace it")
     if not is_main:
         return
     if held and not resuming_here:
@@ -163,11 +167,39 @@ def _deterministic() -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """{"total", "trainable"}: the model's parameters and those the optimizer updates."""
+    return {"total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
 def trainable_summary(model: nn.Module) -> str:
     """"trainable N of M parameters (P%)": what the optimizer updates (frozen backbones, training phases)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def frozen_line(reference: dict, model: nn.Module) -> str:
+    """The line that says which frozen weights the checkpoints keep by reference, and to what."""
+    names = set(reference["sha256"])
+    size = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n in names)
+    source = f"--init {reference['init']} (SHA-256 {reference['init_sha256'][:16]}...)" if reference["init"] else ""
+    if reference["pretrained"]:
+        published = f"the published weights of {reference['model']}" + \
+            (f" ({reference['tag']})" if reference.get("tag") else "")
+        source = f"{published} and {source}" if source else published
+    return (f"checkpoints keep {len(names)} frozen tensors ({size / 2**20:.1f} MiB) by reference to {source}, "
+            "restored from it when loaded; --save-frozen keeps them in the checkpoints")
+
+
+def still_frozen(reference: dict | None, model: nn.Module) -> dict | None:
+    """``reference`` without the tensors that are no longer frozen (saved in full from then on)."""
+    if not reference:
+        return reference
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    kept = {n: d for n, d in reference["sha256"].items() if n in frozen}
+    return {**reference, "sha256": kept} if kept else None
 
 
 def _improves(value: float, best: float, higher_is_better: bool) -> bool:
@@ -190,13 +222,18 @@ def fit(task: Task) -> dict[str, Any]:
     try:
         claim_output(cfg, is_main)
         resume = _resume_checkpoint(task)
-        model, train_set = task.build(device, rank, world_size)
+        try:
+            model, train_set = task.build(device, rank, world_size)
+        except WeightsUnavailable as err:
+            raise err.unless_named(f"--init FILE without --pretrained (the weights of {cfg.model} in any layout "
+                                   "visattn.load_pretrained reads)") from None
         if cfg.init and resume is None:
-            load_pretrained(model, cfg.init, name=f"--init {cfg.init}")
+            task.load_init(model, cfg.init)
         model.to(device)
         task.check_input(model)
+        description = cfg.model_description()
         if is_main:
-            print(f"{cfg.model}: {trainable_summary(model)}", flush=True)
+            print(f"{description}: {trainable_summary(model)}", flush=True)
         optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
         train_loader = task.train_loader(train_set, device, rank, world_size)
         schedule = {"num_epochs": cfg.epochs, "warmup_epochs": cfg.warmup_epochs, "warmup_lr": cfg.lr * 0.01,
@@ -214,6 +251,10 @@ def fit(task: Task) -> dict[str, Any]:
             if ema is not None and "state_dict_ema" in resume:
                 ema.module.load_state_dict(resume["state_dict_ema"])
             first_epoch, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
+        common = {"task": task.name, "model": cfg.model, "model_kwargs": cfg.model_kwargs}
+        reference = task.frozen_reference(model, {**common, **task.checkpoint_extra()}) if is_main else None
+        if reference:
+            print(frozen_line(reference, model), flush=True)
 
         train_model = TrainingForward(model)
         if world_size > 1:
@@ -221,13 +262,13 @@ def fit(task: Task) -> dict[str, Any]:
             train_model = nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=bool(getattr(model, "aux_loss_keys", None)))
-        common = {"task": task.name, "model": cfg.model, "model_kwargs": cfg.model_kwargs}
         config = dataclasses.asdict(cfg)
         log = None
         if is_main:
             os.makedirs(cfg.output, exist_ok=True)
-            log = RunLog(cfg.output, history, {**common, "dataset": task.dataset, "config": config}, task.panels,
-                         first_epoch)
+            log = RunLog(cfg.output, history, {**common, "model_description": description,
+                                               "parameters": parameter_counts(model), "dataset": task.dataset,
+                                               "config": config}, task.panels, first_epoch)
 
         for epoch in range(first_epoch, cfg.epochs):
             seed_epoch(cfg.seed, epoch, rank)
@@ -260,12 +301,13 @@ def fit(task: Task) -> dict[str, Any]:
                 if improved:
                     best = {"epoch": epoch + 1,
                             **{k: v for k, v in scalars.items() if k.startswith("val_") and k != "val_loss"}}
+                reference = still_frozen(reference, model)
                 ckpt = {**common, **task.checkpoint_extra(), "dataset": task.dataset, "config": config,
-                        "epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "best": best,
-                        "history": log.history + [{"epoch": epoch + 1, **scalars}]}
+                        "epoch": epoch, "state_dict": without_frozen(model.state_dict(), reference),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best,
+                        "history": log.history + [{"epoch": epoch + 1, **scalars}], FROZEN: reference}
                 if ema is not None:
-                    ckpt["state_dict_ema"] = ema.module.state_dict()
+                    ckpt["state_dict_ema"] = without_frozen(ema.module.state_dict(), reference)
                 if improved:  # best first: last.pth is the commit point a resume starts from
                     atomic_save(ckpt, os.path.join(cfg.output, "best.pth"))
                 atomic_save(ckpt, os.path.join(cfg.output, "last.pth"))

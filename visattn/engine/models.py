@@ -9,11 +9,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError, first_line
+from ..weights import weights_unavailable
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
     """timm.create_model with one-line errors for an unknown name (with close matches) or bad arguments (importing
-    any ``visattn`` module has registered the visattn models)."""
+    any ``visattn`` module has registered the visattn models), and, with ``pretrained=True``, for published weights
+    that cannot be fetched (:class:`~visattn.weights.WeightsUnavailable`: where they come from, where to put the
+    file; a tool re-raises it naming its own option for a local file, ``WeightsUnavailable.instead``)."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() or visattn.list_models()"
@@ -22,6 +25,13 @@ def build_model(name: str, **kwargs) -> nn.Module:
         return timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"cannot build {name} with {kwargs}: {err}") from None
+    except Exception as err:
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        fetched = kwargs.get("pretrained") and not (overlay.get("file") or overlay.get("state_dict"))
+        failure = weights_unavailable(name, err) if fetched else None
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def check_model_input(model: nn.Module, size: int | tuple[int, int], name: str,

@@ -8,6 +8,7 @@ with :func:`register_task`; importing :mod:`visattn.tasks` registers them all.
 from __future__ import annotations
 
 import os
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,8 +18,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import UserError
-from ..weights import load_pretrained
-from .checkpoint import read_training_checkpoint
+from ..weights import FROZEN, WeightsUnavailable, load_pretrained, read_file, read_state_dict
+from .checkpoint import file_sha256, read_training_checkpoint, tensor_sha256, without_frozen
 from .distributed import pick_device
 from .models import build_model, check_model_input
 
@@ -86,7 +87,27 @@ class TrainConfig:
     deterministic: bool = False  # deterministic GPU algorithms (CPU runs repeat anyway)
     resume: str | None = None
     overwrite: bool = False  # replace the run ``output`` holds
+    save_frozen: bool = False  # keep frozen weights in the checkpoints instead of a reference to their source
     log_interval: int = 50  # off a terminal: a progress line every this many steps (and at least every 30 s)
+
+    def model_description(self) -> str:
+        """The model as the run builds it: its name, with its model arguments when there are any, named as the demo's
+        reduced configuration when they are the demo's (``biformer_tiny (the demo's reduced configuration: depths
+        1-1-2-1, dims 32-64-128-256, n_win 4)``)."""
+        if not self.model_kwargs:
+            return self.model
+        settings = ", ".join(f"{key} {_shown(value)}" for key, value in self.model_kwargs.items())
+        demo = type(self).demo("") if hasattr(type(self), "demo") else None
+        ours = demo is not None and (demo.model, demo.model_kwargs) == (self.model, self.model_kwargs)
+        what = "the demo's reduced configuration" if ours else "model arguments"
+        return f"{self.model} ({what}: {settings})"
+
+
+def _shown(value) -> str:
+    """A model argument as the description shows it: lists as 1-1-2-1."""
+    if isinstance(value, list | tuple):
+        return "-".join(_shown(v) for v in value)
+    return str(value)
 
 
 class Task(ABC):
@@ -138,7 +159,8 @@ class Task(ABC):
 
     @classmethod
     def load_checkpoint(cls, path: str) -> dict:
-        """A training checkpoint of this task; another task's checkpoint is a one-line error naming its --task."""
+        """A training checkpoint of this task, its frozen weights restored (:meth:`restore_frozen`); another task's
+        checkpoint is a one-line error naming its --task."""
         ckpt = read_training_checkpoint(path)
         task = ckpt.get("task", DEFAULT_TASK)
         if task != cls.name:
@@ -147,16 +169,23 @@ class Task(ABC):
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)}: it is not a checkpoint tools/train.py --task "
                             f"{cls.name} wrote")
-        return ckpt
+        return cls.restore_frozen(ckpt, path)
 
     @classmethod
-    def rebuild_model(cls, ckpt: dict, model_name: str | None = None) -> nn.Module:
+    def rebuild_model(cls, ckpt: dict, model_name: str | None = None, pretrained: bool = False) -> nn.Module:
         """The model a checkpoint of this task was trained as (``model_name``: another model to load its weights
-        into), on the CPU, untrained: by default the timm model it names, with its model arguments and its
-        ``num_classes``."""
+        into), on the CPU, untrained (``pretrained``: with its published weights): by default the timm model it
+        names, with its model arguments and its ``num_classes``."""
         name = model_name or ckpt["model"]
         kwargs = ckpt.get("model_kwargs", {}) if name == ckpt["model"] else {}
-        return build_model(name, **({"num_classes": ckpt["num_classes"]} if "num_classes" in ckpt else {}), **kwargs)
+        return build_model(name, **({"num_classes": ckpt["num_classes"]} if "num_classes" in ckpt else {}),
+                           pretrained=pretrained, **kwargs)
+
+    @classmethod
+    def load_init(cls, model: nn.Module, source: str) -> None:
+        """Start ``model`` from the weights in ``source`` (``--init``): a training checkpoint (its frozen weights
+        restored) or weights in any layout :func:`~visattn.weights.load_pretrained` reads."""
+        load_pretrained(model, read_weights(source), name=f"--init {source}")
 
     @classmethod
     def model_from_checkpoint(cls, path: str, device: str | None = None, use_ema: bool = True,
@@ -169,6 +198,83 @@ class Task(ABC):
         state = ckpt["state_dict_ema"] if use_ema and "state_dict_ema" in ckpt else ckpt["state_dict"]
         load_pretrained(model, state, strict=True, name=f"checkpoint {path} (trained as {ckpt.get('model')})")
         return model.to(dev), ckpt, dev
+
+    # Frozen weights are saved by reference when they are at least this fraction of the model's parameters (a frozen
+    # backbone); fewer (a fixed bias, a phase's frozen predictors) stay in the checkpoint.
+    frozen_fraction: ClassVar[float] = 0.25
+
+    def frozen_reference(self, model: nn.Module, fields: dict) -> dict | None:
+        """What a checkpoint keeps instead of ``model``'s frozen parameters (``requires_grad`` False) when they are
+        at least :attr:`frozen_fraction` of its parameters and ``cfg.save_frozen`` is off: their source (the model's
+        published weights, ``--init`` FILE with its SHA-256) and a SHA-256 per tensor; only the tensors that
+        rebuilding the model from that source gives again, bit for bit, under another seed (not those of a random
+        initialisation). ``fields``: the checkpoint's fields that rebuild the model. None: save them all."""
+        cfg = self.cfg
+        frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+        total = sum(p.numel() for p in model.parameters())
+        if cfg.save_frozen or sum(p.numel() for p in frozen.values()) < self.frozen_fraction * total:
+            return None
+        reference = {"model": cfg.model, "pretrained": bool(cfg.pretrained),
+                     "tag": (getattr(model, "pretrained_cfg", None) or {}).get("tag") if cfg.pretrained else None,
+                     "init": os.path.abspath(cfg.init) if cfg.init else None,
+                     "init_sha256": file_sha256(cfg.init) if cfg.init else None}
+        rebuilt = self.model_from_source({**fields, FROZEN: reference}, seed=cfg.seed + 1).state_dict()
+        same = {n: p for n, p in frozen.items() if n in rebuilt and torch.equal(rebuilt[n], p.detach().cpu())}
+        if sum(p.numel() for p in same.values()) < self.frozen_fraction * total:
+            return None
+        return {**reference, "sha256": {n: tensor_sha256(p) for n, p in same.items()}}
+
+    @classmethod
+    def model_from_source(cls, fields: dict, seed: int = 0) -> nn.Module:
+        """The model a run started from, rebuilt from the source its checkpoint's :data:`~visattn.weights.FROZEN`
+        reference names (the published weights, then the ``--init`` file, which must be unchanged), initialised
+        with ``seed``; on the CPU."""
+        reference = fields[FROZEN]
+        init = reference.get("init")
+        if init:
+            if not os.path.isfile(init):
+                raise UserError(f"the frozen weights come from --init {init}, which does not exist; put that file "
+                                "back (or train with --save-frozen to keep frozen weights in the checkpoints)")
+            digest = file_sha256(init)
+            if digest != reference["init_sha256"]:
+                raise UserError(f"the frozen weights come from --init {init}, which has changed since the run "
+                                f"(SHA-256 {digest[:16]}..., the run's {reference['init_sha256'][:16]}...); put the "
+                                "run's file back")
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the loading warnings the run itself gave
+            torch.manual_seed(seed)
+            try:
+                model = cls.rebuild_model(fields, pretrained=reference["pretrained"])
+            except WeightsUnavailable as err:
+                raise UserError(f"the frozen weights are the published weights of {err.model}, which cannot be "
+                                f"fetched from {err.source} ({err.reason}); put the file at {err.cache}") from None
+            if init:
+                cls.load_init(model, init)
+        return model
+
+    @classmethod
+    def restore_frozen(cls, ckpt: dict, path: str) -> dict:
+        """``ckpt`` (read from ``path``) with the frozen weights it saves by reference put back into its state dicts
+        from their source (:meth:`model_from_source`); each must match its recorded SHA-256. A checkpoint without a
+        reference is returned as it is."""
+        reference = ckpt.get(FROZEN)
+        if not reference:
+            return ckpt
+        try:
+            rebuilt = cls.model_from_source(ckpt).state_dict()
+        except UserError as err:
+            raise UserError(f"{path}: {err}") from None
+        for name, digest in reference["sha256"].items():
+            if name not in rebuilt or tensor_sha256(rebuilt[name]) != digest:
+                source = f"--init {reference['init']}" if reference.get("init") else \
+                    f"the published weights of {reference['model']}"
+                raise UserError(f"{path}: the frozen weights rebuilt from {source} differ from the run's ({name}); "
+                                "the source has changed since training: use the run's source")
+        restored = {name: rebuilt[name] for name in reference["sha256"]}
+        for key in ("state_dict", "state_dict_ema"):
+            if key in ckpt:
+                ckpt[key] = {**without_frozen(ckpt[key], reference), **restored}
+        return ckpt
 
     @abstractmethod
     def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
@@ -215,6 +321,24 @@ class Task(ABC):
     @abstractmethod
     def summary(self, best: dict[str, Any]) -> str:
         """The line ``tools/train.py`` prints at the end."""
+
+
+def complete_checkpoint(ckpt: dict, path: str) -> dict:
+    """A training checkpoint of any task (read from ``path``) with the frozen weights it saves by reference restored
+    (:meth:`Task.restore_frozen` of the task that wrote it)."""
+    if not ckpt.get(FROZEN):
+        return ckpt
+    return get_task(ckpt.get("task", DEFAULT_TASK)).restore_frozen(ckpt, path)
+
+
+def read_weights(source: str) -> dict:
+    """The weights in the file ``source``: a visattn training checkpoint's ``state_dict`` (its frozen weights
+    restored from their source), or the state dict of any file :func:`~visattn.weights.read_state_dict` reads."""
+    if os.path.isfile(source) and not source.endswith(".safetensors"):
+        fields = read_file(source, mmap=True)
+        if isinstance(fields, dict) and fields.get(FROZEN):
+            return complete_checkpoint(read_training_checkpoint(source), source)["state_dict"]
+    return read_state_dict(source)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, world_size: int,

@@ -17,7 +17,7 @@ from ..engine.distributed import pick_device
 from ..engine.models import build_model
 from ..engine.task import DEFAULT_TASK, get_task
 from ..errors import UserError
-from ..weights import load_pretrained
+from ..weights import WeightsUnavailable, load_pretrained
 
 SEGMENTATION = "segmentation"
 TASK_KINDS = {"medical-seg": SEGMENTATION, "reid": "reid"}  # what a task's model outputs, when not class logits
@@ -67,7 +67,10 @@ def open_model(source: str, *, weights: str | None = None, pretrained: bool = Fa
         return OpenedModel(model.eval(), ckpt["model"], kind, dev, task, info, _data_config(model))
     if os.path.sep in source or source.endswith((".pth", ".pt", ".safetensors", ".bin")):
         raise UserError(f"{source}: no such file (give a checkpoint file or a model name)")
-    model = build_model(source, pretrained=pretrained, **(model_kwargs or {}))
+    try:
+        model = build_model(source, pretrained=pretrained, **(model_kwargs or {}))
+    except WeightsUnavailable as err:
+        raise err.instead("--weights FILE (Python: weights=FILE)") from None
     if weights:
         if not os.path.isfile(weights):
             raise UserError(f"--weights {weights}: no such file")

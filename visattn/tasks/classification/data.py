@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ...errors import UserError, first_line
-from ..images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, read_problems
+from ..images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, mode_notice, read_problems
 
 
 class ImageFolderDataset(Dataset):
@@ -19,32 +19,50 @@ class ImageFolderDataset(Dataset):
 
     Files that cannot be read (zero-byte, not an image, a truncated JPEG or PNG) are found up front, counted and
     skipped with one warning naming the first; a file that still fails to decode later is skipped with a warning
-    naming it (another image of its class takes its place). Items are (transformed RGB image, class index).
+    naming it (another image of its class takes its place). Images that are not 8-bit RGB are converted as
+    :func:`~visattn.tasks.images.to_rgb` says, in one warning per folder. ``classes`` (another split's): this
+    folder must hold exactly those class folders. A class folder without a readable image is an error (with
+    ``classes``: a warning, a validation split may lack a class). Items are (transformed RGB image, class index).
     """
 
     def __init__(self, root: str, transform: Callable | None = None, classes: list[str] | None = None):
         if not os.path.isdir(root):
             raise UserError(f"data folder {root} does not exist; expected one sub-folder of images per class")
         self.root, self.transform = root, transform
-        self.classes = classes or sorted(e.name for e in os.scandir(root) if e.is_dir())
+        folders = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        self.classes = classes or folders
         if not self.classes:
             raise UserError(f"no class folders in {root}; put each class's images in root/<class>/")
+        missing, extra = [c for c in self.classes if c not in folders], [c for c in folders if c not in self.classes]
+        if missing or extra:
+            said = [f"lacks the training split's {_listed(missing)}" if missing else "",
+                    f"has {_listed(extra)}, which the training split lacks" if extra else ""]
+            raise UserError(f"{root} {' and '.join(filter(None, said))}: every split needs the same class folders "
+                            f"({len(self.classes)} in training)")
         found: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
-            folder = os.path.join(root, name)
-            if not os.path.isdir(folder):
-                raise UserError(f"class folder {folder} is missing; every split needs the same classes")
-            for dirpath, _, files in sorted(os.walk(folder)):
+            for dirpath, _, files in sorted(os.walk(os.path.join(root, name))):
                 found += [(os.path.join(dirpath, f), label) for f in sorted(files)
                           if f.lower().endswith(IMAGE_EXTENSIONS)]
-        problems = read_problems([path for path, _ in found])
+        modes: dict[str, str] = {}
+        problems = read_problems([path for path, _ in found], modes)
         if problems:
             first = next(path for path, _ in found if path in problems)
             warnings.warn(f"skipped {len(problems)} unreadable image file(s) under {root} (first: {first}: "
                           f"{problems[first]})", stacklevel=2)
+        notice = mode_notice(modes, root)
+        if notice:
+            warnings.warn(notice, stacklevel=2)
         self.samples = [(path, label) for path, label in found if path not in problems]
         if not self.samples:
             raise UserError(f"no readable images under {root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+        empty = [name for label, name in enumerate(self.classes) if not any(lb == label for _, lb in self.samples)]
+        if empty and classes is None:
+            raise UserError(f"{root}: the class folder(s) {_listed(empty)} hold no readable image, so the model could "
+                            f"not learn them; add images or remove the folder(s)")
+        if empty:
+            warnings.warn(f"{root} has no readable image of {len(empty)} of the {len(self.classes)} classes "
+                          f"({_listed(empty)}): they are not scored", stacklevel=2)
         self.num_skipped = len(problems)
         self.failed: set[int] = set()
 
@@ -74,6 +92,10 @@ class ImageFolderDataset(Dataset):
                 continue
             return (self.transform(img) if self.transform else img), label
         raise UserError(f"no image of class {self.classes[self.samples[index][1]]!r} under {self.root} can be read")
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class DigitsDataset(Dataset):

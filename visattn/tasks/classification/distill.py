@@ -20,8 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...engine.models import build_model
+from ...engine.task import complete_checkpoint
 from ...errors import UserError
-from ...weights import as_is, load_pretrained, match_classifier, read_file, read_state_dict
+from ...weights import WeightsUnavailable, as_is, load_pretrained, match_classifier, read_file, read_state_dict
 
 PHASES = ("reconstruct", "distill")
 
@@ -37,6 +38,7 @@ def load_teacher(spec: str, teacher_model: str | None, num_classes: int) -> nn.M
     if os.path.isfile(spec):
         ckpt = read_file(spec)
         if _is_training_checkpoint(ckpt):
+            ckpt = complete_checkpoint(ckpt, spec)
             name = teacher_model or ckpt["model"]
             kwargs = ckpt.get("model_kwargs", {}) if name == ckpt["model"] else {}
             state = ckpt.get("state_dict_ema") or ckpt["state_dict"]
@@ -53,7 +55,10 @@ def load_teacher(spec: str, teacher_model: str | None, num_classes: int) -> nn.M
     else:
         if teacher_model:
             raise UserError(f"--teacher-model names the model of a --teacher FILE; {spec} is a model name")
-        teacher = build_model(spec, pretrained=True)
+        try:
+            teacher = build_model(spec, pretrained=True)
+        except WeightsUnavailable as err:
+            raise err.instead(f"--teacher FILE --teacher-model {spec}") from None
         _check_classes(spec, getattr(teacher, "num_classes", None), num_classes)
     teacher.eval().requires_grad_(False)
     return teacher

@@ -31,7 +31,7 @@ from ...errors import UserError
 
 DIGITS = "digits"
 # The built-in default: a small BiFormer (one block per stage but two in stage 3, half the channels,
-# 4x4 regions) on scikit-learn's digits upsampled to 64x64.
+# 4x4 regions) on scikit-learn's digits upsampled to 32x32.
 DEMO_MODEL = "biformer_tiny"
 DEMO_MODEL_KWARGS = {"depths": [1, 1, 2, 1], "dims": [32, 64, 128, 256], "n_win": 4}
 PANELS = (("loss", "loss", ("train_loss", "val_loss")),
@@ -73,7 +73,7 @@ class ClassificationConfig(TrainConfig):
     @classmethod
     def demo(cls, output: str) -> ClassificationConfig:
         """The built-in default run: a few minutes on 2 CPU cores, above 90% validation top-1."""
-        return cls(output=output, model=DEMO_MODEL, model_kwargs=dict(DEMO_MODEL_KWARGS), img_size=64, epochs=12,
+        return cls(output=output, model=DEMO_MODEL, model_kwargs=dict(DEMO_MODEL_KWARGS), img_size=32, epochs=12,
                    batch_size=32, lr=2e-3, warmup_epochs=1, smoothing=0.1, workers=0)
 
 
@@ -97,24 +97,32 @@ def build_dataset(data: str | None, split: str, img_size: int, data_cfg: dict, c
                   eval_transform: bool = False):
     """The ``split`` ('train' or 'val') dataset with timm transforms (training augmentation for 'train' unless
     ``eval_transform``); ``data=None`` gives the built-in digits."""
-    from timm.data import create_transform
-
     from .data import DigitsDataset, ImageFolderDataset
 
     training = split == "train" and not eval_transform
-    common = dict(input_size=(3, img_size, img_size), mean=data_cfg["mean"], std=data_cfg["std"],
-                  interpolation=data_cfg.get("interpolation", "bicubic"), is_training=training)
     if data is None:
-        # Digits: no flips, mild scale jitter, no colour augmentation; evaluated uncropped.
-        aug = dict(hflip=0.0, scale=(0.75, 1.0), ratio=(0.9, 1.1), color_jitter=None) if training else {}
-        return DigitsDataset(split, create_transform(crop_pct=1.0, **aug, **common))
+        return DigitsDataset(split, image_transform(img_size, data_cfg, training, digits=True))
     if not os.path.isdir(data):
         raise UserError(f"data folder {data} does not exist; expected {data}/train and {data}/val class folders")
     root = os.path.join(data, split)
     if not os.path.isdir(root):
         raise UserError(f"{data} has no {split}/ folder; expected {data}/train and {data}/val class folders")
+    return ImageFolderDataset(root, image_transform(img_size, data_cfg, training), classes=classes)
+
+
+def image_transform(img_size: int, data_cfg: dict, training: bool = False, digits: bool = False):
+    """timm's transform of a run's images: ``data_cfg``'s mean, std and interpolation at ``img_size``; training
+    augmentation, or for evaluation the centre crop of ``data_cfg``'s crop_pct. The built-in ``digits``: no flips,
+    mild scale jitter, no colour augmentation; evaluated uncropped."""
+    from timm.data import create_transform
+
+    common = dict(input_size=(3, img_size, img_size), mean=data_cfg["mean"], std=data_cfg["std"],
+                  interpolation=data_cfg.get("interpolation", "bicubic"), is_training=training)
+    if digits:
+        aug = dict(hflip=0.0, scale=(0.75, 1.0), ratio=(0.9, 1.1), color_jitter=None) if training else {}
+        return create_transform(crop_pct=1.0, **aug, **common)
     crop = {} if training else {"crop_pct": data_cfg.get("crop_pct", 0.875)}
-    return ImageFolderDataset(root, create_transform(**crop, **common), classes=classes)
+    return create_transform(**crop, **common)
 
 
 @torch.no_grad()

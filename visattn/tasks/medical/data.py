@@ -25,8 +25,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, get_worker_info
 
+from ...engine.progress import Progress
 from ...errors import UserError, first_line
-from ..images import IMAGE_EXTENSIONS, READ_ERRORS, read_problem
+from ..images import HIGH_DEPTH, IMAGE_EXTENSIONS, READ_ERRORS, mode_notice, read_problem, to_rgb
 
 SYNTHETIC = "synthetic-vessels"
 SYNTHETIC_DEFAULTS = {"size": 192, "train": 32, "val": 6, "seed": 0}
@@ -45,6 +46,7 @@ class SegSample:
     image: str
     mask: str
     fov: str | None = None
+    size: tuple[int, int] = (0, 0)  # (height, width) of the image
 
 
 def _open(path: str) -> Image.Image:
@@ -56,23 +58,20 @@ def _open(path: str) -> Image.Image:
         raise UserError(f"cannot read {path}: {first_line(err)}") from None
 
 
-def _checked_size(path: str) -> tuple[int, int]:
-    """(height, width) from the file header, after the up-front check that a training run could decode the file."""
+def _checked(path: str) -> tuple[int, int, str]:
+    """(height, width, PIL mode) from the file header, after the up-front check that a training run could decode
+    the file."""
     problem = read_problem(path)
     if problem:
         raise UserError(f"cannot read {path}: {problem}")
     with Image.open(path) as img:
-        return img.size[1], img.size[0]
+        return img.size[1], img.size[0], img.mode
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """An image file as (H, W, 3) uint8; 16-bit and float images are scaled by their maximum."""
-    img = _open(path)
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(img, dtype=np.float32)
-        values = values * (255.0 / max(float(values.max()), 1.0))
-        return np.repeat(values.round().astype(np.uint8)[..., None], 3, axis=2)
-    return np.asarray(img.convert("RGB"))
+    """An image file as (H, W, 3) uint8, converted as :func:`visattn.tasks.images.to_rgb` does (16-bit and float
+    images scaled by their maximum)."""
+    return np.asarray(to_rgb(_open(path)))
 
 
 def read_binary(path: str) -> np.ndarray:
@@ -81,8 +80,23 @@ def read_binary(path: str) -> np.ndarray:
 
 
 def _mask_values(path: str) -> np.ndarray:
+    """A mask's values (H, W): a grayscale mask's own, a colour mask's gray level. A mask whose colour channels
+    differ (a colour-coded label map, e.g. arteries red and veins blue) or whose shape is only in its alpha channel
+    cannot be read as one vessel mask without losing what it says: a one-line error."""
     img = _open(path)
-    return np.asarray(img if img.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F") else img.convert("L"))
+    if img.mode in ("1", "L", *HIGH_DEPTH):
+        return np.asarray(img)
+    rgba = np.asarray(img.convert("RGBA"))
+    rgb, alpha = rgba[..., :3], rgba[..., 3]
+    if (rgb != rgb[..., :1]).any():
+        colours = np.unique(rgb.reshape(-1, 3), axis=0)
+        shown = ", ".join(str(tuple(int(v) for v in c)) for c in colours[:4]) + (", ..." if len(colours) > 4 else "")
+        raise UserError(f"mask {path} has colours ({img.mode}: {shown}): a colour-coded label map, which a binary "
+                        f"vessel mask would lose; save one 0/255 grayscale mask of the vessels")
+    if (alpha != 255).any() and np.unique(rgb[..., 0]).size == 1:
+        raise UserError(f"mask {path} ({img.mode}) has one colour and its shape only in the alpha channel; save the "
+                        f"vessels as a 0/255 grayscale mask")
+    return rgb[..., 0]
 
 
 def _binarise(values: np.ndarray) -> np.ndarray:
@@ -144,19 +158,26 @@ def find_samples(root: str, split: str) -> list[SegSample]:
         raise UserError(f"no images in {images_dir} (extensions: {', '.join(SEG_EXTENSIONS)})")
     masks = _keyed(mask_dir, key)
     fovs = _keyed(fov_dir, key) if os.path.isdir(fov_dir) else None
-    samples = []
-    for k, image in images.items():
+    samples, modes = [], {}
+    checks = Progress(images.items(), f"checking {len(images)} images and their masks", interval=len(images) + 1,
+                      final=False)
+    for k, image in checks:
+        checks.update(1)
         if k not in masks:
             raise UserError(f"no mask for {image} in {mask_dir}")
         if fovs is not None and k not in fovs:
             raise UserError(f"no FOV mask for {image} in {fov_dir}")
-        sample = SegSample(_stem(os.path.basename(image)), image, masks[k], fovs[k] if fovs is not None else None)
-        height, width = _checked_size(sample.image)
-        for other in filter(None, (sample.mask, sample.fov)):
-            other_height, other_width = _checked_size(other)
+        height, width, mode = _checked(image)
+        for other in filter(None, (masks[k], fovs[k] if fovs is not None else None)):
+            other_height, other_width, _ = _checked(other)
             if (other_height, other_width) != (height, width):
                 raise UserError(f"{other} is {other_width}x{other_height} but {image} is {width}x{height}")
-        samples.append(sample)
+        samples.append(SegSample(_stem(os.path.basename(image)), image, masks[k], fovs[k] if fovs is not None else None,
+                                 (height, width)))
+        modes[image] = mode
+    notice = mode_notice(modes, images_dir)
+    if notice:
+        warnings.warn(notice, stacklevel=2)
     _warn_about_masks(samples)
     return samples
 
@@ -167,6 +188,11 @@ def _warn_about_masks(samples: list[SegSample]) -> None:
     many, empty = [], []
     for sample in samples:
         values = _mask_values(sample.mask)
+        if values.dtype.itemsize > 1 and values.dtype != bool and np.unique(values).size > 2:
+            shown = ", ".join(str(v) for v in np.unique(values)[:6])
+            raise UserError(f"mask {sample.mask} is a {8 * values.dtype.itemsize}-bit image with more than two values "
+                            f"({shown}, ...): a label map, which binarising at half its maximum would cut; save the "
+                            f"vessels as a 0/255 (or 0/1) mask")
         distinct = (np.flatnonzero(np.bincount(values.ravel(), minlength=256)) if values.dtype == np.uint8
                     else np.unique(values))
         if distinct.size > 2:
@@ -190,6 +216,7 @@ class FolderSource:
     def __init__(self, root: str, split: str):
         self.samples = find_samples(root, split)
         self.names = [s.name for s in self.samples]
+        self.sizes = [s.size for s in self.samples]  # (height, width) per image
         self.has_fov = self.samples[0].fov is not None
 
     def __len__(self) -> int:
@@ -222,6 +249,7 @@ class SyntheticVessels:
         if count < 1 or min(self.height, self.width) < 16:
             raise UserError(f"synthetic vessels need count >= 1 and size >= 16, got count={count}, size={size}")
         self.names = [f"synthetic_{seed}_{i:04d}" for i in range(count)]
+        self.sizes = [(self.height, self.width)] * count
         self.has_fov = True
 
     def __len__(self) -> int:
@@ -491,6 +519,21 @@ def seed_worker_augmentation(worker_id: int) -> None:
         transform.set_random_seed(info.seed % 2**32)
 
 
+def _warn_about_small_images(source, crop: int, scale: float) -> None:
+    """One warning when training images (after ``scale``) are smaller than the ``crop``: their crops are zero-padded
+    (sources that give their ``sizes``: the folders and the synthetic vessels)."""
+    sizes = [scaled_size(h, w, scale) for h, w in getattr(source, "sizes", ())]
+    small = [(h, w) for h, w in sizes if h < crop or w < crop]
+    if not small:
+        return
+    h, w = min(small, key=lambda size: size[0] * size[1])
+    scaled = f" after --scale {scale:g}" if scale != 1 else ""
+    warnings.warn(f"{len(small)} of {len(sizes)} training images are smaller than the {crop}x{crop} crop (smallest "
+                  f"{w}x{h}{scaled}): their crops are zero-padded to {crop}x{crop}, and the padding is background in "
+                  f"the loss (left out with --fov-loss); a smaller --img-size or a larger --scale avoids it",
+                  stacklevel=3)
+
+
 class SegmentationTrainSet(Dataset):
     """Augmented training crops: items are (image (3, S, S) float, mask (1, S, S) float, fov (1, S, S) float).
 
@@ -503,6 +546,7 @@ class SegmentationTrainSet(Dataset):
     def __init__(self, source, crop: int, scale: float = 1.0, repeats: int = 1, mean=IMAGENET_MEAN,
                  std=IMAGENET_STD, seed: int | None = None, augmentation: Augmentation | None = None):
         self.source, self.scale, self.repeats = source, scale, max(1, repeats)
+        _warn_about_small_images(source, crop, scale)
         self.augmentation = augmentation or Augmentation()
         self.transform = train_transform(crop, mean, std, seed, self.augmentation)
         self.rng = np.random.default_rng(None if seed is None else (seed, 1))

@@ -14,11 +14,17 @@ With TP, FP, FN, TN counted inside the FOV:
 - HD95 (pixels): boundaries are mask pixels with a background pixel among their 8 neighbours (pixels on the image
   edge count as boundary). d(A->B) is the Euclidean distance from each boundary pixel of A to the nearest
   boundary pixel of B; HD95 = max(P95(d(pred->target)), P95(d(target->pred))) with linear percentile
-  interpolation. Empty masks: when both are empty HD95 = 0; when exactly one is empty, every boundary pixel of the
-  other is at the image diagonal sqrt(H^2 + W^2) (the largest possible distance), so HD95 = diagonal.
+  interpolation. Empty masks: when both are empty HD95 = 0; when exactly one is empty there is no distance to
+  measure and HD95 is undefined (NaN), as the Hausdorff distance of MONAI, which HER-Seg's official evaluation uses
+  and whose undefined values it leaves out of its mean. An image with vessels but an empty prediction is counted
+  (``empty_predictions``) instead of being given a made-up distance (the image diagonal would pin the pooled HD95
+  at the diagonal for the whole run whenever one image has an empty prediction).
 
-Two reductions over a dataset: ``pooled`` sums the counts (and pools all pixels for AUC, all boundary distances
-for HD95) before taking ratios; ``per_image`` is the mean of the per-image values, ignoring NaNs.
+Two reductions over a dataset: ``pooled`` sums the counts (and pools all pixels for AUC, and the boundary
+distances of the images whose HD95 is defined) before taking ratios; ``per_image`` is the mean of the per-image
+values, ignoring NaNs. ``empty_predictions`` counts the images left out of both HD95s because nothing was predicted
+where the target has vessels (an empty target with a prediction is left out too; the data loader warns about
+empty targets).
 """
 
 from __future__ import annotations
@@ -111,26 +117,19 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~binary_erosion(mask, structure=np.ones((3, 3), dtype=bool), border_value=0)
 
 
-def boundary_distances(pred, target, fov=None) -> tuple[np.ndarray, np.ndarray]:
-    """Distances pred-boundary -> target-boundary and target-boundary -> pred-boundary, inside ``fov``.
-
-    A boundary pixel whose counterpart mask is empty gets the image diagonal (the module docstring's convention).
-    """
+def boundary_distances(pred, target, fov=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Distances pred-boundary -> target-boundary and target-boundary -> pred-boundary, inside ``fov``; None when
+    exactly one of the masks is empty (no distance to measure; both empty: two empty arrays)."""
     from scipy.ndimage import distance_transform_edt
 
     target = _numpy(target).astype(bool)
     region = _region(target.shape, fov)
     a, b = boundary(_numpy(pred).astype(bool) & region), boundary(target & region)
-    diagonal = math.hypot(*target.shape)
-
-    def directed(source: np.ndarray, dest: np.ndarray) -> np.ndarray:
-        if not source.any():
-            return np.zeros(0)
-        if not dest.any():
-            return np.full(np.count_nonzero(source), diagonal)
-        return distance_transform_edt(~dest)[source]
-
-    return directed(a, b), directed(b, a)
+    if a.any() != b.any():
+        return None
+    if not a.any():
+        return np.zeros(0), np.zeros(0)
+    return distance_transform_edt(~b)[a], distance_transform_edt(~a)[b]
 
 
 def hd95_from_distances(pred_to_target: np.ndarray, target_to_pred: np.ndarray) -> float:
@@ -139,8 +138,10 @@ def hd95_from_distances(pred_to_target: np.ndarray, target_to_pred: np.ndarray) 
 
 
 def hd95(pred, target, fov=None) -> float:
-    """95th-percentile symmetric Hausdorff distance in pixels (see the module docstring for empty masks)."""
-    return hd95_from_distances(*boundary_distances(pred, target, fov))
+    """95th-percentile symmetric Hausdorff distance in pixels: 0 when both masks are empty, NaN when exactly one is
+    (see the module docstring)."""
+    distances = boundary_distances(pred, target, fov)
+    return math.nan if distances is None else hd95_from_distances(*distances)
 
 
 def restore_original(logits: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -157,7 +158,8 @@ class SegmentationMetrics:
     """Accumulates per-image metrics and the pooled statistics of a dataset.
 
     ``update(prob, target, fov)`` takes one image at its original resolution and returns its metrics;
-    ``compute()`` returns ``{"pooled": {...}, "per_image": {...}, "images": [...], "count": n}``.
+    ``compute()`` returns ``{"pooled": {...}, "per_image": {...}, "images": [...], "count": n, "threshold",
+    "empty_predictions": images with vessels and an empty prediction}``.
     Pooled AUC keeps one rank table per image (distinct probabilities with class counts): memory grows with
     the number of distinct probability values, at most 24 bytes per pixel inside the FOV.
     """
@@ -167,6 +169,8 @@ class SegmentationMetrics:
         self.counts = np.zeros(4, dtype=np.int64)
         self.tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.distances: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        self.hd95_images = 0  # images whose HD95 is defined
+        self.empty_predictions = 0
         self.images: list[dict] = []
 
     def update(self, prob, target, fov=None, name: str | None = None) -> dict[str, float]:
@@ -177,13 +181,17 @@ class SegmentationMetrics:
         pred = prob >= self.threshold
         counts = confusion_counts(pred, target, region)
         table = rank_table(prob[region], target[region])
-        to_target, to_pred = boundary_distances(pred, target, region)
+        distances = boundary_distances(pred, target, region)
         self.counts += counts
         self.tables.append(table)
-        self.distances[0].append(to_target)
-        self.distances[1].append(to_pred)
+        if distances is not None:
+            self.distances[0].append(distances[0])
+            self.distances[1].append(distances[1])
+            self.hd95_images += 1
+        elif counts[0] + counts[2] > 0:  # vessels, but nothing predicted
+            self.empty_predictions += 1
         metrics = {**scores_from_counts(counts), "auc": auc_from_table(table[1], table[2]),
-                   "hd95": hd95_from_distances(to_target, to_pred)}
+                   "hd95": math.nan if distances is None else hd95_from_distances(*distances)}
         self.images.append({"name": name if name is not None else str(len(self.images)), **metrics})
         return metrics
 
@@ -191,11 +199,12 @@ class SegmentationMetrics:
         if not self.images:
             raise ValueError("no images were scored")
         _, positives, negatives = merge_tables(self.tables)
-        pooled = {**scores_from_counts(self.counts), "auc": auc_from_table(positives, negatives),
-                  "hd95": hd95_from_distances(np.concatenate(self.distances[0]), np.concatenate(self.distances[1]))}
+        pooled_hd95 = hd95_from_distances(np.concatenate(self.distances[0]), np.concatenate(self.distances[1])) \
+            if self.hd95_images else math.nan
+        pooled = {**scores_from_counts(self.counts), "auc": auc_from_table(positives, negatives), "hd95": pooled_hd95}
         per_image = {}
         for key in METRICS:
             values = np.array([m[key] for m in self.images], dtype=np.float64)
             per_image[key] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
         return {"pooled": pooled, "per_image": per_image, "images": list(self.images), "count": len(self.images),
-                "threshold": self.threshold}
+                "threshold": self.threshold, "empty_predictions": self.empty_predictions}

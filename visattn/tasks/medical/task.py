@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,13 @@ DEMO_MODEL_KWARGS = {"embed_dim": 64, "depths": [1, 1, 2, 1], "num_heads": [2, 2
                      "decoder_heads": 4, "decoder_depth": 1, "drop_path_rate": 0.0}
 INFERENCE_MODES = ("sliding", "padded")
 NORMALIZATIONS = ("model", "imagenet")
-# Training recipes for --recipe: the augmentation (used for every field left at None) and the optimisation values
-# that the command-line switch sets unless given explicitly. FSG-Net: ZombaSY/FSG-Net-pytorch at its publish
-# commit (AdamW, warm-up + cosine, 10 000 epochs, which is not set here); test images padded, centred, to a
-# 608 (DRIVE), 704 (STARE), 1024 (CHASE_DB1) or 1344 (HRF) canvas: --inference padded --pad-to N.
-RECIPES = {"fsgnet": {"augmentation": FSGNET_AUGMENTATION, "normalization": "imagenet",
+# Training recipes for --recipe: the model it trains (and that model's family: its variants), its name, the
+# augmentation (used for every field left at None) and the optimisation values that the command-line switch sets
+# unless given explicitly. FSG-Net: ZombaSY/FSG-Net-pytorch at its publish commit (AdamW, warm-up + cosine, 10 000
+# epochs, which is not set here); test images padded, centred, to a 608 (DRIVE), 704 (STARE), 1024 (CHASE_DB1) or
+# 1344 (HRF) canvas: --inference padded --pad-to N.
+RECIPES = {"fsgnet": {"model": "fsgnet", "title": "FSG-Net's official training", "augmentation": FSGNET_AUGMENTATION,
+                      "normalization": "imagenet",
                       "train": {"lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 20, "batch_size": 4,
                                 "img_size": 288}}}
 # MedicalConfig field -> Augmentation field
@@ -134,6 +137,11 @@ class MedicalConfig(TrainConfig):
     def __post_init__(self):
         if self.recipe is not None and self.recipe not in RECIPES:
             raise UserError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.recipe is not None and not same_family(self.model, RECIPES[self.recipe]["model"]):
+            recipe = RECIPES[self.recipe]
+            raise UserError(f"--recipe {self.recipe} is {recipe['title']}, for {recipe['model']} and its variants; "
+                            f"--model {self.model} is another network: drop --model to train {recipe['model']}, or "
+                            f"drop --recipe")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
             raise UserError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
         self.augmentation()  # validates the values
@@ -157,6 +165,16 @@ class MedicalConfig(TrainConfig):
     def inference_settings(self) -> Inference:
         return Inference(self.inference, self.tile or self.img_size, 0.5, self.pad_multiple, self.batch_size,
                          self.pad_to)
+
+
+def same_family(model: str, other: str) -> bool:
+    """Whether two timm model names are variants of one family (registered in one module); True for an unknown name
+    (building it reports that)."""
+    import timm
+
+    if not (timm.is_model(model) and timm.is_model(other)):
+        return True
+    return timm.models.model_entrypoint(model).__module__ == timm.models.model_entrypoint(other).__module__
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, fov: torch.Tensor, smooth: float = 1.0):
@@ -231,8 +249,10 @@ def predict_logits(model: nn.Module, image: torch.Tensor, settings: Inference, a
     return restore_original(total / count, box, box[2:])
 
 
-def _overlay(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The image with true positives green, false positives red and missed vessels (false negatives) blue."""
+def _overlay(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray | None, alpha: float = 0.6) -> np.ndarray:
+    """The image with true positives green, false positives red and missed vessels (false negatives) blue; without
+    a ground-truth ``mask``, the predicted vessels green."""
+    mask = pred if mask is None else mask
     colours = np.zeros_like(rgb)
     colours[pred & mask] = (0, 255, 0)
     colours[pred & ~mask] = (255, 0, 0)
@@ -248,8 +268,9 @@ def _save_png(array: np.ndarray, path: str) -> None:
 
 
 def save_prediction(folder: str, name: str, rgb: np.ndarray, prob: np.ndarray, pred: np.ndarray,
-                    mask: np.ndarray) -> None:
-    """``NAME_prob.png`` (probability x 255), ``NAME_pred.png`` (0/255) and ``NAME_overlay.png``."""
+                    mask: np.ndarray | None = None) -> None:
+    """``NAME_prob.png`` (probability x 255), ``NAME_pred.png`` (0/255) and ``NAME_overlay.png`` (against the
+    ground-truth ``mask`` when given), all (H, W) as ``rgb`` (H, W, 3)."""
     _save_png((prob * 255).round().astype(np.uint8), os.path.join(folder, f"{name}_prob.png"))
     _save_png(pred.astype(np.uint8) * 255, os.path.join(folder, f"{name}_pred.png"))
     _save_png(_overlay(rgb, pred, mask), os.path.join(folder, f"{name}_overlay.png"))
@@ -290,8 +311,14 @@ def evaluate(model: nn.Module, dataset: SegmentationEvalSet, device: torch.devic
     result = {"region": "fov" if has_fov else "image", **inside.compute(), "loss": loss_sum / len(dataset)}
     if whole is not None:
         full = whole.compute()
-        result["full_image"] = {"pooled": full["pooled"], "per_image": full["per_image"]}
+        result["full_image"] = {"pooled": full["pooled"], "per_image": full["per_image"],
+                                "empty_predictions": full["empty_predictions"]}
     return result
+
+
+def _empty_note(count: int) -> str:
+    """``2 empty predictions left out`` (of HD95: the images it cannot score); '' for none."""
+    return f"{count} empty prediction{'s' if count != 1 else ''} left out" if count else ""
 
 
 def _item(item):
@@ -305,16 +332,20 @@ def report(result: dict[str, Any]) -> str:
     names = (("dice", "Dice"), ("iou", "IoU"), ("sensitivity", "Se"), ("specificity", "Sp"), ("accuracy", "Acc"),
              ("auc", "AUC"))
 
-    def row(metrics: dict) -> str:
-        return "  ".join(f"{label} {metrics[key]:.4f}" for key, label in names) + f"  HD95 {metrics['hd95']:.2f} px"
+    def row(metrics: dict, empty: int) -> str:
+        note = _empty_note(empty)
+        return "  ".join(f"{label} {metrics[key]:.4f}" for key, label in names) + f"  HD95 {metrics['hd95']:.2f} px" \
+            + (f" ({note})" if note else "")
 
     lines = [f"{result['count']} images ({result['split']}), {region}, threshold {result['threshold']}:",
-             f"  pooled     {row(result['pooled'])}",
-             f"  per image  {row(result['per_image'])}"]
+             f"  pooled     {row(result['pooled'], result['empty_predictions'])}",
+             f"  per image  {row(result['per_image'], result['empty_predictions'])}"]
     if "full_image" in result:
-        lines.append(f"  whole image, pooled  {row(result['full_image']['pooled'])}")
+        full = result["full_image"]
+        lines.append(f"  whole image, pooled  {row(full['pooled'], full['empty_predictions'])}")
     lines.append(f"metrics.json and predictions/ in {result['output']}")
-    lines.append(json.dumps(json_safe({"pooled": result["pooled"], "per_image": result["per_image"]})))
+    lines.append(json.dumps(json_safe({"pooled": result["pooled"], "per_image": result["per_image"],
+                                       "empty_predictions": result["empty_predictions"]})))
     return "\n".join(lines)
 
 
@@ -354,7 +385,8 @@ class MedicalTask(Task):
                                                        "canvas, as FSG-Net tests: 608 DRIVE, 704 STARE, 1024 "
                                                        "CHASE_DB1, 1344 HRF (default 0: just the multiple)")
         parser.add_argument("--recipe", choices=tuple(RECIPES), action=_RecipeAction,
-                            help="fsgnet: FSG-Net's official training recipe: cutmix 0.8, random resize 0.5-2x 0.8, "
+                            help="fsgnet: FSG-Net's official training recipe, for --model fsgnet (the default with "
+                                 "it) or another FSG-Net variant: cutmix 0.8, random resize 0.5-2x 0.8, "
                                  "hflip 0.5, no vflip or rotation, colour jitter 0.2,0.2,0.2,0.1 at 0.8, Gaussian "
                                  "blur kernel 3-11 0.5, perspective 0.3, ImageNet mean/std; and, unless given, "
                                  "--lr 1e-3 --weight-decay 0.05 --warmup-epochs 20 --batch-size 4 --img-size 288 "
@@ -409,10 +441,19 @@ class MedicalTask(Task):
             getattr(model, "pretrained_cfg", None) or {}
         self.mean = tuple(pretrained_cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(pretrained_cfg.get("std", IMAGENET_STD))
-        train_set = SegmentationTrainSet(open_source(cfg.data, "train"), cfg.img_size, cfg.scale,
-                                         cfg.crops_per_image, self.mean, self.std, seed=cfg.seed + rank,
-                                         augmentation=cfg.augmentation())
-        self.val_set = SegmentationEvalSet(open_source(cfg.data, "val"), cfg.scale, self.mean, self.std)
+        train_source, val_source = open_source(cfg.data, "train"), open_source(cfg.data, "val")
+        if train_source.has_fov != val_source.has_fov:
+            with_fov, without = ("train", "val") if train_source.has_fov else ("val", "train")
+            warnings.warn(f"the {with_fov} split has FOV masks and the {without} split none: "
+                          + ("validation scores whole images" if train_source.has_fov else
+                             "training treats everything as inside the FOV"), stacklevel=2)
+        train_set = SegmentationTrainSet(train_source, cfg.img_size, cfg.scale, cfg.crops_per_image, self.mean,
+                                         self.std, seed=cfg.seed + rank, augmentation=cfg.augmentation())
+        self.val_set = SegmentationEvalSet(val_source, cfg.scale, self.mean, self.std)
+        if cfg.recipe is not None and rank == 0:
+            print(f"{TASK} recipe {cfg.recipe}: {RECIPES[cfg.recipe]['title']} on {cfg.model} ({cfg.img_size}x"
+                  f"{cfg.img_size} crops, batch {cfg.batch_size}, lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, "
+                  f"{cfg.warmup_epochs} warm-up epochs)", flush=True)
         return model, train_set
 
     def check_input(self, model: nn.Module) -> None:
@@ -438,7 +479,8 @@ class MedicalTask(Task):
                         fov_loss=cfg.fov_loss)
 
     def val_scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
-        return {"val_loss": metrics["loss"], **{f"val_{k}": v for k, v in metrics["pooled"].items()}}
+        return {"val_loss": metrics["loss"], **{f"val_{k}": v for k, v in metrics["pooled"].items()},
+                "val_empty_predictions": metrics["empty_predictions"]}
 
     def checkpoint_extra(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -448,21 +490,25 @@ class MedicalTask(Task):
 
     def epoch_line(self, metrics: dict[str, Any], scalars: dict[str, float]) -> str:
         pooled = metrics["pooled"]
+        empty = _empty_note(metrics["empty_predictions"])
         return (f"val loss {metrics['loss']:.4f}, Dice {pooled['dice']:.4f}, AUC {pooled['auc']:.4f}, HD95 "
-                f"{pooled['hd95']:.2f} px ({metrics['region']}, pooled; {scalars['epoch_seconds']:.1f} s)")
+                f"{pooled['hd95']:.2f} px ({metrics['region']}, pooled{'; ' + empty if empty else ''}; "
+                f"{scalars['epoch_seconds']:.1f} s)")
 
     def summary(self, best: dict[str, Any]) -> str:
+        empty = _empty_note(int(best.get("val_empty_predictions", 0)))
         return (f"best val Dice {best['val_dice']:.4f} (pooled; AUC {best['val_auc']:.4f}, HD95 "
-                f"{best['val_hd95']:.2f} px) at epoch {best['epoch']}; checkpoints in {self.cfg.output}")
+                f"{best['val_hd95']:.2f} px{', ' + empty if empty else ''}) at epoch {best['epoch']}; checkpoints in "
+                f"{self.cfg.output}")
 
 
 class _RecipeAction(argparse.Action):
-    """``--recipe NAME``: record it, and set the recipe's lr, weight decay, warm-up, batch size and crop size
+    """``--recipe NAME``: record it, and set the recipe's model, lr, weight decay, warm-up, batch size and crop size
     where they are not given (in either order on the command line: a later option overrides these)."""
 
     def __call__(self, parser, namespace, value, option_string=None):
         setattr(namespace, self.dest, value)
-        for key, setting in RECIPES[value]["train"].items():
+        for key, setting in {"model": RECIPES[value]["model"], **RECIPES[value]["train"]}.items():
             if getattr(namespace, key, None) is None:
                 setattr(namespace, key, setting)
 

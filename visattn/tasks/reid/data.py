@@ -37,7 +37,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ...errors import UserError, first_line
-from ..images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, read_problems
+from ..images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, mode_notice, read_problems
 
 LAYOUTS = ("auto", "market1501", "msmt17", "csv", "folders")
 SPLITS = ("train", "query", "gallery")
@@ -224,8 +224,13 @@ def detect_layout(root: str) -> str:
 
 
 def _drop_unreadable(root: str, splits: dict[str, list[ReIDItem]]) -> dict[str, list[ReIDItem]]:
-    """The splits without their unreadable files; those are counted in one warning naming the first."""
-    problems = read_problems([i.path for s in SPLITS for i in splits[s]])
+    """The splits without their unreadable files; those are counted in one warning naming the first. Images that are
+    not 8-bit RGB are converted as :func:`~visattn.tasks.images.to_rgb` says, in one warning."""
+    modes: dict[str, str] = {}
+    problems = read_problems([i.path for s in SPLITS for i in splits[s]], modes)
+    notice = mode_notice(modes, root)
+    if notice:
+        warnings.warn(notice, stacklevel=3)
     bad = {s: [i for i in splits[s] if i.path in problems] for s in SPLITS}
     count = sum(len(b) for b in bad.values())
     if count:
@@ -276,9 +281,19 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
         cameras_of.setdefault(item.pid, set()).add(item.camid)
     if not any(q.pid in cameras_of for q in splits["query"]):
         raise UserError(f"{root}: no query identity appears in the gallery, so nothing can be retrieved")
-    if not any(cameras_of.get(q.pid, set()) - {q.camid} for q in splits["query"]):
+    unmatched = [q for q in splits["query"] if not cameras_of.get(q.pid, set()) - {q.camid}]
+    if len(unmatched) == len(splits["query"]):
         raise UserError(f"{root}: no query has a gallery image of its identity from another camera, so the standard "
                         f"same-camera removal leaves nothing to retrieve; check the camera ids")
+    if unmatched:
+        warnings.warn(f"{root}: {len(unmatched)} of {len(splits['query'])} queries have no gallery image of their "
+                      f"identity from another camera (first: {unmatched[0].path}); mAP, CMC and mINP skip them",
+                      stacklevel=2)
+    shared = {i.pid for i in splits["train"]} & {i.pid for s in ("query", "gallery") for i in splits[s] if i.pid > 0}
+    if shared:
+        warnings.warn(f"{root}: {len(shared)} identities are in the train split and in query or gallery (first: pid "
+                      f"{min(shared)}); re-id evaluation assumes unseen identities, so its scores would be too high",
+                      stacklevel=2)
     relabel = {pid: n for n, pid in enumerate(ids)}
     train = [i._replace(pid=relabel[i.pid]) for i in splits["train"]]
     cameras = len({i.camid for s in SPLITS for i in splits[s]})
@@ -561,6 +576,8 @@ def write_synthetic_reid(root: str, num_train_ids: int = 32, num_test_ids: int =
         raise UserError(f"{root} exists and is not a synthetic re-id set; choose an empty or new folder")
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
+    print(f"writing the synthetic re-id set ({num_train_ids + num_test_ids} identities, {num_cameras} cameras) to "
+          f"{root}, once", flush=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(root))}.tmp-")
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private

@@ -3,6 +3,8 @@ re-id losses (CE with label smoothing, batch-hard triplet, centre loss)."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -10,8 +12,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...backbones.psa import insert_psa, psa_name
 from ...blocks.polarized_attention import LAYOUTS
-from ...contract import TrainOutput
+from ...contract import Inspectable, TrainOutput
 from ...engine.models import build_model
+from ...errors import UserError
 
 __all__ = ["REID_ATTENTION", "CenterLoss", "GeM", "ReIDLoss", "ReIDModel", "batch_hard_triplet_loss"]
 
@@ -39,14 +42,14 @@ def _block_indices(spec: str, count: int, stage: int) -> list[int]:
     try:
         indices = [int(v) for v in str(spec).split(",")]
     except ValueError:
-        raise ValueError(f"attn_blocks={spec!r}; use all, last or block indices such as 0,2") from None
+        raise UserError(f"--attn-blocks {spec}: use all, last or block indices such as 0,2") from None
     for i in indices:
         if not 0 <= i < count:
-            raise ValueError(f"attn_blocks: stage {stage} has blocks 0..{count - 1}, got {i}")
+            raise UserError(f"--attn-blocks {spec}: stage {stage} has blocks 0..{count - 1}, so {i} does not exist")
     return indices
 
 
-class ReIDModel(nn.Module):
+class ReIDModel(Inspectable, nn.Module):
     """Re-id network on any visattn or timm backbone (``num_classes=0`` features), BoT style.
 
     Images in [0, 1] (B, 3, H, W) are normalised inside (the backbone's mean/std, else ImageNet's); the backbone's
@@ -62,7 +65,7 @@ class ReIDModel(nn.Module):
                  model_kwargs: dict | None = None):
         super().__init__()
         if pooling not in ("avg", "gem"):
-            raise ValueError(f"pooling={pooling!r}; use avg or gem")
+            raise UserError(f"--pooling {pooling}: use avg or gem")
         self.backbone_name = backbone
         self.backbone = build_model(backbone, pretrained=pretrained, num_classes=0, **(model_kwargs or {}))
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
@@ -71,6 +74,10 @@ class ReIDModel(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.get("std", IMAGENET_DEFAULT_STD)).view(1, 3, 1, 1),
                              persistent=False)
         self.last_stride_applied = last_stride == 1 and self._remove_last_stride()
+        if last_stride == 1 and not self.last_stride_applied:
+            warnings.warn(f"last stride 1 (--last-stride, BoT's default) does not apply to {backbone}: it has no "
+                          f"ResNet last stage (layer4) that starts with a stride of 2, so it keeps its strides",
+                          stacklevel=2)
         self.attention_at: list[str] = []
         if attn is not None or attn_at:
             self._insert_attention(attn, tuple(attn_at), attn_blocks)
@@ -103,19 +110,31 @@ class ReIDModel(nn.Module):
 
     def _insert_attention(self, attn: str | None, stages: tuple[int, ...], blocks: str) -> None:
         if attn not in REID_ATTENTION:
-            raise ValueError(f"attn={attn!r}; use one of {', '.join(REID_ATTENTION)}")
+            raise UserError(f"--attn {attn}: use one of {', '.join(REID_ATTENTION)}")
         if not stages:
-            raise ValueError("attn needs attn_at, the ResNet stages (1-4) to insert it in")
-        if not all(hasattr(self.backbone, f"layer{i}") for i in range(1, 5)):
-            raise ValueError(f"attention insertion needs a ResNet-like backbone with layer1..layer4; "
-                             f"{self.backbone_name} has none")
+            raise UserError(f"--attn {attn} needs --attn-at, the ResNet stages (1-4) to insert it in, e.g. 2,3")
+        if not all(isinstance(getattr(self.backbone, f"layer{i}", None), nn.Sequential) for i in range(1, 5)):
+            raise UserError(f"--attn {attn} goes after the residual blocks of a ResNet's stages (layer1..layer4), and "
+                            f"{self.backbone_name} has none; use a ResNet backbone (resnet18/34/50/101/152 or a "
+                            f"variant such as resnet50d) or drop --attn")
         for stage in stages:
             if stage not in (1, 2, 3, 4):
-                raise ValueError(f"attn_at: stages are 1-4, got {stage}")
+                raise UserError(f"--attn-at {','.join(map(str, stages))}: a ResNet's stages are 1-4, got {stage}")
             layer = getattr(self.backbone, f"layer{stage}")
             indices = insert_psa(layer, _block_indices(blocks, len(layer), stage), placement="after",
                                  layout=REID_ATTENTION[attn])
             self.attention_at += [f"layer{stage}.{i}" for i in indices]
+        # the modules added to a pretrained backbone: weights of the plain backbone leave them as initialised
+        self.backbone.addon_keys = r"^layer\d+\.\d+\.(attention\.|gate$)"
+
+    def backbone_state(self, state: dict) -> dict:
+        """A state dict of the plain backbone (timm's key names) in this model's backbone's names: a block followed
+        by attention is held as ``<site>.block``."""
+        out = {}
+        for key, value in state.items():
+            site = next((s for s in self.attention_at if key.startswith(f"{s}.")), None)
+            out[f"{site}.block.{key[len(site) + 1:]}" if site else key] = value
+        return out
 
     def describe(self) -> str:
         pool = "GeM" if self.pool is not None else "average"

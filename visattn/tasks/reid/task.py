@@ -31,8 +31,9 @@ from ...engine.options import (
     probability,
 )
 from ...engine.progress import Progress
-from ...engine.task import Step, Task, TrainConfig, register_task
+from ...engine.task import Step, Task, TrainConfig, read_weights, register_task
 from ...errors import UserError
+from ...weights import load_pretrained
 from .data import (
     PKBatchSampler,
     ReIDData,
@@ -120,6 +121,8 @@ class ReIDConfig(TrainConfig):
              f"use one of {', '.join(REID_ATTENTION)}"),
             (self.attn is None or bool(self.attn_at), "attn-at", self.attn_at, "give the stages, e.g. --attn-at 2,3"),
             (not self.attn_at or self.attn is not None, "attn-at", self.attn_at, "it needs --attn"),
+            (all(1 <= stage <= 4 for stage in self.attn_at), "attn-at", ",".join(map(str, self.attn_at)),
+             "a ResNet's stages are 1-4 (layer1..layer4), e.g. --attn-at 2,3"),
             (len(self.input_size) == 2 and min(self.input_size) >= 16, "input-size", self.input_size,
              "use H,W of at least 16,16"),
             (self.instances >= 2, "instances", self.instances, "the triplet loss needs at least 2 per identity"),
@@ -140,8 +143,8 @@ class ReIDConfig(TrainConfig):
 
     @classmethod
     def demo(cls, output: str) -> ReIDConfig:
-        """The built-in default run: ResNet-18 on the synthetic re-id set at 128x64, a few minutes on 2 CPU cores."""
-        return cls(output=output, model="resnet18", input_size=(128, 64), epochs=12, batch_size=32, lr=1e-3,
+        """The built-in default run: ResNet-18 on the synthetic re-id set at 96x48, about a minute on 2 CPU cores."""
+        return cls(output=output, model="resnet18", input_size=(96, 48), epochs=12, batch_size=32, lr=1e-3,
                    warmup_epochs=2, milestones=(8,), workers=0)
 
     @property
@@ -334,9 +337,20 @@ class ReIDTask(Task):
         return model, train_set
 
     @classmethod
-    def rebuild_model(cls, ckpt: dict, model_name: str | None = None) -> nn.Module:
+    def rebuild_model(cls, ckpt: dict, model_name: str | None = None, pretrained: bool = False) -> nn.Module:
         return build_reid_model(model_name or ckpt["model"], ckpt["num_classes"], ckpt["reid"], ckpt["loss"],
-                                ckpt.get("model_kwargs", {}) if model_name in (None, ckpt["model"]) else {})
+                                ckpt.get("model_kwargs", {}) if model_name in (None, ckpt["model"]) else {},
+                                pretrained)
+
+    @classmethod
+    def load_init(cls, model: nn.Module, source: str) -> None:
+        """``--init``: a re-id checkpoint's weights (``backbone.*``, BNNeck, classifier), or weights of the backbone
+        alone (e.g. a timm ResNet-50 file), loaded into the backbone."""
+        state = read_weights(source)
+        if any(k.startswith("backbone.") for k in state):
+            load_pretrained(model, state, name=f"--init {source}")
+        else:
+            load_pretrained(model.backbone, model.backbone_state(state), name=f"--init {source} (backbone weights)")
 
     def check_input(self, model: nn.Module) -> None:
         check_model_input(model, tuple(self.cfg.input_size), self.cfg.model)
