@@ -1,5 +1,6 @@
-"""Test set-up. On CPU (the default) Triton kernels run under the interpreter; benchmarks/gpu_suite.py runs the
-op tests on a GPU with ``VISATTN_TEST_DEVICE=cuda``."""
+"""Test set-up. On CPU (the default) Triton kernels run under the interpreter, its reductions and scans with a kernel's
+own combine function folding slices (tests/triton_interpreter.py); benchmarks/gpu_suite.py runs the op tests on a
+GPU with ``VISATTN_TEST_DEVICE=cuda``."""
 
 import os
 import shutil
@@ -12,6 +13,10 @@ os.environ.pop("VISATTN_BACKEND", None)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from tests.triton_interpreter import install
+
+    install()
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per xdist worker: the workers already fill the cores
 
@@ -21,17 +26,21 @@ def _seed():
     torch.manual_seed(0)
 
 
-# Tests that take a minute or more, in the order they start: under ``pytest -n N`` they are dealt to the workers one
-# by one before anything else, so that the light tests fill in around them and no worker is left running a long test
-# alone at the end. Node id prefixes; the first that matches ranks a test.
+# The slowest tests (``--durations=0``, one file at a time), in the order they start: under ``pytest -n N`` they are
+# dealt to the workers one by one before anything else, so that the light tests fill in around them and no worker is
+# left running a long test alone at the end. Node id prefixes; the first that matches ranks a test.
 HEAVY = (
     "tests/ops/test_gpu_compile.py::test_kernels_compile_for_sm90",
     "tests/engine/test_demo.py::",
     "tests/tools/test_reliability.py::test_a_run_killed",
-    "tests/mm/test_det_seg_pipelines.py::test_detection_config",
-    "tests/backbones/test_compile.py::test_compiled_training_step_matches_eager",
+    "tests/backbones/test_compile.py::test_compiled_training_step_matches_eager[LaMamba]",
+    "tests/backbones/test_conformance.py::test_torch_compile_matches_eager[test_lamamba]",
+    "tests/backbones/test_compile.py::test_compiled_training_step_matches_eager[PSAHRNet]",
+    "tests/backbones/test_compile.py::test_compiled_evaluation_matches_eager[FSGNet]",
+    "tests/backbones/test_compile.py::test_compiled_evaluation_matches_eager[PSAHRNet]",
+    "tests/backbones/test_compile.py::test_compiled_",
     "tests/backbones/test_conformance.py::test_torch_compile_matches_eager",
-    "tests/mm/test_mm_tools.py::test_train_then_eval",
+    "tests/mm/test_det_seg_pipelines.py::test_detection_config",
 )
 
 

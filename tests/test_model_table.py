@@ -7,6 +7,7 @@ import os
 import pytest
 
 import visattn
+from tests.meta import NoInitOnMeta
 from visattn import benchmark as bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,5 +40,7 @@ def test_tables_have_the_tools_headers_and_the_published_models_in_order():
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_row_is_what_the_tool_renders(name):
-    rendered = bench.readme_row(name, bench.count_model(name), PUBLISHED[name])
+    with NoInitOnMeta():  # the count builds on meta, where initialisers have nothing to fill
+        counts = bench.count_model(name)
+    rendered = bench.readme_row(name, counts, PUBLISHED[name])
     assert _readme_rows().get(name) == rendered, HINT

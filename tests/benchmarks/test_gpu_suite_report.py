@@ -119,7 +119,10 @@ def test_model_benchmark_runs_end_to_end(monkeypatch):
 
 
 def test_reid_benchmark_runs_end_to_end(monkeypatch):
+    import benchmarks.reid_cost
+
     monkeypatch.setattr(gpu_suite, "DEVICE", "cpu")
+    monkeypatch.setattr(benchmarks.reid_cost, "INPUT", (64, 32))  # the same network and code path, 1/16 the pixels
     row = gpu_suite.bench_reid("plain", {}, "torch", infer_batch=1, train_batch=2, warmup=0, repeat=1)
     assert row["model"] == "re-id: plain @256x128" and row["infer_img_s"] > 0 and row["train_img_s"] > 0
 

@@ -28,7 +28,8 @@ def _check(q, k, v, heads, n_win, topk):
     assert_matches_reference(out, ref, {"q": q, "k": k, "v": v}, TOL[q.dtype])
 
 
-# B, H, W, C, heads, n_win, topk: region sizes 64 / 16 / 4 / 1 as at 224, a large padded region,
+# B, H, W, C, heads, n_win, topk: region sizes 64 / 16 / 4 / 1 as at 224, a padded region larger than a tile (row
+# slices of BLOCK_M and key tiles of BLOCK_N, the last of each partial),
 # topk = 1 and topk = every region, a map smaller than the region grid with heads of 6 channels.
 SHAPES = {
     "region64_topk1": (2, 16, 16, 64, 2, 2, 1),
@@ -36,7 +37,7 @@ SHAPES = {
     "region4_topk16": (1, 10, 10, 32, 1, 5, 16),
     "region1_all": (1, 4, 4, 32, 2, 4, 16),
     "region1_64_per_tile": (1, 8, 8, 16, 1, 8, 6),  # a packed tile of 64 regions: the int64 bit masks' top bit
-    "region300_padded": (1, 29, 40, 16, 1, 2, 2),
+    "region81_padded": (1, 17, 18, 16, 1, 2, 2),
     "padded_topk_all": (2, 10, 13, 32, 2, 3, 9),
     "map_smaller_than_grid": (1, 3, 5, 12, 2, 7, 5),
 }
@@ -68,7 +69,8 @@ def test_ties_in_the_routing_scores():
 def test_tile_sizes_split_and_pack_regions(monkeypatch, block_m, block_n):
     monkeypatch.setattr(kernels, "BLOCK_M", block_m)
     monkeypatch.setattr(kernels, "BLOCK_N", block_n)
-    for shape in ((1, 12, 12, 32, 2, 3, 4), (1, 8, 8, 32, 2, 4, 5), (1, 10, 11, 32, 1, 2, 2)):
+    # one head of 16 channels: the tile sizes split and pack regions, the heads only multiply the programs
+    for shape in ((1, 12, 12, 16, 1, 3, 4), (1, 8, 8, 16, 1, 4, 5), (1, 10, 11, 16, 1, 2, 2)):
         b, h, w, c, heads, n_win, topk = shape
         _check(*_inputs(b, h, w, c, torch.float32), heads, n_win, topk)
 
@@ -131,8 +133,9 @@ def test_torch_compile_traces_the_fused_op():
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
 
 
+# B, H, W, C, n_win, topk; many_regions: 81 regions, more than a routing program's 64 rows (the last program partial)
 ROUTING_SHAPES = {"region16": (2, 12, 12, 32, 3, 4), "padded": (2, 10, 13, 24, 3, 9), "grid_larger_than_map":
-                  (1, 3, 5, 12, 7, 5), "one_region": (1, 6, 6, 16, 1, 1), "many_regions": (1, 16, 16, 8, 16, 20)}
+                  (1, 3, 5, 12, 7, 5), "one_region": (1, 6, 6, 16, 1, 1), "many_regions": (1, 9, 9, 8, 9, 20)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
