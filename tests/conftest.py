@@ -1,5 +1,6 @@
-"""Test set-up. On CPU (the default) Triton kernels run under the interpreter; benchmarks/gpu_suite.py runs the
-op tests on a GPU with ``VISATTN_TEST_DEVICE=cuda``."""
+"""Test set-up. On CPU (the default) Triton kernels run under the interpreter, its reductions and scans with a kernel's
+own combine function folding slices (tests/triton_interpreter.py); benchmarks/gpu_suite.py runs the op tests on a
+GPU with ``VISATTN_TEST_DEVICE=cuda``."""
 
 import os
 import shutil
@@ -12,6 +13,10 @@ os.environ.pop("VISATTN_BACKEND", None)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from tests.triton_interpreter import install
+
+    install()
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per xdist worker: the workers already fill the cores
 

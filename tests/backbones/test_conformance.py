@@ -17,9 +17,9 @@ import timm
 import timm.optim
 import torch
 from timm.models import model_entrypoint
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import visattn
+from tests.meta import NoInitOnMeta
 from visattn.contract import forward_train
 
 MODELS = visattn.list_models()
@@ -68,24 +68,9 @@ def test_every_family_is_registered_with_a_kind():
         visattn.list_models(include_test="all")
 
 
-_aten = torch.ops.aten
-_INIT_OPS = {_aten.normal_.default, _aten.uniform_.default, _aten.fill_.Scalar, _aten.zero_.default,
-             _aten.erfinv_.default, _aten.clamp_.default, _aten.mul_.Scalar, _aten.add_.Scalar, _aten.copy_.default}
-
-
-class _NoInitOnMeta(TorchDispatchMode):
-    """In-place initialisers of meta tensors return at once: they have no values to fill, and on meta each runs
-    a Python decomposition (seconds per HRNet)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in _INIT_OPS and args[0].is_meta:
-            return args[0]
-        return func(*args, **(kwargs or {}))
-
-
 @functools.cache
 def _built_on_meta(name: str, features_only: bool = False) -> torch.nn.Module:
-    with _NoInitOnMeta():
+    with NoInitOnMeta():
         return timm.create_model(name, device="meta", dtype=torch.bfloat16, features_only=features_only)
 
 

@@ -9,19 +9,20 @@ import numpy as np
 from PIL import Image
 
 
-def make_coco(root: str, images: int = 3, size: tuple[int, int] = (96, 128)) -> None:
-    """``root/{train2017,val2017}/*.jpg`` and ``root/annotations/instances_{train,val}2017.json``: rectangles
-    of two of the 80 COCO classes (person, bicycle) with boxes and polygon masks."""
+def make_coco(root: str, images: int = 2, val_images: int = 1, size: tuple[int, int] = (96, 128)) -> None:
+    """``root/{train2017,val2017}/*.jpg`` and ``root/annotations/instances_{train,val}2017.json`` (``images`` and
+    ``val_images`` of them): rectangles of two of the 80 COCO classes (person, bicycle) with boxes and polygon
+    masks."""
     from mmdet.datasets import CocoDataset
 
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(CocoDataset.METAINFO["classes"])]
     rng = np.random.default_rng(0)
     h, w = size
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    for split in ("train2017", "val2017"):
+    for split, count in (("train2017", images), ("val2017", val_images)):
         os.makedirs(os.path.join(root, split), exist_ok=True)
         coco = {"images": [], "annotations": [], "categories": categories}
-        for i in range(images):
+        for i in range(count):
             pixels = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
             for j in range(2):
                 x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
@@ -39,14 +40,15 @@ def make_coco(root: str, images: int = 3, size: tuple[int, int] = (96, 128)) -> 
             json.dump(coco, f)
 
 
-def make_ade(root: str, images: int = 3, size: tuple[int, int] = (64, 96)) -> None:
-    """``root/images/{training,validation}/*.jpg`` with label maps ``root/annotations/...*.png`` (0 = ignore)."""
+def make_ade(root: str, images: int = 2, val_images: int = 1, size: tuple[int, int] = (64, 96)) -> None:
+    """``root/images/{training,validation}/*.jpg`` with label maps ``root/annotations/...*.png`` (0 = ignore):
+    ``images`` and ``val_images`` of them."""
     rng = np.random.default_rng(0)
     h, w = size
-    for split in ("training", "validation"):
+    for split, count in (("training", images), ("validation", val_images)):
         os.makedirs(os.path.join(root, "images", split), exist_ok=True)
         os.makedirs(os.path.join(root, "annotations", split), exist_ok=True)
-        for i in range(images):
+        for i in range(count):
             labels = np.ones((h, w), np.uint8)
             labels[: h // 2, : w // 2] = 2
             labels[h // 2:, w // 2:] = 3

@@ -1,14 +1,23 @@
 import importlib
+import os
 import subprocess
 import sys
+import warnings
 
 import pytest
+import timm
 import torch
 
 import visattn.mm
+import visattn.weights
 from tests.backbones.test_biformer import _randomized, official_state_dict
+from tests.meta import NoInitOnMeta
+from tests.mm.test_det_seg_pipelines import CITYSCAPES, DET, SEG, backbone_consumers
 from visattn.errors import UserError
 from visattn.mm import BiFormerBackbone, MambaOutBackbone, VisattnBackbone
+from visattn.mm.runner import load_config
+
+CONFIGS = DET + SEG + CITYSCAPES
 
 
 def test_registered_in_mmdet_and_mmseg():
@@ -169,3 +178,59 @@ def test_psa_hrnet_backbone_loads_an_official_psa_checkpoint_and_gives_hrnetv2_b
     for got, want in zip(feats, expected, strict=True):
         torch.testing.assert_close(got, want)
     assert not hasattr(backbone.model, "incre_modules") or backbone.model.incre_modules is None
+
+
+def _served_weights(name: str) -> dict:
+    """What ``visattn://<name>`` serves, in its file's key layout, on the meta device: timm's weights for a Hugging
+    Face hub id (PSA HRNet starts from timm's ImageNet HRNet, MambaOut is timm's), else the official release."""
+    from tests.backbones.test_inline import official_swin_state_dict
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    source = cfg.hf_hub_id.split("/")[-1] if cfg.hf_hub_id else name
+    with NoInitOnMeta():
+        state = timm.create_model(source, device="meta").state_dict()
+        if cfg.hf_hub_id:
+            return state
+        converters = {"biformer_": official_state_dict, "inline_swin_": official_swin_state_dict}
+        convert = next(fn for prefix, fn in converters.items() if name.startswith(prefix))
+        return convert(timm.create_model(name, device="meta"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_shipped_config_backbone_feeds_its_neck_and_loads_its_checkpoint(path, monkeypatch):
+    """The shipped full-size backbone, which the pipeline tests swap for a tiny one, built from the config on the meta
+    device: its levels at the config's out_indices have strides 4-32 and the channels the neck (or the heads) take
+    (the maps' channels are their feature_info's: tests/backbones/test_conformance.py runs every full-size model on
+    meta, the pipelines run the backbone wrapper); the weights its init_cfg names load into it in their file's key
+    layout (a config without init_cfg: its family publishes none)."""
+    from mmdet.registry import MODELS as DET
+    from mmseg.registry import MODELS as SEG
+
+    cfg = load_config(path)
+    with NoInitOnMeta(), torch.device("meta"):
+        backbone = (DET if "/det/" in path else SEG).build(cfg.model.backbone)
+    assert backbone.out_indices == tuple(cfg.model.backbone.out_indices)
+    info = backbone.model.feature_info
+    assert [info[i]["reduction"] for i in backbone.out_indices] == [4, 8, 16, 32]
+    assert backbone.out_channels == [info[i]["num_chs"] for i in backbone.out_indices]
+    for consumer in backbone_consumers(cfg.model):
+        expected = backbone.out_channels if isinstance(consumer.in_channels, list) else \
+            backbone.out_channels[consumer.in_index]
+        assert consumer.in_channels == expected, consumer.type
+    init_cfg = cfg.model.backbone.get("init_cfg")
+    model_cfg = backbone.model.pretrained_cfg
+    if init_cfg is None:
+        assert not (model_cfg.get("url") or model_cfg.get("hf_hub_id")), "published weights left out"
+        return
+    checkpoint = init_cfg["checkpoint"]
+    assert checkpoint.startswith("visattn://")
+    read = []
+    monkeypatch.setattr(visattn.weights, "read_state_dict",
+                        lambda source: read.append(source) or _served_weights(source.removeprefix("visattn://")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone.init_weights()  # a missing or reshaped backbone key is an error
+    assert read == [checkpoint]
+    # PSA HRNet starts from timm's ImageNet HRNet: its PSA modules keep their initialisation, as the configs say
+    kept = [str(w.message) for w in caught if "adds to its backbone" in str(w.message)]
+    assert bool(kept) == isinstance(backbone, visattn.mm.PSAHRNetBackbone), kept

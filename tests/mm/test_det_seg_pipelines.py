@@ -3,15 +3,25 @@ of the others (its ``_base_`` files are mmdet's / mmseg's) also saves, reloads a
 another shipped one changes its backbone (and the neck's channels), not the run: its base's run covers the
 checkpoint, reload and resume path it shares.
 
+Each run is the shipped one (heads, losses, evaluation, checkpoints) with the backbone swapped for its family's tiny
+``test_<family>`` variant and the neck's (or the heads') ``in_channels`` set from the tiny backbone's channels
+(:func:`tiny_backbone`). The shipped full-size backbone itself is built on the meta device by
+tests/mm/test_backbones.py: its output channels against the neck's, its ``out_indices`` and the checkpoint its
+``init_cfg`` names.
+
 Runs on CPU with the mmcv stand-in ops; mmdet and mmseg are required (an import failure fails the test)."""
 
+import copy
+import functools
 import glob
+import inspect
 import os
 import re
 
 import pytest
 import torch
 
+import visattn.mm
 from tests.mm.synthetic import make_ade, make_coco
 from visattn.mm import runner as mm_runner
 
@@ -44,6 +54,47 @@ def _shrink(cfg, scale, crop=None):
         cfg.model.data_preprocessor.size = crop
 
 
+# the shipped backbone's type -> its family's tiny test variant
+TINY_VARIANTS = {"BiFormerBackbone": "test_biformer", "MambaOutBackbone": "test_mambaout",
+                 "LaMambaBackbone": "test_lamamba", "InLineSwinBackbone": "test_inline_swin",
+                 "PSAHRNetBackbone": "test_hrnet_psa"}
+
+
+def tiny_backbone(cfg):
+    """``cfg.model.backbone`` replaced, in place, by its family's tiny test variant as a ``VisattnBackbone`` with
+    the shipped backbone's options (its class defaults for those the config leaves out): out_indices, frozen stages,
+    norm_eval, output norms and drop path; for PSA HRNet the layout and fuse upsampling, without timm's classifier.
+    The attention settings (BiFormer's n_win) are the tiny variant's own. The neck's ``in_channels`` (no neck: each
+    decode and auxiliary head's, by ``in_index`` where it takes one map) become the tiny backbone's channels."""
+    shipped = dict(cfg.model.backbone)
+    kind = shipped.pop("type")
+    defaults = {name: p.default for name, p in inspect.signature(getattr(visattn.mm, kind)).parameters.items()}
+    args = {**defaults, **shipped}
+    if kind == "PSAHRNetBackbone":
+        model_kwargs = dict(head="", upsample=args["upsample"], psa_layout=args["layout"])
+    else:
+        model_kwargs = dict(drop_path_rate=args["drop_path_rate"])
+        if model_kwargs["drop_path_rate"] is None:  # a family backbone's own default
+            model_kwargs["drop_path_rate"] = getattr(visattn.mm, kind).default_drop_path_rate
+    cfg.model.backbone = dict(type="VisattnBackbone", model_name=TINY_VARIANTS[kind],
+                              out_indices=tuple(args["out_indices"]), frozen_stages=args.get("frozen_stages", -1),
+                              norm_eval=args["norm_eval"], out_norms=args.get("out_norms", False),
+                              model_kwargs=model_kwargs, init_cfg=None)
+    channels = visattn.mm.VisattnBackbone(TINY_VARIANTS[kind], tuple(args["out_indices"]),
+                                          model_kwargs=model_kwargs).out_channels
+    for consumer in backbone_consumers(cfg.model):
+        consumer.in_channels = channels if isinstance(consumer.in_channels, list) else channels[consumer.in_index]
+
+
+def backbone_consumers(model_cfg) -> list:
+    """The config nodes that take the backbone's maps: the neck, else each decode and auxiliary head (a head with an
+    int ``in_channels`` takes the one map at its ``in_index``)."""
+    if "neck" in model_cfg:
+        return [model_cfg.neck]
+    heads = model_cfg.decode_head if isinstance(model_cfg.decode_head, list) else [model_cfg.decode_head]
+    return heads + ([model_cfg.auxiliary_head] if model_cfg.get("auxiliary_head") else [])
+
+
 def _small_run(cfg, work_dir, data_root, max_iters=2):
     cfg.work_dir = str(work_dir)
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
@@ -57,30 +108,52 @@ def _small_run(cfg, work_dir, data_root, max_iters=2):
         loader.persistent_workers = False
         loader.batch_size = 2 if key == "train_dataloader" else 1
         loader.dataset.data_root = str(data_root)
-    cfg.model.backbone.init_cfg = None
+        loader.dataset.serialize_data = False  # serialising is for worker processes, and ends in a gc.collect()
+    tiny_backbone(cfg)
     return cfg
 
 
-def _det_cfg(path, work_dir, data_root):
+@functools.cache
+def _shipped(path):
     cfg = mm_runner.load_config(path)
+    # each runner logs and dumps its config, and yapf formats it for seconds: the test runs' dumps stay unformatted
+    object.__setattr__(cfg, "_format_python_code", False)
+    return cfg
+
+
+def load_shipped(path):
+    """``mm_runner.load_config(path)``, read once per process (mmengine looks each ``mmdet::``/``mmseg::`` base up
+    in all the package's metafiles): a copy per call."""
+    return copy.deepcopy(_shipped(path))
+
+
+def _det_cfg(path, work_dir, data_root):
+    cfg = load_shipped(path)
     cfg = _small_run(cfg, work_dir, data_root)
     _shrink(cfg, (128, 96))
     for key in ("val_evaluator", "test_evaluator"):
         cfg[key].ann_file = os.path.join(str(data_root), "annotations", "instances_val2017.json")
     cfg.model.test_cfg = _fast_test_cfg(cfg.model.test_cfg)
+    if "rcnn" in cfg.model.train_cfg:
+        cfg.model.train_cfg.rcnn.sampler.num = 16  # RoIs per image through the box and mask heads (shipped: 512)
+    # the shipped loader is epoch-based: iterated past its end it waits 2 s for (absent) workers each time
+    cfg.train_dataloader.sampler.type = "InfiniteSampler"
     return cfg
 
 
 def _fast_test_cfg(test_cfg):
-    """Keep a few detections whatever their score: an untrained detector must still produce some to score."""
+    """Keep a few detections whatever their score: an untrained detector must still produce some to score; a
+    two-stage detector scores 100 proposals (shipped: 1000)."""
     final = test_cfg.rcnn if "rcnn" in test_cfg else test_cfg
     final.max_per_img = 10
     final.score_thr = 0.0
+    if "rpn" in test_cfg:
+        test_cfg.rpn.max_per_img = 100
     return test_cfg
 
 
 def _seg_cfg(path, work_dir, data_root):
-    cfg = mm_runner.load_config(path)
+    cfg = load_shipped(path)
     cfg = _small_run(cfg, work_dir, data_root)
     _shrink(cfg, (96, 64), crop=(64, 64))
     return cfg
@@ -145,7 +218,7 @@ def _train_test_resume(cfg_fn, path, tmp_path, data_root, metric_keys):
         assert key in metrics, f"{key} not in {sorted(metrics)}"
     resumed_cfg = cfg_fn(path, tmp_path / "run", data_root)
     resumed_cfg.train_cfg.max_iters = 4
-    resumed_cfg.train_cfg.val_interval = 4
+    resumed_cfg.train_cfg.val_interval = 5  # evaluated in the first run's loop and by test() already
     resumed_cfg.resume = True
     resumed = mm_runner.build_runner(resumed_cfg)
     resumed.train()
@@ -165,18 +238,19 @@ def test_segmentation_config(path, tmp_path, ade_root):
     _run(_seg_cfg, path, tmp_path, ade_root, ["mIoU"])
 
 
-def _make_cityscapes(root: str, images: int = 2, size: tuple[int, int] = (64, 96)) -> None:
+def _make_cityscapes(root: str, images: int = 2, val_images: int = 1, size: tuple[int, int] = (64, 96)) -> None:
     """``root/leftImg8bit/{train,val}/city/*_leftImg8bit.png`` with train-id label maps
-    ``root/gtFine/.../*_gtFine_labelTrainIds.png`` (255 = ignore), the layout mmseg's CityscapesDataset reads."""
+    ``root/gtFine/.../*_gtFine_labelTrainIds.png`` (255 = ignore), the layout mmseg's CityscapesDataset reads:
+    ``images`` and ``val_images`` of them."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
     h, w = size
-    for split in ("train", "val"):
+    for split, count in (("train", images), ("val", val_images)):
         os.makedirs(os.path.join(root, "leftImg8bit", split, "city"), exist_ok=True)
         os.makedirs(os.path.join(root, "gtFine", split, "city"), exist_ok=True)
-        for i in range(images):
+        for i in range(count):
             labels = np.zeros((h, w), np.uint8)  # road
             labels[: h // 2] = 10  # sky
             labels[h // 2:, w // 2:] = 13  # car

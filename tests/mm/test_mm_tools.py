@@ -1,26 +1,41 @@
-"""tools/train.py CONFIG and tools/eval.py CONFIG CHECKPOINT, as a user runs them."""
+"""tools/train.py CONFIG and tools/eval.py CONFIG CHECKPOINT, as a user runs them: the commands' mains as their
+console entry points run them (one-line errors, exit codes), in this process; tools/eval.py once as a script."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from tests.mm.synthetic import make_ade, make_coco
 from tests.mm.test_det_seg_pipelines import DET, SEG, _det_cfg, _seg_cfg
 from tests.tools._runs import ROOT, assert_one_line_error, tool
+from visattn.cli import eval as eval_cli
+from visattn.cli import run
+from visattn.cli import train as train_cli
 from visattn.errors import UserError
 from visattn.mm.runner import build_runner, train
 
 
-def test_train_then_eval_a_detection_config(tmp_path):
+def _command(cli, *argv, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """``cli.main(argv)`` run as its console command (``visattn.cli.run``) runs it: exit code, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", [f"{cli.__name__}", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        run(lambda: cli.main(list(argv)))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, exit_.value.code, captured.out, captured.err)
+
+
+def test_train_then_eval_a_detection_config(tmp_path, monkeypatch, capsys):
     make_coco(str(tmp_path / "coco"))
     retinanet = next(p for p in DET if "retinanet_biformer-s" in p)
     cfg = _det_cfg(retinanet, tmp_path / "unused", tmp_path / "coco")
-    cfg.model.backbone.arch = "tiny"
     config = tmp_path / "retinanet_small_run.py"
     cfg.dump(str(config))
     work_dir = tmp_path / "work"
-    result = tool("train.py", str(config), "--work-dir", str(work_dir), "--cfg-options", "train_cfg.max_iters=2")
+    result = _command(train_cli, str(config), "--work-dir", str(work_dir), "--cfg-options", "train_cfg.max_iters=2",
+                      monkeypatch=monkeypatch, capsys=capsys)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"work dir: {work_dir}" in result.stdout
     result = tool("eval.py", str(config), str(work_dir / "iter_2.pth"), "--work-dir", str(tmp_path / "eval"))
@@ -41,9 +56,10 @@ def test_runners_in_one_process_log_into_their_own_folders(tmp_path):
         assert runner.message_hub.instance_name == runner.experiment_name
 
 
-def test_config_errors_are_one_line(tmp_path):
-    assert_one_line_error(tool("train.py", str(tmp_path / "missing.py")), "config", "does not exist")
-    result = tool("eval.py", DET[0], str(tmp_path / "missing.pth"))
+def test_config_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    result = _command(train_cli, str(tmp_path / "missing.py"), monkeypatch=monkeypatch, capsys=capsys)
+    assert_one_line_error(result, "config", "does not exist")
+    result = _command(eval_cli, DET[0], str(tmp_path / "missing.pth"), monkeypatch=monkeypatch, capsys=capsys)
     assert_one_line_error(result, "checkpoint", "does not exist")
 
 
@@ -71,11 +87,15 @@ def test_a_config_mistake_is_one_error_naming_the_config(mistake, tmp_path):
     assert str(err.value).startswith(f"config {config}: {expected}"), str(err.value)
 
 
-def test_config_file_mistakes_are_one_line_with_the_traceback_behind_debug(tmp_path):
+def test_config_file_mistakes_are_one_line_with_the_traceback_behind_debug(tmp_path, monkeypatch, capsys):
     (tmp_path / "no_base.py").write_text("_base_ = ['./missing.py']\n")
-    result = tool("train.py", str(tmp_path / "no_base.py"))
+    result = _command(train_cli, str(tmp_path / "no_base.py"), monkeypatch=monkeypatch, capsys=capsys)
     assert_one_line_error(result, f"config {tmp_path / 'no_base.py'}: cannot find", "missing.py: check the _base_")
+    broken = str(tmp_path / "broken.py")
     (tmp_path / "broken.py").write_text("model = dict(\n")
-    assert_one_line_error(tool("train.py", str(tmp_path / "broken.py")), "broken.py: line 1: '(' was never closed")
-    result = tool("train.py", str(tmp_path / "broken.py"), "--debug")
-    assert result.returncode == 1 and "Traceback" in result.stderr and "SyntaxError" in result.stderr
+    result = _command(train_cli, broken, monkeypatch=monkeypatch, capsys=capsys)
+    assert_one_line_error(result, "broken.py: line 1: '(' was never closed")
+    monkeypatch.setattr(sys, "argv", ["train.py", broken, "--debug"])
+    with pytest.raises(UserError) as err:  # uncaught: Python prints its traceback, the SyntaxError chained
+        run(lambda: train_cli.main([broken, "--debug"]))
+    assert isinstance(err.value.__cause__, SyntaxError)
