@@ -183,7 +183,8 @@ def test_psa_hrnet_backbone_loads_an_official_psa_checkpoint_and_gives_hrnetv2_b
 def _served_weights(name: str) -> dict:
     """What ``visattn://<name>`` serves, in its file's key layout, on the meta device: timm's weights for a Hugging
     Face hub id (PSA HRNet starts from timm's ImageNet HRNet, MambaOut is timm's), else the official release."""
-    from tests.backbones.test_inline import official_swin_state_dict
+    from tests.backbones.test_biformer import _STL_LEGACY_ATTENTION, _STL_TO_OFFICIAL
+    from tests.backbones.test_inline import official_cswin_state_dict, official_pvt_state_dict, official_swin_state_dict
 
     cfg = timm.models.get_pretrained_cfg(name)
     source = cfg.hf_hub_id.split("/")[-1] if cfg.hf_hub_id else name
@@ -191,7 +192,10 @@ def _served_weights(name: str) -> dict:
         state = timm.create_model(source, device="meta").state_dict()
         if cfg.hf_hub_id:
             return state
-        converters = {"biformer_": official_state_dict, "inline_swin_": official_swin_state_dict}
+        converters = {  # first match wins
+            "biformer_stl": lambda model: official_state_dict(model, _STL_TO_OFFICIAL + _STL_LEGACY_ATTENTION),
+            "biformer_": official_state_dict, "inline_swin_": official_swin_state_dict,
+            "inline_pvt_": official_pvt_state_dict, "inline_cswin_": official_cswin_state_dict}
         convert = next(fn for prefix, fn in converters.items() if name.startswith(prefix))
         return convert(timm.create_model(name, device="meta"))
 

@@ -54,10 +54,11 @@ def _shrink(cfg, scale, crop=None):
         cfg.model.data_preprocessor.size = crop
 
 
-# the shipped backbone's type -> its family's tiny test variant
-TINY_VARIANTS = {"BiFormerBackbone": "test_biformer", "MambaOutBackbone": "test_mambaout",
-                 "LaMambaBackbone": "test_lamamba", "InLineSwinBackbone": "test_inline_swin",
-                 "PSAHRNetBackbone": "test_hrnet_psa"}
+# the shipped backbone's type (and arch, where an arch is a family of its own) -> its family's tiny test variant
+TINY_VARIANTS = {"BiFormerBackbone": "test_biformer", "BiFormerBackbone:stl": "test_biformer_stl",
+                 "MambaOutBackbone": "test_mambaout", "LaMambaBackbone": "test_lamamba",
+                 "InLineSwinBackbone": "test_inline_swin", "InLinePVTBackbone": "test_inline_pvt",
+                 "InLineCSwinBackbone": "test_inline_cswin", "PSAHRNetBackbone": "test_hrnet_psa"}
 
 
 def tiny_backbone(cfg):
@@ -76,11 +77,12 @@ def tiny_backbone(cfg):
         model_kwargs = dict(drop_path_rate=args["drop_path_rate"])
         if model_kwargs["drop_path_rate"] is None:  # a family backbone's own default
             model_kwargs["drop_path_rate"] = getattr(visattn.mm, kind).default_drop_path_rate
-    cfg.model.backbone = dict(type="VisattnBackbone", model_name=TINY_VARIANTS[kind],
+    tiny = TINY_VARIANTS.get(f"{kind}:{args.get('arch')}", TINY_VARIANTS[kind])
+    cfg.model.backbone = dict(type="VisattnBackbone", model_name=tiny,
                               out_indices=tuple(args["out_indices"]), frozen_stages=args.get("frozen_stages", -1),
                               norm_eval=args["norm_eval"], out_norms=args.get("out_norms", False),
                               model_kwargs=model_kwargs, init_cfg=None)
-    channels = visattn.mm.VisattnBackbone(TINY_VARIANTS[kind], tuple(args["out_indices"]),
+    channels = visattn.mm.VisattnBackbone(tiny, tuple(args["out_indices"]),
                                           model_kwargs=model_kwargs).out_channels
     for consumer in backbone_consumers(cfg.model):
         consumer.in_channels = channels if isinstance(consumer.in_channels, list) else channels[consumer.in_index]
