@@ -238,3 +238,19 @@ def test_shipped_config_backbone_feeds_its_neck_and_loads_its_checkpoint(path, m
     # PSA HRNet starts from timm's ImageNet HRNet: its PSA modules keep their initialisation, as the configs say
     kept = [str(w.message) for w in caught if "adds to its backbone" in str(w.message)]
     assert bool(kept) == isinstance(backbone, visattn.mm.PSAHRNetBackbone), kept
+
+
+@pytest.mark.parametrize("kind, channels, normed", [("InLinePVTBackbone", [64, 128, 320, 512], False),
+                                                    ("InLineCSwinBackbone", [64, 128, 256, 512], True)])
+def test_inline_pvt_and_cswin_backbones_give_four_scales_on_any_size(kind, channels, normed):
+    from mmdet.registry import MODELS
+
+    with NoInitOnMeta(), torch.device("meta"):  # shapes only: the full-size model on the meta device
+        backbone = MODELS.build(dict(type=kind, arch="tiny", out_norms=normed)).eval()
+        assert type(backbone) is getattr(visattn.mm, kind)
+        assert backbone.model.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(
+            backbone.default_drop_path_rate)  # the family's det/seg default, linear over the blocks
+        feats = backbone(torch.randn(1, 3, 70, 100))
+    assert [f.shape[1] for f in feats] == backbone.out_channels == channels
+    assert [tuple(f.shape[-2:]) for f in feats] == [(18, 25), (9, 13), (5, 7), (3, 4)]
+    assert (backbone.out_norms is not None) == normed

@@ -62,7 +62,8 @@ TINY_VARIANTS = {"BiFormerBackbone": "test_biformer", "BiFormerBackbone:stl": "t
 
 
 def tiny_backbone(cfg):
-    """``cfg.model.backbone`` replaced, in place, by its family's tiny test variant as a ``VisattnBackbone`` with
+    """``cfg.model.backbone`` replaced, in place, by its family's tiny test variant (``TINY_VARIANTS`` by type, or by
+    ``type:arch`` where an arch has a layout of its own, BiFormer-STL) as a ``VisattnBackbone`` with
     the shipped backbone's options (its class defaults for those the config leaves out): out_indices, frozen stages,
     norm_eval, output norms and drop path; for PSA HRNet the layout and fuse upsampling, without timm's classifier.
     The attention settings (BiFormer's n_win) are the tiny variant's own. The neck's ``in_channels`` (no neck: each
@@ -100,7 +101,11 @@ def backbone_consumers(model_cfg) -> list:
 def _small_run(cfg, work_dir, data_root, max_iters=2):
     cfg.work_dir = str(work_dir)
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
-    cfg.param_scheduler = []
+    # the shipped schedule's first iterations: its iteration-based linear warm-up, if any (an SGD detector at its full
+    # learning rate from a random start can diverge in 2 iterations and then detect nothing)
+    schedulers = cfg.get("param_scheduler") or []
+    cfg.param_scheduler = [s for s in (schedulers if isinstance(schedulers, list) else [schedulers])
+                           if s["type"] == "LinearLR" and s.get("by_epoch") is False]
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", by_epoch=False, interval=2)
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=1)
     cfg.log_processor = dict(by_epoch=False)
