@@ -208,6 +208,8 @@ def test_derived_configs_are_told_apart_from_base_configs():
     assert "mask-rcnn_biformer-b_fpn_1x_coco.py" in derived and "mask-rcnn_biformer-s_fpn_1x_coco.py" not in derived
     assert "ocrnet_hrnetv2-w48-psa_p_4xb2-40k_cityscapes-512x1024.py" in derived
     assert "ocrnet_hrnetv2-w18-psa_s_4xb4-160k_ade20k-512x512.py" not in derived  # its base is mmseg's
+    assert "mask-rcnn_hrnetv2p-w18-psa_s_1x_coco.py" not in derived  # its own neck (HRFPN) and recipe (SGD)
+    assert "mask-rcnn_inline-cswin-t_fpn_1x_coco.py" in derived  # derived from a derived one
 
 
 def _train_test_resume(cfg_fn, path, tmp_path, data_root, metric_keys):
