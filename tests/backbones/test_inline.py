@@ -185,13 +185,18 @@ _CSWIN_TO_OFFICIAL = [
 _CSWIN_NARROW = dict(depths=(1, 1, 2, 1), embed_dim=16, num_heads=(1, 2, 4, 8))
 
 
-def test_official_cswin_checkpoint_loads_through_pretrained(tmp_path):
-    source = _randomized("inline_cswin_tiny", **_CSWIN_NARROW)
+def official_cswin_state_dict(model) -> dict:
     official = {}
-    for key, value in source.state_dict().items():
+    for key, value in model.state_dict().items():
         for pattern, repl in _CSWIN_TO_OFFICIAL:
             key = re.sub(pattern, repl, key)
         official[key] = value.clone()
+    return official
+
+
+def test_official_cswin_checkpoint_loads_through_pretrained(tmp_path):
+    source = _randomized("inline_cswin_tiny", **_CSWIN_NARROW)
+    official = official_cswin_state_dict(source)
     assert official["stage1_conv_embed.0.weight"].shape == (16, 3, 7, 7)
     assert official["merge3.conv.weight"].shape == (128, 64, 3, 3)
     assert official["stage1.0.attns.0.residual.2.weight"].shape == (9 * 16, 16, 1)

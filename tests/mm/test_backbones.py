@@ -183,7 +183,8 @@ def test_psa_hrnet_backbone_loads_an_official_psa_checkpoint_and_gives_hrnetv2_b
 def _served_weights(name: str) -> dict:
     """What ``visattn://<name>`` serves, in its file's key layout, on the meta device: timm's weights for a Hugging
     Face hub id (PSA HRNet starts from timm's ImageNet HRNet, MambaOut is timm's), else the official release."""
-    from tests.backbones.test_inline import official_swin_state_dict
+    from tests.backbones.test_biformer import _STL_LEGACY_ATTENTION, _STL_TO_OFFICIAL
+    from tests.backbones.test_inline import official_cswin_state_dict, official_pvt_state_dict, official_swin_state_dict
 
     cfg = timm.models.get_pretrained_cfg(name)
     source = cfg.hf_hub_id.split("/")[-1] if cfg.hf_hub_id else name
@@ -191,7 +192,10 @@ def _served_weights(name: str) -> dict:
         state = timm.create_model(source, device="meta").state_dict()
         if cfg.hf_hub_id:
             return state
-        converters = {"biformer_": official_state_dict, "inline_swin_": official_swin_state_dict}
+        converters = {  # first match wins
+            "biformer_stl": lambda model: official_state_dict(model, _STL_TO_OFFICIAL + _STL_LEGACY_ATTENTION),
+            "biformer_": official_state_dict, "inline_swin_": official_swin_state_dict,
+            "inline_pvt_": official_pvt_state_dict, "inline_cswin_": official_cswin_state_dict}
         convert = next(fn for prefix, fn in converters.items() if name.startswith(prefix))
         return convert(timm.create_model(name, device="meta"))
 
@@ -234,3 +238,19 @@ def test_shipped_config_backbone_feeds_its_neck_and_loads_its_checkpoint(path, m
     # PSA HRNet starts from timm's ImageNet HRNet: its PSA modules keep their initialisation, as the configs say
     kept = [str(w.message) for w in caught if "adds to its backbone" in str(w.message)]
     assert bool(kept) == isinstance(backbone, visattn.mm.PSAHRNetBackbone), kept
+
+
+@pytest.mark.parametrize("kind, channels, normed", [("InLinePVTBackbone", [64, 128, 320, 512], False),
+                                                    ("InLineCSwinBackbone", [64, 128, 256, 512], True)])
+def test_inline_pvt_and_cswin_backbones_give_four_scales_on_any_size(kind, channels, normed):
+    from mmdet.registry import MODELS
+
+    with NoInitOnMeta(), torch.device("meta"):  # shapes only: the full-size model on the meta device
+        backbone = MODELS.build(dict(type=kind, arch="tiny", out_norms=normed)).eval()
+        assert type(backbone) is getattr(visattn.mm, kind)
+        assert backbone.model.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(
+            backbone.default_drop_path_rate)  # the family's det/seg default, linear over the blocks
+        feats = backbone(torch.randn(1, 3, 70, 100))
+    assert [f.shape[1] for f in feats] == backbone.out_channels == channels
+    assert [tuple(f.shape[-2:]) for f in feats] == [(18, 25), (9, 13), (5, 7), (3, 4)]
+    assert (backbone.out_norms is not None) == normed

@@ -1,6 +1,7 @@
 """OpenMMLab integration. ``custom_imports = dict(imports=['visattn.mm'])`` in an mmdet or mmseg config registers
 the visattn backbones (``VisattnBackbone`` for any timm model with ``feature_info``, ``BiFormerBackbone``,
-``MambaOutBackbone``, ``LaMambaBackbone``, ``InLineSwinBackbone``, ``PSAHRNetBackbone``) in the MODELS registry of
+``MambaOutBackbone``, ``LaMambaBackbone``, ``InLineSwinBackbone``, ``InLinePVTBackbone``,
+``InLineCSwinBackbone``, ``PSAHRNetBackbone``) in the MODELS registry of
 whichever of mmdet and mmseg is installed. Importing changes nothing else.
 
 :func:`setup` makes the environment runnable and is called by ``tools/train.py`` / ``tools/eval.py`` (call it
@@ -15,6 +16,8 @@ import importlib
 
 from .backbones import (
     BiFormerBackbone,
+    InLineCSwinBackbone,
+    InLinePVTBackbone,
     InLineSwinBackbone,
     LaMambaBackbone,
     MambaOutBackbone,
@@ -23,7 +26,7 @@ from .backbones import (
 )
 
 BACKBONES = (VisattnBackbone, BiFormerBackbone, MambaOutBackbone, LaMambaBackbone, InLineSwinBackbone,
-             PSAHRNetBackbone)
+             InLinePVTBackbone, InLineCSwinBackbone, PSAHRNetBackbone)
 REGISTERED_IN: list[str] = []
 
 for _library in ("mmdet", "mmseg"):
@@ -46,5 +49,5 @@ def setup() -> None:
     allow_mmengine_checkpoints()
 
 
-__all__ = ["BACKBONES", "BiFormerBackbone", "InLineSwinBackbone", "LaMambaBackbone", "MambaOutBackbone",
-           "PSAHRNetBackbone", "REGISTERED_IN", "VisattnBackbone", "setup"]
+__all__ = ["BACKBONES", "BiFormerBackbone", "InLineCSwinBackbone", "InLinePVTBackbone", "InLineSwinBackbone",
+           "LaMambaBackbone", "MambaOutBackbone", "PSAHRNetBackbone", "REGISTERED_IN", "VisattnBackbone", "setup"]

@@ -170,16 +170,35 @@ class InLineSwinBackbone(FamilyBackbone):
     default_drop_path_rate = 0.3
 
 
+class InLinePVTBackbone(FamilyBackbone):
+    """InLine-PVT (``inline_pvt_<arch>``: 'tiny', 'small', 'medium' or 'large'; PVT v1 with injective linear
+    attention over the whole map in every block) for detection and segmentation. Its position tables are resampled
+    bilinearly to each input's grid, as PVT's own det/seg code does. Drop path 0.1 by default (PVT's det/seg
+    backbones); PVT returns its stage outputs without norms, so the configs set ``out_norms=False``."""
+
+    family = "inline_pvt"
+    default_drop_path_rate = 0.1
+
+
+class InLineCSwinBackbone(FamilyBackbone):
+    """InLine-CSwin (``inline_cswin_<arch>``: 'tiny', 'small' or 'base'; InLine over the whole map in stages 1-2,
+    CSWin's cross-shaped stripes in stage 3, global attention in stage 4) for detection and segmentation. Output
+    norms on, as CSWin's segmentation backbone; drop path 0.3 by default (CSWin-T's UperNet config)."""
+
+    family = "inline_cswin"
+    default_drop_path_rate = 0.3
+
+
 class PSAHRNetBackbone(VisattnBackbone):
-    """HRNetV2 with Polarized Self-Attention (``hrnet_<arch>_psa[_s]``) for segmentation: the four branch outputs
-    (strides 4-32, widths W, 2W, 4W, 8W) as mmseg's own HRNet returns them, for heads that concatenate them
-    (``input_transform='resize_concat'``: FCN, OCR).
+    """HRNetV2 with Polarized Self-Attention (``hrnet_<arch>_psa[_s]``) for segmentation and detection: the four
+    branch outputs (strides 4-32, widths W, 2W, 4W, 8W) as mmseg's and mmdet's own HRNet return them, for heads that
+    concatenate them (``input_transform='resize_concat'``: FCN, OCR) or mmdet's ``HRFPN`` neck.
 
     Args:
         arch: 'w18', 'w32' or 'w48'.
         layout: 'sequential' (PSA_s, the official ``hrnetv2.py``) or 'parallel' (PSA_p).
         upsample: fuse-layer upsampling; 'bilinear' (the official HRNetV2 segmentation code, mmseg's HRNet) or
-            'nearest' (timm's ImageNet HRNet).
+            'nearest' (timm's ImageNet HRNet, mmdet's HRNet).
         out_indices: entries of the model's feature_info: 0 is the stem (stride 2), 1-4 the branches.
         init_cfg: as :class:`VisattnBackbone`; besides ImageNet HRNet weights (``visattn://hrnet_w48_psa_s``),
             an official PSA segmentation checkpoint (``module.backbone.*`` with its OCR head) loads its backbone.
