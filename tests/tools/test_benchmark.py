@@ -139,9 +139,11 @@ def test_update_readme_rewrites_only_between_the_markers(tmp_path, monkeypatch, 
     classification = bench.readme_table(text, "classification").splitlines()
     published = bench.read_published(tool.PUBLISHED)
     assert len(classification) == 2 + sum(bench.model_kind(name) == "classification" for name in published)
-    assert classification[2].startswith("| `biformer_tiny` | 224×224 | 1.00 (0.50 trainable) | 2.50 | 81.4 | BiFormer")
+    assert classification[2].startswith(
+        "| `biformer_tiny` | 224×224 | 1.00 (0.50 trainable) | 2.50 | 81.4 | [BiFormer](docs/models/biformer.md), CVPR")
     segmentation = bench.readme_table(text, "segmentation").splitlines()
-    assert segmentation[2].startswith("| `herseg` | 224×224 | 1.00 (0.50 trainable) | 2.50 | HER-Seg")
+    assert segmentation[2].startswith(
+        "| `herseg` | 224×224 | 1.00 (0.50 trainable) | 2.50 | [HER-Seg](docs/models/herseg.md) (3.53 M")
     assert tool.main(["--update-readme", str(readme)]) == 0
     assert "already up to date" in capsys.readouterr().out and readme.read_text() == text
 
