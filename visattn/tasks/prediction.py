@@ -44,6 +44,7 @@ class Predictor:
     """
 
     kinds: ClassVar[tuple[str, ...]]
+    transform: Callable[[Any], torch.Tensor]  # one RGB PIL image -> the model's input (3, H, W): set by a subclass
     alternatives: ClassVar[dict[str, str]] = {"classification": "Classifier", "segmentation": "Segmenter",
                                               "reid": "FeatureExtractor"}
 
@@ -59,10 +60,6 @@ class Predictor:
                             f"{' or '.join(self.kinds)} models (use {self.alternatives[self.opened.kind]})")
         self.model, self.device = self.opened.model, self.opened.device
         self.batch_size, self.amp = batch_size, amp
-
-    def transform(self, image) -> Any:
-        """One RGB PIL image -> the model's input (3, H, W)."""
-        raise NotImplementedError
 
     def batches(self, images) -> Iterator[tuple[torch.Tensor, list[int]]]:
         """(batch (B, 3, H, W) on the device, the batch's indices into ``images``): ``images`` is one image or a
