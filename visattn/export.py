@@ -484,34 +484,6 @@ class Report:
         return self.check is None or self.check.max_rel <= self.tolerance
 
 
-def input_size_for(opened, img_size: int | None = None) -> tuple[int, int, int]:
-    """(C, H, W) to export at: ``img_size`` square, else the checkpoint's training size (``input_size`` (H, W) or
-    ``img_size``), else the model's default input size."""
-    channels = opened.data_config["input_size"][0]
-    fields = opened.checkpoint
-    if img_size:
-        return channels, img_size, img_size
-    if "input_size" in fields:
-        return channels, *(int(n) for n in fields["input_size"])
-    if "img_size" in fields:
-        return channels, int(fields["img_size"]), int(fields["img_size"])
-    return tuple(int(n) for n in opened.data_config["input_size"])
-
-
-def preprocessing(opened) -> dict:
-    """What an image needs before the exported model: RGB scaled to [0, 1], then ``(x - mean) / std`` (a re-id
-    model normalises inside: mean 0, std 1), resized with ``interpolation``."""
-    fields, config = opened.checkpoint, opened.data_config
-    trained = fields.get("data_cfg") or fields
-    if opened.kind == "reid":
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    else:
-        mean, std = trained.get("mean", config["mean"]), trained.get("std", config["std"])
-    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "interpolation": trained.get("interpolation", config.get("interpolation")),
-            "crop_pct": trained.get("crop_pct", config.get("crop_pct"))}
-
-
 def _versions(fmt: str) -> dict:
     from . import __version__
 
@@ -534,7 +506,7 @@ def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None 
         raise UserError(f"--output {output} is a file; give a folder")
     if fmt == "onnx":
         require("onnx", "onnxscript", *(("onnxruntime",) if check else ()))
-    size = input_size_for(opened, img_size)
+    size = (opened.data_config["input_size"][0], *opened.input_size(img_size))
     check_model_input(opened.model, size[1:], opened.name)
     path = os.path.join(output, f"{opened.name}.{fmt}")
     model = opened.model
@@ -550,7 +522,7 @@ def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None 
             "format": fmt, "file": os.path.basename(path), "exporter": done.exporter, "opset": done.opset,
             "input_name": "input", "output_name": "output", "input_size": list(size), "layout": "NCHW",
             "dtype": str(_dtype(model)).removeprefix("torch."),
-            "preprocessing": "RGB / 255, then (x - mean) / std per channel", **preprocessing(opened),
+            "preprocessing": "RGB / 255, then (x - mean) / std per channel", **opened.preprocessing(),
             "num_classes": fields.get("num_classes", getattr(model, "num_classes", None)),
             "classes": fields.get("classes"),
             "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in done.dynamic_axes.items()},

@@ -40,6 +40,29 @@ class OpenedModel:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     data_config: dict[str, Any] = field(default_factory=dict)
 
+    def input_size(self, img_size: int | None = None) -> tuple[int, int]:
+        """(H, W) the model takes its images at: ``img_size`` square, else the checkpoint's training size
+        (``input_size`` or ``img_size``), else its data config's."""
+        if img_size:
+            return img_size, img_size
+        if "input_size" in self.checkpoint:
+            return tuple(int(n) for n in self.checkpoint["input_size"])
+        if "img_size" in self.checkpoint:
+            return int(self.checkpoint["img_size"]), int(self.checkpoint["img_size"])
+        return tuple(int(n) for n in self.data_config["input_size"][1:])
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How an image becomes the model's input: RGB / 255, then ``(x - mean) / std`` per channel, resized with
+        ``interpolation`` (``crop_pct`` as timm's eval transform). The checkpoint's values (its own fields or its
+        ``data_cfg``), else the data config's; a re-id network normalises its [0, 1] input itself (mean 0, std 1)."""
+        trained = self.checkpoint if "mean" in self.checkpoint else self.checkpoint.get("data_cfg") or {}
+        config = {**self.data_config, **trained}
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        if self.kind != "reid":
+            mean, std = config["mean"], config["std"]
+        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                "interpolation": config.get("interpolation"), "crop_pct": config.get("crop_pct")}
+
 
 _WEIGHTS = ("state_dict", "state_dict_ema", "optimizer", "scaler", "scheduler")
 

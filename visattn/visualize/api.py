@@ -34,22 +34,10 @@ class Visualization:
 
 
 def input_spec(opened: OpenedModel, img_size: int | None = None) -> tuple[tuple[int, int], tuple, tuple]:
-    """(input (H, W), mean, std) an opened model takes its images at: ``img_size``, else its checkpoint's training
-    size, else its data config's; the checkpoint's normalisation, else its data config's (a re-id network
-    normalises its [0, 1] input itself)."""
-    ckpt, config = opened.checkpoint, opened.data_config
-    if img_size:
-        size = (img_size, img_size)
-    elif "input_size" in ckpt:
-        size = tuple(ckpt["input_size"])
-    elif "img_size" in ckpt:
-        size = (ckpt["img_size"], ckpt["img_size"])
-    else:
-        size = tuple(config["input_size"][1:])
-    if opened.kind == "reid":
-        return size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    source = ckpt if "mean" in ckpt else ckpt.get("data_cfg") or config
-    return size, tuple(source["mean"]), tuple(source["std"])
+    """(input (H, W), mean, std) an opened model takes its images at (:meth:`OpenedModel.input_size`,
+    :meth:`OpenedModel.preprocessing`)."""
+    spec = opened.preprocessing()
+    return opened.input_size(img_size), tuple(spec["mean"]), tuple(spec["std"])
 
 
 def class_label(opened: OpenedModel, index: int, num_classes: int) -> str:
