@@ -9,6 +9,12 @@ DEVICE = os.environ.get("VISATTN_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.pop("VISATTN_BACKEND", None)
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    # one thread per xdist worker, and per process a test starts: the workers already fill the cores, and OpenMP
+    # threads of a second process spin-wait for cores that are busy (several times the CPU time of one thread)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no pool of compile workers to start per process
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -17,8 +23,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     from tests.triton_interpreter import install
 
     install()
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # one thread per xdist worker: the workers already fill the cores
+if XDIST_WORKER:
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
