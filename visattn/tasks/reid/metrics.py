@@ -129,8 +129,8 @@ def tpr_at_fpr(distmat, q_pids, g_pids, q_camids, g_camids, fprs=FPR_TARGETS) ->
     """TPR@FPR of a (Q, G) distance matrix over its query-gallery pairs (see the module docstring); a CUDA
     ``distmat`` is evaluated on its GPU. Returns {f: TPR} for each target f in ``fprs`` (fractions in (0, 1]).
 
-    Exact, without sorting every pair: each target needs two order statistics of the negative distances (one
-    ``topk`` of the smallest ceil(max f x negatives) + 1) and a few counts.
+    Exact, without sorting every pair: the targets need order statistics of the negative distances up to the
+    (ceil(max f x negatives) + 1)-th (one ``kthvalue``, then a sort of those) and a few counts.
 
     Raises:
         ValueError: bad shapes, a target outside (0, 1], or no positive or no negative pair (one-line message).
@@ -153,11 +153,16 @@ def tpr_at_fpr(distmat, q_pids, g_pids, q_camids, g_camids, fprs=FPR_TARGETS) ->
     n_pos, n_neg = len(positive), len(negative)
     if not n_pos or not n_neg:
         raise ValueError(f"TPR@FPR needs same- and different-identity pairs, got {n_pos} and {n_neg}")
-    smallest = torch.topk(negative, min(n_neg, math.ceil(max(fprs) * n_neg) + 1), largest=False).values.sort().values
+    m = min(n_neg, math.ceil(max(fprs) * n_neg) + 1)
+    kth = torch.kthvalue(negative, m).values
+    smallest = negative[negative <= kth].sort().values[:m]  # the m smallest negative distances, ascending
 
     def accepted(t: torch.Tensor, strict: bool = False) -> int:
-        """Negatives with d < t (``strict``) or d <= t."""
-        return int((negative < t).sum() if strict else (negative <= t).sum())
+        """Negatives with d < t (``strict``) or d <= t, for t among ``smallest``: counted within it unless t is its
+        last value (then equal values may lie beyond)."""
+        if strict or t < smallest[-1]:
+            return int(torch.searchsorted(smallest, t, right=not strict))
+        return int((negative <= t).sum())
 
     out = {}
     for f in fprs:
