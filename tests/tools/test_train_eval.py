@@ -358,6 +358,18 @@ def test_reid_cross_dataset_training_and_evaluation(reid_folder, tmp_path):
                                "--output", tmp_path / "x"), "best.pth: a file; expected a re-id dataset folder")
     assert_one_line_error(tool("eval.py", "--checkpoint", out / "best.pth", "--data", duke, "--layout", "msmt17"),
                           "MSMT17 needs an image folder train/")
+    assert_one_line_error(tool("train.py", *REID, "--data", reid_folder, "--eval-layout", "dukemtmc", "--output",
+                               tmp_path / "x"), "--eval-layout/eval-distinct-cameras ('dukemtmc', False): they "
+                                                "describe --eval-data; give it too")
+
+
+def test_reid_unreadable_data_folder_is_a_one_line_error(reid_folder, monkeypatch):
+    from visattn.errors import UserError
+    from visattn.tasks.reid.task import open_data
+
+    monkeypatch.setattr(os, "access", lambda path, mode: path != reid_folder)  # as a folder without read permission
+    with pytest.raises(UserError, match=f"^--eval-data {re.escape(reid_folder)}: the folder cannot be read "):
+        open_data(reid_folder, "auto", False, option="--eval-data", test_only=True)
 
 
 def test_reid_torchrun_two_processes(reid_folder, tmp_path):

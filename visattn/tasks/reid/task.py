@@ -1,6 +1,7 @@
 """Person re-identification as a task of the engine: BoT training (PK batches, CE + batch-hard triplet, optional
 centre loss, warm-up and step schedule) and the standard retrieval evaluation (mAP, CMC, mINP with same-camera
-removal, optional flip-averaged features and k-reciprocal re-ranking).
+removal, fast-reid's TPR@FPR, optional flip-averaged features and k-reciprocal re-ranking), on the training data's
+query and gallery or another dataset's (``--eval-data``, cross-domain).
 
 ``tools/train.py --task reid [--data ROOT] [--model NAME]`` and ``tools/eval.py --task reid --checkpoint F``.
 """
@@ -135,6 +136,9 @@ class ReIDConfig(TrainConfig):
         checks = [
             (self.layout in LAYOUTS, "layout", self.layout, f"use one of {', '.join(LAYOUTS)}"),
             (self.eval_layout in LAYOUTS, "eval-layout", self.eval_layout, f"use one of {', '.join(LAYOUTS)}"),
+            (self.eval_data is not None or (self.eval_layout == "auto" and not self.eval_distinct_cameras),
+             "eval-layout/eval-distinct-cameras", (self.eval_layout, self.eval_distinct_cameras),
+             "they describe --eval-data; give it too"),
             (self.pooling in POOLINGS, "pooling", self.pooling, f"use one of {', '.join(POOLINGS)}"),
             (self.metric in METRICS, "metric", self.metric, f"use one of {', '.join(METRICS)}"),
             (self.last_stride in (1, 2), "last-stride", self.last_stride, "use 1 or 2"),
