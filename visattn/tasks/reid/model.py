@@ -89,6 +89,7 @@ class ReIDModel(Inspectable, nn.Module):
             warnings.warn(f"last stride 1 (--last-stride, BoT's default) does not apply to {backbone}: it has no "
                           f"ResNet last stage (layer4) that starts with a stride of 2, so it keeps its strides",
                           stacklevel=2)
+        self.attention_kind: str | None = attn  # the REID_ATTENTION kind, inserted at attention_at (layerN.i)
         self.attention_at: list[str] = []
         if attn is not None or attn_at:
             self._insert_attention(attn, tuple(attn_at), attn_blocks)
@@ -149,7 +150,7 @@ class ReIDModel(Inspectable, nn.Module):
     def describe(self) -> str:
         pool = "GeM" if self.pool is not None else "average"
         stride = "last stride 1" if self.last_stride_applied else "backbone strides"
-        attn = f", attention after {', '.join(self.attention_at)}" if self.attention_at else ""
+        attn = f", {self.attention_kind} attention after {', '.join(self.attention_at)}" if self.attention_at else ""
         return f"{self.backbone_name}, {pool} pooling, {stride}, BNNeck{attn}"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
