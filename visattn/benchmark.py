@@ -80,6 +80,16 @@ def select_models(patterns: Sequence[str], zoo: Sequence[str]) -> list[str]:
 
 # --- counting and timing ------------------------------------------------------------------------------------------
 
+def count_macs(model: nn.Module, x: torch.Tensor) -> float:
+    """MACs (FLOPs / 2) of ``model(x)`` without gradients, as torch's FLOP counter sees them: convolutions, matrix
+    products and the custom ops by their FLOP formulas (run under ``forced_backend("triton")`` for the fused
+    path); normalisation, pooling, activations and elementwise products are not counted. Works on the meta
+    device."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 2
+
+
 def count_model(name: str) -> dict:
     """Parameters (all and trainable) and MACs (FLOPs / 2) of one image at the model's pretrained input size,
     counted on the meta device through the fused ops' FLOP formulas, so attention, scans and window attention
@@ -88,11 +98,9 @@ def count_model(name: str) -> dict:
         with torch.device("meta"):
             model = timm.create_model(name).eval()
             x = torch.empty(1, *model.pretrained_cfg["input_size"])
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
+        macs = count_macs(model, x)
     return {"input_size": tuple(x.shape[2:]), "params": sum(p.numel() for p in model.parameters()),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "macs": counter.get_total_flops() / 2}
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad), "macs": macs}
 
 
 def time_ms(fn: Callable[[], object], device: str | torch.device = "cuda", warmup: int = 3, repeat: int = 10) -> float:

@@ -7,7 +7,7 @@ from timm.models.hrnet import cfg_cls
 import visattn
 from visattn.backbones import psa
 from visattn.backbones.psa import (
-    PSAAfter,
+    AttentionAfter,
     PSABasicBlock,
     PSABottleneck,
     PSAHRNet,
@@ -301,7 +301,7 @@ def _resnet_stage() -> nn.Sequential:
 def test_insert_psa_after_blocks_is_gated_and_starts_as_identity():
     stage, plain = _resnet_stage(), _resnet_stage()
     assert insert_psa(stage, [1], placement="after", layout="s", backend="torch") == [1]
-    assert isinstance(stage[1], PSAAfter) and isinstance(stage[0], type(plain[0]))
+    assert isinstance(stage[1], AttentionAfter) and isinstance(stage[0], type(plain[0]))
     assert {k.split(".")[1] for k in stage.state_dict() if k.startswith("1.")} == {"block", "attention", "gate"}
     assert stage[1].attention.channels == 128 and stage[1].attention.backend == "torch"
     x = torch.randn(2, 64, 16, 8)
@@ -322,8 +322,8 @@ def test_insert_psa_inside_runs_psa_before_the_last_conv():
     x = torch.randn(2, 64, 16, 8)
     with torch.no_grad():
         torch.testing.assert_close(stage(x), plain(x), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="placement='inside' takes timm's BasicBlock or Bottleneck, got PSAAfter"):
-        insert_psa(nn.Sequential(PSAAfter(plain[0], PolarizedSelfAttention(128))))
+    with pytest.raises(ValueError, match="placement='inside' takes timm's .* got AttentionAfter"):
+        insert_psa(nn.Sequential(AttentionAfter(plain[0], PolarizedSelfAttention(128))))
     with pytest.raises(ValueError, match="placement='before'; use one of inside, after"):
         insert_psa(plain, placement="before")
 

@@ -1,6 +1,7 @@
 """Re-id data: the four layouts and their errors, unreadable files, the synthetic set, the PK sampler, transforms."""
 
 import os
+import shutil
 import time
 import warnings
 
@@ -58,6 +59,71 @@ def test_market_drops_junk_keeps_distractors_and_relabels(tmp_path, nested):
     assert [(i.pid, i.camid) for i in data.query] == [(10, 0), (12, 1)]  # 12 has no gallery image: allowed
     assert sorted((i.pid, i.camid) for i in data.gallery) == [(0, 2), (10, 0), (10, 1)]  # -1 dropped, 0 kept
     assert all(os.path.isfile(i.path) for i in data.train + data.query + data.gallery)
+
+
+DUKE = {"bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg", "0003_c1_f0044158.jpg",
+                               "0003_c8_f0172102.jpg", "0007_c2_f0046790.jpg"],
+        "query": ["0005_c2_f0046985.jpg", "0011_c6_f0163453.jpg"],
+        "bounding_box_test": ["0005_c1_f0047000.jpg", "0011_c6_f0163480.jpg", "0011_c3_f0163500.jpg",
+                              "0019_c4_f0120000.jpg"]}
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_dukemtmc_names_and_counts(tmp_path, nested):
+    for folder, names in DUKE.items():
+        for name in names:
+            _jpg(tmp_path / ("DukeMTMC-reID" if nested else "") / folder / name)
+    assert detect_layout(str(tmp_path)) == "dukemtmc"
+    data = load_reid_data(str(tmp_path))
+    # raw train pids 1, 3, 7 -> 0, 1, 2; cameras c1..c8 -> 0..7
+    assert sorted((i.pid, i.camid) for i in data.train) == [(0, 1), (0, 4), (1, 0), (1, 7), (2, 1)]
+    assert [(i.pid, i.camid) for i in data.query] == [(5, 1), (11, 5)]
+    assert sorted((i.pid, i.camid) for i in data.gallery) == [(5, 0), (11, 2), (11, 5), (19, 3)]
+    assert data.num_train_ids == 3 and data.num_cameras == 7
+    _jpg(tmp_path / ("DukeMTMC-reID" if nested else "") / "query" / "0005_c2s1_000001_00.jpg")
+    _one_line_error(r"0005_c2s1_000001_00.jpg: not a DukeMTMC-reID file name \(PID_cCAM_fFRAME.jpg",
+                    load_reid_data, str(tmp_path), layout="dukemtmc")
+
+
+def _cuhk03(root, boxes, shift=0):
+    """A CUHK03-NP box folder: train ids 1, 2; test ids 3, 4 (+shift), cameras 1 and 2, .png files."""
+    for folder, pids in (("bounding_box_train", (1, 2)), ("query", (3, 4)), ("bounding_box_test", (3, 4))):
+        for pid in pids:
+            for cam in (1, 2):
+                for index in ((1,) if folder == "query" else (1, 2)):
+                    path = root / "cuhk03-np" / boxes / folder / f"{pid + shift:04d}_c{cam}_{index + 5 * cam}.png"
+                    os.makedirs(path.parent, exist_ok=True)
+                    Image.fromarray(np.full((16, 8, 3), 9, np.uint8)).save(path)
+
+
+def test_cuhk03_np_labeled_and_detected(tmp_path):
+    _cuhk03(tmp_path, "labeled")
+    _cuhk03(tmp_path, "detected", shift=100)
+    _one_line_error("holds CUHK03-NP's labeled/ and detected/ boxes; choose one with --layout cuhk03-labeled or "
+                    "--layout cuhk03-detected", load_reid_data, str(tmp_path))
+    for boxes, shift in (("labeled", 0), ("detected", 100)):
+        data = load_reid_data(str(tmp_path), layout=f"cuhk03-{boxes}")
+        assert data.name == f"{tmp_path.name} (cuhk03-{boxes})"
+        assert data.num_train_ids == 2 and len(data.train) == 8 and data.num_cameras == 2
+        assert sorted((i.pid, i.camid) for i in data.query) == [(p + shift, c) for p in (3, 4) for c in (0, 1)]
+        assert len(data.gallery) == 8 and {i.pid for i in data.gallery} == {3 + shift, 4 + shift}
+        assert all(i.path.endswith(".png") and f"{os.sep}{boxes}{os.sep}" in i.path for i in data.train)
+        assert detect_layout(str(tmp_path / "cuhk03-np" / boxes)) == f"cuhk03-{boxes}"  # the box folder itself
+    shutil.rmtree(tmp_path / "cuhk03-np" / "detected")
+    assert detect_layout(str(tmp_path)) == "cuhk03-labeled"
+
+
+def test_test_only_reads_query_and_gallery(tmp_path):
+    _market(tmp_path)
+    (tmp_path / "bounding_box_train" / "0002_c3s1_000009_00.jpg").write_bytes(b"")  # not opened
+    for path in (tmp_path / "bounding_box_train").glob("000[57]*"):  # one training id: no error either
+        os.remove(path)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        data = load_reid_data(str(tmp_path), test_only=True)
+    assert [str(w.message) for w in record if "train" in str(w.message) or "unreadable" in str(w.message)] == []
+    assert data.train == [] and data.num_train_ids == 0
+    assert [(i.pid, i.camid) for i in data.query] == [(10, 0), (12, 1)] and len(data.gallery) == 3
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -168,7 +234,8 @@ def test_csv_without_camid_column_and_bad_rows(tmp_path):
 
 BAD = {
     "unknown layout": (lambda r: _market(r), {"layout": "duke"}, "unknown re-id layout 'duke'; use one of auto, "),
-    "nothing found": (lambda r: os.makedirs(r / "x"), {}, "no re-id layout found; expected Market-1501 .* folders"),
+    "nothing found": (lambda r: os.makedirs(r / "x"), {},
+                      "no re-id layout found; expected Market-1501, DukeMTMC-reID or CUHK03-NP .* folders"),
     "missing split": (lambda r: (_market(r), os.rename(r / "query", r / "q")), {}, "query is missing"),
     "missing folder": (lambda r: os.makedirs(r / "train"), {"layout": "folders"}, "query is missing"),
     "empty query": (lambda r: (_market(r), [os.remove(p) for p in (r / "query").iterdir()]), {},

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from visattn.tasks.reid.metrics import distance_matrix, evaluate_ranking, k_reciprocal_rerank, rerank_features
+from visattn.tasks.reid.metrics import (
+    distance_matrix,
+    evaluate_ranking,
+    k_reciprocal_rerank,
+    rerank_features,
+    tpr_at_fpr,
+)
 
 
 def brute_force(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
@@ -196,3 +202,63 @@ def test_rerank_cosine_and_errors():
     torch.testing.assert_close(got, k_reciprocal_rerank(qg, qq, gg, k1=3, k2=2))
     with pytest.raises(ValueError, match="q_g"):
         k_reciprocal_rerank(qg, gg, qq)
+
+
+# ------------------------------------------------------------------------------------------------------ TPR@FPR
+
+
+def roc_by_thresholds(dist, q_pids, g_pids, q_cams, g_cams, fprs):
+    """TPR@FPR the long way: every pair listed, the ROC point of every distinct threshold (and (0, 0)) counted."""
+    pos, neg = [], []
+    for i in range(len(q_pids)):
+        for j in range(len(g_pids)):
+            if q_pids[i] == g_pids[j]:
+                if q_cams[i] != g_cams[j]:
+                    pos.append(dist[i, j])
+            else:
+                neg.append(dist[i, j])
+    pos, neg = np.array(pos), np.array(neg)
+    points = [(0.0, 0.0)] + [((neg <= t).mean(), (pos <= t).mean()) for t in np.unique(np.concatenate([pos, neg]))]
+    out = {}
+    for f in fprs:
+        nearest = min(points, key=lambda p: (abs(p[0] - f), p[0]))[0]
+        out[f] = max(tpr for fpr, tpr in points if fpr == nearest)
+    return out
+
+
+def test_tpr_at_fpr_by_hand():
+    # queries: pid 1 and pid 2, camera 0; gallery: pid 1 cam 1, pid 1 cam 0 (same camera as query 0: left out),
+    # pid 2 cam 1, pid 3 cams 1 and 2
+    dist = np.array([[0.45, 0.05, 0.7, 0.3, 0.9],
+                     [0.4, 0.6, 0.32, 0.5, 0.8]])
+    ids = dict(q_pids=[1, 2], g_pids=[1, 1, 2, 3, 3], q_camids=[0, 0], g_camids=[1, 0, 1, 1, 2])
+    # positive pairs 0.45, 0.32; negatives sorted 0.3 0.4 0.5 0.6 0.7 0.8 0.9 (7): FPR steps of 1/7.
+    # f = 0.05 -> 0.35 negatives: nearest count 0, threshold below 0.3 accepts no positive -> 0
+    # f = 1/14 -> 0.5: counts 0 and 1 equally near, the smaller wins -> 0
+    # f = 0.1 -> 0.7: count 1, threshold below 0.4 accepts 0.32 -> 1/2
+    # f = 0.3 -> 2.1: count 2, threshold below 0.5 accepts 0.32 and 0.45 -> 1
+    want = {0.05: 0.0, 1 / 14: 0.0, 0.1: 0.5, 0.3: 1.0}
+    assert tpr_at_fpr(dist, ids["q_pids"], ids["g_pids"], ids["q_camids"], ids["g_camids"], fprs=tuple(want)) == want
+    assert tpr_at_fpr(torch.tensor(dist), *(torch.tensor(v) for v in ids.values()), fprs=(1.0,)) == {1.0: 1.0}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tpr_at_fpr_against_every_threshold(seed):
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(9, 40, 6, 3, seed)
+    fprs = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.93)
+    want = roc_by_thresholds(dist, q_pids, g_pids, q_cams, g_cams, fprs)
+    got = tpr_at_fpr(dist, q_pids, g_pids, q_cams, g_cams, fprs)
+    assert got == pytest.approx(want, abs=1e-12)
+    real = dist + np.random.default_rng(seed).random(dist.shape)  # no ties
+    assert tpr_at_fpr(real, q_pids, g_pids, q_cams, g_cams, fprs) == pytest.approx(
+        roc_by_thresholds(real, q_pids, g_pids, q_cams, g_cams, fprs), abs=1e-12)
+
+
+def test_tpr_at_fpr_errors():
+    ids = ([1], [2, 3], [0], [1, 1])
+    with pytest.raises(ValueError, match="needs same- and different-identity pairs, got 0 and 2"):
+        tpr_at_fpr(np.zeros((1, 2)), *ids)
+    with pytest.raises(ValueError, match=r"false-positive rates must be in \(0, 1\], got \(0.0,\)"):
+        tpr_at_fpr(np.zeros((1, 2)), *ids, fprs=(0.0,))
+    with pytest.raises(ValueError, match="distmat is 1 x 3 but there are 1 query pids"):
+        tpr_at_fpr(np.zeros((1, 3)), *ids)

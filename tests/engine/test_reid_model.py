@@ -7,8 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from visattn.benchmark import count_macs
 from visattn.errors import UserError
+from visattn.ops import forced_backend
 from visattn.tasks.reid.model import REID_ATTENTION, CenterLoss, GeM, ReIDLoss, ReIDModel, batch_hard_triplet_loss
+from visattn.weights import load_pretrained
 
 SMALL_BIFORMER = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "n_win": 2, "topks": [1, 2, 4, None],
                   "head_dim": 16}
@@ -63,27 +66,61 @@ def test_gem_with_p_one_is_the_average():
             torch.rand(1, 3, 32, 32))
 
 
+def test_every_attention_kind_is_offered():
+    assert list(REID_ATTENTION) == ["psa_p", "psa_s", "se", "cbam", "nonlocal"]
+
+
+NARROW = {"channels": (16, 32, 64, 128)}  # a ResNet-18 a quarter as wide
+
+
 @pytest.mark.parametrize("attn", sorted(REID_ATTENTION))
 def test_inserted_attention_starts_as_identity_and_learns(attn):
     torch.manual_seed(0)
-    plain = ReIDModel("resnet18", 3).eval()
-    model = ReIDModel("resnet18", 3, attn=attn, attn_at=(2, 3), attn_blocks="last").eval()
+    plain = ReIDModel("resnet18", 3, model_kwargs=NARROW).eval()
+    model = ReIDModel("resnet18", 3, attn=attn, attn_at=(2, 3), attn_blocks="last", model_kwargs=NARROW)
     assert model.attention_at == ["layer2.1", "layer3.1"]
-    state = {k.replace("layer2.1.block.", "layer2.1.").replace("layer3.1.block.", "layer3.1."): v
-             for k, v in model.state_dict().items() if ".attention." not in k and not k.endswith(".gate")}
-    plain.load_state_dict(state)
+    # plain-ResNet weights (timm's key names) load through backbone_state; the added modules are the addon keys
+    with pytest.warns(UserWarning, match="tensors of the modules ResNet adds to its backbone"):
+        loaded = load_pretrained(model.backbone, model.backbone_state(plain.backbone.state_dict()))
+    added = {k for k in model.backbone.state_dict()
+             if (".attention." in k or k.endswith(".gate")) and not k.endswith("num_batches_tracked")}
+    assert added and set(loaded.addons_kept) == added and not loaded.unused
+    model.bottleneck.load_state_dict(plain.bottleneck.state_dict())
     x = torch.rand(2, 3, 64, 32)
-    torch.testing.assert_close(model(x), plain(x))
+    torch.testing.assert_close(model.eval()(x), plain(x))
     extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
     assert extra > 0
-    with torch.no_grad():
-        model.backbone.layer3[1].gate.fill_(0.5)
+    site = model.backbone.layer3[1]
+    start = site.gate if site.gate is not None else site.attention.norm.weight  # the non-local block's BN scale
     model.train()
-    model.forward_train(x).output.sum().backward()
-    assert model.backbone.layer3[1].attention.conv_q_right.weight.grad.abs().sum() > 0
+    model.forward_train(x).extras["features"].square().sum().backward()
+    assert start.grad.abs().sum() > 0  # the attention can leave its start
+    with torch.no_grad():
+        start.fill_(0.5)
+    model.zero_grad()
+    model.forward_train(x).extras["features"].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in site.attention.parameters())
 
 
-BAD = {"unknown": (dict(attn="senet", attn_at=(2,)), "--attn senet: use one of psa_p, psa_s"),
+def _macs(**attention) -> float:
+    with forced_backend("triton"), torch.device("meta"):
+        model = ReIDModel("resnet18", 3, **attention).eval()
+    with forced_backend("triton"):
+        return count_macs(model, torch.empty(1, 3, 64, 32, device="meta"))
+
+
+C, N = 128, 8 * 4  # after layer2 of a ResNet-18 at 64x32: 128 channels, an 8x4 map
+HAND_MACS = {"se": 2 * C * (C // 16),  # two 1x1 convs on the pooled vector
+             "cbam": 2 * 2 * C * (C // 16) + 2 * 7 * 7 * N,  # the shared MLP on two vectors, the 7x7 conv 2 -> 1
+             "nonlocal": 3 * N * C * (C // 2) + 2 * N * N * (C // 2) + N * (C // 2) * C}  # theta/phi/g, 2 products, W_z
+
+
+@pytest.mark.parametrize("attn", HAND_MACS)
+def test_the_mac_counter_counts_each_kind(attn):
+    assert _macs(attn=attn, attn_at=(2,), attn_blocks="last") - _macs() == HAND_MACS[attn]
+
+
+BAD = {"unknown": (dict(attn="senet", attn_at=(2,)), "--attn senet: use one of psa_p, psa_s, se, cbam, nonlocal"),
        "stage": (dict(attn="psa_s", attn_at=(5,)), "--attn-at 5: a ResNet's stages are 1-4, got 5"),
        "index": (dict(attn="psa_s", attn_at=(2,), attn_blocks="0,7"),
                  "--attn-blocks 0,7: stage 2 has blocks 0..1, so 7 does not exist"),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -266,6 +267,9 @@ def test_reid_training_writes_checkpoints_and_retrieval_metrics(reid_run):
     assert "mAP" in result.stdout and "best val mAP" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "reid" and {"val_mAP", "val_rank1", "val_mINP"} <= set(metrics["history"][0])
+    tprs = {"val_TPR@FPR1e-4", "val_TPR@FPR1e-3", "val_TPR@FPR1e-2"}
+    assert tprs <= set(metrics["history"][0]) and all(0 <= metrics["history"][0][k] <= 1 for k in tprs)
+    assert metrics["eval_dataset"] == metrics["dataset"]
     lrs = [h["lr"] for h in metrics["history"]]
     assert lrs[1] < lrs[0] or lrs[1] == pytest.approx(3.5e-5)  # the step at epoch 1
 
@@ -278,6 +282,7 @@ def test_reid_eval_writes_metrics_ranking_and_features(reid_run, tmp_path):
     assert "re-ranked" in result.stdout and "rank-1" in result.stdout
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["metric"] == "cosine" and saved["rerank"] and len(saved["cmc"]) >= 10 and saved["queries"] == 4
+    assert "TPR@FPR1e-2" in result.stdout and {"TPR@FPR1e-4", "TPR@FPR1e-3", "TPR@FPR1e-2"} <= set(saved)
     assert (tmp_path / "ranking.png").read_bytes()[:4] == b"\x89PNG"
     from safetensors.torch import load_file
 
@@ -308,6 +313,64 @@ def test_reid_bad_input_gives_one_line_errors(reid_folder, tmp_path):
                           "test_biformer has none")
     assert_one_line_error(tool("train.py", *REID, *out, "--data", reid_folder, "--attn", "psa_s", "--attn-at", "2",
                                "--attn-blocks", "5"), "--attn-blocks 5: stage 2 has blocks 0..1, so 5 does not exist")
+
+
+def _duke_copy(market: str, root) -> str:
+    """A DukeMTMC-reID-style copy (``PID_cCAM_fFRAME.jpg``) of a synthetic Market-style set."""
+    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+        (root / folder).mkdir(parents=True)
+        for name in os.listdir(os.path.join(market, folder)):
+            pid, cam, frame = re.match(r"(-?\d+)_c(\d+)s1_(\d+)_00\.jpg", name).groups()
+            if pid not in ("-1", "0000"):
+                shutil.copy(os.path.join(market, folder, name), root / folder / f"{pid}_c{cam}_f{frame}.jpg")
+    return str(root)
+
+
+def test_reid_cross_dataset_training_and_evaluation(reid_folder, tmp_path):
+    from visattn.tasks.reid.data import write_synthetic_reid
+
+    other = write_synthetic_reid(str(tmp_path / "other"), num_train_ids=2, num_test_ids=3, num_cameras=2,
+                                 size=(64, 32), seed=1)
+    duke = _duke_copy(other, tmp_path / "duke")
+    out = tmp_path / "run"
+    result = tool("train.py", *REID, "--data", reid_folder, "--eval-data", duke, "--output", out, "--epochs", "1",
+                  "--warmup-epochs", "0", "--attn", "se", "--attn-at", "4", "--attn-blocks", "last", "--model-kwargs",
+                  '{"channels": [8, 16, 32, 64]}')
+    assert result.returncode == 0, result.stderr
+    assert "evaluated on duke (--eval-data), 3 queries" in result.stdout
+    assert "se attention after layer4.1" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == reid_folder and metrics["eval_dataset"] == duke
+    assert "val_TPR@FPR1e-3" in metrics["history"][0]
+    result = tool("eval.py", "--checkpoint", out / "best.pth", "--output", tmp_path / "eval", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["dataset"] == duke and saved["trained_on"] == reid_folder and saved["queries"] == 3
+    assert saved["mAP"] == pytest.approx(metrics["history"][0]["val_mAP"])  # what the epoch scored
+    assert f"on {duke} " in result.stdout and f"trained on {reid_folder}" in result.stdout
+    result = tool("eval.py", "--checkpoint", out / "best.pth", "--data", reid_folder, "--output", tmp_path / "own",
+                  "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "own" / "metrics.json").read_text())["queries"] == 4
+    assert "trained on" not in result.stdout
+    assert_one_line_error(tool("train.py", *REID, "--data", reid_folder, "--eval-data", tmp_path / "nowhere",
+                               "--output", tmp_path / "x"), f"--eval-data {tmp_path / 'nowhere'}: no such folder")
+    assert_one_line_error(tool("train.py", *REID, "--data", reid_folder, "--eval-data", out / "best.pth",
+                               "--output", tmp_path / "x"), "best.pth: a file; expected a re-id dataset folder")
+    assert_one_line_error(tool("eval.py", "--checkpoint", out / "best.pth", "--data", duke, "--layout", "msmt17"),
+                          "MSMT17 needs an image folder train/")
+    assert_one_line_error(tool("train.py", *REID, "--data", reid_folder, "--eval-layout", "dukemtmc", "--output",
+                               tmp_path / "x"), "--eval-layout/eval-distinct-cameras ('dukemtmc', False): they "
+                                                "describe --eval-data; give it too")
+
+
+def test_reid_unreadable_data_folder_is_a_one_line_error(reid_folder, monkeypatch):
+    from visattn.errors import UserError
+    from visattn.tasks.reid.task import open_data
+
+    monkeypatch.setattr(os, "access", lambda path, mode: path != reid_folder)  # as a folder without read permission
+    with pytest.raises(UserError, match=f"^--eval-data {re.escape(reid_folder)}: the folder cannot be read "):
+        open_data(reid_folder, "auto", False, option="--eval-data", test_only=True)
 
 
 def test_reid_torchrun_two_processes(reid_folder, tmp_path):

@@ -11,8 +11,9 @@ PSA (:class:`visattn.blocks.PolarizedSelfAttention`) inserted into timm's own ba
   ResNet placement was not released; this is visattn's choice, by analogy with the HRNet BasicBlock.
 
 Both are timm's model with PSA put into its blocks by :func:`insert_psa` (``placement="inside"``), the one way
-visattn puts PSA into a ResNet; re-id's ``--attn psa_p|psa_s`` uses it with ``placement="after"`` (a gated PSA after
-whole blocks). The layouts and their short names are :mod:`visattn.blocks.polarized_attention`'s ``LAYOUTS`` and
+visattn puts PSA into a ResNet; ``placement="after"`` (a gated PSA after whole blocks) is re-id's ``--attn psa_p|psa_s``
+(:func:`insert_after`, which re-id's other attention kinds go through too). The
+layouts and their short names are :mod:`visattn.blocks.polarized_attention`'s ``LAYOUTS`` and
 ``LAYOUT_SHORT_NAMES``; :func:`psa_name` and :func:`hrnet_psa_variant` spell the names built from them. No private
 method of timm's classes is overridden.
 
@@ -34,7 +35,7 @@ it has no classification head, so use a model without one (``head=""``, as the m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -50,8 +51,8 @@ from ..contract import Inspectable
 from ..weights import PretrainedMixin, checkpoint_filter
 from ._helpers import check_images, create_model
 
-__all__ = ["PLACEMENTS", "PSAAfter", "PSABasicBlock", "PSABottleneck", "PSAHRNet", "PSAResNet", "hrnet_psa_variant",
-           "insert_psa", "psa_name"]
+__all__ = ["PLACEMENTS", "AttentionAfter", "PSABasicBlock", "PSABottleneck", "PSAHRNet", "PSAResNet",
+           "hrnet_psa_variant", "insert_after", "insert_psa", "psa_name"]
 
 PLACEMENTS = ("inside", "after")
 
@@ -112,30 +113,51 @@ class PSABottleneck(Bottleneck):
         return self.act3(x + shortcut)
 
 
-class PSAAfter(nn.Module):
-    """A residual block B followed by PSA, blended in by a learnable gate g (0 at start):
+class AttentionAfter(nn.Module):
+    """A residual block B followed by an attention A on its output y = B(x) (any (B, C, H, W) -> (B, C, H, W)
+    block: PSA, and re-id's other ``--attn`` kinds):
 
-    y = B(x), out = y + g (PSA(y) - y), so a pretrained network is unchanged when PSA is added.
-    Shapes: B's, (B, C_in, H, W) -> (B, C, H', W'), PSA on its C output channels.
+    out = y + g (A(y) - y) with a learnable gate g that starts at 0; out = A(y) when A starts as the identity
+    itself (``A.identity_at_init``; no gate, which would keep both at their start for good).
+    Shapes: B's, (B, C_in, H, W) -> (B, C, H', W'), A on its C output channels.
     """
 
-    def __init__(self, block: nn.Module, attention: PolarizedSelfAttention):
+    def __init__(self, block: nn.Module, attention: nn.Module):
         super().__init__()
         self.block, self.attention = block, attention
-        self.gate = nn.Parameter(torch.zeros((), device=attention.conv_q_right.weight.device))
+        gated = not getattr(attention, "identity_at_init", False)
+        device = next(attention.parameters()).device
+        self.register_parameter("gate", nn.Parameter(torch.zeros((), device=device)) if gated else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)
+        if self.gate is None:
+            return self.attention(y)
         return y + self.gate.to(y.dtype) * (self.attention(y) - y)
-
-
-_WITH_PSA_INSIDE = {BasicBlock: PSABasicBlock, Bottleneck: PSABottleneck}
 
 
 def _output_channels(block: nn.Module) -> int:
     """C of a residual block's (B, C, H, W) output: its last conv's (conv3, else conv2, else the last one)."""
     last = getattr(block, "conv3", None) or getattr(block, "conv2", None)
     return (last or [m for m in block.modules() if isinstance(m, nn.Conv2d)][-1]).out_channels
+
+
+def insert_after(stage: nn.Sequential, blocks: Sequence[int] | None,
+                 make_attention: Callable[..., nn.Module]) -> list[int]:
+    """Wrap the blocks ``blocks`` (indices, all when None) of ``stage``, an ``nn.Sequential`` of residual blocks
+    on (B, C, H, W) maps, in place as :class:`AttentionAfter` (the block under ``block``, the attention under
+    ``attention``, the gate ``gate``). ``make_attention(C, device=..., dtype=...)`` builds the attention on the
+    block's C output channels, device and dtype. Returns the indices changed."""
+    indices = list(range(len(stage))) if blocks is None else list(blocks)
+    for i in indices:
+        block = stage[i]
+        weight = next(block.parameters())
+        stage[i] = AttentionAfter(block, make_attention(_output_channels(block), device=weight.device,
+                                                        dtype=weight.dtype))
+    return indices
+
+
+_WITH_PSA_INSIDE = {BasicBlock: PSABasicBlock, Bottleneck: PSABottleneck}
 
 
 def insert_psa(stage: nn.Sequential, blocks: Sequence[int] | None = None, *, placement: str = "inside",
@@ -145,22 +167,23 @@ def insert_psa(stage: nn.Sequential, blocks: Sequence[int] | None = None, *, pla
 
     ``placement="inside"``: timm's BasicBlock / Bottleneck becomes :class:`PSABasicBlock` / :class:`PSABottleneck`
     (its parameters, plus PSA as ``deattn`` on the C = conv1 / conv2 output channels before the next conv: the
-    official HRNet placement and ``resnet50_psa``'s). ``placement="after"``: any block B becomes
-    :class:`PSAAfter` (B under ``block``, PSA under ``attention`` on B's output channels, the gate ``gate``:
-    re-id's placement). PSA is :class:`visattn.blocks.PolarizedSelfAttention` in ``layout`` and ``form`` at its own
-    initialisation, on the block's device and dtype; ``backend`` goes to its op. Returns the indices changed.
+    official HRNet placement and ``resnet50_psa``'s). ``placement="after"``: any block B becomes a gated
+    :class:`AttentionAfter` (B under ``block``, PSA under ``attention`` on B's
+    output channels, the gate ``gate``), by :func:`insert_after`, the insertion re-id
+    uses for every ``--attn`` kind. PSA is :class:`visattn.blocks.PolarizedSelfAttention` in ``layout`` and ``form``
+    at its own initialisation, on the block's device and dtype; ``backend`` goes to its op. Returns the indices changed.
     Shapes: each block keeps its (B, C_in, H, W) -> (B, C_out, H', W').
     """
     if placement not in PLACEMENTS:
         raise ValueError(f"placement={placement!r}; use one of {', '.join(PLACEMENTS)}")
     indices = list(range(len(stage))) if blocks is None else list(blocks)
+    if placement == "after":
+        return insert_after(stage, indices, lambda channels, **dd: PolarizedSelfAttention(channels, layout, form,
+                                                                                          backend=backend, **dd))
     for i in indices:
         block = stage[i]
         weight = next(block.parameters())
         dd = dict(backend=backend, device=weight.device, dtype=weight.dtype)
-        if placement == "after":
-            stage[i] = PSAAfter(block, PolarizedSelfAttention(_output_channels(block), layout, form, **dd))
-            continue
         psa_cls = _WITH_PSA_INSIDE.get(type(block))
         if psa_cls is None:
             raise ValueError(f"placement='inside' takes timm's BasicBlock or Bottleneck, got {type(block).__name__}")

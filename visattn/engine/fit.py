@@ -268,7 +268,7 @@ def fit(task: Task) -> dict[str, Any]:
             os.makedirs(cfg.output, exist_ok=True)
             log = RunLog(cfg.output, history, {**common, "model_description": description,
                                                "parameters": parameter_counts(model), "dataset": task.dataset,
-                                               "config": config}, task.panels, first_epoch)
+                                               **task.metrics_fields(), "config": config}, task.panels, first_epoch)
 
         for epoch in range(first_epoch, cfg.epochs):
             seed_epoch(cfg.seed, epoch, rank)

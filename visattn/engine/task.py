@@ -136,6 +136,11 @@ class Task(ABC):
     def dataset(self) -> str:
         return self.cfg.data or self.default_data
 
+    def metrics_fields(self) -> dict[str, Any]:
+        """Fields of the run's metrics.json beyond the common ones, read after :meth:`build` (re-id: the dataset
+        its epochs are evaluated on); none by default."""
+        return {}
+
     @property
     def ema_decay(self) -> float | None:
         """Keep an EMA of the weights with this decay (evaluated and saved as ``state_dict_ema``); None = off."""

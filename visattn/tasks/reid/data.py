@@ -1,11 +1,19 @@
-"""Person re-identification data: readers for four layouts, the built-in synthetic set, the image dataset, the PK
+"""Person re-identification data: readers for the layouts below, the built-in synthetic set, the image dataset, the PK
 batch sampler and the BoT transforms.
 
 Layouts read by :func:`load_reid_data` (``layout="auto"`` picks the first that matches, in this order):
 
 - ``market1501``: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (also under
   ``Market-1501-v15.09.15/``), files ``{pid}_c{cam}s{seq}_{frame}_{box}.jpg``. pid -1 (junk) is dropped, pid 0
-  (distractors) stays in query/gallery and is dropped from training.
+  (distractors) stays in query/gallery and is dropped from training. When the training file names are not
+  Market's, auto-detection tells the next two by their names.
+- ``dukemtmc``: DukeMTMC-reID, the same three folders (also under ``DukeMTMC-reID/``), files
+  ``{pid}_c{cam}_f{frame}.jpg`` (``0001_c2_f0046182.jpg``); 702 training identities, 1,110 in query/gallery (the
+  408 distractor identities among them).
+- ``cuhk03-labeled``, ``cuhk03-detected``: CUHK03 under the new protocol (Zhong et al., CVPR 2017: 767 training
+  identities, 700 test identities, one query per camera of each), the common ``cuhk03-np`` release: the three
+  folders under ``cuhk03-np/labeled/`` or ``cuhk03-np/detected/`` (also ``labeled/``, ``detected/`` or the root),
+  files ``{pid}_c{cam}_{index}.png`` (``0001_c1_1.png``). A root holding both kinds of boxes needs ``--layout``.
 - ``msmt17``: ``list_train.txt`` (+ ``list_val.txt``), ``list_query.txt``, ``list_gallery.txt`` of ``PATH PID`` lines,
   images under ``train/`` or ``mask_train_v2/`` and ``test/`` or ``mask_test_v2/``, camera = the third ``_`` field
   of the file name (``0000_000_01_0303morning_0015_0.jpg``: camera 01).
@@ -15,12 +23,14 @@ Layouts read by :func:`load_reid_data` (``layout="auto"`` picks the first that m
 
 Identities and cameras given as names rather than integers are numbered in sorted order from 1,000,000 (the same
 number in every split and every run). Training pids are relabelled 0..P-1 in sorted order; query and gallery keep
-theirs. Camera ids are 0-based for Market-1501 and MSMT17, the given integers otherwise (only equality matters).
+theirs. Camera ids are 0-based for the Market-style layouts and MSMT17, the given integers otherwise (only equality
+matters).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import re
@@ -39,19 +49,22 @@ from torch.utils.data import Dataset, Sampler
 from ...errors import UserError, first_line
 from ..images import IMAGE_EXTENSIONS, READ_ERRORS, load_rgb, mode_notice, read_problems
 
-LAYOUTS = ("auto", "market1501", "msmt17", "csv", "folders")
+LAYOUTS = ("auto", "market1501", "dukemtmc", "cuhk03-labeled", "cuhk03-detected", "msmt17", "csv", "folders")
 SPLITS = ("train", "query", "gallery")
 MARKET_DIRS = ("bounding_box_train", "query", "bounding_box_test")
 MARKET_NESTED = "Market-1501-v15.09.15"
 MARKET_NAME = re.compile(r"([-\d]+)_c(\d+)")
+DUKE_NAME = re.compile(r"(\d+)_c(\d+)_f\d+")
+CUHK03_NAME = re.compile(r"(\d+)_c(\d+)_\d+\.")
+CUHK03_BOXES = ("labeled", "detected")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 NAMED_ID_BASE = 1_000_000
-EXPECTED = ("Market-1501 (bounding_box_train/, query/, bounding_box_test/), MSMT17 (list_train.txt, "
-            "list_query.txt, list_gallery.txt), CSV (train.csv, query.csv, gallery.csv or reid.csv with a split "
-            "column) or folders (train|query|gallery/<pid>/<cam>_*.jpg)")
+EXPECTED = ("Market-1501, DukeMTMC-reID or CUHK03-NP (bounding_box_train/, query/, bounding_box_test/), MSMT17 "
+            "(list_train.txt, list_query.txt, list_gallery.txt), CSV (train.csv, query.csv, gallery.csv or reid.csv "
+            "with a split column) or folders (train|query|gallery/<pid>/<cam>_*.jpg)")
 NO_CAMERAS = ("{where} has no camera ids: the standard protocol drops gallery images of the query's own pid AND "
               "camera, so without camera ids every true match would be removed; add camera ids (a <cam>_ file-name "
-              "prefix or a camid column) or pass --distinct-cameras if all query and gallery images come from "
+              "prefix or a camid column) or pass {option} if all query and gallery images come from "
               "different cameras")
 
 
@@ -85,24 +98,47 @@ def _images(folder: str) -> list[str]:
                   if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def _market_base(root: str) -> str:
-    nested = os.path.join(root, MARKET_NESTED)
-    return nested if os.path.isdir(os.path.join(nested, MARKET_DIRS[0])) else root
+@dataclass(frozen=True)
+class BoxLayout:
+    """A Market-1501-style layout: the three ``MARKET_DIRS`` folders of ``PID_cCAM...`` files, under the root or one
+    of ``nested`` (tried in order)."""
+
+    title: str
+    nested: tuple[str, ...]
+    name: re.Pattern  # file names: group 1 the pid, group 2 the 1-based camera
+    example: str
 
 
-def _read_market(root: str) -> dict[str, list[ReIDItem]]:
-    base = _market_base(root)
+BOX_LAYOUTS = {
+    "market1501": BoxLayout("Market-1501", (MARKET_NESTED,), MARKET_NAME, "PID_cCAMsSEQ_FRAME_BOX.jpg, e.g. "
+                                                                         "0002_c1s1_000451_03.jpg"),
+    "dukemtmc": BoxLayout("DukeMTMC-reID", ("DukeMTMC-reID",), DUKE_NAME, "PID_cCAM_fFRAME.jpg, e.g. "
+                                                                         "0001_c2_f0046182.jpg"),
+    **{f"cuhk03-{boxes}": BoxLayout(f"CUHK03-NP ({boxes} boxes)", (f"cuhk03-np/{boxes}", boxes), CUHK03_NAME,
+                                    "PID_cCAM_INDEX.png, e.g. 0001_c1_1.png") for boxes in CUHK03_BOXES},
+}
+
+
+def _nested_base(root: str, layout: BoxLayout) -> str | None:
+    """The first of ``layout``'s nested folders under ``root`` that holds its training folder, or None."""
+    return next((os.path.join(root, n) for n in layout.nested
+                 if os.path.isdir(os.path.join(root, n, MARKET_DIRS[0]))), None)
+
+
+def _read_boxes(root: str, layout: str) -> dict[str, list[ReIDItem]]:
+    """A Market-style layout: pid -1 (junk) dropped everywhere, pid 0 (distractors) dropped from training."""
+    spec = BOX_LAYOUTS[layout]
+    base = _nested_base(root, spec) or root
     splits = {}
     for split, folder in zip(SPLITS, MARKET_DIRS, strict=True):
         path = os.path.join(base, folder)
         if not os.path.isdir(path):
-            raise UserError(f"{path} is missing; a Market-1501 root needs {', '.join(d + '/' for d in MARKET_DIRS)}")
+            raise UserError(f"{path} is missing; a {spec.title} root needs {', '.join(d + '/' for d in MARKET_DIRS)}")
         items = []
         for file in _images(path):
-            match = MARKET_NAME.match(os.path.basename(file))
+            match = spec.name.match(os.path.basename(file))
             if match is None or int(match.group(2)) < 1:
-                raise UserError(f"{file}: not a Market-1501 file name (PID_cCAMsSEQ_FRAME_BOX.jpg with cameras from "
-                                f"1, e.g. 0002_c1s1_000451_03.jpg)")
+                raise UserError(f"{file}: not a {spec.title} file name ({spec.example}; cameras from 1)")
             pid, cam = int(match.group(1)), int(match.group(2)) - 1
             if pid == -1 or (pid == 0 and split == "train"):  # junk everywhere; distractors are no training id
                 continue
@@ -204,13 +240,40 @@ def _read_csv(root: str) -> dict[str, list[ReIDItem]]:
 
 
 READERS: dict[str, Callable[[str], dict[str, list[ReIDItem]]]] = {
-    "market1501": _read_market, "msmt17": _read_msmt, "csv": _read_csv, "folders": _read_folders}
+    **{name: functools.partial(_read_boxes, layout=name) for name in BOX_LAYOUTS},
+    "msmt17": _read_msmt, "csv": _read_csv, "folders": _read_folders}
+
+
+def _box_layout(root: str) -> str | None:
+    """The Market-style layout at ``root``, or None: CUHK03-NP's box folders (both present: the user chooses), a
+    known nested folder, else the training file names (DukeMTMC-reID's ``_f`` frames) or the folder's name."""
+    cuhk = [b for b in CUHK03_BOXES if _nested_base(root, BOX_LAYOUTS[f"cuhk03-{b}"])]
+    if len(cuhk) == 2:
+        raise UserError(f"{root} holds CUHK03-NP's labeled/ and detected/ boxes; choose one with --layout "
+                        f"cuhk03-labeled or --layout cuhk03-detected")
+    if cuhk:
+        return f"cuhk03-{cuhk[0]}"
+    for name in ("market1501", "dukemtmc"):
+        if _nested_base(root, BOX_LAYOUTS[name]):
+            return name
+    train = os.path.join(root, MARKET_DIRS[0])
+    if not os.path.isdir(train):
+        return None
+    first = next(iter(_images(train)), "")
+    if DUKE_NAME.match(os.path.basename(first)):
+        return "dukemtmc"
+    folder = os.path.basename(os.path.normpath(os.path.abspath(root)))
+    if CUHK03_NAME.match(os.path.basename(first)) and folder in CUHK03_BOXES:
+        return f"cuhk03-{folder}"
+    return "market1501"
 
 
 def detect_layout(root: str) -> str:
-    """The layout name of the re-id data at ``root``; a UserError when none matches."""
-    if any(os.path.isdir(os.path.join(base, MARKET_DIRS[0])) for base in (root, os.path.join(root, MARKET_NESTED))):
-        return "market1501"
+    """The layout name of the re-id data at ``root``; a UserError when none matches (or, for CUHK03-NP with both
+    kinds of boxes, when the user has to choose)."""
+    boxes = _box_layout(root)
+    if boxes:
+        return boxes
     if os.path.isfile(os.path.join(root, "list_train.txt")):
         return "msmt17"
     if any(os.path.isfile(os.path.join(root, f)) for f in ("reid.csv", "train.csv")):
@@ -244,11 +307,15 @@ def _drop_unreadable(root: str, splits: dict[str, list[ReIDItem]]) -> dict[str, 
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = False) -> ReIDData:
+def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = False,
+                   test_only: bool = False, cameras_option: str = "--distinct-cameras") -> ReIDData:
     """Read the re-id dataset at ``root`` (layouts: see the module docstring; ``auto`` detects it).
 
     ``distinct_cameras``: the data has no (or untrusted) camera ids but every query and gallery image comes from a
     different camera; every query item gets camid 0, every gallery item camid 1, training items camid 0.
+    ``test_only``: only query and gallery are wanted (evaluation on another dataset than the training one): the
+    layout is read as a whole, but the train split comes back empty and is neither checked nor opened.
+    ``cameras_option``: the option the missing-camera error names (the one that sets ``distinct_cameras``).
     Errors (one-line UserError): an unknown layout, missing folders or list files, an empty split, query/gallery
     without camera ids, fewer than 2 training ids, no query id in the gallery, no cross-camera match at all.
     """
@@ -258,7 +325,10 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
         raise UserError(f"{root}: no such folder; expected {EXPECTED}")
     layout = detect_layout(root) if layout == "auto" else layout
     splits = READERS[layout](root)
-    for split in SPLITS:
+    needed = SPLITS[1:] if test_only else SPLITS
+    if test_only:
+        splits["train"] = []
+    for split in needed:
         if not splits[split]:
             hint = f"; put each identity's images in {split}/<pid>/" if layout == "folders" else ""
             raise UserError(f"{root}: the {split} split has no images ({layout} layout{hint})")
@@ -267,14 +337,14 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
     missing = [s for s in ("query", "gallery") if any(i.camid < 0 for i in splits[s])]
     if missing:
         counts = ", ".join(f"{sum(i.camid < 0 for i in splits[s])} of {len(splits[s])} {s} images" for s in missing)
-        raise UserError(NO_CAMERAS.format(where=f"{root} ({counts})"))
+        raise UserError(NO_CAMERAS.format(where=f"{root} ({counts})", option=cameras_option))
     splits["train"] = [i._replace(camid=max(i.camid, 0)) for i in splits["train"]]
     splits = _drop_unreadable(root, splits)
-    for split in SPLITS:
+    for split in needed:
         if not splits[split]:
             raise UserError(f"{root}: the {split} split has no readable images")
     ids = sorted({i.pid for i in splits["train"]})
-    if len(ids) < 2:
+    if len(ids) < 2 and not test_only:
         raise UserError(f"{root}: the train split has {len(ids)} identity; re-id training needs at least 2")
     cameras_of: dict[int, set[int]] = {}
     for item in splits["gallery"]:
@@ -297,7 +367,8 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
     relabel = {pid: n for n, pid in enumerate(ids)}
     train = [i._replace(pid=relabel[i.pid]) for i in splits["train"]]
     cameras = len({i.camid for s in SPLITS for i in splits[s]})
-    return ReIDData(name=os.path.basename(os.path.normpath(os.path.abspath(root))), train=train,
+    name = os.path.basename(os.path.normpath(os.path.abspath(root)))
+    return ReIDData(name=f"{name} ({layout})" if layout.startswith("cuhk03") else name, train=train,
                     query=splits["query"], gallery=splits["gallery"], num_train_ids=len(ids), num_cameras=cameras)
 
 

@@ -12,17 +12,30 @@ the numbers of torchreid's ``evaluate_py`` and fast-reid's ``evaluate_rank``, wi
   can order exact ties differently);
 * the CMC curve always has ``max_rank`` entries: beyond the end of a query's remaining list it is 1 (a valid query
   has a match), where torchreid would shorten the curve to the gallery size.
+
+TPR@FPR (fast-reid's verification numbers, :func:`tpr_at_fpr`) looks at pairs instead of rankings: every
+query-gallery pair except those of the query's pid AND camera, positive when the pids are equal. A threshold t on the
+distance accepts the pairs with d <= t: TPR(t) = accepted positives / positives, FPR(t) = accepted negatives /
+negatives. Over the ROC points of every threshold, TPR@FPR=f is the TPR of the point whose FPR is nearest f (the
+smaller FPR on a tie), and at that FPR the highest TPR, i.e. t just below the next negative distance. fast-reid
+(``evaluation/roc.py``) builds the same pairs and picks the point the same way, but scores them with the labels
+swapped (same-identity pairs labelled 0, issue JDAI-CV/fast-reid#168), so its number is the rate of rejected
+different-identity pairs where 1 - f of the same-identity ones are rejected; visattn reports the rate it names.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["evaluate_ranking", "distance_matrix", "k_reciprocal_rerank", "rerank_features"]
+__all__ = ["FPR_TARGETS", "distance_matrix", "evaluate_ranking", "k_reciprocal_rerank", "rerank_features",
+           "tpr_at_fpr"]
+
+FPR_TARGETS = (1e-4, 1e-3, 1e-2)  # fast-reid's
 
 # elements of a (rows x gallery) working set per chunk: with the few int64/bool/float64 temporaries of a chunk this
 # bounds the working memory to a few hundred MB
@@ -110,6 +123,64 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     first_hits = torch.bincount((first - 1).clamp(max=max_rank), minlength=max_rank + 1)  # last bin: past max_rank
     cmc = (first_hits[:max_rank].cumsum(0).double() / valid).cpu().numpy()
     return {"mAP": float(ap.sum()) / valid, "cmc": cmc, "mINP": float(inp.sum()) / valid, "num_valid_queries": valid}
+
+
+def tpr_at_fpr(distmat, q_pids, g_pids, q_camids, g_camids, fprs=FPR_TARGETS) -> dict[float, float]:
+    """TPR@FPR of a (Q, G) distance matrix over its query-gallery pairs (see the module docstring); a CUDA
+    ``distmat`` is evaluated on its GPU. Returns {f: TPR} for each target f in ``fprs`` (fractions in (0, 1]).
+
+    Exact, without sorting every pair: the targets need order statistics of the negative distances up to the
+    (ceil(max f x negatives) + 1)-th (one ``kthvalue``, then a sort of those) and a few counts.
+
+    Raises:
+        ValueError: bad shapes, a target outside (0, 1], or no positive or no negative pair (one-line message).
+    """
+    dist = distmat if isinstance(distmat, torch.Tensor) else torch.as_tensor(np.asarray(distmat))
+    if dist.dim() != 2:
+        raise ValueError(f"distmat must be a (queries, gallery) matrix, got shape {tuple(dist.shape)}")
+    if not all(0 < f <= 1 for f in fprs):
+        raise ValueError(f"false-positive rates must be in (0, 1], got {tuple(fprs)}")
+    device = dist.device if dist.is_cuda else torch.device("cpu")
+    dist = dist.detach().to(device).float()
+    q_pids, q_cams = _ids(q_pids, "q_pids", device), _ids(q_camids, "q_camids", device)
+    g_pids, g_cams = _ids(g_pids, "g_pids", device), _ids(g_camids, "g_camids", device)
+    if (len(q_pids), len(q_cams), len(g_pids), len(g_cams)) != (dist.shape[0], dist.shape[0]) + (dist.shape[1],) * 2:
+        raise ValueError(f"distmat is {dist.shape[0]} x {dist.shape[1]} but there are {len(q_pids)} query pids, "
+                         f"{len(q_cams)} query camids, {len(g_pids)} gallery pids and {len(g_cams)} gallery camids")
+    same = q_pids[:, None] == g_pids[None, :]
+    positive = dist[same & (q_cams[:, None] != g_cams[None, :])]
+    negative = dist[~same]
+    n_pos, n_neg = len(positive), len(negative)
+    if not n_pos or not n_neg:
+        raise ValueError(f"TPR@FPR needs same- and different-identity pairs, got {n_pos} and {n_neg}")
+    m = min(n_neg, math.ceil(max(fprs) * n_neg) + 1)
+    kth = torch.kthvalue(negative, m).values
+    smallest = negative[negative <= kth].sort().values[:m]  # the m smallest negative distances, ascending
+
+    def accepted(t: torch.Tensor, strict: bool = False) -> int:
+        """Negatives with d < t (``strict``) or d <= t, for t among ``smallest``: counted within it unless t is its
+        last value (then equal values may lie beyond)."""
+        if strict or t < smallest[-1]:
+            return int(torch.searchsorted(smallest, t, right=not strict))
+        return int((negative <= t).sum())
+
+    out = {}
+    for f in fprs:
+        x = f * n_neg  # the target as a count of accepted negatives; achievable counts end a run of equal distances
+        counts = [0]
+        if math.floor(x) >= 1:  # the largest achievable count <= x
+            t = smallest[math.floor(x) - 1]
+            counts.append(accepted(t) if accepted(t) <= x else accepted(t, strict=True))
+        if math.ceil(x) >= 1:  # the smallest achievable count >= x
+            counts.append(accepted(smallest[math.ceil(x) - 1]))
+        k = min(counts, key=lambda c: (abs(c - x), c))
+        if k == n_neg:
+            out[f] = 1.0
+            continue
+        # the next negative distance after the k accepted ones: a threshold just below it accepts exactly k
+        after = smallest[k] if k < len(smallest) else negative[negative > smallest[-1]].min()
+        out[f] = float((positive < after).sum()) / n_pos
+    return out
 
 
 def distance_matrix(qf, gf, metric: str = "euclidean", chunk_rows: int | None = None) -> torch.Tensor:

@@ -4,13 +4,16 @@ re-id losses (CE with label smoothing, batch-hard triplet, centre loss)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ...backbones.psa import insert_psa, psa_name
+from ...backbones.psa import insert_after, psa_name
+from ...blocks import PolarizedSelfAttention
+from ...blocks.plugin_attention import NonLocalBlock, cbam, squeeze_excitation
 from ...blocks.polarized_attention import LAYOUTS
 from ...contract import Inspectable, TrainOutput
 from ...engine.models import build_model
@@ -18,8 +21,16 @@ from ...errors import UserError
 
 __all__ = ["REID_ATTENTION", "CenterLoss", "GeM", "ReIDLoss", "ReIDModel", "batch_hard_triplet_loss"]
 
-# Attention the re-id model can insert after ResNet blocks: name -> PSA layout (official form), psa_p and psa_s.
-REID_ATTENTION: dict[str, str] = {psa_name(layout): layout for layout in LAYOUTS}
+
+def _psa(layout: str) -> Callable[..., nn.Module]:
+    return lambda channels, **dd: PolarizedSelfAttention(channels, layout, "official", **dd)
+
+
+# The attention kinds the re-id model can insert after ResNet blocks (--attn): name -> make(C, device=, dtype=), a
+# (B, C, H, W) -> (B, C, H, W) block. PSA_p and PSA_s (official form), squeeze-and-excitation, CBAM, non-local.
+REID_ATTENTION: dict[str, Callable[..., nn.Module]] = {
+    **{psa_name(layout): _psa(layout) for layout in LAYOUTS},
+    "se": squeeze_excitation, "cbam": cbam, "nonlocal": NonLocalBlock}
 
 
 class GeM(nn.Module):
@@ -56,8 +67,8 @@ class ReIDModel(Inspectable, nn.Module):
     map is pooled (average or GeM; ViT tokens through timm's own head pooling) to f (B, D); BNNeck: f_bn = BN(f)
     with a frozen zero bias, logits = W f_bn (no bias). Training returns (logits, f) (CE on the logits, triplet on
     f); evaluation returns f_bn. ``last_stride=1`` removes the stride of a ResNet's last stage; ``attn`` inserts
-    REID_ATTENTION after the chosen bottlenecks (``attn_blocks``) of stages ``attn_at`` (1-4) of a ResNet, gated
-    (:func:`visattn.backbones.psa.insert_psa` with ``placement="after"``).
+    a REID_ATTENTION kind after the chosen bottlenecks (``attn_blocks``) of stages ``attn_at`` (1-4) of a ResNet,
+    gated so that the network starts unchanged (:func:`visattn.backbones.psa.insert_after`).
     """
 
     def __init__(self, backbone: str, num_classes: int, pretrained: bool = False, pooling: str = "avg",
@@ -78,6 +89,7 @@ class ReIDModel(Inspectable, nn.Module):
             warnings.warn(f"last stride 1 (--last-stride, BoT's default) does not apply to {backbone}: it has no "
                           f"ResNet last stage (layer4) that starts with a stride of 2, so it keeps its strides",
                           stacklevel=2)
+        self.attention_kind: str | None = attn  # the REID_ATTENTION kind, inserted at attention_at (layerN.i)
         self.attention_at: list[str] = []
         if attn is not None or attn_at:
             self._insert_attention(attn, tuple(attn_at), attn_blocks)
@@ -121,8 +133,7 @@ class ReIDModel(Inspectable, nn.Module):
             if stage not in (1, 2, 3, 4):
                 raise UserError(f"--attn-at {','.join(map(str, stages))}: a ResNet's stages are 1-4, got {stage}")
             layer = getattr(self.backbone, f"layer{stage}")
-            indices = insert_psa(layer, _block_indices(blocks, len(layer), stage), placement="after",
-                                 layout=REID_ATTENTION[attn])
+            indices = insert_after(layer, _block_indices(blocks, len(layer), stage), REID_ATTENTION[attn])
             self.attention_at += [f"layer{stage}.{i}" for i in indices]
         # the modules added to a pretrained backbone: weights of the plain backbone leave them as initialised
         self.backbone.addon_keys = r"^layer\d+\.\d+\.(attention\.|gate$)"
@@ -139,7 +150,7 @@ class ReIDModel(Inspectable, nn.Module):
     def describe(self) -> str:
         pool = "GeM" if self.pool is not None else "average"
         stride = "last stride 1" if self.last_stride_applied else "backbone strides"
-        attn = f", attention after {', '.join(self.attention_at)}" if self.attention_at else ""
+        attn = f", {self.attention_kind} attention after {', '.join(self.attention_at)}" if self.attention_at else ""
         return f"{self.backbone_name}, {pool} pooling, {stride}, BNNeck{attn}"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Person re-identification as a task of the engine: BoT training (PK batches, CE + batch-hard triplet, optional
 centre loss, warm-up and step schedule) and the standard retrieval evaluation (mAP, CMC, mINP with same-camera
-removal, optional flip-averaged features and k-reciprocal re-ranking).
+removal, fast-reid's TPR@FPR, optional flip-averaged features and k-reciprocal re-ranking), on the training data's
+query and gallery or another dataset's (``--eval-data``, cross-domain).
 
 ``tools/train.py --task reid [--data ROOT] [--model NAME]`` and ``tools/eval.py --task reid --checkpoint F``.
 """
@@ -35,6 +36,7 @@ from ...engine.task import Step, Task, TrainConfig, read_weights, register_task
 from ...errors import UserError
 from ...weights import load_pretrained
 from .data import (
+    LAYOUTS,
     PKBatchSampler,
     ReIDData,
     ReIDImageSet,
@@ -43,17 +45,25 @@ from .data import (
     reid_train_transform,
     write_synthetic_reid,
 )
-from .metrics import distance_matrix, evaluate_ranking, rerank_features
+from .metrics import FPR_TARGETS, distance_matrix, evaluate_ranking, rerank_features, tpr_at_fpr
 from .model import REID_ATTENTION, ReIDLoss, ReIDModel
 
 TASK = "reid"
 SYNTHETIC = "synthetic-reid"
-LAYOUTS = ("auto", "market1501", "msmt17", "folders", "csv")
 METRICS = ("euclidean", "cosine")
 POOLINGS = ("avg", "gem")
 RANKS = (1, 5, 10, 20)
+
+
+def tpr_key(fpr: float) -> str:
+    """The metric name of the TPR at false-positive rate ``fpr``: ``TPR@FPR1e-4``."""
+    mantissa, exponent = f"{fpr:.0e}".split("e")
+    return f"TPR@FPR{mantissa}e{int(exponent)}"
+
+
 PANELS = (("loss", "loss", ("train_loss",)),
           ("retrieval", "fraction", ("val_mAP", "val_rank1", "val_mINP")),
+          ("verification", "TPR", tuple(f"val_{tpr_key(f)}" for f in FPR_TARGETS)),
           ("learning rate", "lr", ("lr",)))
 
 
@@ -63,16 +73,24 @@ def synthetic_root() -> str:
     return os.path.join(cache, SYNTHETIC)
 
 
-def open_data(data: str | None, layout: str, distinct_cameras: bool, rank: int = 0) -> ReIDData:
-    """The re-id data at ``data`` (None or ``synthetic-reid``: the built-in set, written on first use by rank 0)."""
+def open_data(data: str | None, layout: str, distinct_cameras: bool, rank: int = 0, option: str = "--data",
+              test_only: bool = False) -> ReIDData:
+    """The re-id data at ``data`` (None or ``synthetic-reid``: the built-in set, written on first use by rank 0);
+    ``option`` names it in errors (``--data``, ``--eval-data``); ``test_only``: its query and gallery only."""
+    cameras = "--eval-distinct-cameras" if option == "--eval-data" else "--distinct-cameras"
     if data in (None, SYNTHETIC):
         if rank == 0:
             write_synthetic_reid(synthetic_root())
         barrier()
-        return load_reid_data(synthetic_root(), layout="market1501")
+        return load_reid_data(synthetic_root(), layout="market1501", test_only=test_only)
     if not os.path.isdir(data):
-        raise UserError(f"--data {data}: no such folder; expected a Market-1501, MSMT17, folder or CSV re-id layout")
-    return load_reid_data(data, layout=layout, distinct_cameras=distinct_cameras)
+        what = "a file" if os.path.exists(data) else "no such folder"
+        raise UserError(f"{option} {data}: {what}; expected a re-id dataset folder (Market-1501, DukeMTMC-reID, "
+                        f"CUHK03-NP, MSMT17, folder or CSV layout)")
+    if not os.access(data, os.R_OK | os.X_OK):
+        raise UserError(f"{option} {data}: the folder cannot be read (permissions); make it readable")
+    return load_reid_data(data, layout=layout, distinct_cameras=distinct_cameras, test_only=test_only,
+                          cameras_option=cameras)
 
 
 @dataclass
@@ -83,6 +101,9 @@ class ReIDConfig(TrainConfig):
     model: str = "resnet50"
     layout: str = "auto"
     distinct_cameras: bool = False
+    eval_data: str | None = None  # evaluate on this dataset's query/gallery (cross-domain); None: the training data's
+    eval_layout: str = "auto"
+    eval_distinct_cameras: bool = False
     input_size: tuple[int, int] = (256, 128)  # H, W
     epochs: int = 120
     batch_size: int = 64
@@ -114,6 +135,10 @@ class ReIDConfig(TrainConfig):
     def __post_init__(self):
         checks = [
             (self.layout in LAYOUTS, "layout", self.layout, f"use one of {', '.join(LAYOUTS)}"),
+            (self.eval_layout in LAYOUTS, "eval-layout", self.eval_layout, f"use one of {', '.join(LAYOUTS)}"),
+            (self.eval_data is not None or (self.eval_layout == "auto" and not self.eval_distinct_cameras),
+             "eval-layout/eval-distinct-cameras", (self.eval_layout, self.eval_distinct_cameras),
+             "they describe --eval-data; give it too"),
             (self.pooling in POOLINGS, "pooling", self.pooling, f"use one of {', '.join(POOLINGS)}"),
             (self.metric in METRICS, "metric", self.metric, f"use one of {', '.join(METRICS)}"),
             (self.last_stride in (1, 2), "last-stride", self.last_stride, "use 1 or 2"),
@@ -193,8 +218,8 @@ def extract_features(model: nn.Module, dataset: ReIDImageSet, device: torch.devi
 
 def retrieval_metrics(q_feats: torch.Tensor, g_feats: torch.Tensor, query: list, gallery: list, metric: str,
                       rerank: bool, device: torch.device | None = None) -> tuple[dict[str, Any], torch.Tensor]:
-    """mAP, CMC and mINP of query against gallery features, ranked on ``device`` (re-ranking on the CPU); also
-    returns the distance matrix (Q, G) on the CPU."""
+    """mAP, CMC, mINP and TPR@FPR (``result["tpr"]``: {FPR: TPR}) of query against gallery features, ranked on
+    ``device`` (re-ranking on the CPU); also returns the distance matrix (Q, G) on the CPU."""
     if rerank:
         dist = torch.as_tensor(rerank_features(q_feats, g_feats, metric=metric))
     else:
@@ -202,6 +227,7 @@ def retrieval_metrics(q_feats: torch.Tensor, g_feats: torch.Tensor, query: list,
     q_pids, q_cams = (torch.tensor([getattr(i, k) for i in query]) for k in ("pid", "camid"))
     g_pids, g_cams = (torch.tensor([getattr(i, k) for i in gallery]) for k in ("pid", "camid"))
     result = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, max_rank=min(50, len(gallery)))
+    result["tpr"] = tpr_at_fpr(dist, q_pids, g_pids, q_cams, g_cams)
     return result, dist.cpu()
 
 
@@ -247,10 +273,10 @@ def save_features(path: str, q_feats: torch.Tensor, g_feats: torch.Tensor, query
 
 
 def summarise(result: dict[str, Any]) -> dict[str, float]:
-    """mAP, rank-1/5/10/20 and mINP as plain floats (fractions)."""
+    """mAP, rank-1/5/10/20, mINP and TPR@FPR1e-4/1e-3/1e-2 as plain floats (fractions)."""
     cmc = np.asarray(result["cmc"])
     return {"mAP": float(result["mAP"]), **{f"rank{r}": float(cmc[min(r, len(cmc)) - 1]) for r in RANKS},
-            "mINP": float(result["mINP"])}
+            "mINP": float(result["mINP"]), **{tpr_key(f): float(v) for f, v in result["tpr"].items()}}
 
 
 @register_task
@@ -265,9 +291,9 @@ class ReIDTask(Task):
     eval_keys = ("num_classes", "reid", "loss", "input_size", "layout", "distinct_cameras", "metric", "rerank",
                  "flip_test")
     distributed_eval = False
-    shared_help = {"data": "re-id root: Market-1501 (bounding_box_train/, query/, bounding_box_test/), MSMT17 list "
-                           "files, train|query|gallery/<pid>/<cam>_*.jpg or CSV files; default: the built-in "
-                           "synthetic set",
+    shared_help = {"data": "re-id root: Market-1501, DukeMTMC-reID or CUHK03-NP (bounding_box_train/, query/, "
+                           "bounding_box_test/), MSMT17 list files, train|query|gallery/<pid>/<cam>_*.jpg or CSV "
+                           "files; default: the built-in synthetic set",
                    "img_size": "not used by re-id: see --input-size",
                    "batch_size": "P x K images per batch (default 64 = 16 identities x --instances 4)"}
 
@@ -277,6 +303,11 @@ class ReIDTask(Task):
         parser.add_argument("--distinct-cameras", action="store_true",
                             help="the data has no camera ids but every query and gallery image comes from "
                                  "different cameras")
+        parser.add_argument("--eval-data", help="evaluate every epoch (and pick best.pth) on this dataset's query "
+                                                "and gallery instead of the training data's (cross-domain)")
+        parser.add_argument("--eval-layout", choices=LAYOUTS, help="layout of --eval-data (default: auto-detected)")
+        parser.add_argument("--eval-distinct-cameras", action="store_true",
+                            help="--distinct-cameras for --eval-data")
         parser.add_argument("--input-size", type=numbers(2, int, "H,W such as 256,128", low=1),
                             help="H,W of the network input (default 256,128)")
         parser.add_argument("--instances", type=number(int, 2, why="the triplet loss needs two images of an identity"),
@@ -312,27 +343,38 @@ class ReIDTask(Task):
     def add_eval_arguments(parser) -> None:
         parser.add_argument("--output", help="folder for metrics.json, ranking.png and features.safetensors "
                                              "(default: CHECKPOINT_DIR/eval)")
+        parser.add_argument("--layout", choices=LAYOUTS,
+                            help="layout of --data (default: the run's for its own data, else auto-detected)")
+        parser.add_argument("--distinct-cameras", action="store_true",
+                            help="--data has no camera ids but every query and gallery image comes from different "
+                                 "cameras (default: the run's for its own data)")
         ReIDTask._add_retrieval_arguments(parser)
 
     @classmethod
     def run_eval(cls, args) -> str:
         result = evaluate_checkpoint(args.checkpoint, args.data, args.output, args.device, args.workers,
-                                     metric=args.metric, rerank=args.rerank, flip=args.flip_test)
+                                     metric=args.metric, rerank=args.rerank, flip=args.flip_test, layout=args.layout,
+                                     distinct_cameras=args.distinct_cameras)
         return report(result)
 
     def build(self, device: torch.device, rank: int, world_size: int) -> tuple[nn.Module, Dataset]:
         cfg = self.cfg
         data = open_data(cfg.data, cfg.layout, cfg.distinct_cameras, rank)
-        self.data = data
+        self.data = self.eval_data = data
+        if cfg.eval_data is not None:
+            self.eval_data = open_data(cfg.eval_data, cfg.eval_layout, cfg.eval_distinct_cameras, rank, "--eval-data",
+                                       test_only=True)
         model = build_reid_model(cfg.model, data.num_train_ids, cfg.model_settings(), cfg.loss_settings(),
                                  cfg.model_kwargs, cfg.pretrained)
         if rank == 0:
-            print(f"{data.name}: {data.num_train_ids} training identities, {len(data.train)} training images, "
-                  f"{len(data.query)} queries, {len(data.gallery)} gallery images; {model.describe()}", flush=True)
+            test = self.eval_data
+            where = "" if cfg.eval_data is None else f"; evaluated on {test.name} (--eval-data)"
+            print(f"{data.name}: {data.num_train_ids} training identities, {len(data.train)} training images{where}, "
+                  f"{len(test.query)} queries, {len(test.gallery)} gallery images; {model.describe()}", flush=True)
         size = tuple(cfg.input_size)
         train_set = ReIDImageSet(data.train, reid_train_transform(size, pad=cfg.pad, flip=cfg.flip_prob,
                                                                   erasing=cfg.erasing))
-        self.query_set, self.gallery_set = eval_sets(data, size)
+        self.query_set, self.gallery_set = eval_sets(self.eval_data, size)
         self.criterion = model.criterion
         return model, train_set
 
@@ -379,8 +421,17 @@ class ReIDTask(Task):
         cfg = self.cfg
         q = extract_features(model, self.query_set, device, workers=cfg.workers, flip=cfg.flip_test, amp=cfg.amp)
         g = extract_features(model, self.gallery_set, device, workers=cfg.workers, flip=cfg.flip_test, amp=cfg.amp)
-        result, _ = retrieval_metrics(q, g, self.data.query, self.data.gallery, cfg.metric, cfg.rerank, device)
+        result, _ = retrieval_metrics(q, g, self.eval_data.query, self.eval_data.gallery, cfg.metric, cfg.rerank,
+                                      device)
         return summarise(result)
+
+    @property
+    def eval_dataset(self) -> str:
+        """The dataset whose query and gallery score the epochs: ``--eval-data``, else the training data."""
+        return self.cfg.eval_data or self.dataset
+
+    def metrics_fields(self) -> dict[str, Any]:
+        return {"eval_dataset": self.eval_dataset}
 
     def val_scalars(self, metrics: dict[str, Any]) -> dict[str, float]:
         return {f"val_{k}": v for k, v in metrics.items()}
@@ -389,12 +440,14 @@ class ReIDTask(Task):
         cfg = self.cfg
         return {"num_classes": self.data.num_train_ids, "input_size": tuple(cfg.input_size),
                 "reid": cfg.model_settings(), "loss": cfg.loss_settings(), "layout": cfg.layout,
-                "distinct_cameras": cfg.distinct_cameras, "metric": cfg.metric, "rerank": cfg.rerank,
+                "distinct_cameras": cfg.distinct_cameras, "eval_data": cfg.eval_data, "eval_layout": cfg.eval_layout,
+                "eval_distinct_cameras": cfg.eval_distinct_cameras, "metric": cfg.metric, "rerank": cfg.rerank,
                 "flip_test": cfg.flip_test}
 
     def epoch_line(self, metrics: dict[str, Any], scalars: dict[str, float]) -> str:
+        tpr = tpr_key(1e-2)
         return (f"mAP {metrics['mAP']:.4f}, rank-1 {metrics['rank1']:.4f}, rank-5 {metrics['rank5']:.4f}, "
-                f"mINP {metrics['mINP']:.4f} ({scalars['epoch_seconds']:.1f} s)")
+                f"mINP {metrics['mINP']:.4f}, {tpr} {metrics[tpr]:.4f} ({scalars['epoch_seconds']:.1f} s)")
 
     def summary(self, best: dict[str, Any]) -> str:
         return (f"best val mAP {best['val_mAP']:.4f} (rank-1 {best['val_rank1']:.4f}, mINP {best['val_mINP']:.4f}) "
@@ -414,16 +467,25 @@ def eval_sets(data: ReIDData, size: tuple[int, int]) -> tuple[ReIDImageSet, ReID
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, output: str | None = None,
                         device: str | None = None, workers: int = 0, metric: str | None = None,
-                        rerank: bool | None = None, flip: bool | None = None) -> dict[str, Any]:
-    """Rebuild a re-id checkpoint's model and score the query set of ``data`` (default: the training data) against
-    its gallery; writes ``metrics.json``, ``ranking.png`` and ``features.safetensors`` under ``output`` (default
-    ``<checkpoint folder>/eval``). Options left None take the training run's values."""
+                        rerank: bool | None = None, flip: bool | None = None, layout: str | None = None,
+                        distinct_cameras: bool | None = None) -> dict[str, Any]:
+    """Rebuild a re-id checkpoint's model and score the query set of ``data`` against its gallery; writes
+    ``metrics.json``, ``ranking.png`` and ``features.safetensors`` under ``output`` (default ``<checkpoint
+    folder>/eval``). ``data`` defaults to the data the run evaluated on (its ``--eval-data``, else its training
+    data); another dataset is a cross-dataset evaluation (metrics.json names both). ``layout`` and
+    ``distinct_cameras`` default to the run's for the data it used, else auto-detection and False. Options left
+    None take the training run's values."""
     model, ckpt, dev = ReIDTask.model_from_checkpoint(checkpoint, device)
-    data_name = data if data is not None else ckpt["dataset"]
+    ran = {ckpt["dataset"]: (ckpt["layout"], ckpt["distinct_cameras"])}
+    if ckpt.get("eval_data"):
+        ran[ckpt["eval_data"]] = (ckpt["eval_layout"], ckpt["eval_distinct_cameras"])
+    data_name = data if data is not None else ckpt.get("eval_data") or ckpt["dataset"]
+    run_layout, run_cameras = ran.get(data_name, ("auto", False))
     metric = metric or ckpt["metric"]
     rerank = ckpt["rerank"] if rerank is None else rerank
     flip = ckpt["flip_test"] if flip is None else flip
-    dataset = open_data(data_name, ckpt["layout"], ckpt["distinct_cameras"])
+    dataset = open_data(data_name, layout or run_layout, run_cameras if distinct_cameras is None else distinct_cameras,
+                        test_only=True)
     size = tuple(ckpt["input_size"])
     q_set, g_set = eval_sets(dataset, size)
     q = extract_features(model, q_set, dev, workers=workers, flip=flip)
@@ -431,9 +493,9 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, output: str | 
     result, dist = retrieval_metrics(q, g, dataset.query, dataset.gallery, metric, rerank, dev)
     output = output or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval")
     summary = {"checkpoint": os.path.abspath(checkpoint), "model": ckpt["model"], "dataset": data_name,
-               "metric": metric, "rerank": rerank, "flip_test": flip, **summarise(result),
-               "cmc": [float(v) for v in np.asarray(result["cmc"])], "queries": len(dataset.query),
-               "valid_queries": int(result.get("num_valid_queries", len(dataset.query))),
+               "trained_on": ckpt["dataset"], "metric": metric, "rerank": rerank, "flip_test": flip,
+               **summarise(result), "cmc": [float(v) for v in np.asarray(result["cmc"])],
+               "queries": len(dataset.query), "valid_queries": int(result.get("num_valid_queries", len(dataset.query))),
                "gallery": len(dataset.gallery)}
     atomic_write_json(summary, os.path.join(output, "metrics.json"))
     ranking_figure(dist, dataset.query, dataset.gallery, os.path.join(output, "ranking.png"))
@@ -444,6 +506,9 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, output: str | 
 def report(result: dict[str, Any]) -> str:
     """The lines tools/eval.py prints."""
     ranks = ", ".join(f"rank-{r} {result[f'rank{r}']:.4f}" for r in RANKS)
+    tprs = ", ".join(f"{tpr_key(f)} {result[tpr_key(f)]:.4f}" for f in FPR_TARGETS)
+    trained = f", trained on {result['trained_on']}" if result["trained_on"] != result["dataset"] else ""
     return (f"{result['model']} on {result['dataset']} ({result['queries']} queries, {result['gallery']} gallery, "
-            f"{result['metric']}{', re-ranked' if result['rerank'] else ''}): mAP {result['mAP']:.4f}, {ranks}, "
-            f"mINP {result['mINP']:.4f}\nwrote metrics.json, ranking.png, features.safetensors to {result['output']}")
+            f"{result['metric']}{', re-ranked' if result['rerank'] else ''}{trained}): mAP {result['mAP']:.4f}, "
+            f"{ranks}, mINP {result['mINP']:.4f}, {tprs}\n"
+            f"wrote metrics.json, ranking.png, features.safetensors to {result['output']}")
