@@ -1,9 +1,11 @@
 """Compile, for a GPU this machine does not have, every Triton kernel the models launch.
 
-``python -m tests.ops._gpu_compile [--launches FILE] [--dtypes bfloat16,float32] MODEL[:SIZE][=DTYPE,...] ...``
-runs each model (default input size: its own) in each dtype; ``python -m tests.ops._gpu_compile --replay FILE``
-compiles the launches such a run recorded, with whichever Triton this process imports. Each prints one line per
-kernel variant (``ok`` / ``FAIL MODEL DTYPE KERNEL VARIANT: reason``) and exits 1 when any fails.
+``python -m tests.ops._gpu_compile [--launches FILE] [--dtypes bfloat16,float32] [--through-llir float32]
+MODEL[:SIZE][=DTYPE,...] ...`` runs each model (default input size: its own) in each dtype;
+``python -m tests.ops._gpu_compile --replay FILE`` compiles the launches such a run recorded, with whichever Triton
+this process imports. Each prints one line per kernel variant (``ok`` / ``FAIL MODEL DTYPE KERNEL VARIANT: reason``)
+and exits 1 when any fails. The launches in a ``--through-llir`` dtype compile through Triton's passes to LLVM IR
+only, as an autotuned kernel's later configs do (below).
 
 The interpreter the op tests run under is lenient where Triton's compiler is not (types, layouts, shared memory),
 so the kernels are also compiled as a GPU would compile them. A model runs forward and backward on CPU tensors with
@@ -108,7 +110,8 @@ class Recorder:
     """Launches become compilations: ``results`` maps (model, dtype, kernel, variant) to None or the reason it
     fails; ``launches`` keeps each distinct launch, encoded for a replay."""
 
-    def __init__(self):
+    def __init__(self, through_llir_dtypes: tuple[str, ...] = ()):
+        self.through_llir_dtypes = through_llir_dtypes
         self.results: dict[tuple[str, str, str, str], str | None] = {}
         self.launches: list[dict] = []
         self._seen: set[str] = set()
@@ -120,6 +123,8 @@ class Recorder:
         """Compile one launch (``through_llir``: to LLVM IR only); its failure reason or None. A tuned config over
         the card's shared memory is recorded as skipped, not failed (the autotuner skips it on the GPU), but still
         returns its reason."""
+        through_llir = through_llir or self.dtype in self.through_llir_dtypes
+        label += " (through LLIR)" if through_llir else ""
         try:
             with THROUGH_LLIR.enabled() if through_llir else contextlib.nullcontext():
                 kernel = _COMPILE(fn, *args, grid=(1,), warmup=True, **kwargs)
@@ -157,7 +162,7 @@ class Recorder:
             failures = []
             for i, config in enumerate(tuner.configs):
                 merged = {**kwargs, **config.all_kwargs()}
-                label = _variant(fn, args, merged) + (" (through LLIR)" if i else "")
+                label = _variant(fn, args, merged)
                 failures.append(recorder.compile(fn, args, merged, label, tuned=True, through_llir=i > 0))
                 if not first_launch and failures[-1] is None:
                     break
@@ -251,8 +256,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtypes", default="bfloat16", help="comma-separated, e.g. bfloat16,float32")
     p.add_argument("--launches", help="write the distinct launches of the run to this JSON file")
     p.add_argument("--replay", help="compile the launches of this JSON file instead of running models")
+    p.add_argument("--through-llir", default="", help="comma-separated dtypes whose launches compile to LLVM IR only")
     args = p.parse_args(argv)
-    recorder = Recorder()
+    recorder = Recorder(tuple(filter(None, args.through_llir.split(","))))
     recorder.install()
     if args.replay:
         with open(args.replay) as f:
