@@ -17,7 +17,8 @@ ptxas stages are left out, because a config that fails there (``PTXASError``, ``
 autotuner on the GPU, while a failure in Triton's passes would stop the run. At its later launches (other group
 counts, head sizes, strides) configs compile in order until one fits. A variant fails when it does not
 compile or needs more shared memory than the card has; an autotuned kernel fails when none of its configs fits.
-Kernels write nothing, so outputs are garbage: only the launches matter.
+Kernels write nothing, so outputs are garbage: only the launches matter, and the models' heavy aten ops
+(convolutions, matrix products, pooling, resampling, normalisation) only allocate their outputs (:class:`ShapesOnly`).
 
 Which kernels launch, and with what, is decided by visattn's launchers, not by Triton, so a run records each launch
 (kernel, argument dtypes and 16-byte alignment, integer and compile-time values) and a replay under another Triton
@@ -45,6 +46,8 @@ if "TRITON_CACHE_DIR" not in os.environ:
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_map  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
@@ -217,6 +220,48 @@ def _variant(fn: JITFunction, args, kwargs) -> str:
     return " ".join(parts)
 
 
+class ShapesOnly(TorchDispatchMode):
+    """The :data:`HEAVY` aten ops return uninitialised outputs of the shapes, strides and dtypes their meta functions
+    give (an output that aliases an input, as an in-place op's, is that input); every other op runs. Launches depend
+    on shapes, dtypes, strides and alignment, never on values (the launchers read none back: test_compile's
+    NoHostSync), and the values are garbage already where a kernel wrote nothing; a bfloat16 convolution on this CPU
+    costs seconds."""
+
+    HEAVY = {"convolution", "convolution_backward", "max_pool2d_with_indices", "max_pool2d_with_indices_backward",
+             "avg_pool2d", "avg_pool2d_backward", "upsample_bilinear2d", "upsample_bilinear2d_backward", "mm",
+             "addmm", "bmm", "native_batch_norm", "native_batch_norm_backward", "_native_batch_norm_legit",
+             "_native_batch_norm_legit_no_training", "native_layer_norm", "native_layer_norm_backward"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ not in self.HEAVY:
+            return func(*args, **kwargs)
+
+        def meta(t):
+            return torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="meta") if isinstance(
+                t, torch.Tensor) else t
+
+        out = func(*tree_map(meta, args), **tree_map(meta, kwargs))
+        written = {}  # alias set -> the input an op writes in place
+        for i, arg in enumerate(func._schema.arguments):
+            if arg.alias_info is not None and arg.alias_info.is_write:
+                for alias in arg.alias_info.before_set:
+                    written[alias] = args[i] if i < len(args) else kwargs[arg.name]
+
+        def allocate(value, returned):
+            aliases = returned.alias_info.before_set if returned.alias_info is not None else ()
+            alias = next((a for a in aliases if a in written), None)
+            if alias is not None:
+                return written[alias]
+            return tree_map(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype)
+                            if isinstance(t, torch.Tensor) else t, value)
+
+        returns = func._schema.returns
+        if len(returns) == 1:
+            return allocate(out, returns[0])
+        return tuple(allocate(value, returned) for value, returned in zip(out, returns, strict=True))
+
+
 def run_models(recorder: Recorder, models: list[str], dtypes: list[str]) -> None:
     """Each model forward and backward in each of ``dtypes`` (``MODEL=DTYPE,...``: its own), at its input size
     (``MODEL:SIZE``: that size)."""
@@ -233,9 +278,10 @@ def run_models(recorder: Recorder, models: list[str], dtypes: list[str]) -> None
             model = timm.create_model(name).to(dtype).train()
             side = int(size) if size else model.pretrained_cfg["input_size"][-1]
             before = len(recorder.results)
-            out = model(torch.randn(1, model.in_chans, side, side, dtype=dtype))
-            out = out[0] if isinstance(out, tuple | list) else out
-            out.float().sum().backward()
+            with ShapesOnly():
+                out = model(torch.randn(1, model.in_chans, side, side, dtype=dtype))
+                out = out[0] if isinstance(out, tuple | list) else out
+                out.float().sum().backward()
             if len(recorder.results) == before:
                 recorder.results[(name, dtype_name, "-", "no Triton kernel was launched")] = "no launch"
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.tools._runs import REID, ROOT, SEG_SMALL, SMALL, assert_one_line_error, script, tool
 
-EPOCHS = "4"
+EPOCHS = "3"
 
 
 def _task_args(task: str, request) -> list[str]:
