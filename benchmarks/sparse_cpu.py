@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Sparsifiner against the dense ViT it sparsifies, on this machine's CPU: inference latency at batch 1 and 8 (one
 thread, float32, eval mode, the two models timed in turn in one process, medians of ``--rounds``), and where the
-sparse model's time goes (torch.profiler's operators at batch 1, grouped).
+sparse model's time goes beside the dense one's (torch.profiler's operators at batch 1 and 8, grouped). The machine's
+load averages before and after are written with the numbers: other work on the machine slows both models, the
+interleaving keeps their ratio fair.
 
     .venv/bin/python -m benchmarks.sparse_cpu [--rounds 15] [--output benchmarks/SPARSE_CPU.md]
 
@@ -24,14 +26,20 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = [("sparsifiner_deit_small", "deit_small_patch16_224"), ("sparsifiner_lvvit_small", "lvvit_small")]
 BATCHES = (1, 8)
-# profiler operator -> the part of the sparse model it is (anything else: "other")
+PROFILED_FORWARDS = 3
+# profiler operator -> the part of a model it is (anything else: "other")
+LINEAR, PREDICTOR, TOPK, MASK = ("linear layers (qkv, projections, MLP, head)",
+                                 "predictor products and softmax (q', k', coefficients, approximation)",
+                                 "top-k (predictor coefficients, attended keys)", "masks (coefficients, -inf mask)")
 PARTS = {
-    "aten::addmm": "linear layers (qkv, projections, MLP)", "aten::mm": "linear layers (qkv, projections, MLP)",
-    "aten::topk": "top-k (predictor coefficients, attended keys)",
-    "aten::bmm": "attention and predictor products", "aten::_softmax": "softmax",
-    "aten::masked_fill_": "masking", "aten::scatter_": "masking", "aten::nan_to_num": "masking",
-    "aten::where": "masking", "aten::gelu": "GELU", "aten::native_layer_norm": "LayerNorm",
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "dense attention (class query)",
+    "aten::addmm": LINEAR, "aten::mm": PREDICTOR, "aten::bmm": PREDICTOR, "aten::_softmax": PREDICTOR,
+    "aten::topk": TOPK, "aten::aminmax": TOPK,
+    "aten::scatter_": MASK, "aten::scatter": MASK, "aten::gather": MASK, "aten::fill_": MASK, "aten::abs": MASK,
+    "aten::where": MASK,
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (SDPA; sparse: under the mask)",
+    "aten::copy_": "copies (strided q/k/v, head merge)",
+    "aten::gelu": "GELU", "aten::native_layer_norm": "LayerNorm",
+    "aten::mkldnn_convolution": "stem convolutions", "aten::native_batch_norm": "stem convolutions",
 }
 
 
@@ -50,20 +58,37 @@ def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, rounds: int) 
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
-def breakdown(model: torch.nn.Module) -> list[tuple[str, float]]:
-    """(part, milliseconds of self CPU time) of one batch-1 forward, largest first."""
+def breakdown(model: torch.nn.Module, batch: int) -> dict[str, float]:
+    """Part -> milliseconds of self CPU time per forward at ``batch`` (torch.profiler, mean of
+    :data:`PROFILED_FORWARDS` forwards)."""
     from torch.profiler import ProfilerActivity, profile
 
-    x = torch.rand(1, 3, 224, 224)
+    x = torch.rand(batch, 3, 224, 224)
     with torch.no_grad():
         model(x)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            model(x)
+            for _ in range(PROFILED_FORWARDS):
+                model(x)
     parts: dict[str, float] = {}
     for event in prof.key_averages():
         part = PARTS.get(event.key, "other")
-        parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3
-    return sorted(parts.items(), key=lambda item: -item[1])
+        parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3 / PROFILED_FORWARDS
+    return parts
+
+
+def breakdown_table(sparse: str, dense: str, batch: int, parts: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown lines: each part's milliseconds in the sparse and the dense model, largest difference first."""
+    names = sorted(set(parts[sparse]) | set(parts[dense]),
+                   key=lambda part: -(parts[sparse].get(part, 0.0) - parts[dense].get(part, 0.0)))
+    total = {name: sum(parts[name].values()) for name in (sparse, dense)}
+    lines = ["", f"Where the time goes at batch {batch} (torch.profiler, self CPU time per forward, mean of "
+                 f"{PROFILED_FORWARDS}; the profiler's own overhead included):", "",
+             f"| part | `{sparse}` (ms) | `{dense}` (ms) | difference (ms) |", "|---|---|---|---|"]
+    for part in names:
+        a, b = parts[sparse].get(part, 0.0), parts[dense].get(part, 0.0)
+        lines.append(f"| {part} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+    lines.append(f"| all | {total[sparse]:.1f} | {total[dense]:.1f} | {total[sparse] - total[dense]:+.1f} |")
+    return lines
 
 
 def main() -> int:
@@ -77,6 +102,7 @@ def main() -> int:
     from visattn.engine.checkpoint import atomic_write
 
     torch.set_num_threads(1)
+    load_before = os.getloadavg()
     lines = [
         "# Sparsifiner against dense, CPU", "",
         f"Written by `benchmarks/sparse_cpu.py` on {datetime.date.today().isoformat()}: "
@@ -86,7 +112,7 @@ def main() -> int:
         "| sparse model | dense model | batch | sparse (ms) | dense (ms) | sparse / dense |",
         "|---|---|---|---|---|---|",
     ]
-    profiles = []
+    tables = []
     for sparse, dense in PAIRS:
         models = {name: timm.create_model(name).eval() for name in (sparse, dense)}
         for batch in BATCHES:
@@ -95,12 +121,13 @@ def main() -> int:
             lines.append(f"| `{sparse}` | `{dense}` | {batch} | {ms[sparse]:.1f} | {ms[dense]:.1f} | {ratio:.2f}x |")
             print(f"{sparse} vs {dense}, batch {batch}: {ms[sparse]:.1f} vs {ms[dense]:.1f} ms ({ratio:.2f}x)",
                   flush=True)
-        profiles.append((sparse, breakdown(models[sparse])))
-    for sparse, parts in profiles:
-        total = sum(ms for _, ms in parts)
-        lines += ["", f"Where `{sparse}`'s time goes at batch 1 (torch.profiler, self CPU time, {total:.1f} ms in "
-                      "all):", "", "| part | ms | share |", "|---|---|---|"]
-        lines += [f"| {part} | {ms:.1f} | {ms / total:.0%} |" for part, ms in parts]
+        for batch in BATCHES:
+            parts = {name: breakdown(model, batch) for name, model in models.items()}
+            tables += breakdown_table(sparse, dense, batch, parts)
+    lines += tables
+    load = " / ".join(f"{a:.2f}, {b:.2f}, {c:.2f}" for a, b, c in (load_before, os.getloadavg()))
+    lines.insert(4, f"Load averages (1, 5, 15 min) of the machine's {os.cpu_count()} cores before / after: {load}.")
+    lines.insert(5, "")
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:

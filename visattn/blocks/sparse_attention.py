@@ -4,15 +4,52 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 
 from ..contract import InspectionMap, query_cell
+from ..ops._backend import resolve_backend
 from ..ops.sparse_attention import sparse_attention
 
-__all__ = ["ConnectivityPredictor", "SparsifinerAttention"]
+__all__ = ["ConnectivityPredictor", "SparsifinerAttention", "outside_topk"]
+
+# -inf's bits as the unsigned integer of its float's width (the host selection's dtypes)
+_NEG_INF_BITS = {torch.float32: np.uint32(0xFF800000), torch.float64: np.uint64(0xFFF0000000000000)}
+
+
+def _on_host(x: torch.Tensor) -> bool:
+    """Whether ``x`` can be read on the host with NumPy: an eager CPU tensor of float32 or float64."""
+    return x.device.type == "cpu" and x.dtype in _NEG_INF_BITS and not torch.compiler.is_compiling() \
+        and not torch.compiler.is_exporting()
+
+
+def outside_topk(x: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Boolean (..., n), True at the entries of each row of ``x`` (..., n) outside its top k: the complement of
+    ``x.topk(k, dim=-1).indices``, ties included. None where it is not computed here (a CUDA tensor, a dtype other
+    than float32/float64, inside torch.compile or export): the caller runs ``torch.topk``. No gradient.
+
+    Computed on the host with NumPy: the k-th largest entry t of each row (``np.partition``, a SIMD selection several
+    times faster than torch's CPU top-k), the entries below t outside. That is the top k exactly when k entries are
+    not below t (NaN counts as the largest, as in ``torch.topk``); a row with more (a tie at t) takes its top k from
+    ``torch.topk``, as the official code does, whose choice among tied entries is its own.
+    """
+    if not _on_host(x):
+        return None
+    n = x.shape[-1]
+    if k >= n:
+        return torch.zeros(x.shape, dtype=torch.bool)
+    rows = x.detach().numpy().reshape(-1, n)
+    outside = rows < np.partition(rows, n - k, axis=-1)[:, n - k:n - k + 1]
+    tied = np.flatnonzero(outside.sum(axis=-1, dtype=np.int32) != n - k)
+    if tied.size:
+        top = torch.from_numpy(rows[tied]).topk(k, dim=-1, sorted=False).indices.numpy()
+        decided = np.ones((tied.size, n), dtype=bool)
+        np.put_along_axis(decided, top, False, axis=-1)
+        outside[tied] = decided
+    return torch.from_numpy(outside).view(x.shape)
 
 
 class ConnectivityPredictor(nn.Module):
@@ -87,15 +124,35 @@ class ConnectivityPredictor(nn.Module):
         coef = (self.proj_c_q(q) @ keys * self.scale)[:, :, 1:].softmax(dim=-1)  # (B, H, N-1, K)
         if reconstruct:
             return coef @ proj_back_n.t()
-        top, slots = coef.topk(self.coef_topk, dim=-1, sorted=False)
-        coef = torch.zeros_like(coef).scatter(-1, slots, top)
+        outside = outside_topk(coef, self.coef_topk)
+        if outside is None:
+            top, slots = coef.topk(self.coef_topk, dim=-1, sorted=False)
+            coef = torch.zeros_like(coef).scatter_(-1, slots, top)
+        else:
+            coef = torch.where(outside, 0.0, coef)
         basis = proj_back_n.t().abs()
         basis = torch.where(basis > self.basis_threshold, basis, 0.0)
         return coef @ basis
 
     def connectivity(self, approx: torch.Tensor) -> torch.Tensor:
-        """Approximate attention (B, H, N-1, N) -> int64 key indices (B, H, N-1, ceil(rho N)), in no order."""
+        """Approximate attention (B, H, N-1, N) -> int64 key indices (B, H, N-1, ceil(rho N)), in no order: those
+        of ``torch.topk``, as the official code selects them."""
         return approx.detach().topk(self.budget(approx.shape[-1]), dim=-1, sorted=False).indices
+
+    def attention_mask(self, approx: torch.Tensor) -> torch.Tensor:
+        """Approximate attention (B, H, N-1, N) -> the connectivity as an additive attention mask (B, H, N, N) of
+        approx's dtype: 0 where a query attends a key (the class row: every key), -inf elsewhere. No gradient."""
+        b, h, n = *approx.shape[:2], approx.shape[-1]
+        outside = outside_topk(approx, self.budget(n))
+        if outside is None:
+            outside = torch.ones_like(approx, dtype=torch.bool).scatter_(-1, self.connectivity(approx), False)
+        mask = torch.zeros((b, h, n, n), dtype=approx.dtype, device=approx.device)
+        if _on_host(mask):  # -inf's bits times the booleans: several times faster than masked_fill_ on the CPU
+            neg_inf = _NEG_INF_BITS[mask.dtype]
+            np.multiply(outside.numpy(), neg_inf, out=mask.numpy().view(neg_inf.dtype)[:, :, 1:], casting="unsafe")
+        else:
+            mask[:, :, 1:].masked_fill_(outside, float("-inf"))
+        return mask
 
 
 class SparsifinerAttention(nn.Module):
@@ -148,10 +205,13 @@ class SparsifinerAttention(nn.Module):
             out = probs @ v
         elif dense:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        else:
+        elif resolve_backend(self.backend, q) == "triton":
             indices = self.mask_predictor.connectivity(approx)
             patches = sparse_attention(q[:, :, 1:], k, v, indices, scale=self.scale, backend=self.backend)
             out = torch.cat([F.scaled_dot_product_attention(q[:, :, :1], k, v, scale=self.scale), patches], dim=2)
+        else:  # the torch backend: dense attention under a -inf mask is cheaper than any gather of the keys
+            mask = self.mask_predictor.attention_mask(approx)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
         return (out, approx, probs) if return_maps else out
 
