@@ -31,10 +31,11 @@ def outside_topk(x: torch.Tensor, k: int) -> torch.Tensor | None:
     ``x.topk(k, dim=-1).indices``, ties included. None where it is not computed here (a CUDA tensor, a dtype other
     than float32/float64, inside torch.compile or export): the caller runs ``torch.topk``. No gradient.
 
-    Computed on the host with NumPy: the k-th largest entry t of each row (``np.partition``, a SIMD selection several
-    times faster than torch's CPU top-k), the entries below t outside. That is the top k exactly when k entries are
-    not below t (NaN counts as the largest, as in ``torch.topk``); a row with more (a tie at t) takes its top k from
-    ``torch.topk``, as the official code does, whose choice among tied entries is its own.
+    Computed on the host with NumPy: each row sorted (``np.sort``, a SIMD sort several times faster than torch's CPU
+    top-k), its k-th largest entry t, the entries below t outside. That is the top k exactly when the next entry below
+    t in the sorted row is smaller than t (NaN sorts last, the largest, as ``torch.topk`` takes it); a row where it is
+    not (a tie at t) takes its top k from ``torch.topk``, as the official code does, whose choice among tied entries
+    is its own.
     """
     if not _on_host(x):
         return None
@@ -42,8 +43,10 @@ def outside_topk(x: torch.Tensor, k: int) -> torch.Tensor | None:
     if k >= n:
         return torch.zeros(x.shape, dtype=torch.bool)
     rows = x.detach().numpy().reshape(-1, n)
-    outside = rows < np.partition(rows, n - k, axis=-1)[:, n - k:n - k + 1]
-    tied = np.flatnonzero(outside.sum(axis=-1, dtype=np.int32) != n - k)
+    ordered = np.sort(rows, axis=-1)
+    kth = ordered[:, n - k:n - k + 1]
+    outside = rows < kth
+    tied = np.flatnonzero(~(ordered[:, n - k - 1] < kth[:, 0]))
     if tied.size:
         top = torch.from_numpy(rows[tied]).topk(k, dim=-1, sorted=False).indices.numpy()
         decided = np.ones((tied.size, n), dtype=bool)
