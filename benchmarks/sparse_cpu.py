@@ -14,12 +14,14 @@ targets are in benchmarks/gpu_suite.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -27,20 +29,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = [("sparsifiner_deit_small", "deit_small_patch16_224"), ("sparsifiner_lvvit_small", "lvvit_small")]
 BATCHES = (1, 8)
 PROFILED_FORWARDS = 3
-# profiler operator -> the part of a model it is (anything else: "other")
-LINEAR, PREDICTOR, TOPK, MASK = ("linear layers (qkv, projections, MLP, head)",
-                                 "predictor products and softmax (q', k', coefficients, approximation)",
-                                 "top-k (predictor coefficients, attended keys)", "masks (coefficients, -inf mask)")
-PARTS = {
-    "aten::addmm": LINEAR, "aten::mm": PREDICTOR, "aten::bmm": PREDICTOR, "aten::_softmax": PREDICTOR,
-    "aten::topk": TOPK, "aten::aminmax": TOPK,
-    "aten::scatter_": MASK, "aten::scatter": MASK, "aten::gather": MASK, "aten::fill_": MASK, "aten::abs": MASK,
-    "aten::where": MASK,
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (SDPA; sparse: under the mask)",
-    "aten::copy_": "copies (strided q/k/v, head merge)",
-    "aten::gelu": "GELU", "aten::native_layer_norm": "LayerNorm",
-    "aten::mkldnn_convolution": "stem convolutions", "aten::native_batch_norm": "stem convolutions",
-}
+# The parts of a forward the profile is split into: profiler scopes the benchmark opens around modules (and around
+# the predictor's attention mask), each operator counted in the part of its scope (the predictor's and the mask's
+# whole, so the predictor's linear layers are the predictor's), a scope's own time (Python, NumPy) in its part.
+PREDICTOR = "connectivity predictor (q', k', coefficients and their top 8, approximation)"
+MASK = "connectivity mask (top ceil(rho N) keys of each patch query, as a -inf mask)"
+SDPA = "attention (SDPA; sparse: under the mask)"
+ATTENTION = "attention module, the rest (q/k/v views, merge of heads)"
+LINEAR = "linear layers (qkv, projection, MLP, head)"
+EMBED = "patch embedding (LV-ViT: convolutional stem)"
+OTHER = "other (residuals, position embedding, pooling, Python)"
+NORM, GELU = "LayerNorm", "GELU"
+SDPA_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention")
 
 
 def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, rounds: int) -> dict[str, float]:
@@ -58,20 +58,87 @@ def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, rounds: int) 
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
+def _label(model: torch.nn.Module, module: torch.nn.Module) -> str | None:
+    """The part a module's scope is, or None (no scope)."""
+    from timm.models.vision_transformer import Attention
+
+    from visattn.blocks import ConnectivityPredictor, SparsifinerAttention
+
+    if isinstance(module, ConnectivityPredictor):
+        return PREDICTOR
+    if isinstance(module, (SparsifinerAttention, Attention)):
+        return ATTENTION
+    if module is model.patch_embed:
+        return EMBED
+    kinds = ((torch.nn.Linear, LINEAR), (torch.nn.LayerNorm, NORM), (torch.nn.GELU, GELU))
+    return next((label for kind, label in kinds if isinstance(module, kind)), None)
+
+
+@contextlib.contextmanager
+def scopes(model: torch.nn.Module) -> Iterator[None]:
+    """Profiler scopes named by :func:`_label` around ``model``'s modules and around the predictors' attention masks,
+    while the block runs."""
+    from visattn.blocks import ConnectivityPredictor
+
+    open_scopes: list[torch.profiler.record_function] = []
+
+    def enter(label: str):
+        def hook(module, args):
+            open_scopes.append(torch.profiler.record_function(label))
+            open_scopes[-1].__enter__()
+        return hook
+
+    def leave(module, args, output):
+        open_scopes.pop().__exit__(None, None, None)
+
+    handles = []
+    for module in model.modules():
+        if label := _label(model, module):
+            handles += [module.register_forward_pre_hook(enter(label)), module.register_forward_hook(leave)]
+    attention_mask = ConnectivityPredictor.attention_mask
+
+    def scoped_mask(self, approx):
+        with torch.profiler.record_function(MASK):
+            return attention_mask(self, approx)
+
+    ConnectivityPredictor.attention_mask = scoped_mask
+    try:
+        yield
+    finally:
+        ConnectivityPredictor.attention_mask = attention_mask
+        for handle in handles:
+            handle.remove()
+
+
+def _part(event) -> str:
+    """The part a profiler event's self time belongs to (see :data:`PREDICTOR`'s comment)."""
+    chain = []
+    while event is not None:
+        chain.append(event.name)
+        event = event.cpu_parent
+    for whole in (PREDICTOR, MASK):
+        if whole in chain:
+            return whole
+    if chain[0] in SDPA_OPS:
+        return SDPA
+    return next((name for name in chain if name in (ATTENTION, LINEAR, EMBED, NORM, GELU)), OTHER)
+
+
 def breakdown(model: torch.nn.Module, batch: int) -> dict[str, float]:
     """Part -> milliseconds of self CPU time per forward at ``batch`` (torch.profiler, mean of
-    :data:`PROFILED_FORWARDS` forwards)."""
+    :data:`PROFILED_FORWARDS` forwards, each in one scope so that its Python time outside the modules counts)."""
     from torch.profiler import ProfilerActivity, profile
 
     x = torch.rand(batch, 3, 224, 224)
-    with torch.no_grad():
+    with torch.no_grad(), scopes(model):
         model(x)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(PROFILED_FORWARDS):
-                model(x)
+                with torch.profiler.record_function(OTHER):
+                    model(x)
     parts: dict[str, float] = {}
-    for event in prof.key_averages():
-        part = PARTS.get(event.key, "other")
+    for event in prof.events():
+        part = _part(event)
         parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3 / PROFILED_FORWARDS
     return parts
 
@@ -82,7 +149,7 @@ def breakdown_table(sparse: str, dense: str, batch: int, parts: dict[str, dict[s
                    key=lambda part: -(parts[sparse].get(part, 0.0) - parts[dense].get(part, 0.0)))
     total = {name: sum(parts[name].values()) for name in (sparse, dense)}
     lines = ["", f"Where the time goes at batch {batch} (torch.profiler, self CPU time per forward, mean of "
-                 f"{PROFILED_FORWARDS}; the profiler's own overhead included):", "",
+                 f"{PROFILED_FORWARDS}, the profiler's own overhead included):", "",
              f"| part | `{sparse}` (ms) | `{dense}` (ms) | difference (ms) |", "|---|---|---|---|"]
     for part in names:
         a, b = parts[sparse].get(part, 0.0), parts[dense].get(part, 0.0)
