@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Sparsifiner against the dense ViT it sparsifies, on this machine's CPU: inference latency at batch 1 and 8 (one
 thread, float32, eval mode, the two models timed in turn in one process, medians of ``--rounds``), and where the
-sparse model's time goes beside the dense one's (torch.profiler's operators at batch 1 and 8, grouped). The machine's
+sparse model's time goes beside the dense one's (torch.profiler at batch 1 and 8, the operators grouped by the module
+that runs them, the two models profiled in turn, medians). The machine's
 load averages before and after are written with the numbers: other work on the machine slows both models, the
 interleaving keeps their ratio fair.
 
@@ -28,7 +29,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = [("sparsifiner_deit_small", "deit_small_patch16_224"), ("sparsifiner_lvvit_small", "lvvit_small")]
 BATCHES = (1, 8)
-PROFILED_FORWARDS = 3
+PROFILED_ROUNDS = 5
 # The parts of a forward the profile is split into: profiler scopes the benchmark opens around modules (and around
 # the predictor's attention mask), each operator counted in the part of its scope (the predictor's and the mask's
 # whole, so the predictor's linear layers are the predictor's), a scope's own time (Python, NumPy) in its part.
@@ -97,9 +98,9 @@ def scopes(model: torch.nn.Module) -> Iterator[None]:
             handles += [module.register_forward_pre_hook(enter(label)), module.register_forward_hook(leave)]
     attention_mask = ConnectivityPredictor.attention_mask
 
-    def scoped_mask(self, approx):
+    def scoped_mask(self, *args, **kwargs):
         with torch.profiler.record_function(MASK):
-            return attention_mask(self, approx)
+            return attention_mask(self, *args, **kwargs)
 
     ConnectivityPredictor.attention_mask = scoped_mask
     try:
@@ -124,37 +125,51 @@ def _part(event) -> str:
     return next((name for name in chain if name in (ATTENTION, LINEAR, EMBED, NORM, GELU)), OTHER)
 
 
-def breakdown(model: torch.nn.Module, batch: int) -> dict[str, float]:
-    """Part -> milliseconds of self CPU time per forward at ``batch`` (torch.profiler, mean of
-    :data:`PROFILED_FORWARDS` forwards, each in one scope so that its Python time outside the modules counts)."""
+def _profiled_parts(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Part -> milliseconds of self CPU time of one forward of ``model`` on ``x``, in one scope so that its Python
+    time outside the modules counts too."""
     from torch.profiler import ProfilerActivity, profile
 
-    x = torch.rand(batch, 3, 224, 224)
-    with torch.no_grad(), scopes(model):
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.profiler.record_function(OTHER):
         model(x)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(PROFILED_FORWARDS):
-                with torch.profiler.record_function(OTHER):
-                    model(x)
     parts: dict[str, float] = {}
     for event in prof.events():
         part = _part(event)
-        parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3 / PROFILED_FORWARDS
+        parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3
     return parts
 
 
-def breakdown_table(sparse: str, dense: str, batch: int, parts: dict[str, dict[str, float]]) -> list[str]:
+def breakdowns(models: dict[str, torch.nn.Module], batch: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Model -> part -> median milliseconds per forward at ``batch`` over ``rounds`` profiled forwards, the models
+    profiled in turn each round (so that other work on the machine weighs on both alike)."""
+    x = torch.rand(batch, 3, 224, 224)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(scopes(model))
+            model(x)
+        for _ in range(rounds):
+            for name, model in models.items():
+                runs[name].append(_profiled_parts(model, x))
+    return {name: {part: statistics.median(run.get(part, 0.0) for run in parts)
+                   for part in set().union(*parts)} for name, parts in runs.items()}
+
+
+def breakdown_table(sparse: str, dense: str, batch: int, parts: dict[str, dict[str, float]],
+                    rounds: int) -> list[str]:
     """Markdown lines: each part's milliseconds in the sparse and the dense model, largest difference first."""
     names = sorted(set(parts[sparse]) | set(parts[dense]),
                    key=lambda part: -(parts[sparse].get(part, 0.0) - parts[dense].get(part, 0.0)))
     total = {name: sum(parts[name].values()) for name in (sparse, dense)}
-    lines = ["", f"Where the time goes at batch {batch} (torch.profiler, self CPU time per forward, mean of "
-                 f"{PROFILED_FORWARDS}, the profiler's own overhead included):", "",
+    lines = ["", f"Where the time goes at batch {batch} (torch.profiler, self CPU time per forward, medians of "
+                 f"{rounds} forwards profiled in turn, the profiler's own overhead included; the parts "
+                 "both models have differ by the noise of the machine's load):", "",
              f"| part | `{sparse}` (ms) | `{dense}` (ms) | difference (ms) |", "|---|---|---|---|"]
     for part in names:
         a, b = parts[sparse].get(part, 0.0), parts[dense].get(part, 0.0)
         lines.append(f"| {part} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
-    lines.append(f"| all | {total[sparse]:.1f} | {total[dense]:.1f} | {total[sparse] - total[dense]:+.1f} |")
+    a, b = total[sparse], total[dense]
+    lines.append(f"| all (sum of the medians) | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
     return lines
 
 
@@ -189,8 +204,8 @@ def main() -> int:
             print(f"{sparse} vs {dense}, batch {batch}: {ms[sparse]:.1f} vs {ms[dense]:.1f} ms ({ratio:.2f}x)",
                   flush=True)
         for batch in BATCHES:
-            parts = {name: breakdown(model, batch) for name, model in models.items()}
-            tables += breakdown_table(sparse, dense, batch, parts)
+            parts = breakdowns(models, batch, PROFILED_ROUNDS)
+            tables += breakdown_table(sparse, dense, batch, parts, PROFILED_ROUNDS)
     lines += tables
     load = " / ".join(f"{a:.2f}, {b:.2f}, {c:.2f}" for a, b, c in (load_before, os.getloadavg()))
     lines.insert(4, f"Load averages (1, 5, 15 min) of the machine's {os.cpu_count()} cores before / after: {load}.")
