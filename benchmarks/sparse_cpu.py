@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Sparsifiner against the dense ViT it sparsifies, on this machine's CPU: inference latency at batch 1 and 8 (one
 thread, float32, eval mode, the two models timed in turn in one process, medians of ``--rounds``), and where the
-sparse model's time goes (torch.profiler's operators at batch 1, grouped).
+sparse model's time goes beside the dense one's (torch.profiler at batch 1 and 8, the operators grouped by the module
+that runs them, the two models profiled in turn, medians). The machine's
+load averages before and after are written with the numbers: other work on the machine slows both models, the
+interleaving keeps their ratio fair.
 
     .venv/bin/python -m benchmarks.sparse_cpu [--rounds 15] [--output benchmarks/SPARSE_CPU.md]
 
@@ -12,31 +15,37 @@ targets are in benchmarks/gpu_suite.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = [("sparsifiner_deit_small", "deit_small_patch16_224"), ("sparsifiner_lvvit_small", "lvvit_small")]
 BATCHES = (1, 8)
-# profiler operator -> the part of the sparse model it is (anything else: "other")
-PARTS = {
-    "aten::addmm": "linear layers (qkv, projections, MLP)", "aten::mm": "linear layers (qkv, projections, MLP)",
-    "aten::topk": "top-k (predictor coefficients, attended keys)",
-    "aten::bmm": "attention and predictor products", "aten::_softmax": "softmax",
-    "aten::masked_fill_": "masking", "aten::scatter_": "masking", "aten::nan_to_num": "masking",
-    "aten::where": "masking", "aten::gelu": "GELU", "aten::native_layer_norm": "LayerNorm",
-    "aten::_scaled_dot_product_flash_attention_for_cpu": "dense attention (class query)",
-}
+PROFILED_ROUNDS = 5
+# The parts of a forward the profile is split into: profiler scopes the benchmark opens around modules (and around
+# the predictor's attention mask), each operator counted in the part of its scope (the predictor's and the mask's
+# whole, so the predictor's linear layers are the predictor's), a scope's own time (Python, NumPy) in its part.
+PREDICTOR = "connectivity predictor (q', k', coefficients and their top 8, approximation)"
+MASK = "connectivity mask (top ceil(rho N) keys of each patch query, as a -inf mask)"
+SDPA = "attention (SDPA; sparse: under the mask)"
+ATTENTION = "attention module, the rest (q/k/v views, merge of heads)"
+LINEAR = "linear layers (qkv, projection, MLP, head)"
+EMBED = "patch embedding (LV-ViT: convolutional stem)"
+OTHER = "other (residuals, position embedding, pooling, Python)"
+NORM, GELU = "LayerNorm", "GELU"
+SDPA_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention")
 
 
-def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, rounds: int) -> dict[str, float]:
-    """Median milliseconds per forward of each model, the models run in turn each round."""
+def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """(median, minimum) milliseconds per forward of each model, the models run in turn each round."""
     x = torch.rand(batch, 3, 224, 224)
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
@@ -47,23 +56,121 @@ def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, rounds: int) 
                 start = time.perf_counter()
                 model(x)
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    return {name: (statistics.median(t) * 1e3, min(t) * 1e3) for name, t in times.items()}
 
 
-def breakdown(model: torch.nn.Module) -> list[tuple[str, float]]:
-    """(part, milliseconds of self CPU time) of one batch-1 forward, largest first."""
+def _label(model: torch.nn.Module, module: torch.nn.Module) -> str | None:
+    """The part a module's scope is, or None (no scope)."""
+    from timm.models.vision_transformer import Attention
+
+    from visattn.blocks import ConnectivityPredictor, SparsifinerAttention
+
+    if isinstance(module, ConnectivityPredictor):
+        return PREDICTOR
+    if isinstance(module, (SparsifinerAttention, Attention)):
+        return ATTENTION
+    if module is model.patch_embed:
+        return EMBED
+    kinds = ((torch.nn.Linear, LINEAR), (torch.nn.LayerNorm, NORM), (torch.nn.GELU, GELU))
+    return next((label for kind, label in kinds if isinstance(module, kind)), None)
+
+
+@contextlib.contextmanager
+def scopes(model: torch.nn.Module) -> Iterator[None]:
+    """Profiler scopes named by :func:`_label` around ``model``'s modules and around the predictors' attention masks,
+    while the block runs."""
+    from visattn.blocks import ConnectivityPredictor
+
+    open_scopes: list[torch.profiler.record_function] = []
+
+    def enter(label: str):
+        def hook(module, args):
+            open_scopes.append(torch.profiler.record_function(label))
+            open_scopes[-1].__enter__()
+        return hook
+
+    def leave(module, args, output):
+        open_scopes.pop().__exit__(None, None, None)
+
+    handles = []
+    for module in model.modules():
+        if label := _label(model, module):
+            handles += [module.register_forward_pre_hook(enter(label)), module.register_forward_hook(leave)]
+    attention_mask = ConnectivityPredictor.attention_mask
+
+    def scoped_mask(self, *args, **kwargs):
+        with torch.profiler.record_function(MASK):
+            return attention_mask(self, *args, **kwargs)
+
+    ConnectivityPredictor.attention_mask = scoped_mask
+    try:
+        yield
+    finally:
+        ConnectivityPredictor.attention_mask = attention_mask
+        for handle in handles:
+            handle.remove()
+
+
+def _part(event) -> str:
+    """The part a profiler event's self time belongs to (see :data:`PREDICTOR`'s comment)."""
+    chain = []
+    while event is not None:
+        chain.append(event.name)
+        event = event.cpu_parent
+    for whole in (PREDICTOR, MASK):
+        if whole in chain:
+            return whole
+    if chain[0] in SDPA_OPS:
+        return SDPA
+    return next((name for name in chain if name in (ATTENTION, LINEAR, EMBED, NORM, GELU)), OTHER)
+
+
+def _profiled_parts(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Part -> milliseconds of self CPU time of one forward of ``model`` on ``x``, in one scope so that its Python
+    time outside the modules counts too."""
     from torch.profiler import ProfilerActivity, profile
 
-    x = torch.rand(1, 3, 224, 224)
-    with torch.no_grad():
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.profiler.record_function(OTHER):
         model(x)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            model(x)
     parts: dict[str, float] = {}
-    for event in prof.key_averages():
-        part = PARTS.get(event.key, "other")
+    for event in prof.events():
+        part = _part(event)
         parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3
-    return sorted(parts.items(), key=lambda item: -item[1])
+    return parts
+
+
+def breakdowns(models: dict[str, torch.nn.Module], batch: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Model -> part -> median milliseconds per forward at ``batch`` over ``rounds`` profiled forwards, the models
+    profiled in turn each round (so that other work on the machine weighs on both alike)."""
+    x = torch.rand(batch, 3, 224, 224)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(scopes(model))
+            model(x)
+        for _ in range(rounds):
+            for name, model in models.items():
+                runs[name].append(_profiled_parts(model, x))
+    return {name: {part: statistics.median(run.get(part, 0.0) for run in parts)
+                   for part in set().union(*parts)} for name, parts in runs.items()}
+
+
+def breakdown_table(sparse: str, dense: str, batch: int, parts: dict[str, dict[str, float]],
+                    rounds: int) -> list[str]:
+    """Markdown lines: each part's milliseconds in the sparse and the dense model, largest difference first."""
+    names = sorted(set(parts[sparse]) | set(parts[dense]),
+                   key=lambda part: -(parts[sparse].get(part, 0.0) - parts[dense].get(part, 0.0)))
+    total = {name: sum(parts[name].values()) for name in (sparse, dense)}
+    lines = ["", f"Where the time goes at batch {batch} (torch.profiler, self CPU time per forward, medians of "
+                 f"{rounds} forwards profiled in turn, the profiler's own overhead included; the parts "
+                 "both models have differ by the noise of the machine's load):", "",
+             f"| part | `{sparse}` (ms) | `{dense}` (ms) | difference (ms) |", "|---|---|---|---|"]
+    for part in names:
+        a, b = parts[sparse].get(part, 0.0), parts[dense].get(part, 0.0)
+        lines.append(f"| {part} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+    a, b = total[sparse], total[dense]
+    lines.append(f"| all (sum of the medians) | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+    return lines
 
 
 def main() -> int:
@@ -77,30 +184,34 @@ def main() -> int:
     from visattn.engine.checkpoint import atomic_write
 
     torch.set_num_threads(1)
+    load_before = os.getloadavg()
     lines = [
         "# Sparsifiner against dense, CPU", "",
         f"Written by `benchmarks/sparse_cpu.py` on {datetime.date.today().isoformat()}: "
         f"{platform.processor() or 'CPU'}, 1 thread, torch {torch.__version__}, timm {timm.__version__}. "
         f"Inference of 224x224 images in eval mode, float32, random weights, the two models timed in turn in one "
-        f"process, medians of {args.rounds} rounds.", "",
-        "| sparse model | dense model | batch | sparse (ms) | dense (ms) | sparse / dense |",
-        "|---|---|---|---|---|---|",
+        f"process, medians (and the fastest) of {args.rounds} rounds.", "",
+        "| sparse model | dense model | batch | sparse (ms) | dense (ms) | sparse / dense | sparse, fastest (ms) | "
+        "dense, fastest (ms) | fastest / fastest |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    profiles = []
+    tables = []
     for sparse, dense in PAIRS:
         models = {name: timm.create_model(name).eval() for name in (sparse, dense)}
         for batch in BATCHES:
-            ms = interleaved_ms(models, batch, args.rounds)
-            ratio = ms[sparse] / ms[dense]
-            lines.append(f"| `{sparse}` | `{dense}` | {batch} | {ms[sparse]:.1f} | {ms[dense]:.1f} | {ratio:.2f}x |")
-            print(f"{sparse} vs {dense}, batch {batch}: {ms[sparse]:.1f} vs {ms[dense]:.1f} ms ({ratio:.2f}x)",
-                  flush=True)
-        profiles.append((sparse, breakdown(models[sparse])))
-    for sparse, parts in profiles:
-        total = sum(ms for _, ms in parts)
-        lines += ["", f"Where `{sparse}`'s time goes at batch 1 (torch.profiler, self CPU time, {total:.1f} ms in "
-                      "all):", "", "| part | ms | share |", "|---|---|---|"]
-        lines += [f"| {part} | {ms:.1f} | {ms / total:.0%} |" for part, ms in parts]
+            (median, fastest), (dense_median, dense_fastest) = interleaved_ms(models, batch, args.rounds).values()
+            row = (f"| `{sparse}` | `{dense}` | {batch} | {median:.1f} | {dense_median:.1f} | "
+                   f"**{median / dense_median:.2f}x** | {fastest:.1f} | {dense_fastest:.1f} | "
+                   f"{fastest / dense_fastest:.2f}x |")
+            lines.append(row)
+            print(row, flush=True)
+        for batch in BATCHES:
+            parts = breakdowns(models, batch, PROFILED_ROUNDS)
+            tables += breakdown_table(sparse, dense, batch, parts, PROFILED_ROUNDS)
+    lines += tables
+    load = " / ".join(f"{a:.2f}, {b:.2f}, {c:.2f}" for a, b, c in (load_before, os.getloadavg()))
+    lines.insert(4, f"Load averages (1, 5, 15 min) of the machine's {os.cpu_count()} cores before / after: {load}.")
+    lines.insert(5, "")
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -4,8 +4,10 @@ import pytest
 import torch
 from timm.layers import resample_abs_pos_embed
 
+import visattn.blocks.sparse_attention as sparse_attention_block
 from tests.fused import run_both_backends
 from visattn.blocks import ConnectivityPredictor, SparsifinerAttention
+from visattn.blocks.sparse_attention import outside_topk
 
 
 def _token_rows(param, grid, size):
@@ -129,6 +131,60 @@ def test_fused_backend_matches_the_reference_forward_and_backward(monkeypatch):
     results = run_both_backends(run, monkeypatch)
     for fused, ref in zip(results["triton"], results["torch"], strict=True):
         torch.testing.assert_close(fused, ref, atol=1e-4, rtol=1e-4)
+
+
+def _topk_complement(x, k):
+    return torch.ones_like(x, dtype=torch.bool).scatter_(-1, x.topk(k, dim=-1, sorted=False).indices, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, k", [(197, 50), (32, 8), (17, 5), (10, 1), (10, 9), (10, 10)])
+def test_outside_topk_is_torch_topk_ties_included(dtype, n, k):
+    torch.manual_seed(0)
+    distinct = torch.rand(40, 3, n, dtype=dtype)
+    tied = torch.randint(0, 3, (40, 3, n)).to(dtype) / 7  # three values: ties at the k-th in most rows
+    tied[0, 0, :3] = float("inf")
+    tied[1, 0, :5] = -0.0  # equal to +0
+    tied[2, 0, :7] = float("nan")  # the largest, as torch.topk takes them
+    tied[2, 1, :2] = -float("nan")
+    tied[3, 0] = float("nan")
+    tied[4, 0] = -tied[4, 0]
+    for x in (distinct, tied, distinct.flip(-1)):
+        outside = outside_topk(x, k)
+        assert outside is not None and outside.shape == x.shape and outside.dtype == torch.bool
+        assert torch.equal(outside, _topk_complement(x, k))
+    assert (outside_topk(distinct, k).sum(-1) == n - k).all()
+
+
+def test_outside_topk_leaves_other_tensors_to_torch_topk():
+    x = torch.rand(2, 3, 10)
+    assert outside_topk(x.half(), 3) is None
+    assert outside_topk(x.to("meta"), 3) is None
+    assert torch.compile(lambda t: outside_topk(t, 3) is None, backend="eager", fullgraph=True)(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_host_mask_is_the_scattered_topk(dtype):
+    predictor = ConnectivityPredictor(16, 2, grid=(4, 4), reduce_n_factor=2, coef_topk=3).to(dtype)
+    torch.manual_seed(0)
+    approx = torch.randint(0, 4, (2, 2, 16, 17)).to(dtype)  # ties at the budget in most rows
+    approx[:, 1] = torch.rand(2, 16, 17, dtype=dtype)
+    mask = predictor.attention_mask(approx, host=True)
+    assert mask.shape == (2, 2, 17, 17) and mask.dtype == dtype
+    assert not mask[:, :, 0].any()  # the class query attends every key
+    attended = torch.zeros_like(approx, dtype=torch.bool).scatter_(-1, approx.topk(5, sorted=False).indices, True)
+    assert torch.equal(mask[:, :, 1:] == 0, attended) and (mask[:, :, 1:][~attended] == float("-inf")).all()
+    assert torch.equal(predictor.attention_mask(approx), mask)  # the torch path (CUDA's)
+
+
+def test_host_and_torch_selections_give_the_same_attention(monkeypatch):
+    attn = SparsifinerAttention(32, 2, grid=(4, 4), reduce_n_factor=2, coef_topk=3).eval()
+    x = torch.randn(2, 17, 32)
+    with torch.no_grad():
+        host, host_approx, _ = attn(x, (4, 4), return_maps=True)
+        monkeypatch.setattr(sparse_attention_block, "outside_topk", lambda x, k: None)
+        torch_out, torch_approx, _ = attn(x, (4, 4), return_maps=True)
+    assert torch.equal(host_approx, torch_approx) and torch.equal(host, torch_out)
 
 
 @pytest.mark.parametrize("kwargs, message", [

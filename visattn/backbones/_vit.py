@@ -41,6 +41,11 @@ class ScaledResidualBlock(nn.Module):
                              bias=proj_bias, drop=proj_drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """X + DropPath(branch) / lambda; with lambda = 1 no division (the same values, one pass less)."""
+        branch = self.drop_path(branch)
+        return x + (branch if self.skip_lam == 1 else branch / self.skip_lam)
+
 
 class GridViT(PretrainedMixin, VisionTransformer):
     """Base class: timm's VisionTransformer with the family's ``block_fn``, whose blocks run as ``block(x, (H, W))``

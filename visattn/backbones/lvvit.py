@@ -118,8 +118,8 @@ class LVViTBlock(ScaledResidualBlock):
                          device, dtype)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x))) / self.skip_lam
-        return x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
+        x = self.residual(x, self.attn(self.norm1(x)))
+        return self.residual(x, self.mlp(self.norm2(x)))
 
 
 class TokenLabelingHead:

@@ -66,8 +66,8 @@ class SparsifinerBlock(ScaledResidualBlock):
         """``return_maps``: also the attention's approximate and dense maps (see :class:`SparsifinerAttention`)."""
         y = self.attn(self.norm1(x), size, return_maps)
         y, approx, probs = y if return_maps else (y, None, None)
-        x = x + self.drop_path(y) / self.skip_lam
-        x = x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
+        x = self.residual(x, y)
+        x = self.residual(x, self.mlp(self.norm2(x)))
         return (x, approx, probs) if return_maps else x
 
 

@@ -4,15 +4,51 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, trunc_normal_
 
 from ..contract import InspectionMap, query_cell
+from ..ops._backend import resolve_backend
 from ..ops.sparse_attention import sparse_attention
 
-__all__ = ["ConnectivityPredictor", "SparsifinerAttention"]
+__all__ = ["ConnectivityPredictor", "SparsifinerAttention", "outside_topk"]
+
+# -inf's bits as the unsigned integer of its float's width, for the dtypes selected on the host
+_NEG_INF_BITS = {torch.float32: np.uint32(0xFF800000), torch.float64: np.uint64(0xFFF0000000000000)}
+
+
+def outside_topk(x: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Boolean (..., n), True at the entries of each row of ``x`` (..., n) outside its top k: the complement of
+    ``x.topk(k, dim=-1).indices``, ties included. None where it is not computed here (a CUDA tensor, a dtype other
+    than float32/float64, inside torch.compile or export): the caller runs ``torch.topk``. No gradient.
+
+    Computed on the host with NumPy: each row sorted (``np.sort``, a SIMD sort several times faster than torch's CPU
+    top-k), its k-th largest entry t, the entries below t outside. That is the top k exactly when the next entry below
+    t in the sorted row is smaller than t (NaN sorts last, the largest, as ``torch.topk`` takes it); a row where it is
+    not (a tie at t) takes its top k from ``torch.topk``, as the official code does, whose choice among tied entries
+    is its own.
+    """
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():  # first: traced code never reads the table
+        return None
+    if x.device.type != "cpu" or x.dtype not in _NEG_INF_BITS:
+        return None
+    n = x.shape[-1]
+    if k >= n:
+        return torch.zeros(x.shape, dtype=torch.bool)
+    rows = x.detach().numpy().reshape(-1, n)
+    ordered = np.sort(rows, axis=-1)
+    kth = ordered[:, n - k:n - k + 1]
+    outside = rows < kth
+    tied = np.flatnonzero(~(ordered[:, n - k - 1] < kth[:, 0]))
+    if tied.size:
+        top = torch.from_numpy(rows[tied]).topk(k, dim=-1, sorted=False).indices.numpy()
+        decided = np.ones((tied.size, n), dtype=bool)
+        np.put_along_axis(decided, top, False, axis=-1)
+        outside[tied] = decided
+    return torch.from_numpy(outside).view(x.shape)
 
 
 class ConnectivityPredictor(nn.Module):
@@ -77,25 +113,47 @@ class ConnectivityPredictor(nn.Module):
         """Keys per patch query: ceil(rho N)."""
         return math.ceil(self.keep_rate * num_tokens)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, size: tuple[int, int],
-                reconstruct: bool = False) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, size: tuple[int, int], reconstruct: bool = False,
+                host: bool = False) -> torch.Tensor:
         """q, k (B, H, 1 + h*w, d) on an h x w grid -> approximate attention A' (B, H, h*w, 1 + h*w) of the patch
-        queries; ``reconstruct``: every coefficient and the raw basis, as trained in the reconstruction phase."""
+        queries; ``reconstruct``: every coefficient and the raw basis, as trained in the reconstruction phase;
+        ``host``: the top coefficients selected on the host where :func:`outside_topk` can (the same ones)."""
         proj_n, proj_back_n = self._resampled(self.proj_n, size), self._resampled(self.proj_back_n, size)
         keys = self.proj_c_k(k).transpose(-2, -1) @ proj_n  # (B, H, c, K)
         # the class row is computed and dropped, as the official code does: the same rounding, the same top-k
         coef = (self.proj_c_q(q) @ keys * self.scale)[:, :, 1:].softmax(dim=-1)  # (B, H, N-1, K)
         if reconstruct:
             return coef @ proj_back_n.t()
-        top, slots = coef.topk(self.coef_topk, dim=-1, sorted=False)
-        coef = torch.zeros_like(coef).scatter(-1, slots, top)
+        outside = outside_topk(coef, self.coef_topk) if host else None
+        if outside is None:
+            top, slots = coef.topk(self.coef_topk, dim=-1, sorted=False)
+            coef = torch.zeros_like(coef).scatter_(-1, slots, top)
+        else:
+            coef = torch.where(outside, 0.0, coef)
         basis = proj_back_n.t().abs()
         basis = torch.where(basis > self.basis_threshold, basis, 0.0)
         return coef @ basis
 
     def connectivity(self, approx: torch.Tensor) -> torch.Tensor:
-        """Approximate attention (B, H, N-1, N) -> int64 key indices (B, H, N-1, ceil(rho N)), in no order."""
+        """Approximate attention (B, H, N-1, N) -> int64 key indices (B, H, N-1, ceil(rho N)), in no order: those
+        of ``torch.topk``, as the official code selects them."""
         return approx.detach().topk(self.budget(approx.shape[-1]), dim=-1, sorted=False).indices
+
+    def attention_mask(self, approx: torch.Tensor, host: bool = False) -> torch.Tensor:
+        """Approximate attention (B, H, N-1, N) -> the connectivity as an additive attention mask (B, H, N, N) of
+        approx's dtype: 0 where a query attends a key (the class row: every key), -inf elsewhere; ``host``: the keys
+        selected on the host where :func:`outside_topk` can (the same ones). No gradient."""
+        b, h, n = *approx.shape[:2], approx.shape[-1]
+        mask = approx.new_empty((b, h, n, n))
+        mask[:, :, 0] = 0.0
+        outside = outside_topk(approx, self.budget(n)) if host else None
+        if outside is not None:  # -inf's bits times the booleans: several times faster than masked_fill on the CPU
+            neg_inf = _NEG_INF_BITS[mask.dtype]
+            np.multiply(outside.numpy(), neg_inf, out=mask.numpy().view(neg_inf.dtype)[:, :, 1:], casting="unsafe")
+        else:
+            outside = torch.ones_like(approx, dtype=torch.bool).scatter_(-1, self.connectivity(approx), False)
+            mask[:, :, 1:].zero_().masked_fill_(outside, float("-inf"))
+        return mask
 
 
 class SparsifinerAttention(nn.Module):
@@ -108,9 +166,12 @@ class SparsifinerAttention(nn.Module):
         O_i = sum_{j in S_i} softmax_{j in S_i}(s q_i . k_j) v_j     (patch queries: |S_i| = ceil(rho N) keys)
         Y   = W_o concat_heads(O)
 
-    The patch queries run through :func:`~visattn.ops.sparse_attention.sparse_attention` with the predictor's
-    indices; the one class query through SDPA over the N keys (an index set holds the same count for every query,
-    so covering the class row there would widen all of them to N).
+    On the Triton backend the patch queries run through :func:`~visattn.ops.sparse_attention.sparse_attention` with
+    the predictor's indices, the one class query through SDPA over the N keys (an index set holds the same count for
+    every query, so covering the class row there would widen all of them to N). On the torch backend all N queries
+    run through one SDPA under the predictor's -inf mask (:meth:`ConnectivityPredictor.attention_mask`): on a CPU
+    that costs about what dense attention does, where gathering each query's keys costs more; in evaluation both
+    top-k selections run on the host there (:func:`outside_topk`, the same keys as ``torch.topk``).
 
     When ``reconstruct`` is set and the module trains (the predictor's training phase), every query attends
     densely and the predictor's approximation uses the full basis. Shapes: (B, 1 + H*W, C) with ``size=(H, W)``
@@ -141,17 +202,22 @@ class SparsifinerAttention(nn.Module):
             raise ValueError(f"{n} tokens are not a class token and a {size[0]}x{size[1]} grid")
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         dense = self.reconstruct and self.training
-        approx = self.mask_predictor(q, k, size, reconstruct=dense)
+        triton = resolve_backend(self.backend, q) == "triton"
+        host = not self.training and not triton  # evaluation on the torch backend: the selections on the host
+        approx = self.mask_predictor(q, k, size, reconstruct=dense, host=host)
         probs = None
         if dense and return_maps:
             probs = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
             out = probs @ v
         elif dense:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        else:
+        elif triton:
             indices = self.mask_predictor.connectivity(approx)
             patches = sparse_attention(q[:, :, 1:], k, v, indices, scale=self.scale, backend=self.backend)
             out = torch.cat([F.scaled_dot_product_attention(q[:, :, :1], k, v, scale=self.scale), patches], dim=2)
+        else:
+            mask = self.mask_predictor.attention_mask(approx, host=host)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
         return (out, approx, probs) if return_maps else out
 
