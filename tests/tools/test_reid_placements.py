@@ -108,6 +108,21 @@ def test_a_finished_run_is_reused_and_another_recipe_is_refused(study):
                           "plain holds a run of another recipe (lr 0.00035 (this study: 0.01))", "--overwrite")
 
 
+def test_an_unfinished_run_is_resumed(study, reid_folder, tmp_path):
+    out, _, _ = study
+    ckpt = torch.load(out / "plain" / "last.pth", weights_only=False)
+    ckpt["config"]["epochs"] = 2  # as a 2-epoch run stopped after its first epoch
+    (tmp_path / "plain").mkdir()
+    torch.save(ckpt, tmp_path / "plain" / "last.pth")
+    result = tool("reid_placements.py", *RECIPE, "--epochs", "2", "--data", reid_folder, "--placements", "plain",
+                  "--output", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "[1/1] plain: resuming in" in result.stdout
+    assert "epoch 2/2:" in result.stdout and "epoch 1/2:" not in result.stdout
+    saved = json.loads((tmp_path / "placements.json").read_text())["placements"]
+    assert [(r["placement"], r["epochs"], r["reused"]) for r in saved] == [("plain", 2, False)]
+
+
 def test_bad_placements_give_one_line_errors(reid_folder, tmp_path):
     args = [*RECIPE, "--data", reid_folder, "--output", tmp_path / "study"]
     assert_one_line_error(tool("reid_placements.py", *args, "--placements", "psa_s"),

@@ -57,6 +57,7 @@ class _Recipe:
 
 
 def parse_args(argv: list[str]):
+    from ..tasks.reid.model import REID_ATTENTION
     from ..tasks.reid.task import ReIDTask
     from .train import add_shared_arguments
 
@@ -65,7 +66,7 @@ def parse_args(argv: list[str]):
     study.add_argument("--placements", nargs="+", metavar="SPEC",
                        help="the placements: plain or KIND@STAGES[:BLOCKS] such as psa_s@2,3:last")
     study.add_argument("--attn", nargs="+", metavar="KIND",
-                       help="attention kinds (default: every registered kind)")
+                       help=f"attention kinds of the re-id registry: {', '.join(REID_ATTENTION)} (default: all)")
     study.add_argument("--attn-at", nargs="+", metavar="STAGES",
                        type=numbers(None, int, "ResNet stages such as 2,3", low=1),
                        help="stage sets, each like 2,3 (default: 2,3)")
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
     overwrite = bool(given.pop("overwrite", None))
     demo = bool(given.pop("demo", None))
     base = assemble_config(ReIDTask, {**given, "output": output}, demo)
-    print(f"{len(placements)} placements: {', '.join(p.name for p in placements)}", flush=True)
+    print(f"{len(placements)} placement{'s' if len(placements) > 1 else ''}: "
+          f"{', '.join(p.name for p in placements)}", flush=True)
     rows = run_study(base, placements, output, batches=sorted(set(args.latency_batches)),
                      threads=args.threads or None, warmup=args.warmup, repeat=args.repeat, overwrite=overwrite)
     front = [r["placement"] for r in rows if r["pareto"]]

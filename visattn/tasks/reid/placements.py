@@ -251,21 +251,23 @@ def run_study(base: ReIDConfig, placements: Sequence[Placement], output: str, *,
     params, macs, the latency columns (ms), their ``*_overhead_pct`` over the plain backbone, pareto.
     """
     placements = list(dict.fromkeys([Placement(), *placements]))
+    batches = sorted(set(batches))
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserError(f"--output {output} is a file; give a folder for the study")
-    for p in placements:  # every placement must build before anything trains
+    runs = []
+    for p in placements:  # every placement builds, and no folder holds another recipe's run, before anything trains
         try:
             inference_model(base.model, {**_settings(base), **p.model_settings()}, base.model_kwargs, "meta")
         except UserError as err:
             raise UserError(f"placement {p.name}: {first_line(err)}") from None
-    columns = latency_columns(batches, cuda)
-    rows: list[dict] = []
-    for number, p in enumerate(placements, 1):
-        head = f"[{number}/{len(placements)}] {p.name}"
         cfg = dataclasses.replace(base, output=os.path.join(output, p.folder), resume=None, overwrite=overwrite,
                                   **p.model_settings())
-        state, ckpt = ("new", None) if overwrite else run_state(cfg)
+        runs.append((p, cfg, *(("new", None) if overwrite else run_state(cfg))))
+    columns = latency_columns(batches, cuda)
+    rows: list[dict] = []
+    for number, (p, cfg, state, ckpt) in enumerate(runs, 1):
+        head = f"[{number}/{len(placements)}] {p.name}"
         if state == "finished":
             say(f"{head}: reusing the finished run in {cfg.output}")
         else:
@@ -368,7 +370,8 @@ def plot_pareto(rows: Sequence[dict], column: str, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     front = sorted((r[column], r["mAP"]) for r in rows if r["pareto"])
-    if front:
+    if front:  # the staircase of the best mAP within each latency, out to the slowest placement
+        front.append((max(r[column] for r in rows), front[-1][1]))
         ax.step(*zip(*front, strict=True), where="post", color="tab:red", alpha=0.5, label="Pareto front")
     for row in rows:
         star = row["pareto"]
