@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from ...benchmark import inference_ms
+from ...benchmark import count_macs, inference_ms
 from ...engine.checkpoint import atomic_write, atomic_write_csv, atomic_write_json, read_training_checkpoint
 from ...errors import UserError, first_line
 from ...ops import forced_backend
@@ -154,9 +153,8 @@ def measure_cost(backbone: str, settings: dict, input_size: tuple[int, int], *, 
     """
     with forced_backend("triton"):
         model = inference_model(backbone, settings, model_kwargs, "meta")
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.empty(1, 3, *input_size, device="meta"))
-    result = {"params": sum(p.numel() for p in model.parameters()), "macs": counter.get_total_flops() / 2}
+        macs = count_macs(model, torch.empty(1, 3, *input_size, device="meta"))
+    result = {"params": sum(p.numel() for p in model.parameters()), "macs": macs}
     torch.manual_seed(0)
     previous = torch.get_num_threads()
     try:
