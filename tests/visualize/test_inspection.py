@@ -75,26 +75,39 @@ def test_routed_regions_are_the_top_k_of_the_region_affinity_computed_by_hand():
             assert set(m.data["regions"][0, r].tolist()) == set(affinity[0, r].topk(attn.topk).indices.tolist())
 
 
-def test_kept_keys_are_the_indices_the_sparse_op_ran_with_and_the_keep_ratio_is_the_models(monkeypatch):
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_kept_keys_are_the_keys_the_attention_ran_with_and_the_keep_ratio_is_the_models(backend, monkeypatch):
+    """Triton: the indices the sparse op ran with; torch (all queries in one SDPA): the keys its mask left open."""
+    monkeypatch.setenv("VISATTN_BACKEND", backend)
     model = _model("test_sparsifiner")
-    used = []
+    used = []  # per block, the kept keys (1, heads, patch queries, budget), sorted
 
-    def spy(q, k, v, indices, **kwargs):
-        used.append(indices)
-        return op(q, k, v, indices, **kwargs)
+    if backend == "triton":
+        def spy(q, k, v, indices, **kwargs):
+            used.append(indices.sort(dim=-1).values)
+            return op(q, k, v, indices, **kwargs)
 
-    op = sparse_module.sparse_attention
-    monkeypatch.setattr(sparse_module, "sparse_attention", spy)
+        op = sparse_module.sparse_attention
+        monkeypatch.setattr(sparse_module, "sparse_attention", spy)
+    else:
+        def spy(self, approx, **kwargs):
+            mask = make_mask(self, approx, **kwargs)
+            open_keys = mask[:, :, 1:] == 0  # the patch queries' rows
+            used.append(open_keys.nonzero()[:, -1].view(*open_keys.shape[:3], -1))
+            return mask
+
+        make_mask = sparse_module.ConnectivityPredictor.attention_mask
+        monkeypatch.setattr(sparse_module.ConnectivityPredictor, "attention_mask", spy)
     x = torch.randn(1, 3, 64, 64)
     found = model.inspect(x, QUERY)
     assert len(used) == len(model.blocks) == len(found.maps)
     n = 1 + 16
     budget = math.ceil(0.25 * n)
-    for indices, m in zip(used, found.maps.values(), strict=True):
+    for keys, m in zip(used, found.maps.values(), strict=True):
         row, col = m.query
         assert m.kind == "kept_keys" and m.grid == (4, 4) and (row, col) == _cell((4, 4))
-        assert m.data["keys"].shape == (1, 2, budget)
-        assert torch.equal(m.data["keys"], indices[:, :, row * 4 + col].sort(dim=-1).values)
+        assert m.data["keys"].shape == (1, 2, budget) and keys.shape[-1] == budget
+        assert torch.equal(m.data["keys"], keys[:, :, row * 4 + col])
         assert m.data["keep_ratio"] == pytest.approx((n + (n - 1) * budget) / n**2)
     mean = sum(m.data["keep_ratio"] for m in found.maps.values()) / len(found.maps)
     assert model.forward_train(x).stats["keep_ratio"].item() == pytest.approx(mean)
