@@ -158,3 +158,25 @@ def test_threads_are_restored_after_timing():
                         batches=(1,), threads=1, warmup=0, repeat=1)
     assert torch.get_num_threads() == before and cost["cpu_b1_ms"] > 0
     assert set(cost) == {"params", "macs", "cpu_b1_ms"}  # no CUDA timing unless asked
+
+
+def test_the_networks_are_timed_in_turn_within_each_round(monkeypatch):
+    """Every round times each network once, in order, so that drift falls on all of them alike; the medians are each
+    network's own."""
+    from visattn.tasks.reid import placements
+
+    calls = []
+    fake_ms = iter(range(1, 100))
+
+    def timed(model, run, x, warmup, repeat, amp_dtype=None):
+        calls.append((model.attention_kind, x.shape[0], warmup))
+        return float(next(fake_ms))
+
+    monkeypatch.setattr(placements, "inference_ms", timed)
+    plain, se = {}, {"attn": "se", "attn_at": (4,), "attn_blocks": "last"}
+    costs = placements.measure_costs("resnet18", [plain, se], (32, 16), batches=(1, 2), warmup=2, repeat=3)
+    timed_calls = [(kind, batch) for kind, batch, warmup in calls if warmup == 0]
+    assert timed_calls == [(None, 1), ("se", 1)] * 3 + [(None, 2), ("se", 2)] * 3
+    # fake times 1, 2 are the warm-ups of batch 1; rounds give plain 3, 5, 7 and se 4, 6, 8
+    assert (costs[0]["cpu_b1_ms"], costs[1]["cpu_b1_ms"]) == (5.0, 6.0)
+    assert costs[1]["params"] > costs[0]["params"] and costs[1]["macs"] > costs[0]["macs"]

@@ -13,10 +13,10 @@ each ResNet stage (1-4) in STAGES, e.g. psa_s@2,3:last. Either list them with --
 Every placement trains as `visattn-train --task reid` would, with the recipe options below (the demo recipe on the
 built-in synthetic set without --data, the full BoT recipe with it), in OUTPUT/<placement>/; a finished run of the
 same recipe there is reused and an unfinished one resumed, so an interrupted study continues where it stopped. Then
-the network's inference cost at the recipe's --input-size: parameters (without the identity classifier), MACs,
-and the median latency per --latency-batches size on --threads CPU threads (float32, eager) and, when a GPU is
-present, on the GPU. Writes OUTPUT/placements.csv, placements.md, placements.json and pareto.png (mAP against the
-CPU latency at the smallest batch; the front's members are starred), rewritten after every placement.
+the networks' inference costs at the recipe's --input-size, timed in turn within each round: parameters (without the
+identity classifier), MACs, and the median latency per --latency-batches size on --threads CPU threads (float32,
+eager) and, when a GPU is present, on the GPU. Writes OUTPUT/placements.csv, placements.md, placements.json and
+pareto.png (mAP against the CPU latency at the smallest batch; the front's members are starred).
 """
 
 from __future__ import annotations

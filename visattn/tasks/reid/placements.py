@@ -2,10 +2,10 @@
 
 A placement is an attention kind of :data:`~visattn.tasks.reid.model.REID_ATTENTION` at a set of ResNet stages and
 blocks (``psa_s@2,3:last``), or the plain backbone (``plain``). The study trains every placement with one re-id
-recipe, each in its own run folder (a finished run there is reused, an unfinished one resumed), measures each
-network's inference cost at the recipe's input size (:func:`measure_cost`: parameters, MACs, CPU latency per batch
-size, CUDA latency when a GPU is present) and writes ``placements.csv``, ``placements.md``, ``placements.json`` and
-``pareto.png`` (mAP against CPU latency, the Pareto front marked).
+recipe, each in its own run folder (a finished run there is reused, an unfinished one resumed), then measures the
+networks' inference costs at the recipe's input size, timed in turn (:func:`measure_costs`: parameters, MACs, CPU
+latency per batch size, CUDA latency when a GPU is present) and writes ``placements.csv``, ``placements.md``,
+``placements.json`` and ``pareto.png`` (mAP against CPU latency, the Pareto front marked).
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import datetime
 import math
 import os
 import platform
+import statistics
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
 from ...benchmark import count_macs, inference_ms
 from ...engine.checkpoint import atomic_write, atomic_write_csv, atomic_write_json, read_training_checkpoint
@@ -140,42 +142,61 @@ def inference_model(backbone: str, settings: dict, model_kwargs: dict | None = N
         return ReIDModel(backbone, num_classes=0, model_kwargs=model_kwargs, **settings).eval()
 
 
-def measure_cost(backbone: str, settings: dict, input_size: tuple[int, int], *, model_kwargs: dict | None = None,
-                 batches: Sequence[int] = (1,), threads: int | None = 1, cuda: bool = False, amp: bool = True,
-                 warmup: int = 2, repeat: int = 10) -> dict:
-    """The inference cost of a re-id network (:func:`inference_model`) on (B, 3, H, W) images, ``input_size`` (H, W).
+def measure_cost(backbone: str, settings: dict, input_size: tuple[int, int], **options) -> dict:
+    """The inference cost of one re-id network: :func:`measure_costs` of ``[settings]``."""
+    return measure_costs(backbone, [settings], input_size, **options)[0]
 
-    Returns ``params`` (without the identity classifier), ``macs`` (one image, FLOPs / 2, counted on the meta device
-    through the ops' FLOP formulas) and, per batch size B of ``batches``, ``cpu_b{B}_ms``: the median milliseconds
-    of an eager float32 forward (reference path) on ``threads`` CPU threads (None: torch's setting), over ``repeat``
-    runs after ``warmup``; with ``cuda`` also ``cuda_b{B}_ms`` on the current GPU (fused path, bf16 autocast with
-    ``amp``, CUDA events). Untrained weights: the time of a forward does not depend on them.
+
+def measure_costs(backbone: str, settings: Sequence[dict], input_size: tuple[int, int], *,
+                  model_kwargs: dict | None = None, batches: Sequence[int] = (1,), threads: int | None = 1,
+                  cuda: bool = False, amp: bool = True, warmup: int = 2, repeat: int = 10) -> list[dict]:
+    """The inference cost of each re-id network (:func:`inference_model` of each ``settings``, the ReIDModel
+    arguments beyond the backbone) on (B, 3, H, W) images, ``input_size`` (H, W).
+
+    Per network: ``params`` (without the identity classifier), ``macs`` (one image, FLOPs / 2, counted on the meta
+    device through the ops' FLOP formulas) and, per batch size B of ``batches``, ``cpu_b{B}_ms``: the median
+    milliseconds of an eager float32 forward (reference path) on ``threads`` CPU threads (None: torch's setting)
+    over ``repeat`` rounds after ``warmup``; with ``cuda`` also ``cuda_b{B}_ms`` on the current GPU (fused path,
+    bf16 autocast with ``amp``, CUDA events). The networks are timed in turn within each round, so that a machine's
+    drift (other work, clocks) falls on all of them alike. Untrained weights: a forward's time does not depend on
+    them.
     """
+    results = []
     with forced_backend("triton"):
-        model = inference_model(backbone, settings, model_kwargs, "meta")
-        macs = count_macs(model, torch.empty(1, 3, *input_size, device="meta"))
-    result = {"params": sum(p.numel() for p in model.parameters()), "macs": macs}
+        for one in settings:
+            model = inference_model(backbone, one, model_kwargs, "meta")
+            results.append({"params": sum(p.numel() for p in model.parameters()),
+                            "macs": count_macs(model, torch.empty(1, 3, *input_size, device="meta"))})
     torch.manual_seed(0)
     previous = torch.get_num_threads()
     try:
         if threads:
             torch.set_num_threads(threads)
         with forced_backend("torch"):
-            model = inference_model(backbone, settings, model_kwargs)
-            for batch in batches:
-                x = torch.rand(batch, 3, *input_size)
-                result[f"cpu_b{batch}_ms"] = inference_ms(model, model, x, warmup, repeat, amp_dtype=None)
+            models = [inference_model(backbone, one, model_kwargs) for one in settings]
+            _time_in_turn(models, results, "cpu", batches, input_size, None, warmup, repeat)
     finally:
         torch.set_num_threads(previous)
     if cuda:
-        model = model.cuda()
-        for batch in batches:
-            x = torch.rand(batch, 3, *input_size, device="cuda")
-            result[f"cuda_b{batch}_ms"] = inference_ms(model, model, x, warmup, repeat,
-                                                       amp_dtype=torch.bfloat16 if amp else None)
-        del model
+        models = [m.cuda() for m in models]
+        _time_in_turn(models, results, "cuda", batches, input_size, torch.bfloat16 if amp else None, warmup, repeat)
+        del models
         torch.cuda.empty_cache()
-    return result
+    return results
+
+
+def _time_in_turn(models: Sequence[nn.Module], results: list[dict], device: str, batches: Sequence[int],
+                  input_size: tuple[int, int], amp_dtype: torch.dtype | None, warmup: int, repeat: int) -> None:
+    """``results[i][f"{device}_b{B}_ms"]``: the median over ``repeat`` rounds of one forward of ``models[i]``, the
+    models taking turns within each round."""
+    for batch in batches:
+        x = torch.rand(batch, 3, *input_size, device=device)
+        for model in models:
+            inference_ms(model, model, x, warmup, 1, amp_dtype=amp_dtype)
+        times = [[inference_ms(model, model, x, 0, 1, amp_dtype=amp_dtype) for model in models]
+                 for _ in range(repeat)]
+        for result, column in zip(results, zip(*times, strict=True), strict=True):
+            result[f"{device}_b{batch}_ms"] = statistics.median(column)
 
 
 def latency_columns(batches: Sequence[int], cuda: bool) -> list[str]:
@@ -240,8 +261,9 @@ def run_metrics(ckpt: dict) -> dict:
 def run_study(base: ReIDConfig, placements: Sequence[Placement], output: str, *, batches: Sequence[int] = (1, 32),
               threads: int | None = 1, warmup: int = 2, repeat: int = 10, overwrite: bool = False,
               cuda: bool | None = None, say: Callable[[str], None] = print) -> list[dict]:
-    """Train and measure every placement with the recipe ``base`` (its own attention fields ignored), each in
-    ``output/<placement folder>``, and write the study's files to ``output`` after each one.
+    """Train every placement with the recipe ``base`` (its own attention fields ignored), each in
+    ``output/<placement folder>``, then time the networks in turn (:func:`measure_costs`) and write the study's files
+    to ``output``.
 
     A finished run of the same recipe in a placement's folder is reused and an unfinished one resumed (``overwrite``:
     every placement trains again). ``cuda`` (default: whether a GPU is present) adds CUDA latency. Returns one row
@@ -263,7 +285,7 @@ def run_study(base: ReIDConfig, placements: Sequence[Placement], output: str, *,
                                   **p.model_settings())
         runs.append((p, cfg, *(("new", None) if overwrite else run_state(cfg))))
     columns = latency_columns(batches, cuda)
-    rows: list[dict] = []
+    scores = []
     for number, (p, cfg, state, ckpt) in enumerate(runs, 1):
         head = f"[{number}/{len(placements)}] {p.name}"
         if state == "finished":
@@ -275,19 +297,22 @@ def run_study(base: ReIDConfig, placements: Sequence[Placement], output: str, *,
                 cfg = dataclasses.replace(cfg, resume=os.path.join(cfg.output, "last.pth"))
             train(cfg)
             ckpt = read_training_checkpoint(os.path.join(cfg.output, "last.pth"), mmap=True)
-        cost = measure_cost(base.model, {**_settings(base), **p.model_settings()}, tuple(base.input_size),
-                            model_kwargs=base.model_kwargs, batches=batches, threads=threads, cuda=cuda,
-                            amp=base.amp, warmup=warmup, repeat=repeat)
-        row = {"placement": p.name, "kind": p.kind or "none", "stages": ",".join(map(str, p.stages)),
-               "blocks": p.blocks if p.kind else "", "folder": p.folder, "reused": state == "finished",
-               **run_metrics(ckpt), **cost}
-        rows.append(row)
-        _finish(rows, columns)
-        write_study(rows, columns, output, base, threads)
+        scores.append(run_metrics(ckpt))
+    say(f"timing the {len(placements)} networks in turn ({', '.join(column_label(c) for c in columns)}; "
+        f"{repeat} rounds)")
+    costs = measure_costs(base.model, [{**_settings(base), **p.model_settings()} for p in placements],
+                          tuple(base.input_size), model_kwargs=base.model_kwargs, batches=batches, threads=threads,
+                          cuda=cuda, amp=base.amp, warmup=warmup, repeat=repeat)
+    rows = [{"placement": p.name, "kind": p.kind or "none", "stages": ",".join(map(str, p.stages)),
+             "blocks": p.blocks if p.kind else "", "folder": p.folder, "reused": state == "finished", **score,
+             **cost} for (p, _, state, _), score, cost in zip(runs, scores, costs, strict=True)]
+    _finish(rows, columns)
+    write_study(rows, columns, output, base, threads)
+    for number, row in enumerate(rows, 1):
         latency = ", ".join(f"{column_label(c)} {row[c]:.1f} ms ({_signed(row[f'{c[:-3]}_overhead_pct'])})"
                             for c in columns)
-        say(f"{head}: mAP {row['mAP']:.4f}, rank-1 {row['rank1']:.4f}, mINP {row['mINP']:.4f}; {latency}; "
-            f"{row['params'] / 1e6:.2f} M params, {row['macs'] / 1e9:.3f} GMACs")
+        say(f"[{number}/{len(rows)}] {row['placement']}: mAP {row['mAP']:.4f}, rank-1 {row['rank1']:.4f}, "
+            f"mINP {row['mINP']:.4f}; {latency}; {row['params'] / 1e6:.2f} M params, {row['macs'] / 1e9:.3f} GMACs")
     return rows
 
 
