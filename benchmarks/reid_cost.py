@@ -6,7 +6,7 @@ Market-1501-sized problem (3,368 queries x 15,913 gallery).
 
     .venv/bin/python -m benchmarks.reid_cost [--output benchmarks/REID.md] [--threads 1]
 
-The measurement is :func:`visattn.tasks.reid.placements.measure_cost`, the one ``visattn-reid-placements`` makes.
+The measurement is :func:`visattn.tasks.reid.placements.measure_costs`, the one ``visattn-reid-placements`` makes.
 benchmarks/gpu_suite.py times the same configurations on a GPU (``REID_CONFIGS``).
 """
 
@@ -16,7 +16,6 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -74,31 +73,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "REID.md"))
     p.add_argument("--threads", type=int, default=1, help="CPU threads of the latency (default 1)")
-    p.add_argument("--repeat", type=int, default=10, help="timed runs, the median kept (default 10)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds over every configuration, each timed right after the plain network (default 3)")
+    p.add_argument("--repeat", type=int, default=15,
+                   help="rounds, each timing every configuration once in turn; the median kept (default 15)")
     args = p.parse_args()
     import triton
 
     from visattn.engine.checkpoint import atomic_write
-    from visattn.tasks.reid.placements import measure_cost
-
-    def cost(config: dict) -> dict:
-        return measure_cost("resnet50", config, INPUT, threads=args.threads, repeat=args.repeat)
+    from visattn.tasks.reid.placements import measure_costs
 
     load = os.getloadavg()[0]  # other work on a shared machine shows in the times
-    rows = [{"label": label, "ms": [], "ratio": []} for label, _ in REID_CONFIGS]
-    # On a shared machine the load drifts: each configuration is timed right after the plain network, its overhead
-    # is the median over the rounds of that pair's ratio, and its latency the lowest of its rounds.
-    for round_ in range(args.rounds):
-        for row, (label, config) in zip(rows, REID_CONFIGS, strict=True):
-            plain = cost({})["cpu_b1_ms"]
-            measured = cost(config)
-            row.update(params=measured["params"] / 1e6, macs=measured["macs"] / 1e9)
-            row["ms"].append(measured["cpu_b1_ms"])
-            row["ratio"].append(measured["cpu_b1_ms"] / plain)
-            print(f"round {round_ + 1}: {label}: {row['params']:.2f} M, {row['macs']:.3f} GMACs, "
-                  f"{measured['cpu_b1_ms']:.1f} ms (plain just before: {plain:.1f} ms)", flush=True)
+    costs = measure_costs("resnet50", [config for _, config in REID_CONFIGS], INPUT, threads=args.threads,
+                          repeat=args.repeat)
+    plain_ms = costs[0]["cpu_b1_ms"]
+    rows = [{"label": label, "params": cost["params"] / 1e6, "macs": cost["macs"] / 1e9, "ms": cost["cpu_b1_ms"],
+             "overhead": cost["cpu_b1_ms"] / plain_ms - 1}
+            for (label, _), cost in zip(REID_CONFIGS, costs, strict=True)]
+    for row in rows:
+        print(f"{row['label']}: {row['params']:.2f} M, {row['macs']:.3f} GMACs, {row['ms']:.1f} ms", flush=True)
     seconds, m_ap = evaluation_seconds()
     print(f"evaluation, 3368 x 15913: {seconds:.2f} s (mAP of random distances {m_ap:.4f})", flush=True)
     lines = [
@@ -107,18 +98,17 @@ def main() -> int:
         f"{platform.processor() or 'CPU'} ({os.cpu_count()} cores, load average {load:.1f} at the start), "
         f"{args.threads} thread(s), torch {torch.__version__}, "
         f"Triton {triton.__version__}. Inference of one 256x128 image in eval mode, wall clock: the median of "
-        f"{args.repeat} runs, the lowest of {args.rounds} rounds; the overhead is the median over the rounds of the "
-        "ratio to the plain network timed just before (other work on a shared machine drifts; the plain row's own "
-        "figure shows what is left of that noise). "
+        f"{args.repeat} rounds, each timing every configuration once in turn, so that the drift of a shared "
+        "machine falls on all of them alike; the overhead is the ratio to the plain network's median. "
         "Untrained weights, parameters without the identity classifier, MACs counted through the ops' FLOP formulas "
-        "(`visattn.tasks.reid.placements.measure_cost`, as `visattn-reid-placements` measures). Every attention "
+        "(`visattn.tasks.reid.placements.measure_costs`, as `visattn-reid-placements` measures). Every attention "
         "kind of the re-id registry at the same placements; the paper's own placements (arXiv 2302.14574, found by "
         "architecture search) are not readable here, so these are visattn's.", "",
         "| configuration | params (M) | GMACs | latency, batch 1 (ms) | overhead vs plain |", "|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| {row['label']} | {row['params']:.2f} | {row['macs']:.3f} | {min(row['ms']):.1f} | "
-                     f"{round((statistics.median(row['ratio']) - 1) * 100):+d}% |")
+        lines.append(f"| {row['label']} | {row['params']:.2f} | {row['macs']:.3f} | {row['ms']:.1f} | "
+                     f"{round(row['overhead'] * 100):+d}% |")
     lines += ["", "Retrieval evaluation (`visattn.tasks.reid.evaluate_ranking`, same-camera removal, mAP, CMC, mINP) "
                   f"on a random 3,368 x 15,913 distance matrix, {torch.get_num_threads()} threads: "
                   f"**{seconds:.2f} s**.", ""]

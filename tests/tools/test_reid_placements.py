@@ -151,11 +151,11 @@ def test_the_script_lists_the_study_and_recipe_options():
 
 
 def test_threads_are_restored_after_timing():
-    from visattn.tasks.reid.placements import measure_cost
+    from visattn.tasks.reid.placements import measure_costs
 
     before = torch.get_num_threads()
-    cost = measure_cost("resnet18", {"attn": "psa_s", "attn_at": (4,), "attn_blocks": "last"}, (32, 16),
-                        batches=(1,), threads=1, warmup=0, repeat=1)
+    [cost] = measure_costs("resnet18", [{"attn": "psa_s", "attn_at": (4,), "attn_blocks": "last"}], (32, 16),
+                           batches=(1,), threads=1, warmup=0, repeat=1)
     assert torch.get_num_threads() == before and cost["cpu_b1_ms"] > 0
     assert set(cost) == {"params", "macs", "cpu_b1_ms"}  # no CUDA timing unless asked
 

@@ -142,11 +142,6 @@ def inference_model(backbone: str, settings: dict, model_kwargs: dict | None = N
         return ReIDModel(backbone, num_classes=0, model_kwargs=model_kwargs, **settings).eval()
 
 
-def measure_cost(backbone: str, settings: dict, input_size: tuple[int, int], **options) -> dict:
-    """The inference cost of one re-id network: :func:`measure_costs` of ``[settings]``."""
-    return measure_costs(backbone, [settings], input_size, **options)[0]
-
-
 def measure_costs(backbone: str, settings: Sequence[dict], input_size: tuple[int, int], *,
                   model_kwargs: dict | None = None, batches: Sequence[int] = (1,), threads: int | None = 1,
                   cuda: bool = False, amp: bool = True, warmup: int = 2, repeat: int = 10) -> list[dict]:
