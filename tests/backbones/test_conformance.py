@@ -283,9 +283,8 @@ def test_torch_compile_matches_eager(family_model):
     compiled = torch.compile(model, fullgraph=True)
     # The graph goes through inductor's lowering and scheduling whole; its C++ is built the cheapest way (see
     # tests/conftest.py), here also the kernels and their caller as one module (cpp_wrapper: one compiler run instead
-    # of one per kernel), in this process (a compile worker would not see the patch).
-    with torch.no_grad(), torch._inductor.config.patch({"cpp_wrapper": True, "aot_inductor.debug_compile": True,
-                                                         "compile_threads": 1, "cpp.vec_isa_ok": False}):
+    # of one per kernel)
+    with torch.no_grad(), torch._inductor.config.patch(cpp_wrapper=True):
         eager = model(x)
         torch.testing.assert_close(compiled(x), eager, rtol=1e-8, atol=1e-8 * max(1.0, eager.abs().max().item()))
 
