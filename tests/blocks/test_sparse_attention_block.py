@@ -185,6 +185,12 @@ def test_host_and_torch_selections_give_the_same_attention(monkeypatch):
         monkeypatch.setattr(sparse_attention_block, "outside_topk", lambda x, k: None)
         torch_out, torch_approx, _ = attn(x, (4, 4), return_maps=True)
     assert torch.equal(host_approx, torch_approx) and torch.equal(host, torch_out)
+    monkeypatch.undo()
+    x.requires_grad_()  # evaluation with gradients (saliency): the host selection keeps the graph
+    out, approx, _ = attn(x, (4, 4), return_maps=True)
+    assert torch.equal(approx.detach(), host_approx) and torch.equal(out.detach(), host)
+    (grad,) = torch.autograd.grad(approx.sum(), x)
+    assert grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("kwargs, message", [

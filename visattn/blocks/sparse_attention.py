@@ -128,8 +128,10 @@ class ConnectivityPredictor(nn.Module):
         if outside is None:
             top, slots = coef.topk(self.coef_topk, dim=-1, sorted=False)
             coef = torch.zeros_like(coef).scatter_(-1, slots, top)
-        else:
+        elif coef.requires_grad:
             coef = torch.where(outside, 0.0, coef)
+        else:  # softmax's own output, zeroed in place on the host: several times faster than torch.where on the CPU
+            np.multiply(coef.numpy(), np.logical_not(outside.numpy()), out=coef.numpy())
         basis = proj_back_n.t().abs()
         basis = torch.where(basis > self.basis_threshold, basis, 0.0)
         return coef @ basis
