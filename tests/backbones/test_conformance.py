@@ -278,7 +278,7 @@ def test_torch_compile_matches_eager(family_model):
     # float64: compiled kernels reorder sums, and in float32 that noise grows through networks whose logits reach
     # 1e2 at initialisation (HRNet) past any tolerance that would still catch a real difference
     model = timm.create_model(family_model, num_classes=4).eval().double()
-    side = _input_side(model, 16, torch.float64)  # the smallest input: the reference scan unrolls every token
+    side = _input_side(model, 16, torch.float64)  # the smallest input the model takes: the cheapest eager run
     x = torch.randn(1, 3, side, side, dtype=torch.float64)
     compiled = torch.compile(model, fullgraph=True)
     # The graph goes through inductor's lowering and scheduling whole; its C++ is built the cheapest way (see
