@@ -382,10 +382,13 @@ def _export_torchscript(model: nn.Module, cap: Capture, done: Exported, dynamo_e
 
 def read_metadata(path: str) -> dict:
     """The export facts stored in an ONNX or ``.pt2`` file written here (``{}`` for another file)."""
-    if path.endswith(".pt2"):
-        extra = {f"{META_KEY}.json": ""}
-        torch.export.load(path, extra_files=extra)
-        return json.loads(extra[f"{META_KEY}.json"] or "{}")
+    if path.endswith(".pt2"):  # the archive's extra file, read without loading (deserializing) the program
+        from torch.export.pt2_archive import PT2ArchiveReader
+        from torch.export.pt2_archive.constants import EXTRA_DIR
+
+        with PT2ArchiveReader(path) as archive:
+            name = f"{EXTRA_DIR}{META_KEY}.json"
+            return json.loads((archive.read_string(name) if name in archive.get_file_names() else "") or "{}")
     import onnx
 
     proto = onnx.load(path, load_external_data=False)

@@ -181,11 +181,13 @@ def test_compiled_evaluation_matches_eager(case, monkeypatch):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_compiled_training_step_matches_eager(case, monkeypatch):
     """On the references in float64 (compiled code reorders sums), eager checked for host syncs; and eagerly on the
-    Triton kernels, for host syncs only (the kernels' backward included)."""
+    Triton kernels, for host syncs only (the kernels' backward included), on one image as the interpreter runs every
+    kernel program per image (two where a training BatchNorm needs two values per channel at a 1x1 map)."""
     model, x = _build(case)
     model.train()
     monkeypatch.setenv("VISATTN_BACKEND", "triton")
-    _train_step(model, TrainingForward(model), x, NoHostSync())
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    _train_step(model, TrainingForward(model), x if batch_norm else x[:1], NoHostSync())
     monkeypatch.setenv("VISATTN_BACKEND", "torch")
     model, x = model.double(), x.double()
     eager_outs, eager_grads = _train_step(model, TrainingForward(model), x, NoHostSync())

@@ -70,12 +70,14 @@ def test_every_family_is_registered_with_a_kind():
 
 @functools.cache
 def _built_on_meta(name: str, features_only: bool = False) -> torch.nn.Module:
+    """``timm.create_model(name, device="meta", dtype=torch.bfloat16)``, built once per process and shared: read it
+    (or run it in evaluation mode), never change it; :func:`_on_meta` gives a copy to change."""
     with NoInitOnMeta():
         return timm.create_model(name, device="meta", dtype=torch.bfloat16, features_only=features_only)
 
 
 def _on_meta(name: str, features_only: bool = False) -> torch.nn.Module:
-    """``timm.create_model(name, device="meta", dtype=torch.bfloat16)``: built once per process, a copy per call."""
+    """A copy of :func:`_built_on_meta`'s model, for a test that changes it (a new head, hooks)."""
     return copy.deepcopy(_built_on_meta(name, features_only))
 
 
@@ -90,8 +92,8 @@ def _smallest_per_paper() -> list[str]:
 
 
 def test_every_model_class_and_family_has_a_test_variant():
-    full = {name: _on_meta(name) for name in MODELS}
-    tiny = {name: _on_meta(name) for name in TEST_MODELS}
+    full = {name: _built_on_meta(name) for name in MODELS}
+    tiny = {name: _built_on_meta(name) for name in TEST_MODELS}
     assert {type(m) for m in full.values()} == {type(m) for m in tiny.values()}
     assert {model_entrypoint(n).__module__ for n in MODELS} == {model_entrypoint(n).__module__ for n in TEST_MODELS}
     for name, model in tiny.items():
@@ -156,7 +158,7 @@ def test_full_size_shapes_on_meta(any_name, monkeypatch):
     """Every variant's outputs and features at its default input size, on the meta device (the fused ops' fake
     kernels run: nothing computes)."""
     monkeypatch.setenv("VISATTN_BACKEND", "triton")
-    model = _on_meta(any_name).eval()
+    model = _built_on_meta(any_name).eval()  # shared: a forward in evaluation mode changes nothing
     side = _side(any_name)
     x = torch.empty(1, 3, side, side, device="meta", dtype=torch.bfloat16)
     final, inters = model.forward_intermediates(x)  # final: forward_features(x) (test_intermediates_... checks)
@@ -252,7 +254,7 @@ def test_grad_checkpointing_recomputes_every_block_and_keeps_the_gradients(name)
 
 
 def test_optimizer_groups_cover_every_parameter(any_name):
-    model = _on_meta(any_name)
+    model = _built_on_meta(any_name)  # shared: the optimizer only reads it
     optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.8)
     grouped = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     assert grouped == sum(p.numel() for p in model.parameters() if p.requires_grad)  # frozen ones stay out
@@ -278,7 +280,7 @@ def test_torch_compile_matches_eager(family_model):
     # float64: compiled kernels reorder sums, and in float32 that noise grows through networks whose logits reach
     # 1e2 at initialisation (HRNet) past any tolerance that would still catch a real difference
     model = timm.create_model(family_model, num_classes=4).eval().double()
-    side = _input_side(model, 16, torch.float64)  # the smallest input: the reference scan unrolls every token
+    side = _input_side(model, 16, torch.float64)  # the smallest input the model takes: the cheapest eager run
     x = torch.randn(1, 3, side, side, dtype=torch.float64)
     compiled = torch.compile(model, fullgraph=True)
     # The graph goes through inductor's lowering and scheduling whole; its C++ is built the cheapest way (see
@@ -318,20 +320,22 @@ def _bad_inputs(channels: int, side: int) -> dict[str, torch.Tensor]:
 
 
 def test_a_bad_input_is_a_one_line_error_naming_the_layout_before_any_computation(any_name):
-    model = _on_meta(any_name).eval()
-    backbone = _on_meta(any_name, features_only=True).eval()
+    model = _built_on_meta(any_name).eval()  # shared: its hooks are removed at the end
+    backbone = _built_on_meta(any_name, features_only=True).eval()
     called = []
-    for net in (model, backbone):
-        for module_name, module in net.named_modules():
-            if module_name:
-                module.register_forward_pre_hook(lambda module, args, n=module_name: called.append(n))
+    hooks = [module.register_forward_pre_hook(lambda module, args, n=module_name: called.append(n))
+             for net in (model, backbone) for module_name, module in net.named_modules() if module_name]
     layout = rf"^{type(model).__name__} expects (floating-point )?\(B, {model.in_chans}, H, W\) images, got "
-    for case, x in _bad_inputs(model.in_chans, _side(any_name)).items():
-        got = re.escape(str(x.dtype) if case == "uint8" else f"shape {tuple(x.shape)}")
-        for call in (model, model.forward_features, model.forward_intermediates, backbone):
-            with pytest.raises(ValueError, match=layout + got) as err:
-                call(x.to("meta"))
-            assert "\n" not in str(err.value), case
+    try:
+        for case, x in _bad_inputs(model.in_chans, _side(any_name)).items():
+            got = re.escape(str(x.dtype) if case == "uint8" else f"shape {tuple(x.shape)}")
+            for call in (model, model.forward_features, model.forward_intermediates, backbone):
+                with pytest.raises(ValueError, match=layout + got) as err:
+                    call(x.to("meta"))
+                assert "\n" not in str(err.value), case
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert not called, f"ran before the input check: {called[:3]}"
 
 

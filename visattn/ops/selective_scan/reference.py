@@ -34,7 +34,7 @@ def selective_scan_reference(
     decay = torch.exp(dt[:, :, None, :] * A.to(acc)[None, :, :, None])
     drive = (dt * u_)[:, :, None, :] * B_
     h = u_.new_zeros(batch, d, n)
-    if torch.compiler.is_exporting():
+    if torch.compiler.is_exporting() or torch.compiler.is_compiling():
         y = _exported_recurrence(decay, drive, C_, h)
     else:
         ys = []
@@ -50,16 +50,17 @@ def selective_scan_reference(
 
 
 def _exported_recurrence(decay: torch.Tensor, drive: torch.Tensor, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """The loop of :func:`selective_scan_reference` as torch's ``scan`` higher-order op, which ``torch.export``
-    keeps as one step in a loop (an ONNX ``Scan``) instead of unrolling it: the exported graph takes any length.
-    The same operations per step, so the same numbers. (batch, d, n, L) x 3, h_0 (batch, d, n) -> y (batch, d, L).
+    """The loop of :func:`selective_scan_reference` as torch's ``scan`` higher-order op, which ``torch.export`` and
+    ``torch.compile`` keep as one step in a loop (an ONNX ``Scan``, a loop in inductor's code) instead of unrolling
+    it: the graph takes any length and stays small (a training step's backward included). The same operations per
+    step, so the same numbers. (batch, d, n, L) x 3, h_0 (batch, d, n) -> y (batch, d, L).
     """
     from torch._higher_order_ops.scan import scan  # torch's prototype scan: what torch.export and ONNX loops take
 
     def step(h: torch.Tensor, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         decay_t, drive_t, c_t = xs
         h = decay_t * h + drive_t
-        return h, (h * c_t).sum(-1)
+        return h.clone(), (h * c_t).sum(-1)  # a carry apart from the output: scan's autograd refuses aliases
 
     _, ys = scan(step, h, tuple(t.permute(3, 0, 1, 2) for t in (decay, drive, C)))
     return ys.permute(1, 2, 0)
