@@ -1,6 +1,7 @@
 """Runs that survive, tried as a user would: a run killed at a random moment and resumed ends as the uninterrupted
-run with the same seed (which also shows that one seed gives one result in separate processes); option values that
-cannot work stop before anything is written; a folder holding a run is never silently reused."""
+run with the same seed (the killed run in a process of its own, the others in the test's: one seed gives one result in
+separate processes); option values that cannot work stop before anything is written; a folder holding a run is never
+silently reused."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from tests.tools._runs import REID, ROOT, SEG_SMALL, SMALL, assert_one_line_error, script, tool
+from tests.tools._runs import REID, ROOT, SEG_SMALL, SMALL, assert_one_line_error, tool
 
 EPOCHS = "3"
 
@@ -39,7 +40,7 @@ def _history(folder) -> list[dict]:
 @pytest.mark.parametrize("task", ["classification", "medical-seg", "reid"])
 def test_a_run_killed_at_a_random_moment_and_resumed_ends_as_the_uninterrupted_run(task, request, tmp_path):
     args = [*_task_args(task, request), "--epochs", EPOCHS, "--workers", "2", "--seed", "7"]
-    full = script("train.py", *args, "--output", str(tmp_path / "full"))
+    full = tool("train.py", *args, "--output", str(tmp_path / "full"))  # in this process: no interpreter start-up
     assert full.returncode == 0, full.stderr[-2000:]
 
     killed = tmp_path / "killed"
@@ -53,7 +54,7 @@ def test_a_run_killed_at_a_random_moment_and_resumed_ends_as_the_uninterrupted_r
     process.wait()
     assert len(_history(killed)) < int(EPOCHS), "the run ended before it was killed"
 
-    resumed = script("train.py", "--resume", str(killed / "last.pth"))  # its own options and folder
+    resumed = tool("train.py", "--resume", str(killed / "last.pth"))  # its own options and folder
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _history(killed) == _history(tmp_path / "full")
     assert not [f for f in os.listdir(killed) if f.endswith(".tmp")]

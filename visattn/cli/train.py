@@ -1,7 +1,7 @@
 """Train a model.
 
 Classification (timm models):  tools/train.py [--data DIR] [--model NAME] ...
-    --demo (or no --data): the demo, a small BiFormer on scikit-learn's handwritten digits for 6 epochs.
+    --demo (or no --data): the demo, a small BiFormer on scikit-learn's handwritten digits for 4 epochs.
 Medical segmentation:          tools/train.py --task medical-seg [--data DIR] [--model NAME] ...
     DIR holds train/ (or training/) and val/ (or test/) splits in the DRIVE layout or images/ + masks/ [+ fov/].
     --demo (or no --data): HER-Seg on the built-in synthetic vessels (--data synthetic-vessels[:size=..,train=..]).

@@ -168,9 +168,10 @@ class ReIDConfig(TrainConfig):
 
     @classmethod
     def demo(cls, output: str) -> ReIDConfig:
-        """The built-in default run: ResNet-18 on the synthetic re-id set at 96x48, about a minute on 2 CPU cores."""
-        return cls(output=output, model="resnet18", input_size=(96, 48), epochs=12, batch_size=32, lr=1e-3,
-                   warmup_epochs=2, milestones=(8,), workers=0)
+        """The built-in default run: ResNet-18 on the synthetic re-id set at 96x48 for 9 epochs, scored after every
+        third, about 40 s on 2 CPU cores."""
+        return cls(output=output, model="resnet18", input_size=(96, 48), epochs=9, batch_size=32, lr=1e-3,
+                   warmup_epochs=2, milestones=(6,), eval_every=3, workers=0)
 
     @property
     def ids_per_batch(self) -> int:
