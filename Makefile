@@ -8,13 +8,11 @@ OUT ?= runs/demo
 
 .PHONY: demo test lint clean
 
-# --no-compile: Python compiles the bytecode of the modules a run imports when it first imports them, instead of pip
-# compiling all ~15,000 files of the environment up front (about a third of the set-up's CPU time).
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/gpu-triton.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
-	$(PY) -m pip install --quiet --no-compile -c requirements/constraints.txt -e '.[dev,mm,export]'
-	$(PY) -m pip install --quiet --no-compile --no-deps --upgrade --target $(VENV)/gpu-triton -r requirements/gpu-triton.txt
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev,mm,export]'
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/gpu-triton -r requirements/gpu-triton.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
