@@ -35,7 +35,7 @@ def selective_scan_reference(
     drive = (dt * u_)[:, :, None, :] * B_
     h = u_.new_zeros(batch, d, n)
     if torch.compiler.is_exporting() or torch.compiler.is_compiling():
-        y = _exported_recurrence(decay, drive, C_, h)
+        y = _traced_recurrence(decay, drive, C_, h)
     else:
         ys = []
         for t in range(length):
@@ -49,7 +49,7 @@ def selective_scan_reference(
     return y.to(u.dtype)
 
 
-def _exported_recurrence(decay: torch.Tensor, drive: torch.Tensor, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _traced_recurrence(decay: torch.Tensor, drive: torch.Tensor, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """The loop of :func:`selective_scan_reference` as torch's ``scan`` higher-order op, which ``torch.export`` and
     ``torch.compile`` keep as one step in a loop (an ONNX ``Scan``, a loop in inductor's code) instead of unrolling
     it: the graph takes any length and stays small (a training step's backward included). The same operations per
