@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from .engine.checkpoint import atomic_write, atomic_write_json
+from .engine.checkpoint import atomic_write, atomic_write_json, check_output_folder
 from .engine.models import check_model_input
 from .errors import UserError, first_line
 from .ops import forced_backend
@@ -505,8 +505,7 @@ def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None 
     check's differences); with ``check``, compare the file with the model on random input first."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if os.path.isfile(output):
-        raise UserError(f"--output {output} is a file; give a folder")
+    check_output_folder(output, "the exported files")
     if fmt == "onnx":
         require("onnx", "onnxscript", *(("onnxruntime",) if check else ()))
     size = (opened.data_config["input_size"][0], *opened.input_size(img_size))

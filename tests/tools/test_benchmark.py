@@ -121,7 +121,8 @@ def test_output_that_is_a_file_is_a_one_line_error(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--output",
                              str(tmp_path / "file")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: --output {tmp_path / 'file'} is a file; give a folder"]
+    expected = f"error: --output {tmp_path / 'file'} is a file; give a folder for the results"
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 def _outside_tables(text):

@@ -84,6 +84,28 @@ def test_an_option_value_that_cannot_work_stops_before_anything_is_written(comma
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [
+    ["train.py", "--data", "{images}", "--model", "biformer_tiny", "--model-kwargs", SMALL, "--img-size", "32"],
+    ["predict.py", "test_biformer", "{image}"],
+    ["export.py", "test_biformer"],
+    ["visualize.py", "test_biformer", "{image}"],
+    ["benchmark.py", "--models", "test_biformer"],
+    ["reid_placements.py", "--placements", "plain"],
+    ["eval.py", "--task", "medical-seg", "--checkpoint", "best.pth"],
+    ["eval.py", "--task", "reid", "--checkpoint", "best.pth"],
+], ids=lambda command: " ".join(command[:3 if command[1] == "--task" else 1]))
+def test_an_output_folder_that_cannot_be_made_stops_every_tool_in_one_line(command, image_folder, tmp_path):
+    """--output a file, or a folder under a file: one line naming the file, before any work, nothing written."""
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    image = next((image_folder / "train" / "bright").glob("*.png"))
+    argv = [{"{images}": str(image_folder), "{image}": str(image)}.get(a, a) for a in command]
+    assert_one_line_error(tool(*argv, "--output", str(taken)), f"--output {taken} is a file")
+    assert_one_line_error(tool(*argv, "--output", str(taken / "run")),
+                          f"--output {taken / 'run'} lies under {taken}, which is a file")
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"] and taken.read_text() == "mine"
+
+
 def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
     result = tool("train.py", "--resume", str(tmp_path / "missing.pth"), "--debug")
     assert result.returncode == 1 and "Traceback" in result.stderr and "does not exist" in result.stderr

@@ -22,6 +22,7 @@ import platform
 import shlex
 import sys
 
+from ..engine.checkpoint import check_output_folder
 from ..engine.options import non_negative_int, positive_int
 from ..errors import UserError, first_line
 from . import ToolParser, run
@@ -69,8 +70,7 @@ def parse_args(argv):
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    if os.path.isfile(args.output):
-        raise UserError(f"--output {args.output} is a file; give a folder")
+    check_output_folder(args.output, "the results")
     return args
 
 

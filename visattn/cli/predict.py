@@ -109,7 +109,10 @@ PREDICTORS = {"classification": _classify, "segmentation": _segment, "reid": _ra
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from ..engine.checkpoint import check_output_folder
     from ..tasks.images import collect_images
+
+    check_output_folder(args.output, "the predictions")
     from ..tasks.opened import open_model
 
     inputs = collect_images(args.inputs)

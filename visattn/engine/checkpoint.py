@@ -1,4 +1,4 @@
-"""Atomic checkpoint and metric files, reading visattn training checkpoints (weights load through
+"""Output folders, atomic checkpoint and metric files, reading visattn training checkpoints (weights load through
 :func:`visattn.weights.load_pretrained`), and the digests of the frozen weights a checkpoint saves by reference
 (:meth:`visattn.engine.task.Task.restore_frozen` restores them)."""
 
@@ -18,6 +18,29 @@ import torch
 
 from ..errors import UserError
 from ..weights import read_file
+
+
+def check_output_folder(path: str, purpose: str) -> None:
+    """A one-line :class:`UserError` unless ``path`` is a folder or can be made one (``purpose``: what it is for,
+    e.g. "the run"): neither it nor an ancestor is a file, and the nearest existing ancestor is writable."""
+    target = existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == target else f"lies under {existing}, which is a file"
+        raise UserError(f"--output {path} {where}; give a folder for {purpose}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output {path}: cannot write in {existing}; give a folder you can write to")
+
+
+def make_output_folder(path: str, purpose: str) -> str:
+    """``path`` checked as :func:`check_output_folder` does and created with its parents; ``path``."""
+    check_output_folder(path, purpose)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create --output {path}: {err.strerror or err}") from err
+    return path
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:

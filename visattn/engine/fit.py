@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from ..contract import start_epoch
 from ..errors import UserError
 from ..weights import FROZEN, WeightsUnavailable, load_pretrained
-from .checkpoint import atomic_save, read_training_checkpoint, without_frozen
+from .checkpoint import atomic_save, check_output_folder, make_output_folder, read_training_checkpoint, without_frozen
 from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
 from .loop import NonFiniteLoss, TrainingForward, train_one_epoch
 from .run_log import RunLog
@@ -121,8 +121,7 @@ def claim_output(cfg: TrainConfig, is_main: bool) -> None:
     """Make ``cfg.output`` this run's folder: a folder holding another run is an error unless this run resumes
     from it or ``cfg.overwrite`` (then the old run's files go); temporary files a killed run left are removed."""
     folder = cfg.output
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"--output {folder} is a file, not a folder; pick a folder for the run")
+    check_output_folder(folder, "the run")
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(folder, f))]
     resuming_here = bool(cfg.resume) and os.path.isdir(folder) and os.path.samefile(
         os.path.dirname(os.path.abspath(cfg.resume)), folder)
@@ -265,7 +264,7 @@ def fit(task: Task) -> dict[str, Any]:
         config = dataclasses.asdict(cfg)
         log = None
         if is_main:
-            os.makedirs(cfg.output, exist_ok=True)
+            make_output_folder(cfg.output, "the run")
             log = RunLog(cfg.output, history, {**common, "model_description": description,
                                                "parameters": parameter_counts(model), "dataset": task.dataset,
                                                **task.metrics_fields(), "config": config}, task.panels, first_epoch)

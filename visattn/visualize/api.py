@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..contract import INSPECTION_KINDS, InspectionMap, inspect
-from ..engine.checkpoint import atomic_write_json
+from ..engine.checkpoint import atomic_write_json, check_output_folder
 from ..errors import UserError, first_line
 from ..tasks.classification.predict import class_names
 from ..tasks.images import as_rgb
@@ -108,8 +108,7 @@ def visualize(source: str, image: str, output: str, *, query: Sequence[int] | No
     if unknown:
         raise UserError(f"--picture {unknown[0]}: no such picture; use {', '.join(PICTURES)}")
     picture = as_rgb(image)
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise UserError(f"--output {output} is a file; give a folder for the pictures")
+    check_output_folder(output, "the pictures")
     pixel = _check_query(query, (picture.height, picture.width))
     fraction = ((pixel[0] + 0.5) / picture.height, (pixel[1] + 0.5) / picture.width)
     opened = open_model(source, weights=weights, pretrained=pretrained, model_kwargs=model_kwargs, device=device)

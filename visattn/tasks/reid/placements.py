@@ -24,7 +24,13 @@ import torch
 import torch.nn as nn
 
 from ...benchmark import count_macs, inference_ms
-from ...engine.checkpoint import atomic_write, atomic_write_csv, atomic_write_json, read_training_checkpoint
+from ...engine.checkpoint import (
+    atomic_write,
+    atomic_write_csv,
+    atomic_write_json,
+    check_output_folder,
+    read_training_checkpoint,
+)
 from ...errors import UserError, first_line
 from ...ops import forced_backend
 from .model import REID_ATTENTION, ReIDModel
@@ -268,8 +274,7 @@ def run_study(base: ReIDConfig, placements: Sequence[Placement], output: str, *,
     placements = list(dict.fromkeys([Placement(), *placements]))
     batches = sorted(set(batches))
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise UserError(f"--output {output} is a file; give a folder for the study")
+    check_output_folder(output, "the study")
     runs = []
     for p in placements:  # every placement builds, and no folder holds another recipe's run, before anything trains
         try:
