@@ -149,6 +149,8 @@ def test_synthetic_spec_and_splits():
     assert len(open_source(None, "train")) == 32
     _one_line_error("bad synthetic-vessels option 'depth=3'", parse_synthetic, "synthetic-vessels:depth=3")
     _one_line_error("size >= 16", SyntheticVessels, 2, 8)
+    assert open_source("synthetic-vessels:size=48,val=2", "test").names == val.names  # test: the evaluation split
+    _one_line_error("--split tset: synthetic-vessels has a training split", open_source, None, "tset")
 
 
 def test_write_folder_round_trips_through_the_generic_layout(tmp_path):

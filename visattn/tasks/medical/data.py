@@ -336,6 +336,9 @@ def open_source(data: str | None, split: str):
     if not is_synthetic(data):
         return FolderSource(data, split)
     settings = parse_synthetic(data or SYNTHETIC)
+    if split not in TRAIN_SPLITS + EVAL_SPLITS:
+        raise UserError(f"--split {split}: {SYNTHETIC} has a training split ({', '.join(TRAIN_SPLITS)}) and an "
+                        f"evaluation split ({', '.join(EVAL_SPLITS)})")
     training = split in TRAIN_SPLITS
     return SyntheticVessels(settings["train" if training else "val"], settings["size"],
                             seed=settings["seed"] * 2 + (0 if training else 1))
