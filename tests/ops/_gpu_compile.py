@@ -47,7 +47,7 @@ if "TRITON_CACHE_DIR" not in os.environ:
 import torch  # noqa: E402
 import triton  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_map  # noqa: E402
+from torch.utils._pytree import tree_flatten, tree_map  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
@@ -220,6 +220,13 @@ def _variant(fn: JITFunction, args, kwargs) -> str:
     return " ".join(parts)
 
 
+def _meta(value):
+    """A tensor as a meta tensor of its size, strides and dtype; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return torch.empty_strided(value.size(), value.stride(), dtype=value.dtype, device="meta")
+    return value
+
+
 class ShapesOnly(TorchDispatchMode):
     """The :data:`HEAVY` aten ops return uninitialised outputs of the shapes, strides and dtypes their meta functions
     give (an output that aliases an input, as an in-place op's, is that input); every other op runs. Launches depend
@@ -232,16 +239,21 @@ class ShapesOnly(TorchDispatchMode):
              "addmm", "bmm", "native_batch_norm", "native_batch_norm_backward", "_native_batch_norm_legit",
              "_native_batch_norm_legit_no_training", "native_layer_norm", "native_layer_norm_backward"}
 
+    def __init__(self):
+        super().__init__()
+        self._metas: dict[tuple, object] = {}  # the outputs' metadata per op and argument metadata
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.overloadpacket.__name__ not in self.HEAVY:
             return func(*args, **kwargs)
-
-        def meta(t):
-            return torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="meta") if isinstance(
-                t, torch.Tensor) else t
-
-        out = func(*tree_map(meta, args), **tree_map(meta, kwargs))
+        leaves, spec = tree_flatten((args, kwargs))
+        key = (func, str(spec), *((tuple(t.shape), t.stride(), t.dtype) if isinstance(t, torch.Tensor) else t
+                                  for t in leaves))
+        out = self._metas.get(key)
+        if out is None:  # a layer's shapes recur (blocks, branches, the backward of each): their meta functions
+            # (Python decompositions for the normalisations) run once
+            out = self._metas[key] = func(*tree_map(_meta, args), **tree_map(_meta, kwargs))
         written = {}  # alias set -> the input an op writes in place
         for i, arg in enumerate(func._schema.arguments):
             if arg.alias_info is not None and arg.alias_info.is_write:
