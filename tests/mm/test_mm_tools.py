@@ -61,6 +61,10 @@ def test_config_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert_one_line_error(result, "config", "does not exist")
     result = _command(eval_cli, DET[0], str(tmp_path / "missing.pth"), monkeypatch=monkeypatch, capsys=capsys)
     assert_one_line_error(result, "checkpoint", "does not exist")
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    result = _command(train_cli, DET[0], "--work-dir", str(taken / "run"), monkeypatch=monkeypatch, capsys=capsys)
+    assert_one_line_error(result, f"--work-dir {taken / 'run'} lies under {taken}, which is a file")
 
 
 SEG_CONFIG = os.path.join(ROOT, "configs", "seg", "fpn_biformer-s_4xb8-80k_ade20k-512x512.py")

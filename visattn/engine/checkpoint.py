@@ -20,17 +20,18 @@ from ..errors import UserError
 from ..weights import read_file
 
 
-def check_output_folder(path: str, purpose: str) -> None:
-    """A one-line :class:`UserError` unless ``path`` is a folder or can be made one (``purpose``: what it is for,
-    e.g. "the run"): neither it nor an ancestor is a file, and the nearest existing ancestor is writable."""
+def check_output_folder(path: str, purpose: str, option: str = "--output") -> None:
+    """A one-line :class:`UserError` unless ``path`` (given as ``option``) is a folder or can be made one
+    (``purpose``: what it is for, e.g. "the run"): neither it nor an ancestor is a file, and the nearest existing
+    ancestor is writable."""
     target = existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         where = "is a file" if existing == target else f"lies under {existing}, which is a file"
-        raise UserError(f"--output {path} {where}; give a folder for {purpose}")
+        raise UserError(f"{option} {path} {where}; give a folder for {purpose}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--output {path}: cannot write in {existing}; give a folder you can write to")
+        raise UserError(f"{option} {path}: cannot write in {existing}; give a folder you can write to")
 
 
 def make_output_folder(path: str, purpose: str) -> str:

@@ -13,6 +13,7 @@ import re
 
 import torch
 
+from ..engine.checkpoint import check_output_folder
 from ..errors import UserError
 
 TASK_OF_SCOPE = {"mmdet": "detection", "mmseg": "segmentation"}
@@ -95,6 +96,7 @@ def load_config(path: str, work_dir: str | None = None, cfg_options: dict | None
         cfg.merge_from_dict(cfg_options)
     cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join(
         "work_dirs", os.path.splitext(os.path.basename(path))[0])
+    check_output_folder(cfg.work_dir, "the run's logs and checkpoints", option="--work-dir")
     cfg.launcher = launcher
     wrapper = cfg.optim_wrapper
     if amp and torch.cuda.is_available():
