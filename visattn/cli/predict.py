@@ -111,10 +111,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from ..engine.checkpoint import check_output_folder
     from ..tasks.images import collect_images
-
-    check_output_folder(args.output, "the predictions")
     from ..tasks.opened import open_model
 
+    check_output_folder(args.output, "the predictions")
     inputs = collect_images(args.inputs)
     opened = open_model(args.source, weights=args.weights, pretrained=args.pretrained,
                         model_kwargs=args.model_kwargs, device=args.device, use_ema=args.use_ema)
