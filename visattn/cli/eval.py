@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from ..engine.checkpoint import check_output_folder
 from ..engine.options import device, non_negative_int
 from . import is_config, mm_parser, parse_task_args, run
 
@@ -41,6 +42,8 @@ def main(argv=None) -> int:
     if is_config(argv):
         return main_config(argv)
     args, task_class = parse_task_args(argv, __doc__, add_shared_arguments, "eval")
+    if getattr(args, "output", None):  # the tasks whose evaluation writes files
+        check_output_folder(args.output, "the evaluation")
     print(task_class.run_eval(args))
     return 0
 

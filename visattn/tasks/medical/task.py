@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ...engine.checkpoint import atomic_write, atomic_write_json, check_output_folder, json_safe
+from ...engine.checkpoint import atomic_write, atomic_write_json, json_safe
 from ...engine.fit import fit
 from ...engine.loop import autocast
 from ...engine.models import build_model, check_model_input
@@ -430,8 +430,6 @@ class MedicalTask(Task):
 
     @classmethod
     def run_eval(cls, args) -> str:
-        if args.output:
-            check_output_folder(args.output, "the evaluation")
         return report(evaluate_checkpoint(args.checkpoint, args.data, args.split, args.output, args.inference,
                                           args.tile, args.device, args.workers, threshold=args.threshold,
                                           pad_to=args.pad_to))

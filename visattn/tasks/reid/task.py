@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ...engine.checkpoint import atomic_write, atomic_write_json, check_output_folder
+from ...engine.checkpoint import atomic_write, atomic_write_json
 from ...engine.distributed import barrier
 from ...engine.fit import fit
 from ...engine.loop import autocast
@@ -353,8 +353,6 @@ class ReIDTask(Task):
 
     @classmethod
     def run_eval(cls, args) -> str:
-        if args.output:
-            check_output_folder(args.output, "the evaluation")
         result = evaluate_checkpoint(args.checkpoint, args.data, args.output, args.device, args.workers,
                                      metric=args.metric, rerank=args.rerank, flip=args.flip_test, layout=args.layout,
                                      distinct_cameras=args.distinct_cameras)
