@@ -142,7 +142,9 @@ class TokenLabelingHead:
 
     def token_logits(self, x: torch.Tensor) -> torch.Tensor | None:
         """Normed tokens (B, 1 + H*W, C) -> the patch tokens' ``aux_head`` logits (B, H*W, classes), or None."""
-        return None if self.aux_head is None else self.aux_head(x[:, self.num_prefix_tokens:])
+        # the head on every token, then the patch rows: a linear layer on the strided slice would make a traced
+        # program guard on the batch being other than 1
+        return None if self.aux_head is None else self.aux_head(x)[:, self.num_prefix_tokens:]
 
     def train_extras(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The token extras of ``forward_train``: ``token_logits``, the per-token ``aux_head`` logits

@@ -9,13 +9,14 @@ import torch
 
 def _pool(flat: torch.Tensor, w_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x softmax_N(w_q x), GAP(x)) of a (B, C, N) map, each (B, C); both 0 for an empty map (N = 0)."""
-    p = torch.einsum("c,bcn->bn", w_q.to(flat.dtype), flat).softmax(-1)
+    # bmm, not einsum: einsum squeezes size-1 dimensions, so a traced program would guard on the batch being > 1
+    p = torch.bmm(w_q.to(flat.dtype).expand(flat.shape[0], 1, -1), flat).squeeze(1).softmax(-1)
     return torch.bmm(flat, p.unsqueeze(-1)).squeeze(-1), flat.sum(-1) / max(flat.shape[-1], 1)
 
 
 def _softmax_logits(flat: torch.Tensor, w_a: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """s = q softmax_N(W_a x), (B, N), for W_a (B, J, C) and q (B, J)."""
-    return torch.einsum("bj,bjn->bn", q.to(flat.dtype), torch.bmm(w_a, flat).softmax(-1))
+    return torch.bmm(q.to(flat.dtype).unsqueeze(1), torch.bmm(w_a, flat).softmax(-1)).squeeze(1)
 
 
 def _checked(t: torch.Tensor, shape: tuple[int, int], name: str) -> torch.Tensor:
