@@ -34,16 +34,6 @@ def check_output_folder(path: str, purpose: str, option: str = "--output") -> No
         raise UserError(f"{option} {path}: cannot write in {existing}; give a folder you can write to")
 
 
-def make_output_folder(path: str, purpose: str) -> str:
-    """``path`` checked as :func:`check_output_folder` does and created with its parents; ``path``."""
-    check_output_folder(path, purpose)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create --output {path}: {err.strerror or err}") from err
-    return path
-
-
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place (with the mode the file
     had, or a new file's)."""

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from ..contract import start_epoch
 from ..errors import UserError
 from ..weights import FROZEN, WeightsUnavailable, load_pretrained
-from .checkpoint import atomic_save, check_output_folder, make_output_folder, read_training_checkpoint, without_frozen
+from .checkpoint import atomic_save, check_output_folder, read_training_checkpoint, without_frozen
 from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
 from .loop import NonFiniteLoss, TrainingForward, train_one_epoch
 from .run_log import RunLog
@@ -264,7 +264,7 @@ def fit(task: Task) -> dict[str, Any]:
         config = dataclasses.asdict(cfg)
         log = None
         if is_main:
-            make_output_folder(cfg.output, "the run")
+            os.makedirs(cfg.output, exist_ok=True)  # claim_output checked that it can be made
             log = RunLog(cfg.output, history, {**common, "model_description": description,
                                                "parameters": parameter_counts(model), "dataset": task.dataset,
                                                **task.metrics_fields(), "config": config}, task.panels, first_epoch)
