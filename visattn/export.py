@@ -137,7 +137,8 @@ def capture(model: nn.Module, input_size: tuple[int, int, int], dynamic: bool = 
     for axes in attempts:
         shapes = ({a: torch.export.Dim.DYNAMIC for a in axes},)
         try:
-            with forced_backend("torch"), torch.no_grad(), warnings.catch_warnings(), _size_oblivious():
+            with (forced_backend("torch"), torch.no_grad(), warnings.catch_warnings(), _size_oblivious(),
+                  _ContiguousMaps()):
                 warnings.simplefilter("ignore")
                 program = torch.export.export(model, (x,), dynamic_shapes=shapes, strict=False)
                 if set(axes) & {2, 3}:
@@ -173,6 +174,22 @@ def _size_oblivious():
     """torch.export's size-oblivious reasoning for the input's sizes: a view of a padded map (a crop) is then not
     assumed contiguous, or not, at the traced size (a guard that would fix height and width)."""
     return torch.fx.experimental._config.patch(backed_size_oblivious=True)
+
+
+class _ContiguousMaps(torch.overrides.TorchFunctionMode):
+    """Convolutions, pooling and resizing traced on contiguous inputs. Fed a channels-last view (an NHWC block's map
+    permuted to NCHW), torch's fake kernels pick the output's memory format from the strides, which tell channels-last
+    from contiguous only when the batch is over 1: the program would then guard ``batch > 1``."""
+
+    F = torch.nn.functional
+    LAYOUT_FOLLOWING = frozenset({F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                                  F.conv_transpose3d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d,
+                                  F.max_pool2d, F.interpolate})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.LAYOUT_FOLLOWING and args:
+            args = (args[0].contiguous(), *args[1:])
+        return func(*args, **(kwargs or {}))
 
 
 def _refuse_custom_ops(program: torch.export.ExportedProgram) -> None:

@@ -155,7 +155,8 @@ class PromptFreeMaskDecoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         b, c, h, w = image.shape
-        tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0).unsqueeze(0).expand(b, -1, -1)
+        # copied per image, not an expanded view, whose zero batch stride makes torch.export guard a batch over 1
+        tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0).repeat(b, 1, 1)
         src = (image + self.no_mask_embed.weight.reshape(1, c, 1, 1)).flatten(2).transpose(1, 2)
         pe = self.dense_pe(h, w).to(image.dtype).flatten(2).transpose(1, 2).expand(b, -1, -1)
         tokens, src = self.transformer(tokens, src, pe)
