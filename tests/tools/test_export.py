@@ -126,6 +126,29 @@ def test_a_program_that_refuses_batch_1_says_so_and_the_onnx_check_catches_it(tm
     assert check.shapes[1][0] == 1 and check.max_rel == pytest.approx(1 / 3)  # 2x where PyTorch computes 3x
 
 
+class _ChannelsLastBlock(nn.Module):
+    """An NHWC block's map permuted to NCHW for a depthwise convolution, then pooled: the layout of BiFormer's,
+    InLine's and LaMamba's stages."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix, self.conv = nn.Linear(3, 8), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        y = self.conv(self.mix(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return nn.functional.adaptive_avg_pool2d(y.permute(0, 2, 3, 1).permute(0, 3, 1, 2), 1).flatten(1)
+
+
+def test_a_program_fed_channels_last_views_takes_a_batch_of_1(tmp_path):
+    model = _ChannelsLastBlock()
+    done = export.export_pt2(model, str(tmp_path / "nhwc.pt2"), (3, 12, 12))
+    assert done.min_batch == 1 and not done.notes
+    program = torch.export.load(done.path).module()
+    x = torch.randn(1, 3, 15, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), model(x))
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
     """A classification best.pth as fit writes it: the common fields, the task's extra and the weights."""
