@@ -176,18 +176,19 @@ def _size_oblivious():
     return torch.fx.experimental._config.patch(backed_size_oblivious=True)
 
 
+_LAYOUT_FOLLOWING = frozenset({  # functions whose output's memory format follows their input's
+    nn.functional.conv1d, nn.functional.conv2d, nn.functional.conv3d, nn.functional.conv_transpose1d,
+    nn.functional.conv_transpose2d, nn.functional.conv_transpose3d, nn.functional.adaptive_avg_pool2d,
+    nn.functional.adaptive_max_pool2d, nn.functional.avg_pool2d, nn.functional.max_pool2d, nn.functional.interpolate})
+
+
 class _ContiguousMaps(torch.overrides.TorchFunctionMode):
     """Convolutions, pooling and resizing traced on contiguous inputs. Fed a channels-last view (an NHWC block's map
     permuted to NCHW), torch's fake kernels pick the output's memory format from the strides, which tell channels-last
     from contiguous only when the batch is over 1: the program would then guard ``batch > 1``."""
 
-    F = torch.nn.functional
-    LAYOUT_FOLLOWING = frozenset({F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
-                                  F.conv_transpose3d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d,
-                                  F.max_pool2d, F.interpolate})
-
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.LAYOUT_FOLLOWING and args:
+        if func in _LAYOUT_FOLLOWING and args:
             args = (args[0].contiguous(), *args[1:])
         return func(*args, **(kwargs or {}))
 
