@@ -16,7 +16,7 @@ import pytest
 import timm
 import timm.optim
 import torch
-from timm.models import model_entrypoint
+from timm.models import get_notrace_functions, get_notrace_modules, model_entrypoint
 
 import visattn
 from tests.meta import NoInitOnMeta
@@ -289,6 +289,27 @@ def test_torch_compile_matches_eager(family_model):
     with torch.no_grad(), torch._inductor.config.patch(cpp_wrapper=True):
         eager = model(x)
         torch.testing.assert_close(compiled(x), eager, rtol=1e-8, atol=1e-8 * max(1.0, eager.abs().max().item()))
+
+
+class _NotraceTracer(torch.fx.Tracer):
+    """torch.fx tracing as timm's FX feature extraction and FX model tests do it: the modules and functions registered
+    with ``register_notrace_module`` / ``register_notrace_function`` are single calls in the graph."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
+        self.leaves = tuple(get_notrace_modules())
+
+    def is_leaf_module(self, module: torch.nn.Module, qualname: str) -> bool:
+        return isinstance(module, self.leaves) or super().is_leaf_module(module, qualname)
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_torch_fx_graph_computes_what_the_model_does(name):
+    model = timm.create_model(name).eval()
+    graph = torch.fx.GraphModule(model, _NotraceTracer().trace(model))
+    x = torch.randn(2, 3, _side(name), _side(name))
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x))
 
 
 @pytest.mark.parametrize("in_chans", [1, 4])

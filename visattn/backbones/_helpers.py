@@ -36,7 +36,10 @@ def rename_keys(state_dict: dict, rules: Sequence[tuple[str, str | Callable[[re.
 
 def check_images(model: nn.Module, x: torch.Tensor, min_size: int = 1) -> None:
     """One-line ValueError, before any computation, unless ``x`` is a floating-point (B, ``model.in_chans``, H, W)
-    batch with both sides at least ``min_size`` pixels. An empty batch (B = 0) is valid."""
+    batch with both sides at least ``min_size`` pixels. An empty batch (B = 0) is valid. Under ``torch.fx`` symbolic
+    tracing (``x`` a Proxy, no sizes to check) it checks nothing."""
+    if isinstance(x, torch.fx.Proxy):
+        return
     name = type(model).__name__
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != model.in_chans:
         got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__

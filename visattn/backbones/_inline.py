@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, register_notrace_module
 
 from ..blocks import InjectiveLinearAttention, WindowAttention, window_apply, window_span
 from ..contract import InspectionMap, query_cell
@@ -33,6 +33,7 @@ def inline_query_map(rows: torch.Tensor, share: torch.Tensor, grid: tuple[int, i
                                              "local_share": share}, tuple(grid), cell)
 
 
+@register_notrace_module
 class InLineMapBlock(nn.Module):
     """X = X + DropPath(Attn(LN(X))); X = X + DropPath(MLP(LN(X))) on (B, H, W, C) maps.
 

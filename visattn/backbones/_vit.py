@@ -14,6 +14,10 @@ from ..blocks import maybe_checkpoint
 from ..weights import PretrainedMixin
 from ._helpers import check_images
 
+# one call in torch.fx graphs, whatever module's forward the trace starts from (timm's registry wraps it only where the
+# root's forward is defined): it branches on the grid's size
+torch.fx.wrap("resample_abs_pos_embed")
+
 
 class ScaledResidualBlock(nn.Module):
     """The pre-norm ViT block the ViT families share, its residual branches scaled by 1 / lambda (``skip_lam``: 1 on
@@ -74,13 +78,15 @@ class GridViT(PretrainedMixin, VisionTransformer):
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """timm's, with the patch grid flattened by its sizes: timm's ``view(B, -1, C)`` cannot flatten an empty
-        batch. ``x``: (B, H, W, C) (dynamic size, the position embedding resampled to H x W) or (B, N, C)."""
+        batch. ``x``: (B, H, W, C) with ``dynamic_img_size`` (the position embedding resampled to H x W), else
+        (B, N, C): the patch embedding's layout, decided when the model is built (so torch.fx can trace it)."""
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         pos_embed = self.pos_embed
-        if x.dim() == 4 and pos_embed is not None:
-            pos_embed = resample_abs_pos_embed(pos_embed, new_size=x.shape[1:3], old_size=self.patch_embed.grid_size,
+        if self.dynamic_img_size and pos_embed is not None:
+            pos_embed = resample_abs_pos_embed(pos_embed, new_size=(x.shape[1], x.shape[2]),
+                                               old_size=self.patch_embed.grid_size,
                                                num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens)
-        x = x.flatten(1, 2) if x.dim() == 4 else x
+        x = x.flatten(1, 2) if self.dynamic_img_size else x
         if pos_embed is None:
             return torch.cat([*prefix, x], dim=1) if prefix else x
         if self.no_embed_class:
@@ -96,10 +102,12 @@ class GridViT(PretrainedMixin, VisionTransformer):
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         check_images(self, x)
         x = self.patch_embed(x)
-        size = tuple(x.shape[1:3]) if x.dim() == 4 else self.patch_embed.grid_size
+        size = (x.shape[1], x.shape[2]) if self.dynamic_img_size else self.patch_embed.grid_size
         return self.norm_pre(self._pos_embed(x)), size
 
     def _no_masks(self, attn_mask: torch.Tensor | None, is_causal: bool) -> None:
+        if isinstance(attn_mask, torch.fx.Proxy):  # torch.fx symbolic tracing: every argument is a placeholder
+            return
         if attn_mask is not None or is_causal:
             raise ValueError(f"{type(self).__name__} takes no attention mask and is not causal")
 

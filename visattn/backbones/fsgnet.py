@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function, register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -35,18 +36,22 @@ from ..ops.guided_filter import attention_guided_filter
 from ..weights import PretrainedMixin, checkpoint_filter
 from ._helpers import check_images, create_model
 
+register_notrace_function(attention_guided_filter)  # one call in torch.fx graphs: it checks its arguments' sizes
+
 __all__ = ["FSGNet", "checkpoint_filter_fn"]
 
 MODEL_KIND = "segmentation"
 MIN_SIZE = 8  # the deepest level is 1/8 of the input
 
 
-def _up(x: torch.Tensor, size) -> torch.Tensor:
+@register_notrace_function  # one call in torch.fx graphs (FX wraps only public names)
+def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize with aligned corners (the official choice everywhere); the same size returns ``x``."""
     return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear",
                                                                       align_corners=True)
 
 
+@register_notrace_module
 class DropBlock(nn.Module):
     """DropBlock as FSG-Net applies it: in training, square ``block_size`` blocks are zeroed per channel, their centres
     drawn with rate gamma = drop_prob / block_size^2 * HW / ((H - bs + 1)(W - bs + 1)) among the positions whose
@@ -146,7 +151,7 @@ class AttentionGate(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         theta = self.theta(x)
-        return self.psi(F.relu(theta + _up(self.phi(g), theta.shape[-2:])))
+        return self.psi(F.relu(theta + resize_to(self.phi(g), theta.shape[-2:])))
 
 
 class ResidualConv(nn.Module):
@@ -173,6 +178,13 @@ _DECODER = ("conv_cat_3", "conv_cat_2", "conv_cat_1", "attention_block3", "atten
             "up_residual_conv3", "up_residual_conv2", "up_residual_conv1",
             "output_layer1", "output_layer2", "output_layer3")
 
+
+
+@register_notrace_function  # one call in torch.fx graphs (its sizes decide the pad); FX wraps only public names
+def pad_to_min_size(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) zero-padded at the bottom and right to at least MIN_SIZE x MIN_SIZE."""
+    pad_h, pad_w = max(MIN_SIZE - x.shape[-2], 0), max(MIN_SIZE - x.shape[-1], 0)
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 class FSGNet(PretrainedMixin, nn.Module):
     """FSG-Net: (B, in_chans, H, W) images -> (B, num_classes, H, W) per-pixel logits (three in training)."""
@@ -285,16 +297,12 @@ class FSGNet(PretrainedMixin, nn.Module):
         (B, 8C, H/8, W/8) (each level the floor half of the one above)."""
         h, w = x.shape[-2:]
         feats = [torch.cat([self.conv1(x), self.input_layer(x) + self.input_skip(x)], dim=1)]
-        pyramid = (None, _up(x, (h // 2, w // 2)), _up(x, (h // 4, w // 4)))
+        pyramid = (None, resize_to(x, (h // 2, w // 2)), resize_to(x, (h // 4, w // 4)))
         for i in range(1, levels):
             stage, extra = (getattr(self, name) for name in _LEVELS[i])
             y = stage(feats[-1])
             feats.append(torch.cat([extra(pyramid[i]), y], dim=1) if i < 3 else extra(y))
         return feats
-
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h, pad_w = max(MIN_SIZE - x.shape[-2], 0), max(MIN_SIZE - x.shape[-1], 0)
-        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -304,20 +312,20 @@ class FSGNet(PretrainedMixin, nn.Module):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; features are 'NCHW'")
         check_images(self, x)
         take_indices, max_index = feature_take_indices(self._levels, indices)
-        feats = self._encode(self._pad(x), max_index + 1 if stop_early else self._levels)
+        feats = self._encode(pad_to_min_size(x), max_index + 1 if stop_early else self._levels)
         intermediates = [feats[i] for i in take_indices]
         return intermediates if intermediates_only else (feats[-1], intermediates)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> the deepest encoder map (B, 8C, H/8, W/8), after the spatial attention."""
         check_images(self, x)
-        return self._encode(self._pad(x), self._levels)[-1]
+        return self._encode(pad_to_min_size(x), self._levels)[-1]
 
     def _guided_level(self, level: int, skip: torch.Tensor, deeper: torch.Tensor, g: torch.Tensor):
         """One guided convolution block: the fused map F of ``skip`` and the ``deeper`` fused map, and the residual
         block's output on the attention-guided filter of ``g`` (guided by F at half size, applied to F)."""
-        fused = getattr(self, f"conv_cat_{level}")(torch.cat([skip, _up(deeper, skip.shape[-2:])], dim=1))
-        small = _up(fused, (fused.shape[-2] // 2, fused.shape[-1] // 2))
+        fused = getattr(self, f"conv_cat_{level}")(torch.cat([skip, resize_to(deeper, skip.shape[-2:])], dim=1))
+        small = resize_to(fused, (fused.shape[-2] // 2, fused.shape[-1] // 2))
         alpha = getattr(self, f"attention_block{level}")(small, g)
         filtered = attention_guided_filter(small, g, alpha, fused, self.radius, self.eps)
         return fused, getattr(self, f"up_residual_conv{level}")(filtered)
@@ -330,8 +338,8 @@ class FSGNet(PretrainedMixin, nn.Module):
             _, up1 = self._guided_level(1, x1, fused, up2)
         else:
             # the official ablation's deep-supervision maps are taken after the resize to the next level
-            up3 = _up(self.up_residual_conv3(_up(x4, x3.shape[-2:])), x2.shape[-2:])
-            up2 = _up(self.up_residual_conv2(up3), x1.shape[-2:])
+            up3 = resize_to(self.up_residual_conv3(resize_to(x4, x3.shape[-2:])), x2.shape[-2:])
+            up2 = resize_to(self.up_residual_conv2(up3), x1.shape[-2:])
             up1 = self.up_residual_conv1(up2)
         return up1, up2, up3
 
@@ -340,7 +348,7 @@ class FSGNet(PretrainedMixin, nn.Module):
         (B, num_classes, H, W) at the input's size."""
         check_images(self, x)
         height, width = x.shape[-2:]
-        feats = self._encode(self._pad(x), self._levels)
+        feats = self._encode(pad_to_min_size(x), self._levels)
         if not self._has_decoder:
             return (feats[-1],)
         up1, up2, up3 = self._decode(feats)
@@ -348,8 +356,8 @@ class FSGNet(PretrainedMixin, nn.Module):
         main = self.output_layer1(up1)[..., :height, :width]
         if not self.training:
             return (main,)
-        return (main, self.output_layer2(_up(up2, size))[..., :height, :width],
-                self.output_layer3(_up(up3, size))[..., :height, :width])
+        return (main, self.output_layer2(resize_to(up2, size))[..., :height, :width],
+                self.output_layer3(resize_to(up3, size))[..., :height, :width])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, num_classes, H, W) logits."""

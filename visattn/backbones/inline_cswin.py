@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import ConvDownsample, StripeAttention
@@ -30,6 +30,7 @@ from ._pyramid import PyramidModel, pyramid_stages
 __all__ = ["InLineCSwin"]
 
 
+@register_notrace_module
 class InLineCSwinBlock(nn.Module):
     """X = X + DropPath(W_o [branches](LN(X) W_qkv)); X = X + DropPath(MLP(LN(X))) on (B, H, W, C) maps.
 

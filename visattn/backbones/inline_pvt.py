@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
+from timm.layers import register_notrace_module, resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 
 from ..blocks import pad_to_multiple
@@ -29,6 +29,7 @@ from ._pyramid import PyramidModel, pyramid_stages
 __all__ = ["InLinePVT"]
 
 
+@register_notrace_module
 class PVTPatchEmbed(nn.Module):
     """PVT's patch embedding and its stage's position table: ConvPxP stride P, LayerNorm, + pos_embed.
 

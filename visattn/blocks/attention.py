@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 
+@register_notrace_module
 class LePEAttention(nn.Module):
     """O = W_o (softmax(Q K^T / sqrt(d)) V + DWConv_{k x k}(S)), over all H*W tokens.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, register_notrace_function, register_notrace_module
 
 from ..contract import InspectionMap, query_cell
 from ..ops.linear_attention import linear_attention
@@ -28,6 +28,7 @@ from ..ops.linear_attention.reference import elu_plus_one, rotate_pairs
 __all__ = ["DualGatedLinearAttention", "DualGatedLinearAttentionBlock", "rope_2d", "rope_2d_angles"]
 
 
+@register_notrace_function
 def rope_2d_angles(height: int, width: int, channels: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, each (height * width, channels / 2) float32, of the angles :func:`rope_2d` rotates by."""
     if channels % 4:
@@ -65,6 +66,7 @@ def rope_2d(x: torch.Tensor, height: int, width: int, base: float = 10000.0,
     return rotated.transpose(1, 2).reshape(b, n, c).to(x.dtype)
 
 
+@register_notrace_module
 class DualGatedLinearAttention(nn.Module):
     """The token mixer of the DLA block: phi(Q), phi(K) from one linear, the bottleneck value path, RoPE in the
     numerator only, the mean-key normaliser and LePE. Input and output (B, N, C) with N = H x W.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from ..ops.linear_attention import linear_attention
 
@@ -54,6 +55,7 @@ class PredictedLocalResidual(nn.Sequential):
         return F.conv2d(v_map.reshape(1, b * c, h, w), kernels, padding=1, groups=b * c).view(b, c, h, w)
 
 
+@register_notrace_module
 class InjectiveLinearAttention(nn.Module):
     """InLine attention over N = P + H*W tokens (P prefix tokens such as a class token, then an H x W grid).
 

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, get_device_dtype
+from timm.layers import LayerNorm2d, get_device_dtype, register_notrace_module
 
 from ._checkpoint import maybe_checkpoint
 
@@ -113,6 +113,7 @@ class TwoWayTransformer(nn.Module):
         return tokens, image
 
 
+@register_notrace_module
 class PromptFreeMaskDecoder(nn.Module):
     """Image embedding (B, C, h, w) -> mask logits (B, num_classes, 4h, 4w).
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import SEModule
+from timm.layers import SEModule, register_notrace_module
 from timm.layers.cbam import CbamModule
 
 __all__ = ["NonLocalBlock", "cbam", "squeeze_excitation"]
@@ -42,6 +42,7 @@ def cbam(channels: int, device=None, dtype=None) -> CbamModule:
                       dtype=dtype)
 
 
+@register_notrace_module
 class NonLocalBlock(nn.Module):
     """Embedded-Gaussian non-local block on (B, C, H, W) maps (see the module docstring), inner width C // 2.
 

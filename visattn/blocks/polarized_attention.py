@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from ..contract import InspectionMap
 from ..ops.polarized_attention import LAYOUTS, polarized_attention
@@ -64,6 +65,7 @@ def resolve_layout(layout: str) -> str:
     return full
 
 
+@register_notrace_module
 class PolarizedSelfAttention(nn.Module):
     """PSA on (B, C, H, W) maps, any H x W; returns (B, C, H, W).
 

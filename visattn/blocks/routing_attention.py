@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from ..contract import InspectionMap, query_cell
 from ..ops import exported_crop
@@ -11,6 +12,7 @@ from ..ops.routed_attention import check_routing_args, route_regions, routed_att
 from .spatial import pad_to_multiple
 
 
+@register_notrace_module
 class BiLevelRoutingAttention(nn.Module):
     """BRA with a local context enhancement (LCE) term, on channels-last maps.
 

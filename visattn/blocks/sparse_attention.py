@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import register_notrace_module, resample_abs_pos_embed, trunc_normal_
 
 from ..contract import InspectionMap, query_cell
 from ..ops._backend import resolve_backend
@@ -158,6 +158,7 @@ class ConnectivityPredictor(nn.Module):
         return mask
 
 
+@register_notrace_module
 class SparsifinerAttention(nn.Module):
     """Multi-head self-attention whose patch queries attend only to the keys the connectivity predictor selects.
 

@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 STRIPE_MODES = ("global", "vertical", "horizontal")
 
 
+@register_notrace_function
 def pad_to_multiple(x: torch.Tensor, multiple: int | tuple[int, int], channels_last: bool = False) -> torch.Tensor:
     """Zero-pad the bottom and right of a map to sides that are multiples of ``multiple`` (one int for both sides,
     or (height, width)). Shapes: (B, C, H, W), or (B, H, W, C) when ``channels_last`` -> the same with padded

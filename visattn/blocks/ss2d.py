@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from ..ops.selective_scan import selective_scan
 
@@ -26,6 +27,7 @@ def cross_merge(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return rows.view(b, d, h, w) + cols.view(b, d, w, h).transpose(2, 3)
 
 
+@register_notrace_module
 class SS2D(nn.Module):
     """Y = W_out (LN(Merge_k S6_k(Scan_k(SiLU(DWConv3x3(X W_x))))) ⊙ SiLU(X W_z)).
 

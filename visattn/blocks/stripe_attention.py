@@ -6,12 +6,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from ..ops.linear_attention import linear_attention
 from .linear_attention import PredictedLocalResidual, injective_attention_rows, residual_share
 from .spatial import STRIPE_MODES, stripe_partition, stripe_reverse
 
 
+@register_notrace_module
 class StripeAttention(nn.Module):
     """One attention branch of a CSWin block on (B, H, W, C) q, k, v maps of its channels, in ``mode`` windows.
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from ..ops.sparse_attention import sparse_attention
 
@@ -31,6 +32,7 @@ __all__ = ["MATCHING_MODES", "PromptedAttention", "TokenCoordinatedPrompts"]
 MATCHING_MODES = ("token", "role")
 
 
+@register_notrace_module
 class TokenCoordinatedPrompts(nn.Module):
     """The CLS and image prompt pools of every layer, their matching and the prompt keys each query attends.
 
@@ -128,6 +130,7 @@ class TokenCoordinatedPrompts(nn.Module):
         return self.prompt_tokens(layer, x.shape[0]), indices, loss
 
 
+@register_notrace_module
 class PromptedAttention(nn.Module):
     """Multi-head attention of tokens over [tokens; prompts], timm ``Attention``'s parameters (``qkv``, ``proj``).
 

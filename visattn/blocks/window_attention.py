@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 
 from ..ops.window_attention import window_attention
 
 
+@register_notrace_module
 class WindowAttention(nn.Module):
     """O = W_o softmax(Q K^T / sqrt(d) + B_rel + M_shift) V inside window_size x window_size windows.
 
