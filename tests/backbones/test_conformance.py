@@ -16,7 +16,9 @@ import pytest
 import timm
 import timm.optim
 import torch
-from timm.models import get_notrace_functions, get_notrace_modules, model_entrypoint
+from timm.layers import get_notrace_functions, get_notrace_modules
+from timm.models import model_entrypoint
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import visattn
 from tests.meta import NoInitOnMeta
@@ -291,25 +293,19 @@ def test_torch_compile_matches_eager(family_model):
         torch.testing.assert_close(compiled(x), eager, rtol=1e-8, atol=1e-8 * max(1.0, eager.abs().max().item()))
 
 
-class _NotraceTracer(torch.fx.Tracer):
-    """torch.fx tracing as timm's FX feature extraction and FX model tests do it: the modules and functions registered
-    with ``register_notrace_module`` / ``register_notrace_function`` are single calls in the graph."""
-
-    def __init__(self):
-        super().__init__(autowrap_functions=tuple(get_notrace_functions()))
-        self.leaves = tuple(get_notrace_modules())
-
-    def is_leaf_module(self, module: torch.nn.Module, qualname: str) -> bool:
-        return isinstance(module, self.leaves) or super().is_leaf_module(module, qualname)
-
-
 @pytest.mark.parametrize("name", TEST_MODELS)
-def test_torch_fx_graph_computes_what_the_model_does(name):
+def test_timm_fx_feature_extraction_computes_what_the_model_does(name):
+    """torch.fx feature extraction as timm runs it (its notrace modules and functions single calls in the graph)
+    traces the model, and the graph's last node is the model's output."""
     model = timm.create_model(name).eval()
-    graph = torch.fx.GraphModule(model, _NotraceTracer().trace(model))
+    tracer_kwargs = {"leaf_modules": get_notrace_modules(), "autowrap_functions": get_notrace_functions()}
+    # LV-ViT's token-labelling head joins the output in evaluation only: the two graphs end in different nodes
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    extractor = create_feature_extractor(model, train_return_nodes=train_nodes[-1:], eval_return_nodes=eval_nodes[-1:],
+                                         tracer_kwargs=tracer_kwargs).eval()
     x = torch.randn(2, 3, _side(name), _side(name))
     with torch.no_grad():
-        torch.testing.assert_close(graph(x), model(x))
+        torch.testing.assert_close(extractor(x)[eval_nodes[-1]], model(x))
 
 
 @pytest.mark.parametrize("in_chans", [1, 4])

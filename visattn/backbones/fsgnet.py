@@ -45,6 +45,13 @@ MIN_SIZE = 8  # the deepest level is 1/8 of the input
 
 
 @register_notrace_function  # one call in torch.fx graphs (FX wraps only public names)
+def pad_to_min_size(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) zero-padded at the bottom and right to at least MIN_SIZE x MIN_SIZE."""
+    pad_h, pad_w = max(MIN_SIZE - x.shape[-2], 0), max(MIN_SIZE - x.shape[-1], 0)
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+@register_notrace_function  # one call in torch.fx graphs (FX wraps only public names)
 def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize with aligned corners (the official choice everywhere); the same size returns ``x``."""
     return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear",
@@ -178,13 +185,6 @@ _DECODER = ("conv_cat_3", "conv_cat_2", "conv_cat_1", "attention_block3", "atten
             "up_residual_conv3", "up_residual_conv2", "up_residual_conv1",
             "output_layer1", "output_layer2", "output_layer3")
 
-
-
-@register_notrace_function  # one call in torch.fx graphs (its sizes decide the pad); FX wraps only public names
-def pad_to_min_size(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) zero-padded at the bottom and right to at least MIN_SIZE x MIN_SIZE."""
-    pad_h, pad_w = max(MIN_SIZE - x.shape[-2], 0), max(MIN_SIZE - x.shape[-1], 0)
-    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 class FSGNet(PretrainedMixin, nn.Module):
     """FSG-Net: (B, in_chans, H, W) images -> (B, num_classes, H, W) per-pixel logits (three in training)."""
