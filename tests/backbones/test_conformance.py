@@ -22,6 +22,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 import visattn
 from tests.meta import NoInitOnMeta
+from visattn.backbones._vit import GridViT
 from visattn.contract import forward_train
 
 MODELS = visattn.list_models()
@@ -354,6 +355,35 @@ def test_a_bad_input_is_a_one_line_error_naming_the_layout_before_any_computatio
         for hook in hooks:
             hook.remove()
     assert not called, f"ran before the input check: {called[:3]}"
+
+
+_BAD_ARGUMENTS = [
+    (dict(in_chans=0), "in_chans must be a positive integer"),
+    (dict(in_chans=3.0), "in_chans must be a positive integer"),
+    (dict(num_classes=-1), "num_classes must be an integer >= 0"),
+    (dict(drop_path_rate=1.5), "drop_path_rate must lie in [0, 1)"),
+    (dict(out_indices=()), "out_indices must name at least one feature level"),
+]
+
+
+def test_a_bad_construction_argument_is_a_one_line_error(any_name):
+    """Arguments no model can take fail at ``create_model`` with what was wrong, not in a layer or at the first
+    forward: timm's common arguments for every model, ``img_size`` for the ViT hosts (a position grid of at least one
+    patch), ``num_classes`` for the segmentation networks (one logit map at least)."""
+    cases = list(_BAD_ARGUMENTS)
+    if isinstance(_built_on_meta(any_name), GridViT):
+        cases += [(dict(img_size=(224,)), "img_size must be a positive integer or an (H, W) pair"),
+                  (dict(img_size=8), "img_size=8 is smaller than one 16x16 patch")]
+    if _is_segmentation(any_name):
+        cases.append((dict(num_classes=0), "a segmentation model needs num_classes >= 1"))
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)) as err:
+            timm.create_model(any_name, device="meta", **kwargs)
+        assert "\n" not in str(err.value), kwargs
+    if _is_segmentation(any_name):
+        message = "a segmentation model needs num_classes >= 1 (one logit map per class), got 0"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _built_on_meta(any_name).reset_classifier(0)
 
 
 def _shapes(out) -> list[tuple[int, ...]]:

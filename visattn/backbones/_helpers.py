@@ -62,11 +62,47 @@ def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
         overlay["file"] = pretrained_file(variant, tag, overlay.get("url"))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_model_kwargs(variant: str, kwargs: dict) -> None:
+    """One-line ValueError for a timm construction argument no model can take: ``in_chans`` below 1, a negative
+    ``num_classes`` (0: no classifier), an ``img_size`` that is not one or two positive integers, a dropout rate
+    (``*drop_rate``, ``drop_path_rate``) outside [0, 1), an empty ``out_indices``."""
+
+    def bad(what: str, value) -> ValueError:
+        return ValueError(f"{variant}: {what}, got {value!r}")
+
+    if "in_chans" in kwargs and not (_is_int(kwargs["in_chans"]) and kwargs["in_chans"] >= 1):
+        raise bad("in_chans must be a positive integer (the input's channels)", kwargs["in_chans"])
+    if "num_classes" in kwargs and not (_is_int(kwargs["num_classes"]) and kwargs["num_classes"] >= 0):
+        raise bad("num_classes must be an integer >= 0 (0: no classifier)", kwargs["num_classes"])
+    size = kwargs.get("img_size")
+    sides = (size,) if _is_int(size) else tuple(size) if isinstance(size, Sequence) and len(size) == 2 else ()
+    if size is not None and not (sides and all(_is_int(s) and s >= 1 for s in sides)):
+        raise bad("img_size must be a positive integer or an (H, W) pair of them", size)
+    for key, value in kwargs.items():
+        if (key.endswith("drop_rate") or key == "drop_path_rate") and value is not None and not (
+                isinstance(value, int | float) and 0 <= value < 1):
+            raise bad(f"{key} must lie in [0, 1)", value)
+    out_indices = kwargs.get("out_indices")
+    if isinstance(out_indices, Sequence) and not out_indices:
+        raise bad("out_indices must name at least one feature level (an int n: the last n)", out_indices)
+
+
+def check_segmentation_classes(num_classes) -> None:
+    """One-line ValueError unless a per-pixel classifier gets at least one output channel."""
+    if not (_is_int(num_classes) and num_classes >= 1):
+        raise ValueError(f"a segmentation model needs num_classes >= 1 (one logit map per class), got {num_classes!r}")
+
+
 def create_model(model_cls: type, variant: str, pretrained: bool, kwargs: dict, tag: str = "in1k"):
     """timm's ``build_model_with_cfg`` with our conventions: official weights (a URL downloaded to a variant-named
     file, or a Hugging Face hub file) loaded by :func:`visattn.load_pretrained` (timm's ``custom_load`` hook; a failed
     download is a :class:`~visattn.weights.WeightsUnavailable`), and ``features_only`` through
-    ``forward_intermediates``."""
+    ``forward_intermediates``; :func:`check_model_kwargs` first."""
+    check_model_kwargs(variant, kwargs)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     given = overlay.get("file") or overlay.get("url")
     if pretrained:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, resample_abs_pos_embed
+from timm.layers import DropPath, resample_abs_pos_embed, to_2tuple
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 
@@ -67,6 +67,11 @@ class GridViT(PretrainedMixin, VisionTransformer):
     def __init__(self, **kwargs):
         if kwargs.get("patch_drop_rate"):
             raise ValueError(f"{type(self).__name__} does not support patch dropout: its blocks need the full grid")
+        img_size, patch = kwargs.get("img_size", 224), to_2tuple(kwargs.get("patch_size", 16))
+        if img_size is not None and any(s < p for s, p in zip(to_2tuple(img_size), patch, strict=True)):
+            raise ValueError(f"{type(self).__name__}: img_size={img_size} is smaller than one {patch[0]}x{patch[1]} "
+                             f"patch: the position table needs a grid of at least 1 x 1 (img_size sets the table's "
+                             f"grid; any input size runs)")
         kwargs.setdefault("dynamic_img_size", True)
         kwargs.setdefault("dynamic_img_pad", True)
         kwargs.setdefault("block_fn", self.block_fn)

@@ -34,7 +34,7 @@ from ..blocks import maybe_checkpoint
 from ..contract import TrainOutput
 from ..ops.guided_filter import attention_guided_filter
 from ..weights import PretrainedMixin, checkpoint_filter
-from ._helpers import check_images, create_model
+from ._helpers import check_images, check_segmentation_classes, create_model
 
 register_notrace_function(attention_guided_filter)  # one call in torch.fx graphs: it checks its arguments' sizes
 
@@ -193,6 +193,7 @@ class FSGNet(PretrainedMixin, nn.Module):
                  depths: tuple[int, ...] = (3, 3, 9, 3), kernel_size: int = 3, guided_refinement: bool = True,
                  radius: int = 2, eps: float = 1e-2, drop_block: float = 0.5, device=None, dtype=None):
         super().__init__()
+        check_segmentation_classes(num_classes)
         dd = dict(device=device, dtype=dtype)
         if len(depths) != 4:
             raise ValueError(f"FSGNet has four encoder levels, got depths={tuple(depths)}")
@@ -261,8 +262,7 @@ class FSGNet(PretrainedMixin, nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """New 1 x 1 heads (all three deep-supervision outputs) for ``num_classes`` output channels (at least 1)."""
-        if num_classes < 1:
-            raise ValueError(f"a segmentation model needs num_classes >= 1, got {num_classes}")
+        check_segmentation_classes(num_classes)
         if not self._has_decoder:
             raise ValueError("the decoder was pruned (prune_intermediate_layers(prune_head=True)); build a new model "
                              "to classify pixels again")

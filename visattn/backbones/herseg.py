@@ -28,7 +28,7 @@ from ..blocks import DualGatedLinearAttentionBlock, PromptFreeMaskDecoder, maybe
 from ..blocks.dual_gated_attention import rope_2d_angles
 from ..contract import Inspectable
 from ..weights import PretrainedMixin, checkpoint_filter
-from ._helpers import check_images, create_model, init_linear_weights
+from ._helpers import check_images, check_segmentation_classes, create_model, init_linear_weights
 
 __all__ = ["HerSeg", "checkpoint_filter_fn"]
 
@@ -93,6 +93,7 @@ class HerSeg(Inspectable, PretrainedMixin, nn.Module):
                  mlp_ratio: float = 2.0, drop_path_rate: float = 0.1, decoder_dim: int = 256,
                  decoder_depth: int = 2, decoder_heads: int = 8, num_mask_tokens: int = 3, device=None, dtype=None):
         super().__init__()
+        check_segmentation_classes(num_classes)
         dd = dict(device=device, dtype=dtype)
         self.num_classes, self.in_chans = num_classes, in_chans
         self.num_features = decoder_dim
@@ -139,8 +140,7 @@ class HerSeg(Inspectable, PretrainedMixin, nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """New per-class hypernetwork MLPs for ``num_classes`` output channels (at least 1)."""
-        if num_classes < 1:
-            raise ValueError(f"a segmentation model needs num_classes >= 1, got {num_classes}")
+        check_segmentation_classes(num_classes)
         if not isinstance(self.mask_decoder, PromptFreeMaskDecoder):
             raise ValueError("the mask decoder was pruned (prune_intermediate_layers(prune_head=True)); build a new "
                              "model to classify pixels again")
