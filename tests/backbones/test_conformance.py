@@ -10,6 +10,7 @@ are the families' own tests and tests/test_model_table.py's.
 import copy
 import functools
 import re
+import warnings
 from collections import Counter
 
 import pytest
@@ -307,6 +308,20 @@ def test_timm_fx_feature_extraction_computes_what_the_model_does(name):
     x = torch.randn(2, 3, _side(name), _side(name))
     with torch.no_grad():
         torch.testing.assert_close(extractor(x)[eval_nodes[-1]], model(x))
+
+
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_torch_jit_trace_computes_what_the_model_does(name):
+    """A ``torch.jit.trace`` of the model (as older deployment paths and the TorchScript ONNX exporter record it)
+    computes the model's outputs, on the traced batch and on another: nothing the model computes outside the graph
+    (Sparsifiner's host-side top-k) is lost or frozen into it."""
+    model = timm.create_model(name).eval()
+    traced_batch, other_batch = (torch.randn(2, 3, _side(name), _side(name)) for _ in range(2))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the size checks are constants of the trace
+        traced = torch.jit.trace(model, traced_batch, check_trace=False)
+        for x in (traced_batch, other_batch):
+            torch.testing.assert_close(traced(x), model(x))
 
 
 @pytest.mark.parametrize("in_chans", [1, 4])

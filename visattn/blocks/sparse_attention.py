@@ -23,7 +23,8 @@ _NEG_INF_BITS = {torch.float32: np.uint32(0xFF800000), torch.float64: np.uint64(
 def outside_topk(x: torch.Tensor, k: int) -> torch.Tensor | None:
     """Boolean (..., n), True at the entries of each row of ``x`` (..., n) outside its top k: the complement of
     ``x.topk(k, dim=-1).indices``, ties included. None where it is not computed here (a CUDA tensor, a dtype other
-    than float32/float64, inside torch.compile or export): the caller runs ``torch.topk``. No gradient.
+    than float32/float64, inside torch.compile, export or torch.jit.trace): the caller runs ``torch.topk``. No
+    gradient.
 
     Computed on the host with NumPy: each row sorted (``np.sort``, a SIMD sort several times faster than torch's CPU
     top-k), its k-th largest entry t, the entries below t outside. That is the top k exactly when the next entry below
@@ -31,7 +32,8 @@ def outside_topk(x: torch.Tensor, k: int) -> torch.Tensor | None:
     not (a tie at t) takes its top k from ``torch.topk``, as the official code does, whose choice among tied entries
     is its own.
     """
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():  # first: traced code never reads the table
+    # first: traced code never reads the table, and a graph would record neither the host's writes nor its result
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
         return None
     if x.device.type != "cpu" or x.dtype not in _NEG_INF_BITS:
         return None
@@ -153,8 +155,7 @@ class ConnectivityPredictor(nn.Module):
             neg_inf = _NEG_INF_BITS[mask.dtype]
             np.multiply(outside.numpy(), neg_inf, out=mask.numpy().view(neg_inf.dtype)[:, :, 1:], casting="unsafe")
         else:
-            outside = torch.ones_like(approx, dtype=torch.bool).scatter_(-1, self.connectivity(approx), False)
-            mask[:, :, 1:].zero_().masked_fill_(outside, float("-inf"))
+            mask[:, :, 1:].fill_(float("-inf")).scatter_(-1, self.connectivity(approx), 0.0)
         return mask
 
 

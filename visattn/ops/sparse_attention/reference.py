@@ -11,7 +11,7 @@ def attended_keys(indices: torch.Tensor, num_keys: int, dense_keys: int) -> torc
     valid = (indices >= 0) & (indices < num_keys)
     slot = torch.where(valid, indices, num_keys).long()
     attended = indices.new_zeros(*indices.shape[:-1], num_keys + 1, dtype=torch.bool)
-    attended.scatter_(-1, slot, True)
+    attended.scatter_(-1, slot, torch.ones_like(slot, dtype=torch.bool))  # a tensor source: torch.jit.trace takes it
     attended = attended[..., :num_keys]
     attended[..., :dense_keys] = True
     return attended
