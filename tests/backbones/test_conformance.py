@@ -13,6 +13,7 @@ import re
 import warnings
 from collections import Counter
 
+import numpy as np
 import pytest
 import timm
 import timm.optim
@@ -379,6 +380,12 @@ _BAD_ARGUMENTS = [
     (dict(drop_path_rate=1.5), "drop_path_rate must lie in [0, 1)"),
     (dict(out_indices=()), "out_indices must name at least one feature level"),
 ]
+
+
+def test_construction_arguments_of_numpy_types_and_lists_are_accepted():
+    model = timm.create_model("test_sparsifiner", in_chans=np.int64(1), num_classes=np.int32(4), img_size=[48, 64],
+                              drop_path_rate=np.float32(0.1), out_indices=[2, 3], features_only=True)
+    assert [f.shape[1] for f in model(torch.randn(1, 1, 48, 64))] == model.feature_info.channels()
 
 
 def test_a_bad_construction_argument_is_a_one_line_error(any_name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Callable, Sequence
 
@@ -63,7 +64,8 @@ def resolve_pretrained_file(variant: str, tag: str, kwargs: dict) -> None:
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer of Python or NumPy, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_model_kwargs(variant: str, kwargs: dict) -> None:
@@ -84,7 +86,7 @@ def check_model_kwargs(variant: str, kwargs: dict) -> None:
         raise bad("img_size must be a positive integer or an (H, W) pair of them", size)
     for key, value in kwargs.items():
         if (key.endswith("drop_rate") or key == "drop_path_rate") and value is not None and not (
-                isinstance(value, int | float) and 0 <= value < 1):
+                isinstance(value, numbers.Real) and 0 <= value < 1):
             raise bad(f"{key} must lie in [0, 1)", value)
     out_indices = kwargs.get("out_indices")
     if isinstance(out_indices, Sequence) and not out_indices:
