@@ -111,3 +111,26 @@ def test_every_family_page_is_linked_from_the_model_tables():
     tables = "".join(re.findall(r"<!-- zoo-table:\w+:start -->(.*?)<!-- zoo-table", text, re.S))
     pages = sorted(os.listdir(os.path.join(ROOT, "docs", "models")))
     assert pages and all(f"(docs/models/{page})" in tables for page in pages)
+
+
+def _config_table_paths() -> set[str]:
+    """The config files named by the rows of the README's detection and segmentation table: a row's first name,
+    and its variants (`-b`: BiFormer-B for the -s named first; `psa_p` for psa_s)."""
+    paths = set()
+    for row in re.findall(r"^\| (`configs/.*?) \|", section("Train and evaluate"), re.M):
+        first, *variants = re.findall(r"`([^`]+)`", row)
+        paths.add(first)
+        for variant in variants:
+            swapped = first.replace("-s_", f"{variant}_", 1) if variant.startswith("-") else first.replace(
+                "psa_s", variant, 1)
+            assert swapped != first, f"cannot expand {variant!r} of {first}"
+            paths.add(swapped)
+    return paths
+
+
+def test_every_config_has_a_row_in_the_config_table():
+    configs = {os.path.join("configs", kind, name) for kind in ("det", "seg")
+               for name in os.listdir(os.path.join(ROOT, "configs", kind)) if name.endswith(".py")}
+    listed = _config_table_paths()
+    assert not listed - configs, f"rows for configs that do not exist: {sorted(listed - configs)}"
+    assert not configs - listed, f"configs without a row: {sorted(configs - listed)}"
