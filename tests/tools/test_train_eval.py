@@ -47,12 +47,33 @@ def test_resume_continues_where_training_stopped(trained_run, tmp_path):
     out, args, _ = trained_run
     resumed = tmp_path / "resumed"
     args = [a if a != str(out) else str(resumed) for a in args]
-    args[args.index("--epochs") + 1] = "3"
-    result = tool("train.py", *args, "--resume", str(out / "last.pth"))
+    args[args.index("--epochs") + 1] = "4"
+    args[args.index("--lr") + 1] = "2e-3"
+    result = tool("train.py", *args, "--weight-decay", "0.01", "--resume", str(out / "last.pth"))
     assert result.returncode == 0, result.stderr
-    assert "epoch 1/3" not in result.stdout and "epoch 3/3" in result.stdout
+    assert "epoch 1/4" not in result.stdout and "epoch 4/4" in result.stdout
+    assert f"resuming {out / 'last.pth'} after epoch 2 of 4; options changed from the run: " in result.stdout
+    for change in ("epochs 2 -> 4", "lr 0.001 -> 0.002", "weight_decay 0.05 -> 0.01", f"output {out} -> {resumed}"):
+        assert change in result.stdout.split("options changed from the run: ")[1].splitlines()[0], change
     metrics = json.loads((resumed / "metrics.json").read_text())
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
+    # the new options' per-step cosine (no warm-up, min_lr 1e-6) three quarters through: not the old schedule's end
+    expected = 1e-6 + 0.5 * (2e-3 - 1e-6) * (1 + np.cos(np.pi * 3 / 4))
+    assert metrics["history"][2]["lr"] == pytest.approx(expected, rel=1e-6)
+    groups = torch.load(resumed / "last.pth", weights_only=True)["optimizer"]["param_groups"]
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.01] and {g["lr"] for g in groups} == {1e-6}
+
+
+def test_resume_with_another_optimizer_says_that_its_state_starts_afresh(trained_run, tmp_path):
+    out, args, _ = trained_run
+    args = [a if a != str(out) else str(tmp_path / "sgd") for a in args]
+    args[args.index("--epochs") + 1] = "3"
+    result = tool("train.py", *args, "--opt", "sgd", "--resume", str(out / "last.pth"))
+    assert result.returncode == 0, result.stderr
+    assert ("opt adamw -> sgd; the optimizer state starts afresh: --opt changed from adamw to sgd"
+            in result.stdout), result.stdout
+    state = torch.load(tmp_path / "sgd" / "last.pth", weights_only=True)["optimizer"]
+    assert "exp_avg" not in str(state["state"].get(0, {}).keys())
 
 
 def test_a_folder_holding_a_run_offers_resume_only_when_last_pth_is_there(trained_run, tmp_path):

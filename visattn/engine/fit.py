@@ -2,13 +2,15 @@
 
 ``fit`` picks the device, joins torchrun's process group, claims the run folder (an earlier run there is refused
 unless resumed or overwritten; stale temporary files of a killed run are removed), resumes (same task and model
-only), checks that the model takes the input, builds timm's optimizer and per-step cosine schedule, wraps the model
-in DDP, trains with the shared pass (bf16 autocast, finite-loss check, clipping, EMA), evaluates on every rank or on
-rank 0 as the task says, tracks the best score, writes ``best.pth`` / ``last.pth`` atomically (never non-finite
-weights) and logs each epoch to TensorBoard, ``metrics.json`` and ``curves.png``: the training loss, the named parts
-and statistics of the task's steps (the model-training contract, :mod:`visattn.contract`), the validation scalars.
-The model trains through its training forward (:func:`visattn.contract.forward_train`) and its per-epoch hook; the
-engine knows no family. Progress inside each epoch goes to the terminal or, piped, to periodic lines.
+only; the options in force set the schedule and the optimizer's hyperparameters, the changed ones said in one line;
+the optimizer's state carries over), checks that the model takes the input, builds timm's optimizer and per-step
+cosine schedule, wraps the model in DDP, trains with the shared pass (bf16 autocast, finite-loss check, clipping,
+EMA), evaluates on every rank or on rank 0 as the task says, tracks the best score, writes ``best.pth`` /
+``last.pth`` atomically (never non-finite weights) and logs each epoch to TensorBoard, ``metrics.json`` and
+``curves.png``: the training loss, the named parts and statistics of the task's steps (the model-training contract,
+:mod:`visattn.contract`), the validation scalars. The model trains through its training forward
+(:func:`visattn.contract.forward_train`) and its per-epoch hook; the engine knows no family. Progress inside each
+epoch goes to the terminal or, piped, to periodic lines.
 
 Every epoch reseeds torch, NumPy and Python's generators from (seed, epoch, rank) and its DataLoader workers start
 afresh, so a run repeats, and a run killed at any point and resumed from ``last.pth`` ends as the uninterrupted one.
@@ -65,6 +67,37 @@ def _resume_checkpoint(task: Task) -> dict | None:
         raise UserError(f"{cfg.resume} has done {done} epochs and --epochs is {cfg.epochs}: nothing to train; "
                         f"pass --epochs above {done} to train more")
     return type(task).restore_frozen(ckpt, cfg.resume)
+
+
+def _option_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def resume_line(cfg: TrainConfig, ckpt: dict) -> str:
+    """What a resumed run continues and, option by option, what it changes of the run it continues."""
+    saved = ckpt.get("config") or {}
+    changed = [f"{name} {_option_value(saved[name])} -> {_option_value(value)}"
+               for name, value in dataclasses.asdict(cfg).items()
+               if name in saved and name not in ("resume", "overwrite") and saved[name] != value]
+    line = f"resuming {cfg.resume} after epoch {ckpt['epoch'] + 1} of {cfg.epochs}"
+    return line + (f"; options changed from the run: {', '.join(changed)}" if changed else "")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, saved_opt: str | None,
+                         opt: str) -> str | None:
+    """Load a resumed run's optimizer state (its moments and step counts) into ``optimizer``, whose hyperparameters
+    (lr, weight decay, ...) stay those of this run's options; None, or why the state cannot carry over (another
+    optimizer, other parameter groups), in which case ``optimizer`` starts afresh."""
+    if saved_opt is not None and saved_opt != opt:
+        return f"--opt changed from {saved_opt} to {opt}"
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if sizes != [len(group["params"]) for group in state["param_groups"]]:
+        return "its parameter groups differ (--weight-decay turned on or off)"
+    options = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, options, strict=True):
+        group.update(own)
+    return None
 
 
 def resumed_config(path: str, config: type[TrainConfig]) -> dict[str, Any]:
@@ -245,11 +278,16 @@ def fit(task: Task) -> dict[str, Any]:
         best = {"epoch": -1, task.score: -1.0 if task.higher_is_better else math.inf}
         if resume is not None:
             load_pretrained(model, resume["state_dict"], strict=True, name=f"checkpoint {cfg.resume}")
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
+            fresh = load_optimizer_state(optimizer, resume["optimizer"], (resume.get("config") or {}).get("opt"),
+                                         cfg.opt)
             if ema is not None and "state_dict_ema" in resume:
                 ema.module.load_state_dict(resume["state_dict_ema"])
             first_epoch, best, history = resume["epoch"] + 1, resume["best"], resume["history"]
+            # the schedule of this run's options (epochs, lr, warm-up, ...) at the update the resumed run reached
+            scheduler.step_update(first_epoch * len(train_loader))
+            if is_main:
+                print(resume_line(cfg, resume) + (f"; the optimizer state starts afresh: {fresh}" if fresh else ""),
+                      flush=True)
         common = {"task": task.name, "model": cfg.model, "model_kwargs": cfg.model_kwargs}
         reference = task.frozen_reference(model, {**common, **task.checkpoint_extra()}) if is_main else None
         if reference:
@@ -303,7 +341,7 @@ def fit(task: Task) -> dict[str, Any]:
                 reference = still_frozen(reference, model)
                 ckpt = {**common, **task.checkpoint_extra(), "dataset": task.dataset, "config": config,
                         "epoch": epoch, "state_dict": without_frozen(model.state_dict(), reference),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best,
+                        "optimizer": optimizer.state_dict(), "best": best,
                         "history": log.history + [{"epoch": epoch + 1, **scalars}], FROZEN: reference}
                 if ema is not None:
                     ckpt["state_dict_ema"] = without_frozen(ema.module.state_dict(), reference)
