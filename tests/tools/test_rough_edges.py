@@ -89,6 +89,17 @@ def _slow(steps, seconds):
         yield i
 
 
+def test_steps_that_end_in_time_are_reported_by_periodic_lines_only():
+    stream = io.StringIO()
+    bar = Progress(_slow(40, 0.05), "train epoch 1/3", total=40, enabled=True, interval=1000, seconds=0.4,
+                   stream=stream)
+    for _ in bar:
+        bar.update(4, loss=0.5)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) >= 3 and all(re.match(r"train epoch 1/3  step \d+/40 \(\d+%\)  loss 0.5000", line)
+                                   for line in lines), lines
+
+
 def test_a_step_slower_than_the_reporting_period_is_reported_while_it_runs():
     stream = io.StringIO()
     bar = Progress(_slow(2, 0.6), "train epoch 1/3", total=2, enabled=True, interval=50, seconds=0.25, stream=stream)

@@ -66,11 +66,12 @@ class Progress:
                 self.bar.close()
 
     def _heartbeat(self, stop: threading.Event) -> None:
-        """Off a terminal: a line while a step runs longer than ``seconds`` without one."""
+        """Off a terminal: a line while a step runs longer than ``seconds`` without one (steps that end in time are
+        reported by :meth:`update`)."""
         while not stop.wait(min(1.0, self.seconds / 4)):
             with self.lock:
                 now = time.perf_counter()
-                if now - self.last < self.seconds or self.step >= self.total:
+                if min(now - self.last, now - self.step_started) < self.seconds or self.step >= self.total:
                     continue
                 self.last = now
                 print(f"{self.desc}  step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%)  "
