@@ -1,5 +1,6 @@
 """The command-line tools end to end, as a user runs them."""
 
+import inspect
 import json
 import os
 import re
@@ -62,6 +63,29 @@ def test_resume_continues_where_training_stopped(trained_run, tmp_path):
     assert metrics["history"][2]["lr"] == pytest.approx(expected, rel=1e-6)
     groups = torch.load(resumed / "last.pth", weights_only=True)["optimizer"]["param_groups"]
     assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.01] and {g["lr"] for g in groups} == {1e-6}
+
+
+def test_ctrl_c_names_the_checkpoint_to_resume_from(trained_run, tmp_path, monkeypatch):
+    import visattn.engine.fit as fit
+
+    out, args, _ = trained_run
+    stopped = tmp_path / "stopped"
+    args = [a if a != str(out) else str(stopped) for a in args]
+    args[args.index("--epochs") + 1] = "4"
+    train_pass = fit.train_pass
+
+    def interrupted_in_epoch_4(*a, **kw):
+        if inspect.signature(train_pass).bind(*a, **kw).arguments["epoch"] == 3:
+            raise KeyboardInterrupt
+        return train_pass(*a, **kw)
+
+    monkeypatch.setattr(fit, "train_pass", interrupted_in_epoch_4)
+    result = tool("train.py", *args, "--resume", str(out / "last.pth"))
+    last = stopped / "last.pth"
+    assert result.returncode == 130 and "epoch 3/4" in result.stdout
+    assert result.stderr.splitlines()[-2:] == [
+        f"training stopped; the last good checkpoint is {last}: continue with --resume {last}", "interrupted"]
+    assert torch.load(last, weights_only=True)["epoch"] == 2
 
 
 def test_resume_with_another_optimizer_says_that_its_state_starts_afresh(trained_run, tmp_path):

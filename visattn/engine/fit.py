@@ -25,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -355,5 +356,10 @@ def fit(task: Task) -> dict[str, Any]:
         if log is not None:
             log.close()
         return broadcast_from_main({"best": best, "history": log.history if log else history})
+    except KeyboardInterrupt:
+        if is_main and os.path.exists(os.path.join(cfg.output, "last.pth")):
+            print(f"training stopped; {_last_good(cfg)}: continue with --resume "
+                  f"{os.path.join(cfg.output, 'last.pth')}", file=sys.stderr, flush=True)
+        raise
     finally:
         cleanup()
