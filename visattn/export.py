@@ -326,6 +326,17 @@ def _output_axes(cap: Capture) -> dict[int, str]:
             if isinstance(d, torch.SymInt) and pattern}
 
 
+def check_opset(opset: int) -> None:
+    """A :class:`UserError` unless ``opset`` is one visattn exports and the installed onnx knows."""
+    require("onnx", "onnxscript")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UserError(f"opset {opset}: visattn exports opsets {MIN_OPSET} to {newest} (the newest the installed "
+                        f"onnx {onnx.__version__} knows)")
+
+
 def export_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], opset: int = DEFAULT_OPSET,
                 dynamic: bool = True, optimize: bool = True) -> Exported:
     """Write ``model`` as an ONNX file at ``path`` (atomically), traced at ``input_size`` (C, H, W).
@@ -336,9 +347,7 @@ def export_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], o
     anyway); when the exporter cannot, the TorchScript exporter is tried (height and width fixed) and a note says
     so. An op neither can express is a :class:`UserError` naming it.
     """
-    require("onnx", "onnxscript")
-    if opset < MIN_OPSET:
-        raise UserError(f"opset {opset}: visattn exports opset {MIN_OPSET} or newer")
+    check_opset(opset)
     cap = capture(model, input_size, dynamic)
     done = Exported(path, "onnx", tuple(input_size), {}, list(cap.notes), "dynamo", opset)
     try:
@@ -351,7 +360,7 @@ def export_onnx(model: nn.Module, path: str, input_size: tuple[int, int, int], o
     written = program.model.opset_imports.get("", opset)
     if written != opset:
         raise UserError(f"cannot write ONNX opset {opset}: {_conversion_failure(records)} (the exporter writes "
-                        f"opset {written}); use --opset {written} or newer")
+                        f"opset {written}); use --opset {written}" + (" or newer" if opset < written else ""))
     _rename_dims(program.model, _symbol_names(cap))
     done.dynamic_axes = {"input": {a: AXIS_NAMES[a] for a in cap.axes}, "output": _output_axes(cap)}
     program.model.metadata_props[META_KEY] = json.dumps(done.metadata())

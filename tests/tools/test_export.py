@@ -271,7 +271,9 @@ def test_a_graph_calling_a_triton_op_is_refused(tmp_path):
     (["/nowhere/best.pth"], "/nowhere/best.pth: no such file"),
     (["test_resnet", "--format", "pt2", "--opset", "18"], "--opset applies to --format onnx, not pt2"),
     (["test_resnet", "--format", "pt2", "--no-optimize"], "--no-optimize applies to --format onnx, not pt2"),
-    (["test_resnet", "--opset", "13"], "--opset 13: visattn exports opset 17 or newer"),
+    (["test_resnet", "--opset", "13"], "opset 13: visattn exports opsets 17 to "),
+    (["test_resnet", "--opset", "99"], f"opset 99: visattn exports opsets 17 to {onnx.defs.onnx_opset_version()} "
+                                       f"(the newest the installed onnx {onnx.__version__} knows)"),
     (["test_resnet", "--img-size", "0"], "--img-size 0: must be >= 1"),
 ])
 def test_bad_input_is_a_one_line_error(argv, fragment, tmp_path, capsys):

@@ -23,7 +23,7 @@ from . import ToolParser, json_dict, run
 
 
 def parse_args(argv):
-    from ..export import DEFAULT_OPSET, FORMATS, MIN_OPSET
+    from ..export import DEFAULT_OPSET, FORMATS, MIN_OPSET, check_opset
 
     p = ToolParser(description=__doc__)
     p.add_argument("source", metavar="CHECKPOINT_OR_MODEL",
@@ -35,7 +35,7 @@ def parse_args(argv):
     p.add_argument("--img-size", type=positive_int, metavar="N",
                    help="trace at N x N (default: the checkpoint's training size, else the model's input size)")
     p.add_argument("--opset", type=positive_int, metavar="N",
-                   help=f"ONNX opset, {MIN_OPSET} or newer (default: {DEFAULT_OPSET})")
+                   help=f"ONNX opset, {MIN_OPSET} to the newest onnx knows (default: {DEFAULT_OPSET})")
     p.add_argument("--static", action="store_true", help="fixed batch, height and width (default: dynamic)")
     p.add_argument("--no-optimize", action="store_true",
                    help="skip onnxscript's graph optimizer (slow on large graphs; onnxruntime optimizes on loading)")
@@ -46,8 +46,8 @@ def parse_args(argv):
     for flag, given in (("--opset", args.opset is not None), ("--no-optimize", args.no_optimize)):
         if given and args.format != "onnx":
             raise UserError(f"{flag} applies to --format onnx, not {args.format}")
-    if args.opset is not None and args.opset < MIN_OPSET:
-        raise UserError(f"--opset {args.opset}: visattn exports opset {MIN_OPSET} or newer")
+    if args.opset is not None:
+        check_opset(args.opset)
     return args
 
 
