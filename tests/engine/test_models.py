@@ -1,9 +1,10 @@
 """The model builder and the blank-input check every task uses."""
 
 import pytest
+import torch
 import torch.nn as nn
 
-from visattn.engine.models import build_model, check_model_input
+from visattn.engine.models import build_model, check_model_input, sized_model_kwargs
 from visattn.errors import UserError
 
 
@@ -27,3 +28,19 @@ def test_blank_input_check_reports_the_first_line_and_a_wrong_output_shape():
                                         r"\(1, 2, 8, 8\)$"):
         check_model_input(pool, 8, "pool", (1, 2, 8, 8))
     assert pool.training  # the check leaves the mode as it was
+
+
+def test_a_model_built_for_one_input_size_is_built_for_the_runs_size_and_says_so():
+    kwargs, line = sized_model_kwargs("vit_tiny_patch16_224", {"depth": 1}, (96, 48))
+    assert kwargs == {"depth": 1, "img_size": [96, 48]}
+    assert line == ("vit_tiny_patch16_224 is built for 224x224 images; this run builds it for 96x48 (img_size=[96, "
+                    "48]; published position embeddings are resampled to it)")
+    model = build_model("vit_tiny_patch16_224", num_classes=0, **kwargs)
+    check_model_input(model, (96, 48), "vit")  # failed before: "Input height (96) doesn't match model (224)"
+    assert model(torch.zeros(2, 3, 96, 48)).shape == (2, 192)
+    assert sized_model_kwargs("vit_tiny_patch16_224", {"depth": 1}, 64)[0]["img_size"] == 64
+    for name, given, size in [("vit_tiny_patch16_224", {}, 224),  # its own size
+                              ("vit_tiny_patch16_224", {"img_size": 128}, 64),  # the user's img_size stays
+                              ("resnet18", {}, 64),  # any size, no img_size argument
+                              ("test_inline_deit", {}, 48)]:  # visattn's ViTs take any size
+        assert sized_model_kwargs(name, given, size) == (given, None), name

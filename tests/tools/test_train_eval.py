@@ -287,6 +287,13 @@ def test_another_tasks_option_is_a_one_line_error(tmp_path):
                           "--fov-loss is a medical-seg option, not one of --task classification")
     assert_one_line_error(tool("eval.py", "--task", "medical-seg", "--checkpoint", str(tmp_path / "x.pth"), "--no-ema"),
                           "--no-ema is a classification option, not one of --task medical-seg")
+    # without --task the checkpoint names the task: when it cannot be read, that is the error, not its task's option
+    missing = tmp_path / "gone" / "best.pth"
+    assert_one_line_error(tool("eval.py", "--checkpoint", str(missing), "--output", str(tmp_path / "out")),
+                          f"checkpoint {missing} does not exist")
+    (tmp_path / "garbage.pth").write_text("not a checkpoint")
+    assert_one_line_error(tool("train.py", "--resume", str(tmp_path / "garbage.pth"), "--fov-loss"),
+                          f"cannot read checkpoint {tmp_path / 'garbage.pth'}: not a PyTorch")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -104,13 +103,14 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
         known = argparse.Namespace(task=None, resume=None, checkpoint=None)  # the full parser reports the mistake
     chosen = known.task
     checkpoint = known.resume or known.checkpoint
-    if chosen is None and checkpoint and os.path.isfile(checkpoint):
+    unreadable = None  # the checkpoint's own error, reported before an option it would have made valid
+    if chosen is None and checkpoint:
         from ..engine.checkpoint import read_training_checkpoint
 
         try:  # continued or scored as the task that wrote it
             chosen = read_training_checkpoint(checkpoint, mmap=True).get("task")
-        except UserError:
-            chosen = None  # the tool's own reading reports the file
+        except UserError as err:
+            unreadable = err  # else the tool's own reading reports the file
     chosen = chosen if chosen in TASKS else DEFAULT_TASK  # the full parser reports an unknown task
     p = ToolParser(description=doc,
                    epilog=f"tasks: {', '.join(TASKS)}; `--task NAME --help` lists a task's own options")
@@ -124,6 +124,8 @@ def parse_task_args(argv: list[str], doc: str, add_shared: Callable, tool: str):
     args = p.parse_args(argv)
     for dest, (flag, tasks) in owners.items():
         if chosen not in tasks and getattr(args, dest) is not None:
+            if unreadable is not None:
+                raise unreadable
             raise UserError(f"{flag} is a {tasks[0]} option, not one of --task {chosen}")
     return args, task_class
 

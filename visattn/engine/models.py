@@ -34,6 +34,29 @@ def build_model(name: str, **kwargs) -> nn.Module:
         raise failure from None
 
 
+def sized_model_kwargs(name: str, model_kwargs: dict, size: int | tuple[int, int]) -> tuple[dict, str | None]:
+    """``model_kwargs`` for a run on ``size`` images (H = W, or (H, W)): with ``img_size`` added where the model is
+    built for one input size that is not ``size`` (a timm ViT's position table: ``patch_embed.strict_img_size``) and
+    takes ``img_size`` (timm resamples published position embeddings to it), with the line that says so; else as
+    given, and None. Models that take any size (every visattn model) are left as they are."""
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if "img_size" in model_kwargs:
+        return model_kwargs, None
+    with torch.device("meta"):
+        embed = getattr(build_model(name, **model_kwargs), "patch_embed", None)
+    built = tuple(getattr(embed, "img_size", None) or ())
+    if not getattr(embed, "strict_img_size", False) or len(built) != 2 or built == (h, w):
+        return model_kwargs, None
+    sized = {**model_kwargs, "img_size": h if h == w else [h, w]}
+    try:
+        with torch.device("meta"):
+            build_model(name, **sized)
+    except UserError:  # it takes no img_size: the input check says what fails
+        return model_kwargs, None
+    return sized, (f"{name} is built for {built[0]}x{built[1]} images; this run builds it for {h}x{w} "
+                   f"(img_size={sized['img_size']}; published position embeddings are resampled to it)")
+
+
 def check_model_input(model: nn.Module, size: int | tuple[int, int], name: str,
                       expected_shape: tuple[int, ...] | None = None, need: str = "") -> None:
     """Run one blank (1, 3, H, W) image (``size``: H = W, or (H, W)) through ``model`` so that an input it cannot

@@ -25,7 +25,7 @@ from ...contract import forward_train
 from ...engine.distributed import all_reduce_sum
 from ...engine.fit import fit
 from ...engine.loop import autocast
-from ...engine.models import build_model
+from ...engine.models import build_model, sized_model_kwargs
 from ...engine.options import fraction, non_negative_float, open_fraction, positive_int
 from ...engine.progress import Progress
 from ...engine.task import Step, Task, TrainConfig, make_loader, register_task
@@ -213,6 +213,9 @@ class ClassificationTask(Task):
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         cfg = self.cfg
+        cfg.model_kwargs, sized = sized_model_kwargs(cfg.model, cfg.model_kwargs, cfg.img_size)
+        if sized and rank == 0:
+            print(sized, flush=True)
         probe = build_model(cfg.model, **cfg.model_kwargs)
         self.data_cfg = resolve_data_config({}, model=probe)
         train_set = build_dataset(cfg.data, "train", cfg.img_size, self.data_cfg)

@@ -21,7 +21,7 @@ from ...engine.checkpoint import atomic_write, atomic_write_json
 from ...engine.distributed import barrier
 from ...engine.fit import fit
 from ...engine.loop import autocast
-from ...engine.models import check_model_input
+from ...engine.models import check_model_input, sized_model_kwargs
 from ...engine.options import (
     fraction,
     non_negative_float,
@@ -365,9 +365,12 @@ class ReIDTask(Task):
         if cfg.eval_data is not None:
             self.eval_data = open_data(cfg.eval_data, cfg.eval_layout, cfg.eval_distinct_cameras, rank, "--eval-data",
                                        test_only=True)
+        cfg.model_kwargs, sized = sized_model_kwargs(cfg.model, cfg.model_kwargs, tuple(cfg.input_size))
         model = build_reid_model(cfg.model, data.num_train_ids, cfg.model_settings(), cfg.loss_settings(),
                                  cfg.model_kwargs, cfg.pretrained)
         if rank == 0:
+            if sized:
+                print(sized, flush=True)
             test = self.eval_data
             where = "" if cfg.eval_data is None else f"; evaluated on {test.name} (--eval-data)"
             print(f"{data.name}: {data.num_train_ids} training identities, {len(data.train)} training images{where}, "
