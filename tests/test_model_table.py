@@ -1,5 +1,5 @@
 """README's model tables are tools/benchmark.py's output: every model visattn registers has a row, and each row is
-exactly what the tool renders from its meta-device count and benchmarks/published.csv (run
+exactly what the tool renders from its meta-device count and visattn/published.csv (run
 ``tools/benchmark.py --update-readme`` after changing a model or the CSV)."""
 
 import os
@@ -12,7 +12,7 @@ from visattn import benchmark as bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
-PUBLISHED = bench.read_published(os.path.join(ROOT, "benchmarks", "published.csv"))
+PUBLISHED = bench.read_published(bench.PUBLISHED)
 HINT = "run tools/benchmark.py --update-readme"
 
 

@@ -1,7 +1,7 @@
 """Measuring the zoo, once for tools/benchmark.py and benchmarks/gpu_suite.py: parameters and MACs counted on the
 meta device, CPU latency, CUDA inference and training throughput and training peak memory (reference or fused path,
 eager or compiled, bf16 autocast), the result table's CSV, Markdown and speed-against-MACs plot, and README.md's
-model tables rendered from the counts and ``benchmarks/published.csv``."""
+model tables rendered from the counts and ``visattn/published.csv``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import fnmatch
 import functools
 import io
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ BATCHES = {"classification": (128, 64), "segmentation": (4, 4)}
 METRICS = ("infer_img_s", "train_img_s", "train_peak_gb")
 COUNT_COLUMNS = ("model", "kind", "input_size", "params", "trainable_params", "macs")
 PUBLISHED_COLUMNS = ("model", "top1", "notes")
+PUBLISHED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published.csv")  # package data (pyproject.toml)
 README_HEADERS = {
     "classification": "| model | input | params (M) | MACs (G) | top-1 (%) | paper / notes |\n"
                       "|---|---|---:|---:|---:|---|",
@@ -58,7 +60,7 @@ def zoo_models(published: dict[str, dict]) -> list[str]:
     then any model visattn registers that the table still lacks."""
     unknown = [name for name in published if not timm.is_model(name)]
     if unknown:
-        raise UserError(f"benchmarks/published.csv names {', '.join(unknown)}, which timm does not register")
+        raise UserError(f"visattn/published.csv names {', '.join(unknown)}, which timm does not register")
     return [*published, *(name for name in list_models() if name not in published)]
 
 
@@ -436,7 +438,7 @@ def plot_speed_vs_macs(rows: Sequence[dict], columns: Sequence[str], path: str, 
 # --- README.md's model tables -------------------------------------------------------------------------------------
 
 def read_published(path: str) -> dict[str, dict]:
-    """``benchmarks/published.csv``: per model, in table order, the published top-1 (may be empty) and the notes."""
+    """``visattn/published.csv``: per model, in table order, the published top-1 (may be empty) and the notes."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -458,7 +460,7 @@ def readme_models(published: dict[str, dict]) -> list[str]:
     """The README's rows: the published table's models; every model visattn registers must be one of them."""
     missing = [name for name in list_models() if name not in published]
     if missing:
-        raise UserError(f"benchmarks/published.csv has no row for {', '.join(missing)}: add one (model,top1,notes)")
+        raise UserError(f"visattn/published.csv has no row for {', '.join(missing)}: add one (model,top1,notes)")
     zoo_models(published)  # every name is a timm model
     return list(published)
 

@@ -138,7 +138,7 @@ def test_update_readme_rewrites_only_between_the_markers(tmp_path, monkeypatch, 
     text = readme.read_text()
     assert _outside_tables(text) == _outside_tables(original) and text != original
     classification = bench.readme_table(text, "classification").splitlines()
-    published = bench.read_published(tool.PUBLISHED)
+    published = bench.read_published(bench.PUBLISHED)
     assert len(classification) == 2 + sum(bench.model_kind(name) == "classification" for name in published)
     assert classification[2].startswith(
         "| `biformer_tiny` | 224×224 | 1.00 (0.50 trainable) | 2.50 | 81.4 | [BiFormer](docs/models/biformer.md), CVPR")
@@ -186,7 +186,7 @@ def test_cuda_timing_runs_on_the_cpu_and_skips_lamambas_reference_path():
 
 
 def test_model_patterns_and_the_published_table(tmp_path):
-    zoo = bench.zoo_models(bench.read_published(tool.PUBLISHED))
+    zoo = bench.zoo_models(bench.read_published(bench.PUBLISHED))
     assert set(bench.select_models(["inline_*_tiny", "biformer_tiny", "inline_deit_tiny"], zoo)) == {
         "inline_deit_tiny", "inline_swin_tiny", "inline_pvt_tiny", "inline_cswin_tiny", "biformer_tiny"}
     assert bench.select_models(["deit_small_patch16_224"], zoo) == ["deit_small_patch16_224"]  # a timm baseline

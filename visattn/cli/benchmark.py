@@ -29,7 +29,6 @@ from . import ToolParser, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(ROOT, "README.md")
-PUBLISHED = os.path.join(ROOT, "benchmarks", "published.csv")
 CUDA_ONLY = ("--paths", "--compile", "--batch-size", "--train-batch-size")
 
 
@@ -80,7 +79,7 @@ def update_readme(path: str) -> int:
     from .. import benchmark as bench
 
     bench.read_readme(path)  # fails before the counting; the tables are written into the file as it is then
-    published = bench.read_published(PUBLISHED)
+    published = bench.read_published(bench.PUBLISHED)
     names = bench.readme_models(published)
     counts = {}
     for name in tqdm(names, desc="counting", leave=False, disable=not sys.stderr.isatty()):
@@ -123,7 +122,7 @@ def main(argv=None) -> int:
 
     from .. import benchmark as bench
 
-    zoo = bench.zoo_models(bench.read_published(PUBLISHED))
+    zoo = bench.zoo_models(bench.read_published(bench.PUBLISHED))
     names = bench.select_models(args.models, zoo) if args.models else zoo
     runs = bench.cuda_runs(args.paths or list(bench.PATHS), args.compile) if args.device == "cuda" else []
     columns = bench.result_columns(not args.no_latency, runs)
