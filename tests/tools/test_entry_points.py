@@ -3,6 +3,7 @@
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -31,3 +32,13 @@ def test_an_installed_command_runs():
     result = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--task" in result.stdout and "--demo" in result.stdout
+
+
+def test_every_commands_help_is_plain_text():
+    from tests.tools._runs import tool
+
+    for target in _entry_points().values():
+        name = target.partition(":")[0].rsplit(".", 1)[1]
+        result = tool(f"{name}.py", "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout, (name, result.stderr)
+        assert not re.search(r":\w+:`|``", result.stdout), (name, re.findall(r".*(?::\w+:`|``).*", result.stdout))

@@ -23,6 +23,8 @@ class ToolParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        if kwargs.get("description"):  # a module docstring shown as plain text: no reST roles or literals
+            kwargs["description"] = re.sub(r"(?::\w+:)?`{1,2}([^`]+)`{1,2}", r"\1", kwargs["description"])
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
