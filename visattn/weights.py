@@ -386,6 +386,9 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, *, st
     must match. Any other missing or reshaped key raises a one-line
     :class:`UserError` naming the keys; ``name`` describes the source in messages.
     """
+    if not isinstance(source, str | os.PathLike | Mapping):
+        raise TypeError(f"load_pretrained takes a file path, a URL, 'visattn://<model>' or a state dict, got "
+                        f"{type(source).__name__}")
     name = name or _describe(source)
     state = read_state_dict(source)
     fn = filter_fn or family_filter(model)

@@ -188,3 +188,10 @@ def test_absent_addon_modules_keep_their_initialisation_with_a_warning_unless_st
         visattn.load_pretrained(model, backbone_only, strict=True)
     with pytest.raises(UserError, match="missing .body.weight"):
         visattn.load_pretrained(model, {k: v for k, v in donor.state_dict().items() if k != "body.weight"})
+
+
+def test_a_source_of_another_type_is_a_type_error_naming_what_is_taken():
+    model = timm.create_model("test_biformer")
+    with pytest.raises(TypeError, match="^load_pretrained takes a file path, a URL, 'visattn://<model>' or a state "
+                                        "dict, got int$"):
+        visattn.load_pretrained(model, 3)
