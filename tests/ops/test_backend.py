@@ -1,5 +1,7 @@
 """The dispatcher every op shares."""
 
+import os
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -103,3 +105,33 @@ def test_a_fused_comparison_in_which_no_fused_op_runs_fails(monkeypatch):
         run_both_backends(lambda: layer(torch.randn(2, 4)), monkeypatch)
     with pytest.raises(AssertionError, match="the fused path did not run"):
         assert_matches_reference(layer(torch.randn(2, 4, requires_grad=True)), torch.zeros(2, 4), {}, {})
+
+
+def test_an_environment_where_the_forced_kernels_cannot_run_is_named(monkeypatch):
+    from visattn.ops import environment_problem
+
+    monkeypatch.delenv("VISATTN_BACKEND", raising=False)
+    assert environment_problem() is None
+    monkeypatch.setenv("VISATTN_BACKEND", "cuda")
+    assert environment_problem() == "$VISATTN_BACKEND=cuda is no backend: use one of torch, triton, or unset it"
+    monkeypatch.setenv("VISATTN_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert environment_problem() is None  # the interpreter runs the kernels on CPU tensors
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    problem = environment_problem()
+    assert problem is None if torch.cuda.is_available() else problem.startswith(
+        "$VISATTN_BACKEND=triton forces the Triton kernels, which need a CUDA device (none is available)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA driver is active: Triton can take CPU tensors' launches")
+def test_kernels_forced_on_cpu_tensors_without_the_interpreter_are_a_one_line_value_error():
+    import subprocess
+    import sys
+
+    probe = ("import torch, timm, visattn\nmodel = timm.create_model('test_biformer').eval()\n"
+             "try:\n    model(torch.randn(1, 3, 64, 64))\nexcept ValueError as err:\n    print(err)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"VISATTN_BACKEND": "triton"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.strip() == ("the triton backend runs on CUDA tensors, got a cpu tensor: use backend='torch' "
+                                  "(unset $VISATTN_BACKEND), or set TRITON_INTERPRET=1 before importing visattn to "
+                                  "run the kernels in Triton's interpreter"), out.stderr[-2000:]

@@ -3,6 +3,7 @@ a recipe given with another model, the demo's reduced model named as such (and k
 images smaller than the crop, and progress while a step or a set-up check is slow."""
 
 import io
+import os
 import re
 import time
 import warnings
@@ -114,3 +115,13 @@ def test_a_step_slower_than_the_reporting_period_is_reported_while_it_runs():
     for _ in checks:
         checks.update(1)
     assert quick.getvalue() == ""  # a quick set-up check says nothing
+
+
+def test_a_backend_environment_that_cannot_work_stops_every_tool_in_one_line(tmp_path):
+    assert_one_line_error(tool("train.py", "--output", str(tmp_path), env={"VISATTN_BACKEND": "cuda"}),
+                          "$VISATTN_BACKEND=cuda is no backend: use one of torch, triton, or unset it")
+    if not torch.cuda.is_available():
+        assert_one_line_error(tool("predict.py", "test_biformer", str(tmp_path), "--output", str(tmp_path / "p"),
+                                   env={"VISATTN_BACKEND": "triton", "TRITON_INTERPRET": "0"}),
+                              "$VISATTN_BACKEND=triton forces the Triton kernels, which need a CUDA device")
+    assert not os.listdir(tmp_path)

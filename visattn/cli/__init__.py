@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from ..errors import UserError, first_line
+from ..ops import environment_problem
 
 # argparse's own complaints; any other "argument --x: ..." message comes from a visattn value type and starts with the
 # value, so it reads "--x VALUE: why".
@@ -137,6 +138,9 @@ def run(main: Callable[[], int | None], argv: list[str] | None = None) -> None:
     ``error: <message>`` on stderr and exit code 2 (with ``--debug``: the traceback); Ctrl-C ends with exit code 130
     and no traceback."""
     try:
+        problem = environment_problem()
+        if problem:
+            raise UserError(problem)
         sys.exit(main() or 0)
     except UserError as err:
         if "--debug" in (sys.argv[1:] if argv is None else argv):

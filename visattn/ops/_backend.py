@@ -28,6 +28,20 @@ def resolve_backend(backend: str | None, tensor: torch.Tensor) -> str:
     return choice
 
 
+def environment_problem() -> str | None:
+    """What makes ``$VISATTN_BACKEND`` unusable in this process (None when nothing does): a value that is no
+    backend, or ``triton`` with no CUDA device and no ``TRITON_INTERPRET=1`` (the kernels could run nowhere)."""
+    value = os.environ.get(ENV_VAR)
+    if value is None or value == "torch":
+        return None
+    if value not in BACKENDS:
+        return f"${ENV_VAR}={value} is no backend: use one of {', '.join(BACKENDS)}, or unset it"
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        return (f"${ENV_VAR}=triton forces the Triton kernels, which need a CUDA device (none is available): unset "
+                "it, or set TRITON_INTERPRET=1 to run them in Triton's interpreter (slow)")
+    return None
+
+
 @contextlib.contextmanager
 def forced_backend(backend: str) -> Iterator[None]:
     """Run the body with ``$VISATTN_BACKEND`` set to ``backend`` (``"torch"`` or ``"triton"``), then restore it."""

@@ -55,8 +55,17 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """A context making ``t``'s GPU the current device (Triton launches there); nothing for CPU tensors, which
-    run under ``TRITON_INTERPRET=1``."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+    run under ``TRITON_INTERPRET=1`` (a ValueError saying so where no Triton driver can take them)."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    if not INTERPRETED:
+        try:
+            triton.runtime.driver.active.get_current_target()
+        except RuntimeError:  # no GPU driver: Triton's "0 active drivers"
+            raise ValueError(f"the triton backend runs on CUDA tensors, got a {t.device.type} tensor: use "
+                             "backend='torch' (unset $VISATTN_BACKEND), or set TRITON_INTERPRET=1 before importing "
+                             "visattn to run the kernels in Triton's interpreter") from None
+    return contextlib.nullcontext()
 
 
 def on_tensor_device(launcher: Callable) -> Callable:
