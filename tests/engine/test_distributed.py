@@ -32,3 +32,6 @@ def test_a_device_this_machine_lacks_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(UserError, match="this machine has no CUDA device; use cpu"):
         pick_device("cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UserError, match="^device 'mps': this PyTorch build or machine has no mps device; use cpu$"):
+        pick_device("mps")

@@ -32,7 +32,11 @@ def device_problem(name: str) -> str | None:
             return "this machine has no CUDA device; use cpu"
         if device.index is not None and device.index >= count:
             return f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
-    elif device.type not in ("cpu", "mps", "xpu"):
+    elif device.type in ("mps", "xpu"):
+        backend = torch.backends.mps if device.type == "mps" else getattr(torch, "xpu", None)
+        if backend is None or not backend.is_available():
+            return f"this PyTorch build or machine has no {device.type} device; use cpu"
+    elif device.type != "cpu":
         return "visattn runs on cpu or cuda devices"
     return None
 
