@@ -163,10 +163,15 @@ def test_unknown_model_suggests_close_matches(image_folder, tmp_path):
     assert_one_line_error(result, "unknown model 'biformer_tny'", "did you mean biformer_tiny")
 
 
-def test_missing_data_folder(tmp_path):
+def test_missing_data_folder(image_folder, tmp_path):
     result = tool("train.py", "--data", str(tmp_path / "nowhere"), "--model", "biformer_tiny",
                   "--output", str(tmp_path / "out"))
     assert_one_line_error(result, "data folder", "does not exist")
+    shutil.copytree(image_folder / "train", tmp_path / "train_only" / "train")
+    result = tool("train.py", "--data", str(tmp_path / "train_only"), "--model", "biformer_tiny", "--model-kwargs",
+                  SMALL, "--img-size", "32", "--output", str(tmp_path / "out"), "--workers", "0")
+    assert_one_line_error(result, f"{tmp_path / 'train_only'} has no val/ folder to pick best.pth on: add "
+                                  f"{tmp_path / 'train_only'}/val class folders, or pass --val-split 0.1")
 
 
 def test_input_too_small_for_the_model(image_folder, tmp_path):

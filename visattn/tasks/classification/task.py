@@ -226,6 +226,9 @@ class ClassificationTask(Task):
             train_idx, val_idx = carve_split(train_set.labels(), cfg.val_split, cfg.seed)
             train_set, val_set = Subset(train_set, train_idx), Subset(carved, val_idx)
         else:
+            if cfg.data is not None and not os.path.isdir(os.path.join(cfg.data, "val")):
+                raise UserError(f"{cfg.data} has no val/ folder to pick best.pth on: add {cfg.data}/val class "
+                                "folders, or pass --val-split 0.1 to hold out a tenth of train/ (per class)")
             val_set = build_dataset(cfg.data, "val", cfg.img_size, self.data_cfg, classes=self.classes)
         if cfg.data is None and rank == 0:
             self.write_digit_samples()
