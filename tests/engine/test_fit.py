@@ -286,3 +286,16 @@ def test_a_model_given_without_data_keeps_the_demo_recipe_and_says_so(task_name,
     assert config.epochs == full.epochs and config.lr == full.lr and capsys.readouterr().out == ""
     config = assemble_config(task, {"data": "x", "output": str(tmp_path / "c")}, demo=True)
     assert config.epochs == demo.epochs and config.data == "x"
+
+
+def test_the_resume_line_names_only_the_options_that_changed():
+    import dataclasses
+
+    from visattn.engine.fit import resume_line
+
+    config = get_task("reid").config
+    saved = dataclasses.asdict(config(output="o", input_size=(96, 48), milestones=(6,), epochs=9, lr=1e-3))
+    given = config(output="o", resume="o/last.pth", input_size=[96, 48], milestones=[6], epochs=12, lr=2e-3)
+    assert resume_line(given, {"config": saved, "epoch": 8}) == (
+        "resuming o/last.pth after epoch 9 of 12; options changed from the run: epochs 9 -> 12, lr 0.001 -> 0.002")
+    assert resume_line(given, {"epoch": 8}) == "resuming o/last.pth after epoch 9 of 12"  # a checkpoint without them

@@ -71,7 +71,16 @@ def _resume_checkpoint(task: Task) -> dict | None:
 
 
 def _option_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:g}" if isinstance(value, float) else str(_plain(value))
+
+
+def _plain(value: Any) -> Any:
+    """An option's value with its tuples as lists (a value given on the command line and one saved compare alike)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def resume_line(cfg: TrainConfig, ckpt: dict) -> str:
@@ -79,7 +88,7 @@ def resume_line(cfg: TrainConfig, ckpt: dict) -> str:
     saved = ckpt.get("config") or {}
     changed = [f"{name} {_option_value(saved[name])} -> {_option_value(value)}"
                for name, value in dataclasses.asdict(cfg).items()
-               if name in saved and name not in ("resume", "overwrite") and saved[name] != value]
+               if name in saved and name not in ("resume", "overwrite") and _plain(saved[name]) != _plain(value)]
     line = f"resuming {cfg.resume} after epoch {ckpt['epoch'] + 1} of {cfg.epochs}"
     return line + (f"; options changed from the run: {', '.join(changed)}" if changed else "")
 
