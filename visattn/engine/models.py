@@ -42,8 +42,11 @@ def sized_model_kwargs(name: str, model_kwargs: dict, size: int | tuple[int, int
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     if "img_size" in model_kwargs:
         return model_kwargs, None
-    with torch.device("meta"):
-        embed = getattr(build_model(name, **model_kwargs), "patch_embed", None)
+    try:
+        with torch.device("meta"):
+            embed = getattr(build_model(name, **model_kwargs), "patch_embed", None)
+    except Exception:  # noqa: BLE001 - a model that cannot be built on the meta device: the real build reports
+        return model_kwargs, None
     built = tuple(getattr(embed, "img_size", None) or ())
     if not getattr(embed, "strict_img_size", False) or len(built) != 2 or built == (h, w):
         return model_kwargs, None
