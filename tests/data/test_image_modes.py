@@ -56,16 +56,18 @@ def test_image_modes_are_said_once_per_folder_with_how_each_is_converted(tmp_pat
         ImageFolderDataset(str(tmp_path / "only_rgb"))
 
 
-def test_class_folders_of_the_splits_must_match(tmp_path):
+def test_another_splits_classes_must_be_among_the_training_classes(tmp_path):
     pixels = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
     for split, classes in (("train", ["cat", "dog"]), ("val", ["cat", "dog", "fox"])):
         for name in classes:
             _save(tmp_path / split / name / "0.png", pixels)
-    with pytest.raises(UserError, match=r"val has fox, which the training split lacks: every split needs the same "
-                                        r"class folders \(2 in training\)"):
+    with pytest.raises(UserError, match=r"val has fox, which the training split lacks: the model knows only the 2 "
+                                        r"classes of its training split"):
         ImageFolderDataset(str(tmp_path / "val"), classes=["cat", "dog"])
-    with pytest.raises(UserError, match=r"val lacks the training split's owl and has fox, which"):
-        ImageFolderDataset(str(tmp_path / "val"), classes=["cat", "dog", "owl"])
+    # a class without a folder, like one without a readable image, is not scored: a test split may cover part of them
+    with pytest.warns(UserWarning, match=r"has no readable image of 2 of the 5 classes \(eel, owl\): they are not"):
+        part = ImageFolderDataset(str(tmp_path / "val"), classes=["cat", "dog", "eel", "fox", "owl"])
+    assert sorted({label for _, label in part.samples}) == [0, 1, 3]  # labels are the training split's indices
     os.makedirs(tmp_path / "train" / "owl")
     with pytest.raises(UserError, match=r"the class folder\(s\) owl hold no readable image"):
         ImageFolderDataset(str(tmp_path / "train"))

@@ -20,9 +20,10 @@ class ImageFolderDataset(Dataset):
     Files that cannot be read (zero-byte, not an image, a truncated JPEG or PNG) are found up front, counted and
     skipped with one warning naming the first; a file that still fails to decode later is skipped with a warning
     naming it (another image of its class takes its place). Images that are not 8-bit RGB are converted as
-    :func:`~visattn.tasks.images.to_rgb` says, in one warning per folder. ``classes`` (another split's): this
-    folder must hold exactly those class folders. A class folder without a readable image is an error (with
-    ``classes``: a warning, a validation split may lack a class). Items are (transformed RGB image, class index).
+    :func:`~visattn.tasks.images.to_rgb` says, in one warning per folder. ``classes`` (another split's, the
+    model's): this folder's class folders must be among them; a class whose folder is absent or holds no readable
+    image is left out of the scores with a warning (an evaluation split may cover part of the classes). Without
+    ``classes``, a class folder without a readable image is an error. Items are (transformed RGB image, class index).
     """
 
     def __init__(self, root: str, transform: Callable | None = None, classes: list[str] | None = None):
@@ -33,12 +34,10 @@ class ImageFolderDataset(Dataset):
         self.classes = classes or folders
         if not self.classes:
             raise UserError(f"no class folders in {root}; put each class's images in root/<class>/")
-        missing, extra = [c for c in self.classes if c not in folders], [c for c in folders if c not in self.classes]
-        if missing or extra:
-            said = [f"lacks the training split's {_listed(missing)}" if missing else "",
-                    f"has {_listed(extra)}, which the training split lacks" if extra else ""]
-            raise UserError(f"{root} {' and '.join(filter(None, said))}: every split needs the same class folders "
-                            f"({len(self.classes)} in training)")
+        extra = [c for c in folders if c not in self.classes]
+        if extra:
+            raise UserError(f"{root} has {_listed(extra)}, which the training split lacks: the model knows only the "
+                            f"{len(self.classes)} classes of its training split")
         found: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
             for dirpath, _, files in sorted(os.walk(os.path.join(root, name))):
