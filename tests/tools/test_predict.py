@@ -258,6 +258,11 @@ def test_inputs_from_folders_globs_and_list_files(tmp_path, monkeypatch):
     assert found.skipped_line().startswith("skipped 2 unreadable files: ")
     assert collect_images([str(tmp_path / "**" / "*.jpg")]).paths == [b]
     assert output_names([a, b, c]) == ["one_a", "b", "two_a"]
+    assert found.modes_line is None  # all RGB: nothing to say
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "one" / "gray16.png")
+    assert collect_images([str(tmp_path / "one")]).modes_line == (
+        f"images under {tmp_path / 'one'} read as RGB: 1 I;16 (16/32-bit integer grayscale, scaled by each image's "
+        "maximum to 8 bits); 2 RGB")
 
 
 @pytest.mark.parametrize("case, message", [

@@ -95,8 +95,9 @@ def _rank(opened, inputs, args) -> str:
     from ..tasks.reid.predict import FeatureExtractor, write_rankings
 
     gallery = collect_images([args.gallery])
-    if gallery.skipped:
-        print(f"gallery: {gallery.skipped_line()}")
+    for line in (gallery.skipped_line(), gallery.modes_line):
+        if line:
+            print(f"gallery: {line}")
     extractor = FeatureExtractor(opened, flip=args.flip, batch_size=args.batch_size, amp=args.amp)
     result = write_rankings(extractor, inputs.paths, output_names(inputs.paths), gallery.paths, args.output,
                             args.topk or DEFAULT_TOPK["reid"], args.metric, args.rerank, args.workers)
@@ -118,8 +119,9 @@ def main(argv=None) -> int:
     opened = open_model(args.source, weights=args.weights, pretrained=args.pretrained,
                         model_kwargs=args.model_kwargs, device=args.device, use_ema=args.use_ema)
     check_options(args, opened.kind)
-    if inputs.skipped:
-        print(inputs.skipped_line())
+    for line in (inputs.skipped_line(), inputs.modes_line):
+        if line:
+            print(line)
     print(PREDICTORS[opened.kind](opened, inputs, args))
     return 0
 

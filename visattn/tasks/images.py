@@ -127,11 +127,13 @@ LIST_HINT = "give image files, folders, globs such as 'photos/*.jpg', or a text 
 
 @dataclass
 class ImageInputs:
-    """The images a prediction reads: ``paths`` in order (each once), and ``skipped``: {path: why it cannot be
-    read} for the files found that are not readable images."""
+    """The images a prediction reads: ``paths`` in order (each once), ``skipped``: {path: why it cannot be
+    read} for the files found that are not readable images, and ``modes_line``: how images that are not 8-bit RGB
+    are read (:func:`mode_notice`), or None."""
 
     paths: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    modes_line: str | None = None
 
     def skipped_line(self) -> str | None:
         """``skipped 2 unreadable files: a.png (why); b.png (why)`` (the first three named), or None."""
@@ -207,12 +209,13 @@ def collect_images(inputs: Sequence[str]) -> ImageInputs:
     if not unique and not missing:
         raise UserError(f"no images found in {', '.join(inputs)} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
                         f"{LIST_HINT}")
-    skipped = {**missing, **read_problems(unique)}
+    modes: dict[str, str] = {}
+    skipped = {**missing, **read_problems(unique, modes)}
     paths = [p for p in unique if p not in skipped]
     if not paths:
         path, why = next(iter(skipped.items()))
         raise UserError(f"none of the {len(skipped)} images found can be read (first: {path}: {why})")
-    return ImageInputs(paths, skipped)
+    return ImageInputs(paths, skipped, mode_notice(modes, ", ".join(inputs)))
 
 
 def output_names(paths: Sequence[str]) -> list[str]:
