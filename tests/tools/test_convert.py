@@ -30,6 +30,11 @@ def test_checkpoint_of_another_model_names_the_keys(tmp_path):
                      "--output", str(tmp_path / "x.safetensors"))
     assert_one_line_error(result, "does not match the model", "missing (stages.0.blocks.2.")
     assert not (tmp_path / "x.safetensors").exists()
+    result = convert("--model", "biformer_tiny", "--checkpoint", str(tmp_path / "tiny.pth"),
+                     "--output", str(tmp_path / "x.pth"))  # safetensors content under a name torch.load would try
+    assert_one_line_error(result, f"--output {tmp_path / 'x.pth'}: the file is written in the safetensors format; "
+                                  f"name it {tmp_path / 'x'}.safetensors")
+    assert not (tmp_path / "x.pth").exists()
 
 
 def test_fine_tuned_prompt_and_sparsifiner_checkpoints_convert_with_their_classes(tmp_path):

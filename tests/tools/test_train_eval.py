@@ -139,7 +139,8 @@ def test_convert_takes_model_options_and_classes_from_a_training_checkpoint(trai
     assert_one_line_error(tool("convert.py", "--checkpoint", out / "best.pth", "--output", tmp_path / "x.safetensors",
                                "--model-kwargs", "{}"), "stores the model options it was trained with", "drop --model")
     torch.save(model.state_dict(), tmp_path / "bare.pth")
-    assert_one_line_error(tool("convert.py", "--checkpoint", tmp_path / "bare.pth", "--output", tmp_path / "y"),
+    assert_one_line_error(tool("convert.py", "--checkpoint", tmp_path / "bare.pth", "--output",
+                               tmp_path / "y.safetensors"),
                           "is not a visattn training checkpoint, so it does not name its model; pass --model NAME")
 
 

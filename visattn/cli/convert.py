@@ -15,6 +15,7 @@ atomically.
 from __future__ import annotations
 
 import json
+import os
 
 from ..errors import UserError
 from . import ToolParser, json_dict, run
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-ema", dest="use_ema", action="store_false",
                    help="a training checkpoint's raw weights, not its EMA")
     args = p.parse_args(argv)
+    if not args.output.endswith(".safetensors"):
+        raise UserError(f"--output {args.output}: the file is written in the safetensors format; name it "
+                        f"{os.path.splitext(args.output)[0]}.safetensors")
     from safetensors.torch import save_file
 
     from ..engine.checkpoint import atomic_write
