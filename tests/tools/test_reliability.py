@@ -75,6 +75,9 @@ def test_a_run_killed_at_a_random_moment_and_resumed_ends_as_the_uninterrupted_r
     (["train.py"], "--workers", "-1", "must be >= 0"),
     (["train.py", "--task", "medical-seg"], "--jitter", "0.2,0.2", "expected BRIGHTNESS,CONTRAST,SATURATION,HUE"),
     (["train.py", "--task", "reid"], "--instances", "1", "must be >= 2 (the triplet loss needs two images"),
+    (["train.py", "--task", "reid"], "--batch-size", "10",
+     "a PK batch is identities x --instances 4 images: use a multiple of 4, e.g. 8"),  # it trained on 8, unsaid
+    (["train.py", "--task", "reid"], "--milestones", "5,2", "epochs must increase, e.g. 40,90"),
     (["eval.py", "--task", "medical-seg", "--checkpoint", "best.pth"], "--threshold", "1.5", "must be in (0, 1)"),
 ])
 def test_an_option_value_that_cannot_work_stops_before_anything_is_written(command, option, value, why, tmp_path):

@@ -153,6 +153,11 @@ class ReIDConfig(TrainConfig):
             (self.instances >= 2, "instances", self.instances, "the triplet loss needs at least 2 per identity"),
             (self.batch_size >= 2 * self.instances, "batch-size", self.batch_size,
              f"it must hold at least 2 identities x --instances {self.instances}"),
+            (self.batch_size % self.instances == 0, "batch-size", self.batch_size,
+             f"a PK batch is identities x --instances {self.instances} images: use a multiple of {self.instances}, "
+             f"e.g. {self.batch_size - self.batch_size % self.instances}"),
+            (list(self.milestones) == sorted(set(self.milestones)), "milestones", ",".join(map(str, self.milestones)),
+             "epochs must increase, e.g. 40,90"),
             (0 <= self.label_smoothing < 1, "label-smoothing", self.label_smoothing, "use a value in [0, 1)"),
             (self.margin >= 0, "margin", self.margin, "use a margin >= 0 (0 = soft margin)"),
             (self.triplet_weight >= 0 and self.center_weight >= 0, "triplet-weight/center-weight",
