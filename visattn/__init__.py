@@ -3,6 +3,8 @@
 ``import visattn`` registers every visattn model with timm, so ``timm.create_model('biformer_tiny')`` works.
 """
 
+from collections.abc import Sequence
+
 from . import backbones
 from .weights import load_pretrained
 
@@ -17,12 +19,15 @@ MODEL_KINDS = (DEFAULT_KIND, "segmentation")
 TEST_PREFIX = "test_"  # tiny variants for tests (``test_biformer``, ...), as timm's ``test_vit``
 
 
-def list_models(kind: str | None = None, include_test: bool | str = False) -> list[str]:
-    """Names of the models visattn registers with timm; ``kind`` keeps only ``"classification"`` backbones or
-    ``"segmentation"`` networks (per-pixel logits), as the family's module declares in ``MODEL_KIND``.
+def list_models(filter: str | Sequence[str] = "", kind: str | None = None,
+                include_test: bool | str = False) -> list[str]:
+    """Names of the models visattn registers with timm; ``filter``: fnmatch patterns as ``timm.list_models`` takes
+    (``"biformer_*"``); ``kind`` keeps only ``"classification"`` backbones or ``"segmentation"`` networks (per-pixel
+    logits), as the family's module declares in ``MODEL_KIND``.
 
     The tiny ``test_<family>`` variants (a few blocks of small widths, untrained, no published numbers) are left out
     unless ``include_test``; ``include_test="only"`` lists them alone."""
+    import fnmatch
     import sys
 
     import timm
@@ -41,4 +46,7 @@ def list_models(kind: str | None = None, include_test: bool | str = False) -> li
             continue
         if kind in (None, getattr(sys.modules[module], "MODEL_KIND", DEFAULT_KIND)):
             names.append(name)
+    patterns = [filter] if isinstance(filter, str) else list(filter)
+    if any(patterns):
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns if p)]
     return sorted(names)

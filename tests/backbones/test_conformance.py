@@ -71,6 +71,12 @@ def test_every_family_is_registered_with_a_kind():
         visattn.list_models(kind="detection")
     with pytest.raises(ValueError, match="include_test must be False, True or 'only'"):
         visattn.list_models(include_test="all")
+    # timm's first argument: fnmatch patterns over the names
+    assert visattn.list_models("biformer_stl*") == ["biformer_stl", "biformer_stl_nchw"]
+    assert visattn.list_models(["herseg", "fsgnet_*"]) == ["fsgnet_nogrm", "herseg"]
+    assert visattn.list_models("*", kind="segmentation", include_test="only") == ["test_fsgnet", "test_fsgnet_nogrm",
+                                                                                "test_herseg"]
+    assert visattn.list_models("resnet*") == ["resnet50_psa"]  # timm's own resnets are not visattn's
 
 
 @functools.cache
