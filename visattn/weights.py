@@ -69,6 +69,13 @@ def family_filter(model: nn.Module) -> Callable[[dict, nn.Module], dict] | None:
     return next((_FILTERS[cls] for cls in type(model).__mro__ if cls in _FILTERS), None)
 
 
+def has_published_weights(name: str) -> bool:
+    """Whether the timm model ``name`` [.tag] has weights ``pretrained=True`` can fetch (a URL, a Hugging Face hub
+    id or a file in its pretrained cfg)."""
+    cfg = get_pretrained_cfg(name)
+    return cfg is not None and bool(cfg.url or cfg.hf_hub_id or cfg.file)
+
+
 def _official_weights(name: str) -> dict:
     """``visattn://<model>[.<tag>]``: the model's official weights as its pretrained cfg names them (a URL,
     downloaded once to a name of its own, or a Hugging Face hub id); a failed download is a
@@ -79,7 +86,7 @@ def _official_weights(name: str) -> dict:
     if not timm.is_model(model):
         raise UserError(f"{SCHEME}{name}: unknown model {model!r}; see visattn.list_models()")
     cfg = get_pretrained_cfg(f"{model}.{tag}" if tag else model)
-    if cfg is None or not (cfg.url or cfg.hf_hub_id):
+    if not has_published_weights(name):
         raise UserError(f"{SCHEME}{name}: {model} has no published weights{f' tagged {tag}' if tag else ''}")
     try:
         if cfg.url:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError, first_line
-from ..weights import weights_unavailable
+from ..weights import has_published_weights, weights_unavailable
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -21,12 +21,16 @@ def build_model(name: str, **kwargs) -> nn.Module:
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() or visattn.list_models()"
         raise UserError(f"unknown model {name!r}{hint}")
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if kwargs.get("pretrained") and not (overlay.get("file") or overlay.get("state_dict")) and \
+            not has_published_weights(name):
+        raise UserError(f"{name} has no published weights to start from: train it from its initialisation (no "
+                        "--pretrained), or load a weights file (--init FILE in training, --weights FILE elsewhere)")
     try:
         return timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"cannot build {name} with {kwargs}: {err}") from None
     except Exception as err:
-        overlay = kwargs.get("pretrained_cfg_overlay") or {}
         fetched = kwargs.get("pretrained") and not (overlay.get("file") or overlay.get("state_dict"))
         failure = weights_unavailable(name, err) if fetched else None
         if failure is None:
