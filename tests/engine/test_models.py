@@ -14,8 +14,8 @@ def test_unknown_names_and_bad_arguments_are_one_line_errors():
     with pytest.raises(UserError, match="^cannot build biformer_tiny with"):
         build_model("biformer_tiny", n_win=2)
     # timm's own error was "RuntimeError: Invalid pretrained tag (in1k) for lamamba_tiny."
-    with pytest.raises(UserError, match=r"^lamamba_tiny has no published weights to start from: train it from its "
-                                        r"initialisation \(no --pretrained\), or load a weights file"):
+    with pytest.raises(UserError, match=r"^lamamba_tiny has no published weights for pretrained=True \(--pretrained, "
+                                        r"a --teacher named by model\) to load: use a weights file"):
         build_model("lamamba_tiny", pretrained=True)
 
 

@@ -24,8 +24,9 @@ def build_model(name: str, **kwargs) -> nn.Module:
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if kwargs.get("pretrained") and not (overlay.get("file") or overlay.get("state_dict")) and \
             not has_published_weights(name):
-        raise UserError(f"{name} has no published weights to start from: train it from its initialisation (no "
-                        "--pretrained), or load a weights file (--init FILE in training, --weights FILE elsewhere)")
+        raise UserError(f"{name} has no published weights for pretrained=True (--pretrained, a --teacher named by "
+                        "model) to load: use a weights file (--init, --weights or --teacher FILE) or train it from its "
+                        "initialisation")
     try:
         return timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as err:
