@@ -86,7 +86,7 @@ def _official_weights(name: str) -> dict:
     if not timm.is_model(model):
         raise UserError(f"{SCHEME}{name}: unknown model {model!r}; see visattn.list_models()")
     cfg = get_pretrained_cfg(f"{model}.{tag}" if tag else model)
-    if not has_published_weights(name):
+    if cfg is None or not (cfg.url or cfg.hf_hub_id):  # what this scheme fetches (a cfg's local file is not)
         raise UserError(f"{SCHEME}{name}: {model} has no published weights{f' tagged {tag}' if tag else ''}")
     try:
         if cfg.url:
