@@ -44,9 +44,11 @@ NORM, GELU = "LayerNorm", "GELU"
 SDPA_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::scaled_dot_product_attention")
 
 
-def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, rounds: int) -> dict[str, tuple[float, float]]:
-    """(median, minimum) milliseconds per forward of each model, the models run in turn each round."""
-    x = torch.rand(batch, 3, 224, 224)
+def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, rounds: int,
+                   side: int = 224) -> dict[str, tuple[float, float]]:
+    """(median, minimum) milliseconds per forward of each model on a (batch, 3, side, side) input, the models run in
+    turn each round."""
+    x = torch.rand(batch, 3, side, side)
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for model in models.values():
