@@ -1,3 +1,5 @@
+import json
+
 import timm
 import torch
 from safetensors.torch import load_file
@@ -38,8 +40,6 @@ def test_checkpoint_of_another_model_names_the_keys(tmp_path):
 
 
 def test_fine_tuned_prompt_and_sparsifiner_checkpoints_convert_with_their_classes(tmp_path):
-    import json
-
     from tests.backbones import test_sparsifiner, test_tcpa
 
     cases = [("tcpa_vit_base_patch16_224", test_tcpa.SMALL,
@@ -58,3 +58,21 @@ def test_fine_tuned_prompt_and_sparsifiner_checkpoints_convert_with_their_classe
         x = torch.randn(1, 3, 224, 224)
         with torch.no_grad():
             torch.testing.assert_close(model(x), source(x))
+
+
+def test_the_files_model_options_give_the_classifier_it_holds(tmp_path):
+    """A fine-tuned checkpoint's classes go into the file's model options; asking for other classes is an error
+    (the converted file keeps the checkpoint's classifier), not options that contradict the tensors."""
+    from safetensors import safe_open
+
+    torch.save(timm.create_model("test_biformer", num_classes=7).state_dict(), tmp_path / "seven.pth")
+    out = tmp_path / "seven.safetensors"
+    result = convert("--model", "test_biformer", "--checkpoint", str(tmp_path / "seven.pth"), "--output", str(out))
+    assert result.returncode == 0 and 'model options {"num_classes": 7}' in result.stdout, result.stderr
+    with safe_open(out, "pt") as f:
+        assert json.loads(f.metadata()["model_kwargs"]) == {"num_classes": 7}
+        assert f.get_slice("head.fc.weight").get_shape()[0] == 7
+    result = convert("--model", "test_biformer", "--model-kwargs", '{"num_classes": 5}', "--checkpoint",
+                     str(tmp_path / "seven.pth"), "--output", str(tmp_path / "five.safetensors"))
+    assert_one_line_error(result, "asks for num_classes=5, but", "classifier has 7 classes", "leave num_classes out")
+    assert not (tmp_path / "five.safetensors").exists()

@@ -76,12 +76,22 @@ def main(argv=None) -> int:
         if not args.model:
             raise UserError(f"{args.checkpoint} is not a visattn training checkpoint, so it does not name its model; "
                             "pass --model NAME")
-        model = build_model(args.model, **(args.model_kwargs or {}))
+        kwargs = dict(args.model_kwargs or {})
+        model = build_model(args.model, **kwargs)
+        built_classes = getattr(model, "num_classes", None)
         state = match_classifier(model, args.checkpoint)  # a fine-tuned checkpoint keeps its classes
+        classes = getattr(model, "num_classes", None)
+        if "num_classes" in kwargs and classes != kwargs["num_classes"]:
+            raise UserError(f"--model-kwargs asks for num_classes={kwargs['num_classes']}, but {args.checkpoint}'s "
+                            f"classifier has {classes} classes and the converted file keeps it: leave num_classes "
+                            f"out (a model of {kwargs['num_classes']} classes loading the file drops its classifier)")
+        if classes != built_classes:
+            kwargs["num_classes"] = classes
         load_pretrained(model, state, strict=True, filter_fn=as_is, name=f"checkpoint {args.checkpoint}")
         metadata, what = {"model": args.model}, args.model
-        if args.model_kwargs:
-            metadata["model_kwargs"] = json.dumps(args.model_kwargs)
+        if kwargs:
+            metadata["model_kwargs"] = json.dumps(kwargs)
+            what += f" (model options {metadata['model_kwargs']})"
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(args.output, lambda tmp: save_file(state, tmp, metadata=metadata))
     print(f"wrote {len(state)} tensors for {what} to {args.output}")
