@@ -147,6 +147,22 @@ def test_msmt_list_files_merge_val_into_train(tmp_path, masked):
     _one_line_error("list_gallery.txt is missing", load_reid_data, str(tmp_path))
 
 
+def test_msmt_test_ids_restarting_at_zero_are_not_training_ids(tmp_path):
+    """MSMT17 numbers its test identities from 0 again: test pid 1 is another person than training pid 1."""
+    lists = {"list_train.txt": ("train", ["0000_000_01_0303morning_0015_0.jpg 0",
+                                          "0001_001_05_0303morning_0016_0.jpg 1"]),
+             "list_query.txt": ("test", ["0001_000_02_0303noon_0001_0.jpg 1"]),
+             "list_gallery.txt": ("test", ["0001_001_07_0303noon_0002_0.jpg 1", "0000_000_02_0303noon_0003_0.jpg 0"])}
+    for name, (folder, lines) in lists.items():
+        for line in lines:
+            _jpg(tmp_path / folder / line[:4] / line.split()[0])
+        (tmp_path / name).write_text("".join(f"{line[:4]}/{line}\n" for line in lines))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = load_reid_data(str(tmp_path))
+    assert [i.pid for i in data.query + data.gallery] == [1, 1, 0]
+
+
 def _folders(root, cameras=True, gallery_cameras=None):
     spec = (("train", ["alice", "bob"]), ("query", ["carol"]), ("gallery", ["carol", "dave"]))
     for split, pids in spec:
@@ -245,6 +261,8 @@ BAD = {
     "no shared id": (lambda r: (_market(r), [os.remove(p) for p in (r / "bounding_box_test").glob("0010*")]), {},
                      "no query identity appears in the gallery"),
     "bad market name": (lambda r: (_market(r), _jpg(r / "query" / "img1.jpg")), {}, "not a Market-1501 file name"),
+    "dash in a market pid": (lambda r: (_market(r), _jpg(r / "query" / "0010-2_c1s1_000100_00.jpg")), {},
+                             r"0010-2_c1s1_000100_00.jpg: not a Market-1501 file name"),
 }
 
 

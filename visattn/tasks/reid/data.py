@@ -16,7 +16,8 @@ Layouts read by :func:`load_reid_data` (``layout="auto"`` picks the first that m
   files ``{pid}_c{cam}_{index}.png`` (``0001_c1_1.png``). A root holding both kinds of boxes needs ``--layout``.
 - ``msmt17``: ``list_train.txt`` (+ ``list_val.txt``), ``list_query.txt``, ``list_gallery.txt`` of ``PATH PID`` lines,
   images under ``train/`` or ``mask_train_v2/`` and ``test/`` or ``mask_test_v2/``, camera = the third ``_`` field
-  of the file name (``0000_000_01_0303morning_0015_0.jpg``: camera 01).
+  of the file name (``0000_000_01_0303morning_0015_0.jpg``: camera 01). Its test identities are numbered from 0
+  again, apart from the training ones.
 - ``csv``: ``train.csv``, ``query.csv``, ``gallery.csv`` or one ``reid.csv`` with a ``split`` column; columns
   ``path,pid[,camid]``, paths relative to the root.
 - ``folders``: ``train|query|gallery/<pid>/<cam>_*.jpg``; the camera is the file-name prefix before the first ``_``.
@@ -53,10 +54,13 @@ LAYOUTS = ("auto", "market1501", "dukemtmc", "cuhk03-labeled", "cuhk03-detected"
 SPLITS = ("train", "query", "gallery")
 MARKET_DIRS = ("bounding_box_train", "query", "bounding_box_test")
 MARKET_NESTED = "Market-1501-v15.09.15"
-MARKET_NAME = re.compile(r"([-\d]+)_c(\d+)")
+MARKET_NAME = re.compile(r"(-?\d+)_c(\d+)")
 DUKE_NAME = re.compile(r"(\d+)_c(\d+)_f\d+")
 CUHK03_NAME = re.compile(r"(\d+)_c(\d+)_\d+\.")
 CUHK03_BOXES = ("labeled", "detected")
+# layouts whose query/gallery pids are numbered apart from the training pids (MSMT17's test ids restart at 0), so an
+# equal number in both is no shared identity
+SEPARATE_TEST_IDS = ("msmt17",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 NAMED_ID_BASE = 1_000_000
 EXPECTED = ("Market-1501, DukeMTMC-reID or CUHK03-NP (bounding_box_train/, query/, bounding_box_test/), MSMT17 "
@@ -360,7 +364,7 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
                       f"identity from another camera (first: {unmatched[0].path}); mAP, CMC and mINP skip them",
                       stacklevel=2)
     shared = {i.pid for i in splits["train"]} & {i.pid for s in ("query", "gallery") for i in splits[s] if i.pid > 0}
-    if shared:
+    if shared and layout not in SEPARATE_TEST_IDS:
         warnings.warn(f"{root}: {len(shared)} identities are in the train split and in query or gallery (first: pid "
                       f"{min(shared)}); re-id evaluation assumes unseen identities, so its scores would be too high",
                       stacklevel=2)
