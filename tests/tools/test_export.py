@@ -172,6 +172,7 @@ def test_training_checkpoint_exports_with_its_classes_and_preprocessing(checkpoi
     assert info["classes"] == ["cat", "dog", "owl"] and info["num_classes"] == 3
     assert info["task"] == "classification" and info["input_size"] == [3, 40, 40]
     assert info["mean"] == [0.5, 0.4, 0.3] and info["std"] == [0.2, 0.25, 0.3]
+    assert (info["interpolation"], info["crop_pct"], info["crop_mode"]) == ("bilinear", 0.9, "center")
     assert info["dynamic_axes"]["input"] == {"0": "batch", "2": "height", "3": "width"} and info["check"]["passed"]
     assert info["check"]["inputs"] == [[2, 3, 40, 40], [1, 3, 57, 49]] and info["check"]["max_rel_diff"] <= 1e-4
     for shape in ((2, 3, 40, 40), (1, 3, 33, 50)):

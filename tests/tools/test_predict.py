@@ -242,6 +242,21 @@ def test_feature_extractor_takes_paths_arrays_and_pil_images_and_flips(checkpoin
     assert zoo([path, array]).shape == (2, zoo.model.num_features)
 
 
+def test_reid_preprocessing_describes_the_evaluation_transform(checkpoints):
+    """What export's JSON and visualize read: timm's eval transform built from it gives the run's evaluation input."""
+    from visattn.tasks.opened import open_model
+    from visattn.tasks.reid.data import reid_eval_transform
+
+    opened = open_model(checkpoints["reid"], device="cpu")
+    spec = opened.preprocessing()
+    size = opened.input_size()
+    transform = timm.data.create_transform(input_size=(3, *size), mean=spec["mean"], std=spec["std"],
+                                           interpolation=spec["interpolation"], crop_pct=spec["crop_pct"],
+                                           crop_mode=spec["crop_mode"])
+    image = Image.fromarray(_noise(np.random.default_rng(3), 90, 70))  # not the input's 2:1 aspect
+    torch.testing.assert_close(transform(image), reid_eval_transform(size)(image), atol=1e-6, rtol=0)
+
+
 # --------------------------------------------------------------------------------------------------- inputs, errors
 
 def test_inputs_from_folders_globs_and_list_files(tmp_path, monkeypatch):

@@ -21,6 +21,8 @@ from ..weights import WeightsUnavailable, load_pretrained
 
 SEGMENTATION = "segmentation"
 TASK_KINDS = {"medical-seg": SEGMENTATION, "reid": "reid"}  # what a task's model outputs, when not class logits
+# re-id evaluation's resize (tasks.reid.data.reid_eval_transform) in timm's terms: the whole image squashed, bilinear
+REID_RESIZE = {"interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash"}
 
 
 @dataclass
@@ -53,15 +55,17 @@ class OpenedModel:
 
     def preprocessing(self) -> dict[str, Any]:
         """How an image becomes the model's input: RGB / 255, then ``(x - mean) / std`` per channel, resized with
-        ``interpolation`` (``crop_pct`` as timm's eval transform). The checkpoint's values (its own fields or its
-        ``data_cfg``), else the data config's; a re-id network normalises its [0, 1] input itself (mean 0, std 1)."""
+        ``interpolation`` (``crop_pct`` and ``crop_mode`` as timm's eval transform). The checkpoint's values (its own
+        fields or its ``data_cfg``), else the data config's; a re-id network normalises its [0, 1] input itself
+        (mean 0, std 1) and takes the whole image resized to its input size, as its evaluation does
+        (``REID_RESIZE``)."""
+        if self.kind == "reid":
+            return {"mean": [0.0] * 3, "std": [1.0] * 3, **REID_RESIZE}
         trained = self.checkpoint if "mean" in self.checkpoint else self.checkpoint.get("data_cfg") or {}
         config = {**self.data_config, **trained}
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        if self.kind != "reid":
-            mean, std = config["mean"], config["std"]
-        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
-                "interpolation": config.get("interpolation"), "crop_pct": config.get("crop_pct")}
+        return {"mean": [float(v) for v in config["mean"]], "std": [float(v) for v in config["std"]],
+                "interpolation": config.get("interpolation"), "crop_pct": config.get("crop_pct"),
+                "crop_mode": config.get("crop_mode")}
 
 
 _WEIGHTS = ("state_dict", "state_dict_ema", "optimizer", "scaler", "scheduler")
