@@ -142,3 +142,20 @@ def test_reid_identities_in_training_and_test_and_queries_without_a_match_are_sa
                               "camera (first: ") and said[0].endswith("mAP, CMC and mINP skip them")
     assert said[1].startswith(f"{tmp_path}: 1 identities are in the train split and in query or gallery (first: pid ")
     assert len(said) == 2 and data.num_train_ids == 2
+
+
+def test_reid_ranking_picture_shows_a_16_bit_image_as_the_model_reads_it(tmp_path):
+    """ranking.png scales a 16-bit image by its maximum, as training and evaluation read it (PIL's convert clips)."""
+    from visattn.tasks.reid.data import ReIDItem
+    from visattn.tasks.reid.task import ranking_figure
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.repeat([[1000, 1000, 4000, 4000]], 8, 0).astype(np.uint16)).save(deep)  # 12-bit data
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.full((8, 4, 3), 30, np.uint8)).save(plain)
+    query, gallery = [ReIDItem(str(deep), 1, 0)], [ReIDItem(str(plain), 2, 1)]
+    ranking_figure(torch.zeros(1, 1), query, gallery, str(tmp_path / "ranking.png"), top=1, cell=(8, 4))
+    picture = np.asarray(Image.open(tmp_path / "ranking.png").convert("RGB"))
+    border = 4
+    np.testing.assert_array_equal(picture[border + 4, border:border + 4], [[64] * 3] * 2 + [[255] * 3] * 2)
+    np.testing.assert_array_equal(picture[border + 4, 2 * border + 4 + 12 + border + 2], [30, 30, 30])

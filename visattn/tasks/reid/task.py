@@ -35,6 +35,7 @@ from ...engine.progress import Progress
 from ...engine.task import Step, Task, TrainConfig, read_weights, register_task
 from ...errors import UserError
 from ...weights import load_pretrained
+from ..images import load_rgb
 from .data import (
     LAYOUTS,
     PKBatchSampler,
@@ -261,8 +262,7 @@ def ranking_figure(dist: torch.Tensor, query: list, gallery: list, path: str, ro
             x = col * (w + 2 * border) + (gap if col else 0)
             colour = "black" if right is None else ("#1a9e1a" if right else "#d62020")
             draw.rectangle([x, y, x + w + 2 * border - 1, y + h + 2 * border - 1], fill=colour)
-            with Image.open(item.path) as img:
-                canvas.paste(img.convert("RGB").resize((w, h)), (x + border, y + border))
+            canvas.paste(load_rgb(item.path).resize((w, h)), (x + border, y + border))
     atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
