@@ -377,14 +377,15 @@ def _duke_copy(market: str, root) -> str:
     return str(root)
 
 
-def test_reid_cross_dataset_training_and_evaluation(reid_folder, tmp_path):
+def test_reid_cross_dataset_training_and_evaluation(reid_folder, tmp_path, monkeypatch):
     from visattn.tasks.reid.data import write_synthetic_reid
 
     other = write_synthetic_reid(str(tmp_path / "other"), num_train_ids=2, num_test_ids=3, num_cameras=2,
                                  size=(64, 32), seed=1)
     duke = _duke_copy(other, tmp_path / "duke")
     out = tmp_path / "run"
-    result = tool("train.py", *REID, "--data", reid_folder, "--eval-data", duke, "--output", out, "--epochs", "1",
+    monkeypatch.chdir(tmp_path)  # --eval-data given relative: the run names it absolute, for eval from anywhere
+    result = tool("train.py", *REID, "--data", reid_folder, "--eval-data", "duke", "--output", out, "--epochs", "1",
                   "--warmup-epochs", "0", "--attn", "se", "--attn-at", "4", "--attn-blocks", "last", "--model-kwargs",
                   '{"channels": [8, 16, 32, 64]}')
     assert result.returncode == 0, result.stderr
@@ -393,6 +394,7 @@ def test_reid_cross_dataset_training_and_evaluation(reid_folder, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == reid_folder and metrics["eval_dataset"] == duke
     assert "val_TPR@FPR1e-3" in metrics["history"][0]
+    monkeypatch.chdir(out)
     result = tool("eval.py", "--checkpoint", out / "best.pth", "--output", tmp_path / "eval", "--workers", "0")
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -74,6 +74,12 @@ def synthetic_root() -> str:
     return os.path.join(cache, SYNTHETIC)
 
 
+def absolute_data(data: str | None) -> str | None:
+    """``data`` as an absolute path when it is an existing folder (else as given: the built-in set's name, None, or
+    a path that :func:`open_data` reports missing)."""
+    return os.path.abspath(data) if data not in (None, SYNTHETIC) and os.path.isdir(data) else data
+
+
 def open_data(data: str | None, layout: str, distinct_cameras: bool, rank: int = 0, option: str = "--data",
               test_only: bool = False) -> ReIDData:
     """The re-id data at ``data`` (None or ``synthetic-reid``: the built-in set, written on first use by rank 0);
@@ -134,6 +140,8 @@ class ReIDConfig(TrainConfig):
     flip_test: bool = False
 
     def __post_init__(self):
+        # the run's files name the datasets as absolute paths: tools/eval.py scores them again from any folder
+        self.data, self.eval_data = (absolute_data(d) for d in (self.data, self.eval_data))
         checks = [
             (self.layout in LAYOUTS, "layout", self.layout, f"use one of {', '.join(LAYOUTS)}"),
             (self.eval_layout in LAYOUTS, "eval-layout", self.eval_layout, f"use one of {', '.join(LAYOUTS)}"),
