@@ -235,13 +235,13 @@ def test_csv_layouts(tmp_path, single):
 
 
 def test_csv_without_camid_column_and_bad_rows(tmp_path):
-    for name in "abcd":
+    for name in "abcde":
         _jpg(tmp_path / f"{name}.jpg")
     (tmp_path / "train.csv").write_text("path,pid\na.jpg,1\nb.jpg,2\n")
     (tmp_path / "query.csv").write_text("path,pid\nc.jpg,3\n")
-    (tmp_path / "gallery.csv").write_text("path,pid\nd.jpg,3\n")
+    (tmp_path / "gallery.csv").write_text("path,pid\nd.jpg,3\ne.jpg,4\n")
     _one_line_error("no camera ids", load_reid_data, str(tmp_path))
-    assert len(load_reid_data(str(tmp_path), distinct_cameras=True).gallery) == 1
+    assert len(load_reid_data(str(tmp_path), distinct_cameras=True).gallery) == 2
     (tmp_path / "gallery.csv").write_text("file,person\nd.jpg,3\n")
     _one_line_error("needs the columns path,pid", load_reid_data, str(tmp_path))
     (tmp_path / "gallery.csv").write_text("path,pid\nd.jpg,\n")
@@ -261,6 +261,9 @@ BAD = {
     "no shared id": (lambda r: (_market(r), [os.remove(p) for p in (r / "bounding_box_test").glob("0010*")]), {},
                      "no query identity appears in the gallery"),
     "bad market name": (lambda r: (_market(r), _jpg(r / "query" / "img1.jpg")), {}, "not a Market-1501 file name"),
+    "one test id": (lambda r: (_market(r), [os.remove(p) for p in (*(r / "query").glob("0012*"),
+                                                                   *(r / "bounding_box_test").glob("0000*"))]), {},
+                    r"query and gallery hold one identity \(pid 10\), so every image matches"),
     "dash in a market pid": (lambda r: (_market(r), _jpg(r / "query" / "0010-2_c1s1_000100_00.jpg")), {},
                              r"0010-2_c1s1_000100_00.jpg: not a Market-1501 file name"),
 }

@@ -321,7 +321,8 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
     layout is read as a whole, but the train split comes back empty and is neither checked nor opened.
     ``cameras_option``: the option the missing-camera error names (the one that sets ``distinct_cameras``).
     Errors (one-line UserError): an unknown layout, missing folders or list files, an empty split, query/gallery
-    without camera ids, fewer than 2 training ids, no query id in the gallery, no cross-camera match at all.
+    without camera ids, fewer than 2 training ids, no query id in the gallery, one identity in query and gallery
+    together, no cross-camera match at all.
     """
     if layout not in LAYOUTS:
         raise UserError(f"unknown re-id layout {layout!r}; use one of {', '.join(LAYOUTS)}")
@@ -355,6 +356,10 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
         cameras_of.setdefault(item.pid, set()).add(item.camid)
     if not any(q.pid in cameras_of for q in splits["query"]):
         raise UserError(f"{root}: no query identity appears in the gallery, so nothing can be retrieved")
+    test_ids = {i.pid for s in ("query", "gallery") for i in splits[s]}
+    if len(test_ids) == 1:
+        raise UserError(f"{root}: query and gallery hold one identity (pid {test_ids.pop()}), so every image matches "
+                        f"and there is nothing to rank it against; add gallery images of other identities")
     unmatched = [q for q in splits["query"] if not cameras_of.get(q.pid, set()) - {q.camid}]
     if len(unmatched) == len(splits["query"]):
         raise UserError(f"{root}: no query has a gallery image of its identity from another camera, so the standard "
