@@ -405,14 +405,32 @@ def test_pk_batches_hold_p_distinct_ids_of_k_images():
     pids = [p for p in range(10) for _ in range(1 + p % 3)]  # 1-3 images per id: some sampled with replacement
     sampler = PKBatchSampler(pids, num_ids=3, num_instances=4, seed=0)
     batches = list(sampler)
-    assert len(batches) == len(sampler) == 10 // 3
+    assert len(batches) == len(sampler) == 1  # 19 images, fewer than one batch of 12: still one batch
     for batch in batches:
         ids = _ids(batch, pids)
         assert len(batch) == 12 and len(set(ids)) == 3 and all(ids.count(p) == 4 for p in set(ids))
-    assert len({p for b in batches for p in _ids(b, pids)}) == 9  # each id at most once per epoch
     many = [p for p in range(4) for _ in range(6)]
     for batch in PKBatchSampler(many, num_ids=2, num_instances=4):
         assert len(set(batch)) == 8  # enough images: no repeats
+
+
+def test_a_pk_epoch_has_as_many_batches_as_fast_reids_and_walks_every_identitys_images():
+    """images // (P K) batches (fast-reid's iterations per epoch; Market-1501: 12,936 // 64 = 202, where one visit
+    per identity would be 751 // 16 = 46); each identity's images come in groups of K without repeats until its
+    images run out."""
+    pids = [p for p in range(8) for _ in range(8 if p < 4 else 4)]  # 48 images: 4 ids of 8 images, 4 of 4
+    sampler = PKBatchSampler(pids, num_ids=2, num_instances=4, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 48 // 8
+    for batch in batches:
+        ids = _ids(batch, pids)
+        assert len(set(ids)) == 2 and all(ids.count(p) == 4 for p in set(ids))
+    for pid in range(8):  # an identity's images repeat only once all of them have come
+        walk = [i for batch in batches for i in batch if pids[i] == pid]
+        first = walk[:pids.count(pid)]
+        assert len(set(first)) == len(first) and set(walk) <= set(first)
+    market = PKBatchSampler([p for p in range(751) for _ in range(12936 // 751 + (p < 12936 % 751))])
+    assert len(market) == 202
 
 
 def test_pk_set_epoch_reshuffles_deterministically():
@@ -429,13 +447,11 @@ def test_pk_set_epoch_reshuffles_deterministically():
     assert list(PKBatchSampler(pids, num_ids=4, num_instances=2, seed=4)) != first
 
 
-def test_pk_ranks_get_disjoint_equal_shares():
+def test_pk_ranks_get_equal_shares_of_the_same_batches():
     pids = [p for p in range(11) for _ in range(2)]
     whole = list(PKBatchSampler(pids, num_ids=2, num_instances=2, seed=0))
     ranks = [list(PKBatchSampler(pids, 2, 2, seed=0, world_size=2, rank=r)) for r in (0, 1)]
-    assert len(whole) == 5 and len(ranks[0]) == len(ranks[1]) == 2
-    ids = [{p for b in batches for p in _ids(b, pids)} for batches in ranks]
-    assert not ids[0] & ids[1] and len(ids[0]) == len(ids[1]) == 4
+    assert len(whole) == 22 // 4 == 5 and len(ranks[0]) == len(ranks[1]) == 2
     assert ranks[0] == whole[0:4:2] and ranks[1] == whole[1:4:2]  # the same batches, dealt round-robin
 
 

@@ -438,13 +438,16 @@ class ReIDImageSet(Dataset):
 
 
 class PKBatchSampler(Sampler[list[int]]):
-    """Batch sampler of P = ``num_ids`` distinct identities x K = ``num_instances`` images each (an identity with
-    fewer than K images is sampled with replacement), for ``DataLoader(batch_sampler=...)``.
+    """Batch sampler of P = ``num_ids`` distinct identities x K = ``num_instances`` images each, for
+    ``DataLoader(batch_sampler=...)``.
 
-    An epoch visits every identity about once: (identities // P) batches in all, shared round-robin among
-    ``world_size`` ranks, each rank getting the same number ((identities // P) // world_size) and no identity of
-    another rank's batches. ``set_epoch(e)`` reshuffles from ``seed + e``; batch b of an epoch is the same whatever
-    the world size.
+    An epoch is fast-reid's (and about BoT's): images // (P K) batches, so that an epoch-based recipe trains as many
+    iterations as theirs. Each identity's images are shuffled and cut into groups of K (an identity with fewer than K
+    images gives one group drawn with replacement; a remainder short of K is left out), and each batch takes the
+    next group of P identities drawn uniformly among those with groups left, as BoT's ``RandomIdentitySampler``;
+    when fewer than P identities have groups left, theirs are dealt afresh. The epoch's batches are shared
+    round-robin among ``world_size`` ranks, each getting the same number, at least one. ``set_epoch(e)`` reshuffles
+    from ``seed + e``; batch b of an epoch is the same whatever the world size.
     """
 
     def __init__(self, pids: list[int], num_ids: int = 16, num_instances: int = 4, seed: int = 0,
@@ -462,6 +465,7 @@ class PKBatchSampler(Sampler[list[int]]):
                             f"{len(self.by_id)}{processes}; use a smaller --batch-size (P = --batch-size // "
                             f"--instances = {num_ids} identities per batch)")
         self.ids = sorted(self.by_id)
+        self.num_images = len(pids)
         self.num_ids, self.num_instances, self.seed = num_ids, num_instances, seed
         self.world_size, self.rank, self.epoch = world_size, rank, 0
 
@@ -469,18 +473,29 @@ class PKBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.ids) // self.num_ids // self.world_size
+        return max(1, self.num_images // (self.num_ids * self.num_instances) // self.world_size)
+
+    def _groups(self, pid: int, rng: np.random.Generator) -> list[list[int]]:
+        """``pid``'s images shuffled and cut into groups of K (one group drawn with replacement when it has fewer)."""
+        pool, k = self.by_id[pid], self.num_instances
+        if len(pool) < k:
+            return [[int(i) for i in rng.choice(pool, k, replace=True)]]
+        order = [int(i) for i in rng.permutation(pool)]
+        return [order[g * k:(g + 1) * k] for g in range(len(order) // k)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.ids))
-        for b in range(self.rank, len(self) * self.world_size, self.world_size):
-            rng = np.random.default_rng([self.seed, self.epoch, b + 1])
-            batch = []
-            for k in order[b * self.num_ids:(b + 1) * self.num_ids]:
-                pool = self.by_id[self.ids[k]]
-                picks = rng.choice(pool, self.num_instances, replace=len(pool) < self.num_instances)
-                batch.extend(int(i) for i in picks)
-            yield batch
+        rng = np.random.default_rng([self.seed, self.epoch])
+        groups = {pid: self._groups(pid, rng) for pid in self.ids}
+        for b in range(len(self) * self.world_size):
+            available = [pid for pid in self.ids if groups[pid]]
+            if len(available) < self.num_ids:
+                for pid in self.ids:
+                    groups[pid] = groups[pid] or self._groups(pid, rng)
+                available = self.ids
+            batch = [i for j in rng.choice(len(available), self.num_ids, replace=False)
+                     for i in groups[available[j]].pop()]
+            if b % self.world_size == self.rank:
+                yield batch
 
 
 # ------------------------------------------------------------------------------------------------- transforms
