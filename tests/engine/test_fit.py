@@ -299,3 +299,15 @@ def test_the_resume_line_names_only_the_options_that_changed():
     assert resume_line(given, {"config": saved, "epoch": 8}) == (
         "resuming o/last.pth after epoch 9 of 12; options changed from the run: epochs 9 -> 12, lr 0.001 -> 0.002")
     assert resume_line(given, {"epoch": 8}) == "resuming o/last.pth after epoch 9 of 12"  # a checkpoint without them
+
+
+def test_a_run_names_its_data_folder_by_absolute_path(tmp_path, monkeypatch):
+    """A --data folder given relative is recorded absolute in the checkpoints and metrics.json, so that
+    tools/eval.py, run from another folder, finds it; a built-in data name and a missing path stay as given."""
+    (tmp_path / "mine").mkdir()
+    monkeypatch.chdir(tmp_path)
+    fit(ToyRegression(_config(tmp_path / "run", data="mine", epochs=1)))
+    assert torch.load(tmp_path / "run" / "best.pth", weights_only=False)["dataset"] == str(tmp_path / "mine")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["dataset"] == str(tmp_path / "mine")
+    assert ToyRegression(_config(tmp_path, data="missing")).dataset == "missing"
+    assert ToyRegression(_config(tmp_path)).dataset == "noise"

@@ -60,6 +60,12 @@ class Step:
         return cls(loss, samples, {**(parts if len(parts) > 1 else {}), **(stats or {})})
 
 
+def absolute_folder(path: str | None) -> str | None:
+    """``path`` as an absolute path when it is an existing folder, else as given (None, a built-in data name, or a
+    missing path for the task to report)."""
+    return os.path.abspath(path) if path is not None and os.path.isdir(path) else path
+
+
 @dataclass
 class TrainConfig:
     """What every task's training reads; a task's config subclasses it with its own defaults and fields."""
@@ -134,7 +140,9 @@ class Task(ABC):
 
     @property
     def dataset(self) -> str:
-        return self.cfg.data or self.default_data
+        """The data the run's checkpoints and metrics.json name: ``cfg.data`` (an existing folder as an absolute
+        path, which tools/eval.py finds from any working folder), else the task's built-in data."""
+        return absolute_folder(self.cfg.data) or self.default_data
 
     def metrics_fields(self) -> dict[str, Any]:
         """Fields of the run's metrics.json beyond the common ones, read after :meth:`build` (re-id: the dataset

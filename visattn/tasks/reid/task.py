@@ -32,7 +32,7 @@ from ...engine.options import (
     probability,
 )
 from ...engine.progress import Progress
-from ...engine.task import Step, Task, TrainConfig, read_weights, register_task
+from ...engine.task import Step, Task, TrainConfig, absolute_folder, read_weights, register_task
 from ...errors import UserError
 from ...weights import load_pretrained
 from ..images import load_rgb
@@ -72,12 +72,6 @@ def synthetic_root() -> str:
     """Where the built-in synthetic re-id set is written once (``$VISATTN_CACHE`` or ~/.cache/visattn)."""
     cache = os.environ.get("VISATTN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "visattn")
     return os.path.join(cache, SYNTHETIC)
-
-
-def absolute_data(data: str | None) -> str | None:
-    """``data`` as an absolute path when it is an existing folder (else as given: the built-in set's name, None, or
-    a path that :func:`open_data` reports missing)."""
-    return os.path.abspath(data) if data not in (None, SYNTHETIC) and os.path.isdir(data) else data
 
 
 def open_data(data: str | None, layout: str, distinct_cameras: bool, rank: int = 0, option: str = "--data",
@@ -141,7 +135,7 @@ class ReIDConfig(TrainConfig):
 
     def __post_init__(self):
         # the run's files name the datasets as absolute paths: tools/eval.py scores them again from any folder
-        self.data, self.eval_data = (absolute_data(d) for d in (self.data, self.eval_data))
+        self.data, self.eval_data = (d if d == SYNTHETIC else absolute_folder(d) for d in (self.data, self.eval_data))
         checks = [
             (self.layout in LAYOUTS, "layout", self.layout, f"use one of {', '.join(LAYOUTS)}"),
             (self.eval_layout in LAYOUTS, "eval-layout", self.eval_layout, f"use one of {', '.join(LAYOUTS)}"),
