@@ -254,3 +254,38 @@ def test_inline_pvt_and_cswin_backbones_give_four_scales_on_any_size(kind, chann
     assert [f.shape[1] for f in feats] == backbone.out_channels == channels
     assert [tuple(f.shape[-2:]) for f in feats] == [(18, 25), (9, 13), (5, 7), (3, 4)]
     assert (backbone.out_norms is not None) == normed
+
+
+@pytest.mark.parametrize("name", ["test_biformer", "test_inline_pvt", "test_hrnet_psa", "mambaout_femto"])
+def test_maps_are_timms_features_in_the_order_asked(name, tmp_path):
+    """The backbone's maps for out_indices in any order (repeats, negatives, an int) are timm's
+    ``features_only=True`` maps of the same weights at those levels, on an odd input size."""
+    source = timm.create_model(name)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = str(tmp_path / "weights.pth")
+    torch.save(source.state_dict(), path)
+    reference = timm.create_model(name, features_only=True, out_indices=tuple(range(len(source.feature_info))),
+                                  pretrained=True, pretrained_cfg_overlay=dict(file=path)).eval()
+    x = torch.randn(2, 3, 70, 99)
+    with torch.no_grad():
+        levels = reference(x)
+    if name.startswith("mambaout"):  # timm's MambaOut features are NHWC
+        levels = [f.permute(0, 3, 1, 2) for f in levels]
+    for out_indices, picked in (((3, 1, -len(levels)), [3, 1, 0]), ((2, 2), [2, 2]), (-1, [len(levels) - 1])):
+        backbone = VisattnBackbone(name, out_indices=out_indices,
+                                   init_cfg=dict(type="Pretrained", checkpoint=path))
+        backbone.init_weights()
+        with torch.no_grad():
+            feats = backbone.eval()(x)
+        assert backbone.out_indices == tuple(picked)
+        assert backbone.out_channels == [levels[i].shape[1] for i in picked]
+        for got, level in zip(feats, picked, strict=True):
+            torch.testing.assert_close(got, levels[level], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("out_indices", [(), (1.0,), [True]])
+def test_out_indices_that_are_not_levels_are_one_line_errors(out_indices):
+    with pytest.raises(UserError, match=r"out_indices must be a level or a non-empty sequence of levels \(ints\)"):
+        VisattnBackbone("test_biformer", out_indices=out_indices)

@@ -17,14 +17,25 @@ from ..blocks.polarized_attention import LAYOUTS
 from ..errors import UserError
 
 
+def _levels(out_indices: int | Sequence[int], levels: int, model_name: str) -> tuple[int, ...]:
+    """``out_indices`` (an int or a sequence of ints, negative from the last) as non-negative levels of a model with
+    ``levels`` feature levels; a one-line error for an empty, non-integer or out-of-range choice."""
+    given = (out_indices,) if isinstance(out_indices, int) else tuple(out_indices)
+    if not given or not all(isinstance(i, int) and not isinstance(i, bool) for i in given):
+        raise UserError(f"out_indices must be a level or a non-empty sequence of levels (ints), got {out_indices!r}")
+    if any(not -levels <= i < levels for i in given):
+        raise UserError(f"out_indices {given} out of range for {model_name}'s {levels} levels")
+    return tuple(i % levels for i in given)
+
+
 class VisattnBackbone(BaseModule):
     """Any timm model with ``feature_info`` and ``forward_intermediates`` (every visattn model, and timm's own
     such as ``mambaout_*``) as a detection / segmentation backbone.
 
     Args:
         model_name: a registered model, e.g. ``'biformer_small'``.
-        out_indices: feature levels (entries of the model's ``feature_info``) returned as a tuple of
-            (B, C_i, H/s_i, W/s_i) maps.
+        out_indices: feature levels (entries of the model's ``feature_info``; negative ones count from the last, an
+            int is one level) returned as a tuple of (B, C_i, H/s_i, W/s_i) maps, in the order given.
         frozen_stages: -1 trains everything; 0 freezes the stem; i freezes the stem and stages 1..i (models with
             ``stem`` and ``stages``).
         norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
@@ -54,11 +65,9 @@ class VisattnBackbone(BaseModule):
         if not (getattr(self.model, "feature_info", None) and hasattr(self.model, "prune_intermediate_layers")):
             raise UserError(f"{model_name} has no feature_info and prune_intermediate_layers, so it cannot serve "
                              f"as a backbone; use a model timm's features_only API supports")
-        levels = len(self.model.feature_info)
-        if any(not -levels <= i < levels for i in out_indices):
-            raise UserError(f"out_indices {tuple(out_indices)} out of range for {model_name}'s {levels} levels")
-        self.out_indices = tuple(i % levels for i in out_indices)
-        self.model.prune_intermediate_layers(list(self.out_indices), prune_norm=True, prune_head=True)
+        self.out_indices = _levels(out_indices, len(self.model.feature_info), model_name)
+        self._computed = sorted(set(self.out_indices))  # forward_intermediates gives each level once, in order
+        self.model.prune_intermediate_layers(self._computed, prune_norm=True, prune_head=True)
         self.out_channels = [self.model.feature_info[i]["num_chs"] for i in self.out_indices]
         self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.out_channels) if out_norms else None
         if frozen_stages >= 0 and not (hasattr(self.model, "stem") and hasattr(self.model, "stages")):
@@ -100,7 +109,9 @@ class VisattnBackbone(BaseModule):
                   f"pruned stages)", logger="current")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feats = self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
+        computed = self.model.forward_intermediates(x, indices=self._computed, intermediates_only=True)
+        by_level = dict(zip(self._computed, computed, strict=True))
+        feats = [by_level[i] for i in self.out_indices]
         if self.out_norms is not None:
             feats = [norm(f) for norm, f in zip(self.out_norms, feats, strict=True)]
         return tuple(feats)
