@@ -75,6 +75,8 @@ MISTAKES = {
                         "type 'BiFormerBackbon' is not a registered mmseg model; did you mean BiFormerBackbone?"),
     "unknown key": ("model = dict(backbone=dict(n_wn=8))", "BiFormerBackbone.__init__() got an unexpected keyword "
                     "argument 'n_wn'; check that key in the config"),
+    "argument the model refuses": ("model = dict(backbone=dict(n_win=0))", "cannot build biformer_small with "
+                                   "{'n_win': 0, 'drop_path_rate': 0.15}: n_win must be >= 1, got 0"),
     "shipped config without its dataset": ("", "data/ade/ADEChallengeData2016/images/training does not exist: put "
                                            "the dataset there, or point the config at it, e.g. --cfg-options "
                                            "train_dataloader.dataset.data_root=DIR"),

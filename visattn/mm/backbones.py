@@ -14,6 +14,7 @@ from timm.layers import LayerNorm2d
 
 from ..backbones.psa import hrnet_psa_variant
 from ..blocks.polarized_attention import LAYOUTS
+from ..engine.models import build_model
 from ..errors import UserError
 
 
@@ -61,7 +62,7 @@ class VisattnBackbone(BaseModule):
             close = difflib.get_close_matches(model_name, timm.list_models(), n=3, cutoff=0.7)
             raise UserError(f"there is no model {model_name!r}: check the backbone's arch"
                             + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        self.model = timm.create_model(model_name, **(model_kwargs or {}))
+        self.model = build_model(model_name, **(model_kwargs or {}))
         if not (getattr(self.model, "feature_info", None) and hasattr(self.model, "prune_intermediate_layers")):
             raise UserError(f"{model_name} has no feature_info and prune_intermediate_layers, so it cannot serve "
                              f"as a backbone; use a model timm's features_only API supports")
