@@ -289,3 +289,54 @@ def test_maps_are_timms_features_in_the_order_asked(name, tmp_path):
 def test_out_indices_that_are_not_levels_are_one_line_errors(out_indices):
     with pytest.raises(UserError, match=r"out_indices must be a level or a non-empty sequence of levels \(ints\)"):
         VisattnBackbone("test_biformer", out_indices=out_indices)
+
+
+def test_init_cfg_prefix_loads_the_backbone_of_a_detector_checkpoint(tmp_path):
+    """mmengine's ``prefix``: an mmdet checkpoint's ``backbone.*`` (the timm model and the output norms) gives the
+    trained detector's maps; an official-layout checkpoint under a prefix goes through the family filter."""
+    trained = BiFormerBackbone(arch="tiny", n_win=4, out_indices=(1, 2))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    detector = {"meta": {"epoch": 12}, "state_dict": {
+        **{f"backbone.{k}": v for k, v in trained.state_dict().items()}, "neck.lateral.weight": torch.ones(3)}}
+    torch.save(detector, tmp_path / "detector.pth")
+    x = torch.randn(1, 3, 70, 99)
+    with torch.no_grad():
+        expected = trained.eval()(x)
+    checkpoint = str(tmp_path / "detector.pth")
+    backbone = BiFormerBackbone(arch="tiny", n_win=4, out_indices=(1, 2),
+                                init_cfg=dict(type="Pretrained", checkpoint=checkpoint, prefix="backbone."))
+    backbone.init_weights()
+    with torch.no_grad():
+        for got, want in zip(backbone.eval()(x), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    unprefixed = BiFormerBackbone(arch="tiny", n_win=4, init_cfg=dict(type="Pretrained", checkpoint=checkpoint))
+    with pytest.raises(UserError, match=r"does not match the model: .*; it holds a whole detector or segmentor: add "
+                                        r"prefix='backbone.' to init_cfg"):
+        unprefixed.init_weights()
+    other = BiFormerBackbone(arch="tiny", init_cfg=dict(type="Pretrained", checkpoint=checkpoint, prefix="student."))
+    with pytest.raises(UserError, match=r"has no keys starting with init_cfg's prefix 'student.'"):
+        other.init_weights()
+
+    source = _randomized("biformer_tiny")
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in official_state_dict(source).items()}},
+               tmp_path / "official_det.pth")
+    official = BiFormerBackbone(arch="tiny", n_win=7, out_norms=False, init_cfg=dict(
+        type="Pretrained", checkpoint=str(tmp_path / "official_det.pth"), prefix="backbone."))
+    official.init_weights()
+    with torch.no_grad():
+        for got, want in zip(official.eval()(x), source.forward_intermediates(x, intermediates_only=True),
+                             strict=True):
+            torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("init_cfg, message", [
+    (dict(type="Pretrained"), r"init_cfg=dict\(type='Pretrained'\) needs checkpoint=: a file, a URL or"),
+    (dict(type="Pretrained", checkpoint="a.pth", prefx="backbone."), "init_cfg takes checkpoint, prefix and "
+                                                                     "map_location, not prefx"),
+    ([dict(type="Pretrained", checkpoint="a.pth")], r"init_cfg must be one dict\(type='Pretrained', checkpoint=...\)"),
+])
+def test_an_init_cfg_the_backbone_cannot_follow_is_one_line(init_cfg, message):
+    with pytest.raises(UserError, match=message):
+        BiFormerBackbone(arch="tiny", init_cfg=init_cfg)

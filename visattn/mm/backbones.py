@@ -29,6 +29,22 @@ def _levels(out_indices: int | Sequence[int], levels: int, model_name: str) -> t
     return tuple(i % levels for i in given)
 
 
+def _check_init_cfg(init_cfg) -> None:
+    """A one-line error for an ``init_cfg`` the backbones cannot follow: one ``Pretrained`` dict with a checkpoint,
+    and mmengine's optional ``prefix`` (and ``map_location``, unused: checkpoints are read on the CPU)."""
+    if init_cfg is None:
+        return
+    if not isinstance(init_cfg, dict):
+        raise UserError(f"init_cfg must be one dict(type='Pretrained', checkpoint=...), got {init_cfg!r}")
+    if init_cfg.get("type") != "Pretrained":
+        raise UserError(f"init_cfg type {init_cfg.get('type')!r} is not supported; use type='Pretrained'")
+    if not init_cfg.get("checkpoint"):
+        raise UserError("init_cfg=dict(type='Pretrained') needs checkpoint=: a file, a URL or 'visattn://<model>'")
+    unknown = sorted(set(init_cfg) - {"type", "checkpoint", "prefix", "map_location"})
+    if unknown:
+        raise UserError(f"init_cfg takes checkpoint, prefix and map_location, not {', '.join(unknown)}")
+
+
 class VisattnBackbone(BaseModule):
     """Any timm model with ``feature_info`` and ``forward_intermediates`` (every visattn model, and timm's own
     such as ``mambaout_*``) as a detection / segmentation backbone.
@@ -45,7 +61,9 @@ class VisattnBackbone(BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=...)`` loads a classification checkpoint through
             :func:`visattn.load_pretrained`: an official file, ``visattn://<model>`` (the official weights,
             downloaded once), a tools/train.py checkpoint or a tools/convert.py safetensors file. A checkpoint
-            missing any backbone key is an error; its classifier and final norm are not needed.
+            missing any backbone key is an error; its classifier and final norm are not needed. ``prefix``
+            (mmengine's) loads the keys under it: ``prefix='backbone.'`` takes the backbone of an mmdet / mmseg
+            checkpoint (its output norms included).
     """
 
     def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
@@ -55,8 +73,7 @@ class VisattnBackbone(BaseModule):
 
         import visattn  # noqa: F401  (registers the models)
 
-        if init_cfg is not None and init_cfg.get("type") != "Pretrained":
-            raise UserError(f"init_cfg type {init_cfg.get('type')!r} is not supported; use type='Pretrained'")
+        _check_init_cfg(init_cfg)
         self.pretrained = init_cfg
         if not timm.is_model(model_name):
             close = difflib.get_close_matches(model_name, timm.list_models(), n=3, cutoff=0.7)
@@ -102,10 +119,25 @@ class VisattnBackbone(BaseModule):
     def init_weights(self) -> None:
         if self.pretrained is None:
             return
-        from ..weights import load_pretrained
+        from ..weights import as_is, load_pretrained, read_state_dict
 
-        path = self.pretrained["checkpoint"]
-        result = load_pretrained(self.model, path)
+        path, prefix = self.pretrained["checkpoint"], self.pretrained.get("prefix")
+        state = read_state_dict(path)
+        if prefix:
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not state:
+                raise UserError(f"checkpoint {path} has no keys starting with init_cfg's prefix {prefix!r}")
+            path = f"{path} ({prefix}*)"
+        try:
+            if any(k.startswith("model.") for k in state):  # this wrapper's own layout (a detector's backbone.*)
+                result = load_pretrained(self, state, filter_fn=as_is, name=path)
+            else:
+                result = load_pretrained(self.model, state, name=path)
+        except UserError as err:
+            if prefix or not any(k.startswith("backbone.") for k in state):
+                raise
+            raise UserError(f"{err}; it holds a whole detector or segmentor: add prefix='backbone.' to init_cfg to "
+                            f"load its backbone") from None
         print_log(f"loaded {result.loaded} tensors from {path}; {len(result.unused)} unused (classifier, final norm, "
                   f"pruned stages)", logger="current")
 
