@@ -105,3 +105,16 @@ def test_config_file_mistakes_are_one_line_with_the_traceback_behind_debug(tmp_p
     with pytest.raises(UserError) as err:  # uncaught: Python prints its traceback, the SyntaxError chained
         run(lambda: train_cli.main([broken, "--debug"]))
     assert isinstance(err.value.__cause__, SyntaxError)
+
+
+@pytest.mark.parametrize("cli", [train_cli, eval_cli], ids=["train", "eval"])
+@pytest.mark.parametrize("pair, expected", [
+    ("model.backbone.n_win", "--cfg-options: expected KEY=VALUE pairs, got 'model.backbone.n_win'"),
+    ("=8", "--cfg-options: expected KEY=VALUE pairs, got '=8'"),
+    ("model.backbone.topks=[1,4", "--cfg-options model.backbone.topks=[1,4: Imbalanced brackets exist in [1,4"),
+])
+def test_a_malformed_cfg_option_is_one_line(cli, pair, expected, monkeypatch, capsys):
+    checkpoint = ["work_dirs/epoch_12.pth"] if cli is eval_cli else []
+    result = _command(cli, SEG_CONFIG, *checkpoint, "--cfg-options", "train_cfg.max_iters=2", pair,
+                      monkeypatch=monkeypatch, capsys=capsys)
+    assert_one_line_error(result, expected)

@@ -47,12 +47,26 @@ def mm_parser(doc: str):
     """The arguments every config-driven (mmengine) command shares."""
     from mmengine.config import DictAction
 
+    class ConfigOptions(DictAction):
+        """mmengine's ``KEY=VALUE`` parser, its complaints (a pair without ``=``, unbalanced brackets) one line."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            for pair in values:
+                key, sign, value = pair.partition("=")
+                if not (key and sign):
+                    raise argparse.ArgumentError(self, f"expected KEY=VALUE pairs, got {pair!r}")
+                try:
+                    self._parse_iterable(value)
+                except (AssertionError, ValueError) as err:
+                    raise argparse.ArgumentError(self, f"{pair}: {err}") from None
+            super().__call__(parser, namespace, values, option_string)
+
     p = ToolParser(description=doc)
     p.add_argument("config", help="mmdet or mmseg config, e.g. configs/det/retinanet_biformer-s_fpn_1x_coco.py")
     p.add_argument("--work-dir", help="logs and checkpoints (default: work_dirs/<config name>)")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                    help="'pytorch' under torchrun")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default=None, metavar="KEY=VALUE",
+    p.add_argument("--cfg-options", nargs="+", action=ConfigOptions, default=None, metavar="KEY=VALUE",
                    help="override config entries, e.g. train_dataloader.batch_size=4")
     return p
 
