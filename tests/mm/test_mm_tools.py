@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.mm.synthetic import make_ade, make_coco
 from tests.mm.test_det_seg_pipelines import DET, SEG, _det_cfg, _seg_cfg
@@ -118,3 +119,22 @@ def test_a_malformed_cfg_option_is_one_line(cli, pair, expected, monkeypatch, ca
     result = _command(cli, SEG_CONFIG, *checkpoint, "--cfg-options", "train_cfg.max_iters=2", pair,
                       monkeypatch=monkeypatch, capsys=capsys)
     assert_one_line_error(result, expected)
+
+
+def test_a_checkpoint_of_something_else_is_one_line(tmp_path, monkeypatch, capsys):
+    """tools/eval.py and --resume take an mmengine checkpoint of the config's model: mmengine itself loads any file
+    leniently (a classification checkpoint evaluated with the model's initialisation, a warning in the log)."""
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    torch.save({"model": "biformer_small", "state_dict": {"stem.conv1.weight": torch.zeros(1)}},
+               tmp_path / "classifier.pth")
+    work = ["--work-dir", str(tmp_path / "work")]
+    result = _command(eval_cli, SEG_CONFIG, str(tmp_path / "notes.pth"), *work, monkeypatch=monkeypatch, capsys=capsys)
+    assert_one_line_error(result, f"cannot read checkpoint {tmp_path / 'notes.pth'}: not a PyTorch")
+    for command in ([eval_cli, SEG_CONFIG, str(tmp_path / "classifier.pth")],
+                    [train_cli, SEG_CONFIG, "--resume", str(tmp_path / "classifier.pth")]):
+        result = _command(*command, *work, monkeypatch=monkeypatch, capsys=capsys)
+        assert_one_line_error(result, f"checkpoint {tmp_path / 'classifier.pth'} is not a checkpoint of {SEG_CONFIG}'s "
+                                      "model: 579 of its 579 weights are missing (backbone.model.stem.conv1.weight")
+    result = _command(train_cli, SEG_CONFIG, "--resume", str(tmp_path / "gone.pth"), *work, monkeypatch=monkeypatch,
+                      capsys=capsys)
+    assert_one_line_error(result, f"checkpoint {tmp_path / 'gone.pth'} to resume from does not exist")

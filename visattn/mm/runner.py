@@ -131,15 +131,41 @@ def build_runner(cfg):
     return Runner.from_cfg(cfg)
 
 
+def check_checkpoint(checkpoint: str, model: torch.nn.Module, path: str) -> None:
+    """A one-line error unless ``checkpoint`` is a readable mmengine checkpoint holding every weight of ``model``
+    (built from config ``path``): mmengine loads it leniently, and a checkpoint of another model would be evaluated
+    or resumed with the model's initialisation, a warning in the log."""
+    from mmengine.model import is_model_wrapper
+
+    from ..weights import read_file
+
+    saved = read_file(checkpoint, mmap=True)
+    state = saved.get("state_dict") if isinstance(saved, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {checkpoint} is not an mmengine checkpoint (no state_dict): use one that "
+                        f"tools/train.py {path} wrote")
+    own = (model.module if is_model_wrapper(model) else model).state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise UserError(f"checkpoint {checkpoint} is not a checkpoint of {path}'s model: {len(missing)} of its "
+                        f"{len(own)} weights are missing ({shown})")
+
+
 def train(path: str, work_dir: str | None = None, resume: str | bool = False, amp: bool = False,
           launcher: str = "none", cfg_options: dict | None = None):
     """Train from a config; ``resume`` is True (latest checkpoint in the work dir) or a checkpoint path."""
+    if isinstance(resume, str) and not os.path.isfile(resume):
+        raise UserError(f"checkpoint {resume} to resume from does not exist")
     cfg = load_config(path, work_dir, cfg_options, amp, launcher)
     if resume:
         cfg.resume = True
         cfg.load_from = None if resume is True else resume
     with config_errors(path):
         runner = build_runner(cfg)
+    if isinstance(resume, str):
+        check_checkpoint(resume, runner.model, path)
+    with config_errors(path):
         runner.train()
     return runner
 
@@ -152,4 +178,7 @@ def test(path: str, checkpoint: str, work_dir: str | None = None, launcher: str 
     cfg = load_config(path, work_dir, cfg_options, launcher=launcher)
     cfg.load_from = checkpoint
     with config_errors(path):
-        return build_runner(cfg).test()
+        runner = build_runner(cfg)
+    check_checkpoint(checkpoint, runner.model, path)
+    with config_errors(path):
+        return runner.test()
