@@ -68,8 +68,18 @@ def test_frozen_stages_and_norm_eval():
     assert all(p.requires_grad for p in model.stages[1].parameters())
     assert not model.stem.training and not model.stages[0].training and model.stages[1].training
     assert not model.stages[1].downsample.norm.training  # norm_eval: BatchNorm statistics frozen
+    # the output norm of a frozen stage's map is frozen with it (as mmdet's Swin); the others train
+    assert [any(p.requires_grad for p in norm.parameters()) for norm in backbone.out_norms] == [False, True, True, True]
     with pytest.raises(UserError, match="frozen_stages=5"):
         BiFormerBackbone(arch="tiny", frozen_stages=5)
+
+
+def test_frozen_stages_counts_the_models_stages_not_those_out_indices_keeps():
+    backbone = BiFormerBackbone(arch="tiny", n_win=4, out_indices=(0, 1), frozen_stages=3).train()
+    assert len(backbone.model.stages) == 2  # pruned after the last level asked
+    assert not any(p.requires_grad for p in backbone.parameters())
+    with pytest.raises(UserError, match="frozen_stages=5 but biformer_tiny has 4 stages"):
+        BiFormerBackbone(arch="tiny", out_indices=(0, 1), frozen_stages=5)
 
 
 def test_pretrained_init_cfg_loads_official_checkpoints(tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ class VisattnBackbone(BaseModule):
         out_indices: feature levels (entries of the model's ``feature_info``; negative ones count from the last, an
             int is one level) returned as a tuple of (B, C_i, H/s_i, W/s_i) maps, in the order given.
         frozen_stages: -1 trains everything; 0 freezes the stem; i freezes the stem and stages 1..i (models with
-            ``stem`` and ``stages``).
+            ``stem`` and ``stages``), with the output norms of their maps.
         norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
         out_norms: add a LayerNorm2d on each returned stage output (as BiFormer's official det/seg code).
         model_kwargs: passed to ``timm.create_model`` (for BiFormer: n_win, topks, drop_path_rate, ...).
@@ -84,22 +84,32 @@ class VisattnBackbone(BaseModule):
             raise UserError(f"{model_name} has no feature_info and prune_intermediate_layers, so it cannot serve "
                              f"as a backbone; use a model timm's features_only API supports")
         self.out_indices = _levels(out_indices, len(self.model.feature_info), model_name)
-        self._computed = sorted(set(self.out_indices))  # forward_intermediates gives each level once, in order
-        self.model.prune_intermediate_layers(self._computed, prune_norm=True, prune_head=True)
-        self.out_channels = [self.model.feature_info[i]["num_chs"] for i in self.out_indices]
-        self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.out_channels) if out_norms else None
         if frozen_stages >= 0 and not (hasattr(self.model, "stem") and hasattr(self.model, "stages")):
             raise UserError(f"frozen_stages needs a model with stem and stages; {model_name} has neither")
         if frozen_stages > 0 and frozen_stages > len(self.model.stages):
             raise UserError(f"frozen_stages={frozen_stages} but {model_name} has {len(self.model.stages)} stages")
+        self._computed = sorted(set(self.out_indices))  # forward_intermediates gives each level once, in order
+        self.model.prune_intermediate_layers(self._computed, prune_norm=True, prune_head=True)
+        self.out_channels = [self.model.feature_info[i]["num_chs"] for i in self.out_indices]
+        self.out_norms = nn.ModuleList(LayerNorm2d(c) for c in self.out_channels) if out_norms else None
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self._freeze_stages()
 
     def _frozen_modules(self) -> list[nn.Module]:
+        """The stem, the first ``frozen_stages`` stages (those out_indices keeps) and the output norms of their maps
+        (as mmdet's Swin freezes them)."""
         if self.frozen_stages < 0:
             return []
-        return [self.model.stem, *self.model.stages[: self.frozen_stages]]
+        frozen = ("stem", *(f"stages.{i}" for i in range(self.frozen_stages)))
+
+        def from_frozen(level: int) -> bool:
+            module = self.model.feature_info[level]["module"]
+            return any(module == name or module.startswith(f"{name}.") for name in frozen)
+
+        norms = [] if self.out_norms is None else [
+            norm for norm, level in zip(self.out_norms, self.out_indices, strict=True) if from_frozen(level)]
+        return [self.model.stem, *self.model.stages[: self.frozen_stages], *norms]
 
     def _freeze_stages(self) -> None:
         for module in self._frozen_modules():
