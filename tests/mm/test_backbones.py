@@ -82,6 +82,30 @@ def test_frozen_stages_counts_the_models_stages_not_those_out_indices_keeps():
         BiFormerBackbone(arch="tiny", out_indices=(0, 1), frozen_stages=5)
 
 
+@pytest.mark.parametrize("arch", ["test_biformer", "test_inline_swin", "test_hrnet_psa"])
+def test_with_cp_recomputes_the_blocks_and_keeps_outputs_and_gradients(arch):
+    """mmdet's ``with_cp``: the model's blocks run under activation checkpointing (each block forward runs again in
+    the backward pass), with the same maps and gradients."""
+    results = []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        backbone = VisattnBackbone(arch, with_cp=with_cp).train()
+        calls = []
+        block = next(m for name, m in backbone.model.named_modules() if name.endswith("blocks.0") or
+                     name.endswith("branches.0.0"))
+        block.register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)
+        maps = backbone(torch.randn(2, 3, 64, 64))
+        sum(m.square().mean() for m in maps).backward()
+        results.append((maps, {n: p.grad for n, p in backbone.named_parameters() if p.grad is not None}, len(calls)))
+    (plain, plain_grads, plain_calls), (checkpointed, grads, calls) = results
+    assert (plain_calls, calls) == (1, 2)
+    torch.testing.assert_close(checkpointed, plain)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_pretrained_init_cfg_loads_official_checkpoints(tmp_path, monkeypatch):
     source = _randomized("biformer_tiny")
     path = tmp_path / "biformer_tiny_in1k.pth"

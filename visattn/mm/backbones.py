@@ -56,6 +56,8 @@ class VisattnBackbone(BaseModule):
         frozen_stages: -1 trains everything; 0 freezes the stem; i freezes the stem and stages 1..i (models with
             ``stem`` and ``stages``), with the output norms of their maps.
         norm_eval: keep BatchNorm layers in eval mode (frozen statistics) while training.
+        with_cp: gradient checkpointing (timm's ``set_grad_checkpointing``): the blocks' activations are recomputed
+            in the backward pass instead of kept, less memory for more compute, as mmdet's backbones' ``with_cp``.
         out_norms: add a LayerNorm2d on each returned stage output (as BiFormer's official det/seg code).
         model_kwargs: passed to ``timm.create_model`` (for BiFormer: n_win, topks, drop_path_rate, ...).
         init_cfg: ``dict(type='Pretrained', checkpoint=...)`` loads a classification checkpoint through
@@ -68,7 +70,7 @@ class VisattnBackbone(BaseModule):
 
     def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, out_norms: bool = False, model_kwargs: dict | None = None,
-                 init_cfg: dict | None = None):
+                 init_cfg: dict | None = None, with_cp: bool = False):
         super().__init__(init_cfg=None)
 
         import visattn  # noqa: F401  (registers the models)
@@ -95,6 +97,8 @@ class VisattnBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self._freeze_stages()
+        if with_cp:
+            self.model.set_grad_checkpointing(True)
 
     def _frozen_modules(self) -> list[nn.Module]:
         """The stem, the first ``frozen_stages`` stages (those out_indices keeps) and the output norms of their maps
@@ -173,11 +177,13 @@ class BiFormerBackbone(VisattnBackbone):
 
     def __init__(self, arch: str = "small", n_win: int = 16, topks: Sequence[int | None] | None = None,
                  drop_path_rate: float = 0.2, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
-                 norm_eval: bool = False, out_norms: bool = True, init_cfg: dict | None = None):
+                 norm_eval: bool = False, out_norms: bool = True, init_cfg: dict | None = None,
+                 with_cp: bool = False):
         kwargs = dict(n_win=n_win, drop_path_rate=drop_path_rate)
         if topks is not None:
             kwargs["topks"] = tuple(topks)
-        super().__init__(f"biformer_{arch}", out_indices, frozen_stages, norm_eval, out_norms, kwargs, init_cfg)
+        super().__init__(f"biformer_{arch}", out_indices, frozen_stages, norm_eval, out_norms, kwargs, init_cfg,
+                         with_cp)
 
 
 class FamilyBackbone(VisattnBackbone):
@@ -195,10 +201,10 @@ class FamilyBackbone(VisattnBackbone):
 
     def __init__(self, arch: str | None = None, drop_path_rate: float | None = None,
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
-                 out_norms: bool = True, init_cfg: dict | None = None):
+                 out_norms: bool = True, init_cfg: dict | None = None, with_cp: bool = False):
         rate = self.default_drop_path_rate if drop_path_rate is None else drop_path_rate
         super().__init__(f"{self.family}_{arch or self.default_arch}", out_indices, frozen_stages, norm_eval,
-                         out_norms, dict(drop_path_rate=rate), init_cfg)
+                         out_norms, dict(drop_path_rate=rate), init_cfg, with_cp)
 
 
 class MambaOutBackbone(FamilyBackbone):
@@ -259,8 +265,10 @@ class PSAHRNetBackbone(VisattnBackbone):
     """
 
     def __init__(self, arch: str = "w48", layout: str = "sequential", upsample: str = "bilinear",
-                 out_indices: Sequence[int] = (1, 2, 3, 4), norm_eval: bool = False, init_cfg: dict | None = None):
+                 out_indices: Sequence[int] = (1, 2, 3, 4), norm_eval: bool = False, init_cfg: dict | None = None,
+                 with_cp: bool = False):
         if layout not in LAYOUTS:
             raise UserError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
         name = hrnet_psa_variant(arch, layout)
-        super().__init__(name, out_indices, -1, norm_eval, False, dict(head="", upsample=upsample), init_cfg)
+        super().__init__(name, out_indices, -1, norm_eval, False, dict(head="", upsample=upsample), init_cfg,
+                         with_cp)
