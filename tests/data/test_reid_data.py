@@ -126,6 +126,48 @@ def test_test_only_reads_query_and_gallery(tmp_path):
     assert [(i.pid, i.camid) for i in data.query] == [(10, 0), (12, 1)] and len(data.gallery) == 3
 
 
+def _msmt_test_part(root):
+    gallery = ["0003_001_07_0303noon_0002_0.jpg 3", "0004_000_02_0303noon_0003_0.jpg 4"]
+    for name, lines in (("list_query.txt", ["0003_000_02_0303noon_0001_0.jpg 3"]), ("list_gallery.txt", gallery)):
+        for line in lines:
+            _jpg(root / "test" / line[:4] / line.split()[0])
+        (root / name).write_text("".join(f"{line[:4]}/{line}\n" for line in lines))
+
+
+def _csv_test_part(root):
+    rows = {"query": [("img/c.jpg", 3, 0)], "gallery": [("img/d.jpg", 3, 1), ("img/e.jpg", 4, 0)]}
+    for items in rows.values():
+        for path, _, _ in items:
+            _jpg(root / path)
+    _write_csv(root, rows, single=False)
+
+
+def _market_test_part(root):
+    _market(root)
+    shutil.rmtree(root / "bounding_box_train")
+
+
+def _folders_test_part(root):
+    _folders(root)
+    shutil.rmtree(root / "train")
+
+
+@pytest.mark.parametrize("make,layout,pids", [(_market_test_part, "market1501", [10, 12, 0, 10, 10]),
+                                              (_msmt_test_part, "msmt17", [3, 3, 4]),
+                                              (_csv_test_part, "csv", [3, 3, 4]),
+                                              (_folders_test_part, "folders", [10**6] * 4 + [10**6 + 1] * 2)],
+                         ids=["market1501", "msmt17", "csv", "folders"])
+def test_a_copy_of_the_test_images_alone_is_read_for_evaluation(tmp_path, make, layout, pids):
+    """Query and gallery without the training part (tools/eval.py on a copy of the test images): detected and read
+    with test_only, an error naming the training part otherwise."""
+    make(tmp_path)
+    data = load_reid_data(str(tmp_path), test_only=True)
+    assert data.train == [] and [i.pid for i in data.query + data.gallery] == pids
+    assert load_reid_data(str(tmp_path), layout=layout, test_only=True).query == data.query
+    with pytest.raises(UserError):
+        load_reid_data(str(tmp_path))
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_msmt_list_files_merge_val_into_train(tmp_path, masked):
     train_dir, test_dir = ("mask_train_v2", "mask_test_v2") if masked else ("train", "test")

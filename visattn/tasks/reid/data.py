@@ -123,21 +123,31 @@ BOX_LAYOUTS = {
 }
 
 
-def _nested_base(root: str, layout: BoxLayout) -> str | None:
-    """The first of ``layout``'s nested folders under ``root`` that holds its training folder, or None."""
+def _marker(needed: tuple[str, ...]) -> str:
+    """The Market-style folder that shows a layout holding ``needed``: the training one, else the gallery's
+    ``bounding_box_test`` (``query/`` alone is also the folder layout's)."""
+    return MARKET_DIRS[0] if "train" in needed else MARKET_DIRS[2]
+
+
+def _nested_base(root: str, layout: BoxLayout, needed: tuple[str, ...] = SPLITS) -> str | None:
+    """The first of ``layout``'s nested folders under ``root`` that holds the folder of ``needed``'s first split,
+    or None."""
     return next((os.path.join(root, n) for n in layout.nested
-                 if os.path.isdir(os.path.join(root, n, MARKET_DIRS[0]))), None)
+                 if os.path.isdir(os.path.join(root, n, _marker(needed)))), None)
 
 
-def _read_boxes(root: str, layout: str) -> dict[str, list[ReIDItem]]:
+def _read_boxes(root: str, needed: tuple[str, ...], layout: str) -> dict[str, list[ReIDItem]]:
     """A Market-style layout: pid -1 (junk) dropped everywhere, pid 0 (distractors) dropped from training."""
     spec = BOX_LAYOUTS[layout]
-    base = _nested_base(root, spec) or root
-    splits = {}
+    base = _nested_base(root, spec, needed) or root
+    splits: dict[str, list[ReIDItem]] = {s: [] for s in SPLITS}
     for split, folder in zip(SPLITS, MARKET_DIRS, strict=True):
+        if split not in needed:
+            continue
         path = os.path.join(base, folder)
         if not os.path.isdir(path):
-            raise UserError(f"{path} is missing; a {spec.title} root needs {', '.join(d + '/' for d in MARKET_DIRS)}")
+            dirs = ", ".join(MARKET_DIRS[SPLITS.index(s)] + "/" for s in needed)
+            raise UserError(f"{path} is missing; a {spec.title} root needs {dirs}")
         items = []
         for file in _images(path):
             match = spec.name.match(os.path.basename(file))
@@ -151,14 +161,14 @@ def _read_boxes(root: str, layout: str) -> dict[str, list[ReIDItem]]:
     return splits
 
 
-def _read_msmt(root: str) -> dict[str, list[ReIDItem]]:
+def _read_msmt(root: str, needed: tuple[str, ...]) -> dict[str, list[ReIDItem]]:
     def folder(*names: str) -> str:
         for name in names:
             if os.path.isdir(os.path.join(root, name)):
                 return os.path.join(root, name)
         raise UserError(f"{root}: MSMT17 needs an image folder {' or '.join(n + '/' for n in names)}")
 
-    train_dir, test_dir = folder("train", "mask_train_v2"), folder("test", "mask_test_v2")
+    test_dir = folder("test", "mask_test_v2")
 
     def read(name: str, images: str, optional: bool = False) -> list[ReIDItem]:
         path = os.path.join(root, name)
@@ -181,8 +191,10 @@ def _read_msmt(root: str) -> dict[str, list[ReIDItem]]:
                                     f"got {line.strip()!r}") from None
         return items
 
-    # list_val.txt holds more images of the training identities: MSMT17's 32,621 training images are both lists
-    train = read("list_train.txt", train_dir) + read("list_val.txt", train_dir, optional=True)
+    train = []
+    if "train" in needed:  # list_val.txt: more images of the training ids (MSMT17's 32,621 training images)
+        train_dir = folder("train", "mask_train_v2")
+        train = read("list_train.txt", train_dir) + read("list_val.txt", train_dir, optional=True)
     return {"train": train, "query": read("list_query.txt", test_dir), "gallery": read("list_gallery.txt", test_dir)}
 
 
@@ -195,13 +207,13 @@ def _numbering(names: set[str]) -> dict[str, int]:
     return {**numbers, **{n: start + i for i, n in enumerate(others)}, "": -1}
 
 
-def _read_folders(root: str) -> dict[str, list[ReIDItem]]:
-    raw: dict[str, list[tuple[str, str, str]]] = {}
-    for split in SPLITS:
+def _read_folders(root: str, needed: tuple[str, ...]) -> dict[str, list[ReIDItem]]:
+    raw: dict[str, list[tuple[str, str, str]]] = {s: [] for s in SPLITS}
+    for split in needed:
         base = os.path.join(root, split)
         if not os.path.isdir(base):
-            raise UserError(f"{base} is missing; the folder layout needs train/, query/ and gallery/, each with one "
-                            f"<pid>/ folder of <cam>_*.jpg images per identity")
+            raise UserError(f"{base} is missing; the folder layout needs {', '.join(s + '/' for s in needed)}, each "
+                            f"with one <pid>/ folder of <cam>_*.jpg images per identity")
         rows = []
         for pid in sorted(e.name for e in os.scandir(base) if e.is_dir()):
             for path in _images(os.path.join(base, pid)):
@@ -218,14 +230,14 @@ def _numbered(raw: dict[str, list[tuple[str, str, str]]]) -> dict[str, list[ReID
     return {split: [ReIDItem(p, pids[pid], cams[cam]) for p, pid, cam in items] for split, items in raw.items()}
 
 
-def _read_csv(root: str) -> dict[str, list[ReIDItem]]:
+def _read_csv(root: str, needed: tuple[str, ...]) -> dict[str, list[ReIDItem]]:
     single = os.path.join(root, "reid.csv")
-    files = [(single, None)] if os.path.isfile(single) else [(os.path.join(root, f"{s}.csv"), s) for s in SPLITS]
+    files = [(single, None)] if os.path.isfile(single) else [(os.path.join(root, f"{s}.csv"), s) for s in needed]
     raw: dict[str, list[tuple[str, str, str]]] = {s: [] for s in SPLITS}
     for path, split in files:
         if not os.path.isfile(path):
-            raise UserError(f"{path} is missing; the CSV layout needs train.csv, query.csv and gallery.csv (or one "
-                            f"reid.csv with a split column), columns path,pid[,camid]")
+            raise UserError(f"{path} is missing; the CSV layout needs {', '.join(s + '.csv' for s in needed)} (or "
+                            f"one reid.csv with a split column), columns path,pid[,camid]")
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             reader.fieldnames = [n.strip().lower() for n in reader.fieldnames or ()]
@@ -243,27 +255,29 @@ def _read_csv(root: str) -> dict[str, list[ReIDItem]]:
     return _numbered(raw)
 
 
-READERS: dict[str, Callable[[str], dict[str, list[ReIDItem]]]] = {
+# root, the splits wanted -> items per split (the others empty)
+READERS: dict[str, Callable[[str, tuple[str, ...]], dict[str, list[ReIDItem]]]] = {
     **{name: functools.partial(_read_boxes, layout=name) for name in BOX_LAYOUTS},
     "msmt17": _read_msmt, "csv": _read_csv, "folders": _read_folders}
 
 
-def _box_layout(root: str) -> str | None:
+def _box_layout(root: str, needed: tuple[str, ...]) -> str | None:
     """The Market-style layout at ``root``, or None: CUHK03-NP's box folders (both present: the user chooses), a
-    known nested folder, else the training file names (DukeMTMC-reID's ``_f`` frames) or the folder's name."""
-    cuhk = [b for b in CUHK03_BOXES if _nested_base(root, BOX_LAYOUTS[f"cuhk03-{b}"])]
+    known nested folder, else the file names of ``needed``'s first split (DukeMTMC-reID's ``_f`` frames) or the
+    folder's name."""
+    cuhk = [b for b in CUHK03_BOXES if _nested_base(root, BOX_LAYOUTS[f"cuhk03-{b}"], needed)]
     if len(cuhk) == 2:
         raise UserError(f"{root} holds CUHK03-NP's labeled/ and detected/ boxes; choose one with --layout "
                         f"cuhk03-labeled or --layout cuhk03-detected")
     if cuhk:
         return f"cuhk03-{cuhk[0]}"
     for name in ("market1501", "dukemtmc"):
-        if _nested_base(root, BOX_LAYOUTS[name]):
+        if _nested_base(root, BOX_LAYOUTS[name], needed):
             return name
-    train = os.path.join(root, MARKET_DIRS[0])
-    if not os.path.isdir(train):
+    marker = os.path.join(root, _marker(needed))
+    if not os.path.isdir(marker):
         return None
-    first = next(iter(_images(train)), "")
+    first = next(iter(_images(marker)), "")
     if DUKE_NAME.match(os.path.basename(first)):
         return "dukemtmc"
     folder = os.path.basename(os.path.normpath(os.path.abspath(root)))
@@ -272,17 +286,17 @@ def _box_layout(root: str) -> str | None:
     return "market1501"
 
 
-def detect_layout(root: str) -> str:
-    """The layout name of the re-id data at ``root``; a UserError when none matches (or, for CUHK03-NP with both
-    kinds of boxes, when the user has to choose)."""
-    boxes = _box_layout(root)
+def detect_layout(root: str, needed: tuple[str, ...] = SPLITS) -> str:
+    """The layout name of the re-id data at ``root`` holding the splits ``needed``; a UserError when none matches
+    (or, for CUHK03-NP with both kinds of boxes, when the user has to choose)."""
+    boxes = _box_layout(root, needed)
     if boxes:
         return boxes
-    if os.path.isfile(os.path.join(root, "list_train.txt")):
+    if os.path.isfile(os.path.join(root, f"list_{needed[0]}.txt")):
         return "msmt17"
-    if any(os.path.isfile(os.path.join(root, f)) for f in ("reid.csv", "train.csv")):
+    if any(os.path.isfile(os.path.join(root, f)) for f in ("reid.csv", f"{needed[0]}.csv")):
         return "csv"
-    if all(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
+    if all(os.path.isdir(os.path.join(root, s)) for s in needed):
         return "folders"
     raise UserError(f"{root}: no re-id layout found; expected {EXPECTED}")
 
@@ -317,8 +331,8 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
 
     ``distinct_cameras``: the data has no (or untrusted) camera ids but every query and gallery image comes from a
     different camera; every query item gets camid 0, every gallery item camid 1, training items camid 0.
-    ``test_only``: only query and gallery are wanted (evaluation on another dataset than the training one): the
-    layout is read as a whole, but the train split comes back empty and is neither checked nor opened.
+    ``test_only``: only query and gallery are wanted (evaluation, of the training data or another): the training
+    folder or list may be absent (a copy of the test images alone), and the train split comes back empty.
     ``cameras_option``: the option the missing-camera error names (the one that sets ``distinct_cameras``).
     Errors (one-line UserError): an unknown layout, missing folders or list files, an empty split, query/gallery
     without camera ids, fewer than 2 training ids, no query id in the gallery, one identity in query and gallery
@@ -328,9 +342,9 @@ def load_reid_data(root: str, layout: str = "auto", distinct_cameras: bool = Fal
         raise UserError(f"unknown re-id layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if not os.path.isdir(root):
         raise UserError(f"{root}: no such folder; expected {EXPECTED}")
-    layout = detect_layout(root) if layout == "auto" else layout
-    splits = READERS[layout](root)
     needed = SPLITS[1:] if test_only else SPLITS
+    layout = detect_layout(root, needed) if layout == "auto" else layout
+    splits = READERS[layout](root, needed)
     if test_only:
         splits["train"] = []
     for split in needed:
