@@ -377,3 +377,11 @@ def test_masks_read_in_a_way_their_author_may_not_mean_are_counted_in_warnings(t
     assert any("1 of 3 masks have no vessel pixels (first: " in m and "c.png" in m and "AUC" in m
                for m in messages), messages
     assert source.load(1)[1].sum() == 3  # 100 is below half of 255: background, as the warning says
+
+
+def test_an_empty_fov_mask_is_a_one_line_error(tmp_path):
+    """An FOV mask with no pixel inside left its image with nothing scored and Dice 1.0, raising per-image Dice."""
+    _generic(tmp_path, "val", ["a", "b"], fov=True)
+    Image.fromarray(np.zeros((9, 7), np.uint8)).save(tmp_path / "val" / "fov" / "b.png")
+    _one_line_error(r"FOV mask .*fov/b\.png has no pixel inside .*images/b\.png would be scored", FolderSource,
+                    str(tmp_path), "val")

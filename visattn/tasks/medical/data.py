@@ -184,9 +184,14 @@ def find_samples(root: str, split: str) -> list[SegSample]:
 
 def _warn_about_masks(samples: list[SegSample]) -> None:
     """Counted warnings for masks that are read in a way their author may not mean: more than two values (pixels
-    at or above half the maximum become vessel) or no vessel at all (Dice 1.0 for an empty prediction, no AUC)."""
+    at or above half the maximum become vessel) or no vessel at all (Dice 1.0 for an empty prediction, no AUC).
+    An FOV mask without a pixel inside is an error: its image would have nothing scored and Dice 1.0."""
     many, empty = [], []
     for sample in samples:
+        if sample.fov is not None and not read_binary(sample.fov).any():
+            raise UserError(f"FOV mask {sample.fov} has no pixel inside (all background): nothing of {sample.image} "
+                            f"would be scored, and it would count as Dice 1.0; save the field of view as nonzero "
+                            f"pixels, or remove the image")
         values = _mask_values(sample.mask)
         if values.dtype.itemsize > 1 and values.dtype != bool and np.unique(values).size > 2:
             shown = ", ".join(str(v) for v in np.unique(values)[:6])
