@@ -114,6 +114,20 @@ def test_masks_that_would_lose_what_they_say_are_errors(tmp_path):
     assert read_binary(str(tmp_path / "deep" / "train" / "masks" / "a.png")).sum() == 6
 
 
+def test_a_mask_of_black_and_one_colour_reads_as_binary(tmp_path):
+    """Vessels drawn in one colour on black (a VOC-style palette PNG, red strokes) lose nothing as a binary mask;
+    they were refused as a colour-coded label map."""
+    vessels = np.zeros((6, 6), bool)
+    vessels[1, :] = vessels[:, 4] = True
+    palette = Image.fromarray(vessels.astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 128, 0, 0])  # VOC's class 1 colour, dark: its gray level is 38
+    red = np.zeros((6, 6, 3), np.uint8)
+    red[vessels] = (255, 0, 0)
+    for name, mask in (("voc", palette), ("red", Image.fromarray(red))):
+        _seg(tmp_path / name, "train", mask)
+        assert FolderSource(str(tmp_path / name), "train").load(0)[1].tolist() == vessels.tolist()
+
+
 def test_fov_masks_in_one_split_only_are_said(tmp_path):
     mask = Image.fromarray(np.eye(40, dtype=np.uint8) * 255)
     _seg(tmp_path, "train", mask, fov=Image.fromarray(np.full((40, 40), 255, np.uint8)),

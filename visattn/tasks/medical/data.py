@@ -80,8 +80,9 @@ def read_binary(path: str) -> np.ndarray:
 
 
 def _mask_values(path: str) -> np.ndarray:
-    """A mask's values (H, W): a grayscale mask's own, a colour mask's gray level. A mask whose colour channels
-    differ (a colour-coded label map, e.g. arteries red and veins blue) or whose shape is only in its alpha channel
+    """A mask's values (H, W): a grayscale mask's own, a colour mask's gray level; a mask of black and one colour
+    (vessels drawn red, a VOC-style palette) is 0/255, the colour 255. A mask whose colour channels differ in more
+    colours (a colour-coded label map, e.g. arteries red and veins blue) or whose shape is only in its alpha channel
     cannot be read as one vessel mask without losing what it says: a one-line error."""
     img = _open(path)
     if img.mode in ("1", "L", *HIGH_DEPTH):
@@ -90,6 +91,8 @@ def _mask_values(path: str) -> np.ndarray:
     rgb, alpha = rgba[..., :3], rgba[..., 3]
     if (rgb != rgb[..., :1]).any():
         colours = np.unique(rgb.reshape(-1, 3), axis=0)
+        if len(colours) == 2 and not colours[0].any():  # black and one colour
+            return np.where(rgb.any(axis=-1), 255, 0).astype(np.uint8)
         shown = ", ".join(str(tuple(int(v) for v in c)) for c in colours[:4]) + (", ..." if len(colours) > 4 else "")
         raise UserError(f"mask {path} has colours ({img.mode}: {shown}): a colour-coded label map, which a binary "
                         f"vessel mask would lose; save one 0/255 grayscale mask of the vessels")
