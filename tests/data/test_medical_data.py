@@ -385,3 +385,14 @@ def test_an_empty_fov_mask_is_a_one_line_error(tmp_path):
     Image.fromarray(np.zeros((9, 7), np.uint8)).save(tmp_path / "val" / "fov" / "b.png")
     _one_line_error(r"FOV mask .*fov/b\.png has no pixel inside .*images/b\.png would be scored", FolderSource,
                     str(tmp_path), "val")
+
+
+def test_masks_without_an_image_are_said(tmp_path):
+    """A mask (or FOV mask) whose image is missing, misnamed or of an extension not read was dropped silently."""
+    _generic(tmp_path, "val", ["a", "b"], fov=True)
+    Image.fromarray(np.zeros((9, 7), np.uint8)).save(tmp_path / "val" / "masks" / "c.png")
+    Image.fromarray(np.zeros((9, 7), np.uint8)).save(tmp_path / "val" / "fov" / "d.png")
+    with pytest.warns(UserWarning, match=r"2 mask file\(s\) under .*val have no image in .*images and are not used "
+                                         r"\(first: .*masks/c\.png\); images pair with masks by file name stem"):
+        source = FolderSource(str(tmp_path), "val")
+    assert source.names == ["a", "b"]

@@ -178,6 +178,12 @@ def find_samples(root: str, split: str) -> list[SegSample]:
         samples.append(SegSample(_stem(os.path.basename(image)), image, masks[k], fovs[k] if fovs is not None else None,
                                  (height, width)))
         modes[image] = mode
+    unpaired = [path for others in (masks, fovs or {}) for k, path in others.items() if k not in images]
+    if unpaired:
+        warnings.warn(f"{len(unpaired)} mask file(s) under {folder} have no image in {images_dir} and are not used "
+                      f"(first: {unpaired[0]}); images pair with masks by "
+                      f"{'leading number' if key is _leading_number else 'file name stem'} (image extensions: "
+                      f"{', '.join(SEG_EXTENSIONS)})", stacklevel=2)
     notice = mode_notice(modes, images_dir)
     if notice:
         warnings.warn(notice, stacklevel=2)
