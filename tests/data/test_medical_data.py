@@ -61,6 +61,13 @@ def _generic(root, split, names, h=9, w=7, fov=False, mask_scale=1):
             Image.fromarray(disc.astype(np.uint8) * 255).save(root / split / "fov" / f"{name}.png")
 
 
+def test_a_drive_image_without_its_manual_names_the_pairing(tmp_path):
+    _drive(tmp_path, "training", [21, 22], "training")
+    (tmp_path / "training" / "1st_manual" / "22_manual1.gif").rename(tmp_path / "training" / "1st_manual" / "x.gif")
+    _one_line_error(r"no mask for .*22_training\.tif in .*1st_manual \(masks pair with images by a name starting "
+                    r"with 22\)", FolderSource, str(tmp_path), "train")
+
+
 def test_drive_layout_pairs_by_leading_number_and_maps_split_names(tmp_path):
     train = _drive(tmp_path, "training", [22, 21], "training")
     test = _drive(tmp_path, "test", [1], "test")
@@ -110,7 +117,8 @@ def test_folder_errors_are_one_line(tmp_path):
     _one_line_error("no images in", FolderSource, str(tmp_path), "train")
     _generic(tmp_path, "train", ["a", "b"])
     (tmp_path / "train" / "masks" / "b.png").unlink()
-    _one_line_error(r"no mask for .*b\.png", FolderSource, str(tmp_path), "train")
+    _one_line_error(r"no mask for .*b\.png in .*masks \(masks pair with images by the file name stem b\)",
+                    FolderSource, str(tmp_path), "train")
     _generic(tmp_path, "train", ["a", "b"], fov=True)
     (tmp_path / "train" / "fov" / "a.png").unlink()
     _one_line_error(r"no FOV mask for .*a\.png", FolderSource, str(tmp_path), "train")

@@ -166,10 +166,11 @@ def find_samples(root: str, split: str) -> list[SegSample]:
                       final=False)
     for k, image in checks:
         checks.update(1)
+        pairing = f"{'a name starting with' if key is _leading_number else 'the file name stem'} {k}"
         if k not in masks:
-            raise UserError(f"no mask for {image} in {mask_dir}")
+            raise UserError(f"no mask for {image} in {mask_dir} (masks pair with images by {pairing})")
         if fovs is not None and k not in fovs:
-            raise UserError(f"no FOV mask for {image} in {fov_dir}")
+            raise UserError(f"no FOV mask for {image} in {fov_dir} (FOV masks pair with images by {pairing})")
         height, width, mode = _checked(image)
         for other in filter(None, (masks[k], fovs[k] if fovs is not None else None)):
             other_height, other_width, _ = _checked(other)
