@@ -33,6 +33,13 @@ from .errors import UserError, first_line
 from .ops import forced_backend
 
 FORMATS = ("onnx", "pt2")
+# What the JSON beside an exported file says about the input and output, by the opened model's kind.
+PREPROCESSING = {
+    "classification": "RGB / 255, then (x - mean) / std per channel",
+    "segmentation": "the whole image (resized by scale), RGB / 255, then (x - mean) / std per channel; output: "
+                    "per-pixel logits (B, 1, H, W), foreground where sigmoid(logit) >= threshold (resized back to "
+                    "the image's size first when scale is not 1)",
+}
 DEFAULT_OPSET = 18  # torch's dynamo exporter writes 18; its version converter cannot take every graph to 17
 MIN_OPSET = 17
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
@@ -551,7 +558,8 @@ def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None 
             "format": fmt, "file": os.path.basename(path), "exporter": done.exporter, "opset": done.opset,
             "input_name": "input", "output_name": "output", "input_size": list(size), "layout": "NCHW",
             "dtype": str(_dtype(model)).removeprefix("torch."),
-            "preprocessing": "RGB / 255, then (x - mean) / std per channel", **opened.preprocessing(),
+            "preprocessing": PREPROCESSING.get(opened.kind, PREPROCESSING["classification"]),
+            **opened.preprocessing(),
             "num_classes": fields.get("num_classes", getattr(model, "num_classes", None)),
             "classes": fields.get("classes"),
             "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in done.dynamic_axes.items()},

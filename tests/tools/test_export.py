@@ -181,6 +181,27 @@ def test_training_checkpoint_exports_with_its_classes_and_preprocessing(checkpoi
             _assert_matches(_run_onnx(tmp_path / "out" / "test_resnet.onnx", x), model(x))
 
 
+def test_a_segmentation_checkpoint_states_its_scale_threshold_and_logits(tmp_path, capsys):
+    """A medical-seg checkpoint's JSON gave timm's resize and centre crop (interpolation, crop_pct) and no threshold:
+    it now says the whole image goes in, resized by the run's scale, and how the logits become a mask."""
+    model = _model("test_fsgnet", num_classes=1)
+    path = tmp_path / "best.pth"
+    torch.save({"task": "medical-seg", "model": "test_fsgnet", "model_kwargs": {}, "num_classes": 1, "img_size": 32,
+                "scale": 0.5, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3), "threshold": 0.3,
+                "inference": {"mode": "padded", "tile": 32, "overlap": 0.5, "pad_multiple": 32, "batch_size": 8,
+                              "pad_to": 0}, "fov_loss": False, "dataset": "synthetic-vessels", "config": {},
+                "epoch": 0, "state_dict": model.state_dict(), "optimizer": {}, "scheduler": {}, "best": {},
+                "history": []}, path)
+    code, _, _ = _run_cli([str(path), "--output", str(tmp_path / "out"), "--static", "--no-optimize"], capsys)
+    info = json.loads((tmp_path / "out" / "test_fsgnet.json").read_text())
+    assert code == 0 and info["kind"] == "segmentation"
+    assert info["scale"] == 0.5 and info["threshold"] == 0.3
+    assert info["mean"] == [0.5, 0.4, 0.3] and info["std"] == [0.2, 0.25, 0.3]
+    assert "crop_pct" not in info and "interpolation" not in info
+    assert "whole image (resized by scale)" in info["preprocessing"]
+    assert "sigmoid(logit) >= threshold" in info["preprocessing"]
+
+
 def test_a_check_beyond_the_tolerance_exits_1_in_one_line(checkpoint, tmp_path, monkeypatch, capsys):
     path, _ = checkpoint
     monkeypatch.setattr(export, "TOLERANCE", {torch.float32: 0.0})  # any rounding difference now fails

@@ -58,13 +58,18 @@ class OpenedModel:
         ``interpolation`` (``crop_pct`` and ``crop_mode`` as timm's eval transform). The checkpoint's values (its own
         fields or its ``data_cfg``), else the data config's; a re-id network normalises its [0, 1] input itself
         (mean 0, std 1) and takes the whole image resized to its input size, as its evaluation does
-        (``REID_RESIZE``)."""
+        (``REID_RESIZE``). A segmentation network takes the whole image, not a crop: ``scale`` (the image resized by
+        it, bilinear, and the logits back to the image's size; 1 for a zoo model) and ``threshold`` (foreground where
+        sigmoid(logit) >= it; 0.5 for a zoo model) replace the resize and crop."""
         if self.kind == "reid":
             return {"mean": [0.0] * 3, "std": [1.0] * 3, **REID_RESIZE}
         trained = self.checkpoint if "mean" in self.checkpoint else self.checkpoint.get("data_cfg") or {}
         config = {**self.data_config, **trained}
-        return {"mean": [float(v) for v in config["mean"]], "std": [float(v) for v in config["std"]],
-                "interpolation": config.get("interpolation"), "crop_pct": config.get("crop_pct"),
+        normalisation = {"mean": [float(v) for v in config["mean"]], "std": [float(v) for v in config["std"]]}
+        if self.kind == SEGMENTATION:
+            return {**normalisation, "scale": float(self.checkpoint.get("scale", 1.0)),
+                    "threshold": float(self.checkpoint.get("threshold", 0.5))}
+        return {**normalisation, "interpolation": config.get("interpolation"), "crop_pct": config.get("crop_pct"),
                 "crop_mode": config.get("crop_mode")}
 
 
