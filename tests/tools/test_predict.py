@@ -280,6 +280,22 @@ def test_inputs_from_folders_globs_and_list_files(tmp_path, monkeypatch):
         "maximum to 8 bits); 2 RGB")
 
 
+def test_images_with_an_exif_orientation_are_said(tmp_path):
+    """A photo whose EXIF orientation turns it in viewers was segmented as stored, the maps turned from what the user
+    sees, without a word."""
+    rng = np.random.default_rng(8)
+    _save(tmp_path / "plain.png", _noise(rng, 8, 12))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to display
+    Image.fromarray(_noise(rng, 8, 12)).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    found = collect_images([str(tmp_path)])
+    assert len(found.paths) == 2
+    assert found.turned_line == (f"1 image carries an EXIF orientation (first: {tmp_path / 'phone.jpg'}): read as "
+                                 "stored, not turned as photo viewers show them, so what is written about them follows "
+                                 "the stored pixels")
+    assert collect_images([str(tmp_path / "plain.png")]).turned_line is None
+
+
 @pytest.mark.parametrize("case, message", [
     ("empty folder", "no images found in"),
     ("missing input", "no such file or folder"),

@@ -95,7 +95,7 @@ def _rank(opened, inputs, args) -> str:
     from ..tasks.reid.predict import FeatureExtractor, write_rankings
 
     gallery = collect_images([args.gallery])
-    for line in (gallery.skipped_line(), gallery.modes_line):
+    for line in (gallery.skipped_line(), gallery.modes_line, gallery.turned_line):
         if line:
             print(f"gallery: {line}")
     extractor = FeatureExtractor(opened, flip=args.flip, batch_size=args.batch_size, amp=args.amp)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     opened = open_model(args.source, weights=args.weights, pretrained=args.pretrained,
                         model_kwargs=args.model_kwargs, device=args.device, use_ema=args.use_ema)
     check_options(args, opened.kind)
-    for line in (inputs.skipped_line(), inputs.modes_line):
+    for line in (inputs.skipped_line(), inputs.modes_line, inputs.turned_line):
         if line:
             print(line)
     print(PREDICTORS[opened.kind](opened, inputs, args))

@@ -23,6 +23,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, UnidentifiedImageError)
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that tells viewers to turn or mirror the stored pixels
 # How an image of each PIL mode becomes the RGB image a model reads (RGB itself is read as it is).
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 MODE_CONVERSIONS = {
@@ -87,35 +88,48 @@ def read_problem(path: str) -> str | None:
     return _check(path)[0]
 
 
-def _check(path: str) -> tuple[str | None, str | None]:
-    """(why ``path`` cannot be used as an image or None, its PIL mode)."""
-    mode = None
+def _turned(img: Image.Image) -> bool:
+    """Whether the image's EXIF orientation tells viewers to turn or mirror it (a damaged EXIF block: no)."""
+    try:
+        return img.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
+    except READ_ERRORS:
+        return False
+
+
+def _check(path: str) -> tuple[str | None, str | None, bool]:
+    """(why ``path`` cannot be used as an image or None, its PIL mode, whether its EXIF orientation turns it)."""
+    mode, turned = None, False
     try:
         with Image.open(path) as img:
             fmt, mode = img.format, img.mode
             img.verify()
-        if fmt == "JPEG" and not _jpeg_complete(path):
-            with Image.open(path) as img:
+        with Image.open(path) as img:  # verify() leaves the file unusable: the EXIF is read from a new open
+            turned = _turned(img)
+            if fmt == "JPEG" and not _jpeg_complete(path):
                 img.load()
     except READ_ERRORS as err:
-        return first_line(err), mode
-    return None, mode
+        return first_line(err), mode, turned
+    return None, mode, turned
 
 
-def read_problems(paths: list[str], modes: dict[str, str] | None = None) -> dict[str, str]:
+def read_problems(paths: list[str], modes: dict[str, str] | None = None,
+                  turned: list[str] | None = None) -> dict[str, str]:
     """{path: why it cannot be read} for the unreadable files among ``paths`` (checked on a few threads; a check
     that takes long, a large dataset's, reports its progress); ``modes``: filled with {path: PIL mode} of the
-    readable files."""
+    readable files; ``turned``: with the readable files whose EXIF orientation says to turn them."""
     workers = min(8, os.cpu_count() or 1) if len(paths) > 256 else 1
     problems = {}
     with ThreadPoolExecutor(workers) as pool:
         checks = Progress(zip(paths, pool.map(_check, paths), strict=True), f"checking {len(paths)} image files",
                           total=len(paths), interval=len(paths) + 1, final=False)
-        for path, (problem, mode) in checks:
+        for path, (problem, mode, rotated) in checks:
             if problem:
                 problems[path] = problem
-            elif modes is not None:
+                continue
+            if modes is not None:
                 modes[path] = mode
+            if rotated and turned is not None:
+                turned.append(path)
             checks.update(1)
     return problems
 
@@ -129,11 +143,12 @@ LIST_HINT = "give image files, folders, globs such as 'photos/*.jpg', or a text 
 class ImageInputs:
     """The images a prediction reads: ``paths`` in order (each once), ``skipped``: {path: why it cannot be
     read} for the files found that are not readable images, and ``modes_line``: how images that are not 8-bit RGB
-    are read (:func:`mode_notice`), or None."""
+    are read (:func:`mode_notice`), or None; ``turned_line``: how images with an EXIF orientation are read, or None."""
 
     paths: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     modes_line: str | None = None
+    turned_line: str | None = None
 
     def skipped_line(self) -> str | None:
         """``skipped 2 unreadable files: a.png (why); b.png (why)`` (the first three named), or None."""
@@ -210,12 +225,17 @@ def collect_images(inputs: Sequence[str]) -> ImageInputs:
         raise UserError(f"no images found in {', '.join(inputs)} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
                         f"{LIST_HINT}")
     modes: dict[str, str] = {}
-    skipped = {**missing, **read_problems(unique, modes)}
+    turned: list[str] = []
+    skipped = {**missing, **read_problems(unique, modes, turned)}
     paths = [p for p in unique if p not in skipped]
     if not paths:
         path, why = next(iter(skipped.items()))
         raise UserError(f"none of the {len(skipped)} images found can be read (first: {path}: {why})")
-    return ImageInputs(paths, skipped, mode_notice(modes, ", ".join(inputs)))
+    turned_line = None if not turned else (
+        f"{len(turned)} image{'s carry' if len(turned) != 1 else ' carries'} an EXIF orientation (first: "
+        f"{turned[0]}): read as stored, not turned as photo viewers show them, so what is written about them follows "
+        f"the stored pixels")
+    return ImageInputs(paths, skipped, mode_notice(modes, ", ".join(inputs)), turned_line)
 
 
 def output_names(paths: Sequence[str]) -> list[str]:
