@@ -404,3 +404,16 @@ def test_masks_without_an_image_are_said(tmp_path):
                                          r"\(first: .*masks/c\.png\); images pair with masks by file name stem"):
         source = FolderSource(str(tmp_path), "val")
     assert source.names == ["a", "b"]
+
+
+def test_a_mask_the_size_of_an_exif_turned_image_says_why_they_differ(tmp_path):
+    """A phone photo turned by its EXIF orientation, annotated as viewers show it: the size error said only that the
+    sizes differ, which the user could not see."""
+    _generic(tmp_path, "train", ["a"], h=9, w=7)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((7, 9, 3), np.uint8)).save(tmp_path / "train" / "images" / "a.jpg", exif=exif.tobytes())
+    (tmp_path / "train" / "images" / "a.png").unlink()
+    _one_line_error(r"masks/a\.png is 7x9 but .*images/a\.jpg is 9x7; .*a\.jpg carries an EXIF orientation that turns "
+                    r"it in viewers, but its stored pixels are read: save it turned", FolderSource, str(tmp_path),
+                    "train")

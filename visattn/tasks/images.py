@@ -96,6 +96,12 @@ def _turned(img: Image.Image) -> bool:
         return False
 
 
+def exif_turned(path: str) -> bool:
+    """Whether the image file's EXIF orientation tells viewers to turn or mirror it (read as stored all the same)."""
+    with Image.open(path) as img:
+        return _turned(img)
+
+
 def _check(path: str) -> tuple[str | None, str | None, bool]:
     """(why ``path`` cannot be used as an image or None, its PIL mode, whether its EXIF orientation turns it)."""
     mode, turned = None, False

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from ...engine.progress import Progress
 from ...errors import UserError, first_line
-from ..images import HIGH_DEPTH, IMAGE_EXTENSIONS, READ_ERRORS, mode_notice, read_problem, to_rgb
+from ..images import HIGH_DEPTH, IMAGE_EXTENSIONS, READ_ERRORS, exif_turned, mode_notice, read_problem, to_rgb
 
 SYNTHETIC = "synthetic-vessels"
 SYNTHETIC_DEFAULTS = {"size": 192, "train": 32, "val": 6, "seed": 0}
@@ -175,7 +175,11 @@ def find_samples(root: str, split: str) -> list[SegSample]:
         for other in filter(None, (masks[k], fovs[k] if fovs is not None else None)):
             other_height, other_width, _ = _checked(other)
             if (other_height, other_width) != (height, width):
-                raise UserError(f"{other} is {other_width}x{other_height} but {image} is {width}x{height}")
+                note = ""
+                if (other_height, other_width) == (width, height) and exif_turned(image):
+                    note = (f"; {image} carries an EXIF orientation that turns it in viewers, but its stored pixels "
+                            f"are read: save it turned (PIL's ImageOps.exif_transpose) without the orientation")
+                raise UserError(f"{other} is {other_width}x{other_height} but {image} is {width}x{height}{note}")
         samples.append(SegSample(_stem(os.path.basename(image)), image, masks[k], fovs[k] if fovs is not None else None,
                                  (height, width)))
         modes[image] = mode
