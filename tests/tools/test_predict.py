@@ -169,6 +169,37 @@ def test_segmentation_writes_maps_at_original_sizes_and_areas(checkpoints, tmp_p
     np.testing.assert_allclose(overlay[mask], (0.4 * rgb + 0.6 * np.array([0, 255, 0]))[mask], atol=0.51)
 
 
+def _broken_stream_png(path, rgb):
+    """A PNG whose chunks (and their CRCs) are whole but whose compressed pixels are not: it passes PIL's verify(),
+    the up-front check, and fails when decoded."""
+    import struct
+    import zlib
+
+    _save(path, rgb)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"IDAT")
+    length = struct.unpack(">I", data[start - 4:start])[0]
+    for k in range(start + 10, start + 4 + length - 4):
+        data[k] ^= 0x5A
+    data[start + 4 + length:start + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[start:start + 4 + length])))
+    path.write_bytes(bytes(data))
+
+
+def test_a_file_that_fails_to_decode_is_skipped_not_the_whole_prediction(checkpoints, tmp_path):
+    """A file that passed the up-front check and failed to decode stopped the prediction, with no areas.csv."""
+    rng = np.random.default_rng(9)
+    _broken_stream_png(tmp_path / "in" / "a_broken.png", _noise(rng, 24, 20))
+    _save(tmp_path / "in" / "b_good.png", _noise(rng, 24, 20))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 images that failed to decode, left out of areas\.csv "
+                                         r"\(first: cannot read .*a_broken\.png: "):
+        assert main([checkpoints["seg"], str(tmp_path / "in"), "--output", str(out)]) == 0
+    assert [r["name"] for r in _rows(out / "areas.csv")] == ["b_good"]
+    assert not (out / "a_broken_prob.png").exists()
+    with pytest.raises(UserError, match=r"none of the 1 images could be decoded \(first: cannot read "):
+        main([checkpoints["seg"], str(tmp_path / "in" / "a_broken.png"), "--output", str(tmp_path / "out2")])
+
+
 def test_segmenter_pads_small_images_and_slides_over_larger_ones(checkpoints):
     segmenter = Segmenter(checkpoints["seg"], batch_size=16)
     ckpt = torch.load(checkpoints["seg"], weights_only=True)

@@ -14,6 +14,7 @@ the original size before the sigmoid.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,20 +137,38 @@ def _same(item):
     return item
 
 
+def _read_or_why(path: str) -> tuple[np.ndarray | None, str | None]:
+    """(the image, None), or (None, why) for a file that fails to decode though its up-front check passed."""
+    try:
+        return _read(path), None
+    except UserError as err:
+        return None, str(err)
+
+
 def write_segmentations(segmenter: Segmenter, paths: Sequence[str], names: Sequence[str], output: str,
                         workers: int = 0) -> list[dict[str, Any]]:
     """Segment image files (with a progress report); for each, ``NAME_prob.png``, ``NAME_pred.png`` and
     ``NAME_overlay.png`` (predicted foreground green) at its original size in ``output``, and ``areas.csv``:
-    file, name, height, width, foreground_pixels, foreground_fraction. Returns the rows as dicts."""
-    loader = DataLoader(ImageFileSet(paths, _same, _read), batch_size=None, num_workers=workers, collate_fn=_same)
+    file, name, height, width, foreground_pixels, foreground_fraction. Returns the rows as dicts. A file that fails
+    to decode is skipped with a warning (none decoding is a one-line error)."""
+    loader = DataLoader(ImageFileSet(paths, _same, _read_or_why), batch_size=None, num_workers=workers,
+                        collate_fn=_same)
     bar = Progress(loader, "predict", interval=10)
-    rows = []
-    for rgb, index in bar:
-        result = segmenter.segment(rgb)
-        save_prediction(output, names[index], rgb, result.probability, result.mask)
-        rows.append({"file": paths[index], "name": names[index], "height": rgb.shape[0], "width": rgb.shape[1],
-                     "foreground_pixels": result.area, "foreground_fraction": result.fraction})
+    rows, failed = [], []
+    for (rgb, why), index in bar:
+        if rgb is None:
+            failed.append(why)
+        else:
+            result = segmenter.segment(rgb)
+            save_prediction(output, names[index], rgb, result.probability, result.mask)
+            rows.append({"file": paths[index], "name": names[index], "height": rgb.shape[0], "width": rgb.shape[1],
+                         "foreground_pixels": result.area, "foreground_fraction": result.fraction})
         bar.update(1)
+    if not rows:
+        raise UserError(f"none of the {len(paths)} images could be decoded (first: {failed[0]})")
+    if failed:
+        warnings.warn(f"skipped {len(failed)} of {len(paths)} images that failed to decode, left out of areas.csv "
+                      f"(first: {failed[0]})", stacklevel=2)
     header = list(rows[0])
     atomic_write_csv(os.path.join(output, "areas.csv"), header,
                      [[f"{v:.6f}" if k == "foreground_fraction" else v for k, v in row.items()] for row in rows])
