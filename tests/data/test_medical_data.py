@@ -417,3 +417,14 @@ def test_a_mask_the_size_of_an_exif_turned_image_says_why_they_differ(tmp_path):
     _one_line_error(r"masks/a\.png is 7x9 but .*images/a\.jpg is 9x7; .*a\.jpg carries an EXIF orientation that turns "
                     r"it in viewers, but its stored pixels are read: save it turned", FolderSource, str(tmp_path),
                     "train")
+
+
+def test_a_mask_that_is_vessel_everywhere_is_said(tmp_path):
+    """A mask of vessel everywhere in the FOV (inverted, or saved blank white) was scored without a word, with no
+    specificity or AUC."""
+    _generic(tmp_path, "val", ["a", "b"], fov=True, mask_scale=255)
+    fov = np.asarray(Image.open(tmp_path / "val" / "fov" / "b.png")) > 0
+    Image.fromarray(fov.astype(np.uint8) * 255).save(tmp_path / "val" / "masks" / "b.png")  # vessel = the whole FOV
+    with pytest.warns(UserWarning, match=r"1 of 2 masks are vessel everywhere \(inside the FOV where there is one; "
+                                         r"first: .*masks/b\.png\): an inverted or blank mask\?"):
+        FolderSource(str(tmp_path), "val")

@@ -198,11 +198,13 @@ def find_samples(root: str, split: str) -> list[SegSample]:
 
 def _warn_about_masks(samples: list[SegSample]) -> None:
     """Counted warnings for masks that are read in a way their author may not mean: more than two values (pixels
-    at or above half the maximum become vessel) or no vessel at all (Dice 1.0 for an empty prediction, no AUC).
-    An FOV mask without a pixel inside is an error: its image would have nothing scored and Dice 1.0."""
-    many, empty = [], []
+    at or above half the maximum become vessel), no vessel at all (Dice 1.0 for an empty prediction, no AUC) or
+    vessel everywhere in the FOV (an inverted or blank mask: no specificity, no AUC). An FOV mask without a pixel
+    inside is an error: its image would have nothing scored and Dice 1.0."""
+    many, empty, full = [], [], []
     for sample in samples:
-        if sample.fov is not None and not read_binary(sample.fov).any():
+        fov = None if sample.fov is None else read_binary(sample.fov)
+        if fov is not None and not fov.any():
             raise UserError(f"FOV mask {sample.fov} has no pixel inside (all background): nothing of {sample.image} "
                             f"would be scored, and it would count as Dice 1.0; save the field of view as nonzero "
                             f"pixels, or remove the image")
@@ -216,8 +218,11 @@ def _warn_about_masks(samples: list[SegSample]) -> None:
                     else np.unique(values))
         if distinct.size > 2:
             many.append((sample.mask, distinct))
-        if not _binarise(values).any():
+        vessels = _binarise(values)
+        if not vessels.any():
             empty.append(sample.mask)
+        elif (vessels if fov is None else vessels[fov]).all():
+            full.append(sample.mask)
     if many:
         path, values = many[0]
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
@@ -227,6 +232,10 @@ def _warn_about_masks(samples: list[SegSample]) -> None:
     if empty:
         warnings.warn(f"{len(empty)} of {len(samples)} masks have no vessel pixels (first: {empty[0]}): such an image "
                       f"scores Dice 1.0 when nothing is predicted and has no AUC (reported as nan)", stacklevel=3)
+    if full:
+        warnings.warn(f"{len(full)} of {len(samples)} masks are vessel everywhere (inside the FOV where there is one; "
+                      f"first: {full[0]}): an inverted or blank mask? Such an image has no specificity or AUC "
+                      f"(reported as nan)", stacklevel=3)
 
 
 class FolderSource:
