@@ -327,6 +327,17 @@ def test_images_with_an_exif_orientation_are_said(tmp_path):
     assert collect_images([str(tmp_path / "plain.png")]).turned_line is None
 
 
+def test_a_previous_runs_outputs_in_the_input_folder_are_left_out(checkpoints, tmp_path, capsys):
+    """With --output inside the input folder, a second run segmented the first run's PNGs as new inputs."""
+    _save(tmp_path / "fundus" / "eye.png", _noise(np.random.default_rng(10), 24, 20))
+    out = tmp_path / "fundus" / "seg"
+    for _ in range(2):
+        assert main([checkpoints["seg"], str(tmp_path / "fundus"), "--output", str(out)]) == 0
+        assert [r["name"] for r in _rows(out / "areas.csv")] == ["eye"]
+    assert (f"left out 3 image files under the output folder {out} (first: {out / 'eye_overlay.png'}): the outputs "
+            "of a run are not its inputs") in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("case, message", [
     ("empty folder", "no images found in"),
     ("missing input", "no such file or folder"),

@@ -94,8 +94,8 @@ def _rank(opened, inputs, args) -> str:
     from ..tasks.images import collect_images, output_names
     from ..tasks.reid.predict import FeatureExtractor, write_rankings
 
-    gallery = collect_images([args.gallery])
-    for line in (gallery.skipped_line(), gallery.modes_line, gallery.turned_line):
+    gallery = collect_images([args.gallery], args.output)
+    for line in (gallery.outputs_line, gallery.skipped_line(), gallery.modes_line, gallery.turned_line):
         if line:
             print(f"gallery: {line}")
     extractor = FeatureExtractor(opened, flip=args.flip, batch_size=args.batch_size, amp=args.amp)
@@ -115,11 +115,11 @@ def main(argv=None) -> int:
     from ..tasks.opened import open_model
 
     check_output_folder(args.output, "the predictions")
-    inputs = collect_images(args.inputs)
+    inputs = collect_images(args.inputs, args.output)
     opened = open_model(args.source, weights=args.weights, pretrained=args.pretrained,
                         model_kwargs=args.model_kwargs, device=args.device, use_ema=args.use_ema)
     check_options(args, opened.kind)
-    for line in (inputs.skipped_line(), inputs.modes_line, inputs.turned_line):
+    for line in (inputs.outputs_line, inputs.skipped_line(), inputs.modes_line, inputs.turned_line):
         if line:
             print(line)
     print(PREDICTORS[opened.kind](opened, inputs, args))

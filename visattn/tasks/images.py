@@ -149,12 +149,14 @@ LIST_HINT = "give image files, folders, globs such as 'photos/*.jpg', or a text 
 class ImageInputs:
     """The images a prediction reads: ``paths`` in order (each once), ``skipped``: {path: why it cannot be
     read} for the files found that are not readable images, and ``modes_line``: how images that are not 8-bit RGB
-    are read (:func:`mode_notice`), or None; ``turned_line``: how images with an EXIF orientation are read, or None."""
+    are read (:func:`mode_notice`), or None; ``turned_line``: how images with an EXIF orientation are read, or None;
+    ``outputs_line``: how many files found under the output folder were left out, or None."""
 
     paths: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
     modes_line: str | None = None
     turned_line: str | None = None
+    outputs_line: str | None = None
 
     def skipped_line(self) -> str | None:
         """``skipped 2 unreadable files: a.png (why); b.png (why)`` (the first three named), or None."""
@@ -200,11 +202,12 @@ def _list_file(path: str) -> list[str] | None:
     return listed
 
 
-def collect_images(inputs: Sequence[str]) -> ImageInputs:
+def collect_images(inputs: Sequence[str], output: str | None = None) -> ImageInputs:
     """Every image that ``inputs`` name: image files, folders (searched recursively for
     :data:`IMAGE_EXTENSIONS`), globs (``**`` included) and list files (a text file of image paths), in the order
-    given, each once. Unreadable files (and listed files that do not exist) are skipped with the reason; an input
-    that names nothing, or no readable image in all, is a :class:`UserError`."""
+    given, each once. Unreadable files (and listed files that do not exist) are skipped with the reason, and files
+    under the ``output`` folder (a previous run's outputs in an input folder) are left out; an input that names
+    nothing, or no readable image in all, is a :class:`UserError`."""
     found: list[str] = []
     missing: dict[str, str] = {}
     for item in inputs:
@@ -227,6 +230,13 @@ def collect_images(inputs: Sequence[str]) -> ImageInputs:
             raise UserError(f"{item}: no such file or folder; {LIST_HINT}")
     seen: set[str] = set()
     unique = [p for p in found if not (os.path.normpath(p) in seen or seen.add(os.path.normpath(p)))]
+    outputs_line = None
+    if output is not None:
+        inside = [p for p in unique if _under(p, output)]
+        unique = [p for p in unique if p not in inside]
+        if inside:
+            outputs_line = (f"left out {len(inside)} image file{'s' if len(inside) != 1 else ''} under the output "
+                            f"folder {output} (first: {inside[0]}): the outputs of a run are not its inputs")
     if not unique and not missing:
         raise UserError(f"no images found in {', '.join(inputs)} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
                         f"{LIST_HINT}")
@@ -241,7 +251,13 @@ def collect_images(inputs: Sequence[str]) -> ImageInputs:
         f"{len(turned)} image{'s carry' if len(turned) != 1 else ' carries'} an EXIF orientation (first: "
         f"{turned[0]}): read as stored, not turned as photo viewers show them, so what is written about them follows "
         f"the stored pixels")
-    return ImageInputs(paths, skipped, mode_notice(modes, ", ".join(inputs)), turned_line)
+    return ImageInputs(paths, skipped, mode_notice(modes, ", ".join(inputs)), turned_line, outputs_line)
+
+
+def _under(path: str, folder: str) -> bool:
+    """Whether ``path`` lies inside ``folder``."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def output_names(paths: Sequence[str]) -> list[str]:
