@@ -39,6 +39,8 @@ PREPROCESSING = {
     "segmentation": "the whole image (resized by scale), RGB / 255, then (x - mean) / std per channel; output: "
                     "per-pixel logits (B, 1, H, W), foreground where sigmoid(logit) >= threshold (resized back to "
                     "the image's size first when scale is not 1)",
+    "reid": "the whole image resized to input_size, RGB / 255 (the network normalises inside); output: the "
+            "(B, embedding_dim) embedding, images of one person nearest by metric",
 }
 DEFAULT_OPSET = 18  # torch's dynamo exporter writes 18; its version converter cannot take every graph to 17
 MIN_OPSET = 17
@@ -560,8 +562,9 @@ def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None 
             "dtype": str(_dtype(model)).removeprefix("torch."),
             "preprocessing": PREPROCESSING.get(opened.kind, PREPROCESSING["classification"]),
             **opened.preprocessing(),
-            "num_classes": fields.get("num_classes", getattr(model, "num_classes", None)),
-            "classes": fields.get("classes"),
+            **({"embedding_dim": model.feature_dim, "metric": fields.get("metric")} if opened.kind == "reid" else {
+                "num_classes": fields.get("num_classes", getattr(model, "num_classes", None)),
+                "classes": fields.get("classes")}),
             "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in done.dynamic_axes.items()},
             "min_batch": done.min_batch, "notes": done.notes,
             "check": None if result is None else {

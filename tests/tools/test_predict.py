@@ -288,6 +288,18 @@ def test_reid_preprocessing_describes_the_evaluation_transform(checkpoints):
     torch.testing.assert_close(transform(image), reid_eval_transform(size)(image), atol=1e-6, rtol=0)
 
 
+def test_a_reid_exports_json_names_its_embedding_not_the_training_identities(checkpoints, tmp_path):
+    """The exported network outputs the (B, D) embedding: the JSON gives D and the run's metric, not the number of
+    training identities its classifier (left out of the export) had."""
+    from visattn.export import export_opened
+    from visattn.tasks.opened import open_model
+
+    opened = open_model(checkpoints["reid"], device="cpu")
+    info = json.loads(open(export_opened(opened, str(tmp_path)).json_path).read())
+    assert info["embedding_dim"] == opened.model.feature_dim and info["metric"] == opened.checkpoint["metric"]
+    assert "num_classes" not in info and "embedding" in info["preprocessing"]
+
+
 # --------------------------------------------------------------------------------------------------- inputs, errors
 
 def test_inputs_from_folders_globs_and_list_files(tmp_path, monkeypatch):
