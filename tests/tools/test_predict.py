@@ -271,6 +271,8 @@ def test_feature_extractor_takes_paths_arrays_and_pil_images_and_flips(checkpoin
 
     zoo = FeatureExtractor("test_biformer")  # a classification model: its pooled pre-logits features
     assert zoo([path, array]).shape == (2, zoo.model.num_features)
+    assert extractor([]).shape == (0, extractor.model.feature_dim) and zoo([]).shape == (0, zoo.model.num_features)
+    assert extractor.file_features([]).shape == (0, extractor.model.feature_dim)
 
 
 def test_reid_preprocessing_describes_the_evaluation_transform(checkpoints):

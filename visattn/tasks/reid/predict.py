@@ -14,7 +14,7 @@ transform.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -73,12 +73,21 @@ class FeatureExtractor(Predictor):
                 f = (f + self._embed(batch.flip(-1))) / 2
         return f
 
+    @property
+    def dim(self) -> int:
+        """D, the width of a feature."""
+        return self.model.feature_dim if self.opened.kind == "reid" else self.model.num_features
+
+    def _stacked(self, batches: Iterator[tuple[torch.Tensor, list[int]]]) -> torch.Tensor:
+        """The batches' features, in order, on the CPU: (N, D), (0, D) for no image."""
+        return torch.cat([self.features(batch).cpu() for batch, _ in batches] or [torch.empty(0, self.dim)])
+
     def __call__(self, images) -> torch.Tensor:
-        return torch.cat([self.features(batch).cpu() for batch, _ in self.batches(images)])
+        return self._stacked(self.batches(images))
 
     def file_features(self, paths: Sequence[str], desc: str = "features", workers: int = 0) -> torch.Tensor:
         """(N, D) float32 features of image files, in order, with a progress report."""
-        return torch.cat([self.features(batch).cpu() for batch, _ in self.file_batches(paths, desc, workers)])
+        return self._stacked(self.file_batches(paths, desc, workers))
 
 
 def rank(query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean", topk: int = 10,
