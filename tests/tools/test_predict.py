@@ -2,6 +2,7 @@
 one epoch) and on zoo models by name."""
 
 import csv
+import inspect
 import json
 import os
 
@@ -300,6 +301,35 @@ def test_a_reid_exports_json_names_its_embedding_not_the_training_identities(che
     info = json.loads(open(export_opened(opened, str(tmp_path)).json_path).read())
     assert info["embedding_dim"] == opened.model.feature_dim and info["metric"] == opened.checkpoint["metric"]
     assert "num_classes" not in info and "embedding" in info["preprocessing"]
+
+
+@pytest.mark.parametrize("task,module,function", [("cls", "classification", "evaluate"),
+                                                   ("seg", "medical", "evaluate"),
+                                                   ("reid", "reid", "extract_features")])
+@pytest.mark.parametrize("amp", [False, True])
+def test_evaluating_a_checkpoint_uses_autocast_as_its_run_did(checkpoints, tmp_path, monkeypatch, task, module,
+                                                              function, amp):
+    """tools/eval.py scores a --no-amp run in float32 (on a GPU it evaluated in bfloat16 whatever the run did)."""
+    import importlib
+
+    tasks = importlib.import_module(f"visattn.tasks.{module}.task")
+    ckpt = torch.load(checkpoints[task], map_location="cpu", weights_only=False)
+    ckpt["config"]["amp"] = amp
+    torch.save(ckpt, tmp_path / "best.pth")
+    used = []
+    scored = getattr(tasks, function)
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(scored).bind(*args, **kwargs)
+        bound.apply_defaults()
+        used.append(bound.arguments["amp"])
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, function, spy)
+    data = {"cls": None, "seg": None, "reid": checkpoints["market"]}[task]
+    tasks.evaluate_checkpoint(str(tmp_path / "best.pth"), data=data, device="cpu", workers=0,
+                              **({} if task == "cls" else {"output": str(tmp_path / "eval")}))
+    assert used and set(used) == {amp}
 
 
 # --------------------------------------------------------------------------------------------------- inputs, errors

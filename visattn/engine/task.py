@@ -60,6 +60,12 @@ class Step:
         return cls(loss, samples, {**(parts if len(parts) > 1 else {}), **(stats or {})})
 
 
+def evaluated_with_amp(ckpt: dict) -> bool:
+    """Whether the run that wrote ``ckpt`` evaluated under autocast (bf16 on a GPU; its ``--amp`` / ``--no-amp``):
+    tools/eval.py scores a checkpoint as its run did."""
+    return bool((ckpt.get("config") or {}).get("amp", True))
+
+
 def absolute_folder(path: str | None) -> str | None:
     """``path`` as an absolute path when it is an existing folder, else as given (None, a built-in data name, or a
     missing path for the task to report)."""

@@ -28,7 +28,7 @@ from ...engine.loop import autocast
 from ...engine.models import build_model, sized_model_kwargs
 from ...engine.options import fraction, non_negative_float, open_fraction, positive_int
 from ...engine.progress import Progress
-from ...engine.task import Step, Task, TrainConfig, make_loader, register_task
+from ...engine.task import Step, Task, TrainConfig, evaluated_with_amp, make_loader, register_task
 from ...errors import UserError
 
 DIGITS = "digits"
@@ -347,4 +347,4 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, model_name: st
     dataset = data if data is not None else (None if ckpt.get("dataset") == DIGITS else ckpt.get("dataset"))
     val_set = build_dataset(dataset, "val", ckpt["img_size"], ckpt["data_cfg"], classes=list(ckpt["classes"]))
     loader = make_loader(val_set, batch_size, workers, False, 1, dev)
-    return evaluate(model, loader, dev)
+    return evaluate(model, loader, dev, evaluated_with_amp(ckpt))

@@ -31,7 +31,7 @@ from ...engine.loop import autocast
 from ...engine.models import build_model, check_model_input
 from ...engine.options import non_negative_int, numbers, open_fraction, positive_float, positive_int, probability
 from ...engine.progress import Progress
-from ...engine.task import Step, Task, TrainConfig, register_task
+from ...engine.task import Step, Task, TrainConfig, evaluated_with_amp, register_task
 from ...errors import UserError
 from .data import (
     FSGNET_AUGMENTATION,
@@ -537,7 +537,8 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, split: str | N
     dataset = SegmentationEvalSet(open_source(data, split), ckpt["scale"], ckpt["mean"], ckpt["std"])
     output = output or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{split}")
     result = evaluate(model, dataset, dev, settings, ckpt["threshold"] if threshold is None else threshold,
-                      workers=workers, predictions=os.path.join(output, "predictions"), fov_loss=ckpt["fov_loss"])
+                      evaluated_with_amp(ckpt), workers=workers, predictions=os.path.join(output, "predictions"),
+                      fov_loss=ckpt["fov_loss"])
     result = {"checkpoint": os.path.abspath(checkpoint), "model": ckpt["model"], "dataset": data, "split": split,
               "inference": dataclasses.asdict(settings), **result}
     atomic_write_json(result, os.path.join(output, "metrics.json"))

@@ -32,7 +32,7 @@ from ...engine.options import (
     probability,
 )
 from ...engine.progress import Progress
-from ...engine.task import Step, Task, TrainConfig, absolute_folder, read_weights, register_task
+from ...engine.task import Step, Task, TrainConfig, absolute_folder, evaluated_with_amp, read_weights, register_task
 from ...errors import UserError
 from ...weights import load_pretrained
 from ..images import load_rgb
@@ -499,8 +499,9 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, output: str | 
                         test_only=True)
     size = tuple(ckpt["input_size"])
     q_set, g_set = eval_sets(dataset, size)
-    q = extract_features(model, q_set, dev, workers=workers, flip=flip)
-    g = extract_features(model, g_set, dev, workers=workers, flip=flip)
+    amp = evaluated_with_amp(ckpt)
+    q = extract_features(model, q_set, dev, workers=workers, flip=flip, amp=amp)
+    g = extract_features(model, g_set, dev, workers=workers, flip=flip, amp=amp)
     result, dist = retrieval_metrics(q, g, dataset.query, dataset.gallery, metric, rerank, dev)
     output = output or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval")
     summary = {"checkpoint": os.path.abspath(checkpoint), "model": ckpt["model"], "dataset": data_name,
