@@ -285,3 +285,20 @@ BAD = {
 def test_bad_arguments_are_clear_errors(args, match):
     with pytest.raises(ValueError, match=match):
         linear_attention(**args)
+
+
+def test_the_elu_feature_map_has_elus_values_and_gradient_on_transposed_views():
+    """phi = ELU + 1, on a transposed (B, H, N, d) head view as the blocks pass it: the values of ELU + 1 (exp(x)
+    exactly for x <= 0, x + 1 above) and ELU's gradient, 1 at x = 0 too (zero-padded tokens give exact zeros)."""
+    from visattn.ops.linear_attention.reference import elu_plus_one
+
+    x = torch.randn(2, 7, 3, 4).transpose(1, 2)
+    x[0, 0, 0] = 0.0
+    x.requires_grad_(True)
+    out = elu_plus_one(x)
+    expected = torch.where(x > 0, x + 1.0, torch.exp(x))
+    assert torch.equal(out, expected) and out.min() > 0
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    (elu_grad,) = torch.autograd.grad((F.elu(x) + 1.0).sum(), x)
+    torch.testing.assert_close(grad, elu_grad)
+    assert torch.equal(grad[0, 0, 0], torch.ones(4))

@@ -8,9 +8,12 @@ FEATURE_MAPS = ("elu+1",)
 
 
 def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
-    """ELU(x) + 1 = x + 1 for x > 0, exp(x) otherwise: positive features. Written with ``where`` because
-    ``F.elu``'s backward on a transposed head view breaks aot_autograd's stride prediction."""
-    return torch.where(x > 0, x + 1.0, torch.exp(torch.clamp(x, max=0.0)))
+    """ELU(x) + 1 = x + 1 for x > 0, exp(x) otherwise: positive features, as exp(x - r) + r with r = ReLU(x).
+    Element-wise passes that run on a transposed head view about as fast as on a contiguous one (``torch.where``
+    over the two branches took several times longer on a CPU, and ``F.elu``'s backward on such a view breaks
+    aot_autograd's stride prediction); the gradient is ELU's, 1 at x = 0 too (ReLU's gradient there is 0)."""
+    positive = torch.relu(x)
+    return torch.exp(x - positive) + positive
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
