@@ -277,3 +277,21 @@ def test_mixed_dtypes_under_autocast_compute_in_float32(backend):
     assert out.dtype == torch.float32
     ref = attention_guided_filter(**ref_leaves, backend="torch")
     assert_matches_reference(out, ref, leaves, FUSED_TOL[torch.float16], ref_leaves, fused=backend == "triton")
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 9])
+def test_box_mean_is_the_mean_of_each_clipped_window_even_under_autocast(radius):
+    """Against the windows averaged one by one in float64: float32 sums stay accurate, also where CPU autocast would
+    take convolutions to bfloat16, and a radius past the map clips to it."""
+    from visattn.ops.guided_filter.reference import box_mean
+
+    x = torch.rand(2, 3, 7, 5) * 100
+    expected = torch.empty(2, 3, 7, 5, dtype=torch.float64)
+    for i in range(7):
+        for j in range(5):
+            window = x.double()[..., max(i - radius, 0):i + radius + 1, max(j - radius, 0):j + radius + 1]
+            expected[..., i, j] = window.mean(dim=(-2, -1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mean = box_mean(x, radius)
+    assert mean.dtype == torch.float32
+    torch.testing.assert_close(mean.double(), expected, rtol=1e-6, atol=0)
