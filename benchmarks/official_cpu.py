@@ -157,7 +157,7 @@ def main() -> int:
     import timm
 
     import visattn  # noqa: F401  (registers the models)
-    from visattn.engine.checkpoint import atomic_write
+    from visattn.benchmark import write_text
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()
@@ -190,11 +190,7 @@ def main() -> int:
         *rows,
     ]
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-
-    atomic_write(args.output, write)
+    write_text(args.output, "\n".join(lines) + "\n")
     print(f"wrote {args.output}")
     return 0
 

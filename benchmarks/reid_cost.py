@@ -78,7 +78,7 @@ def main() -> int:
     args = p.parse_args()
     import triton
 
-    from visattn.engine.checkpoint import atomic_write
+    from visattn.benchmark import write_text
     from visattn.tasks.reid.placements import measure_costs
 
     load = os.getloadavg()[0]  # other work on a shared machine shows in the times
@@ -113,11 +113,7 @@ def main() -> int:
                   f"on a random 3,368 x 15,913 distance matrix, {torch.get_num_threads()} threads: "
                   f"**{seconds:.2f} s**.", ""]
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines))
-
-    atomic_write(args.output, write)
+    write_text(args.output, "\n".join(lines) + "\n")
     print(f"wrote {args.output}")
     return 0
 

@@ -183,7 +183,7 @@ def main() -> int:
     import timm
 
     import visattn  # noqa: F401  (registers the models)
-    from visattn.engine.checkpoint import atomic_write
+    from visattn.benchmark import write_text
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()
@@ -215,11 +215,7 @@ def main() -> int:
     lines.insert(4, f"Load averages (1, 5, 15 min) of the machine's {os.cpu_count()} cores before / after: {load}.")
     lines.insert(5, "")
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-
-    atomic_write(args.output, write)
+    write_text(args.output, "\n".join(lines) + "\n")
     print(f"wrote {args.output}")
     return 0
 
