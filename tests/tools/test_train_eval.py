@@ -411,7 +411,7 @@ def test_reid_cross_dataset_training_and_evaluation(reid_folder, tmp_path, monke
     assert_one_line_error(tool("train.py", *REID, "--data", reid_folder, "--eval-data", out / "best.pth",
                                "--output", tmp_path / "x"), "best.pth: a file; expected a re-id dataset folder")
     assert_one_line_error(tool("eval.py", "--checkpoint", out / "best.pth", "--data", duke, "--layout", "msmt17"),
-                          "MSMT17 needs an image folder train/")
+                          "MSMT17 needs an image folder test/")
     assert_one_line_error(tool("train.py", *REID, "--data", reid_folder, "--eval-layout", "dukemtmc", "--output",
                                tmp_path / "x"), "--eval-layout/eval-distinct-cameras ('dukemtmc', False): they "
                                                 "describe --eval-data; give it too")

@@ -13,11 +13,12 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over each (2r+1) x (2r+1) window clipped to the map (the sum over the window's pixels divided by their
     count); (B, C, h, w) -> same. Summed directly, not by differencing cumulative sums, so float32 stays accurate.
     On a CPU the sums run down the columns, then along the rows, as two depthwise convolutions with ones (a tenth of
-    avg_pool2d's time there), in x's dtype even under autocast; elsewhere through avg_pool2d (cuDNN's convolutions
-    may round float32 to TF32)."""
+    avg_pool2d's time there), in x's dtype even under autocast; elsewhere, and in an exported graph (ONNX's Conv takes
+    no padding that depends on the input's size), through avg_pool2d (cuDNN's convolutions may round float32 to
+    TF32)."""
     h, w = x.shape[-2:]
     rh, rw = min(radius, h - 1), min(radius, w - 1)
-    if x.device.type != "cpu":  # avg_pool2d takes padding up to half the kernel: the window clipped to the map first
+    if x.device.type != "cpu" or torch.compiler.is_exporting():  # avg_pool2d: the window clipped to the map first
         kh, kw = 2 * rh + 1, 2 * rw + 1
         return F.avg_pool2d(x, (kh, kw), stride=1, padding=(rh, rw), count_include_pad=False)
     channels = x.shape[1]
