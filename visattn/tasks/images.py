@@ -89,7 +89,10 @@ def read_problem(path: str) -> str | None:
 
 
 def _turned(img: Image.Image) -> bool:
-    """Whether the image's EXIF orientation tells viewers to turn or mirror it (a damaged EXIF block: no)."""
+    """Whether the image's EXIF orientation tells viewers to turn or mirror it (a damaged EXIF block: no). Read from
+    the header only: a PNG's EXIF after its pixel data is not looked for (PIL would decode the whole image)."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return False
     try:
         return img.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
     except READ_ERRORS:
@@ -107,11 +110,10 @@ def _check(path: str) -> tuple[str | None, str | None, bool]:
     mode, turned = None, False
     try:
         with Image.open(path) as img:
-            fmt, mode = img.format, img.mode
+            fmt, mode, turned = img.format, img.mode, _turned(img)
             img.verify()
-        with Image.open(path) as img:  # verify() leaves the file unusable: the EXIF is read from a new open
-            turned = _turned(img)
-            if fmt == "JPEG" and not _jpeg_complete(path):
+        if fmt == "JPEG" and not _jpeg_complete(path):
+            with Image.open(path) as img:
                 img.load()
     except READ_ERRORS as err:
         return first_line(err), mode, turned
@@ -232,8 +234,9 @@ def collect_images(inputs: Sequence[str], output: str | None = None) -> ImageInp
     unique = [p for p in found if not (os.path.normpath(p) in seen or seen.add(os.path.normpath(p)))]
     outputs_line = None
     if output is not None:
-        inside = [p for p in unique if _under(p, output)]
-        unique = [p for p in unique if p not in inside]
+        under = [_under(p, output) for p in unique]
+        inside = [p for p, out in zip(unique, under, strict=True) if out]
+        unique = [p for p, out in zip(unique, under, strict=True) if not out]
         if inside:
             outputs_line = (f"left out {len(inside)} image file{'s' if len(inside) != 1 else ''} under the output "
                             f"folder {output} (first: {inside[0]}): the outputs of a run are not its inputs")

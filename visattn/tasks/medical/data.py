@@ -151,9 +151,11 @@ def find_samples(root: str, split: str) -> list[SegSample]:
     if not os.path.isdir(images_dir):
         raise UserError(f"{folder} has no images/ folder")
     if os.path.isdir(os.path.join(folder, "1st_manual")):  # DRIVE
-        key, mask_dir, fov_dir = _leading_number, os.path.join(folder, "1st_manual"), os.path.join(folder, "mask")
+        key, rule, by_key = _leading_number, "leading number", "a name starting with {}"
+        mask_dir, fov_dir = os.path.join(folder, "1st_manual"), os.path.join(folder, "mask")
     elif os.path.isdir(os.path.join(folder, "masks")):
-        key, mask_dir, fov_dir = _stem, os.path.join(folder, "masks"), os.path.join(folder, "fov")
+        key, rule, by_key = _stem, "file name stem", "the file name stem {}"
+        mask_dir, fov_dir = os.path.join(folder, "masks"), os.path.join(folder, "fov")
     else:
         raise UserError(f"{folder} has no masks/ (or DRIVE 1st_manual/) folder next to images/")
     images = _keyed(images_dir, key)
@@ -166,11 +168,10 @@ def find_samples(root: str, split: str) -> list[SegSample]:
                       final=False)
     for k, image in checks:
         checks.update(1)
-        pairing = f"{'a name starting with' if key is _leading_number else 'the file name stem'} {k}"
         if k not in masks:
-            raise UserError(f"no mask for {image} in {mask_dir} (masks pair with images by {pairing})")
+            raise UserError(f"no mask for {image} in {mask_dir} (masks pair with images by {by_key.format(k)})")
         if fovs is not None and k not in fovs:
-            raise UserError(f"no FOV mask for {image} in {fov_dir} (FOV masks pair with images by {pairing})")
+            raise UserError(f"no FOV mask for {image} in {fov_dir} (FOV masks pair with images by {by_key.format(k)})")
         height, width, mode = _checked(image)
         for other in filter(None, (masks[k], fovs[k] if fovs is not None else None)):
             other_height, other_width, _ = _checked(other)
@@ -186,8 +187,7 @@ def find_samples(root: str, split: str) -> list[SegSample]:
     unpaired = [path for others in (masks, fovs or {}) for k, path in others.items() if k not in images]
     if unpaired:
         warnings.warn(f"{len(unpaired)} mask file(s) under {folder} have no image in {images_dir} and are not used "
-                      f"(first: {unpaired[0]}); images pair with masks by "
-                      f"{'leading number' if key is _leading_number else 'file name stem'} (image extensions: "
+                      f"(first: {unpaired[0]}); images pair with masks by {rule} (image extensions: "
                       f"{', '.join(SEG_EXTENSIONS)})", stacklevel=2)
     notice = mode_notice(modes, images_dir)
     if notice:
