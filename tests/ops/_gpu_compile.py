@@ -48,6 +48,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten, tree_map  # noqa: E402
+from triton._C.libtriton import llvm  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
@@ -75,8 +76,10 @@ _COMPILE = JITFunction.run  # with warmup=True: specialise and compile, do not l
 
 class ThroughLLIR:
     """Triton's ``add_stages_inspection_hook``: while :attr:`active`, the PTX and cubin stages are stand-ins (the
-    kernel's name only) and compilations go to a cache folder of their own, so that a full compilation never finds
-    a stand-in; asked with no arguments (Triton 3.8's cache key), the mode."""
+    kernel's name only), LLVM's O3 pipeline is left out of the LLIR stage (it follows Triton's passes and the shared
+    memory allocation, and half the stage's time; nothing reads the code it would optimise), and compilations go to a
+    cache folder of their own, so that a full compilation never finds a stand-in; asked with no arguments (Triton
+    3.8's cache key), the mode."""
 
     active = False
 
@@ -92,12 +95,18 @@ class ThroughLLIR:
 
     @contextlib.contextmanager
     def enabled(self):
-        cache = triton.knobs.cache.dir
+        cache, optimize = triton.knobs.cache.dir, llvm.optimize_module
         self.active, triton.knobs.cache.dir = True, os.path.join(cache, "through-llir")
+        llvm.optimize_module = _unoptimized
         try:
             yield
         finally:
             self.active, triton.knobs.cache.dir = False, cache
+            llvm.optimize_module = optimize
+
+
+def _unoptimized(module, *args, **kwargs) -> None:
+    """``llvm.optimize_module`` through LLIR: the module as Triton's passes lowered it."""
 
 
 def _name_only(llir: str, metadata: dict) -> str:
