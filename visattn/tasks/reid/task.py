@@ -63,7 +63,8 @@ def tpr_key(fpr: float) -> str:
 
 
 PANELS = (("loss", "loss", ("train_loss",)),
-          ("retrieval", "fraction", ("val_mAP", "val_rank1", "val_mINP")),
+          ("retrieval", "fraction", ("val_mAP", "val_mINP")),
+          ("CMC", "matching rate", tuple(f"val_rank{r}" for r in RANKS)),
           ("verification", "TPR", tuple(f"val_{tpr_key(f)}" for f in FPR_TARGETS)),
           ("learning rate", "lr", ("lr",)))
 
