@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
+from torch._prims_common import is_contiguous_or_false
 
 from .engine.checkpoint import atomic_write, atomic_write_json, check_output_folder
 from .engine.models import check_model_input
@@ -194,11 +195,13 @@ _LAYOUT_FOLLOWING = frozenset({  # functions whose output's memory format follow
 class _ContiguousMaps(torch.overrides.TorchFunctionMode):
     """Convolutions, pooling and resizing traced on contiguous inputs. Fed a channels-last view (an NHWC block's map
     permuted to NCHW), torch's fake kernels pick the output's memory format from the strides, which tell channels-last
-    from contiguous only when the batch is over 1: the program would then guard ``batch > 1``."""
+    from contiguous only when the batch is over 1: the program would then guard ``batch > 1``. An input not provably
+    contiguous is copied, not asked (``contiguous()`` would guard: a 1x1 map's strides are contiguous only at size
+    1, so the program would refuse every other size)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _LAYOUT_FOLLOWING and args:
-            args = (args[0].contiguous(), *args[1:])
+        if func in _LAYOUT_FOLLOWING and args and not is_contiguous_or_false(args[0]):
+            args = (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
         return func(*args, **(kwargs or {}))
 
 

@@ -36,6 +36,7 @@ def test_quick_start_runs_as_written(tmp_path, monkeypatch):
     assert sum(top1[file] == file.split("digit_")[1][0] for file in top1) >= 8
     exported = json.loads(next((run / "export").glob("*.json")).read_text())
     assert exported["check"]["max_rel_diff"] < 1e-4
+    assert exported["dynamic_axes"]["input"] == {"0": "batch", "2": "height", "3": "width"} and not exported["notes"]
     assert (run / "visualize" / "routing.png").stat().st_size > 0
 
 

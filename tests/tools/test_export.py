@@ -92,6 +92,19 @@ def test_family_exports_to_onnx_matching_pytorch(name, tmp_path):
         assert not [note for note in done.notes if "refuses a batch of 1" in note]
 
 
+def test_maps_of_one_pixel_and_regions_of_one_token_at_the_traced_size_keep_every_axis_dynamic():
+    """At 32x32, test_biformer's last map is 1x1 (a channels-last map permuted for its convolution) and its stage 3
+    regions hold one token each: the program still takes other heights, widths and a batch of 1."""
+    model = _model("test_biformer")
+    cap = export.capture(model, (3, 32, 32))
+    assert cap.axes == (0, 2, 3) and cap.min_batch == 1 and not cap.notes, cap.notes
+    program = cap.program.module()
+    for shape in ((1, 3, 32, 32), (1, 3, 70, 45)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["test_fsgnet_nogrm", "test_tcpa", "test_resnet_psa", "test_lvvit"])
 def test_pt2_program_matches_eager_at_other_sizes(name, tmp_path):
     model = _model(name, **FAMILIES.get(name, {}))

@@ -43,11 +43,12 @@ def route_regions(q: torch.Tensor, k: torch.Tensor, n_win: int, topk: int, scale
 
 
 def to_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, n_win**2, H*W/n_win**2, C): tokens grouped by region, row-major in both."""
+    """(B, H, W, C) -> (B, n_win**2, H*W/n_win**2, C): tokens grouped by region, row-major in both. Always a copy
+    (a reshape would be a view where a region is one token row, and torch.export would fix the size to keep it so)."""
     b, h, w, c = x.shape
     rh, rw = h // n_win, w // n_win
     x = x.view(b, n_win, rh, n_win, rw, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, n_win * n_win, rh * rw, c)
+    return x.clone(memory_format=torch.contiguous_format).view(b, n_win * n_win, rh * rw, c)
 
 
 def from_regions(x: torch.Tensor, n_win: int, h: int, w: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ def from_regions(x: torch.Tensor, n_win: int, h: int, w: int) -> torch.Tensor:
     b, _, _, c = x.shape
     rh, rw = h // n_win, w // n_win
     x = x.view(b, n_win, n_win, rh, rw, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
+    return x.clone(memory_format=torch.contiguous_format).view(b, h, w, c)
 
 
 def routed_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, n_win: int,
