@@ -11,7 +11,8 @@ import torch.nn as nn
 from PIL import Image
 
 from tests.tools._runs import assert_one_line_error, script, tool
-from visattn.visualize import grad_cam, visualize
+from visattn.tasks.opened import open_model
+from visattn.visualize import grad_cam, model_input, visualize
 from visattn.visualize.draw import spread
 from visattn.visualize.gradcam import as_map
 
@@ -92,6 +93,29 @@ def test_a_training_checkpoint_brings_its_size_normalisation_and_class_names(pho
     with torch.no_grad():
         top = int(model.eval()(x[None]).argmax())
     assert cam["class"] == top and cam["label"] == f"{['ant', 'bee', 'cat'][top]} ({top})"
+
+
+@pytest.mark.parametrize("interpolation, expected", [("bilinear", Image.Resampling.BILINEAR),
+                                                      ("nearest", Image.Resampling.NEAREST), (None, None)])
+def test_the_image_is_resized_as_the_model_was_evaluated(interpolation, expected, photo, tmp_path):
+    """A checkpoint's stored interpolation resizes the picture the model sees (bicubic where it names none); a
+    segmentation network's is bilinear, as its scale resize."""
+    model = timm.create_model("test_biformer", num_classes=3)
+    data_cfg = {"mean": (0.5,) * 3, "std": (0.25,) * 3, "input_size": (3, 32, 32)}
+    if interpolation:
+        data_cfg["interpolation"] = interpolation
+    ckpt = {"task": "classification", "model": "test_biformer", "model_kwargs": {}, "dataset": "x", "num_classes": 3,
+            "img_size": 32, "classes": ["a", "b", "c"], "state_dict": model.state_dict(), "data_cfg": data_cfg}
+    torch.save(ckpt, tmp_path / "best.pth")
+    picture = Image.open(photo).convert("RGB")
+    for source, want in ((str(tmp_path / "best.pth"), Image.Resampling.BICUBIC if expected is None else expected),
+                         ("test_fsgnet", Image.Resampling.BILINEAR)):
+        opened = open_model(source, device="cpu")
+        shown, _ = model_input(opened, picture, 32)
+        others = [f for f in (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.NEAREST)
+                  if f != want]
+        assert np.array_equal(shown, np.asarray(picture.resize((32, 32), want)))
+        assert not any(np.array_equal(shown, np.asarray(picture.resize((32, 32), f))) for f in others)
 
 
 class RegionNet(nn.Module):

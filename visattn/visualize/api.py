@@ -63,12 +63,23 @@ def _under(name: str, layers: Sequence[str]) -> bool:
     return any(base == layer or base.startswith(f"{layer}.") for layer in layers)
 
 
+def resampling(opened: OpenedModel) -> Image.Resampling:
+    """The filter the model's evaluation resizes images with: its preprocessing's ``interpolation`` (a segmentation
+    network's scale resize is bilinear), bicubic where it names none."""
+    from timm.data.transforms import str_to_pil_interp
+
+    spec = opened.preprocessing()
+    name = "bilinear" if "scale" in spec else spec.get("interpolation") or "bicubic"
+    return str_to_pil_interp(name if name != "random" else "bicubic")
+
+
 def model_input(opened: OpenedModel, picture: Image.Image, img_size: int | None = None
                 ) -> tuple[np.ndarray, torch.Tensor]:
-    """The image as the model takes it: (H, W, 3) uint8 resized to :func:`input_spec`'s size (what the pictures are
-    drawn over), and (1, 3, H, W) normalised on the model's device."""
+    """The image as the model takes it: (H, W, 3) uint8, the whole image resized to :func:`input_spec`'s size with
+    the model's :func:`resampling` (what the pictures are drawn over), and (1, 3, H, W) normalised on the model's
+    device."""
     (h, w), mean, std = input_spec(opened, img_size)
-    shown = np.array(picture.resize((w, h), Image.Resampling.BICUBIC))
+    shown = np.array(picture.resize((w, h), resampling(opened)))
     x = torch.from_numpy(shown).permute(2, 0, 1).float().div(255)
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     return shown, x[None].to(opened.device)
