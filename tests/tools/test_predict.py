@@ -201,16 +201,19 @@ def test_a_file_that_fails_to_decode_is_skipped_not_the_whole_prediction(checkpo
         main([checkpoints["seg"], str(tmp_path / "in" / "a_broken.png"), "--output", str(tmp_path / "out2")])
 
 
-def test_segmenter_pads_small_images_and_slides_over_larger_ones(checkpoints):
+def test_a_checkpoint_segments_as_its_run_evaluated_and_a_zoo_model_pads_small_images_and_slides_over_large(
+        checkpoints):
     segmenter = Segmenter(checkpoints["seg"], batch_size=16)
     ckpt = torch.load(checkpoints["seg"], weights_only=True)
+    assert ckpt["inference"]["mode"] == "padded"
     seen = []
     segmenter.model.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
     rng = np.random.default_rng(5)
     small, large = _noise(rng, 24, 20), _noise(rng, 64, 48)
     result_small, result_large = segmenter([small, large])
-    # the small image: zero-padded (centred) to 32 x 32 in one pass; the large one: 32 x 32 windows at stride 16
-    assert seen == [(1, 3, 32, 32), (6, 3, 32, 32)]
+    # the run evaluated whole images zero-padded (centred) to its multiple: so both, the large one too
+    multiple = ckpt["inference"]["pad_multiple"]
+    assert seen == [(1, 3, 32, 32), (1, 3, -(-64 // multiple) * multiple, -(-48 // multiple) * multiple)]
     assert result_small.probability.shape == (24, 20) and result_large.mask.shape == (64, 48)
 
     mean, std = torch.tensor(ckpt["mean"])[:, None, None], torch.tensor(ckpt["std"])[:, None, None]
@@ -222,8 +225,12 @@ def test_segmenter_pads_small_images_and_slides_over_larger_ones(checkpoints):
     assert (result_small.mask == (expected >= ckpt["threshold"])).all()
     assert result_small.area == result_small.mask.sum()
 
-    zoo = Segmenter("test_herseg", inference="sliding", tile=32)
-    assert zoo(Image.fromarray(large))[0].probability.shape == (64, 48)
+    zoo = Segmenter("test_herseg", tile=32, batch_size=16)
+    seen.clear()
+    zoo.model.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    assert [r.probability.shape for r in zoo([small, Image.fromarray(large)])] == [(24, 20), (64, 48)]
+    assert seen == [(1, 3, 32, 32), (6, 3, 32, 32)]  # padded to the 32 tile; 32 x 32 windows at stride 16
+    assert Segmenter(checkpoints["seg"], inference="sliding", tile=32)(large)[0].mask.shape == (64, 48)
 
 
 # ------------------------------------------------------------------------------------------------------------ re-id

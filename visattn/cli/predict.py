@@ -5,8 +5,8 @@ Classification:   visattn-predict runs/bt/best.pth photos/ --output preds [--top
     predictions.csv (file, rank, index, class, probability) and predictions.json: the top-k classes of each image.
 Segmentation:     visattn-predict runs/vessels/best.pth 'fundus/*.png' --output seg [--threshold T]
     NAME_prob.png, NAME_pred.png, NAME_overlay.png at each image's size, and areas.csv (foreground pixels, fraction).
-    --inference auto (default): the whole image padded when it fits in the tile (the training crop), else
-    overlapping sliding windows; padded or sliding forces one.
+    --inference auto (default): a checkpoint's images as its run evaluated them (padded or sliding); a zoo
+    model's whole image padded when it fits in its input size, else sliding windows; padded or sliding forces one.
 Re-id:            visattn-predict runs/reid/best.pth queries/ --gallery gallery/ --output ranks [--topk 10]
     rankings.csv (query, rank, gallery, distance) and rank_NAME.png per query (the query, then its top ranks).
 INPUT: image files, folders (searched recursively), globs ('photos/**/*.jpg', quoted) or a text file listing one

@@ -5,10 +5,11 @@ input's original size.
     result = segmenter("fundus.png")[0]     # Segmentation: probability (H, W) float32, mask (H, W) bool, area
 
 Images are read and normalised as the task evaluates them (the checkpoint's scale, mean and std; a zoo model's
-data config), and go through :func:`~visattn.tasks.medical.task.predict_logits`: with ``inference="auto"`` an
-image that fits in the tile (the training crop by default) is zero-padded to the model's multiple, a larger one
-is cut into overlapping tile x tile windows whose logits are averaged; the logits are cropped and resized back to
-the original size before the sigmoid.
+data config), and go through :func:`~visattn.tasks.medical.task.predict_logits`: with ``inference="auto"`` a
+checkpoint's images go the way its run evaluated them (its stored mode: zero-padded whole images, or overlapping
+tile x tile windows whose logits are averaged), and a zoo model's image that fits in the tile (its input size) is
+zero-padded to the model's multiple, a larger one cut into windows; the logits are cropped and resized back to the
+original size before the sigmoid.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class Segmentation:
 class Segmenter(Predictor):
     """Binary segmentation of whole images: ``segmenter(images) -> list[Segmentation]``.
 
-    ``threshold``: default the checkpoint's (0.5 for a zoo model); ``inference``: ``auto`` (padded whole image when
-    it fits in the tile, else sliding windows), ``padded`` or ``sliding``; ``tile``: the window size (default: the
+    ``threshold``: default the checkpoint's (0.5 for a zoo model); ``inference``: ``auto`` (a checkpoint's
+    evaluation mode; for a zoo model the padded whole image when it fits in the tile, else sliding windows),
+    ``padded`` or ``sliding``; ``tile``: the window size (default: the
     checkpoint's tile, which is its training crop unless set otherwise, or the zoo model's input size). Windows
     go through the model ``batch_size`` at a time. See :class:`~visattn.tasks.prediction.Predictor` for the model
     arguments.
@@ -101,6 +103,8 @@ class Segmenter(Predictor):
         """``padded`` or ``sliding`` for an image of (``height``, ``width``) after scaling."""
         if self.inference != "auto":
             return self.inference
+        if self.opened.task == TASK:  # as the run evaluated: the numbers it reported are those of this mode
+            return self.stored.mode
         return "sliding" if max(height, width) > self.tile else "padded"
 
     @torch.no_grad()
