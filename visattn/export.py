@@ -39,7 +39,10 @@ PREPROCESSING = {
     "classification": "RGB / 255, then (x - mean) / std per channel",
     "segmentation": "the whole image (resized by scale), RGB / 255, then (x - mean) / std per channel; output: "
                     "per-pixel logits (B, 1, H, W), foreground where sigmoid(logit) >= threshold (resized back to "
-                    "the image's size first when scale is not 1)",
+                    "the image's size first when scale is not 1). A training checkpoint's run evaluated as its "
+                    "inference says: padded = the normalised image zero-padded, centred, to a multiple of "
+                    "pad_multiple (and at least pad_to), the logits cropped back; sliding = tile x tile windows "
+                    "overlapping by the fraction overlap, their logits averaged",
     "reid": "the whole image resized to input_size, RGB / 255 (the network normalises inside); output: the "
             "(B, embedding_dim) embedding, images of one person nearest by metric",
 }
@@ -565,6 +568,8 @@ def export_opened(opened, output: str, fmt: str = "onnx", *, source: str | None 
             "dtype": str(_dtype(model)).removeprefix("torch."),
             "preprocessing": PREPROCESSING.get(opened.kind, PREPROCESSING["classification"]),
             **opened.preprocessing(),
+            **({"inference": {k: v for k, v in fields["inference"].items() if k != "batch_size"}}
+               if opened.kind == "segmentation" and "inference" in fields else {}),
             **({"embedding_dim": model.feature_dim, "metric": fields.get("metric")} if opened.kind == "reid" else {
                 "num_classes": fields.get("num_classes", getattr(model, "num_classes", None)),
                 "classes": fields.get("classes")}),

@@ -196,13 +196,14 @@ def test_training_checkpoint_exports_with_its_classes_and_preprocessing(checkpoi
 
 def test_a_segmentation_checkpoint_states_its_scale_threshold_and_logits(tmp_path, capsys):
     """A medical-seg checkpoint's JSON gave timm's resize and centre crop (interpolation, crop_pct) and no threshold:
-    it now says the whole image goes in, resized by the run's scale, and how the logits become a mask."""
+    it now says the whole image goes in, resized by the run's scale, how the run's evaluation padded or tiled it,
+    and how the logits become a mask."""
     model = _model("test_fsgnet", num_classes=1)
     path = tmp_path / "best.pth"
     torch.save({"task": "medical-seg", "model": "test_fsgnet", "model_kwargs": {}, "num_classes": 1, "img_size": 32,
                 "scale": 0.5, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3), "threshold": 0.3,
-                "inference": {"mode": "padded", "tile": 32, "overlap": 0.5, "pad_multiple": 32, "batch_size": 8,
-                              "pad_to": 0}, "fov_loss": False, "dataset": "synthetic-vessels", "config": {},
+                "inference": {"mode": "padded", "tile": 32, "overlap": 0.5, "pad_multiple": 16, "batch_size": 8,
+                              "pad_to": 48}, "fov_loss": False, "dataset": "synthetic-vessels", "config": {},
                 "epoch": 0, "state_dict": model.state_dict(), "optimizer": {}, "scheduler": {}, "best": {},
                 "history": []}, path)
     code, _, _ = _run_cli([str(path), "--output", str(tmp_path / "out"), "--static", "--no-optimize"], capsys)
@@ -213,6 +214,9 @@ def test_a_segmentation_checkpoint_states_its_scale_threshold_and_logits(tmp_pat
     assert "crop_pct" not in info and "interpolation" not in info
     assert "whole image (resized by scale)" in info["preprocessing"]
     assert "sigmoid(logit) >= threshold" in info["preprocessing"]
+    # how the run evaluated (ONNX users pad or slide as it did), not this machine's batch size
+    assert info["inference"] == {"mode": "padded", "tile": 32, "overlap": 0.5, "pad_multiple": 16, "pad_to": 48}
+    assert "multiple of pad_multiple" in info["preprocessing"]
 
 
 def test_a_check_beyond_the_tolerance_exits_1_in_one_line(checkpoint, tmp_path, monkeypatch, capsys):
