@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 import visattn.tasks  # noqa: F401  (registers the tasks)
 from visattn.contract import TrainOutput
-from visattn.engine.fit import fit, free_run_folder, resumed_config
+from visattn.engine.fit import fit, free_run_folder, improves, resumed_config
 from visattn.engine.task import TASKS, Step, Task, TrainConfig, get_task, register_task
 from visattn.errors import UserError
 
@@ -311,3 +311,27 @@ def test_a_run_names_its_data_folder_by_absolute_path(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["dataset"] == str(tmp_path / "mine")
     assert ToyRegression(_config(tmp_path, data="missing")).dataset == "missing"
     assert ToyRegression(_config(tmp_path)).dataset == "noise"
+
+
+def test_an_equal_score_is_decided_by_the_tiebreak_in_the_scores_direction():
+    """Dice 0 over the first epochs kept epoch 1's weights while the AUC rose; a tie now goes to the tiebreak."""
+    best = {"epoch": 1, "val_dice": 0.0, "val_auc": 0.61}
+    assert improves({"val_dice": 0.0, "val_auc": 0.7}, best, "val_dice", "val_auc", True)
+    assert not improves({"val_dice": 0.0, "val_auc": 0.61}, best, "val_dice", "val_auc", True)
+    assert not improves({"val_dice": 0.0, "val_auc": 0.9}, best, "val_dice", None, True)
+    assert improves({"val_dice": 0.1, "val_auc": 0.2}, best, "val_dice", "val_auc", True)
+    assert not improves({"val_dice": float("nan"), "val_auc": 0.9}, best, "val_dice", "val_auc", True)
+    assert not improves({"val_dice": 0.0, "val_auc": float("nan")}, best, "val_dice", "val_auc", True)
+    lower = {"epoch": 2, "val_mse": 0.5, "val_mae": 0.3}
+    assert improves({"val_mse": 0.5, "val_mae": 0.2}, lower, "val_mse", "val_mae", False)
+    assert not improves({"val_mse": 0.5, "val_mae": 0.4}, lower, "val_mse", "val_mae", False)
+    # the first evaluation beats the starting record, which holds the score only
+    assert improves({"val_dice": 0.0, "val_auc": 0.5}, {"epoch": -1, "val_dice": -1.0}, "val_dice", "val_auc", True)
+    assert improves({"val_mse": 9.0, "val_mae": 9.0}, {"epoch": -1, "val_mse": float("inf")}, "val_mse", "val_mae",
+                    False)
+
+
+def test_every_tasks_score_and_tiebreak_are_logged_quantities():
+    for task in TASKS.values():
+        shown = {key for _, _, keys in task.panels for key in keys}
+        assert task.score in shown and (task.tiebreak is None or task.tiebreak in shown), task.name

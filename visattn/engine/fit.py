@@ -244,8 +244,16 @@ def still_frozen(reference: dict | None, model: nn.Module) -> dict | None:
     return {**reference, "sha256": kept} if kept else None
 
 
-def _improves(value: float, best: float, higher_is_better: bool) -> bool:
-    return value > best if higher_is_better else value < best
+def improves(scalars: dict[str, float], best: dict[str, Any], score: str, tiebreak: str | None,
+             higher_is_better: bool) -> bool:
+    """Whether an epoch's validation ``scalars`` beat ``best``: a better ``score``, or an equal one and a better
+    ``tiebreak`` (the same direction; a Dice of 0 over the first epochs then still keeps the weights whose AUC
+    rose). A key ``best`` lacks is beaten by any value; NaN beats nothing."""
+    sign = 1.0 if higher_is_better else -1.0
+    keys = (score, tiebreak) if tiebreak else (score,)
+    now = tuple(sign * scalars[key] for key in keys)
+    then = tuple(sign * best[key] if key in best else -math.inf for key in keys)
+    return now > then
 
 
 def fit(task: Task) -> dict[str, Any]:
@@ -344,7 +352,7 @@ def fit(task: Task) -> dict[str, Any]:
                            **{name: total / train_seen for name, total in zip(names, part_totals, strict=True)},
                            **(task.val_scalars(metrics) if evaluating else {}),
                            "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - started}
-                improved = evaluating and _improves(scalars[task.score], best[task.score], task.higher_is_better)
+                improved = evaluating and improves(scalars, best, task.score, task.tiebreak, task.higher_is_better)
                 if improved:
                     best = {"epoch": epoch + 1,
                             **{k: v for k, v in scalars.items() if k.startswith("val_") and k != "val_loss"}}

@@ -135,6 +135,7 @@ class Task(ABC):
     default_data: ClassVar[str]  # the dataset name recorded when cfg.data is None
     score: ClassVar[str]  # the val_* scalar that picks best.pth
     higher_is_better: ClassVar[bool] = True
+    tiebreak: ClassVar[str | None] = None  # the val_* scalar that decides between equal scores (the same direction)
     panels: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]]  # curves.png: (title, y label, scalar keys)
     distributed_eval: ClassVar[bool] = True  # every rank evaluates (and the task sums over ranks), else rank 0 only
     worker_init_fn = None  # for the training DataLoader's workers (a staticmethod)

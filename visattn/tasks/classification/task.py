@@ -160,6 +160,7 @@ class ClassificationTask(Task):
     config = ClassificationConfig
     default_data = DIGITS
     score = "val_top1"
+    tiebreak = "val_top5"
     panels = PANELS
     eval_keys = ("num_classes", "img_size", "data_cfg", "classes")
     shared_help = {"data": "folder with train/ and val/ class folders (default: the built-in digits)",

@@ -357,6 +357,7 @@ class MedicalTask(Task):
     config = MedicalConfig
     default_data = SYNTHETIC
     score = "val_dice"
+    tiebreak = "val_auc"
     panels = PANELS
     eval_keys = ("inference", "scale", "mean", "std", "threshold", "fov_loss")
     distributed_eval = False

@@ -296,6 +296,7 @@ class ReIDTask(Task):
     config = ReIDConfig
     default_data = SYNTHETIC
     score = "val_mAP"
+    tiebreak = "val_rank1"
     panels = PANELS
     eval_keys = ("num_classes", "reid", "loss", "input_size", "layout", "distinct_cameras", "metric", "rerank",
                  "flip_test")
