@@ -138,3 +138,13 @@ def test_a_checkpoint_of_something_else_is_one_line(tmp_path, monkeypatch, capsy
     result = _command(train_cli, SEG_CONFIG, "--resume", str(tmp_path / "gone.pth"), *work, monkeypatch=monkeypatch,
                       capsys=capsys)
     assert_one_line_error(result, f"checkpoint {tmp_path / 'gone.pth'} to resume from does not exist")
+
+
+def test_a_missing_load_from_is_one_line_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    """mmengine reads a config's load_from after building the model and the data, and fails with a stack trace."""
+    gone = tmp_path / "coco_pretrained.pth"
+    result = _command(train_cli, SEG_CONFIG, "--work-dir", str(tmp_path / "work"), "--cfg-options",
+                      f"load_from={gone}", monkeypatch=monkeypatch, capsys=capsys)
+    assert_one_line_error(result, f"config {SEG_CONFIG}: load_from {gone} does not exist",
+                          "load_from=None to train from the initialisation")
+    assert not (tmp_path / "work").exists()

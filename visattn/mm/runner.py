@@ -161,6 +161,10 @@ def train(path: str, work_dir: str | None = None, resume: str | bool = False, am
     if resume:
         cfg.resume = True
         cfg.load_from = None if resume is True else resume
+    elif cfg.get("load_from") and "://" not in cfg.load_from and not os.path.isfile(cfg.load_from):
+        # mmengine would fail after building the model and the data, with a stack trace
+        raise UserError(f"config {path}: load_from {cfg.load_from} does not exist; give a checkpoint file (or a URL) "
+                        "with --cfg-options load_from=FILE, or load_from=None to train from the initialisation")
     with config_errors(path):
         runner = build_runner(cfg)
     if isinstance(resume, str):
