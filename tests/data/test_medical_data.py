@@ -93,6 +93,30 @@ def test_generic_layout_reads_0_1_masks_and_optional_fov(tmp_path):
     assert (mask == _pattern(9, 7, 0)[1]).all() and (fov == _pattern(9, 7, 0)[2]).all()
 
 
+def test_masks_named_as_public_sets_name_them_pair_with_their_images(tmp_path):
+    """HRF (01_dr.jpg, 01_dr.tif, 01_dr_mask.tif), CHASE_DB1 (Image_01L_1stHO.png) and STARE (im0001.ah.ppm) masks
+    carry the image's stem and a suffix; the longest image stem wins (01 and 01_dr both present)."""
+    for sub in ("images", "masks", "fov"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+    files = {"01_dr": ("01_dr.tif", "01_dr_mask.tif"), "01": ("01.png", "01-fov.png"),
+             "Image_01L": ("Image_01L_1stHO.png", "Image_01L.png"), "im0001": ("im0001.ah.ppm", "im0001.fov.png")}
+    for i, (stem, (mask_name, fov_name)) in enumerate(files.items()):
+        rgb, mask, fov = _pattern(9, 7, i)
+        Image.fromarray(rgb).save(tmp_path / "train" / "images" / f"{stem}.png")
+        mode = "RGB" if mask_name.endswith(".ppm") else "L"
+        Image.fromarray(mask.astype(np.uint8) * 255).convert(mode).save(tmp_path / "train" / "masks" / mask_name)
+        Image.fromarray(fov.astype(np.uint8) * 255).save(tmp_path / "train" / "fov" / fov_name)
+    source = FolderSource(str(tmp_path), "train")
+    assert source.names == sorted(files)
+    for i, stem in enumerate(files):
+        _, mask, fov = source.load(source.names.index(stem))
+        assert (mask == _pattern(9, 7, i)[1]).all() and (fov == _pattern(9, 7, i)[2]).all(), stem
+    (tmp_path / "train" / "masks" / "01_dr_manual1.tif").write_bytes(
+        (tmp_path / "train" / "masks" / "01_dr.tif").read_bytes())
+    _one_line_error("has two files for '01_dr': 01_dr.tif and 01_dr_manual1.tif", FolderSource, str(tmp_path),
+                    "train")
+
+
 def test_sixteen_bit_images_are_scaled(tmp_path):
     _generic(tmp_path, "train", ["a"])
     Image.fromarray((np.arange(63).reshape(9, 7) * 1000).astype(np.uint16)).save(tmp_path / "train/images/a.png")
@@ -117,8 +141,8 @@ def test_folder_errors_are_one_line(tmp_path):
     _one_line_error("no images in", FolderSource, str(tmp_path), "train")
     _generic(tmp_path, "train", ["a", "b"])
     (tmp_path / "train" / "masks" / "b.png").unlink()
-    _one_line_error(r"no mask for .*b\.png in .*masks \(masks pair with images by the file name stem b\)",
-                    FolderSource, str(tmp_path), "train")
+    _one_line_error(r"no mask for .*b\.png in .*masks \(masks pair with images by the file name stem b \(or b and "
+                    r"a suffix", FolderSource, str(tmp_path), "train")
     _generic(tmp_path, "train", ["a", "b"], fov=True)
     (tmp_path / "train" / "fov" / "a.png").unlink()
     _one_line_error(r"no FOV mask for .*a\.png", FolderSource, str(tmp_path), "train")

@@ -5,7 +5,9 @@ and a boolean field-of-view mask (H, W) or ``None``. Two sources exist:
 
 - :class:`FolderSource`: the DRIVE layout (``<root>/<split>/images/21_training.tif``,
   ``1st_manual/21_manual1.gif``, ``mask/21_training_mask.gif``, paired by the leading number) or the generic
-  layout (``<root>/<split>/images/NAME.*``, ``masks/NAME.*``, optional ``fov/NAME.*``, paired by stem).
+  layout (``<root>/<split>/images/NAME.*``, ``masks/NAME.*``, optional ``fov/NAME.*``, paired by stem; a mask
+  stem may add a suffix after ``_``, ``.`` or ``-``, as HRF's ``NAME_mask``, CHASE_DB1's ``NAME_1stHO``, STARE's
+  ``NAME.ah``).
 - :class:`SyntheticVessels`: fundus-like discs with branching vessels, deterministic by seed (tests and demo).
 
 :class:`SegmentationTrainSet` turns a source into augmented random crops; :class:`SegmentationEvalSet` gives whole
@@ -133,6 +135,17 @@ def _stem(name: str) -> str:
     return os.path.splitext(name)[0]
 
 
+def _image_stem_of(stems: set[str]):
+    """A mask's key: its file name stem when an image has it, else the longest image stem it starts with followed by
+    ``_``, ``.`` or ``-`` (the annotation suffixes of public sets: HRF's ``01_dr_mask``, CHASE_DB1's
+    ``Image_01L_1stHO``, STARE's ``im0001.ah``), else its own stem."""
+    def key(name: str) -> str:
+        stem = _stem(name)
+        cuts = [i for i in range(len(stem) - 1, 0, -1) if stem[i] in "_.-"]
+        return next((stem[:i] for i in cuts if stem[:i] in stems), stem) if stem not in stems else stem
+    return key
+
+
 def resolve_split(root: str, split: str) -> str:
     """The folder under ``root`` for ``split``: 'train' also finds 'training', 'val' also 'validation' then 'test'."""
     if not os.path.isdir(root):
@@ -154,24 +167,27 @@ def find_samples(root: str, split: str) -> list[SegSample]:
         key, rule, by_key = _leading_number, "leading number", "a name starting with {}"
         mask_dir, fov_dir = os.path.join(folder, "1st_manual"), os.path.join(folder, "mask")
     elif os.path.isdir(os.path.join(folder, "masks")):
-        key, rule, by_key = _stem, "file name stem", "the file name stem {}"
+        key, rule = _stem, "file name stem (or the stem and a suffix after _ . -)"
+        by_key = "the file name stem {} (or {} and a suffix after _ . -, as 01_dr_mask)"
         mask_dir, fov_dir = os.path.join(folder, "masks"), os.path.join(folder, "fov")
     else:
         raise UserError(f"{folder} has no masks/ (or DRIVE 1st_manual/) folder next to images/")
     images = _keyed(images_dir, key)
     if not images:
         raise UserError(f"no images in {images_dir} (extensions: {', '.join(SEG_EXTENSIONS)})")
-    masks = _keyed(mask_dir, key)
-    fovs = _keyed(fov_dir, key) if os.path.isdir(fov_dir) else None
+    mask_key = key if key is _leading_number else _image_stem_of(set(images))
+    masks = _keyed(mask_dir, mask_key)
+    fovs = _keyed(fov_dir, mask_key) if os.path.isdir(fov_dir) else None
     samples, modes = [], {}
     checks = Progress(images.items(), f"checking {len(images)} images and their masks", interval=len(images) + 1,
                       final=False)
     for k, image in checks:
         checks.update(1)
         if k not in masks:
-            raise UserError(f"no mask for {image} in {mask_dir} (masks pair with images by {by_key.format(k)})")
+            raise UserError(f"no mask for {image} in {mask_dir} (masks pair with images by {by_key.format(k, k)})")
         if fovs is not None and k not in fovs:
-            raise UserError(f"no FOV mask for {image} in {fov_dir} (FOV masks pair with images by {by_key.format(k)})")
+            raise UserError(f"no FOV mask for {image} in {fov_dir} (FOV masks pair with images by "
+                            f"{by_key.format(k, k)})")
         height, width, mode = _checked(image)
         for other in filter(None, (masks[k], fovs[k] if fovs is not None else None)):
             other_height, other_width, _ = _checked(other)
