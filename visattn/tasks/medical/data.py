@@ -141,8 +141,9 @@ def _image_stem_of(stems: set[str]):
     ``Image_01L_1stHO``, STARE's ``im0001.ah``), else its own stem."""
     def key(name: str) -> str:
         stem = _stem(name)
-        cuts = [i for i in range(len(stem) - 1, 0, -1) if stem[i] in "_.-"]
-        return next((stem[:i] for i in cuts if stem[:i] in stems), stem) if stem not in stems else stem
+        if stem in stems:
+            return stem
+        return next((stem[:i] for i in range(len(stem) - 1, 0, -1) if stem[i] in "_.-" and stem[:i] in stems), stem)
     return key
 
 
