@@ -16,7 +16,7 @@ from ..engine.checkpoint import atomic_write_json, check_output_folder
 from ..errors import UserError, first_line
 from ..tasks.classification.predict import class_names
 from ..tasks.images import as_rgb
-from ..tasks.opened import OpenedModel, open_model
+from ..tasks.opened import SEGMENTATION, OpenedModel, open_model
 from .draw import Scene, draw_gradcam, draw_kind
 from .gradcam import grad_cam, module_of
 
@@ -68,9 +68,9 @@ def resampling(opened: OpenedModel) -> Image.Resampling:
     network's scale resize is bilinear), bicubic where it names none."""
     from timm.data.transforms import str_to_pil_interp
 
-    spec = opened.preprocessing()
-    name = "bilinear" if "scale" in spec else spec.get("interpolation") or "bicubic"
-    return str_to_pil_interp(name if name != "random" else "bicubic")
+    if opened.kind == SEGMENTATION:
+        return Image.Resampling.BILINEAR
+    return str_to_pil_interp(opened.preprocessing().get("interpolation") or "bicubic")
 
 
 def model_input(opened: OpenedModel, picture: Image.Image, img_size: int | None = None
