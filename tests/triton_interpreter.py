@@ -3,12 +3,15 @@ OR of sparse attention's bit words, the selective scan's affine maps) one elemen
 4096 for a 64 x 64 tile, most of the CPU time of the kernels that use one. A combine function is elementwise, so
 :func:`install` makes the interpreter fold whole slices along the axis instead: every element still sees the same
 combines in the same order, in its input's dtype, so the results are bitwise the element loop's
-(tests/ops/test_triton_interpreter.py compares the two).
+(tests/ops/test_triton_interpreter.py compares the two). It also patches the language once per launch instead of at
+every helper call, and its integer overflow checks, whose device asserts assert nothing without ``debug``, are off.
 
 Installed by tests/conftest.py when the kernels run under the interpreter (CPU tests).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import triton
@@ -79,7 +82,54 @@ def _sliced_scan(self, input):
     return [self.to_tensor(o, arg.dtype) for o, arg in zip(out, input, strict=True)]
 
 
+def _options_without_overflow_checks():
+    """The interpreter's options with ``sanitize_overflow`` off: an error if this Triton's interpreter has no such
+    option (turning it off would then change nothing)."""
+    options = interpreter.interpreter_builder.options
+    if not getattr(options, "sanitize_overflow", False):
+        raise RuntimeError(f"triton {triton.__version__}: the interpreter's options have no sanitize_overflow on; "
+                           "update tests/triton_interpreter.py for this Triton")
+    return dataclasses.replace(options, sanitize_overflow=False)
+
+
+PATCH_LANG = interpreter._patch_lang
+
+
+def _patch_lang_once(fn):
+    """``interpreter._patch_lang`` except where ``fn``'s language modules are patched already: a device function
+    (a ``@triton.jit`` helper) called inside a launch, which the interpreter patched on entry and restores on exit.
+    Unchanged, every helper call re-lists the members of ``triton.language`` (``inspect.getmembers``) to patch them
+    again, for each program of the grid: a fifth of the interpreter's time in helper-heavy kernels."""
+    langs = [value for value in fn.__globals__.values() if value is tl or value is tl.core]
+    if langs and all(not tl.core.is_builtin(lang.load) for lang in langs):  # tl.load is the patched wrapper
+        return interpreter._LangPatchScope()
+    return PATCH_LANG(fn)
+
+
+GET_NP_DTYPE = interpreter._get_np_dtype
+_NP_DTYPES: dict = {}
+
+
+def _np_dtype(tt_dtype):
+    """``interpreter._get_np_dtype``, which builds its table of Triton-to-NumPy types at every call (several per
+    interpreted op), looked up once per element type."""
+    element = tt_dtype.element_ty if isinstance(tt_dtype, tl.block_type) else tt_dtype
+    if isinstance(element, tl.pointer_type):  # unhashable; an address, uint64
+        return GET_NP_DTYPE(element)
+    found = _NP_DTYPES.get(element)
+    if found is None:
+        found = _NP_DTYPES[element] = GET_NP_DTYPE(element)
+    return found
+
+
 def install() -> None:
-    """Make the interpreter's reductions and scans with a kernel's own combine function fold slices."""
+    """Make the interpreter's reductions and scans with a kernel's own combine function fold slices, patch the
+    language once per launch (:func:`_patch_lang_once`), look its NumPy types up once (:func:`_np_dtype`), and turn
+    off its integer overflow checks: it recomputes every int32 add, sub and mul in int64 and compares the result with
+    the int32 range, a fifth of its time, for a device assert that asserts nothing without ``debug`` (as in a kernel
+    compiled for a GPU)."""
     interpreter.ReduceOps.generic_reduce = _sliced_reduce
     interpreter.ScanOps.generic_scan = _sliced_scan
+    interpreter.interpreter_builder.options = _options_without_overflow_checks()
+    interpreter._patch_lang = _patch_lang_once
+    interpreter._get_np_dtype = _np_dtype

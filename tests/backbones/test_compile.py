@@ -1,12 +1,12 @@
 """Every family compiles whole and never makes the host wait for the device, so that it runs under
 ``torch.compile(fullgraph=True)`` and can be captured in a CUDA graph.
 
-The tiny test variant of each model class (and the re-id network with its loss), compiled with ``aot_eager`` (no C++
-compiler) against eager: evaluation on the Triton kernels (the interpreter on CPU; the references' evaluation is
-test_conformance's, compiled by inductor), a training step on the references. ``fullgraph=True`` turns any graph
-break into an error. Dynamo sees the registered ops as opaque, so every eager run goes through :class:`NoHostSync`,
-which also looks inside them: their Triton launchers run inside the capture on a GPU (benchmarks/gpu_suite.py
-captures the classifiers' inference in CUDA graphs).
+The tiny test variant of each model class (the ViTs one block deep, tests/graphs.py) and the re-id network with its
+loss, compiled with ``aot_eager`` (no C++ compiler) against eager: evaluation on the Triton kernels (the interpreter
+on CPU; the references' evaluation is test_conformance's, compiled by inductor), a training step on the references.
+``fullgraph=True`` turns any graph break into an error. Dynamo sees the registered ops as opaque, so every eager run
+goes through :class:`NoHostSync`, which also looks inside them: their Triton launchers run inside the capture on a GPU
+(benchmarks/gpu_suite.py captures the classifiers' inference in CUDA graphs).
 """
 
 import contextlib
@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import visattn
 from tests.conftest import DEVICE
 from tests.fused import FusedOps
+from tests.graphs import graph_kwargs
 from visattn.contract import TrainOutput
 from visattn.engine.loop import TrainingForward
 from visattn.tasks.reid.model import ReIDLoss, ReIDModel
@@ -134,7 +135,7 @@ def test_every_family_and_model_class_has_a_case():
 def _build(case: str, batch: int = 2) -> tuple[torch.nn.Module, torch.Tensor]:
     name, side = CASES[case]
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=3)
+    model = timm.create_model(name, num_classes=3, **graph_kwargs(name))
     return model, torch.randn(batch, model.in_chans, side, side)
 
 

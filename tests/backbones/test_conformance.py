@@ -23,6 +23,7 @@ from timm.models import model_entrypoint
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import visattn
+from tests.graphs import graph_kwargs
 from tests.meta import NoInitOnMeta
 from visattn.backbones._vit import GridViT
 from visattn.contract import forward_train
@@ -290,7 +291,7 @@ def test_reset_classifier(name):
 def test_torch_compile_matches_eager(family_model):
     # float64: compiled kernels reorder sums, and in float32 that noise grows through networks whose logits reach
     # 1e2 at initialisation (HRNet) past any tolerance that would still catch a real difference
-    model = timm.create_model(family_model, num_classes=4).eval().double()
+    model = timm.create_model(family_model, num_classes=4, **graph_kwargs(family_model)).eval().double()
     side = _input_side(model, 16, torch.float64)  # the smallest input the model takes: the cheapest eager run
     x = torch.randn(1, 3, side, side, dtype=torch.float64)
     compiled = torch.compile(model, fullgraph=True)

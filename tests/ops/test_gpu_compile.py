@@ -1,14 +1,15 @@
 """Every Triton kernel compiles for an sm_90 GPU (H100 / H200), as the models launch it, on this GPU-less machine.
 
 Each case runs ``tests/ops/_gpu_compile.py`` in a process of its own (kernels defined without the interpreter): a group
-of model classes forward and backward, each kernel launch compiled to a cubin with the specialisation a GPU launch would
-use, the configs of an autotuned kernel as ``_gpu_compile``'s docstring says, and the compiled kernel's shared memory
-checked against the card's. The
-interpreter the other op tests run under accepts code the compiler rejects; this catches it before a GPU session.
-Kernels compile with this environment's Triton and with the GPU machine's (``requirements/gpu-triton.txt``, which
-``make`` installs in ``<venv>/gpu-triton``): the second compiles the launches the first recorded, without running the
-models again. The op tests on a real GPU (``benchmarks/gpu_suite.py``) remain the check
-of results.
+of model classes forward and backward, each kernel launch compiled with the specialisation a GPU launch would use, the
+configs of an autotuned kernel as ``_gpu_compile``'s docstring says, and the compiled kernel's shared memory checked
+against the card's. The interpreter the other op tests run under accepts code the compiler rejects; this catches it
+before a GPU session. Kernels compile with this environment's Triton and with the GPU machine's
+(``requirements/gpu-triton.txt``, which ``make`` installs in ``<venv>/gpu-triton``): the first runs the models and
+compiles their launches through Triton's passes to LLVM IR, where types, layouts and shared memory are decided; the
+second compiles the bfloat16 launches the first recorded down to the cubin (PTX and ptxas, the stages the first leaves
+out: they check no code of ours that LLVM IR has not), without running the models again. The op tests on a real GPU
+(``benchmarks/gpu_suite.py``) remain the check of results.
 """
 
 import json
@@ -24,8 +25,7 @@ from tests.ops.test_kernel_globals import KERNEL_MODULES, OPS
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Model -> the ops all of whose kernels it launches (together, every op). Each model class runs in bfloat16, the
 # models' GPU dtype, at its input size (FSG-Net at 256, whose tiles cover those at 608 and more); the ops' own models
-# run in float32 too (full-precision dots, twice the shared memory), compiled through Triton's passes to LLVM IR, where
-# the shared memory is known (their PTX and ptxas stages, which bfloat16 covers, would double the time).
+# run in float32 too (full-precision dots, twice the shared memory).
 SIZES = {"fsgnet": 256}
 MODELS = {
     "biformer_tiny": ("routed_attention",),
@@ -101,11 +101,11 @@ def _compile(argv: list[str], triton_cache, gpu_triton: bool) -> list[str]:
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_kernels_compile_for_sm90(group, triton_cache, tmp_path):
     """Every model of the group launches only kernels that compile, with both Tritons, in bfloat16 (and the ops' own
-    models in float32, to LLVM IR); each model launches every kernel of its ops."""
+    models in float32, with this environment's); each model launches every kernel of its ops."""
     specs = [m + (f":{SIZES[m]}" if m in SIZES else "") + ("=bfloat16,float32" if MODELS[m] else "=bfloat16")
              for m in GROUPS[group]]
     launches = tmp_path / "launches.json"
-    lines = _compile(["--launches", str(launches), "--through-llir", "float32", *specs], triton_cache,
+    lines = _compile(["--launches", str(launches), "--through-llir", "bfloat16,float32", *specs], triton_cache,
                      gpu_triton=False)
     bf16 = [launch for launch in json.loads(launches.read_text()) if launch["dtype"] == "bfloat16"]
     launches.write_text(json.dumps(bf16))

@@ -1,6 +1,7 @@
 """tests/triton_interpreter.py: the interpreter's reductions and scans with a kernel's own combine function, folded
 slice by slice, give bitwise what Triton's element-by-element loop gives."""
 
+import dataclasses
 import functools
 
 import pytest
@@ -101,3 +102,52 @@ def test_a_triton_without_the_patched_fallback_is_an_error():
     Ops.generic_reduce = Ops.renamed_reduce  # still there, but no longer called
     with pytest.raises(RuntimeError, match="no longer falls back to generic_reduce"):
         triton_interpreter._fallback(Ops, "generic_reduce")
+
+
+@triton.jit
+def _scaled(x, factor):
+    """A device function: called once per program by :func:`_helper_kernel`."""
+    return x * factor + tl.full(x.shape, 1, x.dtype)
+
+
+@triton.jit
+def _helper_kernel(X, OUT, N: tl.constexpr):
+    offs = tl.program_id(0) * N + tl.arange(0, N)
+    tl.store(OUT + offs, _scaled(_scaled(tl.load(X + offs), 2), 3))
+
+
+def test_the_language_is_patched_once_per_launch_and_restored_after_it(monkeypatch):
+    assert interpreter._patch_lang is triton_interpreter._patch_lang_once  # installed by conftest
+    patched, original = [], triton_interpreter.PATCH_LANG
+    monkeypatch.setattr(triton_interpreter, "PATCH_LANG", lambda fn: patched.append(fn.__name__) or original(fn))
+    x = torch.arange(12, dtype=torch.float32)
+    out = torch.empty_like(x)
+    _helper_kernel[(3,)](x, out, 4)
+    assert patched == ["_helper_kernel"]  # the launch; not the six helper calls of its three programs
+    torch.testing.assert_close(out, (x * 2 + 1) * 3 + 1)
+    assert tl.core.is_builtin(tl.load)  # restored after the launch
+
+
+@triton.jit
+def _double_kernel(X, OUT):
+    tl.store(OUT, tl.load(X) + tl.load(X))
+
+
+def test_int32_arithmetic_wraps_with_or_without_the_overflow_checks(monkeypatch):
+    """The interpreter's overflow checks end in a device assert that, without ``debug``, asserts nothing: turning them
+    off changes no result."""
+    x = torch.tensor([2**30 + 5], dtype=torch.int32)
+    unchecked, checked = torch.empty_like(x), torch.empty_like(x)
+    _double_kernel[(1,)](x, unchecked)
+    options = interpreter.interpreter_builder.options
+    assert not options.sanitize_overflow and not options.debug
+    checked_options = dataclasses.replace(options, sanitize_overflow=True)
+    monkeypatch.setattr(interpreter.interpreter_builder, "options", checked_options)
+    _double_kernel[(1,)](x, checked)
+    assert unchecked.item() == checked.item() == 2 * (2**30 + 5) - 2**32
+
+
+def test_a_triton_without_the_overflow_option_is_an_error(monkeypatch):
+    monkeypatch.setattr(interpreter.interpreter_builder, "options", object())
+    with pytest.raises(RuntimeError, match="no sanitize_overflow"):
+        triton_interpreter._options_without_overflow_checks()

@@ -15,6 +15,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from tests.graphs import graph_kwargs
 from tests.tools._runs import ROOT
 from visattn import export
 from visattn.cli import export as cli
@@ -22,11 +23,10 @@ from visattn.cli import run as run_tool
 from visattn.errors import UserError
 
 # One tiny variant per family (InLine-Swin, traced at a fixed size like LaMamba, is left to the other InLine host),
-# the ViTs one block deep: tracing a graph costs about a second per block. The graphs are not run through
-# onnxscript's optimizer, which takes longer than the export on the larger ones; the checkpoint's is.
-FAMILIES = {"test_biformer": {}, "test_fsgnet": {}, "test_herseg": {}, "test_resnet_psa": {},
-            "test_inline_deit": {"depth": 1}, "test_lamamba": {}, "test_lvvit": {"depth": 1, "out_indices": 0},
-            "test_sparsifiner": {"depth": 1, "out_indices": 0}, "test_tcpa": {"depth": 1, "out_indices": 0}}
+# the ViTs one block deep (tests/graphs.py). The graphs are not run through onnxscript's optimizer, which takes longer
+# than the export on the larger ones; the checkpoint's is.
+FAMILIES = ["test_biformer", "test_fsgnet", "test_herseg", "test_resnet_psa", "test_inline_deit", "test_lamamba",
+            "test_lvvit", "test_sparsifiner", "test_tcpa"]
 
 
 def _model(name, **kwargs):
@@ -67,7 +67,7 @@ def _run_cli(argv, capsys):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_family_exports_to_onnx_matching_pytorch(name, tmp_path):
-    model = _model(name, **FAMILIES[name])
+    model = _model(name, **graph_kwargs(name))
     size = _input_size(model)
     done = export.export_onnx(model, str(tmp_path / f"{name}.onnx"), size, optimize=False)
     proto = onnx.load(done.path)
@@ -107,7 +107,7 @@ def test_maps_of_one_pixel_and_regions_of_one_token_at_the_traced_size_keep_ever
 
 @pytest.mark.parametrize("name", ["test_fsgnet_nogrm", "test_tcpa", "test_resnet_psa", "test_lvvit"])
 def test_pt2_program_matches_eager_at_other_sizes(name, tmp_path):
-    model = _model(name, **FAMILIES.get(name, {}))
+    model = _model(name, **graph_kwargs(name))
     c, h, w = _input_size(model)
     done = export.export_pt2(model, str(tmp_path / f"{name}.pt2"), (c, h, w))
     assert done.dynamic_axes["input"] == {0: "batch", 2: "height", 3: "width"} and done.min_batch == 1
