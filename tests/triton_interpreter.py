@@ -4,7 +4,8 @@ OR of sparse attention's bit words, the selective scan's affine maps) one elemen
 :func:`install` makes the interpreter fold whole slices along the axis instead: every element still sees the same
 combines in the same order, in its input's dtype, so the results are bitwise the element loop's
 (tests/ops/test_triton_interpreter.py compares the two). It also patches the language once per launch instead of at
-every helper call, and its integer overflow checks, whose device asserts assert nothing without ``debug``, are off.
+every helper call, looks its NumPy types up once, and turns off its integer overflow checks, whose device asserts
+assert nothing without ``debug``.
 
 Installed by tests/conftest.py when the kernels run under the interpreter (CPU tests).
 """
@@ -83,9 +84,11 @@ def _sliced_scan(self, input):
 
 
 def _options_without_overflow_checks():
-    """The interpreter's options with ``sanitize_overflow`` off: an error if this Triton's interpreter has no such
-    option (turning it off would then change nothing)."""
+    """The interpreter's options with ``sanitize_overflow`` off (kept on with ``debug``, where its asserts assert): an
+    error if this Triton's interpreter has no such option (turning it off would then change nothing)."""
     options = interpreter.interpreter_builder.options
+    if getattr(options, "debug", False):
+        return options
     if not getattr(options, "sanitize_overflow", False):
         raise RuntimeError(f"triton {triton.__version__}: the interpreter's options have no sanitize_overflow on; "
                            "update tests/triton_interpreter.py for this Triton")

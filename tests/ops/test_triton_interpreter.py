@@ -147,7 +147,16 @@ def test_int32_arithmetic_wraps_with_or_without_the_overflow_checks(monkeypatch)
     assert unchecked.item() == checked.item() == 2 * (2**30 + 5) - 2**32
 
 
-def test_a_triton_without_the_overflow_option_is_an_error(monkeypatch):
+def test_the_overflow_checks_stay_under_debug_and_a_triton_without_them_is_an_error(monkeypatch):
+    debugging = dataclasses.replace(interpreter.interpreter_builder.options, debug=True, sanitize_overflow=True)
+    monkeypatch.setattr(interpreter.interpreter_builder, "options", debugging)
+    assert triton_interpreter._options_without_overflow_checks() is debugging
     monkeypatch.setattr(interpreter.interpreter_builder, "options", object())
     with pytest.raises(RuntimeError, match="no sanitize_overflow"):
         triton_interpreter._options_without_overflow_checks()
+
+
+def test_the_numpy_type_lookup_gives_the_interpreters_types():
+    types = [tl.float16, tl.float32, tl.bfloat16, tl.int1, tl.int32, tl.int64, tl.uint8, tl.pointer_type(tl.float32)]
+    for ty in types + [tl.block_type(ty, [4, 2]) for ty in types]:
+        assert triton_interpreter._np_dtype(ty) == triton_interpreter.GET_NP_DTYPE(ty), ty
