@@ -2,9 +2,10 @@
 """Sparsifiner against the dense ViT it sparsifies, on this machine's CPU: inference latency at batch 1 and 8 (one
 thread, float32, eval mode, the two models timed in turn in one process, medians of ``--rounds``), and where the
 sparse model's time goes beside the dense one's (torch.profiler at batch 1 and 8, the operators grouped by the module
-that runs them, the two models profiled in turn, medians). The machine's
-load averages before and after are written with the numbers: other work on the machine slows both models, the
-interleaving keeps their ratio fair.
+that runs them, the two models profiled in turn, medians), and the floor under the sparse model's extra time: its
+exact key selections alone, each of the CPU's exact ways (NumPy's SIMD sort, NumPy's partition, torch.topk). The
+machine's load averages before and after are written with the numbers: other work on the machine slows both models,
+the interleaving keeps their ratio fair.
 
     .venv/bin/python -m benchmarks.sparse_cpu [--rounds 15] [--output benchmarks/SPARSE_CPU.md]
 
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,6 +177,70 @@ def breakdown_table(sparse: str, dense: str, batch: int, parts: dict[str, dict[s
     return lines
 
 
+def selection_inputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The approximate attention (B, H, N-1, N) each of ``model``'s connectivity predictors selects its keys from,
+    in one evaluation forward on ``x``: the input of every exact top-k the sparse path cannot do without."""
+    from visattn.blocks import ConnectivityPredictor
+
+    inputs: list[torch.Tensor] = []
+    attention_mask = ConnectivityPredictor.attention_mask
+
+    def recorded(self, approx, *args, **kwargs):
+        inputs.append(approx.clone())
+        return attention_mask(self, approx, *args, **kwargs)
+
+    ConnectivityPredictor.attention_mask = recorded
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        ConnectivityPredictor.attention_mask = attention_mask
+    return inputs
+
+
+def selection_ms(model: torch.nn.Module, batch: int, rounds: int, side: int = 224) -> dict[str, float]:
+    """Way -> median milliseconds per forward (the sum over the layers) of selecting the ceil(rho N) keys of every
+    patch query alone, each of the CPU's exact ways: the floor under what the sparse path costs beyond dense
+    attention, before its predictor and its mask."""
+    approx = selection_inputs(model, torch.rand(batch, 3, side, side))
+    budgets = [model_budget(model, a.shape[-1]) for a in approx]
+    rows = [a.numpy().reshape(-1, a.shape[-1]) for a in approx]
+    ways = {
+        "np.sort (the model's way)": lambda: [np.sort(r, axis=-1) for r in rows],
+        "np.partition": lambda: [np.partition(r, r.shape[-1] - k, axis=-1) for r, k in zip(rows, budgets)],
+        "torch.topk": lambda: [a.topk(k, dim=-1, sorted=False) for a, k in zip(approx, budgets)],
+    }
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(rounds):
+        for way, run in ways.items():
+            start = time.perf_counter()
+            run()
+            times[way].append(time.perf_counter() - start)
+    return {way: statistics.median(t) * 1e3 for way, t in times.items()}
+
+
+def model_budget(model: torch.nn.Module, num_tokens: int) -> int:
+    """ceil(rho N) of ``model``'s first connectivity predictor."""
+    from visattn.blocks import ConnectivityPredictor
+
+    return next(m for m in model.modules() if isinstance(m, ConnectivityPredictor)).budget(num_tokens)
+
+
+def floor_table(rows: list[tuple[str, int, float, dict[str, float]]]) -> list[str]:
+    """Markdown lines: per sparse model and batch, the dense model's time, the 5% target's allowance and what the
+    exact selections alone take each way."""
+    ways = list(rows[0][3])
+    lines = ["", "The floor: the exact top ceil(rho N) keys of every patch query alone (each layer's approximate "
+                 "attention recorded in one forward, then selected, summed over the layers; medians), against the "
+                 "allowance of the 5% target (5% of the dense model's median above):", "",
+             "| sparse model | batch | dense (ms) | 5% allowance (ms) | "
+             + " | ".join(f"{way} (ms)" for way in ways) + " |", "|---" * (4 + len(ways)) + "|"]
+    for sparse, batch, dense_ms, ways_ms in rows:
+        lines.append(f"| `{sparse}` | {batch} | {dense_ms:.1f} | {0.05 * dense_ms:.1f} | "
+                     + " | ".join(f"{ways_ms[way]:.1f}" for way in ways) + " |")
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=15)
@@ -197,7 +263,7 @@ def main() -> int:
         "dense, fastest (ms) | fastest / fastest |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    tables = []
+    tables, floors = [], []
     for sparse, dense in PAIRS:
         models = {name: timm.create_model(name).eval() for name in (sparse, dense)}
         for batch in BATCHES:
@@ -207,10 +273,11 @@ def main() -> int:
                    f"{fastest / dense_fastest:.2f}x |")
             lines.append(row)
             print(row, flush=True)
+            floors.append((sparse, batch, dense_median, selection_ms(models[sparse], batch, args.rounds)))
         for batch in BATCHES:
             parts = breakdowns(models, batch, PROFILED_ROUNDS)
             tables += breakdown_table(sparse, dense, batch, parts, PROFILED_ROUNDS)
-    lines += tables
+    lines += floor_table(floors) + tables
     load = " / ".join(f"{a:.2f}, {b:.2f}, {c:.2f}" for a, b, c in (load_before, os.getloadavg()))
     lines.insert(4, f"Load averages (1, 5, 15 min) of the machine's {os.cpu_count()} cores before / after: {load}.")
     lines.insert(5, "")
