@@ -203,12 +203,13 @@ def selection_ms(model: torch.nn.Module, batch: int, rounds: int, side: int = 22
     patch query alone, each of the CPU's exact ways: the floor under what the sparse path costs beyond dense
     attention, before its predictor and its mask."""
     approx = selection_inputs(model, torch.rand(batch, 3, side, side))
-    budgets = [model_budget(model, a.shape[-1]) for a in approx]
-    rows = [a.numpy().reshape(-1, a.shape[-1]) for a in approx]
+    n = approx[0].shape[-1]
+    k = model_budget(model, n)
+    rows = [a.numpy().reshape(-1, n) for a in approx]
     ways = {
         "np.sort (the model's way)": lambda: [np.sort(r, axis=-1) for r in rows],
-        "np.partition": lambda: [np.partition(r, r.shape[-1] - k, axis=-1) for r, k in zip(rows, budgets)],
-        "torch.topk": lambda: [a.topk(k, dim=-1, sorted=False) for a, k in zip(approx, budgets)],
+        "np.partition": lambda: [np.partition(r, n - k, axis=-1) for r in rows],
+        "torch.topk": lambda: [a.topk(k, dim=-1, sorted=False) for a in approx],
     }
     times: dict[str, list[float]] = {way: [] for way in ways}
     for _ in range(rounds):
@@ -220,7 +221,7 @@ def selection_ms(model: torch.nn.Module, batch: int, rounds: int, side: int = 22
 
 
 def model_budget(model: torch.nn.Module, num_tokens: int) -> int:
-    """ceil(rho N) of ``model``'s first connectivity predictor."""
+    """ceil(rho N) of ``model``'s connectivity predictors (one rho for the whole model)."""
     from visattn.blocks import ConnectivityPredictor
 
     return next(m for m in model.modules() if isinstance(m, ConnectivityPredictor)).budget(num_tokens)
