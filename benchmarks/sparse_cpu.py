@@ -23,7 +23,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -80,11 +80,22 @@ def _label(model: torch.nn.Module, module: torch.nn.Module) -> str | None:
 
 
 @contextlib.contextmanager
+def attention_mask_replaced(replacement: Callable[[Callable], Callable]) -> Iterator[None]:
+    """``ConnectivityPredictor.attention_mask`` replaced by ``replacement(original)`` while the block runs."""
+    from visattn.blocks import ConnectivityPredictor
+
+    original = ConnectivityPredictor.attention_mask
+    ConnectivityPredictor.attention_mask = replacement(original)
+    try:
+        yield
+    finally:
+        ConnectivityPredictor.attention_mask = original
+
+
+@contextlib.contextmanager
 def scopes(model: torch.nn.Module) -> Iterator[None]:
     """Profiler scopes named by :func:`_label` around ``model``'s modules and around the predictors' attention masks,
     while the block runs."""
-    from visattn.blocks import ConnectivityPredictor
-
     open_scopes: list[torch.profiler.record_function] = []
 
     def enter(label: str):
@@ -96,21 +107,20 @@ def scopes(model: torch.nn.Module) -> Iterator[None]:
     def leave(module, args, output):
         open_scopes.pop().__exit__(None, None, None)
 
+    def scoped(attention_mask):
+        def scoped_mask(self, *args, **kwargs):
+            with torch.profiler.record_function(MASK):
+                return attention_mask(self, *args, **kwargs)
+        return scoped_mask
+
     handles = []
     for module in model.modules():
         if label := _label(model, module):
             handles += [module.register_forward_pre_hook(enter(label)), module.register_forward_hook(leave)]
-    attention_mask = ConnectivityPredictor.attention_mask
-
-    def scoped_mask(self, *args, **kwargs):
-        with torch.profiler.record_function(MASK):
-            return attention_mask(self, *args, **kwargs)
-
-    ConnectivityPredictor.attention_mask = scoped_mask
     try:
-        yield
+        with attention_mask_replaced(scoped):
+            yield
     finally:
-        ConnectivityPredictor.attention_mask = attention_mask
         for handle in handles:
             handle.remove()
 
@@ -180,21 +190,16 @@ def breakdown_table(sparse: str, dense: str, batch: int, parts: dict[str, dict[s
 def selection_inputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The approximate attention (B, H, N-1, N) each of ``model``'s connectivity predictors selects its keys from,
     in one evaluation forward on ``x``: the input of every exact top-k the sparse path cannot do without."""
-    from visattn.blocks import ConnectivityPredictor
-
     inputs: list[torch.Tensor] = []
-    attention_mask = ConnectivityPredictor.attention_mask
 
-    def recorded(self, approx, *args, **kwargs):
-        inputs.append(approx.clone())
-        return attention_mask(self, approx, *args, **kwargs)
+    def recording(attention_mask):
+        def recorded(self, approx, *args, **kwargs):
+            inputs.append(approx.clone())
+            return attention_mask(self, approx, *args, **kwargs)
+        return recorded
 
-    ConnectivityPredictor.attention_mask = recorded
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        ConnectivityPredictor.attention_mask = attention_mask
+    with attention_mask_replaced(recording), torch.no_grad():
+        model(x)
     return inputs
 
 
@@ -202,9 +207,11 @@ def selection_ms(model: torch.nn.Module, batch: int, rounds: int, side: int = 22
     """Way -> median milliseconds per forward (the sum over the layers) of selecting the ceil(rho N) keys of every
     patch query alone, each of the CPU's exact ways: the floor under what the sparse path costs beyond dense
     attention, before its predictor and its mask."""
+    from visattn.blocks import ConnectivityPredictor
+
     approx = selection_inputs(model, torch.rand(batch, 3, side, side))
     n = approx[0].shape[-1]
-    k = model_budget(model, n)
+    k = next(m for m in model.modules() if isinstance(m, ConnectivityPredictor)).budget(n)  # one rho per model
     rows = [a.numpy().reshape(-1, n) for a in approx]
     ways = {
         "np.sort (the model's way)": lambda: [np.sort(r, axis=-1) for r in rows],
@@ -218,13 +225,6 @@ def selection_ms(model: torch.nn.Module, batch: int, rounds: int, side: int = 22
             run()
             times[way].append(time.perf_counter() - start)
     return {way: statistics.median(t) * 1e3 for way, t in times.items()}
-
-
-def model_budget(model: torch.nn.Module, num_tokens: int) -> int:
-    """ceil(rho N) of ``model``'s connectivity predictors (one rho for the whole model)."""
-    from visattn.blocks import ConnectivityPredictor
-
-    return next(m for m in model.modules() if isinstance(m, ConnectivityPredictor)).budget(num_tokens)
 
 
 def floor_table(rows: list[tuple[str, int, float, dict[str, float]]]) -> list[str]:
