@@ -95,3 +95,22 @@ def test_atomic_writes_give_a_new_file_the_umask_mode_and_keep_an_existing_files
         assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(umask)
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "copy"])
+def test_atomic_link_gives_the_sources_bytes_and_outlives_its_replacement(tmp_path, monkeypatch, links):
+    import os
+
+    from visattn.engine.checkpoint import atomic_link
+
+    if not links:  # a filesystem without hard links
+        monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "Operation not supported")))
+    best, last = tmp_path / "best.pth", tmp_path / "last.pth"
+    atomic_save({"epoch": 1}, str(last))
+    atomic_save({"epoch": 2}, str(best))
+    atomic_link(str(best), str(last))
+    assert last.read_bytes() == best.read_bytes()
+    assert (os.stat(last).st_ino == os.stat(best).st_ino) == links
+    atomic_save({"epoch": 3}, str(best))  # the next improvement replaces best.pth only
+    assert torch.load(last)["epoch"] == 2 and torch.load(best)["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]  # no temporary file left

@@ -14,7 +14,7 @@ from visattn.tasks.classification.task import ClassificationConfig
 def test_quick_start_runs_as_written(tmp_path, monkeypatch):
     """Every command of the README's quick start, in order, in a scratch folder: the demo BiFormer passes 90% validation
     top-1 and evaluation reproduces it; it predicts the ten sample digits it wrote (one per class) mostly right, exports
-    to ONNX within 1e-4 of PyTorch in onnxruntime, and draws its routing."""
+    to ONNX within 1e-4 of PyTorch in onnxruntime (at another size and a batch of 1 too), and draws its routing."""
     monkeypatch.chdir(tmp_path)
     results = {}
     for argv in quick_start_commands():
@@ -35,6 +35,8 @@ def test_quick_start_runs_as_written(tmp_path, monkeypatch):
     assert len(top1) == 10
     assert sum(top1[file] == file.split("digit_")[1][0] for file in top1) >= 8
     exported = json.loads(next((run / "export").glob("*.json")).read_text())
+    # BiFormer's ONNX export test (tests/tools/test_export.py leaves the family to this one)
+    assert exported["model"].startswith("biformer") and exported["exporter"] == "dynamo"
     assert exported["check"]["max_rel_diff"] < 1e-4
     assert exported["dynamic_axes"]["input"] == {"0": "batch", "2": "height", "3": "width"} and not exported["notes"]
     assert (run / "visualize" / "routing.png").stat().st_size > 0

@@ -247,6 +247,26 @@ def test_curves_get_one_panel_per_logged_quantity_with_integer_epoch_ticks(tmp_p
     assert all(float(t).is_integer() for t in ticks)
 
 
+def test_curves_are_redrawn_once_their_interval_passed_and_when_the_run_ends(tmp_path, monkeypatch):
+    from visattn.engine import run_log
+
+    clock = [100.0]
+    monkeypatch.setattr(run_log.time, "monotonic", lambda: clock[0])
+    drawn = []
+    monkeypatch.setattr(run_log.RunLog, "draw", lambda log: (drawn.append(len(log.history)),
+                                                              setattr(log, "drawn_at", clock[0]),
+                                                              setattr(log, "drawn", True)))
+    log = run_log.RunLog(str(tmp_path), [], {}, (("loss", "loss", ("train_loss",)),))
+    for epoch, seconds in enumerate((10.0, 10.0, 10.0, 40.0, 5.0), start=1):
+        clock[0] += seconds
+        log.log(epoch, {"train_loss": 1.0 / epoch}, {})
+    assert drawn == [3, 4]  # 30 s after the start, then 40 s after that drawing; epoch 5 came 5 s later
+    log.close()
+    assert drawn == [3, 4, 5]
+    log.close()  # nothing new to draw
+    assert drawn == [3, 4, 5]
+
+
 def test_a_reserved_name_for_a_loss_part_is_refused():
     with pytest.raises(ValueError, match="'train_loss' is reserved"):
         TrainOutput(torch.zeros(1), aux_losses={"train_loss": torch.zeros(())})

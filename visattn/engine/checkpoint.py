@@ -46,7 +46,9 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, _file_mode(path))  # mkstemp's 0600 would hide the file from the user's group
+        mode = _file_mode(path)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # mkstemp's 0600 would hide the file from the user's group
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException as err:
         if os.path.exists(tmp):
@@ -78,6 +80,19 @@ def atomic_save(obj: Any, path: str) -> None:
                             "on its disk); free some space or choose another --output") from err
 
     atomic_write(path, save)
+
+
+def atomic_link(source: str, path: str) -> None:
+    """``path`` becomes the file at ``source``, atomically: a second hard link to it where the filesystem has them
+    (no byte copied; replacing either name later leaves the other as it was), else a copy."""
+    def link(tmp: str) -> None:
+        os.remove(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    atomic_write(path, link)
 
 
 def json_safe(value: Any) -> Any:

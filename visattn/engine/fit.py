@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from ..contract import start_epoch
 from ..errors import UserError
 from ..weights import FROZEN, WeightsUnavailable, load_pretrained
-from .checkpoint import atomic_save, check_output_folder, read_training_checkpoint, without_frozen
+from .checkpoint import atomic_link, atomic_save, check_output_folder, read_training_checkpoint, without_frozen
 from .distributed import all_reduce_sum, barrier, broadcast_from_main, cleanup, init_distributed, pick_device
 from .loop import NonFiniteLoss, TrainingForward, train_one_epoch
 from .run_log import RunLog
@@ -269,6 +269,7 @@ def fit(task: Task) -> dict[str, Any]:
     if cfg.deterministic:
         _deterministic()
     seed_epoch(cfg.seed, -1, rank)  # the model's initialisation
+    log = None
     try:
         claim_output(cfg, is_main)
         resume = _resume_checkpoint(task)
@@ -318,7 +319,6 @@ def fit(task: Task) -> dict[str, Any]:
                 train_model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=bool(getattr(model, "aux_loss_keys", None)))
         config = dataclasses.asdict(cfg)
-        log = None
         if is_main:
             os.makedirs(cfg.output, exist_ok=True)  # claim_output checked that it can be made
             log = RunLog(cfg.output, history, {**common, "model_description": description,
@@ -363,15 +363,16 @@ def fit(task: Task) -> dict[str, Any]:
                         "history": log.history + [{"epoch": epoch + 1, **scalars}], FROZEN: reference}
                 if ema is not None:
                     ckpt["state_dict_ema"] = without_frozen(ema.module.state_dict(), reference)
+                last = os.path.join(cfg.output, "last.pth")
                 if improved:  # best first: last.pth is the commit point a resume starts from
                     atomic_save(ckpt, os.path.join(cfg.output, "best.pth"))
-                atomic_save(ckpt, os.path.join(cfg.output, "last.pth"))
+                    atomic_link(os.path.join(cfg.output, "best.pth"), last)
+                else:
+                    atomic_save(ckpt, last)
                 log.log(epoch + 1, scalars, best)
                 result = task.epoch_line(metrics, scalars) if evaluating else f"not evaluated (every {cfg.eval_every})"
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {scalars['train_loss']:.4f}, {result}", flush=True)
             barrier()
-        if log is not None:
-            log.close()
         return broadcast_from_main({"best": best, "history": log.history if log else history})
     except KeyboardInterrupt:
         if is_main and os.path.exists(os.path.join(cfg.output, "last.pth")):
@@ -379,4 +380,6 @@ def fit(task: Task) -> dict[str, Any]:
                   f"{os.path.join(cfg.output, 'last.pth')}", file=sys.stderr, flush=True)
         raise
     finally:
+        if log is not None:  # curves.png and TensorBoard complete however the run ends
+            log.close()
         cleanup()

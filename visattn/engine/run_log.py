@@ -4,16 +4,21 @@ other logged quantity (the named loss parts and statistics of the model-training
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from .checkpoint import atomic_write, atomic_write_json
 
 PANEL_INCHES = (5.0, 4.0)  # curves.png: one panel's width and height
 MARGIN_INCHES = (0.75, 0.2, 0.55, 0.4)  # around each panel: left, right, bottom, top
+# curves.png is redrawn after an epoch once this long has passed since the run started or last drew it, and when the
+# run ends: drawing takes about a second of CPU, a cost short epochs would otherwise pay every time
+REDRAW_SECONDS = 30.0
 
 
 class RunLog:
-    """Collects one dict of scalars per epoch and writes them out after each epoch (main process only)."""
+    """Collects one dict of scalars per epoch and writes them out after each epoch (main process only): TensorBoard
+    and metrics.json every epoch, curves.png as :data:`REDRAW_SECONDS` says and at :meth:`close`."""
 
     def __init__(self, output: str, history: list[dict], meta: dict,
                  panels: tuple[tuple[str, str, tuple[str, ...]], ...], start_epoch: int = 0):
@@ -27,6 +32,8 @@ class RunLog:
         self.panels = panels
         self.writer = SummaryWriter(os.path.join(output, "tensorboard"),
                                     purge_step=start_epoch + 1 if start_epoch else None)
+        self.drawn_at = time.monotonic()
+        self.drawn = True  # curves.png shows every logged epoch
 
     def log(self, epoch: int, scalars: dict[str, float], best: dict[str, Any]) -> None:
         for key, value in scalars.items():
@@ -35,9 +42,12 @@ class RunLog:
         self.history.append({"epoch": epoch, **scalars})
         atomic_write_json({**self.meta, "best": best, "history": self.history},
                           os.path.join(self.output, "metrics.json"))
-        self.plot(os.path.join(self.output, "curves.png"))
+        self.drawn = False
+        if time.monotonic() - self.drawn_at >= REDRAW_SECONDS:
+            self.draw()
 
-    def plot(self, path: str) -> None:
+    def draw(self) -> None:
+        """Write curves.png from the history so far."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -68,8 +78,9 @@ class RunLog:
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        atomic_write(os.path.join(self.output, "curves.png"), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
+        self.drawn_at, self.drawn = time.monotonic(), True
 
     def extra_keys(self) -> list[str]:
         """The logged quantities no task panel shows, in the order they first appear (epoch, lr and epoch time
@@ -78,4 +89,7 @@ class RunLog:
         return list(dict.fromkeys(k for h in self.history for k in h if k not in shown))
 
     def close(self) -> None:
+        """Draw the epochs curves.png does not show yet, and close TensorBoard's writer."""
+        if not self.drawn:
+            self.draw()
         self.writer.close()
