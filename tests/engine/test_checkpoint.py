@@ -103,8 +103,11 @@ def test_atomic_link_gives_the_sources_bytes_and_outlives_its_replacement(tmp_pa
 
     from visattn.engine.checkpoint import atomic_link
 
+    def unsupported(*args):
+        raise OSError(95, "Operation not supported")
+
     if not links:  # a filesystem without hard links
-        monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(95, "Operation not supported")))
+        monkeypatch.setattr(os, "link", unsupported)
     best, last = tmp_path / "best.pth", tmp_path / "last.pth"
     atomic_save({"epoch": 1}, str(last))
     atomic_save({"epoch": 2}, str(best))

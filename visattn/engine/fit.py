@@ -363,12 +363,12 @@ def fit(task: Task) -> dict[str, Any]:
                         "history": log.history + [{"epoch": epoch + 1, **scalars}], FROZEN: reference}
                 if ema is not None:
                     ckpt["state_dict_ema"] = without_frozen(ema.module.state_dict(), reference)
-                last = os.path.join(cfg.output, "last.pth")
+                best_file, last_file = (os.path.join(cfg.output, name) for name in ("best.pth", "last.pth"))
                 if improved:  # best first: last.pth is the commit point a resume starts from
-                    atomic_save(ckpt, os.path.join(cfg.output, "best.pth"))
-                    atomic_link(os.path.join(cfg.output, "best.pth"), last)
+                    atomic_save(ckpt, best_file)
+                    atomic_link(best_file, last_file)
                 else:
-                    atomic_save(ckpt, last)
+                    atomic_save(ckpt, last_file)
                 log.log(epoch + 1, scalars, best)
                 result = task.epoch_line(metrics, scalars) if evaluating else f"not evaluated (every {cfg.eval_every})"
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {scalars['train_loss']:.4f}, {result}", flush=True)
