@@ -255,7 +255,7 @@ def test_curves_are_redrawn_once_their_interval_passed_and_when_the_run_ends(tmp
     drawn = []
     monkeypatch.setattr(run_log.RunLog, "draw", lambda log: (drawn.append(len(log.history)),
                                                               setattr(log, "drawn_at", clock[0]),
-                                                              setattr(log, "drawn", True)))
+                                                              setattr(log, "drawn_epochs", len(log.history))))
     log = run_log.RunLog(str(tmp_path), [], {}, (("loss", "loss", ("train_loss",)),))
     for epoch, seconds in enumerate((10.0, 10.0, 10.0, 40.0, 5.0), start=1):
         clock[0] += seconds

@@ -33,7 +33,7 @@ class RunLog:
         self.writer = SummaryWriter(os.path.join(output, "tensorboard"),
                                     purge_step=start_epoch + 1 if start_epoch else None)
         self.drawn_at = time.monotonic()
-        self.drawn = True  # curves.png shows every logged epoch
+        self.drawn_epochs = len(self.history)  # how many epochs curves.png shows
 
     def log(self, epoch: int, scalars: dict[str, float], best: dict[str, Any]) -> None:
         for key, value in scalars.items():
@@ -42,7 +42,6 @@ class RunLog:
         self.history.append({"epoch": epoch, **scalars})
         atomic_write_json({**self.meta, "best": best, "history": self.history},
                           os.path.join(self.output, "metrics.json"))
-        self.drawn = False
         if time.monotonic() - self.drawn_at >= REDRAW_SECONDS:
             self.draw()
 
@@ -80,7 +79,7 @@ class RunLog:
                 ax.legend()
         atomic_write(os.path.join(self.output, "curves.png"), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
-        self.drawn_at, self.drawn = time.monotonic(), True
+        self.drawn_at, self.drawn_epochs = time.monotonic(), len(self.history)
 
     def extra_keys(self) -> list[str]:
         """The logged quantities no task panel shows, in the order they first appear (epoch, lr and epoch time
@@ -90,6 +89,6 @@ class RunLog:
 
     def close(self) -> None:
         """Draw the epochs curves.png does not show yet, and close TensorBoard's writer."""
-        if not self.drawn:
+        if self.drawn_epochs != len(self.history):
             self.draw()
         self.writer.close()
